@@ -1,0 +1,5 @@
+"""facefusion-tasks: batched, streamed, distributed face swapping for long videos."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

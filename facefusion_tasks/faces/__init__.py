@@ -1,0 +1,1 @@
+"""Face models: sessions, detection, embedding, swapping and paste-back."""

@@ -1,0 +1,137 @@
+"""SCRFD face detection: letterbox, one model call per frame (or per batch when the export is
+batched), anchor decoding and NMS, vectorised in numpy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from facefusion_tasks.errors import ModelError
+from facefusion_tasks.faces.types import Face
+
+#: SCRFD exports with keypoints have 3 outputs (score, box, kps) per stride.
+_STRIDES_BY_OUTPUTS = {9: (8, 16, 32), 15: (8, 16, 32, 64, 128)}
+_ANCHORS_PER_CELL = 2
+
+
+class Detector:
+    """Finds faces (box, 5 landmarks, score) in BGR frames."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        input_size: int = 640,
+        score_threshold: float = 0.5,
+        nms_threshold: float = 0.4,
+    ) -> None:
+        outputs = session.get_outputs()
+        if len(outputs) not in _STRIDES_BY_OUTPUTS:
+            raise ModelError(
+                f"detector has {len(outputs)} outputs; an SCRFD export with keypoints has 9 or 15"
+            )
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_names = [o.name for o in outputs]
+        self.strides = _STRIDES_BY_OUTPUTS[len(outputs)]
+        self.size = input_size
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        # A batched export has 3-D outputs [N, anchors, C] and a free batch dimension.
+        batch_dim = session.get_inputs()[0].shape[0]
+        self.batched = len(outputs[0].shape) == 3 and batch_dim != 1
+        self._centers: dict[int, np.ndarray] = {}
+        self.calls = 0
+
+    def _anchor_centers(self, stride: int) -> np.ndarray:
+        centers = self._centers.get(stride)
+        if centers is None:
+            cells = self.size // stride
+            ys, xs = np.mgrid[:cells, :cells]
+            grid = np.stack([xs, ys], axis=-1).reshape(-1, 2).astype(np.float32) * stride
+            centers = np.repeat(grid, _ANCHORS_PER_CELL, axis=0)
+            self._centers[stride] = centers
+        return centers
+
+    def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
+        """Resize keeping aspect into the top-left of a square canvas; returns (blob, scale)."""
+        height, width = frame.shape[:2]
+        scale = min(self.size / height, self.size / width)
+        new_w, new_h = max(int(width * scale), 1), max(int(height * scale), 1)
+        canvas = np.zeros((self.size, self.size, 3), np.uint8)
+        canvas[:new_h, :new_w] = cv2.resize(frame, (new_w, new_h))
+        blob = cv2.dnn.blobFromImage(
+            canvas, 1.0 / 128.0, (self.size, self.size), (127.5, 127.5, 127.5), swapRB=True
+        )
+        return blob, new_h / height
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Faces per frame, in the same order as `frames`."""
+        if not frames:
+            return []
+        prepared = [self._letterbox(f) for f in frames]
+        results: list[list[Face]] = []
+        if self.batched:
+            batch = np.concatenate([blob for blob, _ in prepared])
+            outs = self.session.run(self.output_names, {self.input_name: batch})
+            self.calls += 1
+            for i, (_, scale) in enumerate(prepared):
+                results.append(self._decode([o[i] for o in outs], scale))
+        else:
+            for blob, scale in prepared:
+                outs = self.session.run(self.output_names, {self.input_name: blob})
+                self.calls += 1
+                results.append(self._decode(outs, scale))
+        return results
+
+    def _decode(self, outs: Sequence[np.ndarray], scale: float) -> list[Face]:
+        count = len(self.strides)
+        all_scores, all_boxes, all_kps = [], [], []
+        for i, stride in enumerate(self.strides):
+            scores = np.asarray(outs[i]).reshape(-1)
+            keep = np.nonzero(scores >= self.score_threshold)[0]
+            if keep.size == 0:
+                continue
+            centers = self._anchor_centers(stride)[keep]
+            dist = np.asarray(outs[count + i]).reshape(-1, 4)[keep] * stride
+            kps = np.asarray(outs[2 * count + i]).reshape(-1, 10)[keep] * stride
+            boxes = np.concatenate([centers - dist[:, :2], centers + dist[:, 2:]], axis=1)
+            points = kps.reshape(-1, 5, 2) + centers[:, None, :]
+            all_scores.append(scores[keep])
+            all_boxes.append(boxes)
+            all_kps.append(points)
+        if not all_scores:
+            return []
+        scores = np.concatenate(all_scores)
+        boxes = np.concatenate(all_boxes) / scale
+        points = np.concatenate(all_kps) / scale
+        order = nms(boxes, scores, self.nms_threshold)
+        return [
+            Face(
+                bbox=boxes[j].astype(np.float32),
+                kps=points[j].astype(np.float32),
+                score=float(scores[j]),
+            )
+            for j in order
+        ]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """Greedy non-maximum suppression; indices of the kept boxes, best first."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = scores.argsort()[::-1]
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        iou = inter / (areas[i] + areas[rest] - inter)
+        order = rest[iou <= threshold]
+    return keep

@@ -1,0 +1,127 @@
+"""Swap faces in a batch of frames: detect, select, swap all selected faces together, paste back."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.faces import align
+from facefusion_tasks.faces.detector import Detector
+from facefusion_tasks.faces.embedder import Embedder
+from facefusion_tasks.faces.paste import feather_mask, paste_back
+from facefusion_tasks.faces.swapper import SWAP_SIZE, Swapper
+from facefusion_tasks.faces.types import Face
+
+
+@dataclass
+class StageClock:
+    """Seconds spent per pipeline stage; the engine and the video threads add to it."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, stage: str, started: float) -> float:
+        """Charge the time since `started` to `stage`; returns now, to chain measurements."""
+        now = time.perf_counter()
+        self.seconds[stage] += now - started
+        return now
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Load a still image as BGR or raise InputError with one line."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file", reason="missing_file")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: not an image opencv can read", reason="not_an_image")
+    return image
+
+
+class FaceEngine:
+    """Holds the models and the source identity; swaps faces in frame batches in place."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        embedder: Embedder,
+        swapper: Swapper,
+        *,
+        selector: str = "many",
+        reference_distance: float = 0.6,
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.swapper = swapper
+        self.selector = selector
+        self.reference_distance = reference_distance
+        self.latent: np.ndarray | None = None
+        self.reference: np.ndarray | None = None
+        self.mask = feather_mask(SWAP_SIZE)
+        self.clock = StageClock()
+
+    def _largest_face(self, image: np.ndarray, what: str, path: Path) -> Face:
+        faces = self.detector.detect([image])[0]
+        if not faces:
+            raise InputError(f"{path}: no face found in the {what} image", reason=f"no_{what}_face")
+        return max(faces, key=lambda f: f.area)
+
+    def set_source(self, path: Path) -> None:
+        """Embed the source identity once; every swapped face gets it."""
+        image = read_image(path)
+        face = self._largest_face(image, "source", path)
+        self.latent = self.swapper.latent(self.embedder.embed([(image, face)])[0])
+
+    def set_reference(self, path: Path) -> None:
+        """With the `reference` selector, only faces near this identity are swapped."""
+        image = read_image(path)
+        face = self._largest_face(image, "reference", path)
+        self.reference = self.embedder.embed([(image, face)])[0]
+
+    def _select(self, frames: Sequence[np.ndarray], found: list[list[Face]]) -> list[list[Face]]:
+        if self.selector == "one":
+            return [[max(faces, key=lambda f: f.area)] if faces else [] for faces in found]
+        if self.selector == "reference":
+            if self.reference is None:
+                raise InputError("the reference selector needs --reference-face IMAGE")
+            started = time.perf_counter()
+            flat = [(i, face) for i, faces in enumerate(found) for face in faces]
+            distances = (
+                1.0 - self.embedder.embed([(frames[i], f) for i, f in flat]) @ self.reference
+            )
+            self.clock.add("embed", started)
+            chosen: list[list[Face]] = [[] for _ in found]
+            for (frame_index, face), distance in zip(flat, distances, strict=True):
+                if distance < self.reference_distance:
+                    chosen[frame_index].append(face)
+            return chosen
+        return found
+
+    def process(self, frames: Sequence[np.ndarray]) -> int:
+        """Swap the selected faces of every frame in place; returns how many faces were swapped."""
+        if self.latent is None:
+            raise RuntimeError("set_source() must run before process()")
+        started = time.perf_counter()
+        found = self.detector.detect(frames)
+        self.clock.add("detect", started)
+        selected = self._select(frames, found)
+        started = time.perf_counter()
+        jobs = [
+            (i, *align.crop(frames[i], face.kps, SWAP_SIZE))
+            for i, faces in enumerate(selected)
+            for face in faces
+        ]
+        if not jobs:
+            return 0
+        crops = np.stack([crop for _, crop, _ in jobs])
+        swapped = self.swapper.swap(crops, self.latent)
+        started = self.clock.add("swap", started)
+        for (frame_index, _, matrix), face_crop in zip(jobs, swapped, strict=True):
+            paste_back(frames[frame_index], face_crop, matrix, self.mask)  # type: ignore[index]
+        self.clock.add("paste", started)
+        return len(jobs)

@@ -1,0 +1,73 @@
+"""inswapper: source identity latent via the emap, then swap many aligned faces per model call."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from facefusion_tasks.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+#: inswapper works on 128×128 crops.
+SWAP_SIZE = 128
+
+
+def read_emap(model_path: str) -> np.ndarray:
+    """inswapper keeps its 512×512 identity projection as the graph's last initializer."""
+    graph = onnx.load(model_path, load_external_data=False).graph
+    if not graph.initializer:
+        raise ModelError(f"{model_path}: no initializers, so no emap")
+    emap = numpy_helper.to_array(graph.initializer[-1])
+    if emap.shape != (512, 512):
+        raise ModelError(
+            f"{model_path}: last initializer is {emap.shape}, expected the 512×512 emap"
+        )
+    return emap.astype(np.float32)
+
+
+class Swapper:
+    """Runs inswapper on batches of aligned 128 px crops (BGR uint8 in, BGR uint8 out)."""
+
+    def __init__(
+        self, session: ort.InferenceSession, emap: np.ndarray, *, max_batch: int = 64
+    ) -> None:
+        self.session = session
+        inputs = session.get_inputs()
+        if len(inputs) != 2:
+            raise ModelError("swapper must take two inputs (target crop, source latent)")
+        self.target_name, self.source_name = inputs[0].name, inputs[1].name
+        self.output_name = session.get_outputs()[0].name
+        self.emap = emap
+        # Only a converted (dynamic-batch) export can take several faces in one call.
+        self.batched = inputs[0].shape[0] != 1
+        self.max_batch = max_batch if self.batched else 1
+        self.calls = 0
+
+    def latent(self, embedding: np.ndarray) -> np.ndarray:
+        """Source identity for the model: normalised embedding through the emap, renormalised."""
+        vector = embedding.reshape(1, -1).astype(np.float32)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        latent = vector @ self.emap
+        return (latent / max(float(np.linalg.norm(latent)), 1e-12)).astype(np.float32)
+
+    def swap(self, crops: np.ndarray, latent: np.ndarray) -> np.ndarray:
+        """(N,128,128,3) BGR uint8 crops -> swapped crops, in as few calls as the model allows."""
+        if len(crops) == 0:
+            return crops
+        blob = np.ascontiguousarray(crops[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
+        blob *= 1.0 / 255.0
+        out = np.empty_like(blob)
+        for start in range(0, len(blob), self.max_batch):
+            part = blob[start : start + self.max_batch]
+            source = np.repeat(latent, len(part), axis=0)
+            out[start : start + len(part)] = self.session.run(
+                [self.output_name], {self.target_name: part, self.source_name: source}
+            )[0]
+            self.calls += 1
+        pixels = np.clip(out.transpose(0, 2, 3, 1)[..., ::-1] * 255.0, 0, 255)
+        return np.ascontiguousarray(pixels.round().astype(np.uint8))

@@ -1,0 +1,1 @@
+"""Video I/O through ffmpeg pipes: probe, decode, encode, mux."""
