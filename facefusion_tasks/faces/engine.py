@@ -75,7 +75,11 @@ class FaceEngine:
         """Embed the source identity once; every swapped face gets it."""
         image = read_image(path)
         face = self._largest_face(image, "source", path)
-        self.latent = self.swapper.latent(self.embedder.embed([(image, face)])[0])
+        self.set_source_embedding(self.embedder.embed([(image, face)])[0])
+
+    def set_source_embedding(self, embedding: np.ndarray) -> None:
+        """Use an identity embedding computed elsewhere (e.g. once by the job planner)."""
+        self.latent = self.swapper.latent(embedding)
 
     def set_reference(self, path: Path) -> None:
         """With the `reference` selector, only faces near this identity are swapped."""
@@ -102,8 +106,8 @@ class FaceEngine:
             return chosen
         return found
 
-    def process(self, frames: Sequence[np.ndarray]) -> int:
-        """Swap the selected faces of every frame in place; returns how many faces were swapped."""
+    def process(self, frames: Sequence[np.ndarray]) -> list[int]:
+        """Swap the selected faces of every frame in place; returns the count swapped per frame."""
         if self.latent is None:
             raise RuntimeError("set_source() must run before process()")
         started = time.perf_counter()
@@ -116,12 +120,13 @@ class FaceEngine:
             for i, faces in enumerate(selected)
             for face in faces
         ]
+        counts = [len(faces) for faces in selected]
         if not jobs:
-            return 0
+            return counts
         crops = np.stack([crop for _, crop, _ in jobs])
         swapped = self.swapper.swap(crops, self.latent)
         started = self.clock.add("swap", started)
         for (frame_index, _, matrix), face_crop in zip(jobs, swapped, strict=True):
             paste_back(frames[frame_index], face_crop, matrix, self.mask)  # type: ignore[index]
         self.clock.add("paste", started)
-        return len(jobs)
+        return counts

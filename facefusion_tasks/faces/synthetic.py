@@ -1,8 +1,12 @@
-"""Synthetic "faces" that the stand-in detector finds: warm radial discs on a cool background."""
+"""Sample faces: synthetic ones the stand-in detector finds, and the photos insightface ships."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from facefusion_tasks.errors import ModelError
 
 #: BGR colour at a synthetic face's centre (a warm skin tone: red well above blue).
 FACE_BGR = (120, 165, 235)
@@ -41,3 +45,13 @@ def background(width: int, height: int, index: int) -> np.ndarray:
     image[..., 1] = 110 + 20 * stripes  # green
     image[..., 2] = 60 + 10 * stripes  # red
     return image
+
+
+def bundled_photo(name: str) -> Path:
+    """A face photo shipped inside the insightface wheel (t1.jpg, Tom_Hanks_54745.png)."""
+    import insightface
+
+    path = Path(insightface.__file__).parent / "data" / "images" / name
+    if not path.is_file():
+        raise ModelError(f"insightface's bundled {name} is missing from {path.parent}")
+    return path

@@ -62,9 +62,7 @@ def recorded_digests(models_dir: Path) -> dict[str, str]:
     return {str(name): str(value) for name, value in data.items()}
 
 
-def verify_models(
-    models_dir: Path, *, specs: tuple[ModelSpec, ...] = MODELS
-) -> dict[str, str]:
+def verify_models(models_dir: Path, *, specs: tuple[ModelSpec, ...] = MODELS) -> dict[str, str]:
     """filename → ok | unpinned (recorded) | missing | digest mismatch | unpinned (not recorded).
 
     Read-only: an unpinned file that was never recorded (copied in by hand) is reported, not
@@ -118,6 +116,11 @@ def download_models(
             if status in GOOD_STATUSES:
                 log.info("%s: present, %s", spec.filename, status)
                 continue
+            if status == UNRECORDED:
+                # Placed by hand: this is its first use, so trust it as a download would be.
+                trusted_model_path(models_dir, spec)
+                recorded = recorded_digests(models_dir)
+                continue
             log.warning("%s: present but %s; downloading again", spec.filename, status)
         pending.setdefault(spec.source_url(mirror), []).append(spec)
 
@@ -129,14 +132,11 @@ def download_models(
                     _check(spec, models_dir, recorded, got)
                     _install(tmp, spec, models_dir, recorded, got)
         if archived:
-            with _fetch(url, models_dir, archived[0].remote_name, timeout, progress) as (
-                archive,
-                got,
-            ):
-                pinned = archived[0].archive_sha256
+            zip_name, pinned = archived[0].remote_name, archived[0].archive_sha256
+            with _fetch(url, models_dir, zip_name, timeout, progress) as (archive, got):
                 if pinned is not None and got != pinned:
                     raise DownloadError(
-                        f"{archived[0].remote_name}: sha256 mismatch (expected {pinned}, got {got})"
+                        f"{zip_name}: sha256 mismatch (expected {pinned}, got {got})"
                     )
                 _extract(archive, archived, models_dir, recorded)
     return [models_dir / spec.filename for spec in specs]
@@ -176,7 +176,7 @@ def _install(
     if spec.sha256 is None and spec.filename not in recorded:
         _record_digest(models_dir, spec.filename, digest)
         recorded[spec.filename] = digest
-        log.warning("%s is unpinned: recorded sha256 %s (trust on first use)", spec.filename, digest)
+        log.warning("%s: unpinned, recorded sha256 %s (trust on first use)", spec.filename, digest)
     os.replace(tmp, models_dir / spec.filename)
     log.info("%s: downloaded, sha256 %s", spec.filename, digest)
 
@@ -190,19 +190,23 @@ def _extract(
         with zipfile.ZipFile(archive) as zf:
             for spec in specs:
                 member = _find_member(zf, str(spec.archive_member), name)
-                with zf.open(member) as source, _temp_file(models_dir, spec.filename) as (
-                    tmp,
-                    out,
-                ):
-                    digest = hashlib.sha256()
-                    while chunk := source.read(CHUNK_BYTES):
-                        digest.update(chunk)
-                        out.write(chunk)
-                    out.close()
-                    _check(spec, models_dir, recorded, digest.hexdigest())
-                    _install(tmp, spec, models_dir, recorded, digest.hexdigest())
+                with zf.open(member) as source:
+                    _copy_verified(source, spec, models_dir, recorded)
     except zipfile.BadZipFile as exc:
         raise DownloadError(f"{name}: not a valid zip archive ({exc})") from None
+
+
+def _copy_verified(
+    source: IO[bytes], spec: ModelSpec, models_dir: Path, recorded: dict[str, str]
+) -> None:
+    with _temp_file(models_dir, spec.filename) as (tmp, out):
+        digest = hashlib.sha256()
+        while chunk := source.read(CHUNK_BYTES):
+            digest.update(chunk)
+            out.write(chunk)
+        out.close()
+        _check(spec, models_dir, recorded, digest.hexdigest())
+        _install(tmp, spec, models_dir, recorded, digest.hexdigest())
 
 
 def _find_member(zf: zipfile.ZipFile, wanted: str, archive_name: str) -> str:

@@ -164,18 +164,22 @@ def build_embedder(seed: int = 7) -> onnx.GraphProto:
 def build_swapper(seed: int = 11, *, batchable: bool = True) -> onnx.GraphProto:
     """inswapper contract: target [1,3,128,128] (RGB/255) + source [1,512] -> output [1,3,128,128].
 
-    `batchable=False` hard-codes batch 1 inside the graph (a Reshape to [1,3,1,1]), the way some
-    exports do, so the per-face fallback can be tested.
+    `batchable=False` makes the graph mix items across the batch dimension (a mean over axis 0,
+    an identity at batch 1), so no conversion can batch it and the per-face fallback is tested.
     """
     rng = np.random.default_rng(seed)
     tint = rng.standard_normal((512, 3)).astype(np.float32) * 2.0
     emap = rng.standard_normal((512, 512)).astype(np.float32) / float(np.sqrt(512))
-    shape = [-1, 3, 1, 1] if batchable else [1, 3, 1, 1]
-    nodes = [
+    nodes = []
+    target = "target"
+    if not batchable:
+        nodes.append(helper.make_node("ReduceMean", ["target"], ["target_mean"], axes=[0]))
+        target = "target_mean"
+    nodes += [
         helper.make_node("MatMul", ["source", "tint"], ["tint_raw"]),
         helper.make_node("Tanh", ["tint_raw"], ["tint_t"]),
         helper.make_node("Reshape", ["tint_t", "tint_shape"], ["colour"]),
-        helper.make_node("Mul", ["target", "half"], ["dimmed"]),
+        helper.make_node("Mul", [target, "half"], ["dimmed"]),
         helper.make_node("Mul", ["colour", "quarter"], ["shift"]),
         helper.make_node("Add", ["dimmed", "shift"], ["mixed"]),
         helper.make_node("Add", ["mixed", "quarter"], ["lifted"]),
@@ -183,7 +187,7 @@ def build_swapper(seed: int = 11, *, batchable: bool = True) -> onnx.GraphProto:
     ]
     inits = [
         _const("tint", tint),
-        _const("tint_shape", np.array(shape, np.int64)),
+        _const("tint_shape", np.array([-1, 3, 1, 1], np.int64)),
         _const("half", np.array(0.5, np.float32)),
         _const("quarter", np.array(0.25, np.float32)),
         _const("zero", np.array(0.0, np.float32)),

@@ -1,0 +1,224 @@
+"""The `facefusion-tasks` command: swap, demo, models, doctor, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from facefusion_tasks import __version__
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import FaceFusionError, InputError
+
+log = logging.getLogger("facefusion_tasks")
+
+#: Exit codes: done, internal error, bad input.
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that override FACEFUSION_* settings (None = keep the environment's value)."""
+    g = parser.add_argument_group("settings (override FACEFUSION_* variables)")
+    g.add_argument("--models-dir", type=Path, default=None)
+    g.add_argument("--execution-provider", choices=["auto", "cuda", "tensorrt", "cpu"])
+    g.add_argument("--inference-threads", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--face-selector", choices=["many", "one", "reference"])
+    g.add_argument("--reference-distance", type=float, default=None)
+    g.add_argument("--video-encoder", default=None)
+    g.add_argument("--video-quality", type=int, default=None)
+    g.add_argument("--hwaccel", choices=["none", "auto", "cuda"])
+    g.add_argument("--ffmpeg", default=None, help="ffmpeg executable")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = [
+        "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
+        "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
+    ]  # fmt: skip
+    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="facefusion-tasks", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    swap = sub.add_parser("swap", help="swap the source face into every face of a video")
+    swap.add_argument("source", type=Path, help="image with the face to put in")
+    swap.add_argument("target", type=Path, help="video to change")
+    swap.add_argument("-o", "--output", type=Path, required=True)
+    swap.add_argument("--reference-face", type=Path, default=None)
+    swap.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    swap.add_argument("--no-progress", action="store_true")
+    _settings_flags(swap)
+
+    demo = sub.add_parser("demo", help="make a sample clip and run a swap on it end to end")
+    demo.add_argument("--dir", type=Path, default=Path("demo-output"))
+    demo.add_argument("--seconds", type=float, default=6.0)
+    demo.add_argument("--json", action="store_true")
+    _settings_flags(demo)
+
+    models = sub.add_parser("models", help="download, verify or fake the model files")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    dl = msub.add_parser("download", help="fetch the real models and verify their digests")
+    dl.add_argument("--dir", type=Path, default=None)
+    dl.add_argument("--force", action="store_true")
+    dl.add_argument("--no-progress", action="store_true")
+    mt = msub.add_parser("make-test", help="write stand-in models with the real I/O contracts")
+    mt.add_argument("--dir", type=Path, default=None)
+    vf = msub.add_parser("verify", help="check the model files against their digests")
+    vf.add_argument("--dir", type=Path, default=None)
+
+    doctor = sub.add_parser("doctor", help="report ffmpeg, onnxruntime, GPUs and models")
+    doctor.add_argument("--json", action="store_true")
+    _settings_flags(doctor)
+
+    bench = sub.add_parser("bench", help="measure end-to-end vs transcode-only vs inference-only")
+    bench.add_argument("--seconds", type=float, default=20.0)
+    bench.add_argument("--width", type=int, default=640)
+    bench.add_argument("--height", type=int, default=360)
+    bench.add_argument("--memory", action="store_true", help="also compare peak RSS 1 vs 6 min")
+    bench.add_argument("--json", action="store_true")
+    _settings_flags(bench)
+    return parser
+
+
+def _cmd_swap(args: argparse.Namespace) -> int:
+    from facefusion_tasks.local import run_local
+
+    settings = _settings(args)
+    result, loaded = run_local(
+        args.source,
+        args.target,
+        args.output,
+        settings=settings,
+        reference=args.reference_face,
+        show_progress=not args.no_progress and not args.json,
+    )
+    _report(result.as_dict() | _model_facts(loaded), as_json=args.json)
+    return EXIT_OK
+
+
+def _model_facts(loaded: Any) -> dict[str, Any]:
+    return {
+        "provider": loaded.active_provider,
+        "swapper_batched": loaded.swapper_batched,
+        "standin_models": loaded.standin,
+    }
+
+
+def _report(summary: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+        return
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in summary["stage_seconds"].items())
+    print(
+        f"wrote {summary['output']}: {summary['frames']} frames, "
+        f"{summary['faces_swapped']} faces swapped in {summary['frames_with_faces']} frames, "
+        f"{summary['fps']:.1f} fps on {summary['provider']} ({stages})"
+    )
+    if summary.get("standin_models"):
+        print("note: these are STAND-IN models (tests/demo only); faces were tinted, not swapped")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from facefusion_tasks.local import run_demo
+
+    summary = run_demo(args.dir, settings=_settings(args), seconds=args.seconds, quiet=args.json)
+    _report(summary, as_json=args.json)
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(models_dir=args.dir)
+    directory = settings.models_dir
+    if args.models_command == "make-test":
+        from facefusion_tasks.models.standin import make_test_models
+
+        for path in make_test_models(directory).values():
+            print(path)
+        print("note: stand-in models for tests and demos; they do not really swap faces")
+        return EXIT_OK
+    from facefusion_tasks.models.download import download_models, verify_models
+
+    if args.models_command == "download":
+        for path in download_models(directory, progress=not args.no_progress, force=args.force):
+            print(path)
+        return EXIT_OK
+    states = verify_models(directory)
+    for name, state in states.items():
+        print(f"{name}: {state}")
+    bad = [s for s in states.values() if s not in {"ok", "unpinned (recorded)"}]
+    return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from facefusion_tasks.doctor import diagnose, render
+
+    report = diagnose(_settings(args))
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
+    return EXIT_OK if report["ok"] else EXIT_INTERNAL
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from facefusion_tasks.bench import render, run_bench
+
+    report = run_bench(
+        _settings(args),
+        seconds=args.seconds,
+        width=args.width,
+        height=args.height,
+        memory=args.memory,
+    )
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "swap": _cmd_swap,
+    "demo": _cmd_demo,
+    "models": _cmd_models,
+    "doctor": _cmd_doctor,
+    "bench": _cmd_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one clear line on stderr for bad input (exit 2), never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    debug = args.debug or os.environ.get("FACEFUSION_DEBUG") == "1"
+    try:
+        return _COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"facefusion-tasks: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FaceFusionError as exc:
+        print(f"facefusion-tasks: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return EXIT_INTERNAL
+    except KeyboardInterrupt:
+        print("facefusion-tasks: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: say so plainly, details on request
+        print(f"facefusion-tasks: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

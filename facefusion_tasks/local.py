@@ -1,0 +1,117 @@
+"""Local mode: one process runs the whole job (the default when no broker is configured)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError, ModelError
+from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
+from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
+from facefusion_tasks.pipeline import SwapJob, SwapResult, check_output, run_swap
+from facefusion_tasks.video.probe import probe
+
+
+def run_local(
+    source: Path,
+    target: Path,
+    output: Path,
+    *,
+    settings: Settings,
+    reference: Path | None = None,
+    show_progress: bool = False,
+) -> tuple[SwapResult, LoadedModels]:
+    """Validate cheap things first (so bad input fails in milliseconds), then load models once
+    and stream the video through them."""
+    from facefusion_tasks.faces.engine import read_image
+
+    info = probe(target, ffmpeg=settings.ffmpeg)
+    check_output(output, target)
+    read_image(source)
+    if reference is not None:
+        read_image(reference)
+        if settings.face_selector == "many":
+            settings = settings.replace(face_selector="reference")
+    elif settings.face_selector == "reference":
+        raise InputError("--face-selector reference needs --reference-face IMAGE")
+    loaded = load_models(settings)
+    loaded.engine.set_source(source)
+    if reference is not None:
+        loaded.engine.set_reference(reference)
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=info.frame_count or None, unit="frame", file=sys.stderr, leave=False)
+    try:
+        result = run_swap(
+            SwapJob(source=source, target=target, output=output, reference=reference),
+            loaded.engine,
+            settings,
+            info=info,
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return result, loaded
+
+
+def _has_real_models(models_dir: Path) -> bool:
+    from facefusion_tasks.models.standin import is_standin
+
+    try:
+        paths = model_paths(models_dir)
+    except ModelError:
+        return False
+    return not any(is_standin(p) for p in paths.values())
+
+
+def run_demo(
+    directory: Path, *, settings: Settings, seconds: float = 6.0, quiet: bool = False
+) -> dict[str, Any]:
+    """Make a sample clip (with audio) and a source face, then swap end to end. Uses the real
+    models when they are installed, stand-ins otherwise — and says which."""
+    from facefusion_tasks.models.standin import make_test_models
+    from facefusion_tasks.video.samples import make_sample_video
+
+    directory.mkdir(parents=True, exist_ok=True)
+    real = _has_real_models(settings.models_dir)
+    if not real:
+        standins = directory / "standin-models"
+        make_test_models(standins)
+        settings = settings.replace(models_dir=standins)
+        if not quiet:
+            print(
+                f"note: no real models in {settings.models_dir}; using STAND-IN models written to "
+                f"{standins} (run `facefusion-tasks models download` for real face swapping)",
+                file=sys.stderr,
+            )
+    if real:
+        # Real detectors need real faces: insightface ships photos in its wheel.
+        from facefusion_tasks.video.samples import make_photo_video
+
+        source = bundled_photo("Tom_Hanks_54745.png")
+        photo = cv2.imread(str(bundled_photo("t1.jpg")))
+        target = make_photo_video(
+            directory / "sample.mp4", photo, seconds=seconds, width=640, height=360, audio=True
+        )
+    else:
+        target = make_sample_video(directory / "sample.mp4", seconds=seconds, faces=2, audio=True)
+        source = directory / "source.png"
+        image = background(256, 256, 0)
+        draw_face(image, 128, 128, 90)
+        cv2.imwrite(str(source), image)
+    output = directory / "swapped.mp4"
+    result, loaded = run_local(source, target, output, settings=settings, show_progress=not quiet)
+    return result.as_dict() | {
+        "provider": loaded.active_provider,
+        "swapper_batched": loaded.swapper_batched,
+        "standin_models": loaded.standin,
+        "target": str(target),
+        "source": str(source),
+    }

@@ -1,0 +1,258 @@
+"""decode → detect → swap → paste → encode, overlapped through bounded queues (no Celery here)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import Cancelled, InputError
+from facefusion_tasks.faces.engine import FaceEngine, StageClock
+from facefusion_tasks.video.probe import VideoInfo, probe
+from facefusion_tasks.video.reader import FrameReader
+from facefusion_tasks.video.writer import FrameWriter
+
+log = logging.getLogger(__name__)
+
+#: Output containers we can mux video (and usually the source audio) into.
+OUTPUT_SUFFIXES = {".mp4", ".mov", ".mkv", ".m4v"}
+_END = object()
+#: How often blocked queue operations wake up to notice a failure or cancellation elsewhere.
+_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class SwapJob:
+    """One swap over a target video (or one span of it, for a chunk)."""
+
+    source: Path
+    target: Path
+    output: Path
+    reference: Path | None = None
+    #: Decode only frames with start_pts <= pts < end_pts (a chunk); None = whole video.
+    start_pts: int | None = None
+    end_pts: int | None = None
+    #: Copy the target's audio into the output (off for chunk segments; the stitcher adds it).
+    audio: bool = True
+
+
+@dataclass
+class SwapResult:
+    """What a run did, for the CLI summary and for metrics."""
+
+    output: Path
+    frames: int = 0
+    faces_swapped: int = 0
+    frames_with_faces: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        """Frames per wall-clock second over the whole run."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "output": str(self.output),
+            "frames": self.frames,
+            "faces_swapped": self.faces_swapped,
+            "frames_with_faces": self.frames_with_faces,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())},
+        }
+
+
+def check_output(output: Path, target: Path) -> None:
+    """Refuse destinations we could only fail on later, before any work starts."""
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        allowed = ", ".join(sorted(OUTPUT_SUFFIXES))
+        raise InputError(f"{output}: unsupported output type (use {allowed})", reason="bad_output")
+    if output.resolve() == target.resolve():
+        raise InputError(f"{output}: output would overwrite the target video", reason="bad_output")
+
+
+class _Stop(Exception):
+    """Another stage failed or the job was cancelled; unwind quietly."""
+
+
+class _Stages:
+    """Shared failure/cancel state for the three threads of one run."""
+
+    def __init__(self, cancel: threading.Event | None) -> None:
+        self.failed = threading.Event()
+        self.cancel = cancel or threading.Event()
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
+        self.failed.set()
+
+    def check(self) -> None:
+        if self.failed.is_set():
+            raise _Stop
+        if self.cancel.is_set():
+            self.fail(Cancelled("cancelled"))
+            raise _Stop
+
+    def put(self, q: queue.Queue[Any], item: Any) -> None:
+        while True:
+            self.check()
+            try:
+                q.put(item, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, q: queue.Queue[Any]) -> Any:
+        while True:
+            self.check()
+            try:
+                return q.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                continue
+
+
+def _timed(iterator: Iterator[Any], clock: StageClock, stage: str) -> Iterator[Any]:
+    """Charge the time spent waiting on `iterator` to `stage`."""
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            clock.add(stage, started)
+            return
+        clock.add(stage, started)
+        yield item
+
+
+def run_swap(
+    job: SwapJob,
+    engine: FaceEngine,
+    settings: Settings,
+    *,
+    info: VideoInfo | None = None,
+    progress: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> SwapResult:
+    """Swap faces through a whole video (or a span): decode, infer and encode run concurrently,
+    joined by queues of at most `settings.queue_frames` frames, so memory stays flat however
+    long the video is. Nothing appears at `job.output` unless every frame made it."""
+    check_output(job.output, job.target)
+    info = info or probe(job.target, ffmpeg=settings.ffmpeg)
+    started = time.perf_counter()
+    clock = engine.clock
+    clock.seconds.clear()
+    result = SwapResult(output=job.output)
+    stages = _Stages(cancel)
+    decoded: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_frames)
+    swapped: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_frames)
+    reader = FrameReader(
+        info,
+        ffmpeg=settings.ffmpeg,
+        hwaccel=settings.hwaccel,
+        start_pts=job.start_pts,
+        end_pts=job.end_pts,
+    )
+    writer = FrameWriter(
+        job.output,
+        width=info.width,
+        height=info.height,
+        time_base=info.time_base,
+        audio_source=info if job.audio else None,
+        settings=settings,
+    )
+
+    def decode() -> None:
+        try:
+            for frame in _timed(iter(reader), clock, "decode"):
+                stages.put(decoded, frame)
+            stages.put(decoded, _END)
+        except _Stop:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            stages.fail(exc)
+
+    def encode() -> None:
+        try:
+            while (item := stages.get(swapped)) is not _END:
+                image, pts = item
+                begun = time.perf_counter()
+                writer.write(image, pts)
+                clock.add("encode", begun)
+                if progress is not None:
+                    progress(1)
+        except _Stop:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            stages.fail(exc)
+
+    threads = [
+        threading.Thread(target=decode, name="ff-decode", daemon=True),
+        threading.Thread(target=encode, name="ff-encode", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        ended = False
+        while not ended:
+            batch = []
+            while len(batch) < settings.batch_size:
+                item = stages.get(decoded)
+                if item is _END:
+                    ended = True
+                    break
+                batch.append(item)
+            if not batch:
+                break
+            images = [_writable(frame.image) for frame in batch]
+            counts = engine.process(images)
+            result.faces_swapped += sum(counts)
+            result.frames_with_faces += sum(1 for c in counts if c)
+            result.frames += len(batch)
+            for frame, image in zip(batch, images, strict=True):
+                stages.put(swapped, (image, frame.pts))
+        stages.put(swapped, _END)
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(_POLL_SECONDS)
+                if stages.failed.is_set():
+                    break
+    except _Stop:
+        pass
+    except BaseException as exc:
+        stages.fail(exc)
+    finally:
+        if stages.error is not None:
+            stages.failed.set()
+            reader.close()
+            writer.abort()
+            for thread in threads:
+                thread.join(5)
+    if stages.error is not None:
+        raise stages.error
+    reader.close()
+    begun = time.perf_counter()
+    writer.commit()
+    clock.add("encode", begun)
+    result.seconds = time.perf_counter() - started
+    result.stage_seconds = dict(clock.seconds)
+    return result
+
+
+def _writable(image: np.ndarray) -> np.ndarray:
+    """Frames from a pipe may be read-only views of a bytes object; the engine pastes in place."""
+    return image if image.flags.writeable else image.copy()

@@ -1,0 +1,129 @@
+"""Finding the ffmpeg/ffprobe binaries and what they can do (version, encoders, hwaccels)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from facefusion_tasks.errors import InputError, MediaError
+
+log = logging.getLogger(__name__)
+
+#: Seconds a capability query (-version, -encoders, a trial encode) may take.
+QUERY_TIMEOUT = 30.0
+
+
+@functools.lru_cache(maxsize=8)
+def ffmpeg_exe(configured: str = "") -> str:
+    """The ffmpeg to run: the configured path, else `ffmpeg` on PATH, else imageio-ffmpeg's."""
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise InputError(f"{configured}: ffmpeg executable not found")
+        return found
+    on_path = shutil.which("ffmpeg")
+    if on_path is not None:
+        return on_path
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise MediaError("ffmpeg not found: not on PATH and imageio-ffmpeg is missing") from None
+    try:
+        exe: str = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as exc:
+        raise MediaError(f"ffmpeg not found: {exc}") from None
+    log.info("using the ffmpeg bundled with imageio-ffmpeg: %s", exe)
+    return exe
+
+
+@functools.lru_cache(maxsize=8)
+def ffprobe_exe(ffmpeg: str = "") -> str | None:
+    """The ffprobe beside the chosen ffmpeg, else on PATH; None when there is none (the
+    imageio-ffmpeg wheel ships ffmpeg only), in which case probing parses `ffmpeg -i`."""
+    exe = Path(ffmpeg_exe(ffmpeg))
+    sibling = exe.with_name(exe.name.replace("ffmpeg", "ffprobe", 1))
+    if sibling != exe and sibling.is_file() and os.access(sibling, os.X_OK):
+        return str(sibling)
+    return shutil.which("ffprobe")
+
+
+def _query(exe: str, *args: str) -> str:
+    try:
+        done = subprocess.run(
+            [exe, "-hide_banner", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=QUERY_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MediaError(f"{exe} {' '.join(args)} failed: {exc}") from None
+    return done.stdout + done.stderr
+
+
+@functools.lru_cache(maxsize=8)
+def ffmpeg_version(exe: str) -> tuple[int, int]:
+    """(major, minor); git snapshots ("N-12345-g…") count as newer than any release."""
+    text = _query(exe, "-version")
+    match = re.search(r"version\s+n?(\d+)\.(\d+)", text)
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    if re.search(r"version\s+N-", text):
+        return 99, 0
+    raise MediaError(f"{exe}: cannot read the ffmpeg version", stderr=text[-2000:])
+
+
+def parse_encoders(text: str) -> set[str]:
+    """Encoder names from `ffmpeg -encoders` (lines like ' V....D libx264  …')."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        match = re.match(r"^\s*([VASD][A-Z.]{5})\s+(\S+)\s", line)
+        if match and match.group(2) != "=":
+            names.add(match.group(2))
+    return names
+
+
+def parse_hwaccels(text: str) -> set[str]:
+    """Method names from `ffmpeg -hwaccels` (one per line after the heading)."""
+    _, _, rest = text.partition("Hardware acceleration methods:")
+    return {line.strip() for line in rest.splitlines() if line.strip()}
+
+
+@functools.lru_cache(maxsize=8)
+def encoders(exe: str) -> set[str]:
+    """Encoders compiled into this ffmpeg (compiled in, not necessarily usable: nvenc needs a GPU)."""
+    return parse_encoders(_query(exe, "-encoders"))
+
+
+@functools.lru_cache(maxsize=8)
+def hwaccels(exe: str) -> set[str]:
+    """Hardware decoding methods compiled into this ffmpeg."""
+    return parse_hwaccels(_query(exe, "-hwaccels"))
+
+
+@functools.lru_cache(maxsize=16)
+def encoder_works(exe: str, encoder: str) -> bool:
+    """Whether a one-frame trial encode succeeds: Debian's ffmpeg lists h264_nvenc even on
+    machines without an NVIDIA GPU, so being listed is not enough to choose it."""
+    if encoder not in encoders(exe):
+        return False
+    try:
+        done = subprocess.run(
+            [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi",
+             "-i", "color=black:s=256x256:r=25", "-frames:v", "1", "-c:v", encoder,
+             "-f", "null", "-"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=QUERY_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0

@@ -1,0 +1,32 @@
+"""Shared fixtures: stand-in models and settings built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.models.standin import make_test_models
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stand-in models under their real names (the swapper converts to dynamic batch)."""
+    directory = tmp_path_factory.mktemp("models")
+    make_test_models(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def fixed_batch_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stand-ins whose swapper hard-codes batch 1 inside the graph (conversion must fail)."""
+    directory = tmp_path_factory.mktemp("models-fixed")
+    make_test_models(directory, swapper_batchable=False)
+    return directory
+
+
+@pytest.fixture()
+def settings(models_dir: Path) -> Settings:
+    """CPU settings on the stand-in models, isolated from the caller's FACEFUSION_* variables."""
+    return Settings.from_env({}, models_dir=models_dir, execution_provider="cpu", batch_size=4)
