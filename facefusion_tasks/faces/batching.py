@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from facefusion_tasks.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +56,8 @@ def make_batch_dynamic(
     `patch_reshapes` retries a failed conversion with constant Reshape shapes that start
     with a baked-in batch of 1 rewritten to -1.
     """
-    return (
-        _convert(
-            model_path,
-            out_path,
-            probe_batch=probe_batch,
-            rtol=rtol,
-            atol=atol,
-            spatial=spatial,
-            folded_ok=folded_ok,
-            patch_reshapes=patch_reshapes,
-        )
-        is None
-    )
+    probe = _Probe(probe_batch, rtol, atol, spatial, folded_ok)
+    return _convert(model_path, out_path, probe, patch_reshapes=patch_reshapes) is None
 
 
 def batched_model_path(
@@ -75,7 +68,10 @@ def batched_model_path(
     again). None when conversion fails; that is recorded so later starts do not retry it."""
     import onnxruntime as ort
 
-    digest = _sha256(model_path)[:16]
+    try:
+        digest = _sha256(model_path)[:16]
+    except OSError as exc:
+        raise ModelError(f"cannot read {model_path}: {exc}") from None
     suffix = ".folded" if folded_ok else ""
     converted = cache_dir / f"{model_path.stem}.{digest}{suffix}.batch.onnx"
     marker = cache_dir / f"{model_path.stem}.{digest}{suffix}.batch-failed.json"
@@ -87,10 +83,12 @@ def batched_model_path(
         if failure.get("onnxruntime") == ort.__version__:
             log.info("%s: batching unavailable (%s)", model_path.name, failure.get("reason"))
             return None
-    if is_batch_dynamic(model_path):
-        return model_path
+    with contextlib.suppress(Exception):  # unreadable: the conversion below records why
+        if is_batch_dynamic(model_path):
+            return model_path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    reason = _convert(model_path, converted, spatial=spatial, folded_ok=folded_ok)
+    probe = _Probe(spatial=spatial, folded_ok=folded_ok)
+    reason = _convert(model_path, converted, probe, patch_reshapes=True)
     if reason is None:
         marker.unlink(missing_ok=True)
         log.info("%s: converted to dynamic batch at %s", model_path.name, converted)
@@ -108,16 +106,19 @@ def batched_model_path(
     return None
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """How a converted model is put to the test."""
+
+    batch: int = 3
+    rtol: float = 1e-4
+    atol: float = 1e-4
+    spatial: int = 128
+    folded_ok: bool = False
+
+
 def _convert(
-    model_path: Path,
-    out_path: Path,
-    *,
-    probe_batch: int = 3,
-    rtol: float = 1e-4,
-    atol: float = 1e-4,
-    spatial: int = 128,
-    folded_ok: bool = False,
-    patch_reshapes: bool = True,
+    model_path: Path, out_path: Path, probe: _Probe, *, patch_reshapes: bool
 ) -> str | None:
     """Convert and verify; None on success, else why it failed (nothing left at out_path)."""
     try:
@@ -135,9 +136,7 @@ def _convert(
     del graph.value_info[:]
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    reason = _save_and_verify(
-        model, model_path, out_path, probe_batch, rtol, atol, spatial, folded_ok
-    )
+    reason = _save_and_verify(model, model_path, out_path, probe)
     if reason is None or not patch_reshapes:
         return reason
     # Exporters fold `x.view(1, C, …)` into a constant shape with the batch baked in; -1 lets it
@@ -145,23 +144,14 @@ def _convert(
     patched = _patch_leading_one_reshapes(graph)
     if not patched:
         return reason
-    retry = _save_and_verify(
-        model, model_path, out_path, probe_batch, rtol, atol, spatial, folded_ok
-    )
+    retry = _save_and_verify(model, model_path, out_path, probe)
     if retry is None:
         log.info("%s: batched after freeing %d Reshape shape(s)", model_path.name, patched)
     return retry
 
 
 def _save_and_verify(
-    model: onnx.ModelProto,
-    model_path: Path,
-    out_path: Path,
-    probe_batch: int,
-    rtol: float,
-    atol: float,
-    spatial: int,
-    folded_ok: bool,
+    model: onnx.ModelProto, model_path: Path, out_path: Path, probe: _Probe
 ) -> str | None:
     """Save to a temp file beside out_path; move it there only once it is proven."""
     fd, raw = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".part")
@@ -169,7 +159,7 @@ def _save_and_verify(
     tmp = Path(raw)
     try:
         onnx.save(model, str(tmp))
-        reason = _verify(model_path, tmp, probe_batch, rtol, atol, spatial, folded_ok)
+        reason = _verify(model_path, tmp, _real_inputs(model.graph), probe)
         if reason is None:
             os.replace(tmp, out_path)
         return reason
@@ -210,13 +200,7 @@ def _patch_leading_one_reshapes(graph: onnx.GraphProto) -> int:
 
 
 def _verify(
-    original: Path,
-    converted: Path,
-    probe_batch: int,
-    rtol: float,
-    atol: float,
-    spatial: int,
-    folded_ok: bool,
+    original: Path, converted: Path, inputs: list[onnx.ValueInfoProto], probe: _Probe
 ) -> str | None:
     """Run a batch through the converted model and each item through the original."""
     import onnxruntime as ort
@@ -230,14 +214,10 @@ def _verify(
     batched = ort.InferenceSession(str(converted), options, providers=providers)
 
     rng = np.random.default_rng(0)
-    proto = onnx.load(str(converted), load_external_data=False)
-    feeds = {
-        value.name: _probe_input(value, probe_batch, spatial, rng)
-        for value in _real_inputs(proto.graph)
-    }
+    feeds = {value.name: _probe_input(value, probe, rng) for value in inputs}
     outputs = batched.run(None, feeds)
     names = [out.name for out in batched.get_outputs()]
-    for item in range(probe_batch):
+    for item in range(probe.batch):
         # A scalar input has no batch dim: every item gets the same value.
         item_feeds = {
             name: array if array.ndim == 0 else array[item : item + 1]
@@ -245,48 +225,37 @@ def _verify(
         }
         expected = single.run(None, item_feeds)
         for name, got, want in zip(names, outputs, expected, strict=True):
-            reason = _compare(name, got, want, item, probe_batch, rtol, atol, folded_ok)
+            reason = _compare(name, np.asarray(got), np.asarray(want), item, probe)
             if reason is not None:
                 return reason
     return None
 
 
-def _compare(
-    name: str,
-    got: np.ndarray,
-    want: np.ndarray,
-    item: int,
-    batch: int,
-    rtol: float,
-    atol: float,
-    folded_ok: bool,
-) -> str | None:
+def _compare(name: str, got: np.ndarray, want: np.ndarray, item: int, probe: _Probe) -> str | None:
     if got.ndim == 0 or want.ndim == 0:
         return f"output {name} is a scalar, it has no batch dimension"
     rows = want.shape[0]
-    if got.shape == (batch, *want.shape[1:]) and rows == 1:
+    if got.shape == (probe.batch, *want.shape[1:]) and rows == 1:
         part = got[item : item + 1]
-    elif folded_ok and got.shape == (batch * rows, *want.shape[1:]):
+    elif probe.folded_ok and got.shape == (probe.batch * rows, *want.shape[1:]):
         part = got[item * rows : (item + 1) * rows]
     else:
-        return f"output {name} has shape {got.shape} for {batch} items, {want.shape} for one"
-    if not np.allclose(part, want, rtol=rtol, atol=atol):
+        return f"output {name} has shape {got.shape} for {probe.batch} items, {want.shape} for one"
+    if not np.allclose(part, want, rtol=probe.rtol, atol=probe.atol):
         error = float(np.max(np.abs(part.astype(np.float64) - want.astype(np.float64))))
         return f"output {name} of item {item} differs from a single run (max error {error:.3g})"
     return None
 
 
-def _probe_input(
-    value: onnx.ValueInfoProto, batch: int, spatial: int, rng: np.random.Generator
-) -> np.ndarray:
+def _probe_input(value: onnx.ValueInfoProto, probe: _Probe, rng: np.random.Generator) -> np.ndarray:
     tensor = value.type.tensor_type
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
     shape = [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else spatial
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else probe.spatial
         for d in tensor.shape.dim
     ]
     if shape:
-        shape[0] = batch
+        shape[0] = probe.batch
     if dtype.kind == "f":
         return rng.random(shape).astype(dtype)
     if dtype.kind == "b":

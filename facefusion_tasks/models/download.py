@@ -12,7 +12,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -62,7 +62,7 @@ def recorded_digests(models_dir: Path) -> dict[str, str]:
     return {str(name): str(value) for name, value in data.items()}
 
 
-def verify_models(models_dir: Path, *, specs: tuple[ModelSpec, ...] = MODELS) -> dict[str, str]:
+def verify_models(models_dir: Path, *, specs: Sequence[ModelSpec] = MODELS) -> dict[str, str]:
     """filename → ok | unpinned (recorded) | missing | digest mismatch | unpinned (not recorded).
 
     Read-only: an unpinned file that was never recorded (copied in by hand) is reported, not
@@ -94,7 +94,7 @@ def trusted_model_path(models_dir: Path, spec: ModelSpec) -> Path:
 def download_models(
     models_dir: Path,
     *,
-    specs: tuple[ModelSpec, ...] = MODELS,
+    specs: Sequence[ModelSpec] = MODELS,
     mirror: str | None = None,
     progress: bool = True,
     force: bool = False,

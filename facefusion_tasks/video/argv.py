@@ -132,8 +132,18 @@ def video_codec_args(encoder: str, *, preset: str, quality: int) -> list[str]:
     if encoder in {"h264_nvenc", "hevc_nvenc"}:
         nv_preset = NVENC_PRESETS.get(preset, preset)
         # -b:v 0 lets -cq alone decide the bitrate in vbr mode.
-        return ["-c:v", encoder, "-preset", nv_preset, "-rc", "vbr", "-cq", str(quality),
-                "-b:v", "0"]
+        return [
+            "-c:v",
+            encoder,
+            "-preset",
+            nv_preset,
+            "-rc",
+            "vbr",
+            "-cq",
+            str(quality),
+            "-b:v",
+            "0",
+        ]
     raise ValueError(f"unknown video encoder {encoder!r} (use one of {', '.join(ENCODERS)})")
 
 

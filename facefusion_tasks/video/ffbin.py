@@ -98,7 +98,7 @@ def parse_hwaccels(text: str) -> set[str]:
 
 @functools.lru_cache(maxsize=8)
 def encoders(exe: str) -> set[str]:
-    """Encoders compiled into this ffmpeg (compiled in, not necessarily usable: nvenc needs a GPU)."""
+    """Encoders compiled into this ffmpeg (listed is not usable: nvenc also needs a GPU)."""
     return parse_encoders(_query(exe, "-encoders"))
 
 
@@ -116,9 +116,24 @@ def encoder_works(exe: str, encoder: str) -> bool:
         return False
     try:
         done = subprocess.run(
-            [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi",
-             "-i", "color=black:s=256x256:r=25", "-frames:v", "1", "-c:v", encoder,
-             "-f", "null", "-"],
+            [
+                exe,
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-nostdin",
+                "-f",
+                "lavfi",
+                "-i",
+                "color=black:s=256x256:r=25",
+                "-frames:v",
+                "1",
+                "-c:v",
+                encoder,
+                "-f",
+                "null",
+                "-",
+            ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=QUERY_TIMEOUT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from fractions import Fraction
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -139,7 +139,7 @@ class MatroskaRawWriter:
 
     def __init__(
         self,
-        stream: BinaryIO,
+        stream: IO[bytes],
         width: int,
         height: int,
         *,
@@ -167,7 +167,7 @@ class MatroskaRawWriter:
                     f"expected a {self.height}x{self.width}x3 uint8 frame, got "
                     f"{frame.shape} {frame.dtype}"
                 )
-            data: bytes | bytearray | memoryview = memoryview(np.ascontiguousarray(frame)).cast("B")
+            data: bytes | bytearray | memoryview = np.ascontiguousarray(frame).data.cast("B")
         else:
             data = frame
         if len(data) != self.frame_size:

@@ -75,7 +75,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     root.mkdir()
     server = _Server(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
     server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll keeps shutdown (and so each test's teardown) quick.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield Served(root, server)

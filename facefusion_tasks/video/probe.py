@@ -1,0 +1,462 @@
+"""What a video is (display size, rotation, timing, frame count, audio), and refusing what isn't."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import ffmpeg as ffmpeg_python
+
+from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.video import ffbin
+
+log = logging.getLogger(__name__)
+
+#: Seconds a probe or a demux-only pass may take (a pass reads the file, nothing is decoded).
+PROBE_TIMEOUT = 600.0
+#: Demuxer messages that mean the file ends before its index says it should.
+TRUNCATION_MARKERS = (
+    "partial file",
+    "truncat",
+    "corrupt input packet",
+    "packet corrupt",
+    "moov atom not found",
+)
+#: Demuxers that read one still image; a single picture is not a video.
+IMAGE_FORMATS = {"image2", "image2pipe"}
+#: Box types an ISO-BMFF (mp4/mov) file can begin with: such a file that no demuxer accepts
+#: is a damaged video, not some other kind of file.
+MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
+#: Magic numbers of other video containers (Matroska/WebM EBML, RIFF/AVI, MPEG-TS sync, FLV).
+VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"\x47")
+#: Frame flag that marks a packet the decoder drops (e.g. before an mp4 edit list's start).
+DISCARD_FLAG = 0x4
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A probed video. Sizes are as displayed (after rotation); pts count in time_base."""
+
+    path: Path
+    #: Display size: the decoded size turned by `rotation`.
+    width: int
+    height: int
+    #: Counter-clockwise degrees (0/90/180/270) the stored picture turns to be displayed,
+    #: from the display matrix; the reader's frames are already turned.
+    rotation: int
+    frame_rate: Fraction
+    time_base: Fraction
+    frame_count: int
+    duration: float
+    start_pts: int
+    has_audio: bool
+    audio_codec: str | None
+    video_codec: str
+    pix_fmt: str
+    variable_frame_rate: bool
+    #: Stored (coded) size before rotation.
+    stored_width: int = 0
+    stored_height: int = 0
+    #: ffmpeg's name for the container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", …).
+    container: str = ""
+
+
+def probe(path: str | Path, *, ffmpeg: str = "") -> VideoInfo:
+    """Probe a video with ffprobe (via ffmpeg-python), or by parsing `ffmpeg -i` when there is
+    no ffprobe. Raises InputError, one line naming the file, for anything that is not a
+    readable, complete video with at least one frame."""
+    source = _check_file(path)
+    exe = ffbin.ffmpeg_exe(ffmpeg)
+    ffprobe = ffbin.ffprobe_exe(ffmpeg)
+    if ffprobe is not None:
+        info, counted = _probe_with_ffprobe(source, ffprobe, exe)
+    else:
+        info, counted = _probe_with_ffmpeg(source, exe)
+    if info.frame_count <= 0:
+        raise InputError(f"{source.name}: video stream has no frames")
+    if not counted:
+        # The index may promise frames the file no longer holds (an mp4 with its moov first,
+        # cut short): demux the last second, which reads through to the end of the data.
+        _check_tail(source, exe, info.duration)
+    log.debug("probed %s: %s", source, info)
+    return info
+
+
+def frame_timestamps(path: str | Path, *, ffmpeg: str = "") -> tuple[list[int], Fraction]:
+    """Every video frame's pts in presentation order, and the stream time base.
+
+    A demux-only pass (stream copy into framecrc, nothing decoded): packets the decoder would
+    discard are left out, so the list has exactly one entry per frame the reader yields.
+    """
+    source = _check_file(path)
+    packets = _demux_pass(source, ffbin.ffmpeg_exe(ffmpeg))
+    return sorted(packets.pts), packets.time_base
+
+
+# --- checks shared by both probes -------------------------------------------------------------
+
+
+def _check_file(path: str | Path) -> Path:
+    source = Path(path).expanduser().absolute()
+    name = source.name or str(source)
+    if not source.exists():
+        raise InputError(f"{name}: no such file")
+    if source.is_dir():
+        raise InputError(f"{name}: is a directory, not a video file")
+    if not source.is_file():
+        raise InputError(f"{name}: not a regular file")
+    if source.stat().st_size == 0:
+        raise InputError(f"{name}: empty file")
+    if not os.access(source, os.R_OK):
+        raise InputError(f"{name}: not readable (permission denied)")
+    return source
+
+
+def _looks_like_video_container(source: Path) -> bool:
+    with source.open("rb") as handle:
+        head = handle.read(12)
+    return head[4:8] in MP4_BOXES or head.startswith(VIDEO_MAGIC)
+
+
+def _open_failure(source: Path, stderr: str) -> InputError:
+    """One line for a file no demuxer would open."""
+    if "moov atom not found" in stderr:
+        # Text renamed .mp4 gets the same complaint from the mp4 demuxer: tell them apart.
+        if _looks_like_video_container(source):
+            return InputError(
+                f"{source.name}: truncated or corrupt video (moov atom not found)",
+                reason="corrupt_video",
+            )
+        return InputError(f"{source.name}: not a video file", reason="not_video")
+    if "Invalid data found" in stderr and _looks_like_video_container(source):
+        return InputError(f"{source.name}: truncated or corrupt video", reason="corrupt_video")
+    if "Permission denied" in stderr:
+        return InputError(f"{source.name}: not readable (permission denied)")
+    return InputError(f"{source.name}: not a video file", reason="not_video")
+
+
+def _truncation(stderr: str) -> str | None:
+    lowered = stderr.lower()
+    for marker in TRUNCATION_MARKERS:
+        if marker in lowered:
+            return marker
+    return None
+
+
+def _check_tail(source: Path, exe: str, duration: float) -> None:
+    argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning"]
+    argv += ["-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", str(source)]
+    argv += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    done = _run(argv)
+    marker = _truncation(done.stderr)
+    if marker is not None:
+        raise InputError(f"{source.name}: truncated or corrupt video ({marker})",
+                         reason="corrupt_video")
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=PROBE_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"{argv[0]} took over {PROBE_TIMEOUT:.0f} s on {argv[-1]}") from None
+
+
+def _parse_ratio(text: str | None) -> Fraction:
+    if not text or "/" not in text:
+        return Fraction(0)
+    num, _, den = text.partition("/")
+    try:
+        return Fraction(int(num), int(den)) if int(den) else Fraction(0)
+    except ValueError:
+        return Fraction(0)
+
+
+def _display(width: int, height: int, rotation: int) -> tuple[int, int]:
+    return (height, width) if rotation in (90, 270) else (width, height)
+
+
+def _normal_rotation(degrees: float) -> int:
+    # Display matrices can hold any angle; the pipeline only turns by quarter turns.
+    return (round(degrees / 90) * 90) % 360
+
+
+def _still_image(source: Path, container: str, frames: int | None) -> bool:
+    names = set(container.split(","))
+    return bool(names & IMAGE_FORMATS) or container.endswith("_pipe") or (
+        container in {"png", "apng", "gif", "webp"} and (frames or 0) <= 1
+    )
+
+
+# --- ffprobe ----------------------------------------------------------------------------------
+
+
+def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
+    """VideoInfo and whether frame_count came from a demux pass (True) or the index."""
+    try:
+        data: dict[str, Any] = ffmpeg_python.probe(str(source), cmd=ffprobe, v="error")
+    except ffmpeg_python.Error as exc:
+        raise _open_failure(source, exc.stderr.decode(errors="replace")) from None
+    container = str(data.get("format", {}).get("format_name", ""))
+    streams: list[dict[str, Any]] = data.get("streams", [])
+    videos = [
+        s for s in streams
+        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+    ]
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    if not videos:
+        if _still_image(source, container, None) or any(
+            s.get("codec_type") == "video" for s in streams
+        ):
+            raise InputError(f"{source.name}: not a video file (a still image)",
+                             reason="not_video")
+        raise InputError(f"{source.name}: no video stream", reason="no_video")
+    video = videos[0]
+    nb_frames = _int(video.get("nb_frames"))
+    if _still_image(source, container, nb_frames):
+        raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
+
+    rotation = 0
+    for side in video.get("side_data_list", []) or []:
+        if "rotation" in side:
+            rotation = _normal_rotation(float(side["rotation"]))
+    if not rotation and "rotate" in video.get("tags", {}):
+        # ffmpeg before 5.0 reported the legacy clockwise tag instead of side data.
+        rotation = _normal_rotation(-float(video["tags"]["rotate"]))
+    stored_w, stored_h = int(video.get("width") or 0), int(video.get("height") or 0)
+    width, height = _display(stored_w, stored_h, rotation)
+
+    time_base = _parse_ratio(video.get("time_base"))
+    avg = _parse_ratio(video.get("avg_frame_rate"))
+    real = _parse_ratio(video.get("r_frame_rate"))
+    stream_duration = _float(video.get("duration"))
+    format_duration = _float(data.get("format", {}).get("duration"))
+    duration = stream_duration or format_duration
+    frame_rate = avg or real
+
+    counted = False
+    frame_count = nb_frames or 0
+    # An edit list can hide frames the index still counts (the stream then outlasts the
+    # file's timeline); only a demux pass, which sees the discard flags, is exact then.
+    edited = (
+        stream_duration and format_duration and frame_rate
+        and stream_duration - format_duration > 1.5 / frame_rate
+    )
+    if not frame_count or edited or time_base == 0:
+        packets = _demux_pass(source, exe)
+        frame_count, time_base, counted = len(packets.pts), packets.time_base, True
+        if not frame_rate:
+            frame_rate = packets.frame_rate()
+    return VideoInfo(
+        path=source,
+        width=width,
+        height=height,
+        rotation=rotation,
+        frame_rate=frame_rate,
+        time_base=time_base,
+        frame_count=frame_count,
+        duration=duration,
+        start_pts=_int(video.get("start_pts")) or 0,
+        has_audio=bool(audios),
+        audio_codec=str(audios[0].get("codec_name")) if audios else None,
+        video_codec=str(video.get("codec_name", "")),
+        pix_fmt=str(video.get("pix_fmt", "")),
+        # r_frame_rate is the finest regular rate; avg differs when steps vary.
+        variable_frame_rate=bool(avg and real and avg != real),
+        stored_width=stored_w,
+        stored_height=stored_h,
+        container=container,
+    ), counted
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+# --- ffmpeg only (the imageio-ffmpeg wheel has no ffprobe) ------------------------------------
+
+
+@dataclass
+class _Packets:
+    pts: list[int]
+    time_base: Fraction
+    #: Sum of packet durations (ticks), for a duration when the header lacks one.
+    span: int
+    stderr: str
+
+    def frame_rate(self) -> Fraction:
+        ordered = sorted(self.pts)
+        if len(ordered) < 2 or ordered[-1] == ordered[0]:
+            return Fraction(0)
+        steps = {b - a for a, b in zip(ordered, ordered[1:], strict=False)}
+        if len(steps) == 1:
+            return 1 / (steps.pop() * self.time_base)
+        average = (len(ordered) - 1) / ((ordered[-1] - ordered[0]) * self.time_base)
+        return average.limit_denominator(1001 * 1000)
+
+    def variable(self) -> bool:
+        ordered = sorted(self.pts)
+        return len({b - a for a, b in zip(ordered, ordered[1:], strict=False)}) > 1
+
+
+_TB_LINE = re.compile(r"^#tb 0:\s*(\d+)/(\d+)")
+_NOPTS = -(2**63)
+
+
+def _demux_pass(source: Path, exe: str) -> _Packets:
+    """Stream-copy the first video stream into framecrc: one line per packet with its pts,
+    duration and flags. -copyts keeps the file's own timestamps."""
+    argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info", "-copyts"]
+    argv += ["-i", str(source), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
+    done = _run(argv)
+    if done.returncode != 0:
+        if "Input #0" not in done.stderr:
+            raise _open_failure(source, done.stderr)
+        if "matches no streams" in done.stderr:
+            raise InputError(f"{source.name}: no video stream", reason="no_video")
+        marker = _truncation(done.stderr)
+        if marker is not None:
+            raise InputError(f"{source.name}: truncated or corrupt video ({marker})",
+                             reason="corrupt_video")
+        raise MediaError(f"{source.name}: ffmpeg could not demux the video stream",
+                         stderr=done.stderr[-4000:])
+    marker = _truncation(done.stderr)
+    if marker is not None:
+        raise InputError(f"{source.name}: truncated or corrupt video ({marker})",
+                         reason="corrupt_video")
+    time_base = Fraction(0)
+    pts: list[int] = []
+    span = 0
+    for line in done.stdout.splitlines():
+        if line.startswith("#"):
+            match = _TB_LINE.match(line)
+            if match:
+                time_base = Fraction(int(match.group(1)), int(match.group(2)))
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 6 or fields[0] != "0":
+            continue
+        flags = 0
+        for extra in fields[6:]:
+            if extra.startswith("F=0x"):
+                flags = int(extra[4:], 16)
+        if flags & DISCARD_FLAG:
+            continue
+        stamp = int(fields[2])
+        pts.append(int(fields[1]) if stamp == _NOPTS else stamp)
+        span += max(int(fields[3]), 0)
+    return _Packets(pts=pts, time_base=time_base, span=span, stderr=done.stderr)
+
+
+_INPUT_START = re.compile(r"Input #0, ([^ ]+), from")
+_VIDEO_LINE = re.compile(r"Stream #0:\d+\S*: Video: (\w+)(.*)$")
+_AUDIO_LINE = re.compile(r"Stream #0:\d+\S*: Audio: (\w+)")
+_SIZE = re.compile(r", (\d{1,5})x(\d{1,5})\b")
+_PIX_FMT = re.compile(r"^[^,]*\), ([a-z0-9_]+)|^[^,]*, ([a-z0-9_]+)")
+_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
+_LEGACY_ROTATE = re.compile(r"^\s*rotate\s*:\s*(-?\d+)")
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_LEVEL_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] )?\[\w+\] ?")
+
+
+def _probe_with_ffmpeg(source: Path, exe: str) -> tuple[VideoInfo, bool]:
+    """Parse the input description ffmpeg prints, and count packets in the same pass."""
+    packets = _demux_pass(source, exe)
+    lines = [_LEVEL_PREFIX.sub("", line, count=1) for line in packets.stderr.splitlines()]
+    container = ""
+    video_line = ""
+    audio_codec: str | None = None
+    rotation_text: str | None = None
+    legacy_rotate: str | None = None
+    duration = 0.0
+    in_video = False
+    for line in lines:
+        if line.startswith(("Output #", "Stream mapping")):
+            break
+        match = _INPUT_START.search(line)
+        if match:
+            container = match.group(1).rstrip(",")
+            continue
+        match = _DURATION.search(line)
+        if match and not duration:
+            h, m, s = match.groups()
+            duration = int(h) * 3600 + int(m) * 60 + float(s)
+        video = _VIDEO_LINE.search(line)
+        if video and not video_line and "(attached pic)" not in line:
+            video_line, in_video = line, True
+            continue
+        if "Stream #" in line:
+            in_video = False
+            audio = _AUDIO_LINE.search(line)
+            if audio and audio_codec is None:
+                audio_codec = audio.group(1)
+            continue
+        if in_video:
+            match = _ROTATION.search(line)
+            if match:
+                rotation_text = match.group(1)
+            match = _LEGACY_ROTATE.match(line)
+            if match:
+                legacy_rotate = match.group(1)
+    if not video_line:
+        raise InputError(f"{source.name}: no video stream", reason="no_video")
+    if _still_image(source, container, len(packets.pts)):
+        raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
+    video = _VIDEO_LINE.search(video_line)
+    assert video is not None
+    codec, rest = video.group(1), video.group(2)
+    size = _SIZE.search(rest)
+    stored_w, stored_h = (int(size.group(1)), int(size.group(2))) if size else (0, 0)
+    pix = _PIX_FMT.search(rest)
+    pix_fmt = (pix.group(1) or pix.group(2)) if pix else ""
+    rotation = 0
+    if rotation_text is not None:
+        rotation = _normal_rotation(float(rotation_text))
+    elif legacy_rotate is not None:
+        rotation = _normal_rotation(-float(legacy_rotate))
+    width, height = _display(stored_w, stored_h, rotation)
+    ordered = sorted(packets.pts)
+    if not duration and packets.time_base:
+        duration = float(packets.span * packets.time_base)
+    return VideoInfo(
+        path=source,
+        width=width,
+        height=height,
+        rotation=rotation,
+        frame_rate=packets.frame_rate(),
+        time_base=packets.time_base,
+        frame_count=len(ordered),
+        duration=duration,
+        start_pts=ordered[0] if ordered else 0,
+        has_audio=audio_codec is not None,
+        audio_codec=audio_codec,
+        video_codec=codec,
+        pix_fmt=pix_fmt,
+        variable_frame_rate=packets.variable(),
+        stored_width=stored_w,
+        stored_height=stored_h,
+        container=container,
+    ), True

@@ -1,0 +1,56 @@
+"""Chunk planning covers every frame exactly once, on the video's own timestamps."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from facefusion_tasks.jobs import Chunk, plan_chunks
+
+
+def _covers(chunks: list[Chunk], pts: list[int]) -> None:
+    taken = []
+    for chunk in chunks:
+        inside = [p for p in pts if p >= chunk.start_pts and (chunk.end_pts is None or p < chunk.end_pts)]
+        assert len(inside) == chunk.frames
+        taken += inside
+    assert sorted(taken) == sorted(pts)
+
+
+def test_constant_rate_splits_on_seconds() -> None:
+    pts = [i * 512 for i in range(250)]  # 30 fps in 1/15360
+    chunks = plan_chunks(pts, Fraction(1, 15360), chunk_seconds=2)
+    assert [c.frames for c in chunks] == [60, 60, 60, 60, 10]
+    _covers(chunks, pts)
+    # A tail shorter than min_frames joins the chunk before it.
+    assert [c.frames for c in plan_chunks(pts, Fraction(1, 15360), chunk_seconds=2, min_frames=11)] == [
+        60, 60, 60, 70
+    ]
+    assert chunks[0].span == Fraction(2)
+    assert chunks[-1].end_pts is None and chunks[-1].span is None
+
+
+def test_variable_rate_uses_real_timestamps() -> None:
+    pts, t = [], 0
+    for i in range(200):
+        pts.append(t)
+        t += 1000 if i % 3 else 3000  # irregular steps, 1/90000 time base
+    chunks = plan_chunks(pts, Fraction(1, 90000), chunk_seconds=0.5)
+    _covers(chunks, pts)
+    for a, b in zip(chunks, chunks[1:]):
+        assert a.end_pts == b.start_pts
+        assert a.span == Fraction(b.start_pts - a.start_pts, 90000)
+
+
+def test_unsorted_input_and_single_chunk() -> None:
+    pts = [3, 1, 2, 0]
+    chunks = plan_chunks(pts, Fraction(1, 25), chunk_seconds=100)
+    assert chunks == [Chunk(0, 0, None, 4, None)]
+
+
+def test_round_trip_json() -> None:
+    chunk = Chunk(2, 100, 200, 5, Fraction(1, 3))
+    assert Chunk.from_json(chunk.to_json()) == chunk
+    with pytest.raises(ValueError):
+        plan_chunks([0], Fraction(1, 25), chunk_seconds=0)
