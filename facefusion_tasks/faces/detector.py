@@ -40,9 +40,10 @@ class Detector:
         self.size = input_size
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        # A batched export has 3-D outputs [N, anchors, C] and a free batch dimension.
-        batch_dim = session.get_inputs()[0].shape[0]
-        self.batched = len(outputs[0].shape) == 3 and batch_dim != 1
+        # With a free batch dimension, outputs are either [N, anchors, C] (a batched export) or
+        # [N * anchors, C] (the usual export converted to dynamic batch: "folded").
+        self.batched = session.get_inputs()[0].shape[0] != 1
+        self.folded = len(outputs[0].shape) != 3
         self._centers: dict[int, np.ndarray] = {}
         self.calls = 0
 
@@ -78,6 +79,9 @@ class Detector:
             batch = np.concatenate([blob for blob, _ in prepared])
             outs = self.session.run(self.output_names, {self.input_name: batch})
             self.calls += 1
+            count = len(prepared)
+            if self.folded:
+                outs = [o.reshape(count, -1, o.shape[-1]) for o in outs]
             for i, (_, scale) in enumerate(prepared):
                 results.append(self._decode([o[i] for o in outs], scale))
         else:

@@ -65,14 +65,25 @@ def _batch_cache(models_dir: Path) -> Path:
     return fallback
 
 
-def _dynamic_copy(path: Path, cache: Path) -> Path:
+def _verified(paths: dict[str, Path], models_dir: Path) -> None:
+    """Check real model files against their pinned (or first-use recorded) digests, so a
+    truncated or swapped file fails here with a clear message instead of mid-job."""
+    from facefusion_tasks.models.download import trusted_model_path
+    from facefusion_tasks.models.registry import spec_for
+
+    for key, path in paths.items():
+        if not is_standin(path):
+            trusted_model_path(models_dir, spec_for(key))
+
+
+def _dynamic_copy(path: Path, cache: Path, *, folded_ok: bool = False) -> Path:
     """The model itself when its batch is free; else a verified dynamic-batch copy; else the
     original (per-item calls), logged."""
     from facefusion_tasks.faces.batching import batched_model_path, is_batch_dynamic
 
     if is_batch_dynamic(path):
         return path
-    converted = batched_model_path(path, cache)
+    converted = batched_model_path(path, cache, folded_ok=folded_ok)
     if converted is None:
         log.info("%s: batch dimension fixed at 1 and not convertible; one call per item", path.name)
         return path
@@ -83,6 +94,7 @@ def _dynamic_copy(path: Path, cache: Path) -> Path:
 def load_models(settings: Settings) -> LoadedModels:
     """Open sessions for the detector, embedder and swapper as settings say."""
     paths = model_paths(settings.models_dir)
+    _verified(paths, settings.models_dir)
     choice = choose_providers(settings.execution_provider)
     cache = _batch_cache(settings.models_dir)
     threads = settings.inference_threads
@@ -93,8 +105,9 @@ def load_models(settings: Settings) -> LoadedModels:
         except Exception as exc:
             raise ModelError(f"{path.name}: cannot be loaded ({exc})") from exc
 
+    # SCRFD exports flatten the batch into the anchor axis ("folded"); the detector splits it.
     detector = Detector(
-        session(paths["detector"]),
+        session(_dynamic_copy(paths["detector"], cache, folded_ok=True)),
         input_size=settings.detector_size,
         score_threshold=settings.detector_score,
     )

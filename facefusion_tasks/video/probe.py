@@ -156,8 +156,9 @@ def _check_tail(source: Path, exe: str, duration: float) -> None:
     done = _run(argv)
     marker = _truncation(done.stderr)
     if marker is not None:
-        raise InputError(f"{source.name}: truncated or corrupt video ({marker})",
-                         reason="corrupt_video")
+        raise InputError(
+            f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+        )
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -194,11 +195,11 @@ def _normal_rotation(degrees: float) -> int:
     return (round(degrees / 90) * 90) % 360
 
 
-def _still_image(source: Path, container: str, frames: int | None) -> bool:
+def _still_image(container: str) -> bool:
+    # png_pipe, jpeg_pipe, webp_pipe, …: one picture read by an image demuxer. (An animated
+    # GIF has its own demuxer and counts as a video.)
     names = set(container.split(","))
-    return bool(names & IMAGE_FORMATS) or container.endswith("_pipe") or (
-        container in {"png", "apng", "gif", "webp"} and (frames or 0) <= 1
-    )
+    return bool(names & IMAGE_FORMATS) or any(name.endswith("_pipe") for name in names)
 
 
 # --- ffprobe ----------------------------------------------------------------------------------
@@ -213,20 +214,18 @@ def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo
     container = str(data.get("format", {}).get("format_name", ""))
     streams: list[dict[str, Any]] = data.get("streams", [])
     videos = [
-        s for s in streams
+        s
+        for s in streams
         if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
     ]
     audios = [s for s in streams if s.get("codec_type") == "audio"]
     if not videos:
-        if _still_image(source, container, None) or any(
-            s.get("codec_type") == "video" for s in streams
-        ):
-            raise InputError(f"{source.name}: not a video file (a still image)",
-                             reason="not_video")
+        if _still_image(container) or any(s.get("codec_type") == "video" for s in streams):
+            raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
         raise InputError(f"{source.name}: no video stream", reason="no_video")
     video = videos[0]
     nb_frames = _int(video.get("nb_frames"))
-    if _still_image(source, container, nb_frames):
+    if _still_image(container):
         raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
 
     rotation = 0
@@ -251,8 +250,10 @@ def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo
     frame_count = nb_frames or 0
     # An edit list can hide frames the index still counts (the stream then outlasts the
     # file's timeline); only a demux pass, which sees the discard flags, is exact then.
-    edited = (
-        stream_duration and format_duration and frame_rate
+    edited = bool(
+        stream_duration
+        and format_duration
+        and frame_rate
         and stream_duration - format_duration > 1.5 / frame_rate
     )
     if not frame_count or edited or time_base == 0:
@@ -339,14 +340,17 @@ def _demux_pass(source: Path, exe: str) -> _Packets:
             raise InputError(f"{source.name}: no video stream", reason="no_video")
         marker = _truncation(done.stderr)
         if marker is not None:
-            raise InputError(f"{source.name}: truncated or corrupt video ({marker})",
-                             reason="corrupt_video")
-        raise MediaError(f"{source.name}: ffmpeg could not demux the video stream",
-                         stderr=done.stderr[-4000:])
+            raise InputError(
+                f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+            )
+        raise MediaError(
+            f"{source.name}: ffmpeg could not demux the video stream", stderr=done.stderr[-4000:]
+        )
     marker = _truncation(done.stderr)
     if marker is not None:
-        raise InputError(f"{source.name}: truncated or corrupt video ({marker})",
-                         reason="corrupt_video")
+        raise InputError(
+            f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+        )
     time_base = Fraction(0)
     pts: list[int] = []
     span = 0
@@ -423,7 +427,7 @@ def _probe_with_ffmpeg(source: Path, exe: str) -> tuple[VideoInfo, bool]:
                 legacy_rotate = match.group(1)
     if not video_line:
         raise InputError(f"{source.name}: no video stream", reason="no_video")
-    if _still_image(source, container, len(packets.pts)):
+    if _still_image(container):
         raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
     video = _VIDEO_LINE.search(video_line)
     assert video is not None

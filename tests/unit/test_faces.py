@@ -152,3 +152,19 @@ def test_source_without_a_face_is_bad_input(settings: Settings, tmp_path: Path) 
     engine = load_models(settings).engine
     with pytest.raises(InputError, match="no face found in the source image"):
         engine.set_source(path)
+
+
+def test_converted_detector_batches_frames_with_identical_results(
+    settings: Settings, detector: Detector
+) -> None:
+    batched = load_models(settings).engine.detector
+    assert batched.batched and not detector.batched
+    frames = [_frame((90, 120, 45)), _frame(), _frame((60, 60, 30), (250, 170, 40))]
+    calls = batched.calls
+    together = batched.detect(frames)
+    assert batched.calls - calls == 1
+    for one, frame in zip(together, frames, strict=True):
+        alone = detector.detect([frame])[0]
+        assert len(one) == len(alone)
+        for a, b in zip(one, alone, strict=True):
+            assert np.allclose(a.bbox, b.bbox) and np.allclose(a.kps, b.kps)
