@@ -82,7 +82,9 @@ def _peak_rss_child(clip: str, source: str, settings: Settings, out: Any) -> Non
     out.put({"frames": result.frames, "peak_rss_bytes": own, "ffmpeg_peak_rss_bytes": children})
 
 
-def _memory(settings: Settings, scratch: Path, source: Path, width: int, height: int) -> dict[str, Any]:
+def _memory(
+    settings: Settings, scratch: Path, source: Path, width: int, height: int
+) -> dict[str, Any]:
     """Peak RSS of an end-to-end run on a 1-minute and a 6-minute clip, each in a fresh process."""
     from facefusion_tasks.video.samples import make_sample_video
 

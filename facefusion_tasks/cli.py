@@ -37,12 +37,24 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ffmpeg", default=None, help="ffmpeg executable")
 
 
+def _job_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--priority", type=int, default=5, help="0..9, 9 = most urgent")
+    parser.add_argument("--chunk-seconds", type=float, default=None)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     names = [
         "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
         "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
     ]  # fmt: skip
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+#: Job failure reasons that are the user's input (exit 2, like swap's bad input).
+_BAD_INPUT_REASONS = frozenset(
+    {"bad_input", "bad_output", "missing_file", "not_an_image", "no_source_face",
+     "no_reference_face", "not_a_video", "truncated", "empty", "corrupt", "path"}
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +72,45 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--reference-face", type=Path, default=None)
     swap.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     swap.add_argument("--no-progress", action="store_true")
+    swap.add_argument("--local", action="store_true", help="run here even if a broker is set")
+    _job_flags(swap)
     _settings_flags(swap)
+
+    submit = sub.add_parser("submit", help="enqueue a job for the workers; prints its id")
+    submit.add_argument("source", type=Path)
+    submit.add_argument("target", type=Path)
+    submit.add_argument("-o", "--output", type=Path, required=True)
+    submit.add_argument("--reference-face", type=Path, default=None)
+    _job_flags(submit)
+    _settings_flags(submit)
+
+    for name, text in (
+        ("status", "a job's state, progress and workers"),
+        ("wait", "follow a job until it ends (exit code as for swap)"),
+        ("cancel", "stop a job and remove its temporaries"),
+        ("retry", "re-run only a job's failed or unfinished chunks"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("job")
+        cmd.add_argument("--json", action="store_true")
+        if name == "wait":
+            cmd.add_argument("--timeout", type=float, default=None)
+            cmd.add_argument("--no-progress", action="store_true")
+        _settings_flags(cmd)
+    jobs = sub.add_parser("list", help="recent jobs")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--json", action="store_true")
+    _settings_flags(jobs)
+
+    worker = sub.add_parser(
+        "worker", help="start Celery workers: one process per GPU + a light one"
+    )
+    worker.add_argument("--gpus", default="auto", help="auto | none | comma-separated indexes")
+    worker.add_argument("--queues", default="gpu,light", help="which of gpu,light to serve")
+    worker.add_argument("--light-concurrency", type=int, default=2)
+    worker.add_argument("--max-tasks-per-child", type=int, default=0)
+    worker.add_argument("--loglevel", default="info")
+    _settings_flags(worker)
 
     demo = sub.add_parser("demo", help="make a sample clip and run a swap on it end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-output"))
@@ -97,6 +147,10 @@ def _cmd_swap(args: argparse.Namespace) -> int:
     from facefusion_tasks.local import run_local
 
     settings = _settings(args)
+    if settings.broker_url and not args.local:
+        job_id = _submit(args, settings)
+        print(f"submitted {job_id}", file=sys.stderr)
+        return _follow(settings, job_id, as_json=args.json, progress=not args.no_progress)
     result, loaded = run_local(
         args.source,
         args.target,
@@ -184,7 +238,143 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _producer(settings: Settings) -> Any:
+    from facefusion_tasks.producer import Producer
+
+    return Producer(settings)
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> str:
+    return str(
+        _producer(settings).submit(
+            args.source,
+            args.target,
+            args.output,
+            reference=args.reference_face,
+            priority=args.priority,
+            chunk_seconds=args.chunk_seconds,
+        )
+    )
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    print(_submit(args, _settings(args)))
+    return EXIT_OK
+
+
+def _print_status(status: Any, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status.as_dict(), sort_keys=True))
+        return
+    print(
+        f"{status.id}: {status.state}  frames {status.frames_done}/{status.frames_total}  "
+        f"chunks {status.chunks_done}/{status.chunks_total}"
+        + (f"  reason {status.reason}: {status.error}" if status.reason else "")
+    )
+    for chunk in status.chunks:
+        worker = f" on {chunk['worker']}" if chunk["worker"] else ""
+        error = f" ({chunk['error']})" if chunk["error"] else ""
+        print(
+            f"  chunk {chunk['index']}: {chunk['state']}{worker} "
+            f"{chunk['frames_done']}/{chunk['frames']}{error}"
+        )
+
+
+def _exit_for(status: Any) -> int:
+    if status.state == "SUCCEEDED":
+        return EXIT_OK
+    if status.state == "FAILED" and status.reason in _BAD_INPUT_REASONS:
+        return EXIT_BAD_INPUT
+    return EXIT_INTERNAL
+
+
+def _follow(
+    settings: Settings, job_id: str, *, as_json: bool, progress: bool, timeout: float | None = None
+) -> int:
+    producer = _producer(settings)
+    bar = None
+    if progress and not as_json:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="frame", file=sys.stderr, leave=False)
+
+    def update(status: Any) -> None:
+        if bar is not None:
+            bar.total = status.frames_total or None
+            bar.n = status.frames_done
+            bar.refresh()
+
+    try:
+        status = producer.wait(job_id, timeout=timeout, on_progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_status(status, as_json=as_json)
+    if status.state == "FAILED" and not as_json:
+        print(f"facefusion-tasks: error: {status.error}", file=sys.stderr)
+    return _exit_for(status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    _print_status(_producer(_settings(args)).status(args.job), as_json=args.json)
+    return EXIT_OK
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    return _follow(
+        _settings(args),
+        args.job,
+        as_json=args.json,
+        progress=not args.no_progress,
+        timeout=args.timeout,
+    )
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    changed = _producer(_settings(args)).cancel(args.job)
+    print(f"{args.job}: {'cancelled' if changed else 'already finished'}")
+    return EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    chunks = _producer(_settings(args)).retry(args.job)
+    print(
+        json.dumps({"job": args.job, "chunks": chunks})
+        if args.json
+        else f"{args.job}: re-running chunks {chunks}"
+    )
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for status in _producer(_settings(args)).list(args.limit):
+        _print_status(status, as_json=args.json) if args.json else print(
+            f"{status.id}  {status.state:<10} {status.frames_done}/{status.frames_total} frames  {status.output}"
+        )
+    return EXIT_OK
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from facefusion_tasks.worker import run_workers
+
+    return run_workers(
+        _settings(args),
+        gpus=args.gpus,
+        queues=[q for q in args.queues.split(",") if q],
+        light_concurrency=args.light_concurrency,
+        max_tasks_per_child=args.max_tasks_per_child,
+        loglevel=args.loglevel,
+    )
+
+
 _COMMANDS = {
+    "submit": _cmd_submit,
+    "status": _cmd_status,
+    "wait": _cmd_wait,
+    "cancel": _cmd_cancel,
+    "retry": _cmd_retry,
+    "list": _cmd_list,
+    "worker": _cmd_worker,
     "swap": _cmd_swap,
     "demo": _cmd_demo,
     "models": _cmd_models,
@@ -198,7 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     debug = args.debug or os.environ.get("FACEFUSION_DEBUG") == "1"
     try:
         return _COMMANDS[args.command](args)

@@ -50,8 +50,20 @@ class Settings:
     hwaccel: str = "none"
     #: Frames buffered between decode, inference and encode (bounds memory).
     queue_frames: int = 32
-    #: Celery broker (and result backend) URL; empty = run locally in-process.
+    #: Celery broker (and result backend) URL, redis:// or rediss://; empty = local mode.
     broker_url: str = ""
+    #: Colon-separated directories every worker sees (a shared volume); job paths must be inside.
+    storage_roots: str = ""
+    #: Where chunk segments are written (shared); default: .facefusion-work in the first root.
+    work_dir: str = ""
+    #: Target chunk length in seconds of video.
+    chunk_seconds: float = 10.0
+    #: Redis redelivers an unacknowledged task after this long, even if it still runs.
+    visibility_timeout: int = 3600
+    #: Hard limit for one chunk; must stay below the visibility timeout (see NOTES: celery#5935).
+    chunk_time_limit: int = 1800
+    #: Chunk attempts before the chunk (and its job) is marked failed.
+    chunk_retries: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -87,6 +99,19 @@ class Settings:
             raise InputError(f"unknown hwaccel {self.hwaccel!r}")
         if self.queue_frames < 1:
             raise InputError("queue size must be at least 1")
+        if self.chunk_seconds <= 0:
+            raise InputError("chunk seconds must be positive")
+        if self.chunk_time_limit >= self.visibility_timeout:
+            raise InputError(
+                "chunk time limit must be below the Redis visibility timeout, or Redis hands a "
+                "still-running chunk to a second worker"
+            )
+        if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://")):
+            raise InputError("broker URL must be redis:// or rediss://")
+
+    def roots(self) -> list[Path]:
+        """The allowed storage roots, resolved."""
+        return [Path(r).expanduser().resolve() for r in self.storage_roots.split(":") if r]
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

@@ -58,7 +58,9 @@ def _onnxruntime() -> dict[str, Any]:
     clashes = []
     for wanted, shadow, fix in _CLASHES:
         if _installed(wanted) and _installed(shadow):
-            clashes.append(f"{shadow} {_installed(shadow)} shadows {wanted} {_installed(wanted)}: {fix}")
+            clashes.append(
+                f"{shadow} {_installed(shadow)} shadows {wanted} {_installed(wanted)}: {fix}"
+            )
     gpu_build = _installed("onnxruntime-gpu")
     if gpu_build and CUDA not in ort.get_available_providers():
         clashes.append(
@@ -140,7 +142,9 @@ def render(report: dict[str, Any]) -> str:
     ]
     if "encoders" in ff:
         have = [n for n, ok in ff["encoders"].items() if ok]
-        lines.append(f"      encoders: {', '.join(have)}; hwaccels: {', '.join(ff['hwaccels']) or 'none'}")
+        lines.append(
+            f"      encoders: {', '.join(have)}; hwaccels: {', '.join(ff['hwaccels']) or 'none'}"
+        )
     lines.append(
         f"[{mark[rt['ok']]}] onnxruntime {rt['version']} ({rt['build']}): "
         f"available {', '.join(rt['available_providers'])}; will use {', '.join(rt['usable_providers'])}"
@@ -148,7 +152,9 @@ def render(report: dict[str, Any]) -> str:
     lines += [f"      CLASH: {c}" for c in rt["clashes"]]
     if gpus["count"]:
         for d in gpus["devices"]:
-            lines.append(f"[ok ] GPU {d['index']}: {d['name']}, {d['memory_total_bytes'] / 2**30:.1f} GiB")
+            lines.append(
+                f"[ok ] GPU {d['index']}: {d['name']}, {d['memory_total_bytes'] / 2**30:.1f} GiB"
+            )
     else:
         lines.append(f"[-- ] GPUs: {gpus['note']}")
     lines.append(f"[{mark[models['ok']]}] models in {models['dir']}:")

@@ -24,7 +24,9 @@ class Chunk:
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form for task messages and the job record."""
         data = asdict(self)
-        data["span"] = None if self.span is None else f"{self.span.numerator}/{self.span.denominator}"
+        data["span"] = (
+            None if self.span is None else f"{self.span.numerator}/{self.span.denominator}"
+        )
         return data
 
     @classmethod

@@ -12,7 +12,8 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, ModelError
 from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
-from facefusion_tasks.pipeline import SwapJob, SwapResult, check_output, run_swap
+from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.video.probe import probe
 
 
@@ -27,8 +28,6 @@ def run_local(
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
     and stream the video through them."""
-    from facefusion_tasks.faces.engine import read_image
-
     info = probe(target, ffmpeg=settings.ffmpeg)
     check_output(output, target)
     read_image(source)
@@ -96,7 +95,7 @@ def run_demo(
         from facefusion_tasks.video.samples import make_photo_video
 
         source = bundled_photo("Tom_Hanks_54745.png")
-        photo = cv2.imread(str(bundled_photo("t1.jpg")))
+        photo = read_image(bundled_photo("t1.jpg"))
         target = make_photo_video(
             directory / "sample.mp4", photo, seconds=seconds, width=640, height=360, audio=True
         )

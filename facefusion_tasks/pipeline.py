@@ -14,16 +14,15 @@ from typing import Any
 import numpy as np
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import Cancelled, InputError
+from facefusion_tasks.errors import Cancelled
 from facefusion_tasks.faces.engine import FaceEngine, StageClock
+from facefusion_tasks.inputs import check_output
 from facefusion_tasks.video.probe import VideoInfo, probe
-from facefusion_tasks.video.reader import FrameReader
+from facefusion_tasks.video.reader import Frame, FrameReader
 from facefusion_tasks.video.writer import FrameWriter
 
 log = logging.getLogger(__name__)
 
-#: Output containers we can mux video (and usually the source audio) into.
-OUTPUT_SUFFIXES = {".mp4", ".mov", ".mkv", ".m4v"}
 _END = object()
 #: How often blocked queue operations wake up to notice a failure or cancellation elsewhere.
 _POLL_SECONDS = 0.2
@@ -71,15 +70,6 @@ class SwapResult:
             "fps": round(self.fps, 2),
             "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())},
         }
-
-
-def check_output(output: Path, target: Path) -> None:
-    """Refuse destinations we could only fail on later, before any work starts."""
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        allowed = ", ".join(sorted(OUTPUT_SUFFIXES))
-        raise InputError(f"{output}: unsupported output type (use {allowed})", reason="bad_output")
-    if output.resolve() == target.resolve():
-        raise InputError(f"{output}: output would overwrite the target video", reason="bad_output")
 
 
 class _Stop(Exception):
@@ -209,7 +199,7 @@ def run_swap(
     try:
         ended = False
         while not ended:
-            batch = []
+            batch: list[Frame] = []
             while len(batch) < settings.batch_size:
                 item = stages.get(decoded)
                 if item is _END:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from facefusion_tasks.errors import InputError
@@ -18,6 +17,7 @@ from facefusion_tasks.faces.embedder import Embedder
 from facefusion_tasks.faces.paste import feather_mask, paste_back
 from facefusion_tasks.faces.swapper import SWAP_SIZE, Swapper
 from facefusion_tasks.faces.types import Face
+from facefusion_tasks.inputs import read_image
 
 
 @dataclass
@@ -31,16 +31,6 @@ class StageClock:
         now = time.perf_counter()
         self.seconds[stage] += now - started
         return now
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Load a still image as BGR or raise InputError with one line."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such file", reason="missing_file")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"{path}: not an image opencv can read", reason="not_an_image")
-    return image
 
 
 class FaceEngine:
@@ -127,6 +117,6 @@ class FaceEngine:
         swapped = self.swapper.swap(crops, self.latent)
         started = self.clock.add("swap", started)
         for (frame_index, _, matrix), face_crop in zip(jobs, swapped, strict=True):
-            paste_back(frames[frame_index], face_crop, matrix, self.mask)  # type: ignore[index]
+            paste_back(frames[frame_index], face_crop, matrix, self.mask)
         self.clock.add("paste", started)
         return counts

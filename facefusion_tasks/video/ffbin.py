@@ -68,16 +68,24 @@ def _query(exe: str, *args: str) -> str:
     return done.stdout + done.stderr
 
 
-@functools.lru_cache(maxsize=8)
-def ffmpeg_version(exe: str) -> tuple[int, int]:
-    """(major, minor); git snapshots ("N-12345-g…") count as newer than any release."""
-    text = _query(exe, "-version")
+def parse_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) from `ffmpeg -version`; git snapshots ("N-12345-g…") count as newest."""
     match = re.search(r"version\s+n?(\d+)\.(\d+)", text)
     if match:
         return int(match.group(1)), int(match.group(2))
     if re.search(r"version\s+N-", text):
         return 99, 0
-    raise MediaError(f"{exe}: cannot read the ffmpeg version", stderr=text[-2000:])
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def ffmpeg_version(exe: str) -> tuple[int, int]:
+    """(major, minor) of this ffmpeg; decides between option spellings (-fps_mode/-vsync)."""
+    text = _query(exe, "-version")
+    version = parse_version(text)
+    if version is None:
+        raise MediaError(f"{exe}: cannot read the ffmpeg version", stderr=text[-2000:])
+    return version
 
 
 def parse_encoders(text: str) -> set[str]:

@@ -241,21 +241,15 @@ def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo
     time_base = _parse_ratio(video.get("time_base"))
     avg = _parse_ratio(video.get("avg_frame_rate"))
     real = _parse_ratio(video.get("r_frame_rate"))
-    stream_duration = _float(video.get("duration"))
-    format_duration = _float(data.get("format", {}).get("duration"))
-    duration = stream_duration or format_duration
+    duration = _float(video.get("duration")) or _float(data.get("format", {}).get("duration"))
     frame_rate = avg or real
 
     counted = False
     frame_count = nb_frames or 0
-    # An edit list can hide frames the index still counts (the stream then outlasts the
-    # file's timeline); only a demux pass, which sees the discard flags, is exact then.
-    edited = bool(
-        stream_duration
-        and format_duration
-        and frame_rate
-        and stream_duration - format_duration > 1.5 / frame_rate
-    )
+    # An edit list can hide frames the index still counts (mp4 cut by stream copy): the count
+    # then disagrees with duration × average rate, and only a demux pass, which sees the
+    # packets' discard flags, is exact.
+    edited = bool(frame_count and duration and avg and abs(frame_count - duration * avg) > 1.5)
     if not frame_count or edited or time_base == 0:
         packets = _demux_pass(source, exe)
         frame_count, time_base, counted = len(packets.pts), packets.time_base, True
@@ -309,14 +303,15 @@ class _Packets:
     stderr: str
 
     def frame_rate(self) -> Fraction:
+        """The rate for a regular step; else frames per second of duration, as ffprobe's
+        avg_frame_rate counts it."""
         ordered = sorted(self.pts)
-        if len(ordered) < 2 or ordered[-1] == ordered[0]:
-            return Fraction(0)
         steps = {b - a for a, b in zip(ordered, ordered[1:], strict=False)}
-        if len(steps) == 1:
+        if len(steps) == 1 and 0 not in steps:
             return 1 / (steps.pop() * self.time_base)
-        average = (len(ordered) - 1) / ((ordered[-1] - ordered[0]) * self.time_base)
-        return average.limit_denominator(1001 * 1000)
+        if self.span <= 0 or not self.time_base:
+            return Fraction(0)
+        return Fraction(len(ordered)) / (self.span * self.time_base)
 
     def variable(self) -> bool:
         ordered = sorted(self.pts)
@@ -443,7 +438,8 @@ def _probe_with_ffmpeg(source: Path, exe: str) -> tuple[VideoInfo, bool]:
         rotation = _normal_rotation(-float(legacy_rotate))
     width, height = _display(stored_w, stored_h, rotation)
     ordered = sorted(packets.pts)
-    if not duration and packets.time_base:
+    if packets.span > 0 and packets.time_base:
+        # Summed packet durations are exact; the header's Duration line has 10 ms steps.
         duration = float(packets.span * packets.time_base)
     return VideoInfo(
         path=source,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -151,13 +152,14 @@ def _pipe_frames(
         writer = MatroskaRawWriter(proc.stdin, width, height, default_duration_ns=duration)
         for image, stamp in zip(frames, pts, strict=True):
             writer.write(image, pts_to_ns(stamp, time_base))
-        proc.stdin.close()
     except BrokenPipeError:
         pass  # ffmpeg died; its exit code and stderr say why, below
     except BaseException:
         proc.kill()
         raise
     finally:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
         code = proc.wait()
         drain.join()
         proc.stderr.close()

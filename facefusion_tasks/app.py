@@ -1,0 +1,74 @@
+"""The Celery app: Redis broker and backend, JSON only, late acks, one prefetched chunk."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from facefusion_tasks.config import Settings
+
+#: Chunk work (decode, models, encode): consumed by GPU workers.
+GPU_QUEUE = "gpu"
+#: Planning and stitching: cheap, no models; any worker with ffmpeg and the shared storage.
+LIGHT_QUEUE = "light"
+
+TASK_PLAN = "facefusion.plan"
+TASK_CHUNK = "facefusion.chunk"
+TASK_STITCH = "facefusion.stitch"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings, separate from the app so tests can assert on them."""
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.broker_url,
+        # Pickle on a shared broker is remote code execution: JSON only, in and out.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A chunk is acknowledged only when done, and requeued if its process dies; one at a
+        # time per process, so a busy worker never sits on chunks another could run.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_queues": (Queue(GPU_QUEUE), Queue(LIGHT_QUEUE)),
+        "task_default_queue": LIGHT_QUEUE,
+        "task_routes": {
+            TASK_CHUNK: {"queue": GPU_QUEUE},
+            TASK_PLAN: {"queue": LIGHT_QUEUE},
+            TASK_STITCH: {"queue": LIGHT_QUEUE},
+        },
+        # Redis hands an unacknowledged task to another worker after the visibility timeout,
+        # even while it still runs (celery#5935): keep every time limit below it.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "task_time_limit": settings.chunk_time_limit,
+        "task_soft_time_limit": max(settings.chunk_time_limit - 30, 1),
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "task_track_started": True,
+        "result_expires": 7 * 24 * 3600,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_hijack_root_logger": False,
+        "worker_deduplicate_successful_tasks": False,
+    }
+    if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
+        tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        config["broker_use_ssl"] = tls
+        config["redis_backend_use_ssl"] = tls
+    return config
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app for these settings, with the tasks registered."""
+    app = Celery("facefusion_tasks", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    from facefusion_tasks import tasks
+
+    tasks.register(app)
+    return app

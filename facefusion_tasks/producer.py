@@ -1,0 +1,125 @@
+"""The producer API: submit, status, wait, cancel, retry, list. Imports no model code."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.runner import cancel_job
+from facefusion_tasks.storage import confine
+from facefusion_tasks.store import FAILED, SUCCEEDED, TERMINAL, JobStatus, JobStore, connect
+from facefusion_tasks.tasks import enqueue
+from facefusion_tasks.video.probe import probe
+
+
+class Producer:
+    """Talks to Redis (job records) and Celery (task messages); never loads a model."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.broker_url:
+            raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason="config")
+        self.settings = settings
+        self.store = JobStore(connect(settings.broker_url))
+        self.app = make_app(settings)
+
+    def submit(
+        self,
+        source: Path,
+        target: Path,
+        output: Path,
+        *,
+        reference: Path | None = None,
+        priority: int = 5,
+        chunk_seconds: float | None = None,
+    ) -> str:
+        """Validate everything that can be checked here (so bad input enqueues nothing), record
+        the job and enqueue its planning. Returns the job id."""
+        if not 0 <= priority <= 9:
+            raise InputError("priority must be 0..9 (9 = most urgent)")
+        if chunk_seconds is not None and chunk_seconds <= 0:
+            raise InputError("chunk seconds must be positive")
+        source = confine(source, self.settings, what="source image")
+        target = confine(target, self.settings, what="target video")
+        output = confine(output, self.settings, what="output")
+        read_image(source)
+        if reference is not None:
+            reference = confine(reference, self.settings, what="reference image")
+            read_image(reference)
+        info = probe(target, ffmpeg=self.settings.ffmpeg)
+        check_output(output, target)
+        job_id = self.store.create(
+            {
+                "source": str(source),
+                "target": str(target),
+                "output": str(output),
+                "reference": str(reference) if reference else "",
+                "priority": priority,
+                "chunk_seconds": chunk_seconds or self.settings.chunk_seconds,
+                "frames_total": info.frame_count,
+            }
+        )
+        enqueue(self.app, TASK_PLAN, [job_id], priority=priority)
+        return job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's state, progress and per-chunk workers; InputError for an unknown id."""
+        status = self.store.status(job_id)
+        if status is None:
+            raise InputError(f"no such job: {job_id}", reason="unknown_job")
+        return status
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_progress: Callable[[JobStatus], None] | None = None,
+    ) -> JobStatus:
+        """Block until the job ends (or `timeout` passes; then TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(job_id)
+            if on_progress is not None:
+                on_progress(status)
+            if status.state in TERMINAL:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {status.state} after {timeout} s")
+            time.sleep(poll)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel; False when the job had already ended."""
+        self.status(job_id)
+        return cancel_job(self.store, self.settings, job_id)
+
+    def retry(self, job_id: str) -> list[int]:
+        """Re-run only the chunks that failed or never finished; returns their indexes."""
+        status = self.status(job_id)
+        if status.state == SUCCEEDED:
+            return []
+        if status.state != FAILED and status.state not in {"RUNNING", "STITCHING"}:
+            raise InputError(f"job {job_id} is {status.state}; only failed or stuck jobs retry")
+        undone = self.store.undone_chunks(job_id)
+        priority = int(self.store.get(job_id).get("priority") or 5)
+        if status.chunks_total == 0:
+            self.store.reopen_for_planning(job_id)
+            enqueue(self.app, TASK_PLAN, [job_id], priority=priority)
+            return []
+        self.store.reopen(job_id)
+        for index in undone:
+            self.store.reset_chunk(job_id, index)
+            enqueue(self.app, TASK_CHUNK, [job_id, index], priority=priority)
+        if not undone:
+            enqueue(self.app, TASK_STITCH, [job_id], priority=9)
+        return undone
+
+    def list(self, limit: int = 20) -> list[JobStatus]:
+        """Most recent jobs first."""
+        found = (self.store.status(job_id) for job_id in self.store.recent(limit))
+        return [s for s in found if s is not None]

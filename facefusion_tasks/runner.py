@@ -1,0 +1,243 @@
+"""What the distributed tasks do, without Celery: plan a job, run one chunk, stitch the result."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import Cancelled, InputError
+from facefusion_tasks.faces.loader import LoadedModels, load_models
+from facefusion_tasks.jobs import plan_chunks
+from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
+from facefusion_tasks.storage import confine, work_dir
+from facefusion_tasks.store import (
+    CANCELLED,
+    FAILED,
+    PLANNING,
+    QUEUED,
+    RUNNING,
+    STITCHING,
+    SUCCEEDED,
+    TERMINAL,
+    JobStore,
+)
+from facefusion_tasks.video.probe import frame_timestamps, probe
+from facefusion_tasks.video.stitch import stitch_segments
+
+log = logging.getLogger(__name__)
+
+#: How often a running chunk publishes progress and looks for a cancel.
+WATCH_SECONDS = 0.5
+
+
+def segment_dir(settings: Settings, job_id: str) -> Path:
+    """The job's scratch directory on shared storage."""
+    return work_dir(settings) / job_id
+
+
+def segment_path(settings: Settings, job_id: str, index: int) -> Path:
+    """Where chunk `index` writes its encoded frames (replaced atomically on a rerun)."""
+    return segment_dir(settings, job_id) / f"seg-{index:05d}.mp4"
+
+
+def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
+    """Read every frame timestamp (demux only, fast), cut chunks on them, store the plan.
+    Returns the chunk indexes to enqueue; [] when the job is already past planning."""
+    if not store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING)):
+        return []
+    job = store.get(job_id)
+    target = confine(job["target"], settings, what="target video")
+    timestamps, time_base = frame_timestamps(target, ffmpeg=settings.ffmpeg)
+    if not timestamps:
+        raise InputError(f"{target}: no video frames", reason="empty")
+    chunk_seconds = float(job.get("chunk_seconds") or settings.chunk_seconds)
+    chunks = plan_chunks(timestamps, time_base, chunk_seconds=chunk_seconds)
+    store.set_plan(
+        job_id, chunks, len(timestamps), f"{time_base.numerator}/{time_base.denominator}"
+    )
+    segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
+    store.set_state(job_id, RUNNING, only_from=(PLANNING,))
+    return [c.index for c in chunks]
+
+
+class _ModelCache:
+    """Models load once per worker process, in the background, so Celery's start-up handshake
+    is never blocked (a worker_process_init handler that takes > 4 s gets the child killed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._loaded: LoadedModels | None = None
+        self._error: BaseException | None = None
+        self._source: tuple[str, float] | None = None
+
+    def start(self, settings: Settings) -> None:
+        """Begin loading in a daemon thread (idempotent)."""
+        with self._lock:
+            if self._loaded is not None or getattr(self, "_thread", None) is not None:
+                return
+            self._thread = threading.Thread(target=self._load, args=(settings,), daemon=True)
+            self._thread.start()
+
+    def _load(self, settings: Settings) -> None:
+        try:
+            self._loaded = load_models(settings)
+        except BaseException as exc:  # noqa: BLE001 - reported to the first task that waits
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def get(self, settings: Settings, source: Path) -> LoadedModels:
+        """The loaded models with `source` set as the identity (re-embedded only if it changed)."""
+        self.start(settings)
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._loaded is not None
+        key = (str(source), source.stat().st_mtime)
+        if self._source != key:
+            self._loaded.engine.set_source(source)
+            self._source = key
+        return self._loaded
+
+
+MODELS = _ModelCache()
+
+
+@dataclass
+class _Watch:
+    """Publishes a running chunk's progress and turns a job cancel/failure into a stop."""
+
+    store: JobStore
+    job_id: str
+    index: int
+    frames: int = 0
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        self.cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ff-watch", daemon=True)
+        self._thread.start()
+
+    def advance(self, count: int) -> None:
+        self.frames += count
+
+    def _run(self) -> None:
+        published = -1
+        while not self.stop.wait(WATCH_SECONDS):
+            try:
+                if self.store.state(self.job_id) in TERMINAL:
+                    self.cancel.set()
+                if self.frames != published:
+                    published = self.frames
+                    self.store.chunk_progress(self.job_id, self.index, published)
+            except Exception as exc:  # Redis blips must not kill the chunk; the ack will tell
+                log.warning("progress update failed: %s", exc)
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(2)
+
+
+def run_chunk(
+    store: JobStore, settings: Settings, job_id: str, index: int, *, worker: str
+) -> tuple[SwapResult | None, bool]:
+    """Swap one chunk into its segment. Returns (result, this was the last chunk); (None, False)
+    when the job is already over (cancelled or failed): the chunk is skipped."""
+    job = store.get(job_id)
+    if not job or job.get("state") in TERMINAL:
+        return None, False
+    chunk = store.chunk_plan(job_id, index)
+    target = confine(job["target"], settings, what="target video")
+    source = confine(job["source"], settings, what="source image")
+    reference = (
+        confine(job["reference"], settings, what="reference image")
+        if job.get("reference")
+        else None
+    )
+    if reference is not None and settings.face_selector == "many":
+        settings = settings.replace(face_selector="reference")
+    loaded = MODELS.get(settings, source)
+    if reference is not None:
+        loaded.engine.set_reference(reference)
+    store.chunk_started(job_id, index, worker)
+    watch = _Watch(store, job_id, index)
+    output = segment_path(settings, job_id, index)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_swap(
+            SwapJob(
+                source=source,
+                target=target,
+                output=output,
+                reference=reference,
+                start_pts=chunk.start_pts,
+                end_pts=chunk.end_pts,
+                audio=False,
+            ),
+            loaded.engine,
+            settings,
+            info=probe(target, ffmpeg=settings.ffmpeg),
+            progress=watch.advance,
+            cancel=watch.cancel,
+        )
+    except Cancelled:
+        return None, False
+    finally:
+        watch.close()
+    if result.frames != chunk.frames:
+        # The plan came from demuxed timestamps, the chunk from decoded frames: a mismatch means
+        # the file decodes differently than it demuxes (corrupt in the middle).
+        raise InputError(
+            f"{target}: chunk {index} decoded {result.frames} frames, planned {chunk.frames}",
+            reason="corrupt",
+        )
+    last = store.chunk_done(job_id, index, result.frames)
+    return result, last
+
+
+def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
+    """Join the segments without re-encoding, add the original audio, rename into place.
+    Idempotent: a second run after success does nothing."""
+    job = store.get(job_id)
+    if not job or job.get("state") in TERMINAL:
+        return None
+    store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING))
+    target = confine(job["target"], settings, what="target video")
+    output = confine(job["output"], settings, what="output")
+    chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
+    segments = [(segment_path(settings, job_id, c.index), c.span) for c in chunks]
+    stitch_segments(
+        segments, output, audio_source=probe(target, ffmpeg=settings.ffmpeg), settings=settings
+    )
+    if store.set_state(job_id, SUCCEEDED, only_from=(STITCHING,)):
+        shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+        return output
+    # Cancelled while stitching: the output may exist now; the cancel wins, remove it.
+    output.unlink(missing_ok=True)
+    return None
+
+
+def fail_job(store: JobStore, job_id: str, error: BaseException, *, index: int | None) -> None:
+    """Record a final failure with a bounded reason; running chunks stop on their next watch."""
+    reason = getattr(error, "reason", "internal")
+    message = str(error) or type(error).__name__
+    if index is not None:
+        store.chunk_failed(job_id, index, message)
+    store.set_state(job_id, FAILED, reason=reason, error=message)
+
+
+def cancel_job(store: JobStore, settings: Settings, job_id: str) -> bool:
+    """Cancel: pending chunks are skipped when they come up, running ones stop within a
+    watch interval and discard their temp files; the job's segments are removed."""
+    changed = store.set_state(job_id, CANCELLED, reason="cancelled")
+    if changed:
+        # Give running chunks one watch interval to notice before pulling their directory.
+        time.sleep(WATCH_SECONDS * 2)
+        shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+    return changed

@@ -1,0 +1,35 @@
+"""Shared storage: every job path must resolve inside a configured root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError
+
+
+def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
+    """The resolved path, or InputError when it escapes every storage root (symlinks and
+    `..` resolved first, so neither can smuggle a path out)."""
+    roots = settings.roots()
+    if not roots:
+        raise InputError(
+            "FACEFUSION_STORAGE_ROOTS is not set: distributed jobs need the shared directories "
+            "every worker can see",
+            reason="config",
+        )
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        shown = ":".join(str(r) for r in roots)
+        raise InputError(f"{path}: {what} is outside the storage roots ({shown})", reason="path")
+    return resolved
+
+
+def work_dir(settings: Settings) -> Path:
+    """Where segments of running jobs live (inside the roots, shared by all workers)."""
+    if settings.work_dir:
+        return confine(settings.work_dir, settings, what="work directory")
+    roots = settings.roots()
+    if not roots:
+        confine(".", settings, what="work directory")  # raises the clear error
+    return roots[0] / ".facefusion-work"

@@ -1,0 +1,282 @@
+"""Decoded frames from an ffmpeg pipe, each with its pts, in display orientation."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from types import TracebackType
+from typing import IO
+
+import numpy as np
+
+from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.video import ffbin
+from facefusion_tasks.video.argv import decode_argv
+from facefusion_tasks.video.probe import TRUNCATION_MARKERS, VideoInfo
+
+log = logging.getLogger(__name__)
+
+#: Seek this many seconds before a span's start: the pts → seconds conversion must never land
+#: after the keyframe that precedes the first wanted frame.
+SEEK_MARGIN = 0.05
+#: How long to wait for a frame's showinfo line once its pixels arrived (it is printed first).
+PTS_TIMEOUT = 60.0
+#: Lines of ffmpeg's stderr kept for error messages (the rest is dropped: bounded memory).
+STDERR_TAIL = 40
+
+_SHOWINFO = re.compile(r"\] \[info\] n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)")
+_CONFIG_TB = re.compile(r"Parsed_showinfo.*config in time_base: (\d+)/(\d+)")
+_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] )?\[(\w+)\] ?")
+_HWACCEL_HINTS = ("hwaccel", "device creation", "cuda", "hwdevice", "no device available")
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One decoded frame: H×W×3 uint8 BGR, C-contiguous, upright as displayed."""
+
+    #: Position in this reader's output (0 = the first frame of the span).
+    index: int
+    #: Presentation timestamp in the video stream's time base (as frame_timestamps() gives).
+    pts: int
+    image: np.ndarray
+
+
+class FrameReader:
+    """Iterate a video's frames from one ffmpeg process; optionally only a pts span.
+
+    `with FrameReader(info) as frames: for frame in frames: ...`. The span is
+    [start_pts, end_pts): ffmpeg seeks to the keyframe before start_pts and frames outside
+    the span are dropped here, so consecutive spans yield every frame exactly once.
+    """
+
+    def __init__(
+        self,
+        info: VideoInfo,
+        *,
+        ffmpeg: str = "",
+        hwaccel: str = "none",
+        start_pts: int | None = None,
+        end_pts: int | None = None,
+    ) -> None:
+        self.info = info
+        self.time_base: Fraction = info.time_base
+        self.start_pts = start_pts
+        self.end_pts = end_pts
+        self.hwaccel = hwaccel
+        self._shape = (info.height, info.width, 3)
+        self._frame_bytes = info.width * info.height * 3
+        self._yielded = 0
+        self._decoded = 0
+        self._last_pts: int | None = None
+        self._finished = False
+        self._closed = False
+        self._pts: queue.Queue[int | None] = queue.Queue()
+        self._errors: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self._filter_tb: Fraction | None = None
+
+        exe = ffbin.ffmpeg_exe(ffmpeg)
+        seek: float | None = None
+        if start_pts is not None and start_pts > info.start_pts:
+            seek = max(float(start_pts * info.time_base) - SEEK_MARGIN, 0.0)
+        argv = decode_argv(
+            info.path,
+            ffmpeg=exe,
+            hwaccel=hwaccel,
+            seek_seconds=seek,
+            version=ffbin.ffmpeg_version(exe),
+        )
+        log.debug("decoding: %s", " ".join(argv))
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._stdout: IO[bytes] = self._proc.stdout
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr,
+            args=(self._proc.stderr,),
+            daemon=True,
+            name=f"ffmpeg-stderr-{self._proc.pid}",
+        )
+        self._stderr_thread.start()
+
+    # --- iteration ------------------------------------------------------------------------
+
+    def __iter__(self) -> FrameReader:
+        return self
+
+    def __next__(self) -> Frame:
+        while True:
+            if self._finished or self._closed:
+                raise StopIteration
+            image = np.empty(self._shape, np.uint8)
+            got = self._read_into(image)
+            if got < self._frame_bytes:
+                self._finish(partial_bytes=got)
+                raise StopIteration
+            pts = self._next_pts()
+            self._decoded += 1
+            if self.start_pts is not None and pts < self.start_pts:
+                continue  # decoded from the keyframe before the span: not ours
+            if self.end_pts is not None and pts >= self.end_pts:
+                # Decoders emit frames in presentation order: nothing later belongs here.
+                self._finished = True
+                self.close()
+                raise StopIteration
+            self._last_pts = pts
+            frame = Frame(index=self._yielded, pts=pts, image=image)
+            self._yielded += 1
+            return frame
+
+    def _read_into(self, image: np.ndarray) -> int:
+        view = image.data.cast("B")
+        filled = 0
+        while filled < self._frame_bytes:
+            n = self._stdout.readinto(view[filled:])  # type: ignore[attr-defined]
+            if not n:
+                break
+            filled += n
+        return filled
+
+    def _next_pts(self) -> int:
+        try:
+            pts = self._pts.get(timeout=PTS_TIMEOUT)
+        except queue.Empty:
+            pts = None
+        if pts is None:
+            self.close()
+            raise MediaError(
+                f"{self.info.path.name}: ffmpeg sent a frame without its timestamp",
+                stderr=self.stderr_tail(),
+            )
+        return pts
+
+    # --- stderr -----------------------------------------------------------------------------
+
+    def _drain_stderr(self, stream: IO[bytes]) -> None:
+        previous = -1
+        try:
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip()
+                match = _SHOWINFO.search(line)
+                if match:
+                    previous = self._parse_pts(match.group(2), previous)
+                    self._pts.put(previous)
+                    continue
+                match = _CONFIG_TB.search(line)
+                if match and self._filter_tb is None and int(match.group(2)):
+                    self._filter_tb = Fraction(int(match.group(1)), int(match.group(2)))
+                    continue
+                if "Parsed_showinfo" in line:
+                    continue  # per-frame side data and colour lines: noise
+                level = _PREFIX.match(line)
+                if level and level.group(2) in {"error", "fatal"}:
+                    self._errors.append(_PREFIX.sub("", line, count=1))
+                self._tail.append(line)
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us by close()
+        finally:
+            self._pts.put(None)
+
+    def _parse_pts(self, text: str, previous: int) -> int:
+        if text == "NOPTS":
+            return previous + 1  # no timestamp at all: keep order, never repeat
+        pts = int(text)
+        if self._filter_tb is not None and self._filter_tb != self.time_base:
+            # Some builds hand the filter graph another time base; bring pts back exactly.
+            pts = round(pts * self._filter_tb / self.time_base)
+        return pts
+
+    def stderr_tail(self) -> str:
+        """The last lines ffmpeg printed (errors included), for error reports."""
+        return "\n".join(self._tail)
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def _finish(self, *, partial_bytes: int) -> None:
+        """At end of stream: wait for ffmpeg and decide whether the video was whole."""
+        self._finished = True
+        code = self._proc.wait()
+        self._stderr_thread.join()
+        self.close()
+        name = self.info.path.name
+        # ffmpeg names the file by its full path; the message names it once, at the front.
+        errors = [line.replace(str(self.info.path), name) for line in self._errors]
+        detail = errors[-1] if errors else ""
+        if code != 0:
+            lowered = " ".join(errors).lower()
+            if self.hwaccel != "none" and any(h in lowered for h in _HWACCEL_HINTS):
+                raise MediaError(
+                    f"{name}: hardware decoding ({self.hwaccel}) failed: {detail}",
+                    stderr=self.stderr_tail(),
+                )
+            if code < 0:
+                raise MediaError(
+                    f"{name}: ffmpeg was killed (signal {-code})", stderr=self.stderr_tail()
+                )
+            raise InputError(
+                f"{name}: truncated or corrupt video (ffmpeg exit {code}: {_short(detail)})",
+                reason="corrupt_video",
+            )
+        if partial_bytes:
+            raise InputError(
+                f"{name}: truncated or corrupt video (last frame incomplete)",
+                reason="corrupt_video",
+            )
+        if errors and self._came_short():
+            marker = next(
+                (m for m in TRUNCATION_MARKERS if m in " ".join(errors).lower()), _short(detail)
+            )
+            if self.start_pts is None and self.end_pts is None:
+                got = f"decoded {self._decoded} of {self.info.frame_count} frames"
+            else:
+                got = f"the stream ends before the span does, after pts {self._last_pts}"
+            raise InputError(
+                f"{name}: truncated or corrupt video ({got}; {marker})", reason="corrupt_video"
+            )
+
+    def _came_short(self) -> bool:
+        if self.start_pts is None and self.end_pts is None:
+            return self._decoded < self.info.frame_count
+        # A span: short if the stream ended well before the span's end (or the video's).
+        tb = self.time_base
+        video_end = self.info.start_pts + round(self.info.duration / tb)
+        wanted_end = video_end if self.end_pts is None else min(self.end_pts, video_end)
+        slack = round(2 / (self.info.frame_rate * tb)) if self.info.frame_rate else 0
+        reached = self._last_pts if self._last_pts is not None else (self.start_pts or 0)
+        return reached + slack < wanted_end
+
+    def close(self) -> None:
+        """Stop ffmpeg (if still running) and release its pipes; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._stdout.close()
+        self._proc.wait()
+        self._stderr_thread.join()
+        if self._proc.stderr is not None:
+            self._proc.stderr.close()
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,257 @@
+"""Encoding frames to a video file that appears at its destination only when complete."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import subprocess
+import threading
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import numpy as np
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError, MediaError, OutputError
+from facefusion_tasks.video import ffbin
+from facefusion_tasks.video.argv import ENCODERS, encode_argv, muxer_for
+from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
+from facefusion_tasks.video.probe import VideoInfo
+
+log = logging.getLogger(__name__)
+
+#: Lines of ffmpeg's stderr kept for MediaError (bounded memory on long encodes).
+STDERR_TAIL = 60
+
+
+def choose_encoder(requested: str, exe: str) -> str:
+    """The encoder to use: `auto` = h264_nvenc when it actually works here, else libx264."""
+    if requested == "auto":
+        # Debian's ffmpeg lists nvenc without a GPU, so a one-frame trial decides.
+        chosen = "h264_nvenc" if ffbin.encoder_works(exe, "h264_nvenc") else "libx264"
+        log.info("video encoder auto -> %s", chosen)
+        return chosen
+    if requested not in ENCODERS:
+        raise InputError(f"unknown video encoder {requested!r} (use auto, {', '.join(ENCODERS)})")
+    if requested not in ffbin.encoders(exe):
+        raise InputError(f"video encoder {requested} is not available in {exe}")
+    return requested
+
+
+def check_destination(destination: Path) -> None:
+    """Refuse, with one line, a destination that cannot be written (before ffmpeg starts)."""
+    parent = destination.parent
+    if destination.is_dir():
+        raise OutputError(f"{destination}: is a directory")
+    if not parent.exists():
+        raise OutputError(f"{destination}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"{destination}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{destination}: directory {parent} is not writable")
+    try:
+        muxer_for(destination)
+    except ValueError as exc:
+        raise OutputError(f"{destination}: {exc}") from None
+
+
+def _create_temp(destination: Path) -> Path:
+    """A new hidden file beside the destination (same filesystem, so the final rename is
+    atomic), keeping the extension; created with the umask's usual mode, unlike mkstemp."""
+    for _ in range(100):
+        name = f".{destination.stem}.{secrets.token_hex(4)}.partial{destination.suffix}"
+        temp = destination.with_name(name)
+        try:
+            fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"{destination}: cannot write ({exc.strerror})") from None
+        os.close(fd)
+        return temp
+    raise OutputError(f"{destination}: cannot create a temporary file beside it")
+
+
+class FrameWriter:
+    """Encode BGR frames with their own pts into `destination`, atomically.
+
+    Frames go to ffmpeg as Matroska on its stdin; ffmpeg writes a hidden temp file beside the
+    destination; commit() renames it into place, abort() deletes it. The output starts at 0:
+    pts are taken relative to the first frame written, their spacing kept exactly. Leaving
+    the `with` block normally commits; leaving it with an exception aborts.
+    """
+
+    def __init__(
+        self,
+        destination: Path,
+        *,
+        width: int,
+        height: int,
+        time_base: Fraction,
+        audio_source: VideoInfo | None,
+        settings: Settings,
+        frame_rate: Fraction | None = None,
+    ) -> None:
+        self.destination = Path(destination).expanduser().absolute()
+        check_destination(self.destination)
+        self.width = width
+        self.height = height
+        self.time_base = time_base
+        self.frames_written = 0
+        self._first_pts: int | None = None
+        self._done = False
+        self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+
+        exe = ffbin.ffmpeg_exe(settings.ffmpeg)
+        self.encoder = choose_encoder(settings.video_encoder, exe)
+        audio = audio_source if audio_source is not None and audio_source.has_audio else None
+        self.temp = _create_temp(self.destination)
+        argv = encode_argv(
+            self.temp,
+            width=width,
+            height=height,
+            time_base=time_base,
+            encoder=self.encoder,
+            preset=settings.video_preset,
+            quality=settings.video_quality,
+            audio_source=audio.path if audio else None,
+            audio_codec=audio.audio_codec if audio else None,
+            ffmpeg=exe,
+            version=ffbin.ffmpeg_version(exe),
+        )
+        log.debug("encoding: %s", " ".join(argv))
+        try:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        except OSError:
+            self.temp.unlink(missing_ok=True)
+            raise
+        assert self._proc.stdin is not None and self._proc.stderr is not None
+        self._stdin: IO[bytes] = self._proc.stdin
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr,
+            args=(self._proc.stderr,),
+            daemon=True,
+            name=f"ffmpeg-encode-stderr-{self._proc.pid}",
+        )
+        self._stderr_thread.start()
+        rate = frame_rate or (audio_source.frame_rate if audio_source is not None else None)
+        # The last frame has no successor to end it: give it one frame's duration.
+        last_duration = round(10**9 / rate) if rate else None
+        try:
+            self._mkv = MatroskaRawWriter(
+                self._stdin, width, height, default_duration_ns=last_duration
+            )
+        except BrokenPipeError:
+            self._fail("ffmpeg exited before the first frame")
+
+    def write(self, image: np.ndarray, pts: int) -> None:
+        """Append a frame (height×width×3 uint8 BGR); pts strictly increase, in time_base."""
+        if self._done:
+            raise ValueError("the writer is already committed or aborted")
+        if image.shape != (self.height, self.width, 3) or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected a {self.height}x{self.width}x3 uint8 image, got "
+                f"{image.shape} {image.dtype}"
+            )
+        if self._first_pts is None:
+            self._first_pts = pts
+        try:
+            self._mkv.write(image, pts_to_ns(pts - self._first_pts, self.time_base))
+        except BrokenPipeError:
+            self._fail(f"ffmpeg stopped after {self.frames_written} frames")
+        self.frames_written += 1
+
+    def commit(self) -> Path:
+        """Finish the encode and move the file into place; MediaError if ffmpeg failed."""
+        if self._done:
+            raise ValueError("the writer is already committed or aborted")
+        if self.frames_written == 0:
+            self.abort()
+            raise MediaError(f"{self.destination.name}: no frames were written")
+        with contextlib.suppress(BrokenPipeError):  # ffmpeg already gone: its exit code says why
+            self._stdin.close()
+        code = self._proc.wait()
+        self._stderr_thread.join()
+        self._close_pipes()
+        if code != 0:
+            self._done = True
+            self.temp.unlink(missing_ok=True)
+            raise MediaError(
+                f"{self.destination.name}: encoding failed (ffmpeg exit {code}): "
+                f"{self._last_error()}",
+                stderr=self.stderr_tail(),
+            )
+        try:
+            os.replace(self.temp, self.destination)
+        except OSError as exc:
+            self.temp.unlink(missing_ok=True)
+            raise OutputError(
+                f"{self.destination}: cannot move into place ({exc.strerror})"
+            ) from None
+        finally:
+            self._done = True
+        log.info("wrote %s (%d frames, %s)", self.destination, self.frames_written, self.encoder)
+        return self.destination
+
+    def abort(self) -> None:
+        """Stop ffmpeg and delete the temp file; the destination is left untouched. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._stderr_thread.join()
+        self._close_pipes()
+        self.temp.unlink(missing_ok=True)
+
+    def _fail(self, what: str) -> None:
+        self.abort()
+        raise MediaError(
+            f"{self.destination.name}: {what}: {self._last_error()}", stderr=self.stderr_tail()
+        )
+
+    def _close_pipes(self) -> None:
+        for pipe in (self._stdin, self._proc.stderr):
+            if pipe is None:
+                continue
+            with contextlib.suppress(BrokenPipeError):  # unflushed bytes to a dead ffmpeg
+                pipe.close()
+
+    def _drain_stderr(self, stream: IO[bytes]) -> None:
+        try:
+            for raw in stream:
+                self._tail.append(raw.decode(errors="replace").rstrip())
+        except (OSError, ValueError):
+            pass  # closed by abort()
+
+    def _last_error(self) -> str:
+        for line in reversed(self._tail):
+            if "[error]" in line or "[fatal]" in line:
+                return line.split("] ", 1)[-1][:200] if "] " in line else line[:200]
+        return self._tail[-1][:200] if self._tail else "no message"
+
+    def stderr_tail(self) -> str:
+        """The last lines ffmpeg printed."""
+        return "\n".join(self._tail)
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._done:
+            self.commit()

@@ -1,0 +1,116 @@
+"""`facefusion-tasks worker`: one Celery worker process per GPU (pinned), plus a light one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.tasks import PRELOAD_ENV
+
+log = logging.getLogger(__name__)
+
+
+def detect_gpus() -> list[str]:
+    """GPU indexes from the device nodes: neither CUDA nor NVML is initialised in this parent
+    process, because the Celery pool forks and a child inheriting an initialised context breaks."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    nodes = [p.name for p in Path("/dev").glob("nvidia[0-9]*")]
+    return sorted((n[len("nvidia") :] for n in nodes if re.fullmatch(r"nvidia\d+", n)), key=int)
+
+
+def worker_argv(
+    *,
+    name: str,
+    queue: str,
+    concurrency: int,
+    max_tasks_per_child: int,
+    loglevel: str,
+) -> list[str]:
+    """The celery command for one worker process (pure, for tests)."""
+    argv = [
+        sys.executable, "-m", "celery", "-A", "facefusion_tasks.worker_app", "worker",
+        "-Q", queue, "-n", f"{name}@%h", "-c", str(concurrency), "-P", "prefork",
+        "--prefetch-multiplier", "1", "-E", "--without-gossip", "--without-mingle",
+        "-l", loglevel,
+    ]  # fmt: skip
+    if max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
+    return argv
+
+
+def plan_workers(
+    settings: Settings,
+    *,
+    gpus: str,
+    queues: list[str],
+    light_concurrency: int,
+    max_tasks_per_child: int,
+    loglevel: str,
+) -> list[tuple[list[str], dict[str, str]]]:
+    """(argv, extra environment) for each worker process to start."""
+    unknown = set(queues) - {GPU_QUEUE, LIGHT_QUEUE}
+    if unknown:
+        raise InputError(f"unknown queues: {', '.join(sorted(unknown))}")
+    if not settings.broker_url:
+        raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason="config")
+    plans: list[tuple[list[str], dict[str, str]]] = []
+    if GPU_QUEUE in queues:
+        devices = detect_gpus() if gpus == "auto" else [] if gpus == "none" else gpus.split(",")
+        # No GPU: one CPU worker still serves the gpu queue (the CPU profile).
+        for index, device in enumerate(devices or [""]):
+            env = {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device}
+            name = f"gpu{device}" if device else f"cpu{index}"
+            argv = worker_argv(
+                name=name,
+                queue=GPU_QUEUE,
+                concurrency=1,
+                max_tasks_per_child=max_tasks_per_child,
+                loglevel=loglevel,
+            )
+            plans.append((argv, env))
+    if LIGHT_QUEUE in queues:
+        argv = worker_argv(
+            name="light",
+            queue=LIGHT_QUEUE,
+            concurrency=light_concurrency,
+            max_tasks_per_child=max_tasks_per_child,
+            loglevel=loglevel,
+        )
+        plans.append((argv, {PRELOAD_ENV: "0"}))
+    return plans
+
+
+def run_workers(settings: Settings, **options: Any) -> int:
+    """Start the planned worker processes and supervise them: SIGTERM/SIGINT are passed on
+    (Celery's warm shutdown lets a running chunk finish; if it is killed instead, the chunk is
+    redelivered), and the launcher exits when any worker exits, so an orchestrator restarts it."""
+    plans = plan_workers(settings, **options)
+    children: list[subprocess.Popen[bytes]] = []
+    for argv, env in plans:
+        log.info("starting %s", " ".join(argv))
+        children.append(subprocess.Popen(argv, env=os.environ | env))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    forward(signal.SIGTERM, None)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
