@@ -83,13 +83,13 @@ def run_demo(
     if not real:
         standins = directory / "standin-models"
         make_test_models(standins)
-        settings = settings.replace(models_dir=standins)
         if not quiet:
             print(
                 f"note: no real models in {settings.models_dir}; using STAND-IN models written to "
                 f"{standins} (run `facefusion-tasks models download` for real face swapping)",
                 file=sys.stderr,
             )
+        settings = settings.replace(models_dir=standins)
     if real:
         # Real detectors need real faces: insightface ships photos in its wheel.
         from facefusion_tasks.video.samples import make_photo_video

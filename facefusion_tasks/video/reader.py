@@ -193,6 +193,11 @@ class FrameReader:
             pts = round(pts * self._filter_tb / self.time_base)
         return pts
 
+    @property
+    def frames_decoded(self) -> int:
+        """Frames ffmpeg delivered so far, including those dropped for preceding the span."""
+        return self._decoded
+
     def stderr_tail(self) -> str:
         """The last lines ffmpeg printed (errors included), for error reports."""
         return "\n".join(self._tail)

@@ -108,6 +108,7 @@ def _encode_argv(
     audio_seconds: float | None,
     faststart: bool,
     muxer: str,
+    keyframe_interval: int | None = None,
 ) -> list[str]:
     args = [exe, *ENCODE_GLOBAL_ARGS, "-y", "-f", "matroska", "-i", "pipe:0"]
     if audio_seconds is not None:
@@ -117,6 +118,8 @@ def _encode_argv(
     if audio_seconds is not None:
         args += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "96k"]
     args += ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18"]
+    if keyframe_interval:
+        args += ["-g", str(keyframe_interval)]
     args += ["-pix_fmt", pix_fmt_for(width, height), "-fps_mode", "passthrough"]
     args += ["-enc_time_base", ratio(time_base)]
     if muxer in MOV_FAMILY:
@@ -195,44 +198,34 @@ def _write_clip(
     width: int,
     height: int,
     audio_seconds: float | None,
-    rotation: int,
-    faststart: bool,
-    ffmpeg: str,
+    rotation: int = 0,
+    faststart: bool = True,
+    keyframe_interval: int | None = None,
+    ffmpeg: str = "",
 ) -> Path:
     exe = ffbin.ffmpeg_exe(ffmpeg)
     muxer = muxer_for(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if rotation % 360 == 0:
-        argv = _encode_argv(
-            exe,
-            path,
-            width=width,
-            height=height,
-            time_base=time_base,
-            audio_seconds=audio_seconds,
-            faststart=faststart,
-            muxer=muxer,
-        )
-        _pipe_frames(argv, frames, pts, time_base, width, height)
-        return path
     if rotation % 90:
         raise ValueError(f"rotation must be a multiple of 90, not {rotation}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def encode(destination: Path, *, faststart: bool) -> None:
+        argv = _encode_argv(
+            exe, destination, width=width, height=height, time_base=time_base,
+            audio_seconds=audio_seconds, faststart=faststart, muxer=muxer,
+            keyframe_interval=keyframe_interval,
+        )  # fmt: skip
+        _pipe_frames(argv, frames, pts, time_base, width, height)
+
+    if rotation % 360 == 0:
+        encode(path, faststart=faststart)
+        return path
     # Rotation needs a second, stream-copy pass (see _rotate_argv); it is cheap.
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     plain = Path(name)
     try:
-        argv = _encode_argv(
-            exe,
-            plain,
-            width=width,
-            height=height,
-            time_base=time_base,
-            audio_seconds=audio_seconds,
-            faststart=False,
-            muxer=muxer,
-        )
-        _pipe_frames(argv, frames, pts, time_base, width, height)
+        encode(plain, faststart=False)
         argv = _rotate_argv(exe, plain, path, rotation % 360, muxer, faststart=faststart)
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
         if done.returncode != 0:
@@ -255,6 +248,7 @@ def make_sample_video(
     variable_frame_rate: bool = False,
     rotation: int = 0,
     faststart: bool = True,
+    keyframe_interval: int | None = None,
     ffmpeg: str = "",
 ) -> Path:
     """Write a clip of synthetic faces (libx264 ultrafast; mp4, mov or mkv by extension).
@@ -262,6 +256,8 @@ def make_sample_video(
     width×height is the stored (coded) size; `rotation` adds a display matrix that turns it
     that many degrees counter-clockwise when shown, so 90/270 swap the display size.
     Variable frame rate uses irregular 1/30 s and 1/20 s steps in a 1/90000 time base.
+    faststart=False leaves the index (moov) at the end, as a camera writes it;
+    keyframe_interval (frames) makes seeking land inside the clip.
     """
     rate = Fraction(fps)
     pts, time_base = _timeline(seconds, rate, variable_frame_rate)
@@ -276,6 +272,7 @@ def make_sample_video(
         audio_seconds=seconds if audio else None,
         rotation=rotation,
         faststart=faststart,
+        keyframe_interval=keyframe_interval,
         ffmpeg=ffmpeg,
     )
 
@@ -321,7 +318,5 @@ def make_photo_video(
         width=width,
         height=height,
         audio_seconds=seconds if audio else None,
-        rotation=0,
-        faststart=True,
         ffmpeg=ffmpeg,
     )

@@ -1,0 +1,184 @@
+"""`facefusion-tasks swap` end to end: real ffmpeg, real onnxruntime, stand-in models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
+from facefusion_tasks.video.samples import make_photo_video, make_sample_video
+from tests.media import audio_duration, decode_frames, streams, video_times
+
+
+def run_cli(*args: str | Path, models: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+    environment |= {"FACEFUSION_MODELS_DIR": str(models), "FACEFUSION_EXECUTION_PROVIDER": "cpu"}
+    environment |= env or {}
+    return subprocess.run(
+        [sys.executable, "-m", "facefusion_tasks", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=240,
+    )
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("media")
+    source = root / "source.png"
+    image = background(200, 200, 0)
+    draw_face(image, 100, 100, 70)
+    cv2.imwrite(str(source), image)
+    noface = root / "noface.png"
+    cv2.imwrite(str(noface), background(200, 200, 0))
+    return {
+        "source": source,
+        "noface_source": noface,
+        "faces": make_sample_video(root / "faces.mp4", seconds=2, faces=2, audio=True),
+        "none": make_sample_video(root / "none.mp4", seconds=1, faces=0, audio=False),
+        "vfr": make_sample_video(
+            root / "vfr.mov", seconds=2, width=321, height=241, faces=1, audio=True,
+            variable_frame_rate=True, rotation=90,
+        ),  # fmt: skip
+        "photo": make_photo_video(
+            root / "photo.mp4", cv2.imread(str(bundled_photo("t1.jpg"))), seconds=1, width=480, height=320
+        ),
+    }
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b) ** 2).mean())
+    return 10 * np.log10(255**2 / max(mse, 1e-9))
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=2)
+
+
+def test_swap_keeps_timing_and_audio_and_changes_only_faces(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.mp4"
+    proc = run_cli("swap", media["source"], media["faces"], "-o", out, "--json", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    frames_in = decode_frames(media["faces"])
+    frames_out = decode_frames(out)
+    assert summary["frames"] == len(frames_in) == len(frames_out) == 50
+    assert summary["faces_swapped"] == 2 * len(frames_in)
+    assert summary["standin_models"] is True
+    assert set(summary["stage_seconds"]) >= {"decode", "detect", "swap", "paste", "encode"}
+    assert video_times(out) == video_times(media["faces"])
+    assert audio_duration(out) == pytest.approx(audio_duration(media["faces"]), abs=0.05)
+    # Faces changed a lot; far from them, only codec noise.
+    from facefusion_tasks.video.samples import face_positions
+
+    for index in (0, 25, 49):
+        diff = _diff(frames_in[index], frames_out[index])
+        far = np.ones(diff.shape, bool)
+        for cx, cy, r in face_positions(320, 240, 2, index):
+            assert diff[int(cy), int(cx)] > 40  # the centre of each face was swapped
+            yy, xx = np.ogrid[: diff.shape[0], : diff.shape[1]]
+            far &= (xx - cx) ** 2 + (yy - cy) ** 2 > (1.6 * r) ** 2
+        assert np.percentile(diff[far], 99) <= 12
+
+
+def test_video_without_faces_passes_through_unchanged(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.mkv"
+    proc = run_cli("swap", media["source"], media["none"], "-o", out, "--json", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["faces_swapped"] == 0
+    before, after = decode_frames(media["none"]), decode_frames(out)
+    assert len(before) == len(after)
+    # Only codec noise: a decode→bgr24→yuv420p re-encode stays well above 33 dB PSNR.
+    assert min(_psnr(a, b) for a, b in zip(before, after, strict=True)) > 33.0
+    assert not [s for s in streams(out) if s["codec_type"] == "audio"]
+
+
+def test_variable_rate_rotated_odd_sized_video_survives(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.mov"
+    proc = run_cli("swap", media["source"], media["vfr"], "-o", out, "--json", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert video_times(out) == video_times(media["vfr"])
+    before, after = decode_frames(media["vfr"]), decode_frames(out)
+    assert len(before) == len(after)
+    assert before[0].shape == after[0].shape == (321, 241, 3)  # displayed upright, odd sizes kept
+    assert json.loads(proc.stdout)["faces_swapped"] > 0
+    assert audio_duration(out) == pytest.approx(audio_duration(media["vfr"]), abs=0.05)
+
+
+def test_real_photo_video_changes_where_faces_were_found(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "photo-out.mp4"
+    proc = run_cli("swap", media["source"], media["photo"], "-o", out, "--json", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["frames_with_faces"] == summary["frames"] > 0
+    before, after = decode_frames(media["photo"]), decode_frames(out)
+    assert len(before) == len(after)
+    assert all(_diff(a, b).max() > 40 for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "no such file"),
+        ("empty", "empty"),
+        ("text", "not a video"),
+        ("image", "not a video"),
+        ("truncated", "truncated"),
+        ("noface", "no face found in the source image"),
+        ("unwritable", "does not exist"),
+        ("bad_suffix", "unsupported output type"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_output(
+    case: str, message: str, media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    source, target, out = media["source"], media["faces"], tmp_path / "out.mp4"
+    if case == "missing":
+        target = tmp_path / "nope.mp4"
+    elif case == "empty":
+        target = tmp_path / "empty.mp4"
+        target.touch()
+    elif case == "text":
+        target = tmp_path / "notes.mp4"
+        target.write_text("this is not a video\n" * 100)
+    elif case == "image":
+        target = media["source"]
+    elif case == "truncated":
+        data = media["faces"].read_bytes()
+        target = tmp_path / "cut.mp4"
+        target.write_bytes(data[: len(data) // 2])
+    elif case == "noface":
+        source = media["noface_source"]
+    elif case == "unwritable":
+        out = tmp_path / "no-such-dir" / "out.mp4"
+    elif case == "bad_suffix":
+        out = tmp_path / "out.txt"
+    proc = run_cli("swap", source, target, "-o", out, "--no-progress", models=models_dir)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert message in lines[0]
+    assert not out.exists()
+    assert not [p for p in out.parent.glob("*") if p.name.startswith(".")] if out.parent.exists() else True
+
+
+def test_missing_models_is_a_clear_internal_error(media: dict[str, Path], tmp_path: Path) -> None:
+    proc = run_cli("swap", media["source"], media["faces"], "-o", tmp_path / "o.mp4", models=tmp_path)
+    assert proc.returncode == 1
+    assert "models missing" in proc.stderr and "Traceback" not in proc.stderr

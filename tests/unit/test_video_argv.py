@@ -1,0 +1,199 @@
+"""The ffmpeg command lines, checked as argv lists (nothing runs ffmpeg here)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from facefusion_tasks.video.argv import (
+    audio_codec_args,
+    decode_argv,
+    encode_argv,
+    muxer_for,
+    pix_fmt_for,
+)
+from facefusion_tasks.video.ffbin import parse_encoders, parse_hwaccels, parse_version
+
+
+def option(argv: list[str], flag: str) -> str:
+    """The value following a flag (which must appear exactly once)."""
+    assert argv.count(flag) == 1, f"{flag} appears {argv.count(flag)} times in {argv}"
+    return argv[argv.index(flag) + 1]
+
+
+def test_decode_emits_every_frame_upright_with_its_pts_on_stderr() -> None:
+    argv = decode_argv("/videos/in.mp4", ffmpeg="/usr/bin/ffmpeg")
+    assert argv[0] == "/usr/bin/ffmpeg"
+    assert option(argv, "-i") == "/videos/in.mp4"
+    assert option(argv, "-map") == "0:v:0"
+    assert option(argv, "-fps_mode") == "passthrough"
+    assert option(argv, "-vf") == "showinfo=checksum=0"
+    assert option(argv, "-f") == "rawvideo"
+    assert option(argv, "-pix_fmt") == "bgr24"
+    assert option(argv, "-loglevel") == "level+info"
+    assert {"-nostats", "-hide_banner", "-nostdin", "-copyts"} <= set(argv)
+    assert argv[-1] == "pipe:1"
+    # Autorotation stays on; nothing seeks, limits or accelerates by default.
+    for absent in ("-noautorotate", "-autorotate", "-ss", "-t", "-hwaccel", "-frames:v"):
+        assert absent not in argv
+
+
+def test_decode_seeks_before_the_input_by_absolute_timestamp_and_keeps_the_keyframe() -> None:
+    argv = decode_argv("in.mp4", seek_seconds=12.345678901)
+    before_input = argv[: argv.index("-i")]
+    assert option(before_input, "-ss") == "12.345679"
+    assert option(before_input, "-seek_timestamp") == "1"
+    # A flag, not "-accurate_seek 0": a value there would be read as an output file name.
+    assert "-noaccurate_seek" in before_input
+
+
+@pytest.mark.parametrize("hwaccel", ["cuda", "auto"])
+def test_decode_hwaccel_is_an_input_option(hwaccel: str) -> None:
+    argv = decode_argv("in.mp4", hwaccel=hwaccel)
+    assert option(argv[: argv.index("-i")], "-hwaccel") == hwaccel
+
+
+def test_decode_limits() -> None:
+    argv = decode_argv("in.mp4", duration_seconds=2.5, max_frames=10)
+    assert option(argv[: argv.index("-i")], "-t") == "2.500000"
+    assert option(argv[argv.index("-i") :], "-frames:v") == "10"
+
+
+def test_decode_uses_vsync_before_ffmpeg_5_1() -> None:
+    argv = decode_argv("in.mp4", version=(4, 4))
+    assert option(argv, "-vsync") == "passthrough"
+    assert "-fps_mode" not in argv
+
+
+def test_decode_rejects_unknown_hwaccel() -> None:
+    with pytest.raises(ValueError, match="hwaccel"):
+        decode_argv("in.mp4", hwaccel="vdpau")
+
+
+def test_encode_reads_matroska_from_stdin_and_keeps_source_ticks() -> None:
+    argv = encode_argv(
+        "/out/.clip.1234.partial.mp4", width=320, height=240, time_base=Fraction(1, 12800)
+    )
+    assert argv[:2] == ["ffmpeg", "-loglevel"]
+    first_input = argv.index("-i")
+    assert argv[first_input - 2 : first_input + 2] == ["-f", "matroska", "-i", "pipe:0"]
+    assert option(argv, "-map") == "0:v:0"
+    assert option(argv, "-c:v") == "libx264"
+    assert option(argv, "-crf") == "18"
+    assert option(argv, "-preset") == "veryfast"
+    assert option(argv, "-pix_fmt") == "yuv420p"
+    assert option(argv, "-fps_mode") == "passthrough"
+    assert option(argv, "-enc_time_base") == "1/12800"
+    assert option(argv, "-video_track_timescale") == "12800"
+    assert option(argv, "-movflags") == "+faststart"
+    assert "-y" in argv
+    # The muxer is explicit and right before the (temp) file name.
+    assert argv[-3:] == ["-f", "mp4", "/out/.clip.1234.partial.mp4"]
+    assert "-shortest" not in argv and "-c:a" not in argv
+
+
+def test_encode_keeps_odd_sizes_with_full_chroma() -> None:
+    for width, height in [(321, 240), (320, 241), (321, 241)]:
+        argv = encode_argv("o.mp4", width=width, height=height, time_base=Fraction(1, 25))
+        assert option(argv, "-pix_fmt") == "yuv444p"
+        assert not any(a.startswith(("scale", "pad", "crop")) for a in argv)
+    assert pix_fmt_for(2, 2) == "yuv420p"
+
+
+def test_encode_time_base_with_a_numerator() -> None:
+    argv = encode_argv("o.mov", width=64, height=64, time_base=Fraction(1001, 30000))
+    assert option(argv, "-enc_time_base") == "1001/30000"
+    assert option(argv, "-video_track_timescale") == "30000"
+    assert argv[-3:-1] == ["-f", "mov"]
+
+
+def test_encode_matroska_has_no_mov_options() -> None:
+    argv = encode_argv("o.mkv", width=64, height=64, time_base=Fraction(1, 1000))
+    assert "-video_track_timescale" not in argv and "-movflags" not in argv
+    assert argv[-3:-1] == ["-f", "matroska"]
+
+
+def test_encode_explicit_muxer_wins_over_the_file_name() -> None:
+    argv = encode_argv("o.tmp", width=64, height=64, time_base=Fraction(1, 25), muxer="mp4")
+    assert argv[-3:] == ["-f", "mp4", "o.tmp"]
+
+
+def test_encode_adds_source_audio_copied_when_it_fits_and_cut_to_the_video() -> None:
+    argv = encode_argv(
+        "o.mp4", width=64, height=64, time_base=Fraction(1, 25),
+        audio_source="/videos/in.mp4", audio_codec="aac",
+    )  # fmt: skip
+    inputs = [argv[i + 1] for i, a in enumerate(argv) if a == "-i"]
+    assert inputs == ["pipe:0", "/videos/in.mp4"]
+    maps = [argv[i + 1] for i, a in enumerate(argv) if a == "-map"]
+    assert maps == ["0:v:0", "1:a:0?"]
+    assert option(argv, "-c:a") == "copy"
+    assert "-shortest" in argv
+
+
+@pytest.mark.parametrize(
+    ("muxer", "codec", "expected"),
+    [
+        ("mp4", "aac", "copy"),
+        ("mp4", "pcm_s16le", "aac"),
+        ("mp4", "vorbis", "aac"),
+        ("mov", "pcm_s16le", "copy"),
+        ("matroska", "pcm_s16le", "copy"),
+        ("matroska", "vorbis", "copy"),
+        ("webm", "aac", "libopus"),
+        ("mp4", None, "aac"),
+    ],
+)
+def test_audio_codec_choice(muxer: str, codec: str | None, expected: str) -> None:
+    assert option(audio_codec_args(muxer, codec), "-c:a") == expected
+
+
+def test_encoder_quality_flags() -> None:
+    def build(encoder: str, preset: str = "veryfast") -> list[str]:
+        return encode_argv(
+            "o.mp4", width=64, height=64, time_base=Fraction(1, 25),
+            encoder=encoder, preset=preset, quality=23,
+        )  # fmt: skip
+
+    x265 = build("libx265", "slow")
+    assert option(x265, "-c:v") == "libx265" and option(x265, "-crf") == "23"
+    assert option(x265, "-preset") == "slow"
+    for encoder in ("h264_nvenc", "hevc_nvenc"):
+        nvenc = build(encoder)
+        assert option(nvenc, "-c:v") == encoder
+        assert option(nvenc, "-cq") == "23" and "-crf" not in nvenc
+        assert option(nvenc, "-preset") == "p2"
+        assert option(nvenc, "-b:v") == "0"
+    assert option(build("h264_nvenc", "ultrafast"), "-preset") == "p1"
+    assert option(build("h264_nvenc", "veryslow"), "-preset") == "p7"
+    with pytest.raises(ValueError, match="encoder"):
+        build("mpeg4")
+
+
+def test_muxer_for_extensions() -> None:
+    assert muxer_for("a/b.MP4") == "mp4"
+    assert muxer_for("b.m4v") == "mp4"
+    assert muxer_for("b.mov") == "mov"
+    assert muxer_for("b.mkv") == "matroska"
+    for bad in ("b.webm", "b.gif", "b"):
+        with pytest.raises(ValueError, match="unsupported output container"):
+            muxer_for(bad)
+
+
+def test_parse_ffmpeg_capabilities() -> None:
+    encoders_text = """Encoders:
+ V..... = Video
+ A..... = Audio
+ ------
+ V....D libx264              libx264 H.264 / AVC / MPEG-4 AVC / MPEG-4 part 10 (codec h264)
+ V....D h264_nvenc           NVIDIA NVENC H.264 encoder (codec h264)
+ A....D aac                  AAC (Advanced Audio Coding)
+"""
+    assert parse_encoders(encoders_text) == {"libx264", "h264_nvenc", "aac"}
+    hwaccels_text = "Hardware acceleration methods:\nvdpau\ncuda\n\n"
+    assert parse_hwaccels(hwaccels_text) == {"vdpau", "cuda"}
+    assert parse_version("ffmpeg version 5.1.9-0+deb12u1 Copyright") == (5, 1)
+    assert parse_version("ffmpeg version n9.0.2-17-g2a571b6068-20260930") == (9, 0)
+    assert parse_version("ffmpeg version N-118000-gabcdef Copyright") == (99, 0)
+    assert parse_version("not ffmpeg") is None
