@@ -44,10 +44,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         # Redis hands an unacknowledged task to another worker after the visibility timeout,
         # even while it still runs (celery#5935): keep every time limit below it.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for abandoned (SIGKILLed worker) messages often enough that they come back
+            # soon after the visibility timeout, not ~100 s later (kombu's default cadence).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "task_time_limit": settings.chunk_time_limit,
-        "task_soft_time_limit": max(settings.chunk_time_limit - 30, 1),
+        # The soft limit leaves the chunk time to kill ffmpeg and remove its temp file.
+        "task_soft_time_limit": max(settings.chunk_time_limit - 30, settings.chunk_time_limit * 0.9),
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "task_track_started": True,

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from facefusion_tasks.jobs import Chunk
 
@@ -25,9 +27,16 @@ PENDING, DONE = "PENDING", "DONE"
 
 
 def connect(url: str) -> redis.Redis:
-    """A Redis client for the job store (same server as the broker)."""
+    """A Redis client for the job store (same server as the broker). Commands retry with
+    backoff for ~30 s, so a Redis restart pauses a job instead of failing it."""
     return redis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=10, health_check_interval=30
+        url,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=4.0, base=0.2), retries=12),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
 

@@ -1,0 +1,253 @@
+"""Every metric of the project: worker-side instruments and the exporter's scrape-time names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from facefusion_tasks import __version__
+from facefusion_tasks.metrics import multiproc
+from facefusion_tasks.metrics.oom import OOM_KINDS
+
+# Safe in worker processes in multiprocess mode: only Counter, Histogram and Gauge with an
+# explicit multiprocess_mode (no Info, Enum, set_function or custom collectors here).
+# Take this pid's liveness lock before the first metric below opens a file, so the exporter's
+# compactor can never mistake this process for a dead one whose pid number was reused.
+multiproc.register_process()
+
+#: Pipeline stages timed per frame batch.
+STAGES = ("decode", "detect", "embed", "swap", "paste", "encode")
+#: Models (the `model` label): the registry's keys.
+MODELS = ("detector", "embedder", "swapper")
+#: Celery queues (the `queue` label).
+QUEUES = ("gpu", "light")
+#: How a job ends.
+JOB_OUTCOMES = ("succeeded", "failed", "cancelled")
+#: How one chunk attempt ends: retried = failed but requeued, failed = given up.
+CHUNK_OUTCOMES = ("succeeded", "retried", "failed")
+#: `status` of the seed's facefusion_face_swap_requests_total.
+SWAP_STATUSES = ("success", "error")
+
+#: The only values the `reason` label takes ("none" for success, "other" for anything unknown):
+#: the `reason` attributes of facefusion_tasks.errors plus the reasons raised with InputError.
+REASONS = frozenset(
+    {
+        "none",
+        "other",
+        "internal",
+        "bad_input",
+        "bad_output",
+        "media",
+        "model",
+        "download",
+        "transient",
+        "gpu_oom",
+        "cancelled",
+        "timeout",
+        "worker_lost",
+        "config",
+        "path",
+        "corrupt",
+        "corrupt_video",
+        "empty",
+        "missing_file",
+        "not_an_image",
+        "not_video",
+        "no_video",
+        "no_face",
+        "unknown_job",
+    }
+)
+
+
+def bounded_reason(reason: str | None) -> str:
+    """`reason` if it is a known reason, "none" when empty, else "other" (bounded cardinality)."""
+    normalised = (reason or "").strip().lower()
+    if not normalised:
+        return "none"
+    return normalised if normalised in REASONS else "other"
+
+
+# Buckets. Video work spans milliseconds (one model call) to hours (one long job).
+#: One stage over one frame batch: ~1 ms (a small decode) to tens of seconds (a stalled encoder).
+STAGE_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+#: One frame end to end; 0.5 s is the slow-frames alert threshold, so it is a bucket edge.
+FRAME_BUCKETS = (
+    0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+#: One chunk attempt (and the seed's swap run): seconds to an hour (the visibility timeout).
+CHUNK_BUCKETS = (
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+)  # fmt: skip
+#: One whole job: tens of seconds to a working day.
+JOB_BUCKETS = (
+    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+)  # fmt: skip
+#: Time from enqueue to a worker starting the task.
+WAIT_BUCKETS = (
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+build_info = Gauge(
+    "facefusion_build_info",
+    "Always 1; the version label says which code the live worker processes run.",
+    ["version"],
+    multiprocess_mode="livemax",
+)
+build_info.labels(version=__version__).set(1)
+
+jobs_total = Counter(
+    "facefusion_jobs_total",
+    "Jobs finished, by outcome (succeeded|failed|cancelled) and bounded reason.",
+    ["outcome", "reason"],
+)
+chunks_total = Counter(
+    "facefusion_chunks_total",
+    "Chunk attempts finished, by outcome (succeeded|retried|failed) and bounded reason.",
+    ["outcome", "reason"],
+)
+face_swap_requests_total = Counter(
+    "facefusion_face_swap_requests_total",
+    "Swap runs (one per chunk attempt or local run), by status (success|error).",
+    ["status"],
+)
+face_swap_duration_seconds = Histogram(
+    "facefusion_face_swap_duration_seconds",
+    "Wall time of one swap run (a chunk attempt or a local run).",
+    buckets=CHUNK_BUCKETS,
+)
+job_duration_seconds = Histogram(
+    "facefusion_job_duration_seconds",
+    "Wall time of a job from submission to its final state.",
+    buckets=JOB_BUCKETS,
+)
+chunk_duration_seconds = Histogram(
+    "facefusion_chunk_duration_seconds",
+    "Wall time of one chunk attempt on a worker.",
+    buckets=CHUNK_BUCKETS,
+)
+frames_processed_total = Counter(
+    "facefusion_frames_processed_total",
+    "Frames written by the pipeline (swapped or passed through).",
+)
+faces_swapped_total = Counter(
+    "facefusion_faces_swapped_total",
+    "Faces swapped.",
+)
+stage_duration_seconds = Histogram(
+    "facefusion_stage_duration_seconds",
+    "Time one pipeline stage spent on one frame batch.",
+    ["stage"],
+    buckets=STAGE_BUCKETS,
+)
+frame_duration_seconds = Histogram(
+    "facefusion_frame_duration_seconds",
+    "Processing time per frame (a batch's time divided over its frames).",
+    buckets=FRAME_BUCKETS,
+)
+model_batch_size = Histogram(
+    "facefusion_model_batch_size",
+    "Inputs per model call.",
+    ["model"],
+    buckets=BATCH_BUCKETS,
+)
+queue_wait_seconds = Histogram(
+    "facefusion_queue_wait_seconds",
+    "Time from enqueue (ff_enqueued_at header) to a worker starting the task.",
+    ["queue"],
+    buckets=WAIT_BUCKETS,
+)
+# livesum: each process sets 0/1; the sum of live processes is how many are busy, and a dead
+# process drops out instead of staying "busy" forever. No pid label: it would churn with
+# every recycled worker.
+worker_busy = Gauge(
+    "facefusion_worker_busy",
+    "Worker processes running a task right now (each process reports 0 or 1).",
+    multiprocess_mode="livesum",
+)
+worker_processes = Gauge(
+    "facefusion_worker_processes",
+    "Live worker processes (each sets 1 at start); busy / processes = utilisation.",
+    multiprocess_mode="livesum",
+)
+gpu_oom_total = Counter(
+    "facefusion_gpu_oom_total",
+    "GPU out-of-memory errors caught at a model call, by kind and model.",
+    ["kind", "model"],
+)
+# livemin: when any live process has halved its cap, the dashboard shows the tightest one.
+model_batch_limit = Gauge(
+    "facefusion_model_batch_limit",
+    "Current batch cap per model after OOM halving (lowest over live processes).",
+    ["model"],
+    multiprocess_mode="livemin",
+)
+
+# Start every OOM series at 0 so `increase()` sees the first OOM (a series born at 1 has no
+# increase); the alert also catches series born non-zero, for labels outside these lists.
+for _kind in OOM_KINDS:
+    for _model in MODELS:
+        gpu_oom_total.labels(kind=_kind, model=_model)
+for _status in SWAP_STATUSES:
+    face_swap_requests_total.labels(status=_status)
+
+
+#: Exporter-side metrics, computed at scrape time by the exporter's collectors (never in
+#: workers): name -> (type, help, label names). The collectors take their help text from here.
+EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "facefusion_queue_length": (
+        "gauge",
+        "Messages waiting in the queue, all priority sub-queues summed.",
+        ("queue",),
+    ),
+    "facefusion_queue_unacked": (
+        "gauge",
+        "Messages delivered to a worker (prefetched or running) and not yet acknowledged.",
+        ("queue",),
+    ),
+    "facefusion_queue_backlog": (
+        "gauge",
+        "Waiting plus unacknowledged messages: work not finished yet.",
+        ("queue",),
+    ),
+    "facefusion_queue_oldest_age_seconds": (
+        "gauge",
+        "Age of the oldest waiting message (from its ff_enqueued_at header); 0 when empty.",
+        ("queue",),
+    ),
+    "facefusion_workers_alive": (
+        "gauge",
+        "Workers whose heartbeat key (facefusion:worker:*) has not expired.",
+        (),
+    ),
+    "facefusion_exporter_redis_up": (
+        "gauge",
+        "1 if the exporter could read the broker at this scrape, else 0.",
+        (),
+    ),
+    "facefusion_gpu_memory_used_bytes": ("gauge", "GPU memory in use (NVML).", ("gpu",)),
+    "facefusion_gpu_memory_total_bytes": ("gauge", "GPU memory installed (NVML).", ("gpu",)),
+    "facefusion_gpu_utilization_ratio": (
+        "gauge",
+        "Fraction of the last sample period the GPU was busy (NVML), 0..1.",
+        ("gpu",),
+    ),
+    "facefusion_exporter_multiproc_files": (
+        "gauge",
+        "Metric files in the multiprocess directory after compaction.",
+        (),
+    ),
+    "facefusion_exporter_compacted_processes_total": (
+        "counter",
+        "Dead processes whose metric files were folded into the archive by this exporter.",
+        (),
+    ),
+    "facefusion_exporter_compaction_seconds": (
+        "gauge",
+        "Duration of the last compaction run.",
+        (),
+    ),
+}

@@ -1,0 +1,194 @@
+"""Multiprocess-mode wiring: the shared metrics directory and per-process liveness locks."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+# No prometheus_client import here, not even indirectly: prometheus_client picks its value
+# storage (single- or multi-process) once, when it is first imported, from the environment that
+# `prepare()` sets. Importing it here would make `prepare()` too late by construction.
+
+log = logging.getLogger(__name__)
+
+#: Where worker processes write their metric files (default: <tmp>/facefusion-metrics).
+ENV_DIR = "FACEFUSION_METRICS_DIR"
+#: The variable prometheus_client itself reads at import time.
+PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Per-process lock files: held (flock) by each live metrics-writing process for its lifetime.
+LOCK_PREFIX = "pid_"
+LOCK_SUFFIX = ".lock"
+
+#: Suffixes `prepare(wipe=True)` removes: prometheus_client's files, ours, and leftovers of an
+#: interrupted compaction. Anything else in the directory is left alone (it may be misconfigured
+#: to point at a shared folder).
+_WIPE_SUFFIXES = (".db", ".lock", ".stage", ".journal", ".new", ".tmp", ".corrupt")
+
+_LIVE_GAUGE_MODES = ("liveall", "livemin", "livemax", "livesum", "livemostrecent")
+
+
+class MetricsModeError(RuntimeError):
+    """prometheus_client was imported before `prepare()`, or for a different directory."""
+
+
+def default_dir() -> Path:
+    """FACEFUSION_METRICS_DIR, else a fixed folder under the system temp directory."""
+    configured = os.environ.get(ENV_DIR, "")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(tempfile.gettempdir()) / "facefusion-metrics"
+
+
+def prepare(directory: Path, *, wipe: bool) -> None:
+    """Put this process (and every process it starts) in multiprocess mode on `directory`.
+
+    Call it at the entrypoint, before anything imports prometheus_client. `wipe=True` belongs to
+    fleet start only: it deletes every process's files, so counters restart from zero.
+    """
+    directory = Path(directory).expanduser().absolute()
+    _check_not_imported_elsewhere(directory, wipe=wipe)
+    directory.mkdir(parents=True, exist_ok=True)
+    if wipe:
+        _wipe(directory)
+    os.environ[PROMETHEUS_ENV] = str(directory)
+    register_process()
+
+
+def _check_not_imported_elsewhere(directory: Path, *, wipe: bool) -> None:
+    values = sys.modules.get("prometheus_client.values")
+    if values is None:
+        return
+    value_class = getattr(values, "ValueClass", None)
+    if not getattr(value_class, "_multiprocess", False):
+        raise MetricsModeError(
+            "prometheus_client was already imported in single-process mode; call "
+            "facefusion_tasks.metrics.multiproc.prepare() before anything imports it"
+        )
+    current = os.environ.get(PROMETHEUS_ENV, "")
+    if current and Path(current).absolute() != directory:
+        raise MetricsModeError(
+            f"prometheus_client is already in multiprocess mode on {current}, not {directory}"
+        )
+    if wipe:
+        # This process may already have its own files open in there; deleting them would make
+        # its later increments vanish into unlinked inodes.
+        raise MetricsModeError("wipe=True after prometheus_client was imported would lose data")
+
+
+def _wipe(directory: Path) -> None:
+    removed = 0
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False) and entry.name.endswith(_WIPE_SUFFIXES):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    log.info("metrics directory %s wiped (%d files)", directory, removed)
+
+
+def lock_path(directory: Path, pid: int) -> Path:
+    """The lock file a live process with this pid holds."""
+    return Path(directory) / f"{LOCK_PREFIX}{pid}{LOCK_SUFFIX}"
+
+
+def acquire_lock(path: Path, *, blocking: bool) -> int | None:
+    """flock `path` exclusively; the open fd, or None if another process holds it (non-blocking).
+
+    The compactor unlinks a dead pid's lock file while holding it, so a lock won on a file that
+    is no longer at `path` protects nothing: check the inode and retry on the current file.
+    """
+    flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            on_disk = os.stat(path)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        held = os.fstat(fd)
+        if (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+
+
+class _Registration:
+    """The lock this process holds on its own pid, so the compactor never takes it for dead."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.fd = -1
+        self.directory = ""
+        self.fork_hook_installed = False
+        self.mutex = threading.Lock()
+
+
+_registration = _Registration()
+
+
+def register_process() -> None:
+    """Hold this pid's lock in the multiprocess directory (no-op outside multiprocess mode).
+
+    Must run before the process opens its first metric file: definitions.py calls it before
+    constructing metrics, and forked children re-run it from an at-fork hook before any of their
+    own code runs. Idempotent.
+    """
+    directory = os.environ.get(PROMETHEUS_ENV, "")
+    if not directory:
+        return
+    with _registration.mutex:
+        pid = os.getpid()
+        if _registration.pid == pid and _registration.directory == directory:
+            return
+        if _registration.fd >= 0 and _registration.pid == pid:
+            os.close(_registration.fd)  # same process, new directory (tests): move the lock
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd = acquire_lock(lock_path(Path(directory), pid), blocking=True)
+        assert fd is not None  # a blocking acquire either succeeds or raises
+        _registration.pid, _registration.fd, _registration.directory = pid, fd, directory
+        if not _registration.fork_hook_installed:
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _registration.fork_hook_installed = True
+
+
+def _after_fork_in_child() -> None:
+    # The inherited fd shares the parent's lock (flock belongs to the open file description):
+    # close our copy without unlocking, so the parent's lock dies with the parent, not with us.
+    if _registration.fd >= 0:
+        try:
+            os.close(_registration.fd)
+        except OSError:
+            pass
+    _registration.pid, _registration.fd, _registration.directory = 0, -1, ""
+    _registration.mutex = threading.Lock()  # the parent's may have been held by another thread
+    try:
+        register_process()
+    except Exception:  # an at-fork hook cannot propagate; metrics must never kill a worker
+        log.exception("could not take the metrics pid lock in child %d", os.getpid())
+
+
+def mark_dead(pid: int, directory: Path | None = None) -> None:
+    """Drop a finished process's live-mode gauge files (Celery's worker_process_shutdown).
+
+    Counters and histograms stay: they must keep counting after the process is gone, and the
+    exporter's compactor folds them into the archive files. Safe to call for any pid, twice.
+    """
+    folder = Path(directory) if directory is not None else _current_dir()
+    for mode in _LIVE_GAUGE_MODES:
+        (folder / f"gauge_{mode}_{pid}.db").unlink(missing_ok=True)
+
+
+def _current_dir() -> Path:
+    configured = os.environ.get(PROMETHEUS_ENV, "")
+    return Path(configured) if configured else default_dir()

@@ -1,0 +1,248 @@
+"""Distributed jobs on a real Redis with real Celery worker processes and real ffmpeg."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+import redis
+
+from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK
+from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED
+from facefusion_tasks.video.samples import make_sample_video
+from tests.cluster import SHARED_REDIS, Cluster, RedisServer, cluster
+from tests.media import audio_duration, video_times
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared storage root, with the inputs every test uses."""
+    base = tmp_path_factory.mktemp("shared")
+    image = background(200, 200, 0)
+    draw_face(image, 100, 100, 70)
+    cv2.imwrite(str(base / "source.png"), image)
+    make_sample_video(base / "vfr.mov", seconds=3, faces=2, audio=True, variable_frame_rate=True)
+    make_sample_video(base / "long.mp4", seconds=8, faces=2, audio=True)
+    make_sample_video(base / "tiny.mp4", seconds=0.4, width=160, height=120, faces=1, audio=False)
+    (base / "out").mkdir()
+    return base
+
+
+@pytest.fixture()
+def fleet(root: Path, models_dir: Path) -> Iterator[Cluster]:
+    with cluster(root, models_dir, visibility_timeout="12", chunk_time_limit="10") as c:
+        yield c
+
+
+def _wait_for(predicate, timeout: float = 60, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def _running_chunk(producer, job_id: str):  # type: ignore[no-untyped-def]
+    status = producer.status(job_id)
+    for chunk in status.chunks:
+        if chunk["state"] == RUNNING and 0 < chunk["frames_done"] < chunk["frames"]:
+            return chunk
+    return None
+
+
+def test_two_workers_share_a_job_and_the_output_is_frame_exact(
+    fleet: Cluster, root: Path, tmp_path: Path
+) -> None:
+    fleet.start_worker("w1")
+    fleet.start_worker("w2")
+    producer = fleet.producer()
+    output = root / "out" / "vfr-distributed.mov"
+    job_id = producer.submit(root / "source.png", root / "vfr.mov", output, chunk_seconds=0.5)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.chunks_total >= 5 and status.chunks_done == status.chunks_total
+    assert status.frames_done == status.frames_total
+    assert {c["worker"].split("@")[0] for c in status.chunks} == {"w1", "w2"}
+    # Frame count and every timestamp equal the input's, and what local mode produces.
+    assert video_times(output) == video_times(root / "vfr.mov")
+    local = tmp_path / "local.mov"
+    env = fleet.env | {"FACEFUSION_BROKER_URL": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "facefusion_tasks", "swap", str(root / "source.png"),
+         str(root / "vfr.mov"), "-o", str(local), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert video_times(output) == video_times(local)
+    assert audio_duration(output) == pytest.approx(audio_duration(root / "vfr.mov"), abs=0.05)
+    assert not (root / ".facefusion-work" / job_id).exists()
+
+
+def test_a_sigkilled_worker_chunk_is_redone_elsewhere(fleet: Cluster, root: Path) -> None:
+    fleet.start_worker("w1")
+    fleet.start_worker("w2")
+    producer = fleet.producer()
+    output = root / "out" / "killed.mp4"
+    job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=4)
+    victim = _wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
+    fleet.kill(victim["worker"].split("@")[0])
+    status = producer.wait(job_id, timeout=150)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    redone = status.chunks[victim["index"]]
+    assert redone["attempts"] >= 2 and redone["worker"] != victim["worker"]
+    assert video_times(output) == video_times(root / "long.mp4")  # nothing lost or duplicated
+
+
+def test_redis_restart_mid_job_completes_or_fails_clearly(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        with cluster(root, models_dir, server.url, visibility_timeout="12", chunk_time_limit="10") as fleet:
+            fleet.start_worker("w1")
+            producer = fleet.producer()
+            output = root / "out" / "restart.mp4"
+            job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2)
+            _wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
+            server.stop()
+            time.sleep(1.5)
+            server.start()
+            status = producer.wait(job_id, timeout=150)
+            if status.state == SUCCEEDED:
+                assert video_times(output) == video_times(root / "long.mp4")
+            else:
+                assert status.state == FAILED and status.reason and status.error
+                assert not output.exists()
+    finally:
+        server.stop()
+
+
+def test_fifty_small_jobs_all_complete(fleet: Cluster, root: Path) -> None:
+    fleet.start_worker("w1")
+    fleet.start_worker("w2")
+    producer = fleet.producer()
+    jobs = {
+        producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / f"tiny-{i}.mp4"): i
+        for i in range(50)
+    }
+    for job_id, i in jobs.items():
+        status = producer.wait(job_id, timeout=200)
+        assert status.state == SUCCEEDED, (i, status.reason, status.error)
+        assert len(video_times(root / "out" / f"tiny-{i}.mp4")) == 10
+
+
+def test_cancel_stops_a_running_job_and_cleans_up(fleet: Cluster, root: Path) -> None:
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / "cancelled.mp4"
+    job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2)
+    _wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
+    assert producer.cancel(job_id)
+    assert producer.status(job_id).state == CANCELLED
+    # Running chunk stops within a watch interval; pending ones are skipped, quickly.
+    other = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "after-cancel.mp4")
+    assert producer.wait(other, timeout=60).state == SUCCEEDED
+    assert not output.exists()
+    assert not (root / ".facefusion-work" / job_id).exists()
+    assert not [p for p in (root / "out").iterdir() if p.name.startswith(".cancelled")]
+    assert producer.status(job_id).state == CANCELLED
+
+
+def test_retry_reruns_only_unfinished_chunks(fleet: Cluster, root: Path) -> None:
+    fleet.start_worker("planner", queues=LIGHT_QUEUE)
+    producer = fleet.producer()
+    output = root / "out" / "retried.mp4"
+    job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2.5)
+    _wait_for(lambda: producer.status(job_id).chunks_total == 4, timeout=30)
+    # A real fault: a directory squats on chunk 1's segment path, so writing it fails.
+    blocker = root / ".facefusion-work" / job_id / "seg-00001.mp4"
+    blocker.mkdir(parents=True)
+    fleet.start_worker("gpu", queues=GPU_QUEUE)
+    failed = producer.wait(job_id, timeout=120)
+    assert failed.state == FAILED and failed.reason == "bad_output"
+    assert failed.chunks[0]["state"] == "DONE" and failed.chunks[1]["state"] == FAILED
+    assert not output.exists()
+    blocker.rmdir()
+    rerun = producer.retry(job_id)
+    assert 0 not in rerun and 1 in rerun
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.chunks[0]["attempts"] == 1  # the finished chunk was not run again
+    assert video_times(output) == video_times(root / "long.mp4")
+
+
+class _Exploit:
+    """Unpickling this would create a file: the classic pickle payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_messages_are_refused(fleet: Cluster, root: Path, tmp_path: Path) -> None:
+    fleet.start_worker("w1")
+    marker = tmp_path / "pwned"
+    assert pickle.loads(pickle.dumps(_Exploit(marker))) is None and marker.exists()
+    marker.unlink()
+    producer = fleet.producer()
+    producer.app.send_task(TASK_CHUNK, args=[_Exploit(marker), 0], queue=GPU_QUEUE, serializer="pickle")
+    job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "after-pickle.mp4")
+    assert producer.wait(job_id, timeout=60).state == SUCCEEDED
+    assert not marker.exists()
+    assert "untrusted content" in fleet.log("w1") or "ContentDisallowed" in fleet.log("w1")
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [("outside", "outside the storage roots"), ("not_video", "not a video"), ("missing", "no such file")],
+)
+def test_bad_submissions_exit_2_and_enqueue_nothing(
+    case: str, message: str, root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    with cluster(root, models_dir) as fleet:
+        target = {
+            "outside": tmp_path / "elsewhere.mp4",
+            "not_video": root / "source.png",
+            "missing": root / "missing.mp4",
+        }[case]
+        if case == "outside":
+            target.write_bytes((root / "tiny.mp4").read_bytes())
+        proc = subprocess.run(
+            [sys.executable, "-m", "facefusion_tasks", "submit", str(root / "source.png"),
+             str(target), "-o", str(root / "out" / "bad.mp4")],
+            env=fleet.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+        client = redis.Redis.from_url(SHARED_REDIS)
+        assert client.keys("*") == []  # no job record, no message
+
+
+def test_status_json_names_workers_per_chunk(fleet: Cluster, root: Path) -> None:
+    fleet.start_worker("w1")
+    job_id = fleet.producer().submit(root / "source.png", root / "tiny.mp4", root / "out" / "st.mp4")
+    proc = subprocess.run(
+        [sys.executable, "-m", "facefusion_tasks", "wait", job_id, "--json"],
+        env=fleet.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["state"] == SUCCEEDED and status["frames_done"] == 10
+    assert status["chunks"][0]["worker"].startswith("w1@")
+    assert os.path.getsize(root / "out" / "st.mp4") > 0

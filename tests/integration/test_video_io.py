@@ -1,0 +1,465 @@
+"""Video I/O against real ffmpeg: probing, exact round trips, spans, bad inputs and outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError, MediaError, OutputError
+from facefusion_tasks.video import ffbin
+from facefusion_tasks.video.mkv import MatroskaRawWriter
+from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
+from facefusion_tasks.video.reader import FrameReader
+from facefusion_tasks.video.samples import make_photo_video, make_sample_video, synthetic_frame
+from facefusion_tasks.video.writer import FrameWriter, choose_encoder
+
+pytestmark = pytest.mark.integration
+
+#: The static ffmpeg from the imageio-ffmpeg wheel (a newer major version, and no ffprobe).
+BUNDLED_FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+SETTINGS = Settings(video_encoder="libx264", video_preset="ultrafast", video_quality=18)
+#: Mean absolute pixel difference a libx264 crf 18 round trip stays under (chroma
+#: subsampling of the sharp synthetic stripes dominates for yuv420p).
+CODEC_NOISE = 4.0
+
+
+# --- fixtures and helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small clips, built once: each exercises one thing timestamps or layout can break on."""
+    d = tmp_path_factory.mktemp("clips")
+    return {
+        "cfr25": make_sample_video(d / "cfr25.mp4", seconds=2),
+        "ntsc": make_sample_video(d / "ntsc.mp4", seconds=2, fps="30000/1001", audio=False),
+        "vfr": make_sample_video(d / "vfr.mp4", seconds=2, variable_frame_rate=True),
+        "rot90": make_sample_video(d / "rot90.mp4", seconds=1, rotation=90),
+        "odd": make_sample_video(d / "odd.mp4", seconds=1, width=321, height=241, faces=2),
+        "gop10": make_sample_video(d / "gop10.mp4", seconds=3, keyframe_interval=10, audio=False),
+    }
+
+
+def ffprobe_json(path: Path, *args: str) -> dict[str, object]:
+    """Ask ffprobe directly (independent of the code under test)."""
+    done = subprocess.run(
+        ["ffprobe", "-v", "error", "-of", "json", *args, str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def packet_times(path: Path) -> list[Fraction]:
+    """Sorted video packet pts in seconds, relative to the first; discarded packets left out."""
+    data = ffprobe_json(
+        path, "-select_streams", "v:0", "-show_entries", "packet=pts,flags:stream=time_base"
+    )
+    streams = data["streams"]
+    packets = data["packets"]
+    assert isinstance(streams, list) and isinstance(packets, list)
+    num, den = streams[0]["time_base"].split("/")
+    time_base = Fraction(int(num), int(den))
+    pts = sorted(int(p["pts"]) for p in packets if "D" not in p["flags"])
+    return [(p - pts[0]) * time_base for p in pts]
+
+
+def audio_seconds(path: Path) -> float | None:
+    data = ffprobe_json(path, "-select_streams", "a:0", "-show_entries", "stream=duration")
+    streams = data["streams"]
+    assert isinstance(streams, list)
+    return float(streams[0]["duration"]) if streams else None
+
+
+def transcode(info: VideoInfo, destination: Path) -> Path:
+    """Decode → FrameReader → FrameWriter, no processing: the pipeline minus the faces."""
+    with (
+        FrameReader(info) as reader,
+        FrameWriter(
+            destination, width=info.width, height=info.height, time_base=info.time_base,
+            audio_source=info, settings=SETTINGS,
+        ) as writer,
+    ):  # fmt: skip
+        for frame in reader:
+            writer.write(frame.image, frame.pts)
+    return destination
+
+
+def frame_pairs(a: VideoInfo, b: VideoInfo) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    with FrameReader(a) as first, FrameReader(b) as second:
+        yield from ((x.image, y.image) for x, y in zip(first, second, strict=True))
+
+
+def mean_abs_diff(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.abs(x.astype(np.int16) - y.astype(np.int16)).mean())
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cfr25", "ntsc", "vfr", "rot90", "odd"])
+def test_round_trip_keeps_frames_timestamps_size_audio_and_pixels(
+    clips: dict[str, Path], name: str, tmp_path: Path
+) -> None:
+    source = clips[name]
+    info = probe(source)
+    result = probe(transcode(info, tmp_path / "out.mp4"))
+
+    assert result.frame_count == info.frame_count
+    # Every frame's time relative to the first, exactly (each file in its own time base).
+    assert packet_times(result.path) == packet_times(source)
+    assert result.time_base == info.time_base
+    assert result.variable_frame_rate == info.variable_frame_rate
+    # Written upright at the display size: no rotation left to apply, odd sizes intact.
+    assert (result.width, result.height, result.rotation) == (info.width, info.height, 0)
+    if info.has_audio:
+        assert result.has_audio
+        out_audio, in_audio = audio_seconds(result.path), audio_seconds(source)
+        assert out_audio is not None and in_audio is not None
+        assert abs(out_audio - in_audio) < 0.1
+        assert abs(out_audio - result.duration) < 0.1
+    else:
+        assert not result.has_audio
+    noise = max(mean_abs_diff(x, y) for x, y in frame_pairs(info, result))
+    assert noise < CODEC_NOISE
+
+
+@pytest.mark.parametrize("ffmpeg", ["", BUNDLED_FFMPEG], ids=["system", "bundled"])
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_rotated_video_reads_upright_at_display_size(
+    tmp_path: Path, ffmpeg: str, rotation: int
+) -> None:
+    # ffmpeg 5.1 sets the display matrix from a stream-copy `rotate` tag, newer ones from
+    # -display_rotation: the sample helper must produce the same file either way.
+    clip = make_sample_video(
+        tmp_path / "rot.mp4", seconds=0.4, rotation=rotation, audio=False, ffmpeg=ffmpeg
+    )
+    info = probe(clip)
+    assert (info.rotation, info.width, info.height) == (rotation, 240, 320)
+    assert (info.stored_width, info.stored_height) == (320, 240)
+    with FrameReader(info) as reader:
+        frame = next(reader)
+    assert frame.image.shape == (320, 240, 3)
+    assert frame.image.flags.c_contiguous and frame.image.dtype == np.uint8
+    # Counter-clockwise, as the display matrix says: np.rot90 turns the same way.
+    upright = np.rot90(synthetic_frame(320, 240, 1, 0), k=rotation // 90)
+    wrong_way = np.rot90(synthetic_frame(320, 240, 1, 0), k=-rotation // 90)
+    assert mean_abs_diff(frame.image, upright) < CODEC_NOISE
+    assert mean_abs_diff(frame.image, wrong_way) > 4 * mean_abs_diff(frame.image, upright)
+
+
+def test_matroska_pipe_format_is_read_back_with_exact_timestamps_and_pixels(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "raw.mkv"
+    stamps = [0, 33_333_333, 83_333_333, 116_666_667, 166_666_667, 200_000_001]
+    images = [synthetic_frame(64, 48, 1, i) for i in range(len(stamps))]
+    with path.open("wb") as handle:
+        writer = MatroskaRawWriter(handle, 64, 48)
+        for image, stamp in zip(images, stamps, strict=True):
+            writer.write(image, stamp)
+    info = probe(path)
+    assert (info.video_codec, info.pix_fmt, info.width, info.height) == (
+        "rawvideo", "bgr24", 64, 48,
+    )  # fmt: skip
+    assert info.frame_count == len(stamps)
+    pts, time_base = frame_timestamps(path)
+    assert [p * time_base for p in pts] == [Fraction(s, 10**9) for s in stamps]
+    with FrameReader(info) as reader:
+        decoded = list(reader)
+    assert [f.pts * reader.time_base for f in decoded] == [Fraction(s, 10**9) for s in stamps]
+    for frame, image in zip(decoded, images, strict=True):
+        assert np.array_equal(frame.image, image)  # bgr24 end to end: bit exact
+
+
+def test_writer_to_matroska_with_audio(clips: dict[str, Path], tmp_path: Path) -> None:
+    info = probe(clips["vfr"])
+    result = probe(transcode(info, tmp_path / "out.mkv"))
+    assert result.frame_count == info.frame_count and result.has_audio
+    # Matroska ticks in milliseconds: the VFR steps survive to the nearest one.
+    for got, want in zip(packet_times(result.path), packet_times(info.path), strict=True):
+        assert abs(got - want) <= Fraction(1, 1000)
+
+
+# --- spans (chunks) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gop10", "vfr"])
+def test_spans_yield_exactly_their_frames(clips: dict[str, Path], name: str) -> None:
+    info = probe(clips[name])
+    pts, time_base = frame_timestamps(info.path)
+    assert len(pts) == info.frame_count and time_base == info.time_base
+    with FrameReader(info) as reader:
+        whole = {f.pts: f.image for f in reader}
+    assert sorted(whole) == pts
+
+    bounds: list[int | None] = [pts[0], pts[17], pts[18], pts[len(pts) - 9], None]
+    seen: list[int] = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        with FrameReader(info, start_pts=start, end_pts=end) as reader:
+            span = list(reader)
+        expected = [p for p in pts if p >= (start or 0) and (end is None or p < end)]
+        assert [f.pts for f in span] == expected
+        assert [f.index for f in span] == list(range(len(expected)))
+        for frame in span:
+            assert np.array_equal(frame.image, whole[frame.pts])
+        seen += [f.pts for f in span]
+    assert seen == pts
+    if name == "gop10":
+        # The last span started from a nearby keyframe, not from the beginning.
+        with FrameReader(info, start_pts=pts[-9]) as reader:
+            assert len(list(reader)) == 9
+            assert reader.frames_decoded < 20
+
+
+def test_reader_stops_early_and_closes_twice(clips: dict[str, Path]) -> None:
+    reader = FrameReader(probe(clips["cfr25"]))
+    frames = [next(reader), next(reader)]
+    assert [f.index for f in frames] == [0, 1]
+    assert frames[1].pts - frames[0].pts == 512
+    reader.close()
+    reader.close()
+    assert reader._proc.returncode is not None  # ffmpeg is gone, not left running
+    assert list(reader) == []
+
+
+# --- bad inputs -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    paths = {"missing": d / "missing.mp4", "folder": d / "folder.mp4"}
+    paths["folder"].mkdir()
+    paths["empty"] = d / "empty.mp4"
+    paths["empty"].write_bytes(b"")
+    paths["text"] = d / "notes.mp4"
+    paths["text"].write_text("this is not a video\n" * 20)
+    still = synthetic_frame(64, 48, 1, 0)
+    paths["png"] = d / "still.png"
+    paths["png"].write_bytes(cv2.imencode(".png", still)[1].tobytes())
+    paths["png_as_mp4"] = d / "still.mp4"
+    paths["png_as_mp4"].write_bytes(paths["png"].read_bytes())
+    paths["jpeg"] = d / "photo.jpg"
+    paths["jpeg"].write_bytes(cv2.imencode(".jpg", still)[1].tobytes())
+    for faststart in (False, True):
+        whole = make_sample_video(d / f"whole_{faststart}.mp4", seconds=2, faststart=faststart)
+        cut = d / f"cut_{'faststart' if faststart else 'moov_last'}.mp4"
+        data = whole.read_bytes()
+        cut.write_bytes(data[: len(data) // 2])
+        paths[cut.stem] = cut
+    paths["audio_only"] = d / "tone.m4a"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", str(paths["audio_only"])],
+        check=True,
+    )
+    return paths
+
+
+BAD_INPUTS = {
+    "missing": "no such file",
+    "folder": "is a directory",
+    "empty": "empty file",
+    "text": "not a video file",
+    "png": "not a video file",
+    "png_as_mp4": "not a video file",
+    "jpeg": "not a video file",
+    "cut_moov_last": "truncated or corrupt video (moov atom not found)",
+    "cut_faststart": "truncated or corrupt video",
+    "audio_only": "no video stream",
+}
+
+
+@pytest.fixture(params=["ffprobe", "ffmpeg-only"])
+def probe_tool(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with ffprobe, and again as if there were none (probe parses `ffmpeg -i`)."""
+    if request.param == "ffmpeg-only":
+        monkeypatch.setattr(ffbin, "ffprobe_exe", lambda ffmpeg="": None)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(
+    bad_inputs: dict[str, Path], kind: str, probe_tool: str
+) -> None:
+    path = bad_inputs[kind]
+    with pytest.raises(InputError) as caught:
+        probe(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path.name}: {BAD_INPUTS[kind]}")
+
+
+def test_truncation_the_index_hides_is_caught_by_every_reader(bad_inputs: dict[str, Path]) -> None:
+    # Probe the intact file, then point the reader at the cut one: the decoder must notice.
+    cut = bad_inputs["cut_faststart"]
+    info = dataclasses.replace(probe(cut.with_name("whole_True.mp4")), path=cut)
+    with (
+        pytest.raises(InputError, match=r"^cut_faststart\.mp4: truncated or corrupt video \("),
+        FrameReader(info) as reader,
+    ):
+        for _ in reader:
+            pass
+    with pytest.raises(InputError, match="truncated or corrupt video"):
+        frame_timestamps(cut)
+
+
+# --- without ffprobe --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cfr25", "ntsc", "vfr", "rot90", "odd"])
+@pytest.mark.parametrize("ffmpeg", ["", BUNDLED_FFMPEG], ids=["system", "bundled"])
+def test_probe_without_ffprobe_matches_ffprobe(
+    clips: dict[str, Path], name: str, ffmpeg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = probe(clips[name])
+    monkeypatch.setattr(ffbin, "ffprobe_exe", lambda ffmpeg="": None)
+    got = probe(clips[name], ffmpeg=ffmpeg)
+    assert dataclasses.replace(got, duration=0.0) == dataclasses.replace(expected, duration=0.0)
+    assert got.duration == pytest.approx(expected.duration, abs=1e-3)
+
+
+@pytest.fixture()
+def bundled_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A PATH with neither ffmpeg nor ffprobe: only the imageio-ffmpeg wheel's binary is left."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for cached in (ffbin.ffmpeg_exe, ffbin.ffprobe_exe):
+        cached.cache_clear()
+    yield
+    for cached in (ffbin.ffmpeg_exe, ffbin.ffprobe_exe):
+        cached.cache_clear()
+
+
+def test_bundled_ffmpeg_alone_probes_and_reads(clips: dict[str, Path], bundled_only: None) -> None:
+    assert ffbin.ffmpeg_exe() == BUNDLED_FFMPEG
+    assert ffbin.ffprobe_exe() is None
+    info = probe(clips["vfr"])
+    assert info.frame_count == 48 and info.variable_frame_rate and info.has_audio
+    with FrameReader(info) as reader:
+        assert sum(1 for _ in reader) == info.frame_count
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def open_writer(destination: Path, *, settings: Settings = SETTINGS) -> FrameWriter:
+    return FrameWriter(
+        destination, width=320, height=240, time_base=Fraction(1, 12800),
+        audio_source=None, settings=settings,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("missing_dir/out.mp4", "does not exist"),
+        ("regular_file/out.mp4", "is not a directory"),  # root ignores chmod; a file never works
+        ("a_directory.mp4", "is a directory"),
+        ("out.gif", "unsupported output container"),
+    ],
+)
+def test_unwritable_destination_is_refused_before_encoding(
+    tmp_path: Path, where: str, message: str
+) -> None:
+    (tmp_path / "regular_file").write_text("x")
+    (tmp_path / "a_directory.mp4").mkdir()
+    before = leftovers(tmp_path)
+    with pytest.raises(OutputError, match=message) as caught:
+        open_writer(tmp_path / where)
+    assert "\n" not in str(caught.value)
+    assert leftovers(tmp_path) == before
+
+
+def test_abort_mid_stream_leaves_the_destination_untouched(tmp_path: Path) -> None:
+    destination = tmp_path / "out.mp4"
+    writer = open_writer(destination)
+    for i in range(5):
+        writer.write(synthetic_frame(320, 240, 1, i), i * 512)
+    # While encoding, only a hidden temp file beside the destination exists.
+    (temp,) = leftovers(tmp_path)
+    assert temp.startswith(".out.") and temp.endswith(".mp4")
+    writer.abort()
+    writer.abort()
+    assert leftovers(tmp_path) == []
+
+    destination.write_bytes(b"an earlier result")
+    with pytest.raises(RuntimeError, match="consumer failed"), open_writer(destination) as writer:
+        writer.write(synthetic_frame(320, 240, 1, 0), 0)
+        raise RuntimeError("consumer failed")
+    assert leftovers(tmp_path) == ["out.mp4"]
+    assert destination.read_bytes() == b"an earlier result"
+
+
+def test_encoder_failure_is_a_media_error_with_stderr_and_no_file(tmp_path: Path) -> None:
+    broken = SETTINGS.replace(video_preset="no-such-preset")
+    with (
+        pytest.raises(MediaError) as caught,
+        open_writer(tmp_path / "out.mp4", settings=broken) as writer,
+    ):
+        for i in range(10):
+            writer.write(synthetic_frame(320, 240, 1, i), i * 512)
+    assert "preset" in caught.value.stderr.lower()
+    assert leftovers(tmp_path) == []
+
+
+def test_commit_returns_the_destination_and_writes_exact_ticks(tmp_path: Path) -> None:
+    destination = tmp_path / "out.mp4"
+    steps = [0, 427, 1067, 1494, 2134, 2600]  # irregular, in 1/12800 s
+    writer = open_writer(destination)
+    for i, pts in enumerate(steps):
+        writer.write(synthetic_frame(320, 240, 1, i), 10_000 + pts)  # output starts at 0
+    assert writer.commit() == destination
+    assert leftovers(tmp_path) == ["out.mp4"]
+    assert packet_times(destination) == [Fraction(s, 12800) for s in steps]
+
+
+def test_auto_encoder_picks_one_that_works_here() -> None:
+    exe = ffbin.ffmpeg_exe()
+    chosen = choose_encoder("auto", exe)
+    assert chosen in {"h264_nvenc", "libx264"}
+    assert ffbin.encoder_works(exe, chosen)
+    with pytest.raises(InputError, match="unknown video encoder"):
+        choose_encoder("mpeg4", exe)
+
+
+# --- samples ----------------------------------------------------------------------------------
+
+
+def test_ten_second_sample_is_quick_and_exact(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    clip = make_sample_video(tmp_path / "ten.mp4", seconds=10, faces=2)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 5.0
+    info = probe(clip)
+    assert (info.frame_count, info.frame_rate, info.width, info.height) == (250, 25, 320, 240)
+    assert info.has_audio and info.duration == pytest.approx(10.0)
+
+
+def test_photo_video_pans_across_a_real_photo(tmp_path: Path) -> None:
+    import insightface
+
+    photo_path = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    photo = cv2.imread(str(photo_path))
+    assert photo is not None
+    clip = make_photo_video(tmp_path / "photo.mp4", photo, seconds=1, width=320, height=240)
+    info = probe(clip)
+    assert (info.frame_count, info.width, info.height, info.has_audio) == (25, 320, 240, False)
+    with FrameReader(info) as reader:
+        frames = [f.image for f in reader]
+    assert mean_abs_diff(frames[0], frames[-1]) > 10  # the window moved
+    assert all(f.std() > 20 for f in frames)  # real picture content, not a flat fill
