@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -166,10 +167,8 @@ def _after_fork_in_child() -> None:
     # The inherited fd shares the parent's lock (flock belongs to the open file description):
     # close our copy without unlocking, so the parent's lock dies with the parent, not with us.
     if _registration.fd >= 0:
-        try:
+        with contextlib.suppress(OSError):
             os.close(_registration.fd)
-        except OSError:
-            pass
     _registration.pid, _registration.fd, _registration.directory = 0, -1, ""
     _registration.mutex = threading.Lock()  # the parent's may have been held by another thread
     try:

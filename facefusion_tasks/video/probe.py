@@ -33,8 +33,10 @@ IMAGE_FORMATS = {"image2", "image2pipe"}
 #: Box types an ISO-BMFF (mp4/mov) file can begin with: such a file that no demuxer accepts
 #: is a damaged video, not some other kind of file.
 MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
-#: Magic numbers of other video containers (Matroska/WebM EBML, RIFF/AVI, MPEG-TS sync, FLV).
-VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"\x47")
+#: Magic numbers of other video containers (Matroska/WebM EBML, RIFF/AVI, FLV).
+VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV")
+#: MPEG-TS: a 0x47 sync byte every 188 bytes (one alone could be the letter G).
+TS_PACKET = 188
 #: Frame flag that marks a packet the decoder drops (e.g. before an mp4 edit list's start).
 DISCARD_FLAG = 0x4
 
@@ -79,7 +81,7 @@ def probe(path: str | Path, *, ffmpeg: str = "") -> VideoInfo:
     else:
         info, counted = _probe_with_ffmpeg(source, exe)
     if info.frame_count <= 0:
-        raise InputError(f"{source.name}: video stream has no frames")
+        raise InputError(f"{source.name}: video stream has no frames", reason="no_frames")
     if not counted:
         # The index may promise frames the file no longer holds (an mp4 with its moov first,
         # cut short): demux the last second, which reads through to the end of the data.
@@ -120,8 +122,9 @@ def _check_file(path: str | Path) -> Path:
 
 def _looks_like_video_container(source: Path) -> bool:
     with source.open("rb") as handle:
-        head = handle.read(12)
-    return head[4:8] in MP4_BOXES or head.startswith(VIDEO_MAGIC)
+        head = handle.read(2 * TS_PACKET + 1)
+    transport_stream = len(head) > 2 * TS_PACKET and head[::TS_PACKET] == b"GGG"
+    return head[4:8] in MP4_BOXES or head.startswith(VIDEO_MAGIC) or transport_stream
 
 
 def _open_failure(source: Path, stderr: str) -> InputError:
@@ -134,6 +137,12 @@ def _open_failure(source: Path, stderr: str) -> InputError:
                 reason="corrupt_video",
             )
         return InputError(f"{source.name}: not a video file", reason="not_video")
+    if "End of file" in stderr and _looks_like_video_container(source):
+        # A header and no frame after it: the stream parameters never arrive.
+        return InputError(
+            f"{source.name}: video stream has no frames (the file ends before the first)",
+            reason="no_frames",
+        )
     if "Invalid data found" in stderr and _looks_like_video_container(source):
         return InputError(f"{source.name}: truncated or corrupt video", reason="corrupt_video")
     if "Permission denied" in stderr:

@@ -31,6 +31,7 @@ PTS_TIMEOUT = 60.0
 STDERR_TAIL = 40
 
 _SHOWINFO = re.compile(r"\] \[info\] n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)")
+_FRAME_SIZE = re.compile(r" s:(\d+)x(\d+) ")
 _CONFIG_TB = re.compile(r"Parsed_showinfo.*config in time_base: (\d+)/(\d+)")
 _PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] )?\[(\w+)\] ?")
 _HWACCEL_HINTS = ("hwaccel", "device creation", "cuda", "hwdevice", "no device available")
@@ -76,10 +77,12 @@ class FrameReader:
         self._last_pts: int | None = None
         self._finished = False
         self._closed = False
+        self._close_lock = threading.Lock()
         self._pts: queue.Queue[int | None] = queue.Queue()
         self._errors: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self._filter_tb: Fraction | None = None
+        self._size_error: str | None = None
 
         exe = ffbin.ffmpeg_exe(ffmpeg)
         seek: float | None = None
@@ -117,6 +120,8 @@ class FrameReader:
                 raise StopIteration
             image = np.empty(self._shape, np.uint8)
             got = self._read_into(image)
+            if self._closed:
+                raise StopIteration  # close() from another thread (the consumer gave up)
             if got < self._frame_bytes:
                 self._finish(partial_bytes=got)
                 raise StopIteration
@@ -138,7 +143,12 @@ class FrameReader:
         view = image.data.cast("B")
         filled = 0
         while filled < self._frame_bytes:
-            n = self._stdout.readinto(view[filled:])  # type: ignore[attr-defined]
+            try:
+                n = self._stdout.readinto(view[filled:])  # type: ignore[attr-defined]
+            except (OSError, ValueError):
+                if self._closed:
+                    break  # the pipe was closed by close() while we waited on it
+                raise
             if not n:
                 break
             filled += n
@@ -149,12 +159,12 @@ class FrameReader:
             pts = self._pts.get(timeout=PTS_TIMEOUT)
         except queue.Empty:
             pts = None
-        if pts is None:
+        if pts is None and self._closed:
+            raise StopIteration
+        if pts is None or self._size_error is not None:
             self.close()
-            raise MediaError(
-                f"{self.info.path.name}: ffmpeg sent a frame without its timestamp",
-                stderr=self.stderr_tail(),
-            )
+            problem = self._size_error or "ffmpeg sent a frame without its timestamp"
+            raise MediaError(f"{self.info.path.name}: {problem}", stderr=self.stderr_tail())
         return pts
 
     # --- stderr -----------------------------------------------------------------------------
@@ -166,6 +176,7 @@ class FrameReader:
                 line = raw.decode(errors="replace").rstrip()
                 match = _SHOWINFO.search(line)
                 if match:
+                    self._check_size(line)
                     previous = self._parse_pts(match.group(2), previous)
                     self._pts.put(previous)
                     continue
@@ -183,6 +194,18 @@ class FrameReader:
             pass  # the pipe was closed under us by close()
         finally:
             self._pts.put(None)
+
+    def _check_size(self, line: str) -> None:
+        size = _FRAME_SIZE.search(line)
+        if size is None or self._size_error is not None:
+            return
+        width, height = int(size.group(1)), int(size.group(2))
+        if (width, height) != (self.info.width, self.info.height):
+            # Reading on would slice the byte stream at the wrong places: stop at the first.
+            self._size_error = (
+                f"ffmpeg decodes {width}x{height} frames, the probe said "
+                f"{self.info.width}x{self.info.height}"
+            )
 
     def _parse_pts(self, text: str, previous: int) -> int:
         if text == "NOPTS":
@@ -209,7 +232,10 @@ class FrameReader:
         self._finished = True
         code = self._proc.wait()
         self._stderr_thread.join()
+        stopped_by_close = self._closed
         self.close()
+        if stopped_by_close:
+            return  # killed on request: its exit status says nothing about the file
         name = self.info.path.name
         # ffmpeg names the file by its full path; the message names it once, at the front.
         errors = [line.replace(str(self.info.path), name) for line in self._errors]
@@ -259,16 +285,18 @@ class FrameReader:
 
     def close(self) -> None:
         """Stop ffmpeg (if still running) and release its pipes; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._stdout.close()
-        self._proc.wait()
-        self._stderr_thread.join()
-        if self._proc.stderr is not None:
-            self._proc.stderr.close()
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._proc.poll() is None:
+                self._proc.kill()
+            # Killed first: a read blocked in another thread returns, releasing the pipe.
+            self._stdout.close()
+            self._proc.wait()
+            self._stderr_thread.join()
+            if self._proc.stderr is not None:
+                self._proc.stderr.close()
 
     def __enter__(self) -> FrameReader:
         return self

@@ -97,6 +97,8 @@ class FrameWriter:
         settings: Settings,
         frame_rate: Fraction | None = None,
     ) -> None:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"bad frame size {width}x{height}")
         self.destination = Path(destination).expanduser().absolute()
         check_destination(self.destination)
         self.width = width
@@ -111,25 +113,25 @@ class FrameWriter:
         self.encoder = choose_encoder(settings.video_encoder, exe)
         audio = audio_source if audio_source is not None and audio_source.has_audio else None
         self.temp = _create_temp(self.destination)
-        argv = encode_argv(
-            self.temp,
-            width=width,
-            height=height,
-            time_base=time_base,
-            encoder=self.encoder,
-            preset=settings.video_preset,
-            quality=settings.video_quality,
-            audio_source=audio.path if audio else None,
-            audio_codec=audio.audio_codec if audio else None,
-            ffmpeg=exe,
-            version=ffbin.ffmpeg_version(exe),
-        )
-        log.debug("encoding: %s", " ".join(argv))
         try:
+            argv = encode_argv(
+                self.temp,
+                width=width,
+                height=height,
+                time_base=time_base,
+                encoder=self.encoder,
+                preset=settings.video_preset,
+                quality=settings.video_quality,
+                audio_source=audio.path if audio else None,
+                audio_codec=audio.audio_codec if audio else None,
+                ffmpeg=exe,
+                version=ffbin.ffmpeg_version(exe),
+            )
+            log.debug("encoding: %s", " ".join(argv))
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
-        except OSError:
+        except BaseException:
             self.temp.unlink(missing_ok=True)
             raise
         assert self._proc.stdin is not None and self._proc.stderr is not None

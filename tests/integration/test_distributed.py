@@ -122,6 +122,7 @@ def test_redis_restart_mid_job_completes_or_fails_clearly(
             time.sleep(1.5)
             server.start()
             status = producer.wait(job_id, timeout=150)
+            print(f"after a Redis restart the job ended {status.state} {status.reason}")
             if status.state == SUCCEEDED:
                 assert video_times(output) == video_times(root / "long.mp4")
             else:

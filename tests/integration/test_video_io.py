@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -21,7 +22,12 @@ from facefusion_tasks.video import ffbin
 from facefusion_tasks.video.mkv import MatroskaRawWriter
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.reader import FrameReader
-from facefusion_tasks.video.samples import make_photo_video, make_sample_video, synthetic_frame
+from facefusion_tasks.video.samples import (
+    face_positions,
+    make_photo_video,
+    make_sample_video,
+    synthetic_frame,
+)
 from facefusion_tasks.video.writer import FrameWriter, choose_encoder
 
 pytestmark = pytest.mark.integration
@@ -238,6 +244,31 @@ def test_reader_stops_early_and_closes_twice(clips: dict[str, Path]) -> None:
     assert list(reader) == []
 
 
+def test_close_from_another_thread_ends_iteration_quietly(clips: dict[str, Path]) -> None:
+    # The pipeline's decode thread iterates while the main thread may give up and close().
+    reader = FrameReader(probe(clips["cfr25"]))
+    seen: list[int] = []
+    failures: list[BaseException] = []
+    first = threading.Event()
+
+    def consume() -> None:
+        try:
+            for frame in reader:
+                seen.append(frame.pts)
+                first.set()
+                time.sleep(0.02)
+        except BaseException as exc:  # the test reports whatever escapes
+            failures.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert first.wait(10)
+    reader.close()
+    consumer.join(10)
+    assert not consumer.is_alive() and failures == []
+    assert 0 < len(seen) < 50
+
+
 # --- bad inputs -------------------------------------------------------------------------------
 
 
@@ -263,6 +294,15 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         data = whole.read_bytes()
         cut.write_bytes(data[: len(data) // 2])
         paths[cut.stem] = cut
+    paths["no_frames"] = d / "header_only.mkv"
+    with paths["no_frames"].open("wb") as handle:
+        MatroskaRawWriter(handle, 64, 48)  # a Matroska header, a track, and no frame
+    paths["zero_frames_mp4"] = d / "zero.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc", "-frames:v", "0",
+         "-c:v", "libx264", str(paths["zero_frames_mp4"])],
+        check=True,
+    )  # fmt: skip
     paths["audio_only"] = d / "tone.m4a"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", str(paths["audio_only"])],
@@ -282,6 +322,8 @@ BAD_INPUTS = {
     "cut_moov_last": "truncated or corrupt video (moov atom not found)",
     "cut_faststart": "truncated or corrupt video",
     "audio_only": "no video stream",
+    "no_frames": "video stream has no frames",
+    "zero_frames_mp4": "no video stream",  # the mp4 muxer drops a track without samples
 }
 
 
@@ -463,3 +505,18 @@ def test_photo_video_pans_across_a_real_photo(tmp_path: Path) -> None:
         frames = [f.image for f in reader]
     assert mean_abs_diff(frames[0], frames[-1]) > 10  # the window moved
     assert all(f.std() > 20 for f in frames)  # real picture content, not a flat fill
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "faces"), [(320, 240, 1), (320, 240, 2), (640, 360, 5)]
+)
+def test_sample_faces_stay_inside_the_frame_and_apart(width: int, height: int, faces: int) -> None:
+    for index in range(0, 300, 7):
+        placed = face_positions(width, height, faces, index)
+        assert len(placed) == faces
+        for cx, cy, radius in placed:
+            assert radius >= 0.1 * min(width, height)
+            assert radius <= cx <= width - radius and radius <= cy <= height - radius
+        for i, (x1, y1, r1) in enumerate(placed):
+            for x2, y2, r2 in placed[i + 1 :]:
+                assert np.hypot(x1 - x2, y1 - y2) > r1 + r2

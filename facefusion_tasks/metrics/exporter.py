@@ -1,0 +1,229 @@
+"""The one metrics HTTP server: /metrics (all processes merged, queues, GPUs) and /healthz."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+
+from facefusion_tasks.metrics import multiproc
+from facefusion_tasks.metrics.compaction import CompactingCollector
+from facefusion_tasks.metrics.definitions import EXPORTER_METRICS, QUEUES
+from facefusion_tasks.metrics.gpu import GpuCollector
+from facefusion_tasks.metrics.queues import QueueCollector
+
+log = logging.getLogger(__name__)
+
+#: Default port: the exporter's own, never an API port.
+DEFAULT_PORT = 9808
+
+
+class _CompactionStats:
+    """The exporter's view of its multiprocess directory (file count, compaction work)."""
+
+    def __init__(self, compacting: CompactingCollector) -> None:
+        self.compacting = compacting
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        # Registered after the compacting collector, so these describe this scrape's run.
+        files = GaugeMetricFamily(
+            "facefusion_exporter_multiproc_files",
+            EXPORTER_METRICS["facefusion_exporter_multiproc_files"][1],
+            value=self.compacting.files,
+        )
+        compacted = CounterMetricFamily(
+            "facefusion_exporter_compacted_processes",
+            EXPORTER_METRICS["facefusion_exporter_compacted_processes_total"][1],
+            value=self.compacting.compacted_processes,
+        )
+        seconds = GaugeMetricFamily(
+            "facefusion_exporter_compaction_seconds",
+            EXPORTER_METRICS["facefusion_exporter_compaction_seconds"][1],
+            value=self.compacting.last.seconds,
+        )
+        return [files, compacted, seconds]
+
+
+def build_registry(
+    *,
+    multiproc_dir: Path,
+    redis_url: str | None,
+    queues: Sequence[str] = QUEUES,
+    gpu: bool = True,
+    redis_timeout: float = 1.0,
+) -> CollectorRegistry:
+    """A registry with the exporter's collectors (and nothing process-local)."""
+    multiproc_dir = Path(multiproc_dir)
+    multiproc_dir.mkdir(parents=True, exist_ok=True)
+    registry = CollectorRegistry(auto_describe=False)
+    compacting = CompactingCollector(multiproc_dir)
+    registry.register(compacting)
+    registry.register(_CompactionStats(compacting))
+    if redis_url:
+        registry.register(QueueCollector(redis_url, queues, timeout=redis_timeout))
+    if gpu:
+        registry.register(GpuCollector())
+    return registry
+
+
+def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._metrics()
+            elif path == "/healthz":
+                self._send(200, "text/plain; charset=utf-8", b"ok")
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics\n")
+
+        def _metrics(self) -> None:
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            try:
+                body = encoder(registry)
+            except Exception:
+                log.exception("metrics collection failed")
+                self._send(500, "text/plain; charset=utf-8", b"collection failed\n")
+                return
+            gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+            if gzipped:
+                body = gzip.compress(body, compresslevel=3)
+            self._send(200, content_type, body, gzipped=gzipped)
+
+        def _send(
+            self, status: int, content_type: str, body: bytes, *, gzipped: bool = False
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.debug("%s - %s", self.address_string(), format % args)
+
+    return Handler
+
+
+def make_server(
+    port: int = DEFAULT_PORT,
+    addr: str = "0.0.0.0",
+    *,
+    redis_url: str | None,
+    multiproc_dir: Path,
+    queues: Sequence[str] = QUEUES,
+    gpu: bool = True,
+) -> ThreadingHTTPServer:
+    """A bound, not yet serving, server (port 0 picks a free port: see server_address)."""
+    registry = build_registry(
+        multiproc_dir=multiproc_dir, redis_url=redis_url, queues=queues, gpu=gpu
+    )
+    server = ThreadingHTTPServer((addr, port), _handler(registry))
+    server.daemon_threads = True
+    return server
+
+
+def serve(
+    port: int = DEFAULT_PORT,
+    addr: str = "0.0.0.0",
+    *,
+    redis_url: str | None,
+    multiproc_dir: Path,
+    queues: Sequence[str] = QUEUES,
+    gpu: bool = True,
+) -> None:
+    """Serve /metrics and /healthz until interrupted."""
+    server = make_server(
+        port, addr, redis_url=redis_url, multiproc_dir=multiproc_dir, queues=queues, gpu=gpu
+    )
+    log.info(
+        "metrics exporter on http://%s:%s/metrics (dir %s, broker %s, gpu %s)",
+        *server.server_address[:2],
+        multiproc_dir,
+        "yes" if redis_url else "no",
+        "if present" if gpu else "no",
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    """Serve in a daemon thread (tests, embedding); stop with server.shutdown()."""
+    thread = threading.Thread(target=server.serve_forever, name="metrics-exporter", daemon=True)
+    thread.start()
+    return thread
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """CLI flag > FACEFUSION_* environment variable > default."""
+    parser = argparse.ArgumentParser(
+        prog="facefusion-tasks metrics",
+        description="Serve the fleet's metrics: every worker process merged, queues, GPUs.",
+    )
+    env = os.environ
+    parser.add_argument(
+        "--port", type=int, default=int(env.get("FACEFUSION_METRICS_PORT") or DEFAULT_PORT)
+    )
+    parser.add_argument("--addr", default=env.get("FACEFUSION_METRICS_ADDR") or "0.0.0.0")
+    parser.add_argument(
+        "--redis-url",
+        default=env.get("FACEFUSION_BROKER_URL") or None,
+        help="broker to read queue depth and heartbeats from (default FACEFUSION_BROKER_URL; "
+        "none = no queue metrics)",
+    )
+    parser.add_argument(
+        "--multiproc-dir",
+        type=Path,
+        default=multiproc.default_dir(),
+        help="the workers' multiprocess directory (default FACEFUSION_METRICS_DIR)",
+    )
+    parser.add_argument(
+        "--queues",
+        default=env.get("FACEFUSION_METRICS_QUEUES") or ",".join(QUEUES),
+        help="comma-separated Celery queues to report",
+    )
+    parser.add_argument("--no-gpu", action="store_true", help="skip NVML")
+    parser.add_argument("--log-level", default=env.get("FACEFUSION_LOG_LEVEL") or "INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m facefusion_tasks.metrics.exporter --port 9808 --redis-url redis://...`."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(
+        args.port,
+        args.addr,
+        redis_url=args.redis_url,
+        multiproc_dir=args.multiproc_dir,
+        queues=[q.strip() for q in args.queues.split(",") if q.strip()],
+        gpu=not args.no_gpu,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""Exact Celery-on-Redis backlog and worker heartbeats, read by the exporter at scrape time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from facefusion_tasks.metrics.definitions import EXPORTER_METRICS, QUEUES
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport (read in kombu/transport/redis.py): a queue is a LIST, LPUSH adds at
+# the head and consumers pop from the tail (so the tail is the next to run); a message with
+# priority p goes to the list named by the priority step at or below p, where step 0 is the
+# plain queue name and any other step is `queue + "\x06\x16" + step`. Prefetched messages are
+# moved to the hash `unacked` (tag -> JSON [message, exchange, routing_key]) until acked. So
+# LLEN of the plain name alone misses both prioritised and prefetched work.
+KOMBU_SEP = "\x06\x16"
+#: kombu's default `priority_steps` transport option.
+DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED_KEY = "unacked"
+#: kombu's exchange binding table: a SET of "routing_key\x06\x16pattern\x06\x16queue".
+BINDING_KEY = "_kombu.binding.{exchange}"
+#: Header our producer puts on every task message (unix time, float).
+ENQUEUED_HEADER = "ff_enqueued_at"
+#: Worker heartbeat keys: one per worker, expiring unless refreshed.
+HEARTBEAT_PREFIX = "facefusion:worker:"
+
+
+def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> list[str]:
+    """The Redis lists holding `queue`'s waiting messages, one per priority step."""
+    return [f"{queue}{KOMBU_SEP}{step}" if step else queue for step in steps]
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """One queue's backlog at one instant."""
+
+    queue: str
+    waiting: int
+    unacked: int
+    oldest_enqueued_at: float | None
+
+    @property
+    def backlog(self) -> int:
+        return self.waiting + self.unacked
+
+    def oldest_age(self, now: float) -> float:
+        if self.waiting == 0 or self.oldest_enqueued_at is None:
+            return 0.0
+        return max(0.0, now - self.oldest_enqueued_at)
+
+
+def read_queues(
+    client: redis.Redis,
+    queues: Sequence[str] = QUEUES,
+    *,
+    steps: Sequence[int] = DEFAULT_PRIORITY_STEPS,
+    key_prefix: str = "",
+) -> dict[str, QueueDepth]:
+    """Waiting and unacked counts and the oldest waiting enqueue time, per queue.
+
+    One MULTI/EXEC, so lists and the unacked hash are one consistent snapshot. (A message a
+    worker has just popped and not yet recorded in `unacked` is in neither: kombu moves it in two
+    steps, so a backlog can read one low for that instant; nothing can make it read high.)
+    """
+    pipe = client.pipeline(transaction=True)
+    layout: list[tuple[str, str]] = []
+    for queue in queues:
+        for key in priority_keys(queue, steps):
+            pipe.llen(key_prefix + key)
+            # Both ends: the tail is the next to run, but a message rejected with requeue goes
+            # back to the head with its old enqueue time.
+            pipe.lindex(key_prefix + key, -1)
+            pipe.lindex(key_prefix + key, 0)
+            layout.append((queue, key))
+    pipe.hvals(key_prefix + UNACKED_KEY)
+    replies = pipe.execute()
+    waiting = dict.fromkeys(queues, 0)
+    oldest: dict[str, float | None] = dict.fromkeys(queues, None)
+    for index, (queue, _key) in enumerate(layout):
+        length, tail, head = replies[3 * index : 3 * index + 3]
+        waiting[queue] += int(length or 0)
+        for raw in (tail, head):
+            stamp = enqueued_at(raw)
+            current = oldest[queue]
+            if stamp is not None and (current is None or stamp < current):
+                oldest[queue] = stamp
+    unacked = _count_unacked(client, replies[-1], queues, key_prefix)
+    return {
+        queue: QueueDepth(queue, waiting[queue], unacked[queue], oldest[queue]) for queue in queues
+    }
+
+
+def enqueued_at(raw: bytes | str | None) -> float | None:
+    """The ff_enqueued_at header of a raw kombu message, or None when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        message = json.loads(raw)
+        value = float(message["headers"][ENQUEUED_HEADER])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _count_unacked(
+    client: redis.Redis,
+    entries: Iterable[bytes | str],
+    queues: Sequence[str],
+    key_prefix: str,
+) -> dict[str, int]:
+    counts = dict.fromkeys(queues, 0)
+    routes: list[tuple[str, str]] = []
+    for raw in entries:
+        try:
+            _message, exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        routes.append((str(exchange or ""), str(routing_key or "")))
+    bindings = _bindings(client, {exchange for exchange, _ in routes if exchange}, key_prefix)
+    for exchange, routing_key in routes:
+        # The queue a message returns to is what kombu's restore would pick: the queues bound
+        # to its exchange with its routing key; with no binding (default exchange) the routing
+        # key is the queue name.
+        targets = bindings.get(exchange, {}).get(routing_key) or [routing_key]
+        for queue in targets:
+            if queue in counts:
+                counts[queue] += 1
+    return counts
+
+
+def _bindings(
+    client: redis.Redis, exchanges: set[str], key_prefix: str
+) -> dict[str, dict[str, list[str]]]:
+    if not exchanges:
+        return {}
+    ordered = sorted(exchanges)
+    pipe = client.pipeline(transaction=False)
+    for exchange in ordered:
+        pipe.smembers(key_prefix + BINDING_KEY.format(exchange=exchange))
+    table: dict[str, dict[str, list[str]]] = {}
+    for exchange, members in zip(ordered, pipe.execute(), strict=True):
+        for member in members or ():
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            parts = text.split(KOMBU_SEP)
+            if len(parts) == 3:
+                table.setdefault(exchange, {}).setdefault(parts[0], []).append(parts[2])
+    return table
+
+
+def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int = 30) -> None:
+    """Say `name` is alive for `ttl` seconds (workers call this every ttl/3 or so)."""
+    payload = {**info, "ts": time.time()}
+    client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))
+
+
+def alive_workers(client: redis.Redis, *, key_prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Every worker whose heartbeat has not expired: name -> the info it last sent."""
+    pattern = f"{key_prefix}{HEARTBEAT_PREFIX}*"
+    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in client.scan_iter(pattern)]
+    if not keys:
+        return {}
+    workers: dict[str, dict[str, Any]] = {}
+    for key, raw in zip(keys, client.mget(keys), strict=True):
+        if raw is None:
+            continue  # expired between SCAN and MGET
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            info = {}
+        workers[key[len(key_prefix) + len(HEARTBEAT_PREFIX) :]] = (
+            info if isinstance(info, dict) else {}
+        )
+    return workers
+
+
+def _family(name: str) -> GaugeMetricFamily:
+    _type, documentation, labels = EXPORTER_METRICS[name]
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
+class QueueCollector:
+    """Scrape-time backlog per queue, live workers, and whether Redis answered at all."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        queues: Sequence[str] = QUEUES,
+        *,
+        timeout: float = 1.0,
+        steps: Sequence[int] = DEFAULT_PRIORITY_STEPS,
+        key_prefix: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # Short timeouts: a hung broker must cost one scrape a second, not the scrape timeout.
+        self.client = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=0,
+        )
+        self.queues = tuple(queues)
+        self.steps = tuple(steps)
+        self.key_prefix = key_prefix
+        self.clock = clock
+        self._was_up: bool | None = None
+
+    def describe(self) -> list[Metric]:
+        return []  # never touch Redis at registration time
+
+    def collect(self) -> Iterable[Metric]:
+        up = _family("facefusion_exporter_redis_up")
+        try:
+            depths = read_queues(
+                self.client, self.queues, steps=self.steps, key_prefix=self.key_prefix
+            )
+            workers = len(alive_workers(self.client, key_prefix=self.key_prefix))
+        except (redis.RedisError, OSError) as exc:
+            if self._was_up is not False:  # log transitions, not every scrape
+                log.warning("broker unreachable from the metrics exporter: %s", exc)
+            self._was_up = False
+            up.add_metric([], 0)
+            return [up]
+        if self._was_up is False:
+            log.info("broker reachable again from the metrics exporter")
+        self._was_up = True
+        up.add_metric([], 1)
+        now = self.clock()
+        length = _family("facefusion_queue_length")
+        unacked = _family("facefusion_queue_unacked")
+        backlog = _family("facefusion_queue_backlog")
+        oldest = _family("facefusion_queue_oldest_age_seconds")
+        for queue, depth in depths.items():
+            length.add_metric([queue], depth.waiting)
+            unacked.add_metric([queue], depth.unacked)
+            backlog.add_metric([queue], depth.backlog)
+            oldest.add_metric([queue], depth.oldest_age(now))
+        alive = _family("facefusion_workers_alive")
+        alive.add_metric([], workers)
+        return [up, length, unacked, backlog, oldest, alive]
