@@ -15,6 +15,9 @@ GPU_QUEUE = "gpu"
 #: Planning and stitching: cheap, no models; any worker with ffmpeg and the shared storage.
 LIGHT_QUEUE = "light"
 
+#: Set by `facefusion-tasks worker` for processes that serve the gpu queue (preload models).
+PRELOAD_ENV = "FACEFUSION_PRELOAD_MODELS"
+
 TASK_PLAN = "facefusion.plan"
 TASK_CHUNK = "facefusion.chunk"
 TASK_STITCH = "facefusion.stitch"
@@ -54,7 +57,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "task_time_limit": settings.chunk_time_limit,
         # The soft limit leaves the chunk time to kill ffmpeg and remove its temp file.
-        "task_soft_time_limit": max(settings.chunk_time_limit - 30, settings.chunk_time_limit * 0.9),
+        "task_soft_time_limit": max(
+            settings.chunk_time_limit - 30, settings.chunk_time_limit * 0.9
+        ),
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "task_track_started": True,

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--light-concurrency", type=int, default=2)
     worker.add_argument("--max-tasks-per-child", type=int, default=0)
     worker.add_argument("--loglevel", default="info")
+    worker.add_argument("--metrics-port", type=int, default=9808, help="0 = no exporter")
+    worker.add_argument("--metrics-dir", type=Path, default=None)
     _settings_flags(worker)
 
     demo = sub.add_parser("demo", help="make a sample clip and run a swap on it end to end")
@@ -128,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--dir", type=Path, default=None)
     vf = msub.add_parser("verify", help="check the model files against their digests")
     vf.add_argument("--dir", type=Path, default=None)
+
+    metrics = sub.add_parser(
+        "metrics",
+        help="serve /metrics for this host's workers (see `metrics --help`)",
+        add_help=False,
+    )
+    metrics.add_argument("exporter_args", nargs=argparse.REMAINDER)
 
     doctor = sub.add_parser("doctor", help="report ffmpeg, onnxruntime, GPUs and models")
     doctor.add_argument("--json", action="store_true")
@@ -364,6 +373,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         light_concurrency=args.light_concurrency,
         max_tasks_per_child=args.max_tasks_per_child,
         loglevel=args.loglevel,
+        metrics_port=args.metrics_port,
+        metrics_dir=args.metrics_dir,
     )
 
 
@@ -385,6 +396,12 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one clear line on stderr for bad input (exit 2), never a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["metrics"]:
+        # The exporter owns its flags (and its --help); hand them over untouched.
+        from facefusion_tasks.metrics.exporter import main as exporter_main
+
+        return exporter_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)

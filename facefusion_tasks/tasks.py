@@ -11,7 +11,14 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
-from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, TASK_PLAN, TASK_STITCH
+from facefusion_tasks.app import (
+    GPU_QUEUE,
+    LIGHT_QUEUE,
+    PRELOAD_ENV,
+    TASK_CHUNK,
+    TASK_PLAN,
+    TASK_STITCH,
+)
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.store import JobStore, connect
@@ -20,8 +27,6 @@ log = logging.getLogger(__name__)
 
 #: Message header carrying the enqueue time (queue wait and oldest-message age).
 ENQUEUED_HEADER = "ff_enqueued_at"
-#: Set by `facefusion-tasks worker` for processes that serve the gpu queue.
-PRELOAD_ENV = "FACEFUSION_PRELOAD_MODELS"
 
 
 @functools.cache

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE
+# Nothing here may import prometheus_client (or anything that does): the metrics directory must
+# be prepared before the first import anywhere in this process tree.
+from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
-from facefusion_tasks.tasks import PRELOAD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,35 @@ def plan_workers(
     return plans
 
 
-def run_workers(settings: Settings, **options: Any) -> int:
+def exporter_argv(*, port: int, metrics_dir: Path, redis_url: str) -> list[str]:
+    """The metrics exporter for this host's worker processes (pure, for tests)."""
+    argv = [sys.executable, "-m", "facefusion_tasks.metrics.exporter", "--port", str(port)]
+    argv += ["--multiproc-dir", str(metrics_dir)]
+    if redis_url:
+        argv += ["--redis-url", redis_url]
+    return argv
+
+
+def run_workers(
+    settings: Settings, *, metrics_port: int = 9808, metrics_dir: Path | None = None, **options: Any
+) -> int:
     """Start the planned worker processes and supervise them: SIGTERM/SIGINT are passed on
     (Celery's warm shutdown lets a running chunk finish; if it is killed instead, the chunk is
-    redelivered), and the launcher exits when any worker exits, so an orchestrator restarts it."""
+    redelivered), and the launcher exits when any worker exits, so an orchestrator restarts it.
+
+    The metrics directory is wiped and put in the environment *before* any child starts (the
+    fleet's start), and one exporter process serves every worker process's metrics."""
+    from facefusion_tasks.metrics import multiproc
+
     plans = plan_workers(settings, **options)
+    directory = metrics_dir or multiproc.default_dir()
+    multiproc.prepare(directory, wipe=True)
     children: list[subprocess.Popen[bytes]] = []
+    if metrics_port:
+        argv = exporter_argv(
+            port=metrics_port, metrics_dir=directory, redis_url=settings.broker_url
+        )
+        children.append(subprocess.Popen(argv))
     for argv, env in plans:
         log.info("starting %s", " ".join(argv))
         children.append(subprocess.Popen(argv, env=os.environ | env))

@@ -22,7 +22,9 @@ def ffprobe_json(path: Path, *args: str) -> dict:
 
 def video_times(path: Path) -> list[Fraction]:
     """Every video frame's presentation time relative to the first, exactly (from packets)."""
-    data = ffprobe_json(path, "-select_streams", "v:0", "-show_entries", "packet=pts:stream=time_base")
+    data = ffprobe_json(
+        path, "-select_streams", "v:0", "-show_entries", "packet=pts:stream=time_base"
+    )
     tb = Fraction(data["streams"][0]["time_base"])
     pts = sorted(int(p["pts"]) for p in data["packets"])
     return [(p - pts[0]) * tb for p in pts]

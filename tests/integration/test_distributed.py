@@ -112,11 +112,15 @@ def test_redis_restart_mid_job_completes_or_fails_clearly(
     server = RedisServer(tmp_path)
     server.start()
     try:
-        with cluster(root, models_dir, server.url, visibility_timeout="12", chunk_time_limit="10") as fleet:
+        with cluster(
+            root, models_dir, server.url, visibility_timeout="12", chunk_time_limit="10"
+        ) as fleet:
             fleet.start_worker("w1")
             producer = fleet.producer()
             output = root / "out" / "restart.mp4"
-            job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2)
+            job_id = producer.submit(
+                root / "source.png", root / "long.mp4", output, chunk_seconds=2
+            )
             _wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
             server.stop()
             time.sleep(1.5)
@@ -155,7 +159,9 @@ def test_cancel_stops_a_running_job_and_cleans_up(fleet: Cluster, root: Path) ->
     assert producer.cancel(job_id)
     assert producer.status(job_id).state == CANCELLED
     # Running chunk stops within a watch interval; pending ones are skipped, quickly.
-    other = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "after-cancel.mp4")
+    other = producer.submit(
+        root / "source.png", root / "tiny.mp4", root / "out" / "after-cancel.mp4"
+    )
     assert producer.wait(other, timeout=60).state == SUCCEEDED
     assert not output.exists()
     assert not (root / ".facefusion-work" / job_id).exists()
@@ -202,8 +208,12 @@ def test_pickle_messages_are_refused(fleet: Cluster, root: Path, tmp_path: Path)
     assert pickle.loads(pickle.dumps(_Exploit(marker))) is None and marker.exists()
     marker.unlink()
     producer = fleet.producer()
-    producer.app.send_task(TASK_CHUNK, args=[_Exploit(marker), 0], queue=GPU_QUEUE, serializer="pickle")
-    job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "after-pickle.mp4")
+    producer.app.send_task(
+        TASK_CHUNK, args=[_Exploit(marker), 0], queue=GPU_QUEUE, serializer="pickle"
+    )
+    job_id = producer.submit(
+        root / "source.png", root / "tiny.mp4", root / "out" / "after-pickle.mp4"
+    )
     assert producer.wait(job_id, timeout=60).state == SUCCEEDED
     assert not marker.exists()
     assert "untrusted content" in fleet.log("w1") or "ContentDisallowed" in fleet.log("w1")
@@ -211,7 +221,11 @@ def test_pickle_messages_are_refused(fleet: Cluster, root: Path, tmp_path: Path)
 
 @pytest.mark.parametrize(
     ("case", "message"),
-    [("outside", "outside the storage roots"), ("not_video", "not a video"), ("missing", "no such file")],
+    [
+        ("outside", "outside the storage roots"),
+        ("not_video", "not a video"),
+        ("missing", "no such file"),
+    ],
 )
 def test_bad_submissions_exit_2_and_enqueue_nothing(
     case: str, message: str, root: Path, models_dir: Path, tmp_path: Path
@@ -237,7 +251,9 @@ def test_bad_submissions_exit_2_and_enqueue_nothing(
 
 def test_status_json_names_workers_per_chunk(fleet: Cluster, root: Path) -> None:
     fleet.start_worker("w1")
-    job_id = fleet.producer().submit(root / "source.png", root / "tiny.mp4", root / "out" / "st.mp4")
+    job_id = fleet.producer().submit(
+        root / "source.png", root / "tiny.mp4", root / "out" / "st.mp4"
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "facefusion_tasks", "wait", job_id, "--json"],
         env=fleet.env, capture_output=True, text=True, timeout=60,

@@ -17,7 +17,9 @@ from facefusion_tasks.video.samples import make_photo_video, make_sample_video
 from tests.media import audio_duration, decode_frames, streams, video_times
 
 
-def run_cli(*args: str | Path, models: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | Path, models: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
     environment |= {"FACEFUSION_MODELS_DIR": str(models), "FACEFUSION_EXECUTION_PROVIDER": "cpu"}
     environment |= env or {}
@@ -45,11 +47,21 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "faces": make_sample_video(root / "faces.mp4", seconds=2, faces=2, audio=True),
         "none": make_sample_video(root / "none.mp4", seconds=1, faces=0, audio=False),
         "vfr": make_sample_video(
-            root / "vfr.mov", seconds=2, width=321, height=241, faces=1, audio=True,
-            variable_frame_rate=True, rotation=90,
+            root / "vfr.mov",
+            seconds=2,
+            width=321,
+            height=241,
+            faces=1,
+            audio=True,
+            variable_frame_rate=True,
+            rotation=90,
         ),  # fmt: skip
         "photo": make_photo_video(
-            root / "photo.mp4", cv2.imread(str(bundled_photo("t1.jpg"))), seconds=1, width=480, height=320
+            root / "photo.mp4",
+            cv2.imread(str(bundled_photo("t1.jpg"))),
+            seconds=1,
+            width=480,
+            height=320,
         ),
     }
 
@@ -175,10 +187,16 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert message in lines[0]
     assert not out.exists()
-    assert not [p for p in out.parent.glob("*") if p.name.startswith(".")] if out.parent.exists() else True
+    assert (
+        not [p for p in out.parent.glob("*") if p.name.startswith(".")]
+        if out.parent.exists()
+        else True
+    )
 
 
 def test_missing_models_is_a_clear_internal_error(media: dict[str, Path], tmp_path: Path) -> None:
-    proc = run_cli("swap", media["source"], media["faces"], "-o", tmp_path / "o.mp4", models=tmp_path)
+    proc = run_cli(
+        "swap", media["source"], media["faces"], "-o", tmp_path / "o.mp4", models=tmp_path
+    )
     assert proc.returncode == 1
     assert "models missing" in proc.stderr and "Traceback" not in proc.stderr

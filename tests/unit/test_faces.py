@@ -87,9 +87,7 @@ def test_swap_matches_insightface_inswapper(settings: Settings, models_dir: Path
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
 
 
-def test_batched_and_per_face_swaps_agree(
-    settings: Settings, fixed_batch_models_dir: Path
-) -> None:
+def test_batched_and_per_face_swaps_agree(settings: Settings, fixed_batch_models_dir: Path) -> None:
     batched = load_models(settings)
     single = load_models(settings.replace(models_dir=fixed_batch_models_dir))
     assert batched.swapper_batched and not single.swapper_batched
@@ -115,7 +113,10 @@ def test_paste_back_changes_only_the_face_box() -> None:
     before = frame.copy()
     paste_back(frame, crop, matrix, feather_mask(128))
     changed = np.argwhere(np.any(frame != before, axis=2))
-    corners = np.c_[[[0, 0], [128, 0], [0, 128], [128, 128]], np.ones(4)] @ cv2.invertAffineTransform(matrix).T
+    corners = (
+        np.c_[[[0, 0], [128, 0], [0, 128], [128, 128]], np.ones(4)]
+        @ cv2.invertAffineTransform(matrix).T
+    )
     assert changed[:, 1].min() >= corners[:, 0].min() - 1
     assert changed[:, 1].max() <= corners[:, 0].max() + 1
     assert changed[:, 0].min() >= corners[:, 1].min() - 1

@@ -12,7 +12,9 @@ from facefusion_tasks.jobs import Chunk, plan_chunks
 def _covers(chunks: list[Chunk], pts: list[int]) -> None:
     taken = []
     for chunk in chunks:
-        inside = [p for p in pts if p >= chunk.start_pts and (chunk.end_pts is None or p < chunk.end_pts)]
+        inside = [
+            p for p in pts if p >= chunk.start_pts and (chunk.end_pts is None or p < chunk.end_pts)
+        ]
         assert len(inside) == chunk.frames
         taken += inside
     assert sorted(taken) == sorted(pts)
@@ -24,9 +26,9 @@ def test_constant_rate_splits_on_seconds() -> None:
     assert [c.frames for c in chunks] == [60, 60, 60, 60, 10]
     _covers(chunks, pts)
     # A tail shorter than min_frames joins the chunk before it.
-    assert [c.frames for c in plan_chunks(pts, Fraction(1, 15360), chunk_seconds=2, min_frames=11)] == [
-        60, 60, 60, 70
-    ]
+    assert [
+        c.frames for c in plan_chunks(pts, Fraction(1, 15360), chunk_seconds=2, min_frames=11)
+    ] == [60, 60, 60, 70]
     assert chunks[0].span == Fraction(2)
     assert chunks[-1].end_pts is None and chunks[-1].span is None
 

@@ -50,7 +50,11 @@ def test_swapper_contract_matches_inswapper(models_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("det_10g.onnx", "SCRFD"), ("w600k_r50.onnx", "ArcFaceONNX"), ("inswapper_128.onnx", "INSwapper")],
+    [
+        ("det_10g.onnx", "SCRFD"),
+        ("w600k_r50.onnx", "ArcFaceONNX"),
+        ("inswapper_128.onnx", "INSwapper"),
+    ],
 )
 def test_insightface_recognises_each_standin(models_dir: Path, name: str, cls: str) -> None:
     model = model_zoo.get_model(str(models_dir / name), providers=["CPUExecutionProvider"])

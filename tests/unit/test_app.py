@@ -1,0 +1,95 @@
+"""Celery settings, priorities and the worker launcher's command lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, celery_config
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.tasks import kombu_priority
+from facefusion_tasks.worker import exporter_argv, plan_workers
+
+
+def _settings(**kw: object) -> Settings:
+    return Settings.from_env({"FACEFUSION_BROKER_URL": "redis://:secret@127.0.0.1:6379/3"}, **kw)
+
+
+def test_celery_is_json_only_late_ack_and_one_prefetch() -> None:
+    config = celery_config(_settings())
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["result_accept_content"] == ["json"]
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["task_routes"][TASK_CHUNK]["queue"] == GPU_QUEUE
+    assert {q.name for q in config["task_queues"]} == {GPU_QUEUE, LIGHT_QUEUE}
+    assert config["task_time_limit"] < config["broker_transport_options"]["visibility_timeout"]
+    assert config["task_soft_time_limit"] < config["task_time_limit"]
+    assert config["worker_send_task_events"] and config["task_send_sent_event"]
+
+
+def test_rediss_gets_certificate_checks() -> None:
+    config = celery_config(
+        Settings.from_env({"FACEFUSION_BROKER_URL": "rediss://:pw@redis:6380/0"})
+    )
+    assert config["broker_use_ssl"]["ssl_cert_reqs"]
+    assert "broker_use_ssl" not in celery_config(_settings())
+
+
+def test_time_limit_must_stay_below_visibility_timeout() -> None:
+    with pytest.raises(InputError, match="visibility timeout"):
+        _settings(visibility_timeout=600, chunk_time_limit=600)
+    with pytest.raises(InputError, match="redis"):
+        Settings.from_env({"FACEFUSION_BROKER_URL": "amqp://guest@localhost//"})
+
+
+def test_user_priority_9_is_served_first_by_kombu() -> None:
+    assert kombu_priority(9) == 0 and kombu_priority(0) == 9 and kombu_priority(42) == 0
+
+
+def test_one_pinned_process_per_gpu_plus_a_light_worker() -> None:
+    plans = plan_workers(
+        _settings(), gpus="0,1", queues=["gpu", "light"], light_concurrency=2,
+        max_tasks_per_child=50, loglevel="info",
+    )  # fmt: skip
+    assert [env.get("CUDA_VISIBLE_DEVICES") for _, env in plans] == ["0", "1", None]
+    for argv, env in plans[:2]:
+        assert argv[argv.index("-Q") + 1] == "gpu" and argv[argv.index("-c") + 1] == "1"
+        assert env["FACEFUSION_PRELOAD_MODELS"] == "1"
+        assert argv[argv.index("--max-tasks-per-child") + 1] == "50"
+    light, env = plans[2]
+    assert light[light.index("-Q") + 1] == "light" and env["FACEFUSION_PRELOAD_MODELS"] == "0"
+    cpu = plan_workers(
+        _settings(),
+        gpus="none",
+        queues=["gpu"],
+        light_concurrency=1,
+        max_tasks_per_child=0,
+        loglevel="info",
+    )
+    assert len(cpu) == 1 and cpu[0][1]["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(InputError):
+        plan_workers(
+            _settings(),
+            gpus="none",
+            queues=["video"],
+            light_concurrency=1,
+            max_tasks_per_child=0,
+            loglevel="info",
+        )
+
+
+def test_exporter_command_line() -> None:
+    from pathlib import Path
+
+    argv = exporter_argv(port=9808, metrics_dir=Path("/run/m"), redis_url="redis://r:6379/0")
+    assert argv[1:3] == ["-m", "facefusion_tasks.metrics.exporter"]
+    assert argv[3:] == [
+        "--port",
+        "9808",
+        "--multiproc-dir",
+        "/run/m",
+        "--redis-url",
+        "redis://r:6379/0",
+    ]
+    assert "--redis-url" not in exporter_argv(port=1, metrics_dir=Path("/m"), redis_url="")
