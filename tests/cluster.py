@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -143,8 +144,6 @@ def cluster(
         yield fleet
     finally:
         fleet.stop_all()
-        try:
+        with contextlib.suppress(redis.ConnectionError):  # a private server may be gone
             client.flushdb()
-        except redis.ConnectionError:
-            pass
         shutil.rmtree(root / ".facefusion-work", ignore_errors=True)

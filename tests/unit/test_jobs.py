@@ -40,7 +40,7 @@ def test_variable_rate_uses_real_timestamps() -> None:
         t += 1000 if i % 3 else 3000  # irregular steps, 1/90000 time base
     chunks = plan_chunks(pts, Fraction(1, 90000), chunk_seconds=0.5)
     _covers(chunks, pts)
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in zip(chunks, chunks[1:], strict=False):
         assert a.end_pts == b.start_pts
         assert a.span == Fraction(b.start_pts - a.start_pts, 90000)
 
