@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from facefusion_tasks import observe
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled
 from facefusion_tasks.faces.engine import FaceEngine, StageClock
@@ -164,6 +165,7 @@ def run_swap(
         time_base=info.time_base,
         audio_source=info if job.audio else None,
         settings=settings,
+        frame_rate=info.frame_rate,
     )
 
     def decode() -> None:
@@ -196,6 +198,7 @@ def run_swap(
     ]
     for thread in threads:
         thread.start()
+    seen = dict(clock.seconds)
     try:
         ended = False
         while not ended:
@@ -209,9 +212,18 @@ def run_swap(
             if not batch:
                 break
             images = [_writable(frame.image) for frame in batch]
+            begun = time.perf_counter()
             counts = engine.process(images)
             result.faces_swapped += sum(counts)
             result.frames_with_faces += sum(1 for c in counts if c)
+            now = dict(clock.seconds)
+            observe.batch(
+                {k: v - seen.get(k, 0.0) for k, v in now.items()},
+                frames=len(batch),
+                faces=sum(counts),
+                seconds=time.perf_counter() - begun,
+            )
+            seen = now
             result.frames += len(batch)
             for frame, image in zip(batch, images, strict=True):
                 stages.put(swapped, (image, frame.pts))
@@ -233,12 +245,19 @@ def run_swap(
             for thread in threads:
                 thread.join(5)
     if stages.error is not None:
+        if not isinstance(stages.error, Cancelled):
+            observe.swap_run(ok=False, seconds=time.perf_counter() - started)
         raise stages.error
     reader.close()
     begun = time.perf_counter()
-    writer.commit()
+    try:
+        writer.commit()
+    except BaseException:
+        observe.swap_run(ok=False, seconds=time.perf_counter() - started)
+        raise
     clock.add("encode", begun)
     result.seconds = time.perf_counter() - started
+    observe.swap_run(ok=True, seconds=result.seconds)
     result.stage_seconds = dict(clock.seconds)
     return result
 

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from facefusion_tasks.errors import ModelError
+from facefusion_tasks.faces.backoff import BatchBackoff, concat_outputs
 from facefusion_tasks.faces.types import Face
 
 #: SCRFD exports with keypoints have 3 outputs (score, box, kps) per stride.
@@ -27,6 +28,7 @@ class Detector:
         input_size: int = 640,
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
+        max_batch: int = 8,
     ) -> None:
         outputs = session.get_outputs()
         if len(outputs) not in _STRIDES_BY_OUTPUTS:
@@ -45,7 +47,12 @@ class Detector:
         self.batched = session.get_inputs()[0].shape[0] != 1
         self.folded = len(outputs[0].shape) != 3
         self._centers: dict[int, np.ndarray] = {}
-        self.calls = 0
+        self.backoff = BatchBackoff("detector", max_batch if self.batched else 1)
+
+    @property
+    def calls(self) -> int:
+        """Model calls made so far."""
+        return self.backoff.calls
 
     def _anchor_centers(self, stride: int) -> np.ndarray:
         centers = self._centers.get(stride)
@@ -77,17 +84,23 @@ class Detector:
         results: list[list[Face]] = []
         if self.batched:
             batch = np.concatenate([blob for blob, _ in prepared])
-            outs = self.session.run(self.output_names, {self.input_name: batch})
-            self.calls += 1
-            count = len(prepared)
-            if self.folded:
-                outs = [o.reshape(count, -1, o.shape[-1]) for o in outs]
+
+            def call(start: int, stop: int) -> list[np.ndarray]:
+                outs = self.session.run(self.output_names, {self.input_name: batch[start:stop]})
+                if self.folded:  # [N * anchors, C] -> [N, anchors, C]
+                    outs = [o.reshape(stop - start, -1, o.shape[-1]) for o in outs]
+                return list(outs)
+
+            outs = concat_outputs(self.backoff.run(len(batch), call))
             for i, (_, scale) in enumerate(prepared):
                 results.append(self._decode([o[i] for o in outs], scale))
         else:
             for blob, scale in prepared:
-                outs = self.session.run(self.output_names, {self.input_name: blob})
-                self.calls += 1
+
+                def single(_start: int, _stop: int, b: np.ndarray = blob) -> list[np.ndarray]:
+                    return list(self.session.run(self.output_names, {self.input_name: b}))
+
+                (outs,) = self.backoff.run(1, single)
                 results.append(self._decode(outs, scale))
         return results
 

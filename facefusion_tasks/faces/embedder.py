@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from facefusion_tasks.faces import align
+from facefusion_tasks.faces.backoff import BatchBackoff
 from facefusion_tasks.faces.types import Face
 
 #: ArcFace crop size (w600k_r50 takes 112×112).
@@ -18,7 +19,7 @@ EMBED_SIZE = 112
 class Embedder:
     """Maps faces to L2-normalised 512-d identity vectors."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, *, max_batch: int = 64) -> None:
         self.session = session
         inp = session.get_inputs()[0]
         self.input_name = inp.name
@@ -26,7 +27,12 @@ class Embedder:
         self.size = int(inp.shape[2]) if isinstance(inp.shape[2], int) else EMBED_SIZE
         # The real export's batch is free; a fixed-1 export gets one call per face.
         self.batched = inp.shape[0] != 1
-        self.calls = 0
+        self.backoff = BatchBackoff("embedder", max_batch if self.batched else 1)
+
+    @property
+    def calls(self) -> int:
+        """Model calls made so far."""
+        return self.backoff.calls
 
     def embed(self, pairs: Sequence[tuple[np.ndarray, Face]]) -> np.ndarray:
         """(frame, face) pairs -> (N, 512) unit vectors."""
@@ -36,13 +42,12 @@ class Embedder:
         blob = cv2.dnn.blobFromImages(
             crops, 1.0 / 127.5, (self.size, self.size), (127.5, 127.5, 127.5), swapRB=True
         )
-        if self.batched:
-            raw = self.session.run([self.output_name], {self.input_name: blob})[0]
-            self.calls += 1
-        else:
-            raw = np.concatenate(
-                [self.session.run([self.output_name], {self.input_name: b[None]})[0] for b in blob]
-            )
-            self.calls += len(blob)
+        parts = self.backoff.run(
+            len(blob),
+            lambda start, stop: self.session.run(
+                [self.output_name], {self.input_name: blob[start:stop]}
+            )[0],
+        )
+        raw = np.concatenate(parts)
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         return (raw / np.maximum(norms, 1e-12)).astype(np.float32)

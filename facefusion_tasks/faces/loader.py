@@ -110,6 +110,7 @@ def load_models(settings: Settings) -> LoadedModels:
         session(_dynamic_copy(paths["detector"], cache, folded_ok=True)),
         input_size=settings.detector_size,
         score_threshold=settings.detector_score,
+        max_batch=settings.batch_size,
     )
     embedder = Embedder(session(_dynamic_copy(paths["embedder"], cache)))
     swapper_session = session(_dynamic_copy(paths["swapper"], cache))

@@ -10,6 +10,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from facefusion_tasks.errors import ModelError
+from facefusion_tasks.faces.backoff import BatchBackoff
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,12 @@ class Swapper:
         self.emap = emap
         # Only a converted (dynamic-batch) export can take several faces in one call.
         self.batched = inputs[0].shape[0] != 1
-        self.max_batch = max_batch if self.batched else 1
-        self.calls = 0
+        self.backoff = BatchBackoff("swapper", max_batch if self.batched else 1)
+
+    @property
+    def calls(self) -> int:
+        """Model calls made so far."""
+        return self.backoff.calls
 
     def latent(self, embedding: np.ndarray) -> np.ndarray:
         """Source identity for the model: normalised embedding through the emap, renormalised."""
@@ -61,13 +66,12 @@ class Swapper:
             return crops
         blob = np.ascontiguousarray(crops[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
         blob *= 1.0 / 255.0
-        out = np.empty_like(blob)
-        for start in range(0, len(blob), self.max_batch):
-            part = blob[start : start + self.max_batch]
-            source = np.repeat(latent, len(part), axis=0)
-            out[start : start + len(part)] = self.session.run(
-                [self.output_name], {self.target_name: part, self.source_name: source}
-            )[0]
-            self.calls += 1
+
+        def call(start: int, stop: int) -> np.ndarray:
+            source = np.repeat(latent, stop - start, axis=0)
+            feeds = {self.target_name: blob[start:stop], self.source_name: source}
+            return self.session.run([self.output_name], feeds)[0]
+
+        out = np.concatenate(self.backoff.run(len(blob), call))
         pixels = np.clip(out.transpose(0, 2, 3, 1)[..., ::-1] * 255.0, 0, 255)
         return np.ascontiguousarray(pixels.round().astype(np.uint8))

@@ -167,6 +167,7 @@ def encode_argv(
     muxer: str | None = None,
     audio_source: str | Path | None = None,
     audio_codec: str | None = None,
+    audio_seconds: float | None = None,
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
@@ -183,7 +184,10 @@ def encode_argv(
     streams = [frames["v:0"]]
     if audio_source is not None:
         # The trailing "?" keeps a source without audio from being an error.
-        streams.append(ffmpeg_python.input(str(audio_source))["a:0?"])
+        # Audio is cut to the video's length where it is read (-t on that input), never with
+        # -shortest: that would cut *video* frames whenever the audio track is the shorter one.
+        limit = {} if audio_seconds is None else {"t": seconds(audio_seconds)}
+        streams.append(ffmpeg_python.input(str(audio_source), **limit)["a:0?"])
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
     args = ffmpeg_python.output(*streams, str(destination)).get_args()
     options = video_codec_args(encoder, preset=preset, quality=quality)
@@ -195,6 +199,6 @@ def encode_argv(
         options += ["-video_track_timescale", str(time_base.denominator)]
         options += ["-movflags", "+faststart"]
     if audio_source is not None:
-        options += [*audio_codec_args(muxer, audio_codec), "-shortest"]
+        options += audio_codec_args(muxer, audio_codec)
     # -y: the writer's temp file already exists (created race-free before ffmpeg starts).
     return [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", *args[:-1], *options, "-f", muxer, args[-1]]

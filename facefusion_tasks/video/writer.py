@@ -124,6 +124,7 @@ class FrameWriter:
                 quality=settings.video_quality,
                 audio_source=audio.path if audio else None,
                 audio_codec=audio.audio_codec if audio else None,
+                audio_seconds=audio.duration if audio and audio.duration > 0 else None,
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),
             )

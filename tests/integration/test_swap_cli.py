@@ -200,3 +200,20 @@ def test_missing_models_is_a_clear_internal_error(media: dict[str, Path], tmp_pa
     )
     assert proc.returncode == 1
     assert "models missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_audio_shorter_than_the_video_never_costs_frames(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    short = tmp_path / "short-audio.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(media["none"]), "-f", "lavfi", "-i",
+         "sine=frequency=440:duration=0.3", "-map", "0:v", "-map", "1:a", "-c:v", "copy",
+         "-c:a", "aac", str(short)],
+        check=True,
+    )  # fmt: skip
+    out = tmp_path / "out.mp4"
+    proc = run_cli("swap", media["source"], short, "-o", out, "--no-progress", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert video_times(out) == video_times(short)
+    assert audio_duration(out) == pytest.approx(audio_duration(short), abs=0.05)

@@ -122,14 +122,17 @@ def test_encode_explicit_muxer_wins_over_the_file_name() -> None:
 def test_encode_adds_source_audio_copied_when_it_fits_and_cut_to_the_video() -> None:
     argv = encode_argv(
         "o.mp4", width=64, height=64, time_base=Fraction(1, 25),
-        audio_source="/videos/in.mp4", audio_codec="aac",
+        audio_source="/videos/in.mp4", audio_codec="aac", audio_seconds=4.5,
     )  # fmt: skip
     inputs = [argv[i + 1] for i, a in enumerate(argv) if a == "-i"]
     assert inputs == ["pipe:0", "/videos/in.mp4"]
     maps = [argv[i + 1] for i, a in enumerate(argv) if a == "-map"]
     assert maps == ["0:v:0", "1:a:0?"]
     assert option(argv, "-c:a") == "copy"
-    assert "-shortest" in argv
+    # The audio input is limited to the video's length; -shortest could drop video frames.
+    assert "-shortest" not in argv
+    audio_input = argv.index("/videos/in.mp4")
+    assert argv[audio_input - 3 : audio_input] == ["-t", "4.500000", "-i"]
 
 
 @pytest.mark.parametrize(
