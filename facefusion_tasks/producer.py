@@ -108,7 +108,7 @@ class Producer:
         undone = self.store.undone_chunks(job_id)
         priority = int(self.store.get(job_id).get("priority") or 5)
         if status.chunks_total == 0:
-            self.store.reopen_for_planning(job_id)
+            self.store.reopen(job_id, planned=False)
             enqueue(self.app, TASK_PLAN, [job_id], priority=priority)
             return []
         self.store.reopen(job_id)

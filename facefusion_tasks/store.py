@@ -140,19 +140,23 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    def reopen(self, job_id: str) -> None:
-        """Back to RUNNING for `retry` (the only way out of FAILED)."""
-        self.r.hset(
-            self._job(job_id),
-            mapping={"state": RUNNING, "reason": "", "error": "", "finished_at": 0},
-        )
+    def claim_metering(self, job_id: str) -> bool:
+        """True exactly once per job end: whoever sets the flag counts the outcome."""
+        return bool(self.r.hsetnx(self._job(job_id), "metered", 1))
 
-    def reopen_for_planning(self, job_id: str) -> None:
-        """Back to QUEUED, for a job that failed before it had a plan."""
-        self.r.hset(
-            self._job(job_id),
-            mapping={"state": QUEUED, "reason": "", "error": "", "finished_at": 0},
-        )
+    def reopen(self, job_id: str, *, planned: bool = True) -> None:
+        """Out of FAILED for `retry`: back to RUNNING, or to QUEUED when the job failed before
+        it had a plan. Its end is counted anew."""
+        fields = {
+            "state": RUNNING if planned else QUEUED,
+            "reason": "",
+            "error": "",
+            "finished_at": 0,
+        }
+        with self.r.pipeline() as pipe:
+            pipe.hset(self._job(job_id), mapping=fields)
+            pipe.hdel(self._job(job_id), "metered")
+            pipe.execute()
 
     def reset_chunk(self, job_id: str, index: int) -> None:
         """A chunk about to be re-run by `retry`."""

@@ -5,12 +5,17 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
+from facefusion_tasks import observe
 from facefusion_tasks.app import (
     GPU_QUEUE,
     LIGHT_QUEUE,
@@ -57,14 +62,76 @@ def enqueue(app: Celery, name: str, args: list[Any], *, priority: int = 5) -> No
     )
 
 
+#: Seconds between worker heartbeats; the key lives three times as long.
+HEARTBEAT_SECONDS = 10
+
+
+def _heartbeat_loop(name: str) -> None:
+    from facefusion_tasks.metrics.queues import heartbeat
+
+    info = {"pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    while True:
+        try:
+            heartbeat(_store().r, name, info, ttl=3 * HEARTBEAT_SECONDS)
+        except Exception as exc:  # Redis away: the key expires and the exporter says so
+            log.debug("heartbeat failed: %s", exc)
+        time.sleep(HEARTBEAT_SECONDS)
+
+
 @worker_process_init.connect
-def _preload(**_: Any) -> None:
-    # Runs in each pool child right after the fork: start loading models in a background thread
-    # (returning at once), so CUDA is first touched in the child, never in the parent.
+def _on_child_start(**_: Any) -> None:
+    # Runs in each pool child right after the fork and must return within seconds: model
+    # loading and heartbeats go to background threads, so CUDA is first touched in the child
+    # (never in the parent) and Celery's start-up handshake is never held up.
     if os.environ.get(PRELOAD_ENV) == "1":
         from facefusion_tasks.runner import MODELS
 
         MODELS.start(_settings())
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    threading.Thread(target=_heartbeat_loop, args=(name,), name="ff-heartbeat", daemon=True).start()
+    observe.metrics().worker_processes.set(1)
+    observe.busy(False)
+
+
+@contextmanager
+def _instrumented(task: Task, queue: str) -> Iterator[None]:
+    """Queue wait on start, busy while running, the job's outcome once it has one."""
+    observe.queue_wait(queue, getattr(task.request, ENQUEUED_HEADER, None))
+    observe.busy(True)
+    try:
+        yield
+    finally:
+        observe.busy(False)
+
+
+def _meter_job_end(job_id: str) -> None:
+    """Count a finished job exactly once, whichever worker saw it finish."""
+    store = _store()
+    job = store.get(job_id)
+    state = job.get("state", "")
+    if state in {"SUCCEEDED", "FAILED", "CANCELLED"} and store.claim_metering(job_id):
+        observe.job(
+            state.lower(), job.get("reason", ""), created_at=float(job.get("created_at") or 0)
+        )
+
+
+def _timed_chunk(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    outcome, reason = "failed", "internal"
+    try:
+        result = fn()
+        outcome = {"DONE": "succeeded", "FAILED": "failed"}.get(result["state"], "skipped")
+        reason = result.get("reason", "none")
+        return result
+    except Exception as exc:  # a retry (celery.exceptions.Retry) or a crash
+        from celery.exceptions import Retry
+
+        outcome = "retried" if isinstance(exc, Retry) else "failed"
+        reason = getattr(getattr(exc, "exc", exc), "reason", "internal")
+        raise
+    finally:
+        if outcome != "skipped":
+            observe.chunk(outcome, reason, seconds=time.perf_counter() - started)
 
 
 def register(app: Celery) -> None:
@@ -76,9 +143,11 @@ def register(app: Celery) -> None:
 
         store = _store()
         try:
-            indexes = runner.plan_job(store, _settings(), job_id)
+            with _instrumented(self, LIGHT_QUEUE):
+                indexes = runner.plan_job(store, _settings(), job_id)
         except InputError as exc:
             runner.fail_job(store, job_id, exc, index=None)
+            _meter_job_end(job_id)
             return 0
         priority = int(store.get(job_id).get("priority") or 5)
         for index in indexes:
@@ -87,6 +156,13 @@ def register(app: Celery) -> None:
 
     @app.task(name=TASK_CHUNK, bind=True)
     def chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
+        try:
+            with _instrumented(self, GPU_QUEUE):
+                return _timed_chunk(lambda: _run_chunk(self, job_id, index))
+        finally:
+            _meter_job_end(job_id)
+
+    def _run_chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
         from facefusion_tasks import runner
 
         store, settings = _store(), _settings()
@@ -115,13 +191,15 @@ def register(app: Celery) -> None:
 
         store, settings = _store(), _settings()
         try:
-            output = runner.stitch_job(store, settings, job_id)
+            with _instrumented(self, LIGHT_QUEUE):
+                output = runner.stitch_job(store, settings, job_id)
         except InputError as exc:
             runner.fail_job(store, job_id, exc, index=None)
-            return None
+            output = None
         except Exception as exc:
             if self.request.retries < settings.chunk_retries:
                 raise self.retry(exc=exc, countdown=1) from exc
             runner.fail_job(store, job_id, exc, index=None)
-            return None
+            output = None
+        _meter_job_end(job_id)
         return None if output is None else str(output)
