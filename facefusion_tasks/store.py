@@ -147,7 +147,7 @@ class JobStore:
     def reopen(self, job_id: str, *, planned: bool = True) -> None:
         """Out of FAILED for `retry`: back to RUNNING, or to QUEUED when the job failed before
         it had a plan. Its end is counted anew."""
-        fields = {
+        fields: dict[Any, Any] = {
             "state": RUNNING if planned else QUEUED,
             "reason": "",
             "error": "",
