@@ -181,9 +181,7 @@ def test_an_unreachable_broker_costs_one_gauge_not_the_scrape() -> None:
     started = time.monotonic()
     families = list(collector.collect())
     assert time.monotonic() - started < 2
-    assert [(m.name, m.samples[0].value) for m in families] == [
-        ("facefusion_exporter_redis_up", 0)
-    ]
+    assert [(m.name, m.samples[0].value) for m in families] == [("facefusion_exporter_redis_up", 0)]
 
 
 def write_worker_metrics(directory: Path) -> None:

@@ -116,7 +116,9 @@ def prometheus(tmp_path: Path, exporter: tuple[str, Path]) -> Iterator[str]:
             except OSError:
                 pass
             if process.poll() is not None:
-                pytest.fail(f"prometheus exited: {process.stderr.read().decode() if process.stderr else ''}")
+                pytest.fail(
+                    f"prometheus exited: {process.stderr.read().decode() if process.stderr else ''}"
+                )
             assert time.monotonic() < deadline, "prometheus did not become ready"
             time.sleep(0.2)
         yield url
@@ -173,9 +175,7 @@ def query(url: str, expr: str) -> list[dict[str, Any]]:
     return list(get_json(f"{url}/api/v1/query?{params}")["data"]["result"])
 
 
-def test_an_oom_in_a_worker_fires_the_alert(
-    prometheus: str, exporter: tuple[str, Path]
-) -> None:
+def test_an_oom_in_a_worker_fires_the_alert(prometheus: str, exporter: tuple[str, Path]) -> None:
     _, directory = exporter
     deadline = time.monotonic() + DEADLINE_SECONDS
     env = {k: v for k, v in os.environ.items() if k != multiproc.PROMETHEUS_ENV}
@@ -193,7 +193,9 @@ def test_an_oom_in_a_worker_fires_the_alert(
         # Prometheus has the worker's pre-initialised zero before anything goes wrong...
         scraped = wait_for("the zero OOM series", lambda: query(prometheus, selector), deadline)
         assert scraped[0]["value"][1] == "0"
-        wait_for("a rule evaluation after that scrape", lambda: oom_rule_evaluated(prometheus), deadline)
+        wait_for(
+            "a rule evaluation after that scrape", lambda: oom_rule_evaluated(prometheus), deadline
+        )
         assert oom_alerts(prometheus) == []
         # ... then the model call runs out of GPU memory.
         worker.stdin.write("go\n")

@@ -1,0 +1,1 @@
+"""Fault injection for what cannot happen here (a CUDA out-of-memory), at the model-call seam."""
