@@ -32,7 +32,8 @@ Crash safety: stage files are invisible to MultiProcessCollector (not *.db). A m
 `<archive>.new`, then commits by atomically writing `<archive>.journal` (the staged files it
 contains), then renames `.new` over the archive and deletes the staged files and the journal.
 After a crash, a journal means "committed": finish the rename and deletions. No journal means
-"not committed": drop any `.new`; the staged files are merged again on the next run.
+"not committed": drop any `.new`; the staged files are merged first thing in the next run
+(before anything new is staged, so a stage name is never overwritten).
 
 Readers: between staging and the archive rename the values are in neither place, so collection
 must not interleave with compaction. `CompactingCollector` does both under one directory lock;
@@ -150,10 +151,13 @@ def compact(
     started = time.perf_counter()
     result = CompactionResult()
     _recover(directory)
+    # Staged files an interrupted run left behind go into the archive before anything new is
+    # staged, so a stage name can never be reused while it still holds values.
+    result.merged_files = _merge_staged(directory)
     by_pid: dict[int, list[MetricFile]] = {}
     for entry in os.scandir(directory):
         parsed = parse_name(entry.name)
-        if parsed is not None:
+        if parsed is not None and parsed.gauge_mode != "all":
             by_pid.setdefault(parsed.pid, []).append(parsed)
         elif entry.name.startswith(multiproc.LOCK_PREFIX) and entry.name.endswith(
             multiproc.LOCK_SUFFIX
@@ -167,7 +171,7 @@ def compact(
             continue
         if _retire(directory, pid, by_pid[pid], is_alive, result):
             result.dead_pids.append(pid)
-    result.merged_files = _merge_staged(directory)
+    result.merged_files += _merge_staged(directory)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -189,17 +193,19 @@ def _retire(
             return False  # a process that takes no lock got the pid between our two checks
         for metric_file in files:
             path = directory / metric_file.name
-            mode = metric_file.gauge_mode
-            if mode in _LIVE_GAUGE_MODES:
+            if metric_file.gauge_mode in _LIVE_GAUGE_MODES:
                 path.unlink(missing_ok=True)
                 result.deleted_files += 1
-            elif mode == "all":
                 continue
-            else:
-                try:
-                    os.rename(path, directory / (metric_file.name + STAGE_SUFFIX))
-                except FileNotFoundError:
-                    continue
+            staged = directory / (metric_file.name + STAGE_SUFFIX)
+            if staged.exists():
+                # Cannot happen after the merge at the start of the run; never overwrite values.
+                log.error("%s is still staged; leaving %s for the next run", staged.name, path.name)
+                continue
+            try:
+                os.rename(path, staged)
+            except FileNotFoundError:
+                continue
         lock.unlink(missing_ok=True)
         return True
     finally:

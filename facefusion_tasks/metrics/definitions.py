@@ -186,13 +186,16 @@ model_batch_limit = Gauge(
     multiprocess_mode="livemin",
 )
 
-# Start every OOM series at 0 so `increase()` sees the first OOM (a series born at 1 has no
-# increase); the alert also catches series born non-zero, for labels outside these lists.
+# Start the series alerts depend on at 0: a series born at 1 shows no increase(), so the first
+# OOM would go unseen and the first finished chunk would not count as progress (the OOM alert
+# also catches series born non-zero, for labels outside these lists).
 for _kind in OOM_KINDS:
     for _model in MODELS:
         gpu_oom_total.labels(kind=_kind, model=_model)
 for _status in SWAP_STATUSES:
     face_swap_requests_total.labels(status=_status)
+chunks_total.labels(outcome="succeeded", reason="none")
+jobs_total.labels(outcome="succeeded", reason="none")
 
 
 #: Exporter-side metrics, computed at scrape time by the exporter's collectors (never in

@@ -190,7 +190,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--redis-url",
         default=env.get("FACEFUSION_BROKER_URL") or None,
         help="broker to read queue depth and heartbeats from (default FACEFUSION_BROKER_URL; "
-        "none = no queue metrics)",
+        "'' = no queue metrics: run exactly one exporter with it)",
     )
     parser.add_argument(
         "--multiproc-dir",

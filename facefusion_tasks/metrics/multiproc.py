@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 # No prometheus_client import here, not even indirectly: prometheus_client picks its value
@@ -30,6 +31,9 @@ LOCK_SUFFIX = ".lock"
 #: interrupted compaction. Anything else in the directory is left alone (it may be misconfigured
 #: to point at a shared folder).
 _WIPE_SUFFIXES = (".db", ".lock", ".stage", ".journal", ".new", ".tmp", ".corrupt")
+
+#: How long a starting process waits for its own pid lock (normally free at once).
+LOCK_WAIT_SECONDS = 1.0
 
 _LIVE_GAUGE_MODES = ("liveall", "livemin", "livemax", "livesum", "livemostrecent")
 
@@ -155,12 +159,31 @@ def register_process() -> None:
         if _registration.fd >= 0 and _registration.pid == pid:
             os.close(_registration.fd)  # same process, new directory (tests): move the lock
         Path(directory).mkdir(parents=True, exist_ok=True)
-        fd = acquire_lock(lock_path(Path(directory), pid), blocking=True)
-        assert fd is not None  # a blocking acquire either succeeds or raises
+        fd = _acquire_own_lock(lock_path(Path(directory), pid))
         _registration.pid, _registration.fd, _registration.directory = pid, fd, directory
         if not _registration.fork_hook_installed:
             os.register_at_fork(after_in_child=_after_fork_in_child)
             _registration.fork_hook_installed = True
+
+
+def _acquire_own_lock(path: Path) -> int:
+    """Our pid's lock; -1 if something else keeps holding it.
+
+    The compactor holds a pid's lock for milliseconds, so waiting is short. But a process
+    forked by C code (no at-fork hook, no exec) inherits its parent's lock fd and can keep a
+    dead pid's lock held for its own lifetime; a new process that gets that pid number must not
+    hang on it (Celery kills a child whose init takes 4 s). Give up after a while: the compactor
+    then sees the lock held and leaves this pid alone, which is the safe direction.
+    """
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        fd = acquire_lock(path, blocking=False)
+        if fd is not None:
+            return fd
+        if time.monotonic() >= deadline:
+            log.warning("metrics pid lock %s stays held by another process; going on without", path)
+            return -1
+        time.sleep(0.005)
 
 
 def _after_fork_in_child() -> None:

@@ -107,7 +107,7 @@ def enqueued(broker: redis.Redis, redis_url: str) -> Iterator[tuple[Celery, floa
             priority=priority,
             headers={"ff_enqueued_at": base + index},
         )
-    for index in range(2):
+    for _ in range(2):
         app.send_task("facefusion.stitch", args=["job"], queue="light", headers={})
     connection = app.connection_for_read()
     channel = connection.default_channel

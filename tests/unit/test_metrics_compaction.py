@@ -181,6 +181,16 @@ def test_a_reused_pid_starting_fresh_is_not_double_counted(fleet: tuple[Path, se
     assert not (directory / f"counter_{reused}.db").exists()
 
 
+def test_leftover_staged_values_survive_a_reused_pid_dying_again(tmp_path: Path) -> None:
+    # An interrupted run staged pid P's file; before the next run, a new process reused P,
+    # wrote its own counter_P.db and died. Both values must end up in the archive.
+    write_values(tmp_path / f"counter_{FAKE_PID}.db.stage", {frames_key(): (3.0, 0.0)})
+    write_values(tmp_path / f"counter_{FAKE_PID}.db", {frames_key(): (5.0, 0.0)})
+    compact(tmp_path)
+    assert frames(snapshot(tmp_path)) == 8.0
+    assert sorted(p.name for p in tmp_path.glob("counter_*")) == ["counter_archive.db"]
+
+
 def test_a_pid_whose_lock_is_held_is_alive_whatever_proc_says(tmp_path: Path) -> None:
     key = frames_key()
     write_values(tmp_path / f"counter_{FAKE_PID}.db", {key: (3.0, 0.0)})

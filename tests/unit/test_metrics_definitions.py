@@ -79,7 +79,7 @@ class TestBoundedReason:
         assert bounded_reason(None) == "none"
 
     def test_every_error_class_reason_is_a_known_label_value(self) -> None:
-        pending: list[type] = [errors.FaceFusionError]
+        pending: list[type[errors.FaceFusionError]] = [errors.FaceFusionError]
         seen = []
         while pending:
             cls = pending.pop()
@@ -324,3 +324,26 @@ def test_worker_side_types_only() -> None:
     # No Info/Enum/Summary-with-quantiles or set_function in the worker-side module.
     for metric in worker_metrics():
         assert isinstance(metric, Counter | Gauge | Histogram), metric
+
+
+def test_a_lock_held_by_a_stray_process_cannot_hang_a_starting_worker(tmp_path: Path) -> None:
+    # E.g. a grandchild forked by C code inherited a dead worker's lock fd; a new worker with
+    # the same pid number must still start (Celery kills children that take 4 s to init).
+    result = run_python(
+        f"""
+        import logging, os
+        from pathlib import Path
+        logging.basicConfig(level=logging.WARNING)
+        from facefusion_tasks.metrics import multiproc
+        root = Path({str(tmp_path)!r})
+        stray = multiproc.acquire_lock(multiproc.lock_path(root, os.getpid()), blocking=False)
+        multiproc.LOCK_WAIT_SECONDS = 0.2
+        multiproc.prepare(root, wipe=False)
+        from facefusion_tasks.metrics import definitions as d
+        d.frames_processed_total.inc()
+        print("started")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "started"
+    assert "stays held by another process" in result.stderr

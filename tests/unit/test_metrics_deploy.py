@@ -118,8 +118,9 @@ def test_worker_deployment_gets_a_gpu_and_a_named_metrics_port() -> None:
     assert env["FACEFUSION_METRICS_DIR"] == mount["mountPath"]
     volume = next(v for v in pod["volumes"] if v["name"] == "metrics")
     assert volume["emptyDir"]["medium"] == "Memory"
-    script = container["args"][0]
-    assert "facefusion-tasks metrics --port 9808" in script and "facefusion-tasks worker" in script
+    # The worker launcher starts the exporter in this container (the one that sees the GPU).
+    assert container["args"][0] == "worker"
+    assert "--metrics-port=9808" in container["args"]
 
 
 def test_services_and_monitor_select_the_metrics_ports() -> None:
@@ -141,12 +142,18 @@ def test_services_and_monitor_select_the_metrics_ports() -> None:
     }
 
 
-def test_exactly_one_exporter_reports_the_queues() -> None:
-    objects = kubernetes()
-    queue = objects[("Deployment", "facefusion-queue-exporter")]["spec"]
+def test_queue_metrics_outlive_the_workers_and_duplicates_are_harmless() -> None:
+    queue = kubernetes()[("Deployment", "facefusion-queue-exporter")]["spec"]
     assert queue["replicas"] == 1
-    worker = objects[("Deployment", "facefusion-worker")]["spec"]["template"]["spec"]
-    assert "--redis-url ''" in worker["containers"][0]["args"][0]
+    container = queue["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "metrics"
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    # Every exporter with a broker URL reports the same Redis: rules must not add them up.
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "rules.yaml").read_text())["groups"]
+    for rule in (r for g in groups for r in g["rules"]):
+        shared = {"facefusion_queue_backlog", "facefusion_workers_alive"} & referenced(rule["expr"])
+        if shared:
+            assert "max" in rule["expr"] and "sum(facefusion_queue" not in rule["expr"], rule
 
 
 def test_redis_keeps_an_append_only_file() -> None:
