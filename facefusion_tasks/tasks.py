@@ -83,14 +83,16 @@ def _on_child_start(**_: Any) -> None:
     # Runs in each pool child right after the fork and must return within seconds: model
     # loading and heartbeats go to background threads, so CUDA is first touched in the child
     # (never in the parent) and Celery's start-up handshake is never held up.
+    # Metrics first, synchronously: prometheus_client must not be imported by two threads at
+    # once (a concurrent first import fails with a partially initialised module).
+    observe.metrics().worker_processes.set(1)
+    observe.busy(False)
     if os.environ.get(PRELOAD_ENV) == "1":
         from facefusion_tasks.runner import MODELS
 
         MODELS.start(_settings())
     name = f"{socket.gethostname()}:{os.getpid()}"
     threading.Thread(target=_heartbeat_loop, args=(name,), name="ff-heartbeat", daemon=True).start()
-    observe.metrics().worker_processes.set(1)
-    observe.busy(False)
 
 
 @contextmanager

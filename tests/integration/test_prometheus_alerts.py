@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 import urllib.parse
@@ -131,31 +130,6 @@ def prometheus(tmp_path: Path, exporter: tuple[str, Path]) -> Iterator[str]:
             process.wait()
 
 
-WORKER = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    from facefusion_tasks.metrics import multiproc
-    multiproc.prepare(Path(sys.argv[1]), wipe=False)
-    from facefusion_tasks.metrics import definitions as d
-    from facefusion_tasks.metrics.oom import classify_oom
-
-    class Fail(Exception):
-        pass
-
-    d.worker_processes.set(1)
-    print("ready", flush=True)
-    sys.stdin.readline()  # the test says when the model call fails
-    try:
-        raise Fail(sys.argv[2])
-    except Fail as exc:
-        d.gpu_oom_total.labels(kind=classify_oom(exc), model="swapper").inc()
-    print("oom", flush=True)
-    sys.stdin.readline()
-    """
-)
-
-
 def oom_alerts(url: str) -> list[dict[str, Any]]:
     alerts = get_json(url + "/api/v1/alerts")["data"]["alerts"]
     return [a for a in alerts if a["labels"]["alertname"] == "FaceFusionGpuOutOfMemory"]
@@ -175,32 +149,78 @@ def query(url: str, expr: str) -> list[dict[str, Any]]:
     return list(get_json(f"{url}/api/v1/query?{params}")["data"]["result"])
 
 
-def test_an_oom_in_a_worker_fires_the_alert(prometheus: str, exporter: tuple[str, Path]) -> None:
-    _, directory = exporter
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    env = {k: v for k, v in os.environ.items() if k != multiproc.PROMETHEUS_ENV}
-    worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(directory), ARENA_OOM],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    assert worker.stdin is not None and worker.stdout is not None
-    selector = 'facefusion_gpu_oom_total{kind="arena",model="swapper"}'
-    try:
-        assert worker.stdout.readline().strip() == "ready"
-        # Prometheus has the worker's pre-initialised zero before anything goes wrong...
+def scrape(target: str) -> dict[str, float]:
+    """One scrape of the exporter: sample line -> value."""
+    with urllib.request.urlopen(f"http://{target}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_a_real_job_on_two_workers_counts_every_frame_and_its_oom_pages(
+    prometheus: str, exporter: tuple[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    """Two real Celery workers share a job; the swapper runs out of GPU memory (onnxruntime's
+    own exception and message, injected at the model call) whenever it gets more than one face.
+    The job still completes with every frame, one scrape shows the exact frame count, and the
+    real Prometheus fires FaceFusionGpuOutOfMemory."""
+    from facefusion_tasks.store import SUCCEEDED
+    from facefusion_tasks.video.samples import make_sample_video
+    from tests.cluster import cluster
+
+    target, directory = exporter
+    deadline = time.monotonic() + DEADLINE_SECONDS + 60
+    root = tmp_path / "shared"
+    root.mkdir()
+    import cv2
+
+    from facefusion_tasks.faces.synthetic import background, draw_face
+
+    image = background(200, 200, 0)
+    draw_face(image, 100, 100, 70)
+    cv2.imwrite(str(root / "source.png"), image)
+    video = make_sample_video(root / "in.mp4", seconds=3, faces=2, audio=False)
+    repo = Path(__file__).resolve().parents[2]
+    from facefusion_tasks.config import Settings
+    from facefusion_tasks.faces.loader import load_models
+
+    # Convert the swapper to dynamic batch here, unpatched: the workers' injected OOM must hit
+    # the pipeline's model calls, not the one-time conversion check.
+    settings = Settings.from_env({}, models_dir=models_dir, execution_provider="cpu")
+    assert load_models(settings).swapper_batched
+    with cluster(root, models_dir) as fleet:
+        fleet.env |= {
+            multiproc.PROMETHEUS_ENV: str(directory),
+            multiproc.ENV_DIR: str(directory),
+            # tests/faults/sitecustomize.py patches InferenceSession.run in the workers only.
+            "PYTHONPATH": f"{repo / 'tests' / 'faults'}{os.pathsep}{repo}",
+            "FF_FAULT_OOM": "swapper:1",
+        }
+        fleet.start_worker("w1")
+        fleet.start_worker("w2")
+        selector = 'facefusion_gpu_oom_total{kind="arena",model="swapper"}'
+        # Prometheus has the workers' zero before anything goes wrong (so increase() sees it).
         scraped = wait_for("the zero OOM series", lambda: query(prometheus, selector), deadline)
-        assert scraped[0]["value"][1] == "0"
-        wait_for(
-            "a rule evaluation after that scrape", lambda: oom_rule_evaluated(prometheus), deadline
-        )
+        assert {r["value"][1] for r in scraped} == {"0"}
+        wait_for("a rule evaluation", lambda: oom_rule_evaluated(prometheus), deadline)
         assert oom_alerts(prometheus) == []
-        # ... then the model call runs out of GPU memory.
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-        assert worker.stdout.readline().strip() == "oom"
+
+        producer = fleet.producer()
+        job_id = producer.submit(root / "source.png", video, root / "out.mp4", chunk_seconds=1)
+        status = producer.wait(job_id, timeout=120)
+        assert status.state == SUCCEEDED, (status.reason, status.error)
+        assert len({c["worker"] for c in status.chunks}) == 2
+
+        samples = scrape(target)
+        assert samples["facefusion_frames_processed_total"] == status.frames_total == 75
+        assert samples["facefusion_faces_swapped_total"] == 150
+        assert samples['facefusion_jobs_total{outcome="succeeded",reason="none"}'] == 1
+        assert samples[selector] > 0
+        assert samples['facefusion_model_batch_limit{model="swapper"}'] == 1
 
         firing = wait_for(
             "FaceFusionGpuOutOfMemory to fire",
@@ -214,15 +234,6 @@ def test_an_oom_in_a_worker_fires_the_alert(prometheus: str, exporter: tuple[str
             "severity": "warning",
         }
         assert firing[0]["annotations"]["runbook_url"].endswith("#facefusiongpuoutofmemory")
-        assert firing[0]["annotations"]["summary"] == "GPU out of memory in swapper (arena)"
-    finally:
-        if worker.poll() is None:
-            worker.stdin.close()
-            worker.wait(timeout=10)
-    # The worker is gone; its counter lives on in the exporter's archive.
-    value = wait_for(
-        "the OOM count after the worker exited",
-        lambda: [r for r in query(prometheus, selector) if r["value"][1] == "1"],
-        deadline + 15,
-    )
-    assert value
+    # The workers are gone; their counts live on in the exporter's archive after compaction.
+    after = scrape(target)
+    assert after["facefusion_frames_processed_total"] == 75
