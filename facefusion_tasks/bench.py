@@ -77,9 +77,16 @@ def _peak_rss_child(clip: str, source: str, settings: Settings, out: Any) -> Non
     models.engine.set_source(Path(source))
     output = Path(clip).with_name(Path(clip).stem + "-swapped.mp4")
     result = run_swap(SwapJob(Path(source), Path(clip), output), models.engine, settings)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    out.put({"frames": result.frames, "peak_rss_bytes": own, "ffmpeg_peak_rss_bytes": children})
+    out.put({"frames": result.frames, "peak_rss_bytes": peak_rss()})
+
+
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    across fork and exec, so a spawned child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _memory(
@@ -143,7 +150,7 @@ def run_bench(
             "ratio": e2e.seconds / (transcode.seconds + inference_seconds),
             "stage_seconds": e2e.stage_seconds,
             "faces_swapped": e2e.faces_swapped,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": peak_rss(),
         }
         if memory:
             report["memory"] = _memory(settings, scratch, source, 320, 240)

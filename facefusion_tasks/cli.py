@@ -357,9 +357,11 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     for status in _producer(_settings(args)).list(args.limit):
-        _print_status(status, as_json=args.json) if args.json else print(
-            f"{status.id}  {status.state:<10} {status.frames_done}/{status.frames_total} frames  {status.output}"
-        )
+        if args.json:
+            _print_status(status, as_json=True)
+            continue
+        progress = f"{status.frames_done}/{status.frames_total} frames"
+        print(f"{status.id}  {status.state:<10} {progress}  {status.output}")
     return EXIT_OK
 
 

@@ -45,7 +45,13 @@ def _ffmpeg(settings: Settings) -> dict[str, Any]:
         "path": exe,
         "version": ".".join(map(str, ffbin.ffmpeg_version(exe))),
         "ffprobe": ffbin.ffprobe_exe(),
-        "encoders": {name: name in encoders for name in wanted},
+        # Listed is not usable: Debian's ffmpeg lists nvenc on machines without NVIDIA GPUs.
+        "encoders": {
+            name: ("usable" if ffbin.encoder_works(exe, name) else "listed, fails")
+            if name in encoders
+            else "absent"
+            for name in wanted
+        },
         "hwaccels": sorted(hwaccels),
     }
 
@@ -112,8 +118,11 @@ def _models(settings: Settings) -> dict[str, Any]:
 
     states = verify_models(settings.models_dir)
     standin = [n for n in states if is_standin(settings.models_dir / n)]
+    for name in standin:
+        # Stand-ins never match the real digests; that is what they are, not corruption.
+        states[name] = "stand-in (tests and demos only; not the real model)"
     return {
-        "ok": all(s in {"ok", "unpinned (recorded)"} for s in states.values()),
+        "ok": all(s in {"ok", "unpinned (recorded)"} or n in standin for n, s in states.items()),
         "dir": str(settings.models_dir),
         "files": states,
         "standin": standin,
@@ -141,7 +150,9 @@ def render(report: dict[str, Any]) -> str:
         f" (ffprobe: {ff.get('ffprobe') or 'none'})",
     ]
     if "encoders" in ff:
-        have = [n for n, ok in ff["encoders"].items() if ok]
+        have = [
+            n if s == "usable" else f"{n} ({s})" for n, s in ff["encoders"].items() if s != "absent"
+        ]
         lines.append(
             f"      encoders: {', '.join(have)}; hwaccels: {', '.join(ff['hwaccels']) or 'none'}"
         )
@@ -159,6 +170,5 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"[-- ] GPUs: {gpus['note']}")
     lines.append(f"[{mark[models['ok']]}] models in {models['dir']}:")
     for name, state in models["files"].items():
-        tag = " (STAND-IN)" if name in models["standin"] else ""
-        lines.append(f"      {name}: {state}{tag}")
+        lines.append(f"      {name}: {state}")
     return "\n".join(lines)
