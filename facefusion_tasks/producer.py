@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,11 +11,22 @@ from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.inputs import check_output, read_image
-from facefusion_tasks.runner import cancel_job
 from facefusion_tasks.storage import confine
-from facefusion_tasks.store import FAILED, SUCCEEDED, TERMINAL, JobStatus, JobStore, connect
+from facefusion_tasks.store import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    TERMINAL,
+    JobStatus,
+    JobStore,
+    connect,
+)
 from facefusion_tasks.tasks import enqueue
 from facefusion_tasks.video.probe import probe
+from facefusion_tasks.workspace import segment_dir
+
+#: How long a cancel waits for running chunks to notice (their watch interval, twice).
+CANCEL_GRACE_SECONDS = 1.0
 
 
 class Producer:
@@ -94,9 +106,15 @@ class Producer:
             time.sleep(poll)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel; False when the job had already ended."""
+        """Cancel; False when the job had already ended. Pending chunks are skipped when they
+        come up; running ones see the state within a watch interval, stop and delete their
+        temp files; then the job's segments are removed."""
         self.status(job_id)
-        return cancel_job(self.store, self.settings, job_id)
+        if not self.store.set_state(job_id, CANCELLED, reason="cancelled"):
+            return False
+        time.sleep(CANCEL_GRACE_SECONDS)
+        shutil.rmtree(segment_dir(self.settings, job_id), ignore_errors=True)
+        return True
 
     def retry(self, job_id: str) -> list[int]:
         """Re-run only the chunks that failed or never finished; returns their indexes."""

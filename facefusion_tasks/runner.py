@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +13,8 @@ from facefusion_tasks.errors import Cancelled, InputError
 from facefusion_tasks.faces.loader import LoadedModels, load_models
 from facefusion_tasks.jobs import plan_chunks
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
-from facefusion_tasks.storage import confine, work_dir
+from facefusion_tasks.storage import confine
 from facefusion_tasks.store import (
-    CANCELLED,
     FAILED,
     PLANNING,
     QUEUED,
@@ -28,21 +26,12 @@ from facefusion_tasks.store import (
 )
 from facefusion_tasks.video.probe import frame_timestamps, probe
 from facefusion_tasks.video.stitch import stitch_segments
+from facefusion_tasks.workspace import segment_dir, segment_path
 
 log = logging.getLogger(__name__)
 
 #: How often a running chunk publishes progress and looks for a cancel.
 WATCH_SECONDS = 0.5
-
-
-def segment_dir(settings: Settings, job_id: str) -> Path:
-    """The job's scratch directory on shared storage."""
-    return work_dir(settings) / job_id
-
-
-def segment_path(settings: Settings, job_id: str, index: int) -> Path:
-    """Where chunk `index` writes its encoded frames (replaced atomically on a rerun)."""
-    return segment_dir(settings, job_id) / f"seg-{index:05d}.mp4"
 
 
 def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
@@ -230,14 +219,3 @@ def fail_job(store: JobStore, job_id: str, error: BaseException, *, index: int |
     if index is not None:
         store.chunk_failed(job_id, index, message)
     store.set_state(job_id, FAILED, reason=reason, error=message)
-
-
-def cancel_job(store: JobStore, settings: Settings, job_id: str) -> bool:
-    """Cancel: pending chunks are skipped when they come up, running ones stop within a
-    watch interval and discard their temp files; the job's segments are removed."""
-    changed = store.set_state(job_id, CANCELLED, reason="cancelled")
-    if changed:
-        # Give running chunks one watch interval to notice before pulling their directory.
-        time.sleep(WATCH_SECONDS * 2)
-        shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
-    return changed
