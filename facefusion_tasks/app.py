@@ -6,7 +6,7 @@ import ssl
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from facefusion_tasks.config import Settings
 
@@ -38,8 +38,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": (Queue(GPU_QUEUE), Queue(LIGHT_QUEUE)),
+        # Each queue its own direct exchange and routing key: left to defaults, Celery binds
+        # every queue to the default queue's exchange *and key*, so a message sent to one
+        # queue is delivered to both (every task would run twice).
+        "task_queues": tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (GPU_QUEUE, LIGHT_QUEUE)
+        ),
         "task_default_queue": LIGHT_QUEUE,
+        "task_default_exchange": LIGHT_QUEUE,
+        "task_default_routing_key": LIGHT_QUEUE,
         "task_routes": {
             TASK_CHUNK: {"queue": GPU_QUEUE},
             TASK_PLAN: {"queue": LIGHT_QUEUE},

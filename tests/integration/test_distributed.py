@@ -17,6 +17,7 @@ import redis
 
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK
 from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.metrics.queues import priority_keys
 from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from facefusion_tasks.video.samples import make_sample_video
 from tests.cluster import SHARED_REDIS, Cluster, RedisServer, cluster
@@ -76,6 +77,7 @@ def test_two_workers_share_a_job_and_the_output_is_frame_exact(
     assert status.chunks_total >= 5 and status.chunks_done == status.chunks_total
     assert status.frames_done == status.frames_total
     assert {c["worker"].split("@")[0] for c in status.chunks} == {"w1", "w2"}
+    assert all(c["attempts"] == 1 for c in status.chunks)
     # Frame count and every timestamp equal the input's, and what local mode produces.
     assert video_times(output) == video_times(root / "vfr.mov")
     local = tmp_path / "local.mov"
@@ -263,3 +265,19 @@ def test_status_json_names_workers_per_chunk(fleet: Cluster, root: Path) -> None
     assert status["state"] == SUCCEEDED and status["frames_done"] == 10
     assert status["chunks"][0]["worker"].startswith("w1@")
     assert os.path.getsize(root / "out" / "st.mp4") > 0
+
+
+def test_a_message_lands_in_its_own_queue_only(root: Path, models_dir: Path) -> None:
+    with cluster(root, models_dir) as fleet:
+        producer = fleet.producer()
+        job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "q.mp4")
+        client = redis.Redis.from_url(SHARED_REDIS)
+
+        def waiting(queue: str) -> int:  # every priority sub-queue of it
+            return sum(client.llen(key) for key in priority_keys(queue))
+
+        assert (waiting(LIGHT_QUEUE), waiting(GPU_QUEUE)) == (1, 0)  # the plan task
+        from facefusion_tasks.tasks import enqueue
+
+        enqueue(producer.app, TASK_CHUNK, [job_id, 0])
+        assert (waiting(LIGHT_QUEUE), waiting(GPU_QUEUE)) == (1, 1)

@@ -93,3 +93,15 @@ def test_exporter_command_line() -> None:
         "redis://r:6379/0",
     ]
     assert "--redis-url" not in exporter_argv(port=1, metrics_dir=Path("/m"), redis_url="")
+
+
+def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
+    """A task sent to one queue must land in that queue only (never duplicated into another)."""
+    from facefusion_tasks.app import make_app
+
+    app = make_app(_settings())
+    queues = app.amqp.queues
+    bindings = {(q.exchange.name, q.routing_key) for q in queues.values()}
+    assert bindings == {("gpu", "gpu"), ("light", "light")}
+    route = app.amqp.router.route({}, TASK_CHUNK, args=("job", 0), kwargs={})
+    assert route["queue"].name == GPU_QUEUE and route["queue"].routing_key == GPU_QUEUE
