@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -24,7 +25,7 @@ from facefusion_tasks.store import (
     TERMINAL,
     JobStore,
 )
-from facefusion_tasks.video.probe import frame_timestamps, probe
+from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import segment_dir, segment_path
 
@@ -41,17 +42,27 @@ def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         return []
     job = store.get(job_id)
     target = confine(job["target"], settings, what="target video")
+    info = probe(target, ffmpeg=settings.ffmpeg)
     timestamps, time_base = frame_timestamps(target, ffmpeg=settings.ffmpeg)
     if not timestamps:
         raise InputError(f"{target}: no video frames", reason="empty")
     chunk_seconds = float(job.get("chunk_seconds") or settings.chunk_seconds)
     chunks = plan_chunks(timestamps, time_base, chunk_seconds=chunk_seconds)
-    store.set_plan(
-        job_id, chunks, len(timestamps), f"{time_base.numerator}/{time_base.denominator}"
-    )
+    store.set_plan(job_id, chunks, len(timestamps), info.to_json())
     segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
     store.set_state(job_id, RUNNING, only_from=(PLANNING,))
     return [c.index for c in chunks]
+
+
+def _video_info(store: JobStore, settings: Settings, job_id: str, target: Path) -> VideoInfo:
+    """The probe the plan stored (one probe per job, not one per chunk and stitch); probes
+    afresh only for a job planned without one."""
+    raw = store.get(job_id).get("video_info")
+    if raw:
+        info = VideoInfo.from_json(json.loads(raw))
+        if info.path == target:
+            return info
+    return probe(target, ffmpeg=settings.ffmpeg)
 
 
 class _ModelCache:
@@ -171,7 +182,7 @@ def run_chunk(
             ),
             loaded.engine,
             settings,
-            info=probe(target, ffmpeg=settings.ffmpeg),
+            info=_video_info(store, settings, job_id, target),
             progress=watch.advance,
             cancel=watch.cancel,
         )
@@ -202,7 +213,10 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
     segments = [(segment_path(settings, job_id, c.index), c.span) for c in chunks]
     stitch_segments(
-        segments, output, audio_source=probe(target, ffmpeg=settings.ffmpeg), settings=settings
+        segments,
+        output,
+        audio_source=_video_info(store, settings, job_id, target),
+        settings=settings,
     )
     if store.set_state(job_id, SUCCEEDED, only_from=(STITCHING,)):
         shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)

@@ -165,7 +165,7 @@ class JobStore:
         self.r.srem(f"{self._job(job_id)}:done", index)
 
     def set_plan(
-        self, job_id: str, chunks: Sequence[Chunk], frames_total: int, time_base: str
+        self, job_id: str, chunks: Sequence[Chunk], frames_total: int, video_info: dict[str, Any]
     ) -> None:
         """Store the chunk plan (idempotent: a re-run of planning writes the same plan)."""
         with self.r.pipeline() as pipe:
@@ -189,7 +189,7 @@ class JobStore:
                 mapping={
                     "chunks_total": len(chunks),
                     "frames_total": frames_total,
-                    "time_base": time_base,
+                    "video_info": json.dumps(video_info),
                 },
             )
             pipe.execute()

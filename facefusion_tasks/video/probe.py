@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -67,6 +68,23 @@ class VideoInfo:
     stored_height: int = 0
     #: ffmpeg's name for the container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", …).
     container: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe form, so a job probes its video once and every chunk reuses the result."""
+        data = dataclasses.asdict(self)
+        data["path"] = str(self.path)
+        data["frame_rate"] = str(self.frame_rate)
+        data["time_base"] = str(self.time_base)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VideoInfo:
+        """Inverse of to_json."""
+        values = dict(data)
+        values["path"] = Path(values["path"])
+        values["frame_rate"] = Fraction(values["frame_rate"])
+        values["time_base"] = Fraction(values["time_base"])
+        return cls(**values)
 
 
 def probe(path: str | Path, *, ffmpeg: str = "") -> VideoInfo:

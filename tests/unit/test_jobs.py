@@ -56,3 +56,19 @@ def test_round_trip_json() -> None:
     assert Chunk.from_json(chunk.to_json()) == chunk
     with pytest.raises(ValueError):
         plan_chunks([0], Fraction(1, 25), chunk_seconds=0)
+
+
+def test_a_probe_survives_the_job_record() -> None:
+    from pathlib import Path
+
+    from facefusion_tasks.video.probe import VideoInfo
+
+    info = VideoInfo(
+        path=Path("/data/in.mp4"), width=321, height=241, rotation=90,
+        frame_rate=Fraction(30000, 1001), time_base=Fraction(1, 90000), frame_count=7,
+        duration=0.25, start_pts=0, has_audio=True, audio_codec="aac", video_codec="h264",
+        pix_fmt="yuv420p", variable_frame_rate=True, stored_width=241, stored_height=321,
+    )  # fmt: skip
+    import json
+
+    assert VideoInfo.from_json(json.loads(json.dumps(info.to_json()))) == info
