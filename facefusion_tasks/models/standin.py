@@ -59,8 +59,33 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def build_detector() -> onnx.GraphProto:
-    """SCRFD contract: input.1 [1,3,?,?] -> 9 outputs [cells*2, 1|4|10] for strides 8, 16, 32."""
+def _ballast(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], gflops: float) -> str:
+    """Convolutions worth about `gflops` GFLOPs on a 640×640 input whose result is multiplied by
+    zero: the outputs stay exactly the same, the cost becomes a real model's (det_10g is about
+    10 GFLOPs), so benchmarks can be inference-bound like real work. Returns the zero's name."""
+    rng = np.random.default_rng(3)
+    channels, pixels = 16, 640 * 640
+    per_layer = 2 * pixels * channels * channels * 9 / 1e9
+    layers = max(1, round(gflops / per_layer))
+    previous, cin = "input.1", 3
+    for i in range(layers):
+        weight = (rng.standard_normal((channels, cin, 3, 3)) * 0.1).astype(np.float32)
+        inits.append(_const(f"ballast_w{i}", weight))
+        nodes.append(
+            helper.make_node(
+                "Conv", [previous, f"ballast_w{i}"], [f"ballast_c{i}"], pads=[1, 1, 1, 1]
+            )
+        )
+        nodes.append(helper.make_node("Relu", [f"ballast_c{i}"], [f"ballast_r{i}"]))
+        previous, cin = f"ballast_r{i}", channels
+    nodes.append(helper.make_node("ReduceMean", [previous], ["ballast_mean"], keepdims=0))
+    nodes.append(helper.make_node("Mul", ["ballast_mean", "zero"], ["ballast_zero"]))
+    return "ballast_zero"
+
+
+def build_detector(*, gflops: float = 0.0) -> onnx.GraphProto:
+    """SCRFD contract: input.1 [1,3,?,?] -> 9 outputs [cells*2, 1|4|10] for strides 8, 16, 32.
+    `gflops` > 0 adds that much (result-neutral) compute, see _ballast."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = [
         # Warmth = R - B of the normalised RGB input; the background and letterbox padding are ≤ 0.
@@ -75,7 +100,13 @@ def build_detector() -> onnx.GraphProto:
         _const("peak_gain", np.array(4000.0, np.float32)),
         _const("off", np.array(-20.0, np.float32)),
     ]
-    nodes.append(helper.make_node("Conv", ["input.1", "warm_w"], ["warm"]))
+    nodes.append(helper.make_node("Conv", ["input.1", "warm_w"], ["warm_raw"]))
+    if gflops > 0:
+        nodes.append(
+            helper.make_node("Add", ["warm_raw", _ballast(nodes, inits, gflops)], ["warm"])
+        )
+    else:
+        nodes.append(helper.make_node("Identity", ["warm_raw"], ["warm"]))
     # Per-anchor constants: boxes centred on the cell centre (anchors sit on the cell's corner).
     c = 0.5
     box = np.array([_HALF_BOX - c, _HALF_BOX - c, _HALF_BOX + c, _HALF_BOX + c], np.float32)
@@ -203,11 +234,13 @@ def build_swapper(seed: int = 11, *, batchable: bool = True) -> onnx.GraphProto:
     return helper.make_graph(nodes, "inswapper_standin", inputs, outputs, inits)
 
 
-def make_test_models(directory: Path, *, swapper_batchable: bool = True) -> dict[str, Path]:
+def make_test_models(
+    directory: Path, *, swapper_batchable: bool = True, detector_gflops: float = 0.0
+) -> dict[str, Path]:
     """Write the three stand-in models under their real file names; returns key -> path."""
     directory = Path(directory)
     return {
-        "detector": _save(build_detector(), directory / DETECTOR_FILE),
+        "detector": _save(build_detector(gflops=detector_gflops), directory / DETECTOR_FILE),
         "embedder": _save(build_embedder(), directory / EMBEDDER_FILE),
         "swapper": _save(build_swapper(batchable=swapper_batchable), directory / SWAPPER_FILE),
     }

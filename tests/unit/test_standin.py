@@ -66,3 +66,15 @@ def test_standins_are_marked(models_dir: Path, tmp_path: Path) -> None:
     other = tmp_path / "x.onnx"
     other.write_bytes(b"not a model")
     assert not is_standin(other)
+
+
+def test_ballast_compute_leaves_detections_unchanged(tmp_path: Path) -> None:
+    from facefusion_tasks.models.standin import make_test_models
+
+    light = make_test_models(tmp_path / "light")["detector"]
+    heavy = make_test_models(tmp_path / "heavy", detector_gflops=2.0)["detector"]
+    image = (np.random.default_rng(0).random((1, 3, 256, 256), np.float32) - 0.5) * 2
+    a = _session(light).run(None, {"input.1": image})
+    b = _session(heavy).run(None, {"input.1": image})
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert len(onnx.load(str(heavy)).graph.node) > len(onnx.load(str(light)).graph.node)
