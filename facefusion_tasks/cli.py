@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--no-progress", action="store_true")
     mt = msub.add_parser("make-test", help="write stand-in models with the real I/O contracts")
     mt.add_argument("--dir", type=Path, default=None)
+    mt.add_argument(
+        "--detector-gflops",
+        type=float,
+        default=0.0,
+        help="add result-neutral compute to the detector (det_10g: ~10) for realistic benchmarks",
+    )
     vf = msub.add_parser("verify", help="check the model files against their digests")
     vf.add_argument("--dir", type=Path, default=None)
 
@@ -208,7 +214,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "make-test":
         from facefusion_tasks.models.standin import make_test_models
 
-        for path in make_test_models(directory).values():
+        models = make_test_models(directory, detector_gflops=args.detector_gflops)
+        for path in models.values():
             print(path)
         print("note: stand-in models for tests and demos; they do not really swap faces")
         return EXIT_OK

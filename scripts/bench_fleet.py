@@ -126,8 +126,8 @@ def _models(root: Path, name: str, gflops: float) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=12.0)
-    parser.add_argument("--chunks", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=24.0)
+    parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument(
         "--detector-gflops",
         type=float,
