@@ -32,9 +32,9 @@ def run_local(
     check_output(output, target)
     read_image(source)
     if reference is not None:
+        # A reference face always means "only this person" (as for submitted jobs).
         read_image(reference)
-        if settings.face_selector == "many":
-            settings = settings.replace(face_selector="reference")
+        settings = settings.replace(face_selector="reference")
     elif settings.face_selector == "reference":
         raise InputError("--face-selector reference needs --reference-face IMAGE")
     loaded = load_models(settings)

@@ -59,9 +59,13 @@ class Producer:
         target = confine(target, self.settings, what="target video")
         output = confine(output, self.settings, what="output")
         read_image(source)
+        selector = self.settings.face_selector
         if reference is not None:
             reference = confine(reference, self.settings, what="reference image")
             read_image(reference)
+            selector = "reference"
+        elif selector == "reference":
+            raise InputError("--face-selector reference needs --reference-face IMAGE")
         info = probe(target, ffmpeg=self.settings.ffmpeg)
         check_output(output, target)
         job_id = self.store.create(
@@ -70,6 +74,8 @@ class Producer:
                 "target": str(target),
                 "output": str(output),
                 "reference": str(reference) if reference else "",
+                "face_selector": selector,
+                "reference_distance": self.settings.reference_distance,
                 "priority": priority,
                 "chunk_seconds": chunk_seconds or self.settings.chunk_seconds,
                 "frames_total": info.frame_count,

@@ -160,11 +160,15 @@ def run_chunk(
         if job.get("reference")
         else None
     )
-    if reference is not None and settings.face_selector == "many":
-        settings = settings.replace(face_selector="reference")
     loaded = MODELS.get(settings, source)
+    # The face selection belongs to the job (the producer chose it), not to this worker's
+    # settings; the cached engine is re-aimed for every chunk.
+    engine = loaded.engine
+    engine.selector = job.get("face_selector") or settings.face_selector
+    engine.reference_distance = float(job.get("reference_distance") or settings.reference_distance)
+    engine.reference = None
     if reference is not None:
-        loaded.engine.set_reference(reference)
+        engine.set_reference(reference)
     store.chunk_started(job_id, index, worker)
     watch = _Watch(store, job_id, index)
     output = segment_path(settings, job_id, index)
