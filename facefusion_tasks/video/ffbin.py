@@ -8,7 +8,10 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from facefusion_tasks.errors import InputError, MediaError
 
@@ -150,3 +153,22 @@ def encoder_works(exe: str, encoder: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
+
+
+def spawn(
+    argv: list[str],
+    *,
+    stdin: int | None,
+    stdout: int | None,
+    on_stderr: Callable[[IO[bytes]], None],
+    name: str,
+) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+    """Start ffmpeg with its stderr read by `on_stderr` on a daemon thread: an unread stderr
+    pipe fills up and stalls ffmpeg mid-video."""
+    proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    thread = threading.Thread(
+        target=on_stderr, args=(proc.stderr,), daemon=True, name=f"{name}-{proc.pid}"
+    )
+    thread.start()
+    return proc, thread

@@ -96,18 +96,15 @@ class FrameReader:
             version=ffbin.ffmpeg_version(exe),
         )
         log.debug("decoding: %s", " ".join(argv))
-        self._proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        self._proc, self._stderr_thread = ffbin.spawn(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            on_stderr=self._drain_stderr,
+            name="ffmpeg-decode-stderr",
         )
-        assert self._proc.stdout is not None and self._proc.stderr is not None
+        assert self._proc.stdout is not None
         self._stdout: IO[bytes] = self._proc.stdout
-        self._stderr_thread = threading.Thread(
-            target=self._drain_stderr,
-            args=(self._proc.stderr,),
-            daemon=True,
-            name=f"ffmpeg-stderr-{self._proc.pid}",
-        )
-        self._stderr_thread.start()
 
     # --- iteration ------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import subprocess
-import threading
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -129,21 +128,18 @@ class FrameWriter:
                 version=ffbin.ffmpeg_version(exe),
             )
             log.debug("encoding: %s", " ".join(argv))
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self._proc, self._stderr_thread = ffbin.spawn(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                on_stderr=self._drain_stderr,
+                name="ffmpeg-encode-stderr",
             )
         except BaseException:
             self.temp.unlink(missing_ok=True)
             raise
-        assert self._proc.stdin is not None and self._proc.stderr is not None
+        assert self._proc.stdin is not None
         self._stdin: IO[bytes] = self._proc.stdin
-        self._stderr_thread = threading.Thread(
-            target=self._drain_stderr,
-            args=(self._proc.stderr,),
-            daemon=True,
-            name=f"ffmpeg-encode-stderr-{self._proc.pid}",
-        )
-        self._stderr_thread.start()
         rate = frame_rate or (audio_source.frame_rate if audio_source is not None else None)
         # The last frame has no successor to end it: give it one frame's duration.
         last_duration = round(10**9 / rate) if rate else None
