@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import redis
 
@@ -281,3 +283,59 @@ def test_a_message_lands_in_its_own_queue_only(root: Path, models_dir: Path) -> 
 
         enqueue(producer.app, TASK_CHUNK, [job_id, 0])
         assert (waiting(LIGHT_QUEUE), waiting(GPU_QUEUE)) == (1, 1)
+
+
+def test_sigterm_lets_the_running_chunk_finish(fleet: Cluster, root: Path) -> None:
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / "graceful.mp4"
+    job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=4)
+    running = _wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
+    worker = fleet.workers.pop("w1")
+    worker.send_signal(signal.SIGTERM)  # to the main process, as an orchestrator stops a pod
+    assert worker.wait(60) == 0
+    finished = producer.status(job_id).chunks[running["index"]]
+    assert finished["state"] == "DONE" and finished["attempts"] == 1  # finished, not abandoned
+    fleet.start_worker("w2")  # the rest of the job goes on elsewhere
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.chunks[running["index"]]["attempts"] == 1
+    assert video_times(output) == video_times(root / "long.mp4")
+
+
+def test_a_reference_face_limits_the_swap_to_that_person(fleet: Cluster, root: Path) -> None:
+    """The selector and reference travel with the job to the workers."""
+    from fractions import Fraction
+
+    from facefusion_tasks.config import Settings
+    from facefusion_tasks.video.writer import FrameWriter
+    from tests.media import decode_frames
+
+    video = root / "two-people.mp4"
+    with FrameWriter(
+        video, width=320, height=240, time_base=Fraction(1, 25), audio_source=None,
+        settings=Settings.from_env({}), frame_rate=Fraction(25),
+    ) as writer:  # fmt: skip
+        for i in range(20):
+            frame = background(320, 240, i)
+            draw_face(frame, 70, 120, 30)  # a small face on the left
+            draw_face(frame, 230, 120, 60)  # a big one on the right: the reference person
+            writer.write(frame, i)
+    reference = root / "reference.png"
+    cv2.imwrite(str(reference), decode_frames(video)[0][:, 150:])
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / "only-right.mp4"
+    job_id = producer.submit(root / "source.png", video, output, reference=reference)
+    assert producer.wait(job_id, timeout=60).state == SUCCEEDED
+    before, after = decode_frames(video), decode_frames(output)
+    left = [
+        float(np.abs(a[:, :140].astype(int) - b[:, :140]).mean())
+        for a, b in zip(before, after, strict=True)
+    ]
+    right = [
+        float(np.abs(a[:, 170:].astype(int) - b[:, 170:]).mean())
+        for a, b in zip(before, after, strict=True)
+    ]
+    assert max(left) < 4  # codec noise only: the other person was left alone
+    assert min(right) > 8  # the reference person was swapped in every frame
