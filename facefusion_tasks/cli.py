@@ -174,16 +174,8 @@ def _cmd_swap(args: argparse.Namespace) -> int:
         reference=args.reference_face,
         show_progress=not args.no_progress and not args.json,
     )
-    _report(result.as_dict() | _model_facts(loaded), as_json=args.json)
+    _report(result.as_dict() | loaded.facts(), as_json=args.json)
     return EXIT_OK
-
-
-def _model_facts(loaded: Any) -> dict[str, Any]:
-    return {
-        "provider": loaded.active_provider,
-        "swapper_batched": loaded.swapper_batched,
-        "standin_models": loaded.standin,
-    }
 
 
 def _report(summary: dict[str, Any], *, as_json: bool) -> None:

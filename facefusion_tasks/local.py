@@ -107,10 +107,11 @@ def run_demo(
         cv2.imwrite(str(source), image)
     output = directory / "swapped.mp4"
     result, loaded = run_local(source, target, output, settings=settings, show_progress=not quiet)
-    return result.as_dict() | {
-        "provider": loaded.active_provider,
-        "swapper_batched": loaded.swapper_batched,
-        "standin_models": loaded.standin,
-        "target": str(target),
-        "source": str(source),
-    }
+    return (
+        result.as_dict()
+        | loaded.facts()
+        | {
+            "target": str(target),
+            "source": str(source),
+        }
+    )

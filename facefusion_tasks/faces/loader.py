@@ -7,6 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -32,6 +33,14 @@ class LoadedModels:
     swapper_batched: bool
     detector_batched: bool
     standin: bool
+
+    def facts(self) -> dict[str, Any]:
+        """What a run summary reports about the models."""
+        return {
+            "provider": self.active_provider,
+            "swapper_batched": self.swapper_batched,
+            "standin_models": self.standin,
+        }
 
 
 def model_paths(models_dir: Path) -> dict[str, Path]:

@@ -217,3 +217,15 @@ def test_audio_shorter_than_the_video_never_costs_frames(
     assert proc.returncode == 0, proc.stderr
     assert video_times(out) == video_times(short)
     assert audio_duration(out) == pytest.approx(audio_duration(short), abs=0.05)
+
+
+def test_the_readme_demo_runs_end_to_end_on_stand_ins(tmp_path: Path) -> None:
+    proc = run_cli(
+        "demo", "--dir", tmp_path / "demo", "--seconds", "1", models=tmp_path / "no-models"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "STAND-IN models" in proc.stderr.splitlines()[0]  # said plainly, first thing
+    assert "faces were tinted, not swapped" in proc.stdout
+    out = tmp_path / "demo" / "swapped.mp4"
+    assert video_times(out) == video_times(tmp_path / "demo" / "sample.mp4")
+    assert audio_duration(out) is not None
