@@ -75,11 +75,12 @@ class _ModelCache:
         self._loaded: LoadedModels | None = None
         self._error: BaseException | None = None
         self._source: tuple[str, float] | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self, settings: Settings) -> None:
         """Begin loading in a daemon thread (idempotent)."""
         with self._lock:
-            if self._loaded is not None or getattr(self, "_thread", None) is not None:
+            if self._thread is not None:  # loading, or loaded
                 return
             self._thread = threading.Thread(target=self._load, args=(settings,), daemon=True)
             self._thread.start()
