@@ -20,7 +20,8 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.producer import Producer
 
 #: The machine's shared Redis; tests use their own database in it and flush only that one.
-SHARED_REDIS = "redis://127.0.0.1:6379/11"
+#: FACEFUSION_TEST_REDIS picks another database, so two checkouts can test side by side.
+SHARED_REDIS = os.environ.get("FACEFUSION_TEST_REDIS", "redis://127.0.0.1:6379/11")
 
 
 def free_port() -> int:
