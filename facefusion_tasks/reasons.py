@@ -51,7 +51,5 @@ class Reason(str, enum.Enum):
 
 def parse(value: str | None) -> Reason:
     """The Reason stored as `value`; unknown or empty text reads as INTERNAL."""
-    try:
-        return Reason((value or "").strip().lower())
-    except ValueError:
-        return Reason.INTERNAL
+    member = Reason._value2member_map_.get((value or "").strip().lower())
+    return member if isinstance(member, Reason) else Reason.INTERNAL
