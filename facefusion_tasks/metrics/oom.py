@@ -30,7 +30,14 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"BFCArena::AllocateRawInternal|Failed to allocate memory for requested buffer of size"
         ),
     ),
-    ("cudnn", re.compile(r"CUDNN_STATUS_ALLOC_FAILED")),
+    # cuDNN 9 reports a handle it cannot allocate as INTERNAL_ERROR, not ALLOC_FAILED: seen on an
+    # H100 (onnxruntime-gpu 1.31.1, cuDNN 9, CUDA 13) whose memory another process had taken.
+    (
+        "cudnn",
+        re.compile(
+            r"CUDNN_STATUS_ALLOC_FAILED|CUDNN_STATUS_INTERNAL_ERROR.*cudnnCreate\(", re.DOTALL
+        ),
+    ),
     # cuBLAS < 12 prints the enum name; newer onnxruntime prints cublasGetStatusString's text.
     ("cublas", re.compile(r"CUBLAS_STATUS_ALLOC_FAILED|CUBLAS failure 3: the resource allocation")),
     (

@@ -51,6 +51,23 @@ CUBLAS = (
 # statuses are real; these two lines are assembled, not copied from one report).
 CUBLAS_NEW = "CUBLAS failure 3: the resource allocation failed ; GPU=0 ; expr=cublasCreate(&h);"
 CUDNN = "CUDNN failure 2: CUDNN_STATUS_ALLOC_FAILED ; GPU=0 ; expr=cudnnCreate(&cudnn_handle_);"
+# Recorded on an NVIDIA H100 (onnxruntime-gpu 1.31.1, cuDNN 9, CUDA 13, driver 580) by
+# scripts/gpu_check.py: another process held all but 96 MiB, then a session ran.
+CUDNN_H100 = (
+    "[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/providers/cuda/"
+    "cuda_call.cc:146 std::conditional_t<THRW, void, onnxruntime::common::Status> onnxruntime::"
+    "CudaCall(ERRTYPE, const char*, const char*, SUCCTYPE, const char*, const char*, int) [with "
+    "ERRTYPE = cudnnStatus_t; bool THRW = true; SUCCTYPE = cudnnStatus_t; std::conditional_t<THRW, "
+    "void, common::Status> = void] CUDNN failure 4000: CUDNN_STATUS_INTERNAL_ERROR ; GPU=0 ; "
+    "hostname=vm ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_stream_handle.cc ; "
+    "line=82 ; expr=cudnnCreate(&cudnn_handle_); \n\n"
+)
+# Recorded on the same H100: a CUDA session limited by gpu_mem_limit=8 MiB, batch 64.
+ARENA_H100 = (
+    "[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360 "
+    "void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) "
+    "Available memory of 7789056 is smaller than requested bytes of 12582912\n"
+)
 # The TensorRT EP's logger line (microsoft/onnxruntime#10770) and TensorRT 10's allocator.
 TENSORRT_EP = (
     "[E:onnxruntime:Default, tensorrt_execution_provider.h:50 log] [2022-03-04 13:39:28 ERROR] "
@@ -92,6 +109,8 @@ class Fail(Exception):
         (CUBLAS, "cublas"),
         (CUBLAS_NEW, "cublas"),
         (CUDNN, "cudnn"),
+        (CUDNN_H100, "cudnn"),
+        (ARENA_H100, "arena"),
         (TENSORRT_EP, "tensorrt"),
         (TENSORRT_10, "tensorrt"),
         ("RuntimeError: CUDA out of memory. Tried to allocate 1.12 MiB (GPU 0)", "cuda"),
