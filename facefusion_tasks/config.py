@@ -10,6 +10,14 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "FACEFUSION_"
+#: Largest video frame (width × height) a job may have: 8K UHD.
+DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
+#: Largest source or reference image: a 48-megapixel phone photo fits.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+#: Shortest chunk: each has fixed costs (model warm-up, encoder start, a keyframe, a record).
+DEFAULT_MIN_CHUNK_SECONDS = 0.5
+#: Most chunks one job may be cut into (each is a task message and a Redis record).
+DEFAULT_MAX_CHUNKS = 10_000
 
 
 def default_models_dir() -> Path:
@@ -64,6 +72,17 @@ class Settings:
     chunk_time_limit: int = 1800
     #: Chunk attempts before the chunk (and its job) is marked failed.
     chunk_retries: int = 2
+    #: Largest video frame in pixels (width × height), checked from the probe before decoding.
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    #: Largest source/reference image in pixels, read from its header before decoding.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    #: Floor for the chunk length (and --chunk-seconds).
+    min_chunk_seconds: float = DEFAULT_MIN_CHUNK_SECONDS
+    #: Most chunks one job may be cut into.
+    max_chunks: int = DEFAULT_MAX_CHUNKS
+    #: Load models that mark themselves as stand-ins (tests, demo) even though their digests
+    #: match no published model. Off: a model's own metadata never vouches for it.
+    allow_standin_models: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -99,8 +118,12 @@ class Settings:
             raise InputError(f"unknown hwaccel {self.hwaccel!r}")
         if self.queue_frames < 1:
             raise InputError("queue size must be at least 1")
-        if self.chunk_seconds <= 0:
-            raise InputError("chunk seconds must be positive")
+        from facefusion_tasks.jobs import check_chunk_seconds
+
+        check_chunk_seconds(self.chunk_seconds, min_chunk_seconds=self.min_chunk_seconds)
+        for name in ("max_frame_pixels", "max_image_pixels", "max_chunks"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         if self.chunk_time_limit >= self.visibility_timeout:
             raise InputError(
                 "chunk time limit must be below the Redis visibility timeout, or Redis hands a "
