@@ -89,7 +89,8 @@ def run_demo(
                 f"{standins} (run `facefusion-tasks models download` for real face swapping)",
                 file=sys.stderr,
             )
-        settings = settings.replace(models_dir=standins)
+        # The demo made these stand-ins itself: loading them is asked for here.
+        settings = settings.replace(models_dir=standins, allow_standin_models=True)
     if real:
         # Real detectors need real faces: insightface ships photos in its wheel.
         from facefusion_tasks.video.samples import make_photo_video

@@ -398,7 +398,18 @@ def _demux_pass(source: Path, exe: str) -> _Packets:
     """Stream-copy the first video stream into framecrc: one line per packet with its pts,
     duration and flags. -copyts keeps the file's own timestamps."""
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info", "-copyts"]
-    argv += [*plain_input_args(), "-i", str(source), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
+    argv += [
+        *plain_input_args(),
+        "-i",
+        str(source),
+        "-map",
+        "0:v:0",
+        "-c",
+        "copy",
+        "-f",
+        "framecrc",
+        "-",
+    ]
     done = _run(argv)
     if done.returncode != 0:
         if "Input #0" not in done.stderr:
