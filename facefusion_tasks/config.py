@@ -83,6 +83,9 @@ class Settings:
     #: Load models that mark themselves as stand-ins (tests, demo) even though their digests
     #: match no published model. Off: a model's own metadata never vouches for it.
     allow_standin_models: bool = False
+    #: File holding the Redis password (a mounted Secret), put into broker_url at start so the
+    #: password is never in a manifest, a command line or the environment.
+    broker_password_file: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -98,6 +101,10 @@ class Settings:
                 values[name] = value
         if "models_dir" in values:
             values["models_dir"] = Path(values["models_dir"]).expanduser()
+        if values.get("broker_password_file"):
+            values["broker_url"] = with_password_file(
+                values.get("broker_url", ""), values["broker_password_file"]
+            )
         settings = cls(**values)
         settings.validate()
         return settings
@@ -139,6 +146,43 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def broker_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """FACEFUSION_BROKER_URL with the password from FACEFUSION_BROKER_PASSWORD_FILE, for
+    processes that need the broker and no other setting (the metrics exporter)."""
+    env = os.environ if environ is None else environ
+    url = env.get(ENV_PREFIX + "BROKER_URL", "")
+    password_file = env.get(ENV_PREFIX + "BROKER_PASSWORD_FILE", "")
+    return with_password_file(url, password_file) if password_file else url
+
+
+def with_password_file(url: str, password_file: str) -> str:
+    """`url` with the password read from `password_file` (one line; a trailing newline is
+    dropped). One source per secret: a URL that already carries a password is refused."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    from facefusion_tasks.errors import InputError
+
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise InputError(
+            "the broker URL carries a password and FACEFUSION_BROKER_PASSWORD_FILE is set: "
+            "keep the password in the file only",
+            reason="config",
+        )
+    try:
+        password = Path(password_file).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the broker password file {password_file}: {exc.strerror}",
+            reason="config",
+        ) from None
+    user = quote(parts.username or "", safe="")
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _coerce(annotation: Any, raw: str, name: str) -> Any:

@@ -45,12 +45,15 @@ def run_measured(*args: str | Path, env: dict[str, str]) -> Finished:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
     environment |= env
     started = time.monotonic()
-    with open(os.devnull, "wb") as devnull, subprocess.Popen(
-        [sys.executable, "-m", "facefusion_tasks", *map(str, args)],
-        stdout=devnull,
-        stderr=subprocess.PIPE,
-        env=environment,
-    ) as proc:
+    with (
+        open(os.devnull, "wb") as devnull,
+        subprocess.Popen(
+            [sys.executable, "-m", "facefusion_tasks", *map(str, args)],
+            stdout=devnull,
+            stderr=subprocess.PIPE,
+            env=environment,
+        ) as proc,
+    ):
         assert proc.stderr is not None
         stderr = proc.stderr.read().decode(errors="replace")
         _, status, usage = os.wait4(proc.pid, 0)
@@ -67,7 +70,9 @@ def huge_png(path: Path, side: int) -> Path:
     """A real, valid grey PNG of side² pixels, a few hundred KB on disk (rows of zeros)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     packer = zlib.compressobj(9)
     row = bytes(side + 1)  # filter byte + one grey byte per pixel
