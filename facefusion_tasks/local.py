@@ -28,12 +28,12 @@ def run_local(
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
     and stream the video through them."""
-    info = probe(target, ffmpeg=settings.ffmpeg)
+    info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
     check_output(output, target)
-    read_image(source)
+    read_image(source, max_pixels=settings.max_image_pixels)
     if reference is not None:
         # A reference face always means "only this person" (as for submitted jobs).
-        read_image(reference)
+        read_image(reference, max_pixels=settings.max_image_pixels)
         settings = settings.replace(face_selector="reference")
     elif settings.face_selector == "reference":
         raise InputError("--face-selector reference needs --reference-face IMAGE")

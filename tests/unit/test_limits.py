@@ -115,3 +115,18 @@ def test_every_ffmpeg_input_of_a_user_file_is_confined_to_plain_files() -> None:
     audio_at = encode.index("/v/in.mp4")
     assert encode[encode.index("-protocol_whitelist") + 1] == "file"
     assert encode.index("-format_whitelist") < audio_at
+
+
+def test_a_swap_refuses_a_stored_probe_over_the_limit(settings: Settings, tmp_path: Path) -> None:
+    # A chunk runs on the probe its plan stored: the limit holds there too, before decoding.
+    from facefusion_tasks.pipeline import SwapJob, run_swap
+
+    info = VideoInfo(
+        path=tmp_path / "big.mp4", width=8192, height=8192, rotation=0,
+        frame_rate=Fraction(25), time_base=Fraction(1, 25), frame_count=1, duration=0.04,
+        start_pts=0, has_audio=False, audio_codec=None, video_codec="h264", pix_fmt="yuv420p",
+        variable_frame_rate=False, stored_width=8192, stored_height=8192,
+    )  # fmt: skip
+    job = SwapJob(source=tmp_path / "s.png", target=info.path, output=tmp_path / "out.mp4")
+    with pytest.raises(InputError, match="exceed the limit"):
+        run_swap(job, None, settings, info=info)  # type: ignore[arg-type]
