@@ -112,6 +112,7 @@ class Settings:
     def validate(self) -> None:
         """Refuse contradictory or out-of-range values with one clear message."""
         from facefusion_tasks.errors import InputError
+        from facefusion_tasks.jobs import check_chunk_seconds
 
         if self.execution_provider not in {"auto", "cuda", "tensorrt", "cpu"}:
             raise InputError(f"unknown execution provider {self.execution_provider!r}")
@@ -125,8 +126,8 @@ class Settings:
             raise InputError(f"unknown hwaccel {self.hwaccel!r}")
         if self.queue_frames < 1:
             raise InputError("queue size must be at least 1")
-        from facefusion_tasks.jobs import check_chunk_seconds
-
+        if not self.min_chunk_seconds > 0:
+            raise InputError(f"{ENV_PREFIX}MIN_CHUNK_SECONDS must be positive")
         check_chunk_seconds(self.chunk_seconds, min_chunk_seconds=self.min_chunk_seconds)
         for name in ("max_frame_pixels", "max_image_pixels", "max_chunks"):
             if getattr(self, name) < 1:

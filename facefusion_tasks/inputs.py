@@ -30,7 +30,10 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
 
     if not path.is_file():
         raise InputError(f"{path}: no such file", reason="missing_file")
-    width, height = image_size(path)
+    try:
+        width, height = image_size(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
     if width * height > max_pixels:
         raise InputError(
             f"{path}: image of {width}x{height} exceeds the limit of {max_pixels} pixels "

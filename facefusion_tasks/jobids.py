@@ -24,7 +24,7 @@ def new_job_id() -> str:
 def check_job_id(text: str) -> str:
     """`text` when it is a job id; else InputError "no such job" (exit 2) without touching
     Redis."""
-    if isinstance(text, str) and JOB_ID.fullmatch(text):
+    if JOB_ID.fullmatch(text):
         return text
-    shown = text[:_SHOWN] + ("…" if len(text) > _SHOWN else "") if isinstance(text, str) else text
+    shown = text[:_SHOWN] + ("…" if len(text) > _SHOWN else "")
     raise InputError(f"no such job: {shown!r}", reason=Reason.UNKNOWN_JOB)

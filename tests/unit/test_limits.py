@@ -130,3 +130,9 @@ def test_a_swap_refuses_a_stored_probe_over_the_limit(settings: Settings, tmp_pa
     job = SwapJob(source=tmp_path / "s.png", target=info.path, output=tmp_path / "out.mp4")
     with pytest.raises(InputError, match="exceed the limit"):
         run_swap(job, None, settings, info=info)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_the_chunk_floor_itself_must_be_positive(value: str) -> None:
+    with pytest.raises(InputError, match="MIN_CHUNK_SECONDS must be positive"):
+        Settings.from_env({"FACEFUSION_MIN_CHUNK_SECONDS": value})
