@@ -40,7 +40,8 @@ def _models_for(settings: Settings, scratch: Path) -> tuple[Settings, bool]:
     from facefusion_tasks.models.standin import make_test_models
 
     make_test_models(scratch / "models")
-    return settings.replace(models_dir=scratch / "models"), True
+    # The bench made these stand-ins itself: loading them is asked for here.
+    return settings.replace(models_dir=scratch / "models", allow_standin_models=True), True
 
 
 def _source_image(scratch: Path) -> Path:

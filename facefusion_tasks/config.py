@@ -10,6 +10,14 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "FACEFUSION_"
+#: Largest video frame (width × height) a job may have: 8K UHD.
+DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
+#: Largest source or reference image: a 48-megapixel phone photo fits.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+#: Shortest chunk: each has fixed costs (model warm-up, encoder start, a keyframe, a record).
+DEFAULT_MIN_CHUNK_SECONDS = 0.5
+#: Most chunks one job may be cut into (each is a task message and a Redis record).
+DEFAULT_MAX_CHUNKS = 10_000
 
 
 def default_models_dir() -> Path:
@@ -64,6 +72,20 @@ class Settings:
     chunk_time_limit: int = 1800
     #: Chunk attempts before the chunk (and its job) is marked failed.
     chunk_retries: int = 2
+    #: Largest video frame in pixels (width × height), checked from the probe before decoding.
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    #: Largest source/reference image in pixels, read from its header before decoding.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    #: Floor for the chunk length (and --chunk-seconds).
+    min_chunk_seconds: float = DEFAULT_MIN_CHUNK_SECONDS
+    #: Most chunks one job may be cut into.
+    max_chunks: int = DEFAULT_MAX_CHUNKS
+    #: Load models that mark themselves as stand-ins (tests, demo) even though their digests
+    #: match no published model. Off: a model's own metadata never vouches for it.
+    allow_standin_models: bool = False
+    #: File holding the Redis password (a mounted Secret), put into broker_url at start so the
+    #: password is never in a manifest, a command line or the environment.
+    broker_password_file: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -79,6 +101,10 @@ class Settings:
                 values[name] = value
         if "models_dir" in values:
             values["models_dir"] = Path(values["models_dir"]).expanduser()
+        if values.get("broker_password_file"):
+            values["broker_url"] = with_password_file(
+                values.get("broker_url", ""), values["broker_password_file"]
+            )
         settings = cls(**values)
         settings.validate()
         return settings
@@ -86,6 +112,7 @@ class Settings:
     def validate(self) -> None:
         """Refuse contradictory or out-of-range values with one clear message."""
         from facefusion_tasks.errors import InputError
+        from facefusion_tasks.jobs import check_chunk_seconds
 
         if self.execution_provider not in {"auto", "cuda", "tensorrt", "cpu"}:
             raise InputError(f"unknown execution provider {self.execution_provider!r}")
@@ -99,8 +126,12 @@ class Settings:
             raise InputError(f"unknown hwaccel {self.hwaccel!r}")
         if self.queue_frames < 1:
             raise InputError("queue size must be at least 1")
-        if self.chunk_seconds <= 0:
-            raise InputError("chunk seconds must be positive")
+        if not self.min_chunk_seconds > 0:
+            raise InputError(f"{ENV_PREFIX}MIN_CHUNK_SECONDS must be positive")
+        check_chunk_seconds(self.chunk_seconds, min_chunk_seconds=self.min_chunk_seconds)
+        for name in ("max_frame_pixels", "max_image_pixels", "max_chunks"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         if self.chunk_time_limit >= self.visibility_timeout:
             raise InputError(
                 "chunk time limit must be below the Redis visibility timeout, or Redis hands a "
@@ -116,6 +147,43 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+def broker_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """FACEFUSION_BROKER_URL with the password from FACEFUSION_BROKER_PASSWORD_FILE, for
+    processes that need the broker and no other setting (the metrics exporter)."""
+    env = os.environ if environ is None else environ
+    url = env.get(ENV_PREFIX + "BROKER_URL", "")
+    password_file = env.get(ENV_PREFIX + "BROKER_PASSWORD_FILE", "")
+    return with_password_file(url, password_file) if password_file else url
+
+
+def with_password_file(url: str, password_file: str) -> str:
+    """`url` with the password read from `password_file` (one line; a trailing newline is
+    dropped). One source per secret: a URL that already carries a password is refused."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    from facefusion_tasks.errors import InputError
+
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise InputError(
+            "the broker URL carries a password and FACEFUSION_BROKER_PASSWORD_FILE is set: "
+            "keep the password in the file only",
+            reason="config",
+        )
+    try:
+        password = Path(password_file).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the broker password file {password_file}: {exc.strerror}",
+            reason="config",
+        ) from None
+    user = quote(parts.username or "", safe="")
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _coerce(annotation: Any, raw: str, name: str) -> Any:

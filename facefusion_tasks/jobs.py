@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
+
+from facefusion_tasks.config import DEFAULT_MAX_CHUNKS, DEFAULT_MIN_CHUNK_SECONDS
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -42,19 +47,61 @@ class Chunk:
         )
 
 
+def check_chunk_seconds(
+    chunk_seconds: float, *, min_chunk_seconds: float = DEFAULT_MIN_CHUNK_SECONDS
+) -> None:
+    """Refuse a chunk length that is not a finite number of seconds at or above the floor."""
+    if not math.isfinite(chunk_seconds) or chunk_seconds < min_chunk_seconds:
+        raise InputError(
+            f"chunk seconds must be a finite number of at least {min_chunk_seconds:g} "
+            f"(got {chunk_seconds:g})",
+            reason=Reason.BAD_INPUT,
+        )
+
+
+def check_chunking(
+    duration: float,
+    chunk_seconds: float,
+    *,
+    min_chunk_seconds: float = DEFAULT_MIN_CHUNK_SECONDS,
+    max_chunks: int = DEFAULT_MAX_CHUNKS,
+) -> int:
+    """Before a job is recorded: refuse a chunk length that would cut a video of `duration`
+    seconds into more than max_chunks chunks. Returns the estimated chunk count."""
+    check_chunk_seconds(chunk_seconds, min_chunk_seconds=min_chunk_seconds)
+    estimate = max(1, math.ceil(max(duration, 0.0) / chunk_seconds))
+    _check_count(estimate, chunk_seconds, max_chunks)
+    return estimate
+
+
+def _check_count(count: int, chunk_seconds: float, max_chunks: int) -> None:
+    if count > max_chunks:
+        raise InputError(
+            f"{chunk_seconds:g} s chunks cut this video into {count} chunks, over the limit of "
+            f"{max_chunks} (FACEFUSION_MAX_CHUNKS): use longer chunks",
+            reason=Reason.TOO_LARGE,
+        )
+
+
 def plan_chunks(
-    timestamps: Sequence[int], time_base: Fraction, *, chunk_seconds: float, min_frames: int = 8
+    timestamps: Sequence[int],
+    time_base: Fraction,
+    *,
+    chunk_seconds: float,
+    min_frames: int = 8,
+    min_chunk_seconds: float = DEFAULT_MIN_CHUNK_SECONDS,
+    max_chunks: int = DEFAULT_MAX_CHUNKS,
 ) -> list[Chunk]:
     """Cut on the video's own presentation timestamps (not on frame rate × seconds), so
     variable-frame-rate and odd-timed inputs split exactly; every frame lands in one chunk.
 
     A chunk ends at the first frame at or past `chunk_seconds` from its start; a tail shorter
     than `min_frames` joins the previous chunk (a chunk has fixed costs: model warm-up,
-    encoder start, a keyframe)."""
+    encoder start, a keyframe). InputError for a chunk length under the floor, or a plan of
+    more than max_chunks chunks."""
+    check_chunk_seconds(chunk_seconds, min_chunk_seconds=min_chunk_seconds)
     if not timestamps:
         return []
-    if chunk_seconds <= 0:
-        raise ValueError("chunk_seconds must be positive")
     pts = sorted(timestamps)
     limit = Fraction(chunk_seconds) / time_base  # in pts ticks
     starts = [0]
@@ -63,6 +110,7 @@ def plan_chunks(
             starts.append(i)
     if len(starts) > 1 and len(pts) - starts[-1] < min_frames:
         starts.pop()
+    _check_count(len(starts), chunk_seconds, max_chunks)
     chunks = []
     for n, first in enumerate(starts):
         last = starts[n + 1] if n + 1 < len(starts) else len(pts)

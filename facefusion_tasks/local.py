@@ -28,12 +28,12 @@ def run_local(
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
     and stream the video through them."""
-    info = probe(target, ffmpeg=settings.ffmpeg)
+    info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
     check_output(output, target)
-    read_image(source)
+    read_image(source, max_pixels=settings.max_image_pixels)
     if reference is not None:
         # A reference face always means "only this person" (as for submitted jobs).
-        read_image(reference)
+        read_image(reference, max_pixels=settings.max_image_pixels)
         settings = settings.replace(face_selector="reference")
     elif settings.face_selector == "reference":
         raise InputError("--face-selector reference needs --reference-face IMAGE")
@@ -89,7 +89,8 @@ def run_demo(
                 f"{standins} (run `facefusion-tasks models download` for real face swapping)",
                 file=sys.stderr,
             )
-        settings = settings.replace(models_dir=standins)
+        # The demo made these stand-ins itself: loading them is asked for here.
+        settings = settings.replace(models_dir=standins, allow_standin_models=True)
     if real:
         # Real detectors need real faces: insightface ships photos in its wheel.
         from facefusion_tasks.video.samples import make_photo_video

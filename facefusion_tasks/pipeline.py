@@ -18,7 +18,7 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled
 from facefusion_tasks.faces.engine import FaceEngine, StageClock
 from facefusion_tasks.inputs import check_output
-from facefusion_tasks.video.probe import VideoInfo, probe
+from facefusion_tasks.video.probe import VideoInfo, check_frame_size, probe
 from facefusion_tasks.video.reader import Frame, FrameReader
 from facefusion_tasks.video.writer import FrameWriter
 
@@ -143,7 +143,11 @@ def run_swap(
     joined by queues of at most `settings.queue_frames` frames, so memory stays flat however
     long the video is. Nothing appears at `job.output` unless every frame made it."""
     check_output(job.output, job.target)
-    info = info or probe(job.target, ffmpeg=settings.ffmpeg)
+    info = info or probe(
+        job.target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels
+    )
+    # Also for a probe stored by the plan: a job planned before a lower limit decodes nothing.
+    check_frame_size(info, max_frame_pixels=settings.max_frame_pixels)
     started = time.perf_counter()
     clock = engine.clock
     clock.seconds.clear()

@@ -32,6 +32,8 @@ class Reason(str, enum.Enum):
     PATH = ("path", True)
     CONFIG = ("config", True)
     UNKNOWN_JOB = ("unknown_job", True)
+    NOT_PLAIN_FILE = ("not_plain_file", True)
+    TOO_LARGE = ("too_large", True)
     # The system (exit 1): another attempt, another worker or an operator may fix it.
     INTERNAL = ("internal", False)
     MEDIA = ("media", False)

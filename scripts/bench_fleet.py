@@ -61,6 +61,8 @@ class Fleet:
             ),
             "FACEFUSION_INFERENCE_THREADS": "1",
             "FACEFUSION_PRELOAD_MODELS": "1",
+            # The bench writes its own stand-ins (make_test_models below): asked for here.
+            "FACEFUSION_ALLOW_STANDIN_MODELS": "1",
         }
         self.procs: list[subprocess.Popen[bytes]] = []
 

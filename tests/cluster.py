@@ -80,6 +80,7 @@ class Cluster:
             "FACEFUSION_INFERENCE_THREADS": "1",
             "FACEFUSION_BATCH_SIZE": "4",
             "FACEFUSION_PRELOAD_MODELS": "1",
+            "FACEFUSION_ALLOW_STANDIN_MODELS": "1",
         }
         self.env |= {f"FACEFUSION_{k.upper()}": v for k, v in settings.items()}
         self.workers: dict[str, subprocess.Popen[bytes]] = {}

@@ -29,4 +29,10 @@ def fixed_batch_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def settings(models_dir: Path) -> Settings:
     """CPU settings on the stand-in models, isolated from the caller's FACEFUSION_* variables."""
-    return Settings.from_env({}, models_dir=models_dir, execution_provider="cpu", batch_size=4)
+    return Settings.from_env(
+        {},
+        models_dir=models_dir,
+        execution_provider="cpu",
+        batch_size=4,
+        allow_standin_models=True,
+    )

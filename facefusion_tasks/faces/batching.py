@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 #: The dim_param given to dimension 0 of every input (and of outputs that had it fixed at 1).
 BATCH_DIM = "batch"
+#: Part of every converted copy's name and record: raise it whenever the conversion changes,
+#: so copies made by an older converter are never loaded.
+CONVERTER_VERSION = 1
 
 
 def is_batch_dynamic(model: Path | onnx.ModelProto) -> bool:
@@ -64,19 +67,32 @@ def batched_model_path(
     model_path: Path, cache_dir: Path, *, spatial: int = 128, folded_ok: bool = False
 ) -> Path | None:
     """A model that accepts a batch: `model_path` itself when it already does, else a converted
-    copy cached in `cache_dir` (named by the source's sha256, so a replaced model is converted
-    again). None when conversion fails; that is recorded so later starts do not retry it."""
+    copy cached in `cache_dir`, named by the source's sha256 and CONVERTER_VERSION (a replaced
+    model or a changed converter is converted again). A cached copy is loaded only when its
+    record names the same source digest and its own bytes still match the recorded digest;
+    else it is converted afresh. None when conversion fails; that is recorded so later starts
+    do not retry it."""
     import onnxruntime as ort
 
     try:
-        digest = _sha256(model_path)[:16]
+        source_digest = _sha256(model_path)
     except OSError as exc:
         raise ModelError(f"cannot read {model_path}: {exc}") from None
+    digest = source_digest[:16]
     suffix = ".folded" if folded_ok else ""
-    converted = cache_dir / f"{model_path.stem}.{digest}{suffix}.batch.onnx"
-    marker = cache_dir / f"{model_path.stem}.{digest}{suffix}.batch-failed.json"
+    stem = f"{model_path.stem}.{digest}.v{CONVERTER_VERSION}{suffix}"
+    converted = cache_dir / f"{stem}.batch.onnx"
+    record = cache_dir / f"{stem}.batch.json"
+    marker = cache_dir / f"{stem}.batch-failed.json"
     if converted.is_file():
-        return converted
+        if _cached_copy_ok(converted, record, source_digest):
+            return converted
+        log.warning(
+            "%s: cached converted copy %s does not match its record; converting again",
+            model_path.name,
+            converted,
+        )
+        converted.unlink(missing_ok=True)
     if marker.is_file():
         failure = _read_marker(marker)
         # A newer onnxruntime may handle the graph: retry once per runtime version.
@@ -91,10 +107,17 @@ def batched_model_path(
     reason = _convert(model_path, converted, probe, patch_reshapes=True)
     if reason is None:
         marker.unlink(missing_ok=True)
+        made = {
+            "source": str(model_path),
+            "source_sha256": source_digest,
+            "converter": CONVERTER_VERSION,
+            "sha256": _sha256(converted),
+        }
+        _write_atomic(record, (json.dumps(made, indent=2) + "\n").encode())
         log.info("%s: converted to dynamic batch at %s", model_path.name, converted)
         return converted
     log.warning("%s: no batching, one item per call instead: %s", model_path.name, reason)
-    record = {
+    failed = {
         "source": str(model_path),
         "sha256_prefix": digest,
         "reason": reason,
@@ -102,8 +125,19 @@ def batched_model_path(
         "onnx": onnx.__version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_atomic(marker, (json.dumps(record, indent=2) + "\n").encode())
+    _write_atomic(marker, (json.dumps(failed, indent=2) + "\n").encode())
     return None
+
+
+def _cached_copy_ok(converted: Path, record: Path, source_digest: str) -> bool:
+    # The source was verified against its pin before this call; the copy is trusted only as
+    # far as this record vouches that it was made from that source and has not changed since.
+    made = _read_marker(record)
+    return (
+        made.get("source_sha256") == source_digest
+        and made.get("converter") == CONVERTER_VERSION
+        and made.get("sha256") == _sha256(converted)
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,30 +60,51 @@ def model_paths(models_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _batch_cache(models_dir: Path) -> Path:
-    """Converted models go beside the originals, or to a temp dir when that is read-only
-    (a shared read-only model volume is common in clusters)."""
-    cache = models_dir / ".batched"
+def batch_cache(models_dir: Path) -> Path:
+    """Where converted models go: beside the originals, else (a read-only model volume is
+    common in clusters) the user's cache, else a per-user temp dir. Only a directory this user
+    owns and nobody else may write is used, since whoever can write there chooses the model."""
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    candidates = (
+        models_dir / ".batched",
+        user_cache / "facefusion-tasks" / "batched",
+        Path(tempfile.gettempdir()) / f"facefusion-tasks-{os.getuid()}" / "batched",
+    )
+    for candidate in candidates:
+        if _private_dir(candidate):
+            return candidate
+        log.info(
+            "%s: not a private writable directory; not caching converted models there", candidate
+        )
+    # Every fixed place is taken or shared: a fresh private one (mkdtemp makes it 0700).
+    return Path(tempfile.mkdtemp(prefix="facefusion-tasks-batched-"))
+
+
+def _private_dir(path: Path) -> bool:
     try:
-        cache.mkdir(exist_ok=True)
-        if os.access(cache, os.W_OK):
-            return cache
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
     except OSError:
-        pass
-    fallback = Path(tempfile.gettempdir()) / "facefusion-tasks-batched"
-    fallback.mkdir(exist_ok=True)
-    return fallback
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)  # lstat: a symlink planted here is not a directory
+        and info.st_uid == os.getuid()
+        and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        and os.access(path, os.W_OK | os.X_OK)
+    )
 
 
-def _verified(paths: dict[str, Path], models_dir: Path) -> None:
-    """Check real model files against their pinned (or first-use recorded) digests, so a
-    truncated or swapped file fails here with a clear message instead of mid-job."""
+def _verified(paths: dict[str, Path], settings: Settings) -> None:
+    """Check model files against their pinned (or first-use recorded) digests, so a truncated
+    or swapped file fails here with a clear message instead of mid-job. A stand-in is let
+    through only when settings ask for stand-ins: its own metadata is no proof of anything."""
     from facefusion_tasks.models.download import trusted_model_path
     from facefusion_tasks.models.registry import spec_for
 
     for key, path in paths.items():
-        if not is_standin(path):
-            trusted_model_path(models_dir, spec_for(key))
+        if settings.allow_standin_models and is_standin(path):
+            continue
+        trusted_model_path(settings.models_dir, spec_for(key))
 
 
 def _dynamic_copy(path: Path, cache: Path, *, folded_ok: bool = False) -> Path:
@@ -103,9 +125,9 @@ def _dynamic_copy(path: Path, cache: Path, *, folded_ok: bool = False) -> Path:
 def load_models(settings: Settings) -> LoadedModels:
     """Open sessions for the detector, embedder and swapper as settings say."""
     paths = model_paths(settings.models_dir)
-    _verified(paths, settings.models_dir)
+    _verified(paths, settings)
     choice = choose_providers(settings.execution_provider)
-    cache = _batch_cache(settings.models_dir)
+    cache = batch_cache(settings.models_dir)
     threads = settings.inference_threads
 
     def session(path: Path) -> ort.InferenceSession:

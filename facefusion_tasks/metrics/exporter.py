@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
+from facefusion_tasks.config import broker_url_from_env
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.compaction import CompactingCollector
 from facefusion_tasks.metrics.definitions import EXPORTER_METRICS, QUEUES
@@ -188,9 +189,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--addr", default=env.get("FACEFUSION_METRICS_ADDR") or "0.0.0.0")
     parser.add_argument(
         "--redis-url",
-        default=env.get("FACEFUSION_BROKER_URL") or None,
-        help="broker to read queue depth and heartbeats from (default FACEFUSION_BROKER_URL; "
-        "'' = no queue metrics: run exactly one exporter with it)",
+        default=broker_url_from_env(env) or None,
+        help="broker to read queue depth and heartbeats from (default FACEFUSION_BROKER_URL "
+        "with FACEFUSION_BROKER_PASSWORD_FILE: prefer those, since a password on the command "
+        "line is visible to every user of the host; '' = no queue metrics)",
     )
     parser.add_argument(
         "--multiproc-dir",

@@ -13,6 +13,28 @@ DECODE_GLOBAL_ARGS = ["-loglevel", "level+info", "-nostats", "-hide_banner", "-n
 #: Encoder logging: warnings and errors only, level-prefixed, for the error message.
 ENCODE_GLOBAL_ARGS = ["-loglevel", "level+warning", "-nostats", "-hide_banner", "-nostdin"]
 
+#: Demuxers that read one self-contained file and open nothing else. Any other demuxer is
+#: refused, whatever the file is called: hls, dash and concat playlists or image2 patterns name
+#: further files (or URLs) that ffmpeg would open outside every storage root.
+PLAIN_DEMUXERS = (
+    "mov",
+    "matroska",
+    "webm",
+    "avi",
+    "mpegts",
+    "flv",
+    "mpeg",
+    "ogg",
+    "asf",
+    "gif",
+    "nut",
+    "ivf",
+    "h264",
+    "hevc",
+    "m4v",
+    "yuv4mpegpipe",
+)
+
 #: Output muxer by file extension; -f is always explicit so a temp file name cannot mislead it.
 MUXERS = {
     ".mp4": "mp4",
@@ -75,6 +97,18 @@ def seconds(value: float) -> str:
     return f"{value:.6f}"
 
 
+def plain_input_options() -> dict[str, str]:
+    """Input options that confine ffmpeg to the named local file: the file protocol only (no
+    http, subfile, concat: or data: URLs) and only PLAIN_DEMUXERS, so a playlist sniffed from
+    the content is refused before it opens anything."""
+    return {"protocol_whitelist": "file", "format_whitelist": ",".join(PLAIN_DEMUXERS)}
+
+
+def plain_input_args() -> list[str]:
+    """plain_input_options() as argv, to go right before an input's -i."""
+    return [arg for key, value in plain_input_options().items() for arg in (f"-{key}", value)]
+
+
 def _fps_mode(version: tuple[int, int]) -> dict[str, str]:
     # -fps_mode arrived in 5.1; older builds only know the (same) global -vsync.
     return {"fps_mode": "passthrough"} if version >= (5, 1) else {"vsync": "passthrough"}
@@ -99,7 +133,7 @@ def decode_argv(
     """
     if hwaccel not in {"none", "auto", "cuda"}:
         raise ValueError(f"unknown hwaccel {hwaccel!r}")
-    input_options: dict[str, object] = {}
+    input_options: dict[str, object] = {**plain_input_options()}
     if hwaccel != "none":
         input_options["hwaccel"] = hwaccel
     if seek_seconds is not None:
@@ -187,7 +221,8 @@ def encode_argv(
         # Audio is cut to the video's length where it is read (-t on that input), never with
         # -shortest: that would cut *video* frames whenever the audio track is the shorter one.
         limit = {} if audio_seconds is None else {"t": seconds(audio_seconds)}
-        streams.append(ffmpeg_python.input(str(audio_source), **limit)["a:0?"])
+        audio = ffmpeg_python.input(str(audio_source), **plain_input_options(), **limit)
+        streams.append(audio["a:0?"])
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
     args = ffmpeg_python.output(*streams, str(destination)).get_args()
     options = video_codec_args(encoder, preset=preset, quality=quality)

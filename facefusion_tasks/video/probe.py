@@ -14,8 +14,11 @@ from typing import Any
 
 import ffmpeg as ffmpeg_python
 
+from facefusion_tasks.config import DEFAULT_MAX_FRAME_PIXELS
 from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin
+from facefusion_tasks.video.argv import PLAIN_DEMUXERS, plain_input_args, plain_input_options
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uu
 VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV")
 #: MPEG-TS: a 0x47 sync byte every 188 bytes (one alone could be the letter G).
 TS_PACKET = 188
+#: What ffmpeg says when the demuxer it sniffed is not one of PLAIN_DEMUXERS.
+_NOT_WHITELISTED = re.compile(r"\[([\w,]+) @ 0x[0-9a-f]+\] (?:\[\w+\] )?Format not on whitelist")
 #: Frame flag that marks a packet the decoder drops (e.g. before an mp4 edit list's start).
 DISCARD_FLAG = 0x4
 
@@ -87,10 +92,13 @@ class VideoInfo:
         return cls(**values)
 
 
-def probe(path: str | Path, *, ffmpeg: str = "") -> VideoInfo:
+def probe(
+    path: str | Path, *, ffmpeg: str = "", max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+) -> VideoInfo:
     """Probe a video with ffprobe (via ffmpeg-python), or by parsing `ffmpeg -i` when there is
     no ffprobe. Raises InputError, one line naming the file, for anything that is not a
-    readable, complete video with at least one frame."""
+    readable, complete video with at least one frame, that is not a plain file (a playlist or
+    any demuxer that opens other files), or whose frames exceed max_frame_pixels."""
     source = _check_file(path)
     exe = ffbin.ffmpeg_exe(ffmpeg)
     ffprobe = ffbin.ffprobe_exe(ffmpeg)
@@ -98,6 +106,10 @@ def probe(path: str | Path, *, ffmpeg: str = "") -> VideoInfo:
         info, counted = _probe_with_ffprobe(source, ffprobe, exe)
     else:
         info, counted = _probe_with_ffmpeg(source, exe)
+    _check_plain(source, info.container)
+    # Before anything decodes: memory is sized by the frame, not the file (a 199 KB 8192²
+    # H.264 file took a swap past 7 GB), and the header's size is enough to know.
+    check_frame_size(info, max_frame_pixels=max_frame_pixels)
     if info.frame_count <= 0:
         raise InputError(f"{source.name}: video stream has no frames", reason="no_frames")
     if not counted:
@@ -117,6 +129,17 @@ def frame_timestamps(path: str | Path, *, ffmpeg: str = "") -> tuple[list[int], 
     source = _check_file(path)
     packets = _demux_pass(source, ffbin.ffmpeg_exe(ffmpeg))
     return sorted(packets.pts), packets.time_base
+
+
+def check_frame_size(info: VideoInfo, *, max_frame_pixels: int) -> None:
+    """Refuse frames larger than max_frame_pixels (0 = no limit), before anything decodes."""
+    pixels = max(info.stored_width * info.stored_height, info.width * info.height)
+    if max_frame_pixels > 0 and pixels > max_frame_pixels:
+        raise InputError(
+            f"{info.path.name}: frames of {info.width}x{info.height} exceed the limit of "
+            f"{max_frame_pixels} pixels (FACEFUSION_MAX_FRAME_PIXELS)",
+            reason=Reason.TOO_LARGE,
+        )
 
 
 # --- checks shared by both probes -------------------------------------------------------------
@@ -145,8 +168,28 @@ def _looks_like_video_container(source: Path) -> bool:
     return head[4:8] in MP4_BOXES or head.startswith(VIDEO_MAGIC) or transport_stream
 
 
+def _check_plain(source: Path, container: str) -> None:
+    # The whitelist already kept ffmpeg from opening anything else; this guards the decision
+    # should a probe path ever run without it.
+    if not set(container.split(",")) & set(PLAIN_DEMUXERS):
+        raise _not_plain(source, container)
+
+
+def _not_plain(source: Path, container: str) -> InputError:
+    if _still_image(container):
+        return InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
+    return InputError(
+        f"{source.name}: not a plain video file (format {container.split(',')[0]!r} is refused: "
+        "it can make ffmpeg open other files)",
+        reason=Reason.NOT_PLAIN_FILE,
+    )
+
+
 def _open_failure(source: Path, stderr: str) -> InputError:
     """One line for a file no demuxer would open."""
+    refused = _NOT_WHITELISTED.search(stderr)
+    if refused is not None:
+        return _not_plain(source, refused.group(1))
     if "moov atom not found" in stderr:
         # Text renamed .mp4 gets the same complaint from the mp4 demuxer: tell them apart.
         if _looks_like_video_container(source):
@@ -178,7 +221,7 @@ def _truncation(stderr: str) -> str | None:
 
 def _check_tail(source: Path, exe: str, duration: float) -> None:
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning"]
-    argv += ["-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", str(source)]
+    argv += [*plain_input_args(), "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", str(source)]
     argv += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     done = _run(argv)
     marker = _truncation(done.stderr)
@@ -235,7 +278,9 @@ def _still_image(container: str) -> bool:
 def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
     """VideoInfo and whether frame_count came from a demux pass (True) or the index."""
     try:
-        data: dict[str, Any] = ffmpeg_python.probe(str(source), cmd=ffprobe, v="error")
+        data: dict[str, Any] = ffmpeg_python.probe(
+            str(source), cmd=ffprobe, v="error", **plain_input_options()
+        )
     except ffmpeg_python.Error as exc:
         raise _open_failure(source, exc.stderr.decode(errors="replace")) from None
     container = str(data.get("format", {}).get("format_name", ""))
@@ -353,7 +398,18 @@ def _demux_pass(source: Path, exe: str) -> _Packets:
     """Stream-copy the first video stream into framecrc: one line per packet with its pts,
     duration and flags. -copyts keeps the file's own timestamps."""
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info", "-copyts"]
-    argv += ["-i", str(source), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
+    argv += [
+        *plain_input_args(),
+        "-i",
+        str(source),
+        "-map",
+        "0:v:0",
+        "-c",
+        "copy",
+        "-f",
+        "framecrc",
+        "-",
+    ]
     done = _run(argv)
     if done.returncode != 0:
         if "Input #0" not in done.stderr:

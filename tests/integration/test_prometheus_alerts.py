@@ -190,7 +190,9 @@ def test_a_real_job_on_two_workers_counts_every_frame_and_its_oom_pages(
 
     # Convert the swapper to dynamic batch here, unpatched: the workers' injected OOM must hit
     # the pipeline's model calls, not the one-time conversion check.
-    settings = Settings.from_env({}, models_dir=models_dir, execution_provider="cpu")
+    settings = Settings.from_env(
+        {}, models_dir=models_dir, execution_provider="cpu", allow_standin_models=True
+    )
     assert load_models(settings).swapper_batched
     with cluster(root, models_dir) as fleet:
         fleet.env |= {

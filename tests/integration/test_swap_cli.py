@@ -22,6 +22,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
     environment |= {"FACEFUSION_MODELS_DIR": str(models), "FACEFUSION_EXECUTION_PROVIDER": "cpu"}
+    environment |= {"FACEFUSION_ALLOW_STANDIN_MODELS": "1"}
     environment |= env or {}
     return subprocess.run(
         [sys.executable, "-m", "facefusion_tasks", *map(str, args)],
