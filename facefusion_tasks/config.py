@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Settings:
     chunk_time_limit: int = 1800
     #: Chunk attempts before the chunk (and its job) is marked failed.
     chunk_retries: int = 2
+    #: A job (or chunk) with no progress for this long has stalled: `retry` takes it back.
+    stall_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -99,8 +102,10 @@ class Settings:
             raise InputError(f"unknown hwaccel {self.hwaccel!r}")
         if self.queue_frames < 1:
             raise InputError("queue size must be at least 1")
-        if self.chunk_seconds <= 0:
-            raise InputError("chunk seconds must be positive")
+        if not math.isfinite(self.chunk_seconds) or self.chunk_seconds <= 0:
+            raise InputError("chunk seconds must be a positive number")
+        if not math.isfinite(self.stall_seconds) or self.stall_seconds <= 0:
+            raise InputError("stall seconds must be a positive number")
         if self.chunk_time_limit >= self.visibility_timeout:
             raise InputError(
                 "chunk time limit must be below the Redis visibility timeout, or Redis hands a "

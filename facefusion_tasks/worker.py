@@ -17,6 +17,7 @@ from typing import Any
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
+from facefusion_tasks.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def plan_workers(
     if unknown:
         raise InputError(f"unknown queues: {', '.join(sorted(unknown))}")
     if not settings.broker_url:
-        raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason="config")
+        raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason=Reason.CONFIG)
     plans: list[tuple[list[str], dict[str, str]]] = []
     if GPU_QUEUE in queues:
         devices = detect_gpus() if gpus == "auto" else [] if gpus == "none" else gpus.split(",")

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 import ffmpeg as ffmpeg_python
 
 from facefusion_tasks.errors import InputError, MediaError
-from facefusion_tasks.video import ffbin
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.video import ffbin, process
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def probe(path: str | Path, *, ffmpeg: str = "") -> VideoInfo:
     else:
         info, counted = _probe_with_ffmpeg(source, exe)
     if info.frame_count <= 0:
-        raise InputError(f"{source.name}: video stream has no frames", reason="no_frames")
+        raise InputError(f"{source.name}: video stream has no frames", reason=Reason.NO_FRAMES)
     if not counted:
         # The index may promise frames the file no longer holds (an mp4 with its moov first,
         # cut short): demux the last second, which reads through to the end of the data.
@@ -152,20 +152,20 @@ def _open_failure(source: Path, stderr: str) -> InputError:
         if _looks_like_video_container(source):
             return InputError(
                 f"{source.name}: truncated or corrupt video (moov atom not found)",
-                reason="corrupt_video",
+                reason=Reason.CORRUPT_VIDEO,
             )
-        return InputError(f"{source.name}: not a video file", reason="not_video")
+        return InputError(f"{source.name}: not a video file", reason=Reason.NOT_VIDEO)
     if "End of file" in stderr and _looks_like_video_container(source):
         # A header and no frame after it: the stream parameters never arrive.
         return InputError(
             f"{source.name}: video stream has no frames (the file ends before the first)",
-            reason="no_frames",
+            reason=Reason.NO_FRAMES,
         )
     if "Invalid data found" in stderr and _looks_like_video_container(source):
-        return InputError(f"{source.name}: truncated or corrupt video", reason="corrupt_video")
+        return InputError(f"{source.name}: truncated or corrupt video", reason=Reason.CORRUPT_VIDEO)
     if "Permission denied" in stderr:
         return InputError(f"{source.name}: not readable (permission denied)")
-    return InputError(f"{source.name}: not a video file", reason="not_video")
+    return InputError(f"{source.name}: not a video file", reason=Reason.NOT_VIDEO)
 
 
 def _truncation(stderr: str) -> str | None:
@@ -184,23 +184,12 @@ def _check_tail(source: Path, exe: str, duration: float) -> None:
     marker = _truncation(done.stderr)
     if marker is not None:
         raise InputError(
-            f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+            f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
         )
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=PROBE_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"{argv[0]} took over {PROBE_TIMEOUT:.0f} s on {argv[-1]}") from None
+def _run(argv: list[str]) -> process.Completed:
+    return process.run(argv, timeout=PROBE_TIMEOUT, what=f"{Path(argv[0]).name} on {argv[-1]}")
 
 
 def _parse_ratio(text: str | None) -> Fraction:
@@ -248,12 +237,16 @@ def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo
     audios = [s for s in streams if s.get("codec_type") == "audio"]
     if not videos:
         if _still_image(container) or any(s.get("codec_type") == "video" for s in streams):
-            raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
-        raise InputError(f"{source.name}: no video stream", reason="no_video")
+            raise InputError(
+                f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
+            )
+        raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
     video = videos[0]
     nb_frames = _int(video.get("nb_frames"))
     if _still_image(container):
-        raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
+        raise InputError(
+            f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
+        )
 
     rotation = 0
     for side in video.get("side_data_list", []) or []:
@@ -359,11 +352,11 @@ def _demux_pass(source: Path, exe: str) -> _Packets:
         if "Input #0" not in done.stderr:
             raise _open_failure(source, done.stderr)
         if "matches no streams" in done.stderr:
-            raise InputError(f"{source.name}: no video stream", reason="no_video")
+            raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
         marker = _truncation(done.stderr)
         if marker is not None:
             raise InputError(
-                f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+                f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
             )
         raise MediaError(
             f"{source.name}: ffmpeg could not demux the video stream", stderr=done.stderr[-4000:]
@@ -371,7 +364,7 @@ def _demux_pass(source: Path, exe: str) -> _Packets:
     marker = _truncation(done.stderr)
     if marker is not None:
         raise InputError(
-            f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+            f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
         )
     time_base = Fraction(0)
     pts: list[int] = []
@@ -448,9 +441,11 @@ def _probe_with_ffmpeg(source: Path, exe: str) -> tuple[VideoInfo, bool]:
             if match:
                 legacy_rotate = match.group(1)
     if not video_line:
-        raise InputError(f"{source.name}: no video stream", reason="no_video")
+        raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
     if _still_image(container):
-        raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
+        raise InputError(
+            f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
+        )
     video = _VIDEO_LINE.search(video_line)
     assert video is not None
     codec, rest = video.group(1), video.group(2)
