@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="info")
     worker.add_argument("--metrics-port", type=int, default=9808, help="0 = no exporter")
     worker.add_argument("--metrics-dir", type=Path, default=None)
+    worker.add_argument("--name", default="", help="prefix for the Celery node names")
     _settings_flags(worker)
 
     demo = sub.add_parser("demo", help="make a sample clip and run a swap on it end to end")
@@ -372,6 +373,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         loglevel=args.loglevel,
         metrics_port=args.metrics_port,
         metrics_dir=args.metrics_dir,
+        name=args.name,
     )
 
 

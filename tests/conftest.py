@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.models.standin import make_test_models
+from facefusion_tasks.store import JobStore, connect
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +33,24 @@ def fixed_batch_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(models_dir: Path) -> Settings:
     """CPU settings on the stand-in models, isolated from the caller's FACEFUSION_* variables."""
     return Settings.from_env({}, models_dir=models_dir, execution_provider="cpu", batch_size=4)
+
+
+@pytest.fixture()
+def redis_url() -> Iterator[str]:
+    """A private Redis database, flushed before and after the test (rq's pattern): the one
+    FACEFUSION_TEST_REDIS names, so checkouts testing side by side never meet."""
+    from tests.cluster import SHARED_REDIS
+
+    client = redis.Redis.from_url(SHARED_REDIS)
+    client.flushdb()
+    try:
+        yield SHARED_REDIS
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture()
+def store(redis_url: str) -> JobStore:
+    """The job store on that database."""
+    return JobStore(connect(redis_url))
