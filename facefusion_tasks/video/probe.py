@@ -398,13 +398,12 @@ _PIX_FMT = re.compile(r"^[^,]*\), ([a-z0-9_]+)|^[^,]*, ([a-z0-9_]+)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 _LEGACY_ROTATE = re.compile(r"^\s*rotate\s*:\s*(-?\d+)")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_LEVEL_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] )?\[\w+\] ?")
 
 
 def _probe_with_ffmpeg(source: Path, exe: str) -> tuple[VideoInfo, bool]:
     """Parse the input description ffmpeg prints, and count packets in the same pass."""
     packets = _demux_pass(source, exe)
-    lines = [_LEVEL_PREFIX.sub("", line, count=1) for line in packets.stderr.splitlines()]
+    lines = [process.strip_level(line) for line in packets.stderr.splitlines()]
     container = ""
     video_line = ""
     audio_codec: str | None = None
