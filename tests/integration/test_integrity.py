@@ -106,7 +106,7 @@ def test_distributed_disk_full_fails_the_job_and_retry_completes_it_exactly(
     root: Path, models_dir: Path
 ) -> None:
     with (
-        small_disk(root / "work", "120k") as work,
+        small_disk(root / "work", "200k") as work,
         small_disk(root / "outdisk", "300k") as outdisk,
         cluster(root, models_dir, work_dir=str(work)) as fleet,
     ):
@@ -118,8 +118,14 @@ def test_distributed_disk_full_fails_the_job_and_retry_completes_it_exactly(
         # The work dir fills while segments are written: no truncated segment counts as DONE.
         failed = producer.wait(job_id, timeout=120)
         assert (failed.state, failed.reason) == (FAILED, Reason.NO_SPACE.value), failed.error
-        assert failed.chunks_done < failed.chunks_total
+        # 200 KB holds about two of the three segments: some chunks finish, one hits the wall.
+        assert 0 < failed.chunks_done < failed.chunks_total
+        for chunk in failed.chunks:  # a DONE segment reads back whole, with its planned frames
+            if chunk["state"] == "DONE":
+                segment = work / job_id / f"seg-{chunk['index']:05d}.mp4"
+                assert len(video_times(segment)) == chunk["frames"]
         assert keep.read_bytes() == b"old\n" and temps(outdisk) == []
+        assert temps(work / job_id) == []
         assert run_cli("wait", job_id, env=fleet.env).returncode == 1  # the system's, not input
 
         grow(work, "50m")  # segments fit now; the output disk is still too small for the stitch
