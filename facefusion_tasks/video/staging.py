@@ -2,15 +2,17 @@
 
 A temp must sit in the destination's directory (same filesystem: the final rename is atomic),
 so a process killed mid-write (SIGKILL, OOM killer, power loss) leaves one behind. Its name
-carries the host and pid that wrote it; whoever next writes to the same destination removes
-temps whose writer is gone (same host, pid not running) or that have not changed for a day
-(any host: shared storage). A live writer's temp is never touched.
+carries the host (and pid namespace) and pid that wrote it; whoever next writes to the same
+destination removes temps whose writer is gone (same host and namespace, pid not running) or
+that have not changed for a day (any host: shared storage). A live writer's temp is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
 import logging
 import os
 import re
@@ -30,8 +32,18 @@ STALE_SECONDS = 24 * 3600.0
 MARKER = ".partial"
 
 
+@functools.cache
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+    """Who may judge this name's pid: the host name, plus the kernel boot and pid namespace
+    (containers with one host name on two machines, or two containers on one machine, must
+    never take each other's live pid for a dead one)."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return name
+    return f"{name}_{hashlib.sha1(f'{boot}{namespace}'.encode()).hexdigest()[:8]}"
 
 
 def _pattern(destination: Path) -> re.Pattern[str]:
