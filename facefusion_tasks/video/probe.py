@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -10,8 +11,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-
-import ffmpeg as ffmpeg_python
 
 from facefusion_tasks.errors import InputError, MediaError
 from facefusion_tasks.reasons import Reason
@@ -88,7 +87,7 @@ class VideoInfo:
 
 
 def probe(path: str | Path, *, ffmpeg: str = "") -> VideoInfo:
-    """Probe a video with ffprobe (via ffmpeg-python), or by parsing `ffmpeg -i` when there is
+    """Probe a video with ffprobe, or by parsing `ffmpeg -i` when there is
     no ffprobe. Raises InputError, one line naming the file, for anything that is not a
     readable, complete video with at least one frame."""
     source = _check_file(path)
@@ -223,10 +222,12 @@ def _still_image(container: str) -> bool:
 
 def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
     """VideoInfo and whether frame_count came from a demux pass (True) or the index."""
-    try:
-        data: dict[str, Any] = ffmpeg_python.probe(str(source), cmd=ffprobe, v="error")
-    except ffmpeg_python.Error as exc:
-        raise _open_failure(source, exc.stderr.decode(errors="replace")) from None
+    done = _run(
+        [ffprobe, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(source)]
+    )
+    if done.returncode != 0:
+        raise _open_failure(source, done.stderr)
+    data: dict[str, Any] = json.loads(done.stdout)
     container = str(data.get("format", {}).get("format_name", ""))
     streams: list[dict[str, Any]] = data.get("streams", [])
     videos = [
