@@ -105,7 +105,7 @@ def test_cancel_is_immediate_and_the_idle_canceller_cleans_up(producer: Producer
     (segments / "seg-00000.mp4").write_bytes(b"segment")
     begun = time.monotonic()
     assert producer.cancel(job_id)
-    assert time.monotonic() - begun < 0.3
+    assert time.monotonic() - begun < 0.5  # the old cancel slept a second
     assert not segments.exists()
     assert [c["state"] for c in producer.status(job_id).chunks] == [CANCELLED, CANCELLED]
     assert not producer.cancel(job_id)  # already ended
