@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from facefusion_tasks import __version__
+from facefusion_tasks import __version__, policy
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import FaceFusionError, InputError
+from facefusion_tasks.errors import FaceFusionError
 
 log = logging.getLogger("facefusion_tasks")
 
-#: Exit codes: done, internal error, bad input.
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+#: Exit codes (the policy's): done, internal error, the user's input.
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = policy.EXIT_OK, policy.EXIT_INTERNAL, policy.EXIT_BAD_INPUT
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,13 +48,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
     ]  # fmt: skip
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
-
-
-#: Job failure reasons that are the user's input (exit 2, like swap's bad input).
-_BAD_INPUT_REASONS = frozenset(
-    {"bad_input", "bad_output", "missing_file", "not_an_image", "no_source_face",
-     "no_reference_face", "not_a_video", "truncated", "empty", "corrupt", "path"}
-)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="info")
     worker.add_argument("--metrics-port", type=int, default=9808, help="0 = no exporter")
     worker.add_argument("--metrics-dir", type=Path, default=None)
+    worker.add_argument("--name", default="", help="prefix for the Celery node names")
     _settings_flags(worker)
 
     demo = sub.add_parser("demo", help="make a sample clip and run a swap on it end to end")
@@ -288,11 +282,13 @@ def _print_status(status: Any, *, as_json: bool) -> None:
         )
 
 
-def _exit_for(status: Any) -> int:
+def exit_for(status: Any) -> int:
+    """A finished job's exit code: the same as `swap` gives for the same failure (the reason
+    decides, through the one policy)."""
     if status.state == "SUCCEEDED":
         return EXIT_OK
-    if status.state == "FAILED" and status.reason in _BAD_INPUT_REASONS:
-        return EXIT_BAD_INPUT
+    if status.state == "FAILED":
+        return policy.exit_code(status.reason)
     return EXIT_INTERNAL
 
 
@@ -300,6 +296,7 @@ def _follow(
     settings: Settings, job_id: str, *, as_json: bool, progress: bool, timeout: float | None = None
 ) -> int:
     producer = _producer(settings)
+    producer.status(job_id)  # an unknown job is one error line, with no progress bar before it
     bar = None
     if progress and not as_json:
         from tqdm import tqdm
@@ -320,7 +317,7 @@ def _follow(
     _print_status(status, as_json=as_json)
     if status.state == "FAILED" and not as_json:
         print(f"facefusion-tasks: error: {status.error}", file=sys.stderr)
-    return _exit_for(status)
+    return exit_for(status)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -376,6 +373,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         loglevel=args.loglevel,
         metrics_port=args.metrics_port,
         metrics_dir=args.metrics_dir,
+        name=args.name,
     )
 
 
@@ -412,14 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or os.environ.get("FACEFUSION_DEBUG") == "1"
     try:
         return _COMMANDS[args.command](args)
-    except InputError as exc:
-        print(f"facefusion-tasks: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except FaceFusionError as exc:
+        # The reason decides the exit code, as it does for a job's failure in `wait`.
+        code = policy.exit_code(exc.reason)
         print(f"facefusion-tasks: error: {exc}", file=sys.stderr)
-        if debug:
+        if debug and code != EXIT_BAD_INPUT:
             traceback.print_exc()
-        return EXIT_INTERNAL
+        return code
     except KeyboardInterrupt:
         print("facefusion-tasks: interrupted", file=sys.stderr)
         return 130

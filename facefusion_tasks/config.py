@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class Settings:
     #: File holding the Redis password (a mounted Secret), put into broker_url at start so the
     #: password is never in a manifest, a command line or the environment.
     broker_password_file: str = ""
+    #: A job (or chunk) with no progress for this long has stalled: `retry` takes it back.
+    stall_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -132,6 +135,8 @@ class Settings:
         for name in ("max_frame_pixels", "max_image_pixels", "max_chunks"):
             if getattr(self, name) < 1:
                 raise InputError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+        if not math.isfinite(self.stall_seconds) or self.stall_seconds <= 0:
+            raise InputError("stall seconds must be a positive number")
         if self.chunk_time_limit >= self.visibility_timeout:
             raise InputError(
                 "chunk time limit must be below the Redis visibility timeout, or Redis hands a "
@@ -164,6 +169,7 @@ def with_password_file(url: str, password_file: str) -> str:
     from urllib.parse import quote, urlsplit, urlunsplit
 
     from facefusion_tasks.errors import InputError
+    from facefusion_tasks.reasons import Reason
 
     if not url:
         return url
@@ -172,14 +178,14 @@ def with_password_file(url: str, password_file: str) -> str:
         raise InputError(
             "the broker URL carries a password and FACEFUSION_BROKER_PASSWORD_FILE is set: "
             "keep the password in the file only",
-            reason="config",
+            reason=Reason.CONFIG,
         )
     try:
         password = Path(password_file).read_text().rstrip("\r\n")
     except OSError as exc:
         raise InputError(
             f"cannot read the broker password file {password_file}: {exc.strerror}",
-            reason="config",
+            reason=Reason.CONFIG,
         ) from None
     user = quote(parts.username or "", safe="")
     netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"

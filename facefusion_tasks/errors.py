@@ -2,63 +2,67 @@
 
 from __future__ import annotations
 
+from facefusion_tasks.reasons import Reason
+
 
 class FaceFusionError(Exception):
     """Base of every error this package raises on purpose."""
 
-    #: Short, bounded, machine-readable reason (used as a metric label and job failure reason).
-    reason: str = "internal"
+    #: Bounded, machine-readable reason: the job's stored reason, the CLI exit code (through
+    #: Reason.user_input) and the metric label. A raise site may name a narrower member.
+    reason: Reason = Reason.INTERNAL
 
-
-class InputError(FaceFusionError, ValueError):
-    """The user's input is unusable (bad file, no face, bad path); retrying cannot help."""
-
-    reason = "bad_input"
-
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason
 
 
+class InputError(FaceFusionError, ValueError):
+    """The user's input is unusable (bad file, no face, bad path); retrying cannot help."""
+
+    reason = Reason.BAD_INPUT
+
+
 class OutputError(InputError):
     """The requested destination cannot be written."""
 
-    reason = "bad_output"
+    reason = Reason.BAD_OUTPUT
 
 
 class MediaError(FaceFusionError):
-    """ffmpeg failed on input that probed fine (decoder or encoder crash); keeps ffmpeg's stderr."""
+    """ffmpeg failed on input that probed fine (decoder or encoder crash, a written file that
+    does not verify, a full disk); keeps ffmpeg's stderr."""
 
-    reason = "media"
+    reason = Reason.MEDIA
 
-    def __init__(self, message: str, *, stderr: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, stderr: str = "", reason: Reason | None = None) -> None:
+        super().__init__(message, reason=reason)
         self.stderr = stderr
 
 
 class ModelError(FaceFusionError):
     """A model file is missing, corrupt, or breaks the contract the pipeline relies on."""
 
-    reason = "model"
+    reason = Reason.MODEL
 
 
 class DownloadError(ModelError):
     """A model download failed or its digest did not match."""
 
-    reason = "download"
+    reason = Reason.DOWNLOAD
 
 
 class TransientError(FaceFusionError):
-    """A failure another attempt (or another worker) may not hit: retry it."""
+    """A failure another attempt (or another worker) may not hit: the only kind that retries."""
 
-    reason = "transient"
+    reason = Reason.TRANSIENT
 
 
 class GpuOutOfMemory(TransientError):
     """The execution provider ran out of device memory even at batch size 1."""
 
-    reason = "gpu_oom"
+    reason = Reason.GPU_OOM
 
 
 class Cancelled(BaseException):

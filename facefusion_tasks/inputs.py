@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,7 +30,7 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
     import cv2
 
     if not path.is_file():
-        raise InputError(f"{path}: no such file", reason="missing_file")
+        raise InputError(f"{path}: no such file", reason=Reason.MISSING_FILE)
     try:
         width, height = image_size(path)
     except OSError as exc:
@@ -42,10 +43,12 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
         )
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise InputError(f"{path}: not an image opencv can read", reason="not_an_image")
+        raise InputError(f"{path}: not an image opencv can read", reason=Reason.NOT_AN_IMAGE)
     if image.shape[1] * image.shape[0] > width * height:
         # The decoder and the header disagree: never trust more than the header promised.
-        raise InputError(f"{path}: corrupt image (size differs from header)", reason="not_an_image")
+        raise InputError(
+            f"{path}: corrupt image (size differs from header)", reason=Reason.NOT_AN_IMAGE
+        )
     return image
 
 
@@ -62,7 +65,7 @@ def image_size(path: Path) -> tuple[int, int]:
         elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
             size = _webp_size(head)
     if size is None or size[0] <= 0 or size[1] <= 0:
-        raise InputError(f"{path}: not a {IMAGE_TYPES} image", reason="not_an_image")
+        raise InputError(f"{path}: not a {IMAGE_TYPES} image", reason=Reason.NOT_AN_IMAGE)
     return size
 
 
@@ -107,13 +110,17 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def check_output(output: Path, target: Path) -> None:
-    """Refuse destinations we could only fail on later, before any work starts."""
+def check_output(output: Path, target: Path, *, inputs: Sequence[Path | None] = ()) -> None:
+    """Refuse destinations we could only fail on later, before any work starts; `inputs` (the
+    source and reference images) must not be overwritten either."""
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         allowed = ", ".join(sorted(OUTPUT_SUFFIXES))
         raise OutputError(f"{output}: unsupported output type (use {allowed})")
     if output.resolve() == target.resolve():
         raise OutputError(f"{output}: output would overwrite the target video")
+    for other in inputs:
+        if other is not None and output.resolve() == Path(other).resolve():
+            raise OutputError(f"{output}: output would overwrite an input image")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
     parent = output.parent

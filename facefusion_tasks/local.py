@@ -29,7 +29,7 @@ def run_local(
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
     and stream the video through them."""
     info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-    check_output(output, target)
+    check_output(output, target, inputs=(source, reference))
     read_image(source, max_pixels=settings.max_image_pixels)
     if reference is not None:
         # A reference face always means "only this person" (as for submitted jobs).
@@ -48,7 +48,13 @@ def run_local(
         bar = tqdm(total=info.frame_count or None, unit="frame", file=sys.stderr, leave=False)
     try:
         result = run_swap(
-            SwapJob(source=source, target=target, output=output, reference=reference),
+            SwapJob(
+                source=source,
+                target=target,
+                output=output,
+                reference=reference,
+                frames=info.frame_count,
+            ),
             loaded.engine,
             settings,
             info=info,

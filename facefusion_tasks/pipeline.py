@@ -15,9 +15,10 @@ import numpy as np
 
 from facefusion_tasks import observe
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import Cancelled
+from facefusion_tasks.errors import Cancelled, InputError
 from facefusion_tasks.faces.engine import FaceEngine, StageClock
 from facefusion_tasks.inputs import check_output
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.probe import VideoInfo, check_frame_size, probe
 from facefusion_tasks.video.reader import Frame, FrameReader
 from facefusion_tasks.video.writer import FrameWriter
@@ -42,6 +43,9 @@ class SwapJob:
     end_pts: int | None = None
     #: Copy the target's audio into the output (off for chunk segments; the stitcher adds it).
     audio: bool = True
+    #: Frames the output must hold (a chunk's planned span; the probed count of a whole
+    #: video): anything else fails before the file is committed. None = not known.
+    frames: int | None = None
 
 
 @dataclass
@@ -255,6 +259,14 @@ def run_swap(
     reader.close()
     begun = time.perf_counter()
     try:
+        if job.frames is not None and result.frames != job.frames:
+            writer.abort()
+            # The count came from demuxed packets, the frames from decoding: a file that
+            # decodes differently than it demuxes is damaged in the middle.
+            raise InputError(
+                f"{job.target.name}: decoded {result.frames} frames, expected {job.frames}",
+                reason=Reason.CORRUPT_VIDEO,
+            )
         writer.commit()
     except BaseException:
         observe.swap_run(ok=False, seconds=time.perf_counter() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -11,10 +12,15 @@ from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import confine
 from facefusion_tasks.store import (
-    CANCELLED,
+    COMMITTING,
     FAILED,
+    PLANNING,
+    QUEUED,
+    RUNNING,
+    STITCHING,
     SUCCEEDED,
     TERMINAL,
     JobStatus,
@@ -25,16 +31,15 @@ from facefusion_tasks.tasks import enqueue
 from facefusion_tasks.video.probe import probe
 from facefusion_tasks.workspace import segment_dir
 
-#: How long a cancel waits for running chunks to notice (their watch interval, twice).
-CANCEL_GRACE_SECONDS = 1.0
-
 
 class Producer:
     """Talks to Redis (job records) and Celery (task messages); never loads a model."""
 
     def __init__(self, settings: Settings) -> None:
         if not settings.broker_url:
-            raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason="config")
+            raise InputError(
+                "no broker configured (set FACEFUSION_BROKER_URL)", reason=Reason.CONFIG
+            )
         self.settings = settings
         self.store = JobStore(connect(settings.broker_url))
         self.app = make_app(settings)
@@ -53,8 +58,8 @@ class Producer:
         the job and enqueue its planning. Returns the job id."""
         if not 0 <= priority <= 9:
             raise InputError("priority must be 0..9 (9 = most urgent)")
-        if chunk_seconds is not None and chunk_seconds <= 0:
-            raise InputError("chunk seconds must be positive")
+        if chunk_seconds is not None and not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
+            raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
         source = confine(source, self.settings, what="source image")
         target = confine(target, self.settings, what="target video")
         output = confine(output, self.settings, what="output")
@@ -67,7 +72,7 @@ class Producer:
         elif selector == "reference":
             raise InputError("--face-selector reference needs --reference-face IMAGE")
         info = probe(target, ffmpeg=self.settings.ffmpeg)
-        check_output(output, target)
+        check_output(output, target, inputs=(source, reference))
         job_id = self.store.create(
             {
                 "source": str(source),
@@ -88,7 +93,7 @@ class Producer:
         """The job's state, progress and per-chunk workers; InputError for an unknown id."""
         status = self.store.status(job_id)
         if status is None:
-            raise InputError(f"no such job: {job_id}", reason="unknown_job")
+            raise InputError(f"no such job: {job_id}", reason=Reason.UNKNOWN_JOB)
         return status
 
     def wait(
@@ -112,30 +117,42 @@ class Producer:
             time.sleep(poll)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel; False when the job had already ended. Pending chunks are skipped when they
-        come up; running ones see the state within a watch interval, stop and delete their
-        temp files; then the job's segments are removed."""
+        """Cancel; False when the job had already ended or is committing its output (a cancel
+        never deletes a finished file). The job and its unfinished chunks become CANCELLED in
+        one transaction; pending chunks are skipped when they come up, running ones stop
+        within a watch interval, and the segments are removed by whoever sees the job idle and
+        cancelled: here when nothing is executing, else the last chunk to stop. No waiting."""
         self.status(job_id)
-        if not self.store.set_state(job_id, CANCELLED, reason="cancelled"):
-            return False
-        time.sleep(CANCEL_GRACE_SECONDS)
-        shutil.rmtree(segment_dir(self.settings, job_id), ignore_errors=True)
-        return True
+        cancelled, idle = self.store.cancel(job_id)
+        if cancelled and idle:
+            shutil.rmtree(segment_dir(self.settings, job_id), ignore_errors=True)
+        return cancelled
 
     def retry(self, job_id: str) -> list[int]:
-        """Re-run only the chunks that failed or never finished; returns their indexes."""
+        """Re-run only the chunks that failed or never finished; returns their indexes.
+        Retries a FAILED job, a RUNNING/STITCHING one (stuck: its worker may be gone), and a
+        QUEUED/PLANNING/COMMITTING one that has stalled (no change for `stall_seconds`)."""
         status = self.status(job_id)
         if status.state == SUCCEEDED:
             return []
-        if status.state != FAILED and status.state not in {"RUNNING", "STITCHING"}:
-            raise InputError(f"job {job_id} is {status.state}; only failed or stuck jobs retry")
-        undone = self.store.undone_chunks(job_id)
+        stalled = self.store.stalled(job_id, seconds=self.settings.stall_seconds)
+        retryable = {FAILED, RUNNING, STITCHING} | (
+            {QUEUED, PLANNING, COMMITTING} if stalled else set()
+        )
+        if status.state not in retryable:
+            raise InputError(
+                f"job {job_id} is {status.state}; only failed, stuck or stalled jobs retry "
+                f"(stalled: no progress for {self.settings.stall_seconds:g} s)"
+            )
         priority = int(self.store.get(job_id).get("priority") or 5)
         if status.chunks_total == 0:
-            self.store.reopen(job_id, planned=False)
+            if not self.store.reopen(job_id, planned=False, from_states=(status.state,)):
+                raise InputError(f"job {job_id} changed state meanwhile; look again")
             enqueue(self.app, TASK_PLAN, [job_id], priority=priority)
             return []
-        self.store.reopen(job_id)
+        if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
+            raise InputError(f"job {job_id} changed state meanwhile; look again")
+        undone = self.store.undone_chunks(job_id)
         for index in undone:
             self.store.reset_chunk(job_id, index)
             enqueue(self.app, TASK_CHUNK, [job_id, index], priority=priority)

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from facefusion_tasks import policy
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled, InputError
 from facefusion_tasks.faces.loader import LoadedModels, load_models
-from facefusion_tasks.jobs import plan_chunks
+from facefusion_tasks.jobs import Chunk, plan_chunks
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import confine
 from facefusion_tasks.store import (
+    CANCELLED,
+    COMMITTING,
     FAILED,
     PLANNING,
     QUEUED,
@@ -45,8 +50,10 @@ def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     info = probe(target, ffmpeg=settings.ffmpeg)
     timestamps, time_base = frame_timestamps(target, ffmpeg=settings.ffmpeg)
     if not timestamps:
-        raise InputError(f"{target}: no video frames", reason="empty")
+        raise InputError(f"{target}: no video frames", reason=Reason.NO_FRAMES)
     chunk_seconds = float(job.get("chunk_seconds") or settings.chunk_seconds)
+    if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
+        raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
     chunks = plan_chunks(timestamps, time_base, chunk_seconds=chunk_seconds)
     store.set_plan(job_id, chunks, len(timestamps), info.to_json())
     segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
@@ -170,11 +177,33 @@ def run_chunk(
     engine.reference = None
     if reference is not None:
         engine.set_reference(reference)
-    store.chunk_started(job_id, index, worker)
+    if not store.chunk_started(job_id, index, worker):
+        return None, False  # the job ended meanwhile
+    try:
+        return _swap_chunk(store, settings, job_id, chunk, loaded, source, target, reference)
+    finally:
+        if store.chunk_left(job_id, index):
+            # Cancelled, and this was the last chunk executing: its segments go.
+            shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+
+
+def _swap_chunk(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    chunk: Chunk,
+    loaded: LoadedModels,
+    source: Path,
+    target: Path,
+    reference: Path | None,
+) -> tuple[SwapResult | None, bool]:
+    index = chunk.index
     watch = _Watch(store, job_id, index)
     output = segment_path(settings, job_id, index)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
+        # The segment must hold exactly its planned frames (checked, with the file re-counted,
+        # before it replaces a previous attempt's).
         result = run_swap(
             SwapJob(
                 source=source,
@@ -184,6 +213,7 @@ def run_chunk(
                 start_pts=chunk.start_pts,
                 end_pts=chunk.end_pts,
                 audio=False,
+                frames=chunk.frames,
             ),
             loaded.engine,
             settings,
@@ -192,49 +222,55 @@ def run_chunk(
             cancel=watch.cancel,
         )
     except Cancelled:
+        store.chunk_cancelled(job_id, index)
         return None, False
     finally:
         watch.close()
-    if result.frames != chunk.frames:
-        # The plan came from demuxed timestamps, the chunk from decoded frames: a mismatch means
-        # the file decodes differently than it demuxes (corrupt in the middle).
-        raise InputError(
-            f"{target}: chunk {index} decoded {result.frames} frames, planned {chunk.frames}",
-            reason="corrupt",
-        )
     last = store.chunk_done(job_id, index, result.frames)
     return result, last
 
 
 def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
-    """Join the segments without re-encoding, add the original audio, rename into place.
-    Idempotent: a second run after success does nothing."""
+    """Join the segments without re-encoding, add the original audio, verify the result, then
+    commit it: the job moves to COMMITTING (a cancel can no longer win) before the rename, so
+    a cancel and a commit agree through the store. Idempotent: after success it does nothing."""
     job = store.get(job_id)
-    if not job or job.get("state") in TERMINAL:
-        return None
-    store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING))
+    if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
+        return None  # ended (cancelled, failed, succeeded) or not ready
     target = confine(job["target"], settings, what="target video")
     output = confine(job["output"], settings, what="output")
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
     segments = [(segment_path(settings, job_id, c.index), c.span) for c in chunks]
-    stitch_segments(
+    staged = stitch_segments(
         segments,
         output,
         audio_source=_video_info(store, settings, job_id, target),
         settings=settings,
+        frames=sum(c.frames for c in chunks),
+        timeout=float(settings.chunk_time_limit),
     )
-    if store.set_state(job_id, SUCCEEDED, only_from=(STITCHING,)):
-        shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
-        return output
-    # Cancelled while stitching: the output may exist now; the cancel wins, remove it.
-    output.unlink(missing_ok=True)
-    return None
+    if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
+        # Cancelled (or failed) while stitching: the user's file was never touched.
+        staged.discard()
+        if store.state(job_id) == CANCELLED:
+            shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+        return None
+    try:
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
+    shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+    return output
 
 
-def fail_job(store: JobStore, job_id: str, error: BaseException, *, index: int | None) -> None:
-    """Record a final failure with a bounded reason; running chunks stop on their next watch."""
-    reason = getattr(error, "reason", "internal")
+def fail_job(store: JobStore, job_id: str, error: BaseException, *, index: int | None) -> Reason:
+    """Record a final failure with its bounded reason (the one policy decides it); running
+    chunks stop on their next watch. Returns the reason."""
+    reason = policy.reason_of(error)
     message = str(error) or type(error).__name__
     if index is not None:
         store.chunk_failed(job_id, index, message)
     store.set_state(job_id, FAILED, reason=reason, error=message)
+    return reason

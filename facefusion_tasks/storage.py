@@ -6,6 +6,7 @@ from pathlib import Path
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
+from facefusion_tasks.reasons import Reason
 
 
 def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
@@ -16,12 +17,14 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
         raise InputError(
             "FACEFUSION_STORAGE_ROOTS is not set: distributed jobs need the shared directories "
             "every worker can see",
-            reason="config",
+            reason=Reason.CONFIG,
         )
     resolved = Path(path).expanduser().resolve()
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         shown = ":".join(str(r) for r in roots)
-        raise InputError(f"{path}: {what} is outside the storage roots ({shown})", reason="path")
+        raise InputError(
+            f"{path}: {what} is outside the storage roots ({shown})", reason=Reason.PATH
+        )
     return resolved
 
 

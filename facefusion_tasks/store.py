@@ -14,15 +14,22 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from facefusion_tasks.jobs import Chunk
+from facefusion_tasks.reasons import Reason
 
 PREFIX = "facefusion"
 
-# Job states. A job moves QUEUED -> PLANNING -> RUNNING -> STITCHING -> SUCCEEDED, or ends in
-# FAILED / CANCELLED from any of them.
+# Job states. A job moves QUEUED -> PLANNING -> RUNNING -> STITCHING -> COMMITTING -> SUCCEEDED,
+# or ends FAILED from any of them, or CANCELLED from any before COMMITTING.
 QUEUED, PLANNING, RUNNING, STITCHING = "QUEUED", "PLANNING", "RUNNING", "STITCHING"
+#: The stitched file is verified and about to be renamed over the output: too late to cancel.
+COMMITTING = "COMMITTING"
 SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-# Chunk states.
+#: States a cancel may end; from COMMITTING on the output belongs to the user.
+CANCELLABLE = (QUEUED, PLANNING, RUNNING, STITCHING)
+#: States that only move on while a task works on them (what a stalled job sits in).
+ACTIVE = (QUEUED, PLANNING, RUNNING, STITCHING, COMMITTING)
+# Chunk states (a chunk also ends FAILED or CANCELLED, as its job does).
 PENDING, DONE = "PENDING", "DONE"
 
 
@@ -101,12 +108,16 @@ class JobStore:
         """Current state ('' when unknown)."""
         return self.r.hget(self._job(job_id), "state") or ""  # type: ignore[return-value]
 
+    def _running(self, job_id: str) -> str:
+        """The set of chunk indexes a worker is executing right now."""
+        return f"{self._job(job_id)}:running"
+
     def set_state(
         self,
         job_id: str,
         state: str,
         *,
-        reason: str = "",
+        reason: Reason | None = None,
         error: str = "",
         only_from: Sequence[str] = (),
     ) -> bool:
@@ -127,8 +138,8 @@ class JobStore:
                         return False
                     now = time.time()
                     fields: dict[Any, Any] = {"state": state, "updated_at": now}
-                    if reason:
-                        fields["reason"] = reason
+                    if reason is not None:
+                        fields["reason"] = reason.value
                     if error:
                         fields["error"] = error[:500]
                     if state in TERMINAL:
@@ -144,25 +155,87 @@ class JobStore:
         """True exactly once per job end: whoever sets the flag counts the outcome."""
         return bool(self.r.hsetnx(self._job(job_id), "metered", 1))
 
-    def reopen(self, job_id: str, *, planned: bool = True) -> None:
-        """Out of FAILED for `retry`: back to RUNNING, or to QUEUED when the job failed before
-        it had a plan. Its end is counted anew."""
+    def reopen(self, job_id: str, *, planned: bool, from_states: Sequence[str]) -> bool:
+        """For `retry`: from one of `from_states` back to RUNNING, or to QUEUED when the job
+        has no plan yet. Its end is counted anew. WATCHed, so a job that moved meanwhile (a
+        late stitch succeeded, a cancel landed) is left alone: returns whether it reopened."""
+        key = self._job(job_id)
         fields: dict[Any, Any] = {
             "state": RUNNING if planned else QUEUED,
             "reason": "",
             "error": "",
             "finished_at": 0,
         }
-        with self.r.pipeline() as pipe:
-            pipe.hset(self._job(job_id), mapping=fields)
-            pipe.hdel(self._job(job_id), "metered")
-            pipe.execute()
+        while True:
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    if pipe.hget(key, "state") not in from_states:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping=fields | {"updated_at": time.time()})
+                    pipe.hdel(key, "metered")
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
 
     def reset_chunk(self, job_id: str, index: int) -> None:
-        """A chunk about to be re-run by `retry`."""
-        key = self._chunk(job_id, index)
-        self.r.hset(key, mapping={"state": PENDING, "frames_done": 0, "error": "", "worker": ""})
-        self.r.srem(f"{self._job(job_id)}:done", index)
+        """A chunk about to be re-run by `retry` (one transaction: never half reset)."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._chunk(job_id, index),
+                mapping={"state": PENDING, "frames_done": 0, "error": "", "worker": ""},
+            )
+            pipe.srem(f"{self._job(job_id)}:done", index)
+            pipe.execute()
+
+    def stalled(self, job_id: str, *, seconds: float, now: float | None = None) -> bool:
+        """Whether the job sits in an active state with no change for over `seconds`."""
+        job = self.get(job_id)
+        if job.get("state") not in ACTIVE:
+            return False
+        updated = float(job.get("updated_at") or job.get("created_at") or 0)
+        return (time.time() if now is None else now) - updated > seconds
+
+    def cancel(self, job_id: str) -> tuple[bool, bool]:
+        """Cancel in one transaction: the job and every chunk not yet DONE end CANCELLED.
+        Returns (cancelled, idle): False when the job had ended or is committing its output;
+        idle when no chunk is executing, so the caller removes the segments now (otherwise
+        the last chunk to stop does: whoever sees the terminal state cleans up)."""
+        key = self._job(job_id)
+        while True:
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(key, self._running(job_id))
+                    if pipe.hget(key, "state") not in CANCELLABLE:
+                        pipe.unwatch()
+                        return False, False
+                    total = int(pipe.hget(key, "chunks_total") or 0)
+                    chunk_keys = [self._chunk(job_id, i) for i in range(total)]
+                    if chunk_keys:
+                        pipe.watch(*chunk_keys)
+                    states = [pipe.hget(k, "state") for k in chunk_keys]
+                    idle = pipe.scard(self._running(job_id)) == 0
+                    now = time.time()
+                    pipe.multi()
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "state": CANCELLED,
+                            "reason": Reason.CANCELLED.value,
+                            "updated_at": now,
+                            "finished_at": now,
+                        },
+                    )
+                    for chunk_key, state in zip(chunk_keys, states, strict=True):
+                        if state != DONE:
+                            pipe.hset(chunk_key, "state", CANCELLED)
+                    pipe.execute()
+                    return True, idle
+                except redis.WatchError:
+                    continue
 
     def set_plan(
         self, job_id: str, chunks: Sequence[Chunk], frames_total: int, video_info: dict[str, Any]
@@ -201,15 +274,40 @@ class JobStore:
             raise KeyError(f"job {job_id} has no chunk {index}")
         return Chunk.from_json(json.loads(raw))
 
-    def chunk_started(self, job_id: str, index: int, worker: str) -> None:
-        """A worker took the chunk (again, after a redelivery): progress restarts at 0."""
-        key = self._chunk(job_id, index)
-        with self.r.pipeline() as pipe:
-            pipe.hset(
-                key, mapping={"state": RUNNING, "worker": worker, "frames_done": 0, "error": ""}
-            )
-            pipe.hincrby(key, "attempts", 1)
-            pipe.execute()
+    def chunk_started(self, job_id: str, index: int, worker: str) -> bool:
+        """A worker takes the chunk (again, after a redelivery): progress restarts at 0 and the
+        chunk joins the job's running set. False, and nothing changes, when the job has ended
+        (WATCHed: a cancel either lands first and the chunk is skipped, or sees it running)."""
+        key = self._job(job_id)
+        chunk = self._chunk(job_id, index)
+        while True:
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    if pipe.hget(key, "state") in TERMINAL:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(
+                        chunk,
+                        mapping={"state": RUNNING, "worker": worker, "frames_done": 0, "error": ""},
+                    )
+                    pipe.hincrby(chunk, "attempts", 1)
+                    pipe.sadd(self._running(job_id), index)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def chunk_left(self, job_id: str, index: int) -> bool:
+        """This worker stopped executing the chunk (done, failed or stopped). True for the one
+        caller that leaves a CANCELLED job with no chunk executing: it removes the segments."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.srem(self._running(job_id), index)
+            pipe.scard(self._running(job_id))
+            pipe.hget(self._job(job_id), "state")
+            _, left, state = pipe.execute()
+        return int(left) == 0 and state == CANCELLED
 
     def chunk_progress(self, job_id: str, index: int, frames_done: int) -> None:
         """Frames of this chunk encoded so far."""
@@ -218,6 +316,10 @@ class JobStore:
     def chunk_failed(self, job_id: str, index: int, error: str) -> None:
         """The chunk gave up (after its retries, or on bad input)."""
         self.r.hset(self._chunk(job_id, index), mapping={"state": FAILED, "error": error[:500]})
+
+    def chunk_cancelled(self, job_id: str, index: int) -> None:
+        """The chunk stopped because its job ended (cancel, or another chunk failed it)."""
+        self.r.hset(self._chunk(job_id, index), "state", CANCELLED)
 
     def chunk_done(self, job_id: str, index: int, frames: int) -> bool:
         """Mark a chunk done; True for exactly one caller: the one that completed the set.

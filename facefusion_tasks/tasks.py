@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
-from facefusion_tasks import observe
+from facefusion_tasks import observe, policy
 from facefusion_tasks.app import (
     GPU_QUEUE,
     LIGHT_QUEUE,
@@ -25,8 +25,8 @@ from facefusion_tasks.app import (
     TASK_STITCH,
 )
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError
-from facefusion_tasks.store import JobStore, connect
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store import TERMINAL, JobStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _meter_job_end(job_id: str) -> None:
     store = _store()
     job = store.get(job_id)
     state = job.get("state", "")
-    if state in {"SUCCEEDED", "FAILED", "CANCELLED"} and store.claim_metering(job_id):
+    if state in TERMINAL and store.claim_metering(job_id):
         observe.job(
             state.lower(), job.get("reason", ""), created_at=float(job.get("created_at") or 0)
         )
@@ -119,7 +119,7 @@ def _meter_job_end(job_id: str) -> None:
 
 def _timed_chunk(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     started = time.perf_counter()
-    outcome, reason = "failed", "internal"
+    outcome, reason = "failed", Reason.INTERNAL.value
     try:
         result = fn()
         outcome = {"DONE": "succeeded", "FAILED": "failed"}.get(result["state"], "skipped")
@@ -129,11 +129,30 @@ def _timed_chunk(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         from celery.exceptions import Retry
 
         outcome = "retried" if isinstance(exc, Retry) else "failed"
-        reason = getattr(getattr(exc, "exc", exc), "reason", "internal")
+        cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
+        reason = policy.reason_of(cause).value
         raise
     finally:
         if outcome != "skipped":
             observe.chunk(outcome, reason, seconds=time.perf_counter() - started)
+
+
+def _settle(task: Task, job_id: str, index: int | None, error: Exception) -> Reason:
+    """The one error-to-outcome policy for every task: retry what may pass on another attempt
+    (celery's Retry is raised from here), else fail the job with the error's reason. Any
+    exception ends here, so no job is left in a state that nothing will move."""
+    from facefusion_tasks import runner
+
+    outcome = policy.decide(
+        error, attempt=task.request.retries, max_retries=_settings().chunk_retries
+    )
+    if outcome.retry:
+        where = job_id if index is None else f"{job_id}/{index}"
+        log.warning("%s %s failed (%s); retrying", task.name, where, outcome.message)
+        raise task.retry(exc=error, countdown=1) from error
+    if outcome.reason is Reason.INTERNAL:
+        log.error("%s %s: unexpected error", task.name, job_id, exc_info=error)
+    return runner.fail_job(_store(), job_id, error, index=index)
 
 
 def register(app: Celery) -> None:
@@ -147,13 +166,13 @@ def register(app: Celery) -> None:
         try:
             with _instrumented(self, LIGHT_QUEUE):
                 indexes = runner.plan_job(store, _settings(), job_id)
-        except InputError as exc:
-            runner.fail_job(store, job_id, exc, index=None)
+            priority = int(store.get(job_id).get("priority") or 5)
+            for index in indexes:
+                enqueue(app, TASK_CHUNK, [job_id, index], priority=priority)
+        except Exception as exc:
+            _settle(self, job_id, None, exc)
             _meter_job_end(job_id)
             return 0
-        priority = int(store.get(job_id).get("priority") or 5)
-        for index in indexes:
-            enqueue(app, TASK_CHUNK, [job_id, index], priority=priority)
         return len(indexes)
 
     @app.task(name=TASK_CHUNK, bind=True)
@@ -167,20 +186,12 @@ def register(app: Celery) -> None:
     def _run_chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
         from facefusion_tasks import runner
 
-        store, settings = _store(), _settings()
         try:
             result, last = runner.run_chunk(
-                store, settings, job_id, index, worker=self.request.hostname or "?"
+                _store(), _settings(), job_id, index, worker=self.request.hostname or "?"
             )
-        except InputError as exc:  # bad input: no retry can help, fail the job now
-            runner.fail_job(store, job_id, exc, index=index)
-            return {"state": "FAILED", "reason": exc.reason}
         except Exception as exc:
-            if self.request.retries < settings.chunk_retries:
-                log.warning("chunk %s/%s failed (%s); retrying", job_id, index, exc)
-                raise self.retry(exc=exc, countdown=1) from exc
-            runner.fail_job(store, job_id, exc, index=index)
-            return {"state": "FAILED", "reason": getattr(exc, "reason", "internal")}
+            return {"state": "FAILED", "reason": _settle(self, job_id, index, exc).value}
         if result is None:
             return {"state": "SKIPPED"}
         if last:
@@ -191,17 +202,11 @@ def register(app: Celery) -> None:
     def stitch(self: Task, job_id: str) -> str | None:
         from facefusion_tasks import runner
 
-        store, settings = _store(), _settings()
         try:
             with _instrumented(self, LIGHT_QUEUE):
-                output = runner.stitch_job(store, settings, job_id)
-        except InputError as exc:
-            runner.fail_job(store, job_id, exc, index=None)
-            output = None
+                output = runner.stitch_job(_store(), _settings(), job_id)
         except Exception as exc:
-            if self.request.retries < settings.chunk_retries:
-                raise self.retry(exc=exc, countdown=1) from exc
-            runner.fail_job(store, job_id, exc, index=None)
+            _settle(self, job_id, None, exc)
             output = None
         _meter_job_end(job_id)
         return None if output is None else str(output)

@@ -17,6 +17,7 @@ from typing import Any
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
+from facefusion_tasks.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +60,25 @@ def plan_workers(
     light_concurrency: int,
     max_tasks_per_child: int,
     loglevel: str,
+    name: str = "",
 ) -> list[tuple[list[str], dict[str, str]]]:
-    """(argv, extra environment) for each worker process to start."""
+    """(argv, extra environment) for each worker process to start. `name` prefixes the node
+    names (several launchers on one host stay distinguishable: "NAME-cpu0@host")."""
+    prefix = f"{name}-" if name else ""
     unknown = set(queues) - {GPU_QUEUE, LIGHT_QUEUE}
     if unknown:
         raise InputError(f"unknown queues: {', '.join(sorted(unknown))}")
     if not settings.broker_url:
-        raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason="config")
+        raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason=Reason.CONFIG)
     plans: list[tuple[list[str], dict[str, str]]] = []
     if GPU_QUEUE in queues:
         devices = detect_gpus() if gpus == "auto" else [] if gpus == "none" else gpus.split(",")
         # No GPU: one CPU worker still serves the gpu queue (the CPU profile).
         for index, device in enumerate(devices or [""]):
             env = {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device}
-            name = f"gpu{device}" if device else f"cpu{index}"
+            node = f"{prefix}gpu{device}" if device else f"{prefix}cpu{index}"
             argv = worker_argv(
-                name=name,
+                name=node,
                 queue=GPU_QUEUE,
                 concurrency=1,
                 max_tasks_per_child=max_tasks_per_child,
@@ -83,7 +87,7 @@ def plan_workers(
             plans.append((argv, env))
     if LIGHT_QUEUE in queues:
         argv = worker_argv(
-            name="light",
+            name=f"{prefix}light",
             queue=LIGHT_QUEUE,
             concurrency=light_concurrency,
             max_tasks_per_child=max_tasks_per_child,

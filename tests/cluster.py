@@ -92,21 +92,30 @@ class Cluster:
     def producer(self) -> Producer:
         return Producer(self.settings())
 
-    def start_worker(self, name: str, *, queues: str = "gpu,light", concurrency: int = 1) -> None:
+    def start_worker(
+        self, name: str, *, queues: str = "gpu,light", gpus: str = "none", concurrency: int = 1
+    ) -> None:
+        """Start a worker the way an operator does: the real `facefusion-tasks worker` launcher
+        (one Celery process per GPU, or one CPU process, plus a light one), node names
+        prefixed with `name`. Its metrics directory is its own unless the test set one."""
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        argv = [sys.executable, "-m", "facefusion_tasks", "worker", "--name", name,
+                "--queues", queues, "--gpus", gpus, "--light-concurrency", str(concurrency),
+                "--metrics-port", "0", "--loglevel", "info"]  # fmt: skip
+        if "FACEFUSION_METRICS_DIR" not in self.env:
+            argv += ["--metrics-dir", str(self.logs / f"metrics-{name}")]
         self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "facefusion_tasks.worker_app", "worker",
-             "-Q", queues, "-n", f"{name}@%h", "-c", str(concurrency), "-P", "prefork",
-             "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-l", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        self.wait_ready(name)
+            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        gpu_processes = len(gpus.split(",")) if gpus not in {"none", "auto"} else 1
+        expected = (gpu_processes if "gpu" in queues else 0) + (1 if "light" in queues else 0)
+        self.wait_ready(name, processes=expected)
 
-    def wait_ready(self, name: str, timeout: float = 60) -> None:
+    def wait_ready(self, name: str, *, processes: int = 1, timeout: float = 60) -> None:
+        """Until every Celery process of the launcher says it is ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if b"ready." in (self.logs / f"{name}.log").read_bytes():
+            if (self.logs / f"{name}.log").read_bytes().count(b" ready.") >= processes:
                 return
             if self.workers[name].poll() is not None:
                 break

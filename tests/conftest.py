@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.models.standin import make_test_models
+from facefusion_tasks.store import JobStore, connect
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +39,24 @@ def settings(models_dir: Path) -> Settings:
         batch_size=4,
         allow_standin_models=True,
     )
+
+
+@pytest.fixture()
+def redis_url() -> Iterator[str]:
+    """A private Redis database, flushed before and after the test (rq's pattern): the one
+    FACEFUSION_TEST_REDIS names, so checkouts testing side by side never meet."""
+    from tests.cluster import SHARED_REDIS
+
+    client = redis.Redis.from_url(SHARED_REDIS)
+    client.flushdb()
+    try:
+        yield SHARED_REDIS
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture()
+def store(redis_url: str) -> JobStore:
+    """The job store on that database."""
+    return JobStore(connect(redis_url))

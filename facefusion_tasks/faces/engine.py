@@ -18,6 +18,7 @@ from facefusion_tasks.faces.paste import feather_mask, paste_back
 from facefusion_tasks.faces.swapper import SWAP_SIZE, Swapper
 from facefusion_tasks.faces.types import Face
 from facefusion_tasks.inputs import read_image
+from facefusion_tasks.reasons import Reason
 
 
 @dataclass
@@ -58,7 +59,8 @@ class FaceEngine:
     def _largest_face(self, image: np.ndarray, what: str, path: Path) -> Face:
         faces = self.detector.detect([image])[0]
         if not faces:
-            raise InputError(f"{path}: no face found in the {what} image", reason=f"no_{what}_face")
+            reason = Reason.NO_REFERENCE_FACE if what == "reference" else Reason.NO_SOURCE_FACE
+            raise InputError(f"{path}: no face found in the {what} image", reason=reason)
         return max(faces, key=lambda f: f.area)
 
     def set_source(self, path: Path) -> None:

@@ -7,6 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from facefusion_tasks import __version__
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.oom import OOM_KINDS
+from facefusion_tasks.reasons import Reason
 
 # Safe in worker processes in multiprocess mode: only Counter, Histogram and Gauge with an
 # explicit multiprocess_mode (no Info, Enum, set_function or custom collectors here).
@@ -27,36 +28,9 @@ CHUNK_OUTCOMES = ("succeeded", "retried", "failed")
 #: `status` of the seed's facefusion_face_swap_requests_total.
 SWAP_STATUSES = ("success", "error")
 
-#: The only values the `reason` label takes ("none" for success, "other" for anything unknown):
-#: the `reason` attributes of facefusion_tasks.errors plus the reasons raised with InputError.
-REASONS = frozenset(
-    {
-        "none",
-        "other",
-        "internal",
-        "bad_input",
-        "bad_output",
-        "media",
-        "model",
-        "download",
-        "transient",
-        "gpu_oom",
-        "cancelled",
-        "timeout",
-        "worker_lost",
-        "config",
-        "path",
-        "corrupt",
-        "corrupt_video",
-        "empty",
-        "missing_file",
-        "not_an_image",
-        "not_video",
-        "no_video",
-        "no_face",
-        "unknown_job",
-    }
-)
+#: The only values the `reason` label takes: every Reason, "none" for success and "other" for
+#: text from outside the package (bounded cardinality). Derived, so it cannot drift from the enum.
+REASONS = frozenset({"none", "other"} | {reason.value for reason in Reason})
 
 
 def bounded_reason(reason: str | None) -> str:

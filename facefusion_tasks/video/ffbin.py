@@ -8,12 +8,10 @@ import os
 import re
 import shutil
 import subprocess
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.video import process
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +54,9 @@ def ffprobe_exe(ffmpeg: str = "") -> str | None:
 
 
 def _query(exe: str, *args: str) -> str:
-    try:
-        done = subprocess.run(
-            [exe, "-hide_banner", *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=QUERY_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise MediaError(f"{exe} {' '.join(args)} failed: {exc}") from None
+    done = process.run(
+        [exe, "-hide_banner", *args], timeout=QUERY_TIMEOUT, what=f"{exe} {' '.join(args)}"
+    )
     return done.stdout + done.stderr
 
 
@@ -153,22 +142,3 @@ def encoder_works(exe: str, encoder: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
-
-
-def spawn(
-    argv: list[str],
-    *,
-    stdin: int | None,
-    stdout: int | None,
-    on_stderr: Callable[[IO[bytes]], None],
-    name: str,
-) -> tuple[subprocess.Popen[bytes], threading.Thread]:
-    """Start ffmpeg with its stderr read by `on_stderr` on a daemon thread: an unread stderr
-    pipe fills up and stalls ffmpeg mid-video."""
-    proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    thread = threading.Thread(
-        target=on_stderr, args=(proc.stderr,), daemon=True, name=f"{name}-{proc.pid}"
-    )
-    thread.start()
-    return proc, thread

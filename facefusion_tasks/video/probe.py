@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import ffmpeg as ffmpeg_python
-
 from facefusion_tasks.config import DEFAULT_MAX_FRAME_PIXELS
 from facefusion_tasks.errors import InputError, MediaError
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.video import ffbin
-from facefusion_tasks.video.argv import PLAIN_DEMUXERS, plain_input_args, plain_input_options
+from facefusion_tasks.video import ffbin, process
+from facefusion_tasks.video.argv import PLAIN_DEMUXERS, plain_input_args
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ class VideoInfo:
 def probe(
     path: str | Path, *, ffmpeg: str = "", max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
 ) -> VideoInfo:
-    """Probe a video with ffprobe (via ffmpeg-python), or by parsing `ffmpeg -i` when there is
+    """Probe a video with ffprobe, or by parsing `ffmpeg -i` when there is
     no ffprobe. Raises InputError, one line naming the file, for anything that is not a
     readable, complete video with at least one frame, that is not a plain file (a playlist or
     any demuxer that opens other files), or whose frames exceed max_frame_pixels."""
@@ -111,7 +109,7 @@ def probe(
     # H.264 file took a swap past 7 GB), and the header's size is enough to know.
     check_frame_size(info, max_frame_pixels=max_frame_pixels)
     if info.frame_count <= 0:
-        raise InputError(f"{source.name}: video stream has no frames", reason="no_frames")
+        raise InputError(f"{source.name}: video stream has no frames", reason=Reason.NO_FRAMES)
     if not counted:
         # The index may promise frames the file no longer holds (an mp4 with its moov first,
         # cut short): demux the last second, which reads through to the end of the data.
@@ -177,7 +175,9 @@ def _check_plain(source: Path, container: str) -> None:
 
 def _not_plain(source: Path, container: str) -> InputError:
     if _still_image(container):
-        return InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
+        return InputError(
+            f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
+        )
     return InputError(
         f"{source.name}: not a plain video file (format {container.split(',')[0]!r} is refused: "
         "it can make ffmpeg open other files)",
@@ -195,20 +195,20 @@ def _open_failure(source: Path, stderr: str) -> InputError:
         if _looks_like_video_container(source):
             return InputError(
                 f"{source.name}: truncated or corrupt video (moov atom not found)",
-                reason="corrupt_video",
+                reason=Reason.CORRUPT_VIDEO,
             )
-        return InputError(f"{source.name}: not a video file", reason="not_video")
+        return InputError(f"{source.name}: not a video file", reason=Reason.NOT_VIDEO)
     if "End of file" in stderr and _looks_like_video_container(source):
         # A header and no frame after it: the stream parameters never arrive.
         return InputError(
             f"{source.name}: video stream has no frames (the file ends before the first)",
-            reason="no_frames",
+            reason=Reason.NO_FRAMES,
         )
     if "Invalid data found" in stderr and _looks_like_video_container(source):
-        return InputError(f"{source.name}: truncated or corrupt video", reason="corrupt_video")
+        return InputError(f"{source.name}: truncated or corrupt video", reason=Reason.CORRUPT_VIDEO)
     if "Permission denied" in stderr:
         return InputError(f"{source.name}: not readable (permission denied)")
-    return InputError(f"{source.name}: not a video file", reason="not_video")
+    return InputError(f"{source.name}: not a video file", reason=Reason.NOT_VIDEO)
 
 
 def _truncation(stderr: str) -> str | None:
@@ -227,23 +227,12 @@ def _check_tail(source: Path, exe: str, duration: float) -> None:
     marker = _truncation(done.stderr)
     if marker is not None:
         raise InputError(
-            f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+            f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
         )
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=PROBE_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"{argv[0]} took over {PROBE_TIMEOUT:.0f} s on {argv[-1]}") from None
+def _run(argv: list[str]) -> process.Completed:
+    return process.run(argv, timeout=PROBE_TIMEOUT, what=f"{Path(argv[0]).name} on {argv[-1]}")
 
 
 def _parse_ratio(text: str | None) -> Fraction:
@@ -277,12 +266,22 @@ def _still_image(container: str) -> bool:
 
 def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
     """VideoInfo and whether frame_count came from a demux pass (True) or the index."""
-    try:
-        data: dict[str, Any] = ffmpeg_python.probe(
-            str(source), cmd=ffprobe, v="error", **plain_input_options()
-        )
-    except ffmpeg_python.Error as exc:
-        raise _open_failure(source, exc.stderr.decode(errors="replace")) from None
+    done = _run(
+        [
+            ffprobe,
+            "-v",
+            "error",
+            *plain_input_args(),
+            "-show_format",
+            "-show_streams",
+            "-of",
+            "json",
+            str(source),
+        ]
+    )
+    if done.returncode != 0:
+        raise _open_failure(source, done.stderr)
+    data: dict[str, Any] = json.loads(done.stdout)
     container = str(data.get("format", {}).get("format_name", ""))
     streams: list[dict[str, Any]] = data.get("streams", [])
     videos = [
@@ -293,12 +292,16 @@ def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo
     audios = [s for s in streams if s.get("codec_type") == "audio"]
     if not videos:
         if _still_image(container) or any(s.get("codec_type") == "video" for s in streams):
-            raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
-        raise InputError(f"{source.name}: no video stream", reason="no_video")
+            raise InputError(
+                f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
+            )
+        raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
     video = videos[0]
     nb_frames = _int(video.get("nb_frames"))
     if _still_image(container):
-        raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
+        raise InputError(
+            f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
+        )
 
     rotation = 0
     for side in video.get("side_data_list", []) or []:
@@ -415,11 +418,11 @@ def _demux_pass(source: Path, exe: str) -> _Packets:
         if "Input #0" not in done.stderr:
             raise _open_failure(source, done.stderr)
         if "matches no streams" in done.stderr:
-            raise InputError(f"{source.name}: no video stream", reason="no_video")
+            raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
         marker = _truncation(done.stderr)
         if marker is not None:
             raise InputError(
-                f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+                f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
             )
         raise MediaError(
             f"{source.name}: ffmpeg could not demux the video stream", stderr=done.stderr[-4000:]
@@ -427,7 +430,7 @@ def _demux_pass(source: Path, exe: str) -> _Packets:
     marker = _truncation(done.stderr)
     if marker is not None:
         raise InputError(
-            f"{source.name}: truncated or corrupt video ({marker})", reason="corrupt_video"
+            f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
         )
     time_base = Fraction(0)
     pts: list[int] = []
@@ -461,13 +464,12 @@ _PIX_FMT = re.compile(r"^[^,]*\), ([a-z0-9_]+)|^[^,]*, ([a-z0-9_]+)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 _LEGACY_ROTATE = re.compile(r"^\s*rotate\s*:\s*(-?\d+)")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_LEVEL_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] )?\[\w+\] ?")
 
 
 def _probe_with_ffmpeg(source: Path, exe: str) -> tuple[VideoInfo, bool]:
     """Parse the input description ffmpeg prints, and count packets in the same pass."""
     packets = _demux_pass(source, exe)
-    lines = [_LEVEL_PREFIX.sub("", line, count=1) for line in packets.stderr.splitlines()]
+    lines = [process.strip_level(line) for line in packets.stderr.splitlines()]
     container = ""
     video_line = ""
     audio_codec: str | None = None
@@ -504,9 +506,11 @@ def _probe_with_ffmpeg(source: Path, exe: str) -> tuple[VideoInfo, bool]:
             if match:
                 legacy_rotate = match.group(1)
     if not video_line:
-        raise InputError(f"{source.name}: no video stream", reason="no_video")
+        raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
     if _still_image(container):
-        raise InputError(f"{source.name}: not a video file (a still image)", reason="not_video")
+        raise InputError(
+            f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
+        )
     video = _VIDEO_LINE.search(video_line)
     assert video is not None
     codec, rest = video.group(1), video.group(2)

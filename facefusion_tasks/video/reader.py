@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import re
@@ -16,7 +15,8 @@ from typing import IO
 import numpy as np
 
 from facefusion_tasks.errors import InputError, MediaError
-from facefusion_tasks.video import ffbin
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.argv import decode_argv
 from facefusion_tasks.video.probe import TRUNCATION_MARKERS, VideoInfo
 
@@ -27,13 +27,12 @@ log = logging.getLogger(__name__)
 SEEK_MARGIN = 0.05
 #: How long to wait for a frame's showinfo line once its pixels arrived (it is printed first).
 PTS_TIMEOUT = 60.0
-#: Lines of ffmpeg's stderr kept for error messages (the rest is dropped: bounded memory).
-STDERR_TAIL = 40
+#: Seconds ffmpeg may take to exit once its output has ended.
+EXIT_TIMEOUT = 60.0
 
 _SHOWINFO = re.compile(r"\] \[info\] n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)")
 _FRAME_SIZE = re.compile(r" s:(\d+)x(\d+) ")
 _CONFIG_TB = re.compile(r"Parsed_showinfo.*config in time_base: (\d+)/(\d+)")
-_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] )?\[(\w+)\] ?")
 _HWACCEL_HINTS = ("hwaccel", "device creation", "cuda", "hwdevice", "no device available")
 
 
@@ -79,8 +78,7 @@ class FrameReader:
         self._closed = False
         self._close_lock = threading.Lock()
         self._pts: queue.Queue[int | None] = queue.Queue()
-        self._errors: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
-        self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self._previous_pts = -1
         self._filter_tb: Fraction | None = None
         self._size_error: str | None = None
 
@@ -96,13 +94,15 @@ class FrameReader:
             version=ffbin.ffmpeg_version(exe),
         )
         log.debug("decoding: %s", " ".join(argv))
-        self._proc, self._stderr_thread = ffbin.spawn(
+        self._ffmpeg = process.Process(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            on_stderr=self._drain_stderr,
-            name="ffmpeg-decode-stderr",
+            name="ffmpeg-decode",
+            on_line=self._on_line,
+            on_end=lambda: self._pts.put(None),
         )
+        self._proc = self._ffmpeg.proc
         assert self._proc.stdout is not None
         self._stdout: IO[bytes] = self._proc.stdout
 
@@ -166,31 +166,21 @@ class FrameReader:
 
     # --- stderr -----------------------------------------------------------------------------
 
-    def _drain_stderr(self, stream: IO[bytes]) -> None:
-        previous = -1
-        try:
-            for raw in stream:
-                line = raw.decode(errors="replace").rstrip()
-                match = _SHOWINFO.search(line)
-                if match:
-                    self._check_size(line)
-                    previous = self._parse_pts(match.group(2), previous)
-                    self._pts.put(previous)
-                    continue
-                match = _CONFIG_TB.search(line)
-                if match and self._filter_tb is None and int(match.group(2)):
-                    self._filter_tb = Fraction(int(match.group(1)), int(match.group(2)))
-                    continue
-                if "Parsed_showinfo" in line:
-                    continue  # per-frame side data and colour lines: noise
-                level = _PREFIX.match(line)
-                if level and level.group(2) in {"error", "fatal"}:
-                    self._errors.append(_PREFIX.sub("", line, count=1))
-                self._tail.append(line)
-        except (OSError, ValueError):
-            pass  # the pipe was closed under us by close()
-        finally:
-            self._pts.put(None)
+    def _on_line(self, line: str) -> bool:
+        """Take showinfo's per-frame lines (their pts feed the frames); True = consumed, the
+        rest go to the process's log (tail and error lines)."""
+        match = _SHOWINFO.search(line)
+        if match:
+            self._check_size(line)
+            self._previous_pts = self._parse_pts(match.group(2), self._previous_pts)
+            self._pts.put(self._previous_pts)
+            return True
+        match = _CONFIG_TB.search(line)
+        if match and self._filter_tb is None and int(match.group(2)):
+            self._filter_tb = Fraction(int(match.group(1)), int(match.group(2)))
+            return True
+        # Per-frame side data and colour lines: noise.
+        return "Parsed_showinfo" in line
 
     def _check_size(self, line: str) -> None:
         size = _FRAME_SIZE.search(line)
@@ -220,22 +210,21 @@ class FrameReader:
 
     def stderr_tail(self) -> str:
         """The last lines ffmpeg printed (errors included), for error reports."""
-        return "\n".join(self._tail)
+        return self._ffmpeg.log.text()
 
     # --- ending ---------------------------------------------------------------------------
 
     def _finish(self, *, partial_bytes: int) -> None:
         """At end of stream: wait for ffmpeg and decide whether the video was whole."""
         self._finished = True
-        code = self._proc.wait()
-        self._stderr_thread.join()
+        code = self._ffmpeg.wait(EXIT_TIMEOUT, what=f"decoding {self.info.path.name}")
         stopped_by_close = self._closed
         self.close()
         if stopped_by_close:
             return  # killed on request: its exit status says nothing about the file
         name = self.info.path.name
         # ffmpeg names the file by its full path; the message names it once, at the front.
-        errors = [line.replace(str(self.info.path), name) for line in self._errors]
+        errors = [line.replace(str(self.info.path), name) for line in self._ffmpeg.log.errors]
         detail = errors[-1] if errors else ""
         if code != 0:
             lowered = " ".join(errors).lower()
@@ -250,12 +239,12 @@ class FrameReader:
                 )
             raise InputError(
                 f"{name}: truncated or corrupt video (ffmpeg exit {code}: {_short(detail)})",
-                reason="corrupt_video",
+                reason=Reason.CORRUPT_VIDEO,
             )
         if partial_bytes:
             raise InputError(
                 f"{name}: truncated or corrupt video (last frame incomplete)",
-                reason="corrupt_video",
+                reason=Reason.CORRUPT_VIDEO,
             )
         if errors and self._came_short():
             marker = next(
@@ -266,7 +255,7 @@ class FrameReader:
             else:
                 got = f"the stream ends before the span does, after pts {self._last_pts}"
             raise InputError(
-                f"{name}: truncated or corrupt video ({got}; {marker})", reason="corrupt_video"
+                f"{name}: truncated or corrupt video ({got}; {marker})", reason=Reason.CORRUPT_VIDEO
             )
 
     def _came_short(self) -> bool:
@@ -286,14 +275,9 @@ class FrameReader:
             if self._closed:
                 return
             self._closed = True
-            if self._proc.poll() is None:
-                self._proc.kill()
             # Killed first: a read blocked in another thread returns, releasing the pipe.
-            self._stdout.close()
-            self._proc.wait()
-            self._stderr_thread.join()
-            if self._proc.stderr is not None:
-                self._proc.stderr.close()
+            self._ffmpeg.kill()
+            self._ffmpeg.close_pipes()
 
     def __enter__(self) -> FrameReader:
         return self

@@ -1,17 +1,15 @@
-"""Join encoded segments without re-encoding, add the original audio, rename into place."""
+"""Join encoded segments without re-encoding, add the original audio, verify, stage for commit."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import MediaError, OutputError
-from facefusion_tasks.video import ffbin
+from facefusion_tasks.errors import MediaError
+from facefusion_tasks.video import ffbin, process, staging
 from facefusion_tasks.video.argv import (
     ENCODE_GLOBAL_ARGS,
     MOV_FAMILY,
@@ -70,30 +68,48 @@ def stitch_argv(
     return [*argv, "-f", muxer, str(destination)]
 
 
+@dataclass(frozen=True)
+class StagedOutput:
+    """A stitched, verified file waiting beside its destination: commit() renames it into
+    place, discard() removes it. The caller decides in between (the job store's COMMITTING
+    state), so a cancel and a commit can never both win."""
+
+    temp: Path
+    destination: Path
+
+    def commit(self) -> Path:
+        """Move it into place (atomic)."""
+        return staging.commit(self.temp, self.destination)
+
+    def discard(self) -> None:
+        """Remove it; the destination is untouched."""
+        self.temp.unlink(missing_ok=True)
+
+
 def stitch_segments(
     segments: Sequence[tuple[Path, Fraction | None]],
     output: Path,
     *,
     audio_source: VideoInfo,
     settings: Settings,
-) -> Path:
-    """Write the joined video to a hidden temp file beside `output`, then rename it into place:
-    a failure never leaves a half-written file at the destination."""
+    frames: int,
+    timeout: float,
+) -> StagedOutput:
+    """Join the segments into a hidden temp file beside `output` and verify it: ffmpeg
+    reported no error (whatever its exit code), and a demux-only re-count finds exactly
+    `frames` frames over the segments' planned spans. Nothing at `output` changes here."""
     missing = [str(p) for p, _ in segments if not p.is_file()]
     if missing:
         raise MediaError(f"segments missing: {', '.join(missing[:3])}")
     exe = ffbin.ffmpeg_exe(settings.ffmpeg)
     muxer = muxer_for(output)
+    # The last segment has no planned span (it runs to the end): its own length counts.
+    last = process.count_video(segments[-1][0], ffmpeg=exe)
+    duration = sum((span or Fraction(0) for _, span in segments[:-1]), Fraction(0))
+    duration += last.duration
     list_file = segments[0][0].parent / "concat.ffconcat"
     list_file.write_text(concat_list(segments))
-    try:
-        fd, temp_name = tempfile.mkstemp(
-            prefix=f".{output.name}.", suffix=".partial", dir=output.parent
-        )
-    except OSError as exc:
-        raise OutputError(f"{output}: cannot write there ({exc.strerror})") from None
-    os.close(fd)
-    temp = Path(temp_name)
+    temp = staging.create_temp(output)
     argv = stitch_argv(
         list_file,
         temp,
@@ -105,13 +121,20 @@ def stitch_segments(
         ffmpeg=exe,
     )
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", check=False)
-        if proc.returncode != 0:
-            tail = proc.stderr.strip().splitlines()[-3:]
-            raise MediaError(
-                f"stitching {output.name} failed: {' / '.join(tail)}", stderr=proc.stderr
-            )
-        os.replace(temp, output)
-    finally:
+        done = process.run(argv, timeout=timeout, what=f"stitching {output.name}")
+        failure = done.log().failure(f"stitching {output.name}", done.returncode)
+        if failure is not None:
+            raise failure
+        frame = 1 / audio_source.frame_rate if audio_source.frame_rate else Fraction(1, 25)
+        process.verify_video(
+            temp,
+            ffmpeg=exe,
+            frames=frames,
+            duration=duration,
+            tolerance=frame + Fraction(1, 1000),
+            what=f"stitched {output.name}",
+        )
+    except BaseException:
         temp.unlink(missing_ok=True)
-    return output
+        raise
+    return StagedOutput(temp, output)

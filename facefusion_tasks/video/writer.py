@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
-import secrets
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -17,15 +15,15 @@ import numpy as np
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError
-from facefusion_tasks.video import ffbin
+from facefusion_tasks.video import ffbin, process, staging
 from facefusion_tasks.video.argv import ENCODERS, encode_argv, muxer_for
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
 from facefusion_tasks.video.probe import VideoInfo
 
 log = logging.getLogger(__name__)
 
-#: Lines of ffmpeg's stderr kept for MediaError (bounded memory on long encodes).
-STDERR_TAIL = 60
+#: Seconds ffmpeg may take to flush and close the file after the last frame.
+FLUSH_TIMEOUT = 600.0
 
 
 def choose_encoder(requested: str, exe: str) -> str:
@@ -59,28 +57,12 @@ def check_destination(destination: Path) -> None:
         raise OutputError(f"{destination}: {exc}") from None
 
 
-def _create_temp(destination: Path) -> Path:
-    """A new hidden file beside the destination (same filesystem, so the final rename is
-    atomic), keeping the extension; created with the umask's usual mode, unlike mkstemp."""
-    for _ in range(100):
-        name = f".{destination.stem}.{secrets.token_hex(4)}.partial{destination.suffix}"
-        temp = destination.with_name(name)
-        try:
-            fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise OutputError(f"{destination}: cannot write ({exc.strerror})") from None
-        os.close(fd)
-        return temp
-    raise OutputError(f"{destination}: cannot create a temporary file beside it")
-
-
 class FrameWriter:
     """Encode BGR frames with their own pts into `destination`, atomically.
 
     Frames go to ffmpeg as Matroska on its stdin; ffmpeg writes a hidden temp file beside the
-    destination; commit() renames it into place, abort() deletes it. The output starts at 0:
+    destination; commit() checks ffmpeg's error lines and re-counts the file (frames and
+    duration must be what was written) before renaming it into place; abort() deletes it. The output starts at 0:
     pts are taken relative to the first frame written, their spacing kept exactly. Leaving
     the `with` block normally commits; leaving it with an exception aborts.
     """
@@ -105,13 +87,14 @@ class FrameWriter:
         self.time_base = time_base
         self.frames_written = 0
         self._first_pts: int | None = None
+        self._last_pts: int | None = None
+        self._previous_pts: int | None = None
         self._done = False
-        self._tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
 
         exe = ffbin.ffmpeg_exe(settings.ffmpeg)
         self.encoder = choose_encoder(settings.video_encoder, exe)
         audio = audio_source if audio_source is not None and audio_source.has_audio else None
-        self.temp = _create_temp(self.destination)
+        self.temp = staging.create_temp(self.destination)
         try:
             argv = encode_argv(
                 self.temp,
@@ -128,19 +111,18 @@ class FrameWriter:
                 version=ffbin.ffmpeg_version(exe),
             )
             log.debug("encoding: %s", " ".join(argv))
-            self._proc, self._stderr_thread = ffbin.spawn(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                on_stderr=self._drain_stderr,
-                name="ffmpeg-encode-stderr",
+            self._ffmpeg = process.Process(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="ffmpeg-encode"
             )
         except BaseException:
             self.temp.unlink(missing_ok=True)
             raise
+        self._exe = exe
+        self._proc = self._ffmpeg.proc
         assert self._proc.stdin is not None
         self._stdin: IO[bytes] = self._proc.stdin
         rate = frame_rate or (audio_source.frame_rate if audio_source is not None else None)
+        self._rate = Fraction(rate) if rate else None
         # The last frame has no successor to end it: give it one frame's duration.
         last_duration = round(10**9 / rate) if rate else None
         try:
@@ -161,6 +143,7 @@ class FrameWriter:
             )
         if self._first_pts is None:
             self._first_pts = pts
+        self._previous_pts, self._last_pts = self._last_pts, pts
         try:
             self._mkv.write(image, pts_to_ns(pts - self._first_pts, self.time_base))
         except BrokenPipeError:
@@ -168,7 +151,10 @@ class FrameWriter:
         self.frames_written += 1
 
     def commit(self) -> Path:
-        """Finish the encode and move the file into place; MediaError if ffmpeg failed."""
+        """Finish the encode, verify the file and move it into place. MediaError (the
+        destination untouched, the temp removed) if ffmpeg reported any error, even with exit
+        code 0 (a full disk while writing the trailer), or if the file does not hold exactly
+        the frames written over their duration."""
         if self._done:
             raise ValueError("the writer is already committed or aborted")
         if self.frames_written == 0:
@@ -176,70 +162,63 @@ class FrameWriter:
             raise MediaError(f"{self.destination.name}: no frames were written")
         with contextlib.suppress(BrokenPipeError):  # ffmpeg already gone: its exit code says why
             self._stdin.close()
-        code = self._proc.wait()
-        self._stderr_thread.join()
-        self._close_pipes()
-        if code != 0:
-            self._done = True
-            self.temp.unlink(missing_ok=True)
-            raise MediaError(
-                f"{self.destination.name}: encoding failed (ffmpeg exit {code}): "
-                f"{self._last_error()}",
-                stderr=self.stderr_tail(),
-            )
         try:
-            os.replace(self.temp, self.destination)
-        except OSError as exc:
-            self.temp.unlink(missing_ok=True)
-            raise OutputError(
-                f"{self.destination}: cannot move into place ({exc.strerror})"
-            ) from None
-        finally:
-            self._done = True
+            code = self._ffmpeg.wait(FLUSH_TIMEOUT, what=f"encoding {self.destination.name}")
+            failure = self._ffmpeg.log.failure(f"encoding {self.destination.name}", code)
+            if failure is not None:
+                raise failure
+            self._verify()
+        except BaseException:
+            self.abort()
+            raise
+        self._ffmpeg.close_pipes()
+        self._done = True
+        staging.commit(self.temp, self.destination)
         log.info("wrote %s (%d frames, %s)", self.destination, self.frames_written, self.encoder)
         return self.destination
+
+    def expected_duration(self) -> tuple[Fraction, Fraction]:
+        """(duration, tolerance) the written frames must span: first pts to last pts plus the
+        last frame's length, give or take one frame (and a millisecond of rounding)."""
+        assert self._first_pts is not None and self._last_pts is not None
+        step = self._rate and 1 / self._rate
+        if not step and self._previous_pts is not None:
+            step = (self._last_pts - self._previous_pts) * self.time_base
+        frame = Fraction(step or 0)
+        span = (self._last_pts - self._first_pts) * self.time_base
+        return span + frame, (frame or Fraction(1, 25)) + Fraction(1, 1000)
+
+    def _verify(self) -> None:
+        duration, tolerance = self.expected_duration()
+        process.verify_video(
+            self.temp,
+            ffmpeg=self._exe,
+            frames=self.frames_written,
+            duration=duration,
+            tolerance=tolerance,
+            what=self.destination.name,
+        )
 
     def abort(self) -> None:
         """Stop ffmpeg and delete the temp file; the destination is left untouched. Idempotent."""
         if self._done:
             return
         self._done = True
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
-        self._stderr_thread.join()
-        self._close_pipes()
+        self._ffmpeg.kill()
+        self._ffmpeg.close_pipes()
         self.temp.unlink(missing_ok=True)
 
     def _fail(self, what: str) -> None:
         self.abort()
-        raise MediaError(
-            f"{self.destination.name}: {what}: {self._last_error()}", stderr=self.stderr_tail()
+        failure = self._ffmpeg.log.failure(f"{self.destination.name}: {what}", None)
+        raise failure or MediaError(
+            f"{self.destination.name}: {what}: {self._ffmpeg.log.last_error()}",
+            stderr=self.stderr_tail(),
         )
-
-    def _close_pipes(self) -> None:
-        for pipe in (self._stdin, self._proc.stderr):
-            if pipe is None:
-                continue
-            with contextlib.suppress(BrokenPipeError):  # unflushed bytes to a dead ffmpeg
-                pipe.close()
-
-    def _drain_stderr(self, stream: IO[bytes]) -> None:
-        try:
-            for raw in stream:
-                self._tail.append(raw.decode(errors="replace").rstrip())
-        except (OSError, ValueError):
-            pass  # closed by abort()
-
-    def _last_error(self) -> str:
-        for line in reversed(self._tail):
-            if "[error]" in line or "[fatal]" in line:
-                return line.split("] ", 1)[-1][:200] if "] " in line else line[:200]
-        return self._tail[-1][:200] if self._tail else "no message"
 
     def stderr_tail(self) -> str:
         """The last lines ffmpeg printed."""
-        return "\n".join(self._tail)
+        return self._ffmpeg.log.text()
 
     def __enter__(self) -> FrameWriter:
         return self

@@ -58,6 +58,11 @@ def _wait_for(predicate, timeout: float = 60, interval: float = 0.05):  # type: 
     raise AssertionError("condition not met in time")
 
 
+def _launcher(node: str) -> str:
+    """The cluster's name for the launcher that started a Celery node ("w1-cpu0@host" -> w1)."""
+    return node.split("@")[0].rsplit("-", 1)[0]
+
+
 def _running_chunk(producer, job_id: str):  # type: ignore[no-untyped-def]
     status = producer.status(job_id)
     for chunk in status.chunks:
@@ -78,7 +83,7 @@ def test_two_workers_share_a_job_and_the_output_is_frame_exact(
     assert status.state == SUCCEEDED, (status.reason, status.error)
     assert status.chunks_total >= 5 and status.chunks_done == status.chunks_total
     assert status.frames_done == status.frames_total
-    assert {c["worker"].split("@")[0] for c in status.chunks} == {"w1", "w2"}
+    assert {_launcher(c["worker"]) for c in status.chunks} == {"w1", "w2"}
     assert all(c["attempts"] == 1 for c in status.chunks)
     # Frame count and every timestamp equal the input's, and what local mode produces.
     assert video_times(output) == video_times(root / "vfr.mov")
@@ -102,7 +107,7 @@ def test_a_sigkilled_worker_chunk_is_redone_elsewhere(fleet: Cluster, root: Path
     output = root / "out" / "killed.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=4)
     victim = _wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
-    fleet.kill(victim["worker"].split("@")[0])
+    fleet.kill(_launcher(victim["worker"]))
     status = producer.wait(job_id, timeout=150)
     assert status.state == SUCCEEDED, (status.reason, status.error)
     redone = status.chunks[victim["index"]]
@@ -110,9 +115,12 @@ def test_a_sigkilled_worker_chunk_is_redone_elsewhere(fleet: Cluster, root: Path
     assert video_times(output) == video_times(root / "long.mp4")  # nothing lost or duplicated
 
 
-def test_redis_restart_mid_job_completes_or_fails_clearly(
+def test_redis_restart_mid_job_completes_exactly(
     root: Path, models_dir: Path, tmp_path: Path
 ) -> None:
+    """Redis (AOF, fsync always) restarts while a chunk runs: the store's commands retry with
+    backoff, lost connections are transient and retried, so the job ends SUCCEEDED with
+    exactly the input's frames."""
     server = RedisServer(tmp_path)
     server.start()
     try:
@@ -130,12 +138,9 @@ def test_redis_restart_mid_job_completes_or_fails_clearly(
             time.sleep(1.5)
             server.start()
             status = producer.wait(job_id, timeout=150)
-            print(f"after a Redis restart the job ended {status.state} {status.reason}")
-            if status.state == SUCCEEDED:
-                assert video_times(output) == video_times(root / "long.mp4")
-            else:
-                assert status.state == FAILED and status.reason and status.error
-                assert not output.exists()
+            assert status.state == SUCCEEDED, (status.reason, status.error)
+            assert status.frames_done == status.frames_total
+            assert video_times(output) == video_times(root / "long.mp4")
     finally:
         server.stop()
 
@@ -160,8 +165,13 @@ def test_cancel_stops_a_running_job_and_cleans_up(fleet: Cluster, root: Path) ->
     output = root / "out" / "cancelled.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2)
     _wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
+    begun = time.monotonic()
     assert producer.cancel(job_id)
-    assert producer.status(job_id).state == CANCELLED
+    assert time.monotonic() - begun < 0.5  # no sleeping in hope
+    cancelled = producer.status(job_id)
+    assert cancelled.state == CANCELLED
+    # Every chunk not finished says so at once: none is left showing RUNNING or PENDING.
+    assert {c["state"] for c in cancelled.chunks} <= {CANCELLED, "DONE"}
     # Running chunk stops within a watch interval; pending ones are skipped, quickly.
     other = producer.submit(
         root / "source.png", root / "tiny.mp4", root / "out" / "after-cancel.mp4"
@@ -171,6 +181,7 @@ def test_cancel_stops_a_running_job_and_cleans_up(fleet: Cluster, root: Path) ->
     assert not (root / ".facefusion-work" / job_id).exists()
     assert not [p for p in (root / "out").iterdir() if p.name.startswith(".cancelled")]
     assert producer.status(job_id).state == CANCELLED
+    assert {c["state"] for c in producer.status(job_id).chunks} <= {CANCELLED, "DONE"}
 
 
 def test_retry_reruns_only_unfinished_chunks(fleet: Cluster, root: Path) -> None:
@@ -265,7 +276,7 @@ def test_status_json_names_workers_per_chunk(fleet: Cluster, root: Path) -> None
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["state"] == SUCCEEDED and status["frames_done"] == 10
-    assert status["chunks"][0]["worker"].startswith("w1@")
+    assert _launcher(status["chunks"][0]["worker"]) == "w1"
     assert os.path.getsize(root / "out" / "st.mp4") > 0
 
 

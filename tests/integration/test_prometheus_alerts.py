@@ -202,8 +202,9 @@ def test_a_real_job_on_two_workers_counts_every_frame_and_its_oom_pages(
             "PYTHONPATH": f"{repo / 'tests' / 'faults'}{os.pathsep}{repo}",
             "FF_FAULT_OOM": "swapper:1",
         }
-        fleet.start_worker("w1")
-        fleet.start_worker("w2")
+        # One launcher, two worker processes ("GPUs" 0 and 1, on the CPU provider): a launcher
+        # wipes the metrics directory it is given, so two would erase each other's series.
+        fleet.start_worker("w", gpus="0,1")
         selector = 'facefusion_gpu_oom_total{kind="arena",model="swapper"}'
         # Prometheus has the workers' zero before anything goes wrong (so increase() sees it).
         scraped = wait_for("the zero OOM series", lambda: query(prometheus, selector), deadline)

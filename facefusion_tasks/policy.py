@@ -1,0 +1,64 @@
+"""What an error means, decided once for plan, chunk, stitch and the CLI: reason, retry, exit code."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from dataclasses import dataclass
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from facefusion_tasks.errors import FaceFusionError, TransientError
+from facefusion_tasks.reasons import Reason, parse
+
+#: Exit codes: done, internal error, the user's input.
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+#: Celery's time-limit exceptions come from billiard; matched by name so this module (and the
+#: pipeline, which uses it through the runner) never imports Celery.
+_TIME_LIMIT_NAMES = frozenset({"SoftTimeLimitExceeded", "TimeLimitExceeded"})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one failed attempt ends: retried, or the job fails with `reason`."""
+
+    reason: Reason
+    retry: bool
+    message: str
+
+
+def reason_of(error: BaseException) -> Reason:
+    """The bounded reason for any exception, ours or not."""
+    if isinstance(error, FaceFusionError):
+        return parse(error.reason)
+    if any(cls.__name__ in _TIME_LIMIT_NAMES for cls in type(error).__mro__):
+        return Reason.TIMEOUT
+    if isinstance(error, subprocess.TimeoutExpired):
+        return Reason.TIMEOUT
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return Reason.NO_SPACE
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
+        return Reason.TRANSIENT
+    return Reason.INTERNAL
+
+
+def retryable(error: BaseException) -> bool:
+    """Only errors that say another attempt may not hit them: TransientError (a GPU OOM at
+    batch 1 included) and a lost Redis connection. A missing model, bad input, a full disk or
+    a time limit would fail the same way again."""
+    return isinstance(error, (TransientError, RedisConnectionError, RedisTimeoutError))
+
+
+def decide(error: BaseException, *, attempt: int, max_retries: int) -> Outcome:
+    """Retry `error` (attempt counts from 0) or give up with its reason: dramatiq's
+    retry_when, written once for every task."""
+    message = str(error) or type(error).__name__
+    reason = reason_of(error)
+    return Outcome(reason=reason, retry=retryable(error) and attempt < max_retries, message=message)
+
+
+def exit_code(reason: Reason | str | None) -> int:
+    """The CLI's exit code for a failure with `reason`: 2 when it is the user's input, else 1."""
+    return EXIT_BAD_INPUT if parse(reason).user_input else EXIT_INTERNAL

@@ -1,0 +1,272 @@
+"""One way to run ffmpeg: spawn with stderr drained, a bounded tail, error lines, a timeout, a re-count."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import IO
+
+from facefusion_tasks.errors import MediaError
+from facefusion_tasks.reasons import Reason
+
+#: Lines of stderr kept per process (bounded memory however long ffmpeg talks).
+TAIL_LINES = 60
+#: A level-prefixed line ("-loglevel level+…"): "[mp4 @ 0x55…] [error] text" or "[error] text".
+LEVEL_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] )?\[(\w+)\] ?")
+#: Levels that mean ffmpeg failed, whatever its exit code: ffmpeg 5.1 exits 0 after
+#: "Error writing trailer: No space left on device".
+ERROR_LEVELS = frozenset({"error", "fatal", "panic"})
+#: What a full disk looks like in ffmpeg's messages (strerror(ENOSPC)).
+NO_SPACE_TEXT = "no space left on device"
+#: Seconds the demux-only re-count of a written file may take (it reads, decodes nothing).
+VERIFY_TIMEOUT = 300.0
+
+
+def strip_level(line: str) -> str:
+    """The message without ffmpeg's "[ctx @ 0x…] [level]" prefix."""
+    return LEVEL_PREFIX.sub("", line, count=1)
+
+
+def level_of(line: str) -> str | None:
+    """The level word of a level-prefixed line (None when unprefixed)."""
+    match = LEVEL_PREFIX.match(line)
+    return match.group(2) if match else None
+
+
+class StderrLog:
+    """The last lines of one ffmpeg's stderr, and its error lines, both bounded."""
+
+    def __init__(self, limit: int = TAIL_LINES) -> None:
+        self.tail: collections.deque[str] = collections.deque(maxlen=limit)
+        self.errors: collections.deque[str] = collections.deque(maxlen=limit)
+        #: Set once any line reported a full disk (kept even when the line scrolls away).
+        self.no_space = False
+
+    def add(self, line: str) -> None:
+        """Record one line."""
+        self.tail.append(line)
+        if level_of(line) in ERROR_LEVELS:
+            self.errors.append(strip_level(line))
+        if NO_SPACE_TEXT in line.lower():
+            self.no_space = True
+
+    def feed(self, text: str) -> StderrLog:
+        """Record a whole captured stderr."""
+        for line in text.splitlines():
+            self.add(line.rstrip())
+        return self
+
+    def last_error(self, limit: int = 200) -> str:
+        """The last error line, else the last line, shortened."""
+        line = self.errors[-1] if self.errors else (self.tail[-1] if self.tail else "no message")
+        return line[:limit]
+
+    def text(self) -> str:
+        """The kept lines, for MediaError.stderr."""
+        return "\n".join(self.tail)
+
+    def failure(self, what: str, returncode: int | None) -> MediaError | None:
+        """A MediaError when ffmpeg failed (non-zero exit or any error line), else None."""
+        if returncode == 0 and not self.errors:
+            return None
+        how = "" if returncode in (0, None) else f" (ffmpeg exit {returncode})"
+        if self.no_space:
+            return MediaError(
+                f"{what}: no space left on device{how}", stderr=self.text(), reason=Reason.NO_SPACE
+            )
+        return MediaError(f"{what}: {self.last_error()}{how}", stderr=self.text())
+
+
+class Process:
+    """A running ffmpeg whose stderr a daemon thread drains (an unread pipe fills up and
+    stalls ffmpeg mid-video). `on_line` sees each line first and returns True to keep it out
+    of the log (the reader's per-frame showinfo lines); `on_end` runs when stderr closes."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        stdin: int | None,
+        stdout: int | None,
+        name: str,
+        on_line: Callable[[str], bool] | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        self.argv = argv
+        self.log = StderrLog()
+        self._on_line = on_line
+        self._on_end = on_end
+        try:
+            self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise MediaError(f"cannot start {argv[0]}: {exc.strerror}") from None
+        assert self.proc.stderr is not None
+        self._thread = threading.Thread(
+            target=self._drain,
+            args=(self.proc.stderr,),
+            daemon=True,
+            name=f"{name}-{self.proc.pid}",
+        )
+        self._thread.start()
+
+    def _drain(self, stream: IO[bytes]) -> None:
+        try:
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip()
+                if self._on_line is not None and self._on_line(line):
+                    continue
+                self.log.add(line)
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us (kill)
+        finally:
+            if self._on_end is not None:
+                self._on_end()
+
+    def wait(self, timeout: float | None, *, what: str) -> int:
+        """ffmpeg's exit code once it and its stderr are done; killed, and MediaError with
+        reason timeout, when it takes longer than `timeout` seconds."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise MediaError(
+                f"{what}: ffmpeg took over {timeout:.0f} s", stderr=self.log.text(),
+                reason=Reason.TIMEOUT,
+            ) from None  # fmt: skip
+        self._thread.join()
+        return code
+
+    def kill(self) -> None:
+        """Stop ffmpeg now (idempotent) and collect it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._thread.join()
+
+    def close_pipes(self) -> None:
+        """Release the pipe ends this side holds."""
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                # Unflushed bytes to a dead ffmpeg fail the close: nothing left to do with them.
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished short-lived run."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def log(self) -> StderrLog:
+        """Its stderr as a StderrLog (error lines picked out)."""
+        return StderrLog().feed(self.stderr)
+
+
+def run(argv: list[str], *, timeout: float, what: str) -> Completed:
+    """Run ffmpeg/ffprobe to the end with output captured; MediaError when it cannot start or
+    takes longer than `timeout` (then it is killed)."""
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"{what}: took over {timeout:.0f} s", reason=Reason.TIMEOUT) from None
+    except OSError as exc:
+        raise MediaError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
+    return Completed(done.returncode, done.stdout, done.stderr)
+
+
+# --- verifying a written file -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a demux-only pass finds in a file's first video stream."""
+
+    frames: int
+    #: First frame's start to the last frame's end (pts span plus the last packet's duration).
+    duration: Fraction
+
+
+def count_argv(path: Path, *, ffmpeg: str) -> list[str]:
+    """Stream-copy the first video stream into framecrc (one line per packet: pts, duration):
+    reads the file through, decodes nothing."""
+    return [
+        ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error",
+        "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-",
+    ]  # fmt: skip
+
+
+_TB_LINE = re.compile(r"^#tb 0:\s*(\d+)/(\d+)")
+
+
+def parse_framecrc(text: str) -> Counted:
+    """Frames and duration from framecrc output (pure, for tests)."""
+    time_base = Fraction(0)
+    first: int | None = None
+    end: int | None = None
+    frames = 0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            match = _TB_LINE.match(line)
+            if match and int(match.group(2)):
+                time_base = Fraction(int(match.group(1)), int(match.group(2)))
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 6 or fields[0] != "0":
+            continue
+        pts, length = int(fields[2]), max(int(fields[3]), 0)
+        frames += 1
+        first = pts if first is None else min(first, pts)
+        end = pts + length if end is None else max(end, pts + length)
+    if first is None or end is None:
+        return Counted(0, Fraction(0))
+    return Counted(frames, (end - first) * time_base)
+
+
+def count_video(path: Path, *, ffmpeg: str, timeout: float = VERIFY_TIMEOUT) -> Counted:
+    """Re-read a written file (demux only) and count what it really holds; MediaError when it
+    does not open (a missing moov atom: an mp4 whose trailer was never written)."""
+    done = run(count_argv(path, ffmpeg=ffmpeg), timeout=timeout, what=f"verifying {path.name}")
+    failure = done.log().failure(f"{path.name} does not read back", done.returncode)
+    if failure is not None:
+        raise failure
+    return parse_framecrc(done.stdout)
+
+
+def verify_video(
+    path: Path,
+    *,
+    ffmpeg: str,
+    frames: int,
+    duration: Fraction,
+    tolerance: Fraction,
+    what: str,
+) -> Counted:
+    """MediaError unless `path` holds exactly `frames` video frames lasting `duration`
+    (± `tolerance`, about one frame): checked before a file is committed."""
+    counted = count_video(path, ffmpeg=ffmpeg)
+    if counted.frames != frames:
+        raise MediaError(f"{what}: wrote {frames} frames but the file holds {counted.frames}")
+    if abs(counted.duration - duration) > tolerance:
+        raise MediaError(
+            f"{what}: the file lasts {float(counted.duration):.3f} s, "
+            f"expected {float(duration):.3f} s"
+        )
+    return counted

@@ -1,0 +1,122 @@
+"""Temp files beside a destination that become it only on commit, and sweeping stale ones.
+
+A temp must sit in the destination's directory (same filesystem: the final rename is atomic),
+so a process killed mid-write (SIGKILL, OOM killer, power loss) leaves one behind. Its name
+carries the host (and pid namespace) and pid that wrote it; whoever next writes to the same
+destination removes temps whose writer is gone (same host and namespace, pid not running) or
+that have not changed for a day (any host: shared storage). A live writer's temp is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from pathlib import Path
+
+from facefusion_tasks.errors import MediaError, OutputError
+from facefusion_tasks.reasons import Reason
+
+log = logging.getLogger(__name__)
+
+#: A temp nobody has written to for this long is abandoned, whoever made it.
+STALE_SECONDS = 24 * 3600.0
+#: The marker in every temp's name ("." + stem + "." + host-pid-token + MARKER + suffix).
+MARKER = ".partial"
+
+
+@functools.cache
+def _host() -> str:
+    """Who may judge this name's pid: the host name, plus the kernel boot and pid namespace
+    (containers with one host name on two machines, or two containers on one machine, must
+    never take each other's live pid for a dead one)."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return name
+    return f"{name}_{hashlib.sha1(f'{boot}{namespace}'.encode()).hexdigest()[:8]}"
+
+
+def _pattern(destination: Path) -> re.Pattern[str]:
+    return re.compile(
+        rf"^\.{re.escape(destination.stem)}\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9a-f]{{8}}"
+        rf"{re.escape(MARKER)}{re.escape(destination.suffix)}$"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(destination: Path, *, now: float | None = None) -> list[Path]:
+    """Remove abandoned temps of `destination`; returns what was removed."""
+    pattern = _pattern(destination)
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    host = _host()
+    try:
+        entries = list(os.scandir(destination.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        dead = match.group("host") == host and not _pid_alive(int(match.group("pid")))
+        if dead or age > STALE_SECONDS:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    if removed:
+        log.info("removed %d abandoned temp file(s) of %s", len(removed), destination)
+    return removed
+
+
+def create_temp(destination: Path) -> Path:
+    """A new hidden, empty file beside `destination`, keeping its extension, with the mode
+    the umask gives (0644 typically; mkstemp would give 0600). Abandoned temps of the same
+    destination are swept first."""
+    sweep(destination)
+    stem = f".{destination.stem}.{_host()}-{os.getpid()}"
+    for _ in range(100):
+        temp = destination.with_name(f"{stem}-{secrets.token_hex(4)}{MARKER}{destination.suffix}")
+        try:
+            fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise MediaError(f"{destination}: no space left", reason=Reason.NO_SPACE) from None
+            raise OutputError(f"{destination}: cannot write there ({exc.strerror})") from None
+        os.close(fd)
+        return temp
+    raise OutputError(f"{destination}: cannot create a temporary file beside it")
+
+
+def commit(temp: Path, destination: Path) -> Path:
+    """Move a verified temp into place (atomic); the temp is gone either way."""
+    try:
+        os.replace(temp, destination)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise OutputError(f"{destination}: cannot move into place ({exc.strerror})") from None
+    return destination

@@ -1,0 +1,112 @@
+"""The CLI's exit codes come from the reason, for `swap` and `wait` alike; settings precedence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from facefusion_tasks import cli, policy
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store import CANCELLED, FAILED, SUCCEEDED, JobStore
+
+
+@pytest.fixture()
+def broker(redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    for name in ("FACEFUSION_MODELS_DIR", "FACEFUSION_CHUNK_SECONDS", "FACEFUSION_WORK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FACEFUSION_BROKER_URL", redis_url)
+    monkeypatch.setenv("FACEFUSION_STORAGE_ROOTS", str(tmp_path))
+    return redis_url
+
+
+def _ended(store: JobStore, state: str, reason: Reason | None) -> str:
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    store.set_state(job_id, state, reason=reason, error="what went wrong")
+    return job_id
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_wait_exits_as_the_reason_says(
+    reason: Reason, broker: str, store: JobStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_id = _ended(store, FAILED, reason)
+    assert cli.main(["wait", job_id, "--no-progress"]) == policy.exit_code(reason)
+    assert "what went wrong" in capsys.readouterr().err
+
+
+def test_wait_exit_codes_for_success_and_cancel(broker: str, store: JobStore) -> None:
+    assert cli.main(["wait", _ended(store, SUCCEEDED, None), "--no-progress"]) == 0
+    assert cli.main(["wait", _ended(store, CANCELLED, Reason.CANCELLED), "--no-progress"]) == 1
+
+
+@pytest.mark.parametrize("command", ["wait", "status", "cancel", "retry"])
+def test_an_unknown_job_is_one_line_and_exit_2_with_no_progress_bar(
+    command: str, broker: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([command, "0123456789abcdef"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "facefusion-tasks: error: no such job: 0123456789abcdef\n"
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_swap_exits_as_wait_does_for_the_same_reason(
+    reason: Reason, broker: str, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same failure, raised in the CLI's process (local swap) or stored with a job (wait),
+    gives the same exit code. The raise is injected at the command table: what is under test
+    is the mapping, not how an input fails (the integration tests do that with real files)."""
+
+    def failing(_: object) -> int:
+        raise InputError("bad", reason=reason) if reason.user_input else _internal(reason)
+
+    monkeypatch.setitem(cli._COMMANDS, "swap", failing)
+    swapped = cli.main(["swap", "s.png", "t.mp4", "-o", "o.mp4"])
+    waited = cli.main(["wait", _ended(store, FAILED, reason), "--no-progress"])
+    assert swapped == waited == policy.exit_code(reason)
+
+
+def _internal(reason: Reason) -> Exception:
+    from facefusion_tasks.errors import MediaError
+
+    return MediaError("broke", reason=reason)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-3", "0"])
+def test_submit_refuses_bad_chunk_seconds_with_exit_2(
+    value: str, broker: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = cli.main(["submit", str(tmp_path / "s.png"), str(tmp_path / "t.mp4"), "-o",
+                     str(tmp_path / "o.mp4"), "--chunk-seconds", value])  # fmt: skip
+    assert code == 2
+    assert "chunk seconds" in capsys.readouterr().err
+
+
+def test_settings_precedence_flag_over_environment_over_default() -> None:
+    assert Settings.from_env({}).stall_seconds == 300.0
+    env = {"FACEFUSION_STALL_SECONDS": "42", "FACEFUSION_CHUNK_SECONDS": "2.5"}
+    assert Settings.from_env(env).stall_seconds == 42.0
+    assert Settings.from_env(env).chunk_seconds == 2.5
+    assert Settings.from_env(env, chunk_seconds=7.0).chunk_seconds == 7.0
+    assert Settings.from_env(env, chunk_seconds=None).chunk_seconds == 2.5
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FACEFUSION_CHUNK_SECONDS": "nan"},
+        {"FACEFUSION_CHUNK_SECONDS": "inf"},
+        {"FACEFUSION_STALL_SECONDS": "0"},
+        {"FACEFUSION_BATCH_SIZE": "eight"},
+        {"FACEFUSION_CHUNK_TIME_LIMIT": "4000"},
+    ],
+)
+def test_settings_refuse_nonsense_as_the_users_input(env: dict[str, str]) -> None:
+    with pytest.raises(InputError) as caught:
+        Settings.from_env(env)
+    assert policy.exit_code(caught.value.reason) == 2
+    assert not math.isnan(Settings.from_env({}).chunk_seconds)

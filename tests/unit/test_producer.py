@@ -1,0 +1,165 @@
+"""Producer.retry/cancel and path confinement against a real Redis database (no workers)."""
+
+from __future__ import annotations
+
+import json
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import redis
+
+from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, TASK_PLAN
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.jobs import Chunk
+from facefusion_tasks.metrics.queues import priority_keys
+from facefusion_tasks.producer import Producer
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.storage import confine
+from facefusion_tasks.store import (
+    CANCELLED,
+    COMMITTING,
+    FAILED,
+    PLANNING,
+    QUEUED,
+    RUNNING,
+    STITCHING,
+)
+from facefusion_tasks.workspace import segment_dir
+
+
+@pytest.fixture()
+def producer(redis_url: str, tmp_path: Path) -> Producer:
+    settings = Settings.from_env(
+        {}, broker_url=redis_url, storage_roots=str(tmp_path), stall_seconds=60.0
+    )
+    return Producer(settings)
+
+
+def _messages(redis_url: str, queue: str) -> list[tuple[str, list]]:
+    client = redis.Redis.from_url(redis_url)
+    found = []
+    for key in priority_keys(queue):
+        for raw in client.lrange(key, 0, -1):
+            message = json.loads(raw)
+            found.append((message["headers"]["task"], json.loads(_body(message))[0]))
+    return found
+
+
+def _body(message: dict) -> str:
+    import base64
+
+    return base64.b64decode(message["body"]).decode()
+
+
+def _job(producer: Producer, state: str, *, chunks: int = 0) -> str:
+    store = producer.store
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    if chunks:
+        plan = [Chunk(i, i * 10, (i + 1) * 10, 10, Fraction(1, 2)) for i in range(chunks)]
+        store.set_plan(job_id, plan, 10 * chunks, {})
+    if state != QUEUED:
+        store.set_state(job_id, state, reason=Reason.MEDIA if state == FAILED else None)
+    return job_id
+
+
+def test_retry_of_a_failed_job_reruns_only_unfinished_chunks(
+    producer: Producer, redis_url: str
+) -> None:
+    job_id = _job(producer, RUNNING, chunks=3)
+    producer.store.chunk_done(job_id, 0, 10)
+    producer.store.chunk_failed(job_id, 1, "no space")
+    producer.store.set_state(job_id, FAILED, reason=Reason.NO_SPACE)
+    assert producer.retry(job_id) == [1, 2]
+    assert producer.store.state(job_id) == RUNNING
+    assert sorted(_messages(redis_url, GPU_QUEUE)) == [
+        (TASK_CHUNK, [job_id, 1]),
+        (TASK_CHUNK, [job_id, 2]),
+    ]
+
+
+def test_retry_takes_back_a_job_stalled_in_planning(producer: Producer, redis_url: str) -> None:
+    job_id = _job(producer, PLANNING)
+    with pytest.raises(InputError, match="only failed, stuck or stalled"):
+        producer.retry(job_id)  # planning right now: not stalled yet
+    producer.store.r.hset(f"facefusion:job:{job_id}", "updated_at", time.time() - 61)
+    assert producer.retry(job_id) == []
+    assert producer.store.state(job_id) == QUEUED
+    assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [job_id])]
+
+
+def test_retry_refuses_a_cancelled_job(producer: Producer) -> None:
+    job_id = _job(producer, RUNNING, chunks=1)
+    assert producer.cancel(job_id)
+    with pytest.raises(InputError) as caught:
+        producer.retry(job_id)
+    assert caught.value.reason is Reason.BAD_INPUT
+
+
+def test_cancel_is_immediate_and_the_idle_canceller_cleans_up(producer: Producer) -> None:
+    job_id = _job(producer, RUNNING, chunks=2)
+    segments = segment_dir(producer.settings, job_id)
+    segments.mkdir(parents=True)
+    (segments / "seg-00000.mp4").write_bytes(b"segment")
+    begun = time.monotonic()
+    assert producer.cancel(job_id)
+    assert time.monotonic() - begun < 0.5  # the old cancel slept a second
+    assert not segments.exists()
+    assert [c["state"] for c in producer.status(job_id).chunks] == [CANCELLED, CANCELLED]
+    assert not producer.cancel(job_id)  # already ended
+
+
+def test_cancel_leaves_segments_to_the_chunk_still_executing(producer: Producer) -> None:
+    job_id = _job(producer, RUNNING, chunks=2)
+    assert producer.store.chunk_started(job_id, 0, "w1")
+    segments = segment_dir(producer.settings, job_id)
+    segments.mkdir(parents=True)
+    assert producer.cancel(job_id)
+    assert segments.exists()  # chunk 0 may still be writing there
+    assert producer.store.chunk_left(job_id, 0)  # ... and it is the one that removes them
+
+
+def test_cancel_never_touches_a_committing_output(producer: Producer, tmp_path: Path) -> None:
+    job_id = _job(producer, RUNNING, chunks=1)
+    producer.store.set_state(job_id, STITCHING)
+    producer.store.set_state(job_id, COMMITTING, only_from=(STITCHING,))
+    output = tmp_path / "o.mp4"
+    output.write_bytes(b"the committed video")
+    assert not producer.cancel(job_id)
+    assert producer.store.state(job_id) == COMMITTING
+    assert output.read_bytes() == b"the committed video"
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1.0, 0.0])
+def test_submit_refuses_chunk_seconds_that_are_not_a_positive_number(
+    producer: Producer, redis_url: str, seconds: float, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="chunk seconds"):
+        producer.submit(tmp_path / "s.png", tmp_path / "t.mp4", tmp_path / "o.mp4",
+                        chunk_seconds=seconds)  # fmt: skip
+    assert redis.Redis.from_url(redis_url).keys("*") == []
+
+
+def test_unknown_job_is_the_users_input(producer: Producer) -> None:
+    with pytest.raises(InputError) as caught:
+        producer.status("0123456789abcdef")
+    assert caught.value.reason is Reason.UNKNOWN_JOB
+
+
+def test_paths_are_confined_to_the_storage_roots(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"")
+    (root / "in" / "link.mp4").symlink_to(outside)
+    settings = Settings.from_env({}, storage_roots=str(root))
+    assert confine(root / "in" / "a.mp4", settings, what="t") == (root / "in" / "a.mp4").resolve()
+    for escape in (root / "in" / ".." / ".." / "outside.mp4", root / "in" / "link.mp4", outside):
+        with pytest.raises(InputError) as caught:
+            confine(escape, settings, what="target video")
+        assert caught.value.reason is Reason.PATH
+    with pytest.raises(InputError) as unset:
+        confine(root, Settings.from_env({}), what="t")
+    assert unset.value.reason is Reason.CONFIG

@@ -1,0 +1,115 @@
+"""One bounded set of reasons drives stored reasons, exit codes and metric labels; one policy
+decides retry or failure for every task."""
+
+from __future__ import annotations
+
+import ast
+import errno
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from facefusion_tasks import errors, policy
+from facefusion_tasks.metrics.definitions import REASONS, bounded_reason
+from facefusion_tasks.reasons import Reason, parse
+
+PACKAGE = Path(__file__).resolve().parents[2] / "facefusion_tasks"
+
+
+def _error_classes() -> list[type[errors.FaceFusionError]]:
+    pending: list[type[errors.FaceFusionError]] = [errors.FaceFusionError]
+    seen = []
+    while pending:
+        cls = pending.pop()
+        seen.append(cls)
+        pending.extend(cls.__subclasses__())
+    return seen
+
+
+def _reason_arguments() -> list[tuple[str, int, ast.expr]]:
+    """Every `reason=` keyword of a call anywhere in the package."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                for keyword in node.keywords:
+                    if keyword.arg == "reason":
+                        found.append((f"{path.relative_to(PACKAGE)}", node.lineno, keyword.value))
+    return found
+
+
+def test_every_raise_site_names_a_reason_member() -> None:
+    """No bare strings: a reason is `Reason.X`, or a name bound to one (checked by mypy)."""
+    arguments = _reason_arguments()
+    assert len(arguments) > 20
+    for where, line, value in arguments:
+        if (
+            isinstance(value, ast.Attribute)
+            and isinstance(value.value, ast.Name)
+            and value.value.id == "Reason"
+        ):
+            assert value.attr in Reason.__members__, (where, line, value.attr)
+            continue
+        # Labels of the metrics module pass bounded strings through bounded_reason/"none".
+        assert not isinstance(value, ast.Constant) or where.startswith("metrics/"), (where, line)
+
+
+def test_every_error_class_carries_a_reason_member() -> None:
+    for cls in _error_classes():
+        assert isinstance(cls.reason, Reason), cls
+
+
+def test_metric_label_set_is_the_enum() -> None:
+    assert {"none", "other"} | {r.value for r in Reason} == REASONS
+    for reason in Reason:
+        assert bounded_reason(reason) == reason.value  # never folded into "other"
+
+
+def test_stored_text_parses_back_and_unknown_is_internal() -> None:
+    for reason in Reason:
+        assert parse(reason.value) is reason
+    assert parse("not_a_video") is Reason.INTERNAL
+    assert parse("") is Reason.INTERNAL
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_exit_code_follows_the_user_input_flag(reason: Reason) -> None:
+    assert policy.exit_code(reason) == (2 if reason.user_input else 1)
+    assert policy.exit_code(reason.value) == policy.exit_code(reason)
+
+
+def test_the_users_input_reasons_are_the_ones_a_user_can_fix() -> None:
+    user = {r for r in Reason if r.user_input}
+    assert Reason.CORRUPT_VIDEO in user and Reason.NO_SOURCE_FACE in user
+    assert Reason.UNKNOWN_JOB in user and Reason.CONFIG in user and Reason.NO_FRAMES in user
+    assert not ({Reason.NO_SPACE, Reason.MODEL, Reason.TIMEOUT, Reason.INTERNAL} & user)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "retried"),
+    [
+        (errors.TransientError("flaky"), Reason.TRANSIENT, True),
+        (errors.GpuOutOfMemory("oom at batch 1"), Reason.GPU_OOM, True),
+        (redis.ConnectionError("gone"), Reason.TRANSIENT, True),
+        (errors.ModelError("det_10g.onnx missing"), Reason.MODEL, False),
+        (errors.InputError("bad", reason=Reason.CORRUPT_VIDEO), Reason.CORRUPT_VIDEO, False),
+        (errors.MediaError("full", reason=Reason.NO_SPACE), Reason.NO_SPACE, False),
+        (OSError(errno.ENOSPC, "No space left on device"), Reason.NO_SPACE, False),
+        (SoftTimeLimitExceeded(), Reason.TIMEOUT, False),
+        (TimeLimitExceeded(10), Reason.TIMEOUT, False),
+        (subprocess.TimeoutExpired("ffmpeg", 5), Reason.TIMEOUT, False),
+        (ValueError("could not convert string to float: 'x'"), Reason.INTERNAL, False),
+    ],
+)
+def test_one_policy_decides_retry_or_failure(
+    error: BaseException, reason: Reason, retried: bool
+) -> None:
+    outcome = policy.decide(error, attempt=0, max_retries=2)
+    assert (outcome.reason, outcome.retry) == (reason, retried)
+    assert outcome.message
+    # Retries are bounded: the last attempt fails with the same reason.
+    assert policy.decide(error, attempt=2, max_retries=2).retry is False

@@ -1,0 +1,174 @@
+"""The job store's state machine on a real Redis database: transitions, races, cancel, reopen."""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+
+from facefusion_tasks.jobs import Chunk
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store import (
+    CANCELLED,
+    COMMITTING,
+    DONE,
+    FAILED,
+    PENDING,
+    PLANNING,
+    QUEUED,
+    RUNNING,
+    STITCHING,
+    SUCCEEDED,
+    JobStore,
+)
+
+
+def _planned(store: JobStore, chunks: int = 3) -> str:
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    plan = [Chunk(i, i * 10, (i + 1) * 10, 10, Fraction(1, 2)) for i in range(chunks)]
+    store.set_plan(job_id, plan, 10 * chunks, {})
+    assert store.set_state(job_id, RUNNING)
+    return job_id
+
+
+def _race(count: int, action) -> list:  # type: ignore[no-untyped-def]
+    """Run `action(i)` in `count` threads released together; their results."""
+    start = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = action(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def test_a_terminal_state_is_never_left(store: JobStore) -> None:
+    job_id = _planned(store)
+    assert store.set_state(job_id, FAILED, reason=Reason.MEDIA, error="boom")
+    assert not store.set_state(job_id, RUNNING)
+    assert not store.set_state(job_id, SUCCEEDED)
+    job = store.get(job_id)
+    assert (job["state"], job["reason"], job["error"]) == (FAILED, "media", "boom")
+    assert float(job["finished_at"]) > 0
+    assert not store.set_state("no-such-job", RUNNING)
+
+
+def test_only_from_limits_the_transition(store: JobStore) -> None:
+    job_id = _planned(store)
+    assert not store.set_state(job_id, COMMITTING, only_from=(STITCHING,))
+    assert store.set_state(job_id, STITCHING, only_from=(RUNNING,))
+    assert store.set_state(job_id, COMMITTING, only_from=(STITCHING,))
+    assert store.state(job_id) == COMMITTING
+
+
+def test_racing_writers_exactly_one_ends_the_job(store: JobStore) -> None:
+    job_id = _planned(store)
+    ends = [FAILED, CANCELLED, SUCCEEDED] * 4
+    won = _race(len(ends), lambda i: store.set_state(job_id, ends[i]))
+    assert won.count(True) == 1
+    assert store.state(job_id) == ends[won.index(True)]
+
+
+def test_chunk_done_reports_the_completed_set_exactly_once(store: JobStore) -> None:
+    job_id = _planned(store, chunks=6)
+    # Every chunk finishes, each twice (a redelivered duplicate), all at once.
+    results = _race(12, lambda i: store.chunk_done(job_id, i % 6, 10))
+    assert results.count(True) == 1
+    assert {c["state"] for c in store.chunks(job_id)} == {DONE}
+    assert store.undone_chunks(job_id) == []
+
+
+def test_cancel_ends_the_job_and_every_unfinished_chunk(store: JobStore) -> None:
+    job_id = _planned(store)
+    assert store.chunk_done(job_id, 0, 10) is False
+    assert store.chunk_started(job_id, 1, "w1")
+    cancelled, idle = store.cancel(job_id)
+    assert cancelled and not idle  # chunk 1 is still executing: it cleans up when it stops
+    assert store.state(job_id) == CANCELLED
+    assert store.get(job_id)["reason"] == Reason.CANCELLED.value
+    assert [c["state"] for c in store.chunks(job_id)] == [DONE, CANCELLED, CANCELLED]
+    assert not store.chunk_started(job_id, 2, "w2")  # a pending chunk that comes up is skipped
+    assert store.chunk_left(job_id, 1) is True  # the last one out sees it idle and cancelled
+    assert store.cancel(job_id) == (False, False)  # already over
+
+
+def test_cancel_with_nothing_executing_is_idle(store: JobStore) -> None:
+    job_id = store.create({"output": "o.mp4"})
+    assert store.cancel(job_id) == (True, True)
+
+
+def test_a_committing_job_cannot_be_cancelled(store: JobStore) -> None:
+    job_id = _planned(store)
+    assert store.set_state(job_id, STITCHING)
+    assert store.set_state(job_id, COMMITTING, only_from=(STITCHING,))
+    assert store.cancel(job_id) == (False, False)
+    assert store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
+
+
+def test_cancel_and_commit_race_one_wins(store: JobStore) -> None:
+    for _ in range(20):
+        job_id = _planned(store, chunks=1)
+        assert store.set_state(job_id, STITCHING)
+
+        def cancel_or_commit(i: int, job_id: str = job_id) -> bool:
+            if i:
+                return store.cancel(job_id)[0]
+            return store.set_state(job_id, COMMITTING, only_from=(STITCHING,))
+
+        results = _race(2, cancel_or_commit)
+        assert results.count(True) == 1
+        assert store.state(job_id) in {CANCELLED, COMMITTING}
+
+
+def test_chunk_left_cleans_only_after_a_cancel(store: JobStore) -> None:
+    job_id = _planned(store)
+    assert store.chunk_started(job_id, 0, "w1")
+    assert store.chunk_left(job_id, 0) is False  # running job: segments are still needed
+    assert store.chunk_started(job_id, 0, "w1")
+    assert store.chunk_started(job_id, 1, "w2")
+    store.set_state(job_id, FAILED, reason=Reason.MEDIA)
+    assert store.chunk_left(job_id, 0) is False
+    assert store.chunk_left(job_id, 1) is False  # failed, not cancelled: retry reuses them
+
+
+def test_reopen_only_from_the_states_given(store: JobStore) -> None:
+    job_id = _planned(store)
+    store.set_state(job_id, FAILED, reason=Reason.NO_SPACE, error="disk full")
+    assert store.claim_metering(job_id)
+    assert not store.reopen(job_id, planned=True, from_states=(RUNNING,))
+    assert store.reopen(job_id, planned=True, from_states=(FAILED,))
+    job = store.get(job_id)
+    assert (job["state"], job["reason"], job["error"]) == (RUNNING, "", "")
+    assert store.claim_metering(job_id)  # its end is counted anew
+    fresh = store.create({"output": "o.mp4"})
+    store.set_state(fresh, PLANNING)
+    assert store.reopen(fresh, planned=False, from_states=(PLANNING,))
+    assert store.state(fresh) == QUEUED
+
+
+def test_reset_chunk_returns_it_to_pending(store: JobStore) -> None:
+    job_id = _planned(store, chunks=2)
+    store.chunk_done(job_id, 0, 10)
+    store.chunk_failed(job_id, 1, "boom")
+    store.reset_chunk(job_id, 0)
+    chunk = store.chunks(job_id)[0]
+    assert (chunk["state"], chunk["frames_done"], chunk["error"]) == (PENDING, "0", "")
+    assert store.undone_chunks(job_id) == [0, 1]
+    assert store.chunk_done(job_id, 1, 10) is False  # chunk 0 is no longer counted done
+    assert store.chunk_done(job_id, 0, 10) is True
+
+
+def test_stalled_means_no_change_for_the_setting(store: JobStore) -> None:
+    job_id = store.create({"output": "o.mp4"})
+    store.set_state(job_id, PLANNING)
+    now = time.time()
+    assert not store.stalled(job_id, seconds=300, now=now)
+    assert store.stalled(job_id, seconds=300, now=now + 301)
+    store.set_state(job_id, FAILED, reason=Reason.INTERNAL)
+    assert not store.stalled(job_id, seconds=300, now=now + 301)  # ended, not stalled
