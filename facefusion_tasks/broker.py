@@ -12,9 +12,6 @@ from redis.retry import Retry
 from facefusion_tasks.errors import FaceFusionError
 from facefusion_tasks.reasons import Reason
 
-#: Exit status when the broker cannot be used (sysexits' EX_UNAVAILABLE): distinct from 1
-#: (internal error) and 2 (bad input), so scripts can wait and try again.
-EXIT_UNAVAILABLE = 69
 #: Seconds to connect, and to wait for any one reply, in CLI and producer paths.
 DEFAULT_TIMEOUT = 3.0
 #: Further attempts after a refused or dropped connection. Never after a timeout (a server
@@ -25,8 +22,7 @@ DEFAULT_RETRIES = 2
 class BrokerUnavailable(FaceFusionError):
     """Redis cannot be reached or refuses us; the message is one line naming host:port."""
 
-    reason = Reason.TRANSIENT.value
-    exit_code = EXIT_UNAVAILABLE
+    reason = Reason.BROKER_UNAVAILABLE
 
 
 class _RetryButNotAuth(Retry):

@@ -393,6 +393,17 @@ _COMMANDS = {
 }
 
 
+def _broker_error(exc: BaseException) -> FaceFusionError | None:
+    """One line naming the server when Redis went away mid-command (a broker that is away at
+    the start already raised BrokerUnavailable); None for any other error."""
+    redis = sys.modules.get("redis")  # only commands that talk to a broker have loaded it
+    if redis is None or not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return None
+    from facefusion_tasks import broker
+
+    return broker.explain(exc, os.environ.get("FACEFUSION_BROKER_URL", ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one clear line on stderr for bad input (exit 2), never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -421,6 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("facefusion-tasks: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # an internal error: say so plainly, details on request
+        unavailable = _broker_error(exc)
+        if unavailable is not None:
+            print(f"facefusion-tasks: error: {unavailable}", file=sys.stderr)
+            return policy.exit_code(unavailable.reason)
         print(f"facefusion-tasks: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if debug:
             traceback.print_exc()

@@ -12,8 +12,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from facefusion_tasks.errors import FaceFusionError, TransientError
 from facefusion_tasks.reasons import Reason, parse
 
-#: Exit codes: done, internal error, the user's input.
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+#: Exit codes: done, internal error, the user's input, and the broker unusable (sysexits'
+#: EX_UNAVAILABLE: scripts can wait and try again).
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 69
 
 #: Celery's time-limit exceptions come from billiard; matched by name so this module (and the
 #: pipeline, which uses it through the runner) never imports Celery.
@@ -60,5 +61,9 @@ def decide(error: BaseException, *, attempt: int, max_retries: int) -> Outcome:
 
 
 def exit_code(reason: Reason | str | None) -> int:
-    """The CLI's exit code for a failure with `reason`: 2 when it is the user's input, else 1."""
-    return EXIT_BAD_INPUT if parse(reason).user_input else EXIT_INTERNAL
+    """The CLI's exit code for a failure with `reason`: 2 when it is the user's input, 69 when
+    the broker cannot be used, else 1."""
+    parsed = parse(reason)
+    if parsed is Reason.BROKER_UNAVAILABLE:
+        return EXIT_UNAVAILABLE
+    return EXIT_BAD_INPUT if parsed.user_input else EXIT_INTERNAL

@@ -8,10 +8,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from facefusion_tasks import broker
 from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError
+from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.jobids import check_job_id
+from facefusion_tasks.jobs import check_chunking
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import confine
 from facefusion_tasks.store import (
@@ -25,11 +28,16 @@ from facefusion_tasks.store import (
     TERMINAL,
     JobStatus,
     JobStore,
-    connect,
 )
 from facefusion_tasks.tasks import enqueue
 from facefusion_tasks.video.probe import probe
 from facefusion_tasks.workspace import segment_dir
+
+
+class WaitTimeout(FaceFusionError):
+    """`wait --timeout` ran out before the job ended (the job itself goes on)."""
+
+    reason = Reason.TIMEOUT
 
 
 class Producer:
@@ -41,7 +49,9 @@ class Producer:
                 "no broker configured (set FACEFUSION_BROKER_URL)", reason=Reason.CONFIG
             )
         self.settings = settings
-        self.store = JobStore(connect(settings.broker_url))
+        # Fail fast with one line (exit 69) when Redis is away or refuses us; workers keep
+        # store.connect's patient retries instead.
+        self.store = JobStore(broker.connect(settings.broker_url))
         self.app = make_app(settings)
 
     def submit(
@@ -60,18 +70,25 @@ class Producer:
             raise InputError("priority must be 0..9 (9 = most urgent)")
         if chunk_seconds is not None and not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
+        limits = self.settings
         source = confine(source, self.settings, what="source image")
         target = confine(target, self.settings, what="target video")
         output = confine(output, self.settings, what="output")
-        read_image(source)
+        read_image(source, max_pixels=limits.max_image_pixels)
         selector = self.settings.face_selector
         if reference is not None:
             reference = confine(reference, self.settings, what="reference image")
-            read_image(reference)
+            read_image(reference, max_pixels=limits.max_image_pixels)
             selector = "reference"
         elif selector == "reference":
             raise InputError("--face-selector reference needs --reference-face IMAGE")
-        info = probe(target, ffmpeg=self.settings.ffmpeg)
+        info = probe(target, ffmpeg=limits.ffmpeg, max_frame_pixels=limits.max_frame_pixels)
+        check_chunking(
+            info.duration,
+            chunk_seconds or limits.chunk_seconds,
+            min_chunk_seconds=limits.min_chunk_seconds,
+            max_chunks=limits.max_chunks,
+        )
         check_output(output, target, inputs=(source, reference))
         job_id = self.store.create(
             {
@@ -91,7 +108,9 @@ class Producer:
 
     def status(self, job_id: str) -> JobStatus:
         """The job's state, progress and per-chunk workers; InputError for an unknown id."""
-        status = self.store.status(job_id)
+        # The id's format is checked before Redis is asked: `<id>:chunk:0` or `<id>:done` must
+        # never be read as a job.
+        status = self.store.status(check_job_id(job_id))
         if status is None:
             raise InputError(f"no such job: {job_id}", reason=Reason.UNKNOWN_JOB)
         return status
@@ -113,7 +132,9 @@ class Producer:
             if status.state in TERMINAL:
                 return status
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {status.state} after {timeout} s")
+                raise WaitTimeout(
+                    f"timed out waiting for job {job_id}: still {status.state} after {timeout:g} s"
+                )
             time.sleep(poll)
 
     def cancel(self, job_id: str) -> bool:

@@ -46,6 +46,8 @@ class Reason(str, enum.Enum):
     STALLED = ("stalled", False)
     WORKER_LOST = ("worker_lost", False)
     CANCELLED = ("cancelled", False)
+    #: Redis cannot be reached or refuses the credentials (the CLI exits 69, EX_UNAVAILABLE).
+    BROKER_UNAVAILABLE = ("broker_unavailable", False)
 
     def __str__(self) -> str:
         return self.value

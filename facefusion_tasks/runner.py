@@ -47,14 +47,20 @@ def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         return []
     job = store.get(job_id)
     target = confine(job["target"], settings, what="target video")
-    info = probe(target, ffmpeg=settings.ffmpeg)
+    info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
     timestamps, time_base = frame_timestamps(target, ffmpeg=settings.ffmpeg)
     if not timestamps:
         raise InputError(f"{target}: no video frames", reason=Reason.NO_FRAMES)
     chunk_seconds = float(job.get("chunk_seconds") or settings.chunk_seconds)
     if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
         raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
-    chunks = plan_chunks(timestamps, time_base, chunk_seconds=chunk_seconds)
+    chunks = plan_chunks(
+        timestamps,
+        time_base,
+        chunk_seconds=chunk_seconds,
+        min_chunk_seconds=settings.min_chunk_seconds,
+        max_chunks=settings.max_chunks,
+    )
     store.set_plan(job_id, chunks, len(timestamps), info.to_json())
     segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
     store.set_state(job_id, RUNNING, only_from=(PLANNING,))
@@ -69,7 +75,7 @@ def _video_info(store: JobStore, settings: Settings, job_id: str, target: Path) 
         info = VideoInfo.from_json(json.loads(raw))
         if info.path == target:
             return info
-    return probe(target, ffmpeg=settings.ffmpeg)
+    return probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
 
 
 class _ModelCache:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.reasons import Reason
 
@@ -86,7 +86,7 @@ class JobStore:
 
     def create(self, fields: dict[str, Any]) -> str:
         """Record a new job (state QUEUED); returns its id."""
-        job_id = uuid.uuid4().hex[:16]
+        job_id = new_job_id()
         now = time.time()
         record: dict[Any, Any] = {k: _encode(v) for k, v in fields.items()} | {
             "id": job_id,

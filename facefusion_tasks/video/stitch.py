@@ -15,6 +15,7 @@ from facefusion_tasks.video.argv import (
     MOV_FAMILY,
     audio_codec_args,
     muxer_for,
+    plain_input_args,
     seconds,
 )
 from facefusion_tasks.video.probe import VideoInfo
@@ -59,7 +60,8 @@ def stitch_argv(
     if audio_source is not None:
         if audio_seconds is not None:
             argv += ["-t", seconds(audio_seconds)]
-        argv += ["-i", str(audio_source)]
+        # The user's file: confined like every other read of it (no playlists, file: only).
+        argv += [*plain_input_args(), "-i", str(audio_source)]
     argv += ["-map", "0:v:0", "-c:v", "copy"]
     if audio_source is not None:
         argv += ["-map", "1:a:0?", *audio_codec_args(muxer, audio_codec)]

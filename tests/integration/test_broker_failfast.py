@@ -10,13 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from facefusion_tasks.broker import (
-    EXIT_UNAVAILABLE,
-    BrokerUnavailable,
-    client_kwargs,
-    connect,
-    where,
-)
+from facefusion_tasks.broker import BrokerUnavailable, client_kwargs, connect, where
+from facefusion_tasks.policy import EXIT_UNAVAILABLE, exit_code
 from tests.cluster import free_port
 
 PASSWORD = "correct horse"
@@ -50,7 +45,7 @@ def _refused(url: str, **options: float) -> tuple[str, float]:
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable) as caught:
         connect(url, **(client_kwargs(**options) if options else {}))
-    assert caught.value.exit_code == EXIT_UNAVAILABLE
+    assert exit_code(caught.value.reason) == EXIT_UNAVAILABLE
     assert EXIT_UNAVAILABLE not in (0, 1, 2)
     return str(caught.value), time.monotonic() - started
 

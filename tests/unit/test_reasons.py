@@ -78,7 +78,10 @@ def test_stored_text_parses_back_and_unknown_is_internal() -> None:
 
 @pytest.mark.parametrize("reason", list(Reason))
 def test_exit_code_follows_the_user_input_flag(reason: Reason) -> None:
-    assert policy.exit_code(reason) == (2 if reason.user_input else 1)
+    expected = 2 if reason.user_input else 1
+    if reason is Reason.BROKER_UNAVAILABLE:
+        expected = 69  # EX_UNAVAILABLE: scripts can wait for the broker and try again
+    assert policy.exit_code(reason) == expected
     assert policy.exit_code(reason.value) == policy.exit_code(reason)
 
 

@@ -1,0 +1,131 @@
+"""The CLI against brokers that are away or refuse us, and ids that are not job ids (real Redis)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from facefusion_tasks.policy import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
+from facefusion_tasks.store import JobStore, connect
+from tests.cluster import free_port
+
+PASSWORD = "s3cret pass"
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A private redis-server that requires a password."""
+    config = tmp_path_factory.mktemp("redis-auth") / "auth.conf"
+    config.write_text(f'requirepass "{PASSWORD}"\n')
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", str(config), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, password=PASSWORD)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _cli(broker: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, float]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+    environ |= {"FACEFUSION_BROKER_URL": broker} | (env or {})
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "facefusion_tasks", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stderr.strip(), time.monotonic() - started
+
+
+JOB = "0123456789abcdef"
+
+
+def test_a_broker_url_without_the_password_fails_in_seconds(protected: int) -> None:
+    code, err, seconds = _cli(f"redis://127.0.0.1:{protected}/0", "status", JOB)
+    assert code == EXIT_UNAVAILABLE
+    assert err == (
+        f"facefusion-tasks: error: Redis at 127.0.0.1:{protected} requires a password "
+        "(put it in FACEFUSION_BROKER_PASSWORD_FILE)"
+    )
+    assert seconds < 15
+
+
+def test_a_wrong_password_fails_in_seconds_without_showing_it(protected: int) -> None:
+    code, err, seconds = _cli(f"redis://:wrong@127.0.0.1:{protected}/0", "wait", JOB)
+    assert code == EXIT_UNAVAILABLE
+    assert err == f"facefusion-tasks: error: Redis at 127.0.0.1:{protected} refused the password"
+    assert "wrong" not in err
+    assert seconds < 15
+
+
+def test_the_password_file_is_used(protected: int, tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    code, err, _ = _cli(
+        f"redis://127.0.0.1:{protected}/0",
+        "status",
+        JOB,
+        env={"FACEFUSION_BROKER_PASSWORD_FILE": str(secret)},
+    )
+    assert (code, err) == (EXIT_BAD_INPUT, f"facefusion-tasks: error: no such job: {JOB}")
+
+
+def test_a_closed_port_fails_in_seconds() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        code, err, seconds = _cli(f"redis://127.0.0.1:{port}/0", "cancel", JOB)
+    assert code == EXIT_UNAVAILABLE
+    assert err == f"facefusion-tasks: error: cannot connect to Redis at 127.0.0.1:{port}"
+    assert seconds < 20
+
+
+@pytest.mark.parametrize("command", ["status", "wait", "cancel", "retry"])
+@pytest.mark.parametrize("suffix", [":chunk:0", ":done", ":chunk:2"])
+def test_keys_beside_a_job_are_not_jobs(protected: int, command: str, suffix: str) -> None:
+    broker = f"redis://:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{protected}/0"
+    store = JobStore(connect(broker))
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    try:
+        code, err, _ = _cli(broker, command, job_id + suffix)
+        assert code == EXIT_BAD_INPUT
+        assert err == f"facefusion-tasks: error: no such job: {job_id + suffix!r}"
+        assert store.state(job_id) == "QUEUED"  # a cancel of `<id>:chunk:2` touched nothing
+    finally:
+        store.r.flushdb()
+
+
+def test_wait_timeout_says_so(protected: int) -> None:
+    broker = f"redis://:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{protected}/0"
+    store = JobStore(connect(broker))
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    try:
+        code, err, _ = _cli(broker, "wait", job_id, "--timeout", "0.5", "--no-progress")
+        assert code == 1
+        assert err == (
+            f"facefusion-tasks: error: timed out waiting for job {job_id}: still QUEUED after 0.5 s"
+        )
+    finally:
+        store.r.flushdb()
