@@ -130,6 +130,16 @@ def _timed(iterator: Iterator[Any], clock: StageClock, stage: str) -> Iterator[A
         yield item
 
 
+def _proven_hwaccel(settings: Settings) -> str:
+    """-hwaccel only where a trial decode proved ffmpeg decodes on the GPU (it silently falls
+    back to the CPU otherwise, and the claim would be false)."""
+    if settings.hwaccel == "none":
+        return "none"
+    from facefusion_tasks.video import ffbin
+
+    return ffbin.effective_hwaccel(ffbin.ffmpeg_exe(settings.ffmpeg), settings.hwaccel)
+
+
 def run_swap(
     job: SwapJob,
     engine: FaceEngine,
@@ -154,7 +164,7 @@ def run_swap(
     reader = FrameReader(
         info,
         ffmpeg=settings.ffmpeg,
-        hwaccel=settings.hwaccel,
+        hwaccel=_proven_hwaccel(settings),
         start_pts=job.start_pts,
         end_pts=job.end_pts,
     )

@@ -28,7 +28,12 @@ LOW_CARDINALITY_LABELS = {
     "queue",
     "kind",
     "version",
+    "provider",
+    "requested",
+    "encoder",
 }
+#: Labels with one value per GPU (or per GPU process) of the host: bounded by the hardware.
+PER_GPU_LABELS = {"gpu", "gpu_uuid", "cuda_index", "pid"}
 #: Names that carry no unit suffix on purpose (counts, 0/1 states, sizes in items).
 UNITLESS = {
     "facefusion_build_info",
@@ -36,6 +41,7 @@ UNITLESS = {
     "facefusion_worker_processes",
     "facefusion_model_batch_size",
     "facefusion_model_batch_limit",
+    "facefusion_worker_info",
 }
 
 
@@ -117,9 +123,9 @@ class TestNames:
 
     def test_labels_are_low_cardinality(self) -> None:
         for metric in worker_metrics():
-            assert set(metric._labelnames) <= LOW_CARDINALITY_LABELS, metric
+            assert set(metric._labelnames) <= LOW_CARDINALITY_LABELS | PER_GPU_LABELS, metric
         for name, (_, _, labels) in EXPORTER_METRICS.items():
-            assert set(labels) <= LOW_CARDINALITY_LABELS | {"gpu"}, name
+            assert set(labels) <= LOW_CARDINALITY_LABELS | PER_GPU_LABELS, name
 
     def test_seed_names_are_kept(self) -> None:
         names = {exposed_name(m) for m in worker_metrics()} | set(EXPORTER_METRICS)
