@@ -97,11 +97,12 @@ def _batch_cache(models_dir: Path) -> Path:
 def _verified(paths: dict[str, Path], models_dir: Path) -> None:
     """Check real model files against their pinned (or first-use recorded) digests, so a
     truncated or swapped file fails here with a clear message instead of mid-job."""
-    from facefusion_tasks.models.download import trusted_model_path
-    from facefusion_tasks.models.registry import spec_for
-
     for key, path in paths.items():
         if not is_standin(path):
+            # Imported only for real files: stand-ins need no download code (nor tqdm).
+            from facefusion_tasks.models.download import trusted_model_path
+            from facefusion_tasks.models.registry import spec_for
+
             trusted_model_path(models_dir, spec_for(key))
 
 
