@@ -163,24 +163,33 @@ def hwaccel_works(exe: str, method: str = "cuda") -> bool:
     fails unless the GPU decoded them."""
     if method not in hwaccels(exe) or "libx264" not in encoders(exe):
         return False
+    sample = h264_sample(exe)
+    if not sample:
+        return False
     try:
-        sample = subprocess.run(
+        done = subprocess.run(
+            [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-hwaccel", method,
+             "-hwaccel_output_format", method, "-f", "h264", "-i", "pipe:0",
+             "-vf", "hwdownload,format=nv12", "-f", "null", "-"],
+            input=sample, capture_output=True, timeout=QUERY_TIMEOUT, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def h264_sample(exe: str) -> bytes:
+    """Two frames of H.264 (Annex B) for decoder trials; empty when ffmpeg cannot make them."""
+    try:
+        done = subprocess.run(
             [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi",
              "-i", "color=gray:s=256x256:r=25", "-frames:v", "2", "-c:v", "libx264",
              "-pix_fmt", "yuv420p", "-f", "h264", "pipe:1"],
             stdin=subprocess.DEVNULL, capture_output=True, timeout=QUERY_TIMEOUT, check=False,
         )  # fmt: skip
-        if sample.returncode != 0 or not sample.stdout:
-            return False
-        done = subprocess.run(
-            [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-hwaccel", method,
-             "-hwaccel_output_format", method, "-f", "h264", "-i", "pipe:0",
-             "-vf", "hwdownload,format=nv12", "-f", "null", "-"],
-            input=sample.stdout, capture_output=True, timeout=QUERY_TIMEOUT, check=False,
-        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+        return b""
+    return done.stdout if done.returncode == 0 else b""
 
 
 def effective_hwaccel(exe: str, requested: str) -> str:

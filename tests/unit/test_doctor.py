@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +19,59 @@ def test_doctor_on_this_host(settings: Settings) -> None:
     assert report["ffmpeg"]["encoders"]["libx264"] == "usable"
     # No NVIDIA GPU here: nvenc may be listed by the build but must not be called usable.
     assert report["ffmpeg"]["encoders"]["h264_nvenc"] != "usable"
-    assert report["onnxruntime"]["usable_providers"] == ["CPUExecutionProvider"]
+    assert report["ffmpeg"]["hwaccel_cuda"] != "usable"
+    proofs = report["onnxruntime"]["proofs"]
+    assert proofs["cpu"]["ok"] and proofs["cpu"]["ran_on"] == "CPUExecutionProvider"
+    assert not proofs["cuda"]["ok"]
     assert report["onnxruntime"]["clashes"] == []
     assert report["gpus"]["count"] == 0 and "note" in report["gpus"]
+    assert report["gpu"]["gpu_usable"] is False
+    assert report["gpu"]["line"].startswith("no usable GPU: ")
+    assert report["engine"]["provider"] == "CPUExecutionProvider"
+    assert report["engine"]["frames_per_second"] > 0
     assert sorted(report["models"]["standin"]) == [
         "det_10g.onnx",
         "inswapper_128.onnx",
         "w600k_r50.onnx",
     ]
+    # CPU was asked for: no GPU is not a failure.
     assert report["ok"] is True
+
+
+def test_doctor_asked_for_cuda_on_this_host_says_so_and_exits_non_zero(models_dir: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "facefusion_tasks",
+            "doctor",
+            "--execution-provider",
+            "cuda",
+            "--models-dir",
+            str(models_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("[BAD] no usable GPU: ")
+    assert "CUDAExecutionProvider is listed but did not start" in first
+    assert "(requested: cuda)" in first
+    assert "cuda: FAILED: CUDAExecutionProvider is listed but did not start" in proc.stdout
+    assert "[BAD] face engine: execution provider cuda cannot run here" in proc.stdout
+
+
+def test_doctor_reports_a_missing_onnxruntime_instead_of_crashing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    report = doctor.diagnose(settings)
+    assert report["ok"] is False
+    assert "facefusion-tasks[gpu]" in report["onnxruntime"]["error"]
+    assert "[BAD] onnxruntime: no onnxruntime installed" in doctor.render(report)
 
 
 def test_doctor_flags_cpu_onnxruntime_shadowing_the_gpu_build(
@@ -37,7 +82,7 @@ def test_doctor_flags_cpu_onnxruntime_shadowing_the_gpu_build(
     report = doctor.diagnose(settings)
     (clash,) = report["onnxruntime"]["clashes"]
     assert "onnxruntime 1.32.0 shadows onnxruntime-gpu 1.31.1" in clash
-    assert "pip uninstall -y onnxruntime" in clash
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in clash
     assert report["ok"] is False
     assert "CLASH" in doctor.render(report)
 
