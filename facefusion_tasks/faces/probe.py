@@ -185,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("provider", choices=sorted(PROVIDER_NAMES))
     parser.add_argument("--gpu-mem-limit", type=int, default=0)
     args = parser.parse_args(argv)
-    print(json.dumps(_run(args.provider, args.gpu_mem_limit)))
-    return 0
+    answer = _run(args.provider, args.gpu_mem_limit)
+    print(json.dumps(answer))
+    # 0 only when the requested provider really ran the model: usable as a one-line check.
+    ran = answer.get("ran_on") == PROVIDER_NAMES[args.provider] and answer.get("output_ok")
+    return 0 if ran else 1
 
 
 if __name__ == "__main__":
