@@ -9,7 +9,10 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from facefusion_tasks.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +236,44 @@ def detect_gpus() -> list[str]:
     if not gpus:
         log.info("no GPU for workers: %s", note)
     return [g.pin for g in gpus]
+
+
+def gpu_worker_refusal(settings: Settings, pin: str) -> str | None:
+    """Why a gpu-queue worker pinned to `pin` (a CUDA_VISIBLE_DEVICES value; "" = the CPU
+    profile) must not start, in one line, or None. The CUDA proof runs in a subprocess with
+    the worker's pin, so the launcher itself never initialises CUDA."""
+    from facefusion_tasks.faces.probe import prove
+
+    requested = settings.execution_provider
+    if requested == "cpu" or settings.allow_cpu_fallback:
+        return None  # the CPU was chosen explicitly
+    if not pin:
+        if requested == "auto":
+            return None  # no GPU on this host: auto means the CPU profile
+        return "execution provider cuda was requested but this host has no GPU for the gpu queue"
+    proof = prove(
+        "cuda",
+        gpu_mem_limit=settings.gpu_mem_limit,
+        environ=os.environ | {"CUDA_VISIBLE_DEVICES": pin},
+    )
+    if proof.ok:
+        return None
+    return (
+        f"gpu worker on CUDA_VISIBLE_DEVICES={pin} refuses the gpu queue: {proof.reason}; set "
+        "FACEFUSION_ALLOW_CPU_FALLBACK=1 (or FACEFUSION_EXECUTION_PROVIDER=cpu) to run on the CPU"
+    )
+
+
+def require_usable_gpus(settings: Settings, pins: list[str]) -> None:
+    """Raise InputError (one line) unless every gpu-queue worker can really run on its GPU:
+    the launcher calls it before starting them, so no worker serves the gpu queue on a CPU
+    nobody asked for."""
+    from facefusion_tasks.errors import InputError
+
+    for pin in pins:
+        reason = gpu_worker_refusal(settings, pin)
+        if reason:
+            raise InputError(reason, reason="config")
 
 
 def _main() -> int:

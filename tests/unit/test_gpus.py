@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from facefusion_tasks import gpus
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError
 from facefusion_tasks.gpus import Gpu, nvml_devices, visible_gpus
 
 
@@ -169,3 +171,29 @@ def test_nvidia_visible_devices_void_short_circuits_without_a_subprocess(
     monkeypatch.setattr(gpus.subprocess, "run", no_subprocess)
     found, note = gpus.discover({"NVIDIA_VISIBLE_DEVICES": "void"})
     assert found == [] and "void" in note
+
+
+def settings_for(**values: Any) -> Settings:
+    return Settings.from_env({}, **values)
+
+
+def test_a_gpu_worker_whose_cuda_cannot_start_refuses_with_one_line() -> None:
+    # On this host the CUDA provider is listed but cannot start; pin to "GPU 0" as the launcher
+    # would on a GPU host whose CUDA stack is broken.
+    with pytest.raises(InputError) as caught:
+        gpus.require_usable_gpus(settings_for(execution_provider="auto"), ["0"])
+    message = str(caught.value)
+    assert message.startswith("gpu worker on CUDA_VISIBLE_DEVICES=0 refuses the gpu queue: ")
+    assert "CUDAExecutionProvider is listed but did not start" in message
+    assert "FACEFUSION_ALLOW_CPU_FALLBACK=1" in message and "\n" not in message
+    assert caught.value.reason == "config"
+
+
+def test_cuda_without_any_gpu_refuses_but_auto_and_cpu_are_the_cpu_profile() -> None:
+    with pytest.raises(InputError, match="no GPU for the gpu queue"):
+        gpus.require_usable_gpus(settings_for(execution_provider="cuda"), [""])
+    assert gpus.gpu_worker_refusal(settings_for(execution_provider="auto"), "") is None
+    # The test fleet's explicit CPU: no proof is even attempted, with or without a pin.
+    assert gpus.gpu_worker_refusal(settings_for(execution_provider="cpu"), "0") is None
+    allowed = settings_for(execution_provider="cuda", allow_cpu_fallback=True)
+    assert gpus.gpu_worker_refusal(allowed, "0") is None
