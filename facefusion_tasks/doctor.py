@@ -6,6 +6,7 @@ numpy, onnx and OpenCV can run `python -m facefusion_tasks doctor --execution-pr
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -14,15 +15,17 @@ from typing import Any
 from facefusion_tasks.config import Settings
 
 _CLASHES = (
-    # (the build that must win, the build that shadows it when both are installed, the fix)
+    # (the build that must win, the build that shadows it, their shared import name, the fix)
     (
         "onnxruntime-gpu",
+        "onnxruntime",
         "onnxruntime",
         "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'facefusion-tasks[gpu]'",
     ),
     (
         "opencv-python-headless",
         "opencv-python",
+        "cv2",
         "pip uninstall -y opencv-python && "
         "pip install --force-reinstall --no-deps opencv-python-headless",
     ),
@@ -77,12 +80,28 @@ def _ffmpeg(settings: Settings) -> dict[str, Any]:
 
 def _clashes() -> list[str]:
     found = []
-    for wanted, shadow, fix in _CLASHES:
-        if _installed(wanted) and _installed(shadow):
+    for wanted, shadow, module, fix in _CLASHES:
+        if _installed(wanted) and _installed(shadow) and _shadows(shadow, wanted, module):
             found.append(
                 f"{shadow} {_installed(shadow)} shadows {wanted} {_installed(wanted)}: {fix}"
             )
     return found
+
+
+def _shadows(shadow: str, wanted: str, module: str) -> bool:
+    """Whether two builds of one import name really collide: installed in the same directory
+    (their files overwrite each other, and uninstalling one breaks the other) or the shadow is
+    what `import` finds. A build put first on sys.path in its own directory (a --target install
+    beside a preinstalled CPU build) is not a clash."""
+    try:
+        shadow_dir = Path(str(metadata.distribution(shadow).locate_file(""))).resolve()
+        wanted_dir = Path(str(metadata.distribution(wanted).locate_file(""))).resolve()
+        spec = importlib.util.find_spec(module)
+    except (metadata.PackageNotFoundError, ImportError, ValueError):
+        return True  # cannot tell: say so rather than miss it
+    if shadow_dir == wanted_dir or spec is None or spec.origin is None:
+        return True
+    return Path(spec.origin).resolve().is_relative_to(shadow_dir)
 
 
 def _onnxruntime(settings: Settings) -> dict[str, Any]:

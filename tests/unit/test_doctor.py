@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -105,3 +106,31 @@ def test_doctor_json_cli_and_missing_models(tmp_path: Path) -> None:
     report = json.loads(proc.stdout)
     assert proc.returncode == 1 and report["ok"] is False
     assert set(report["models"]["files"].values()) == {"missing"}
+
+
+def _fake_cpu_onnxruntime(directory: Path, *, with_module: bool) -> None:
+    """A CPU `onnxruntime` distribution in its own directory (as `pip install --target` makes)."""
+    info = directory / "onnxruntime-1.30.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime\nVersion: 1.30.0\n")
+    if with_module:
+        (directory / "onnxruntime").mkdir()
+        (directory / "onnxruntime" / "__init__.py").write_text("")
+
+
+def test_a_cpu_build_elsewhere_on_the_path_is_a_clash_only_if_the_import_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Like a GPU box with a preinstalled CPU onnxruntime: where each build lives and which one
+    # `import onnxruntime` finds decides, not merely that both are installed.
+    behind, ahead = tmp_path / "behind", tmp_path / "ahead"
+    _fake_cpu_onnxruntime(behind, with_module=True)
+    monkeypatch.syspath_prepend(str(behind))
+    monkeypatch.setattr(sys, "path", [*sys.path[1:], str(behind)])  # after site-packages
+    importlib.invalidate_caches()
+    assert doctor._clashes() == []
+    _fake_cpu_onnxruntime(ahead, with_module=True)
+    monkeypatch.syspath_prepend(str(ahead))
+    importlib.invalidate_caches()
+    (clash,) = doctor._clashes()
+    assert clash.startswith("onnxruntime 1.30.0 shadows onnxruntime-gpu")
