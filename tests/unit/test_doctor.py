@@ -124,6 +124,8 @@ def test_a_cpu_build_elsewhere_on_the_path_is_a_clash_only_if_the_import_finds_i
     # Like a GPU box with a preinstalled CPU onnxruntime: where each build lives and which one
     # `import onnxruntime` finds decides, not merely that both are installed.
     behind, ahead = tmp_path / "behind", tmp_path / "ahead"
+    # As in a fresh doctor process: nothing imported yet, so the path decides.
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
     _fake_cpu_onnxruntime(behind, with_module=True)
     monkeypatch.syspath_prepend(str(behind))
     monkeypatch.setattr(sys, "path", [*sys.path[1:], str(behind)])  # after site-packages

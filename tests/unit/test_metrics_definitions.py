@@ -186,6 +186,10 @@ def test_definitions_work_in_multiprocess_mode(tmp_path: Path) -> None:
         d.worker_processes.set(1)
         d.gpu_oom_total.labels(kind="arena", model="swapper").inc()
         d.model_batch_limit.labels(model="swapper").set(4)
+        d.worker_info.labels(
+            provider="CUDAExecutionProvider", requested="auto", gpu_uuid="GPU-1", cuda_index=""
+        ).set(1)
+        d.video_encodes_total.labels(encoder=d.bounded_encoder("libx264")).inc()
         """
     )
     assert result.returncode == 0, result.stderr
