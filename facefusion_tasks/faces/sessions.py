@@ -44,8 +44,12 @@ class ProviderChoice:
 
 
 def gpu_present() -> bool:
-    """Whether an NVIDIA device node exists; cheap and initialises neither CUDA nor NVML,
-    so it is safe in a parent process that will fork workers."""
+    """Whether this process may see an NVIDIA GPU: a device node exists and CUDA_VISIBLE_DEVICES
+    does not hide every device (the launcher's CPU-profile worker gets it empty). Cheap, and
+    initialises neither CUDA nor NVML, so it is safe in a parent process that will fork."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in {"", "-1"}:
+        return False
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
 
 

@@ -137,3 +137,14 @@ def test_preload_reports_what_onnxruntime_could_not_load() -> None:
         assert failed, lines
     else:
         assert not failed, lines
+
+
+def test_the_launchers_cpu_profile_worker_is_never_sent_to_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Even on a host with device nodes, an empty CUDA_VISIBLE_DEVICES means "no GPU for me".
+    monkeypatch.setattr(sessions.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert sessions.choose_providers("auto").providers == (CPU,)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-13a1ad0c")
+    assert sessions.choose_providers("auto").providers == (CUDA, CPU)
