@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -205,6 +206,16 @@ def discover_in_process(environ: Mapping[str, str] | None = None) -> list[Gpu]:
         nvml.nvmlShutdown()
 
 
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with this package importable in a `python -m facefusion_tasks…` child, also
+    when it runs from a checkout that is not installed and the caller's cwd is elsewhere."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(environ) | {
+        "PYTHONPATH": os.pathsep.join([*path, root] if root not in path else path)
+    }
+
+
 def discover(environ: Mapping[str, str] | None = None) -> tuple[list[Gpu], str]:
     """(GPUs CUDA will see, why none when empty), enumerated in a subprocess so the calling
     process — a launcher that forks Celery workers — never loads the driver libraries."""
@@ -214,7 +225,7 @@ def discover(environ: Mapping[str, str] | None = None) -> tuple[list[Gpu], str]:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "facefusion_tasks.gpus"],
-            env=env,
+            env=child_environment(env),
             capture_output=True,
             text=True,
             timeout=DISCOVERY_TIMEOUT,

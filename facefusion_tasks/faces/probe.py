@@ -93,13 +93,15 @@ def prove(
 
     A subprocess because onnxruntime prints why CUDA failed on the C++ side of stderr, which a
     subprocess captures whole, and because the caller (a worker launcher) must not load CUDA."""
+    from facefusion_tasks.gpus import child_environment
+
     wanted = PROVIDER_NAMES[requested]
     argv = [sys.executable, "-m", "facefusion_tasks.faces.probe", requested]
     argv += ["--gpu-mem-limit", str(gpu_mem_limit)]
     try:
         done = subprocess.run(
             argv,
-            env=dict(os.environ if environ is None else environ),
+            env=child_environment(os.environ if environ is None else environ),
             capture_output=True,
             text=True,
             errors="replace",
