@@ -292,7 +292,11 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"[BAD] onnxruntime: {rt['error']}")
     for name, proof in rt["proofs"].items():
         if proof["ok"]:
-            lines.append(f"      {name}: test model ran on {proof['ran_on']}")
+            where = f" (CUDA libraries from {', '.join(proof['libraries'])})"
+            lines.append(
+                f"      {name}: test model ran on {proof['ran_on']}"
+                + (where if proof["libraries"] else "")
+            )
         else:
             lines.append(f"      {name}: FAILED: {proof['reason']}")
     lines += [f"      CLASH: {c}" for c in rt["clashes"]]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 #: Seconds the proof subprocess may take (importing onnxruntime-gpu and loading cuDNN is slow).
@@ -67,9 +68,12 @@ class ProviderProof:
     reason: str = ""
     #: onnxruntime's own error and warning lines, for the curious.
     log: tuple[str, ...] = ()
+    #: Where the CUDA and cuDNN libraries that ran it were loaded from (the nvidia-* wheels'
+    #: directories, or a system path), read from the child's memory map.
+    libraries: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"log": list(self.log)}
+        return asdict(self) | {"log": list(self.log), "libraries": list(self.libraries)}
 
 
 def explain(text: str) -> str:
@@ -123,7 +127,8 @@ def prove(
         return ProviderProof(requested, "", False, reason, lines[-20:])
     ran_on = str(answer.get("ran_on", ""))
     if ran_on == wanted and answer.get("output_ok"):
-        return ProviderProof(requested, ran_on, True, "", lines[-20:])
+        libraries = tuple(str(d) for d in answer.get("libraries", []))
+        return ProviderProof(requested, ran_on, True, "", lines[-20:], libraries)
     reason = explain(stderr + "\n" + str(answer.get("error", "")))
     if not reason:
         reason = (
@@ -179,7 +184,22 @@ def _run(requested: str, gpu_mem_limit: int) -> dict[str, Any]:
         "ran_on": active[0] if active else "",
         "providers": active,
         "output_ok": bool(np.array_equal(y, np.maximum(x, 0.0))),
+        "libraries": _cuda_library_dirs(),
     }
+
+
+def _cuda_library_dirs() -> list[str]:
+    """Directories of the cuBLAS / cuDNN / CUDA runtime libraries this process has mapped."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux
+        return []
+    found = set()
+    for line in maps.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        if re.search(r"/lib(cublas|cudnn|cudart)[^/]*\.so", path):
+            found.add(str(Path(path).parent))
+    return sorted(found)
 
 
 def main(argv: list[str] | None = None) -> int:
