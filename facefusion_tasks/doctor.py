@@ -157,7 +157,7 @@ def _gpus() -> dict[str, Any]:
     devices = [
         {"cuda_index": g.cuda_index, "uuid": g.uuid, "name": g.name, "mig": g.mig} for g in gpus
     ]
-    return {"count": len(devices), "devices": devices}
+    return {"count": len(devices), "devices": devices, "note": note}
 
 
 def _models(settings: Settings) -> dict[str, Any]:
@@ -305,6 +305,8 @@ def render(report: dict[str, Any]) -> str:
         for d in gpus["devices"]:
             kind = "MIG instance" if d["mig"] else "GPU"
             lines.append(f"[ok ] CUDA device {d['cuda_index']}: {kind} {d['name']} {d['uuid']}")
+        if gpus["note"]:
+            lines.append(f"      note: {gpus['note']}")
     else:
         lines.append(f"[-- ] GPUs: {gpus['note']}")
     engine = report.get("engine")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,12 +54,17 @@ class Gpu:
     nvml_index: int
     mig: bool = False
 
-    @property
-    def pin(self) -> str:
-        """The CUDA_VISIBLE_DEVICES value that selects exactly this device in a child process.
-        A UUID means the same device whatever the parent's numbering or CUDA_DEVICE_ORDER; the
-        index is the fallback when NVML withheld the UUID."""
-        return self.uuid or str(self.cuda_index)
+
+def pin_for(gpu: Gpu, environ: Mapping[str, str]) -> str:
+    """The CUDA_VISIBLE_DEVICES value that selects exactly `gpu` in a child of a process with
+    `environ`. A UUID means the same device whatever the parent's numbering or
+    CUDA_DEVICE_ORDER; without one (NVML withheld it), the parent's own entry for that index,
+    because a child's CUDA_VISIBLE_DEVICES replaces the parent's rather than narrowing it."""
+    if gpu.uuid:
+        return gpu.uuid
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    tokens = [t.strip() for t in visible.split(",")] if visible is not None else []
+    return tokens[gpu.cuda_index] if gpu.cuda_index < len(tokens) else str(gpu.cuda_index)
 
 
 def _text(value: Any) -> str:
@@ -237,8 +243,7 @@ def discover(environ: Mapping[str, str] | None = None) -> tuple[list[Gpu], str]:
         answer = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         return [], f"GPU discovery failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
-    gpus = [Gpu(**g) for g in answer["gpus"]]
-    return gpus, answer.get("note", "") if not gpus else ""
+    return [Gpu(**g) for g in answer["gpus"]], answer.get("note", "")
 
 
 def detect_gpus() -> list[str]:
@@ -246,7 +251,9 @@ def detect_gpus() -> list[str]:
     gpus, note = discover()
     if not gpus:
         log.info("no GPU for workers: %s", note)
-    return [g.pin for g in gpus]
+    elif note:
+        log.warning("GPU discovery: %s", note)
+    return [pin_for(g, os.environ) for g in gpus]
 
 
 def gpu_worker_refusal(settings: Settings, pin: str) -> str | None:
@@ -287,12 +294,35 @@ def require_usable_gpus(settings: Settings, pins: list[str]) -> None:
             raise InputError(reason, reason="config")
 
 
+def cuda_driver_count(load: Callable[[str], Any] = ctypes.CDLL) -> int:
+    """How many devices the CUDA driver API enumerates in this process. It initialises CUDA, so
+    only the discovery subprocess calls it, and only when NVML is missing: a container started
+    without the `utility` driver capability has CUDA but no libnvidia-ml."""
+    try:
+        cuda = load("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
 def _main() -> int:
     try:
         gpus = discover_in_process()
         note = "" if gpus else "NVML sees no device visible to CUDA here"
     except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, DriverNotLoaded, ...
         gpus, note = [], f"no NVIDIA driver/GPU visible ({type(exc).__name__}: {exc})"
+        count = cuda_driver_count()
+        if count:
+            # Counted as CUDA counts them, but without UUIDs, names or MIG details.
+            gpus = [Gpu(cuda_index=i, uuid="", name="?", nvml_index=-1) for i in range(count)]
+            note = (
+                f"NVML unavailable ({type(exc).__name__}), {count} CUDA device(s) found by the "
+                "CUDA driver instead: no UUIDs or GPU metrics; add `utility` to "
+                "NVIDIA_DRIVER_CAPABILITIES"
+            )
     print(json.dumps({"gpus": [asdict(g) for g in gpus], "note": note}))
     return 0
 

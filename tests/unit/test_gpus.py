@@ -12,7 +12,7 @@ import pytest
 from facefusion_tasks import gpus
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
-from facefusion_tasks.gpus import Gpu, nvml_devices, visible_gpus
+from facefusion_tasks.gpus import Gpu, nvml_devices, pin_for, visible_gpus
 
 
 class NVMLError(Exception):
@@ -63,7 +63,7 @@ def discover(nvml: Any, **environ: str) -> list[Gpu]:
 
 
 def pins(nvml: Any, **environ: str) -> list[tuple[int, str]]:
-    return [(g.cuda_index, g.pin) for g in discover(nvml, **environ)]
+    return [(g.cuda_index, pin_for(g, environ)) for g in discover(nvml, **environ)]
 
 
 HOST = ["GPU-aaaa0000", "GPU-bbbb1111", "GPU-cccc2222", "GPU-dddd3333"]
@@ -75,7 +75,7 @@ def test_a_container_given_host_gpu_3_sees_cuda_device_0() -> None:
     in_container = fake_nvml(["GPU-dddd3333"])
     got = discover(in_container, NVIDIA_VISIBLE_DEVICES="3")
     assert [(g.cuda_index, g.uuid, g.nvml_index) for g in got] == [(0, "GPU-dddd3333", 0)]
-    assert got[0].pin == "GPU-dddd3333"
+    assert pin_for(got[0], {"NVIDIA_VISIBLE_DEVICES": "3"}) == "GPU-dddd3333"
 
 
 def test_host_indexes_apply_where_the_runtime_did_not_narrow_the_view() -> None:
@@ -139,8 +139,28 @@ def test_an_unreadable_gpu_keeps_its_place_so_later_indexes_do_not_shift() -> No
         (1, ""),
         (2, "GPU-cccc2222"),
     ]
-    # Without a UUID the worker is pinned by index.
-    assert got[1].pin == "1"
+    # Without a UUID the worker is pinned by index: the parent's own entry for that index,
+    # since a child's CUDA_VISIBLE_DEVICES replaces the parent's.
+    assert pin_for(got[1], {}) == "1"
+    assert pin_for(got[1], {"CUDA_VISIBLE_DEVICES": "4,6,7"}) == "6"
+
+
+def test_without_nvml_the_cuda_driver_counts_the_devices() -> None:
+    class FakeCuda:
+        def __init__(self, count: int, init: int = 0) -> None:
+            self.count, self.init = count, init
+
+        def cuInit(self, flags: int) -> int:  # noqa: N802 (the driver API's names)
+            return self.init
+
+        def cuDeviceGetCount(self, out: Any) -> int:  # noqa: N802
+            out._obj.value = self.count
+            return 0
+
+    assert gpus.cuda_driver_count(lambda name: FakeCuda(2)) == 2
+    # CUDA_ERROR_NO_DEVICE (100) from cuInit, or no libcuda at all (this host): none.
+    assert gpus.cuda_driver_count(lambda name: FakeCuda(2, init=100)) == 0
+    assert gpus.cuda_driver_count() == 0
 
 
 def test_no_gpu_on_this_host_is_an_empty_list_with_the_reason() -> None:
