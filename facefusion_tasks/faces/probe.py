@@ -82,7 +82,13 @@ def explain(text: str) -> str:
         match = pattern.search(text)
         if match:
             return template.format(*match.groups(), match.group(0))
-    errors = [line for line in text.splitlines() if "[E:" in line or "rror" in line]
+    errors = [
+        line
+        for line in text.splitlines()
+        if ("[E:" in line or "rror" in line)
+        # The proof's own refusal to fall back names the symptom, not the cause.
+        and "fallback to CPU EP has been explicitly disabled" not in line
+    ]
     return errors[-1].strip()[:300] if errors else ""
 
 

@@ -77,6 +77,16 @@ def test_onnxruntime_failure_texts_become_one_actionable_line(text: str, expecte
     assert expected in probe.explain(text)
 
 
+def test_an_unknown_failure_reports_the_cause_not_the_proofs_own_refusal() -> None:
+    text = (
+        "[E:onnxruntime:Default, cudnn_fe.cc:80] CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR\n"
+        "[E:onnxruntime:, inference_session.cc:3181] This session contains graph nodes that are "
+        "assigned to the default CPU EP, but fallback to CPU EP has been explicitly disabled by "
+        "the user."
+    )
+    assert "CUDNN_STATUS_INTERNAL_ERROR" in probe.explain(text)
+
+
 def test_a_cuda_session_on_this_host_refuses_instead_of_running_on_the_cpu(
     models_dir: Path,
 ) -> None:
