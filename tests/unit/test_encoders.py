@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,24 @@ def test_the_hwaccel_trial_sample_is_real_h264_that_decodes_in_software(exe: str
         input=sample, capture_output=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_a_run_asked_for_nvenc_auto_and_cuda_decoding_reports_what_really_ran(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import cv2
+
+    from facefusion_tasks.faces.synthetic import background, draw_face
+    from facefusion_tasks.local import run_local
+    from facefusion_tasks.video.samples import make_sample_video
+
+    source = tmp_path / "source.png"
+    image = background(256, 256, 0)
+    draw_face(image, 128, 128, 90)
+    cv2.imwrite(str(source), image)
+    target = make_sample_video(tmp_path / "in.mp4", seconds=0.4, faces=1, audio=False)
+    asked = settings.replace(video_encoder="auto", hwaccel="cuda")
+    result, _ = run_local(source, target, tmp_path / "out.mp4", settings=asked)
+    summary = result.as_dict()
+    assert summary["encoder"] == "libx264" and summary["hwaccel"] == "none"
+    assert summary["frames"] == 10
