@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -87,6 +88,7 @@ def explain(text: str) -> str:
         for line in text.splitlines()
         if ("[E:" in line or "rror" in line)
         # The proof's own refusal to fall back names the symptom, not the cause.
+        and "disabled fallback to the CPU EP" not in line
         and "fallback to CPU EP has been explicitly disabled" not in line
     ]
     return errors[-1].strip()[:300] if errors else ""
@@ -180,7 +182,12 @@ def _run(requested: str, gpu_mem_limit: int) -> dict[str, Any]:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     providers = [(wanted, sessions.provider_options(wanted, gpu_mem_limit=gpu_mem_limit))]
     try:
-        session = ort.InferenceSession(tiny_model(), sess_options=options, providers=providers)
+        # When the CUDA provider fails to start, onnxruntime's Python layer *prints* the cause
+        # ("EP Error … CUDA failure 100: no CUDA-capable device is detected", seen on an H100
+        # with a wrong CUDA_VISIBLE_DEVICES) to stdout, then retries on the CPU; stdout carries
+        # this child's answer, so the print goes to stderr with the rest of the diagnostics.
+        with contextlib.redirect_stdout(sys.stderr):
+            session = ort.InferenceSession(tiny_model(), sess_options=options, providers=providers)
         x = np.linspace(-1.0, 1.0, 16, dtype=np.float32).reshape(2, 8)
         (y,) = session.run(None, {"x": x})
     except Exception as exc:  # onnxruntime raises plain Exception subclasses

@@ -67,7 +67,19 @@ def test_cuda_proof_says_listed_but_did_not_start_and_why() -> None:
             "needs driver >= 580",
         ),
         (
-            "CUDA failure 100: no CUDA-capable device is detected ; GPU=-1 ; hostname=h",
+            # Verbatim from onnxruntime-gpu 1.31.1 on an H100 with a CUDA_VISIBLE_DEVICES that
+            # names no device (printed by its Python layer before it retries on the CPU).
+            "EP Error /onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:146 "
+            "std::conditional_t<THRW, void, onnxruntime::common::Status> onnxruntime::CudaCall("
+            "ERRTYPE, const char*, const char*, SUCCTYPE, const char*, const char*, int) [with "
+            "ERRTYPE = cudaError; bool THRW = true; SUCCTYPE = cudaError; std::conditional_t<THRW,"
+            " void, common::Status> = void] CUDA failure 100: no CUDA-capable device is detected ;"
+            " GPU=-1 ; hostname=vm ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/"
+            "cuda_execution_provider.cc ; line=355 ; expr=cudaSetDevice(info_.device_id); \n\n"
+            " when using ['CUDAExecutionProvider']\nFalling back to ['CPUExecutionProvider'] and "
+            "retrying.\n[E:onnxruntime:, inference_session.cc:3175 operator()] Conflicting "
+            "session configuration: explicitly added the CPU EP to the session, but also disabled "
+            "fallback to the CPU EP via session configuration options.",
             "no CUDA-capable device is visible",
         ),
         ("CUDA failure 700: an illegal memory access was encountered ; GPU=0", "CUDA failure 700"),
