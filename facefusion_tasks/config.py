@@ -33,8 +33,13 @@ class Settings:
 
     #: Directory holding det_10g.onnx, w600k_r50.onnx and inswapper_128.onnx.
     models_dir: Path = field(default_factory=default_models_dir)
-    #: auto | cuda | tensorrt | cpu. auto = best available, with the fallback logged.
+    #: auto | cuda | cpu. auto = cuda when an NVIDIA GPU is present, else cpu.
     execution_provider: str = "auto"
+    #: Let a worker whose CUDA session cannot start run on the CPU instead of refusing to serve
+    #: (execution_provider=cpu is the other explicit way to run on the CPU).
+    allow_cpu_fallback: bool = False
+    #: Bytes the CUDA provider's memory arena may take per model session (0 = no cap).
+    gpu_mem_limit: int = 0
     #: Threads onnxruntime may use per model (0 = onnxruntime's default).
     inference_threads: int = 0
     #: Frames per inference batch.
@@ -117,8 +122,15 @@ class Settings:
         from facefusion_tasks.errors import InputError
         from facefusion_tasks.jobs import check_chunk_seconds
 
-        if self.execution_provider not in {"auto", "cuda", "tensorrt", "cpu"}:
+        if self.execution_provider == "tensorrt":
+            raise InputError(
+                "execution provider tensorrt is not offered: it needs shape profiles, an engine "
+                "cache and TensorRT libraries this project does not ship; use cuda"
+            )
+        if self.execution_provider not in {"auto", "cuda", "cpu"}:
             raise InputError(f"unknown execution provider {self.execution_provider!r}")
+        if self.gpu_mem_limit < 0:
+            raise InputError("gpu_mem_limit must be 0 (no cap) or a number of bytes")
         if self.face_selector not in {"many", "one", "reference"}:
             raise InputError(f"unknown face selector {self.face_selector!r}")
         if self.batch_size < 1:

@@ -58,6 +58,10 @@ class SwapResult:
     frames_with_faces: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: The video encoder this run really used (after `auto` and the nvenc trial).
+    encoder: str = ""
+    #: The -hwaccel really passed to the decoder ("none" unless a GPU trial decode proved it).
+    hwaccel: str = "none"
 
     @property
     def fps(self) -> float:
@@ -74,6 +78,8 @@ class SwapResult:
             "seconds": round(self.seconds, 3),
             "fps": round(self.fps, 2),
             "stage_seconds": {k: round(v, 3) for k, v in sorted(self.stage_seconds.items())},
+            "encoder": self.encoder,
+            "hwaccel": self.hwaccel,
         }
 
 
@@ -134,6 +140,16 @@ def _timed(iterator: Iterator[Any], clock: StageClock, stage: str) -> Iterator[A
         yield item
 
 
+def _proven_hwaccel(settings: Settings) -> str:
+    """-hwaccel only where a trial decode proved ffmpeg decodes on the GPU (it silently falls
+    back to the CPU otherwise, and the claim would be false)."""
+    if settings.hwaccel == "none":
+        return "none"
+    from facefusion_tasks.video import ffbin
+
+    return ffbin.effective_hwaccel(ffbin.ffmpeg_exe(settings.ffmpeg), settings.hwaccel)
+
+
 def run_swap(
     job: SwapJob,
     engine: FaceEngine,
@@ -159,10 +175,11 @@ def run_swap(
     stages = _Stages(cancel)
     decoded: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_frames)
     swapped: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_frames)
+    result.hwaccel = _proven_hwaccel(settings)
     reader = FrameReader(
         info,
         ffmpeg=settings.ffmpeg,
-        hwaccel=settings.hwaccel,
+        hwaccel=result.hwaccel,
         start_pts=job.start_pts,
         end_pts=job.end_pts,
     )
@@ -175,6 +192,7 @@ def run_swap(
         settings=settings,
         frame_rate=info.frame_rate,
     )
+    result.encoder = writer.encoder
 
     def decode() -> None:
         try:

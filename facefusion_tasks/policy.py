@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import errno
 import subprocess
+import sys
 from dataclasses import dataclass
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from facefusion_tasks.errors import FaceFusionError, TransientError
 from facefusion_tasks.reasons import Reason, parse
@@ -30,6 +28,15 @@ class Outcome:
     message: str
 
 
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    """redis-py's connection-lost errors, when redis-py is loaded: a local `swap` or `doctor`
+    on a box without it must not need it, and no Redis error can exist where it is not."""
+    exceptions = sys.modules.get("redis.exceptions")
+    if exceptions is None:
+        return ()
+    return (exceptions.ConnectionError, exceptions.TimeoutError)
+
+
 def reason_of(error: BaseException) -> Reason:
     """The bounded reason for any exception, ours or not."""
     if isinstance(error, FaceFusionError):
@@ -40,7 +47,7 @@ def reason_of(error: BaseException) -> Reason:
         return Reason.TIMEOUT
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return Reason.NO_SPACE
-    if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
+    if isinstance(error, _redis_errors()):
         return Reason.TRANSIENT
     return Reason.INTERNAL
 
@@ -49,7 +56,7 @@ def retryable(error: BaseException) -> bool:
     """Only errors that say another attempt may not hit them: TransientError (a GPU OOM at
     batch 1 included) and a lost Redis connection. A missing model, bad input, a full disk or
     a time limit would fail the same way again."""
-    return isinstance(error, (TransientError, RedisConnectionError, RedisTimeoutError))
+    return isinstance(error, (TransientError, *_redis_errors()))
 
 
 def decide(error: BaseException, *, attempt: int, max_retries: int) -> Outcome:

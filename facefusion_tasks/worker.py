@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,13 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def detect_gpus() -> list[str]:
-    """GPU indexes from the device nodes: neither CUDA nor NVML is initialised in this parent
-    process, because the Celery pool forks and a child inheriting an initialised context breaks."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    nodes = [p.name for p in Path("/dev").glob("nvidia[0-9]*")]
-    return sorted((n[len("nvidia") :] for n in nodes if re.fullmatch(r"nvidia\d+", n)), key=int)
+    """One CUDA_VISIBLE_DEVICES value (a GPU or MIG UUID) per device CUDA will see here, found
+    by NVML in a subprocess: neither CUDA nor NVML is initialised in this parent process, because
+    the Celery pool forks and a child inheriting an initialised context breaks."""
+    from facefusion_tasks.gpus import detect_gpus as discover_pins
+
+    return discover_pins()
 
 
 def worker_argv(

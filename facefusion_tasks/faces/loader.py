@@ -17,7 +17,12 @@ from facefusion_tasks.errors import ModelError
 from facefusion_tasks.faces.detector import Detector
 from facefusion_tasks.faces.embedder import Embedder
 from facefusion_tasks.faces.engine import FaceEngine
-from facefusion_tasks.faces.sessions import ProviderChoice, choose_providers, create_session
+from facefusion_tasks.faces.sessions import (
+    ProviderChoice,
+    ProviderUnavailable,
+    choose_providers,
+    create_session,
+)
 from facefusion_tasks.faces.swapper import Swapper, read_emap
 from facefusion_tasks.models.standin import DETECTOR_FILE, EMBEDDER_FILE, SWAPPER_FILE, is_standin
 
@@ -42,6 +47,21 @@ class LoadedModels:
             "swapper_batched": self.swapper_batched,
             "standin_models": self.standin,
         }
+
+
+def observe_worker_provider(*, requested: str, provider: str) -> None:
+    """facefusion_worker_info: which provider this process really runs on, and on which GPU
+    (this process's CUDA_VISIBLE_DEVICES, which the launcher sets to a UUID or an index)."""
+    from facefusion_tasks import observe
+
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    is_uuid = pinned.upper().startswith(("GPU-", "MIG-"))
+    observe.metrics().worker_info.labels(
+        provider=provider,
+        requested=requested,
+        gpu_uuid=pinned if is_uuid else "",
+        cuda_index=pinned if pinned.isdigit() else "",
+    ).set(1)
 
 
 def model_paths(models_dir: Path) -> dict[str, Path]:
@@ -98,12 +118,13 @@ def _verified(paths: dict[str, Path], settings: Settings) -> None:
     """Check model files against their pinned (or first-use recorded) digests, so a truncated
     or swapped file fails here with a clear message instead of mid-job. A stand-in is let
     through only when settings ask for stand-ins: its own metadata is no proof of anything."""
-    from facefusion_tasks.models.download import trusted_model_path
-    from facefusion_tasks.models.registry import spec_for
-
     for key, path in paths.items():
         if settings.allow_standin_models and is_standin(path):
             continue
+        # Imported only for real files: stand-ins need no download code (nor tqdm).
+        from facefusion_tasks.models.download import trusted_model_path
+        from facefusion_tasks.models.registry import spec_for
+
         trusted_model_path(settings.models_dir, spec_for(key))
 
 
@@ -132,7 +153,15 @@ def load_models(settings: Settings) -> LoadedModels:
 
     def session(path: Path) -> ort.InferenceSession:
         try:
-            return create_session(path, choice, threads=threads)
+            return create_session(
+                path,
+                choice,
+                threads=threads,
+                gpu_mem_limit=settings.gpu_mem_limit,
+                allow_cpu_fallback=settings.allow_cpu_fallback,
+            )
+        except ProviderUnavailable:
+            raise  # already one line naming the provider and the reason
         except Exception as exc:
             raise ModelError(f"{path.name}: cannot be loaded ({exc})") from exc
 
@@ -154,10 +183,12 @@ def load_models(settings: Settings) -> LoadedModels:
         reference_distance=settings.reference_distance,
     )
     standin = any(is_standin(p) for p in paths.values())
+    active = swapper_session.get_providers()[0]
+    observe_worker_provider(requested=settings.execution_provider, provider=active)
     return LoadedModels(
         engine=engine,
         providers=choice,
-        active_provider=swapper_session.get_providers()[0],
+        active_provider=active,
         swapper_batched=swapper.batched,
         detector_batched=detector.batched,
         standin=standin,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +51,54 @@ def background(width: int, height: int, index: int) -> np.ndarray:
     return image
 
 
-def bundled_photo(name: str) -> Path:
-    """A face photo shipped inside the insightface wheel (t1.jpg, Tom_Hanks_54745.png)."""
-    import insightface
+#: insightface's sample photos (its wheel's data/images), name -> sha256 of the wheel's copy.
+SAMPLE_PHOTOS = {
+    "t1.jpg": "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489",
+    "Tom_Hanks_54745.png": "8545da294e8c7c79911169c3915fed8528f1960cd0ed99b92453788ca4275083",
+}
+_PHOTO_URL = (
+    "https://raw.githubusercontent.com/deepinsight/insightface/master/"
+    "python-package/insightface/data/images/{name}"
+)
 
-    path = Path(insightface.__file__).parent / "data" / "images" / name
-    if not path.is_file():
-        raise ModelError(f"insightface's bundled {name} is missing from {path.parent}")
+
+def bundled_photo(name: str, *, cache_dir: Path | None = None) -> Path:
+    """A face photo insightface ships (t1.jpg, Tom_Hanks_54745.png): from an installed insightface
+    when there is one, else fetched once from its repository and checked against the digest.
+
+    insightface is not a runtime dependency: it requires the CPU onnxruntime and opencv-python,
+    which would shadow onnxruntime-gpu and the headless OpenCV."""
+    if name not in SAMPLE_PHOTOS:
+        raise ModelError(f"unknown sample photo {name!r}")
+    # Locate without importing: importing insightface loads onnxruntime and its model zoo.
+    spec = importlib.util.find_spec("insightface")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "data" / "images" / name
+        if path.is_file():
+            return path
+    from facefusion_tasks.config import default_models_dir
+
+    directory = cache_dir or default_models_dir().parent / "samples"
+    path = directory / name
+    if path.is_file() and _sha256(path.read_bytes()) == SAMPLE_PHOTOS[name]:
+        return path
+    url = _PHOTO_URL.format(name=name)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+    except OSError as exc:
+        raise ModelError(
+            f"sample photo {name}: cannot fetch {url} ({exc}); put it in {directory} or "
+            "`pip install --no-deps insightface`"
+        ) from None
+    if _sha256(data) != SAMPLE_PHOTOS[name]:
+        raise ModelError(f"sample photo {name} from {url} does not match its pinned digest")
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".{name}.part"
+    partial.write_bytes(data)
+    os.replace(partial, path)
     return path
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -172,6 +172,10 @@ chunks_total.labels(outcome="succeeded", reason="none")
 jobs_total.labels(outcome="succeeded", reason="none")
 
 
+#: Labels of the NVML series: the CUDA index in the exporter's (the host's) numbering, and the
+#: GPU-… / MIG-… UUID, the one name that means the same device in every container.
+GPU_LABELS = ("gpu", "gpu_uuid")
+
 #: Exporter-side metrics, computed at scrape time by the exporter's collectors (never in
 #: workers): name -> (type, help, label names). The collectors take their help text from here.
 EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -205,12 +209,16 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "1 if the exporter could read the broker at this scrape, else 0.",
         (),
     ),
-    "facefusion_gpu_memory_used_bytes": ("gauge", "GPU memory in use (NVML).", ("gpu",)),
-    "facefusion_gpu_memory_total_bytes": ("gauge", "GPU memory installed (NVML).", ("gpu",)),
+    "facefusion_gpu_memory_used_bytes": (
+        "gauge",
+        "GPU memory in use (NVML); gpu is the CUDA index, gpu_uuid the GPU or MIG UUID.",
+        GPU_LABELS,
+    ),
+    "facefusion_gpu_memory_total_bytes": ("gauge", "GPU memory installed (NVML).", GPU_LABELS),
     "facefusion_gpu_utilization_ratio": (
         "gauge",
-        "Fraction of the last sample period the GPU was busy (NVML), 0..1.",
-        ("gpu",),
+        "Fraction of the last sample period the GPU was busy (NVML), 0..1; absent on MIG.",
+        GPU_LABELS,
     ),
     "facefusion_exporter_multiproc_files": (
         "gauge",
@@ -228,3 +236,37 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         (),
     ),
 }
+
+# GPU workers (issue 8): which provider a worker process really runs on, and which encoder.
+EXPORTER_METRICS["facefusion_gpu_process_memory_used_bytes"] = (
+    "gauge",
+    "GPU memory used by one process (NVML's compute processes), by CUDA index, UUID and pid.",
+    (*GPU_LABELS, "pid"),
+)
+
+#: The `provider` label of facefusion_worker_info: what onnxruntime really ran the models on.
+WORKER_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+# livemax: one series per distinct label set of the live processes; a process that exits drops
+# out. The labels are bounded: providers, the requested choice, and one UUID/index per GPU.
+worker_info = Gauge(
+    "facefusion_worker_info",
+    "Always 1 per model-loading process: provider it really runs on, the provider requested "
+    "(auto|cuda|cpu), and the GPU it is pinned to (gpu_uuid, or cuda_index when pinned by index).",
+    ["provider", "requested", "gpu_uuid", "cuda_index"],
+    multiprocess_mode="livemax",
+)
+
+#: The `encoder` label of facefusion_video_encodes_total (anything else counts as "other").
+VIDEO_ENCODERS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc", "other")
+
+video_encodes_total = Counter(
+    "facefusion_video_encodes_total",
+    "Video writers started (one per chunk attempt or local run), by the encoder really used.",
+    ["encoder"],
+)
+
+
+def bounded_encoder(encoder: str) -> str:
+    """`encoder` if it is one this project chooses, else "other" (bounded cardinality)."""
+    return encoder if encoder in VIDEO_ENCODERS else "other"

@@ -1,21 +1,29 @@
-"""GPU memory and utilisation per device via NVML, absent (not failing) without a driver."""
+"""GPU memory, utilisation and per-process memory via NVML; a failing GPU or call drops only its
+own series, and a host without a driver simply has none."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from facefusion_tasks.gpus import nvml_devices, visible_devices
 from facefusion_tasks.metrics.definitions import EXPORTER_METRICS
 
 log = logging.getLogger(__name__)
+
+USED = "facefusion_gpu_memory_used_bytes"
+TOTAL = "facefusion_gpu_memory_total_bytes"
+UTILISATION = "facefusion_gpu_utilization_ratio"
+PROCESS_USED = "facefusion_gpu_process_memory_used_bytes"
 
 
 def _import_nvml() -> ModuleType:
@@ -25,8 +33,9 @@ def _import_nvml() -> ModuleType:
 
 
 class GpuCollector:
-    """NVML readings at scrape time. Use it in the exporter process only: initialising NVML in
-    a parent that later forks breaks the children (see NOTES)."""
+    """NVML readings at scrape time, labelled by CUDA index (in this process's environment, the
+    launcher's) and UUID. Use it in the exporter process only: initialising NVML in a parent
+    that later forks breaks the children (see NOTES)."""
 
     def __init__(
         self,
@@ -34,13 +43,17 @@ class GpuCollector:
         retry_seconds: float = 300.0,
         load: Callable[[], ModuleType] = _import_nvml,
         clock: Callable[[], float] = time.monotonic,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self._load = load
         self._clock = clock
         self._retry_seconds = retry_seconds
+        self._environ = os.environ if environ is None else environ
         self._nvml: Any = None
         self._next_try = 0.0
         self._logged_absence = False
+        #: (uuid, call) pairs already reported failing: one warning each, not one per scrape.
+        self._failing: set[tuple[str, str]] = set()
         self._mutex = threading.Lock()
 
     def describe(self) -> list[Metric]:
@@ -67,34 +80,63 @@ class GpuCollector:
         self._logged_absence = False
         return nvml
 
+    def _read(self, nvml: Any, uuid: str, call: str, *args: Any) -> Any:
+        """One NVML call for one device; None (and one warning) when it fails, so only the
+        series that needs it goes missing: MIG instances and containers without access to the
+        parent GPU answer NO_PERMISSION or NOT_SUPPORTED to some calls and not to others."""
+        try:
+            value = getattr(nvml, call)(*args)
+        except nvml.NVMLError as exc:
+            if (uuid, call) not in self._failing:
+                self._failing.add((uuid, call))
+                log.warning("NVML %s failed for %s: %s; that series is left out", call, uuid, exc)
+            return None
+        self._failing.discard((uuid, call))
+        return value
+
     def collect(self) -> Iterable[Metric]:
         with self._mutex:
             nvml = self._ensure()
             if nvml is None:
                 return []
-            used = _family("facefusion_gpu_memory_used_bytes")
-            total = _family("facefusion_gpu_memory_total_bytes")
-            utilisation = _family("facefusion_gpu_utilization_ratio")
             try:
-                for index in range(nvml.nvmlDeviceGetCount()):
-                    handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-                    used.add_metric([str(index)], float(memory.used))
-                    total.add_metric([str(index)], float(memory.total))
-                    try:
-                        rates = nvml.nvmlDeviceGetUtilizationRates(handle)
-                    except nvml.NVMLError:
-                        continue  # e.g. MIG instances: memory is readable, utilisation is not
-                    utilisation.add_metric([str(index)], float(rates.gpu) / 100.0)
+                devices = visible_devices(nvml_devices(nvml), self._environ)
             except nvml.NVMLError as exc:
-                # The driver went away (GPU fell off the bus, driver reload): drop the series
-                # and re-initialise later rather than fail every scrape.
-                log.warning("NVML read failed, GPU metrics paused: %s", exc)
+                # Even the device count failed: the driver went away (GPU off the bus, driver
+                # reload). Drop every series and re-initialise at the next scrape.
+                log.warning("NVML read failed, GPU metrics dropped until it answers: %s", exc)
                 with contextlib.suppress(nvml.NVMLError):
                     nvml.nvmlShutdown()
                 self._nvml = None
+                self._next_try = self._clock()
                 return []
-            return [used, total, utilisation]
+            families = {name: _family(name) for name in (USED, TOTAL, UTILISATION, PROCESS_USED)}
+            for cuda_index, device in devices:
+                if device.handle is None:
+                    continue  # NVML could not even open it; nothing to read
+                self._device(nvml, families, [str(cuda_index), device.uuid], device)
+            return list(families.values())
+
+    def _device(
+        self, nvml: Any, families: dict[str, GaugeMetricFamily], labels: list[str], device: Any
+    ) -> None:
+        uuid, handle = device.uuid, device.handle
+        memory = self._read(nvml, uuid, "nvmlDeviceGetMemoryInfo", handle)
+        if memory is not None:
+            families[USED].add_metric(labels, float(memory.used))
+            families[TOTAL].add_metric(labels, float(memory.total))
+        if not device.mig:  # MIG instances have no utilisation counter of their own
+            rates = self._read(nvml, uuid, "nvmlDeviceGetUtilizationRates", handle)
+            if rates is not None:
+                families[UTILISATION].add_metric(labels, float(rates.gpu) / 100.0)
+        processes = self._read(nvml, uuid, "nvmlDeviceGetComputeRunningProcesses", handle)
+        for process in processes or ():
+            used = getattr(process, "usedGpuMemory", None)
+            # NVML reports "not available" (None, or the 2**64-1 sentinel) under some drivers
+            # and in containers without the host's PID namespace.
+            if used is None or used >= 2**63:
+                continue
+            families[PROCESS_USED].add_metric([*labels, str(process.pid)], float(used))
 
 
 def _family(name: str) -> GaugeMetricFamily:

@@ -142,3 +142,51 @@ def encoder_works(exe: str, encoder: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
+
+
+@functools.lru_cache(maxsize=8)
+def hwaccel_works(exe: str, method: str = "cuda") -> bool:
+    """Whether ffmpeg really decodes on the GPU with `-hwaccel method`: plain `-hwaccel cuda`
+    falls back to software decoding when the device cannot start, so the trial keeps the
+    decoded frames on the GPU (`-hwaccel_output_format`) and downloads them in a filter, which
+    fails unless the GPU decoded them."""
+    if method not in hwaccels(exe) or "libx264" not in encoders(exe):
+        return False
+    sample = h264_sample(exe)
+    if not sample:
+        return False
+    try:
+        done = subprocess.run(
+            [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-hwaccel", method,
+             "-hwaccel_output_format", method, "-f", "h264", "-i", "pipe:0",
+             "-vf", "hwdownload,format=nv12", "-f", "null", "-"],
+            input=sample, capture_output=True, timeout=QUERY_TIMEOUT, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def h264_sample(exe: str) -> bytes:
+    """Two frames of H.264 (Annex B) for decoder trials; empty when ffmpeg cannot make them."""
+    try:
+        done = subprocess.run(
+            [exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi",
+             "-i", "color=gray:s=256x256:r=25", "-frames:v", "2", "-c:v", "libx264",
+             "-pix_fmt", "yuv420p", "-f", "h264", "pipe:1"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=QUERY_TIMEOUT, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return b""
+    return done.stdout if done.returncode == 0 else b""
+
+
+def effective_hwaccel(exe: str, requested: str) -> str:
+    """The -hwaccel to pass: `requested` only when a trial decode proved it; else "none", so
+    nothing reports GPU decoding that ffmpeg would silently have done on the CPU."""
+    if requested == "none":
+        return "none"
+    if hwaccel_works(exe, "cuda"):
+        return "cuda"
+    log.info("hwaccel %s: ffmpeg cannot decode on the GPU here; decoding on the CPU", requested)
+    return "none"

@@ -27,17 +27,35 @@ FLUSH_TIMEOUT = 600.0
 
 
 def choose_encoder(requested: str, exe: str) -> str:
-    """The encoder to use: `auto` = h264_nvenc when it actually works here, else libx264."""
+    """The encoder to use: `auto` = h264_nvenc when a trial encode works here, else libx264;
+    an explicit nvenc that cannot encode here is refused up front, not mid-job. Logs and counts
+    (facefusion_video_encodes_total{encoder}) what each writer really uses."""
     if requested == "auto":
-        # Debian's ffmpeg lists nvenc without a GPU, so a one-frame trial decides.
+        # Debian's ffmpeg lists nvenc without a GPU, and H100/H200/A100 have no NVENC at all,
+        # so a one-frame trial decides.
         chosen = "h264_nvenc" if ffbin.encoder_works(exe, "h264_nvenc") else "libx264"
-        log.info("video encoder auto -> %s", chosen)
-        return chosen
-    if requested not in ENCODERS:
+    elif requested not in ENCODERS:
         raise InputError(f"unknown video encoder {requested!r} (use auto, {', '.join(ENCODERS)})")
-    if requested not in ffbin.encoders(exe):
+    elif requested not in ffbin.encoders(exe):
         raise InputError(f"video encoder {requested} is not available in {exe}")
-    return requested
+    elif requested.endswith("_nvenc") and not ffbin.encoder_works(exe, requested):
+        raise InputError(
+            f"video encoder {requested} is listed by {exe} but cannot encode here (no NVENC: "
+            "no NVIDIA GPU, or one without a video encoder such as H100/H200/A100); use "
+            "libx264 or auto"
+        )
+    else:
+        chosen = requested
+    log.info("video encoder %s -> %s", requested, chosen)
+    _count_encoder(chosen)
+    return chosen
+
+
+def _count_encoder(encoder: str) -> None:
+    from facefusion_tasks import observe
+
+    metrics = observe.metrics()
+    metrics.video_encodes_total.labels(encoder=metrics.bounded_encoder(encoder)).inc()
 
 
 def check_destination(destination: Path) -> None:

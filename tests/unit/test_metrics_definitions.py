@@ -28,7 +28,12 @@ LOW_CARDINALITY_LABELS = {
     "queue",
     "kind",
     "version",
+    "provider",
+    "requested",
+    "encoder",
 }
+#: Labels with one value per GPU (or per GPU process) of the host: bounded by the hardware.
+PER_GPU_LABELS = {"gpu", "gpu_uuid", "cuda_index", "pid"}
 #: Names that carry no unit suffix on purpose (counts, 0/1 states, sizes in items).
 UNITLESS = {
     "facefusion_build_info",
@@ -36,6 +41,7 @@ UNITLESS = {
     "facefusion_worker_processes",
     "facefusion_model_batch_size",
     "facefusion_model_batch_limit",
+    "facefusion_worker_info",
 }
 
 
@@ -117,9 +123,9 @@ class TestNames:
 
     def test_labels_are_low_cardinality(self) -> None:
         for metric in worker_metrics():
-            assert set(metric._labelnames) <= LOW_CARDINALITY_LABELS, metric
+            assert set(metric._labelnames) <= LOW_CARDINALITY_LABELS | PER_GPU_LABELS, metric
         for name, (_, _, labels) in EXPORTER_METRICS.items():
-            assert set(labels) <= LOW_CARDINALITY_LABELS | {"gpu"}, name
+            assert set(labels) <= LOW_CARDINALITY_LABELS | PER_GPU_LABELS, name
 
     def test_seed_names_are_kept(self) -> None:
         names = {exposed_name(m) for m in worker_metrics()} | set(EXPORTER_METRICS)
@@ -180,6 +186,10 @@ def test_definitions_work_in_multiprocess_mode(tmp_path: Path) -> None:
         d.worker_processes.set(1)
         d.gpu_oom_total.labels(kind="arena", model="swapper").inc()
         d.model_batch_limit.labels(model="swapper").set(4)
+        d.worker_info.labels(
+            provider="CUDAExecutionProvider", requested="auto", gpu_uuid="GPU-1", cuda_index=""
+        ).set(1)
+        d.video_encodes_total.labels(encoder=d.bounded_encoder("libx264")).inc()
         """
     )
     assert result.returncode == 0, result.stderr
