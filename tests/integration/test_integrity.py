@@ -60,7 +60,7 @@ def run_cli(*args: str | Path, env: dict[str, str], timeout: float = 180) -> sub
 def local_env(models: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
     return env | {"FACEFUSION_MODELS_DIR": str(models), "FACEFUSION_EXECUTION_PROVIDER": "cpu",
-                  "FACEFUSION_BATCH_SIZE": "4"}  # fmt: skip
+                  "FACEFUSION_BATCH_SIZE": "4", "FACEFUSION_ALLOW_STANDIN_MODELS": "1"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cv2.imwrite(str(base / "source.png"), image)
     cv2.imwrite(str(base / "noface.png"), background(200, 200, 0))
     make_sample_video(base / "long.mp4", seconds=8, faces=2, audio=True)
-    make_sample_video(base / "tiny.mp4", seconds=0.4, width=160, height=120, faces=1, audio=False)
+    make_sample_video(base / "tiny.mp4", seconds=1.2, width=160, height=120, faces=1, audio=False)
     (base / "out").mkdir()
     return base
 
@@ -225,10 +225,10 @@ def _run_chunks(root: Path, models_dir: Path, redis_url: str, output: Path):  # 
 
     settings = Settings.from_env(
         {}, broker_url=redis_url, storage_roots=str(root), models_dir=models_dir,
-        execution_provider="cpu", batch_size=4,
+        execution_provider="cpu", batch_size=4, allow_standin_models=True,
     )  # fmt: skip
     producer = Producer(settings)
-    job_id = producer.submit(root / "source.png", root / "tiny.mp4", output, chunk_seconds=0.2)
+    job_id = producer.submit(root / "source.png", root / "tiny.mp4", output, chunk_seconds=0.5)
     indexes = runner.plan_job(producer.store, settings, job_id)
     assert indexes
     for index in indexes:
