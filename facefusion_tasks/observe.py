@@ -83,3 +83,8 @@ def queue_wait(queue: str, enqueued_at: float | None) -> None:
 def busy(flag: bool) -> None:
     """This worker process started (True) or finished (False) a task."""
     metrics().worker_busy.set(1 if flag else 0)
+
+
+def stall_recovery(kind: str, action: str) -> None:
+    """The stall sweep requeued (kind chunk | plan | stitch) or failed (kind job) stalled work."""
+    metrics().stall_recoveries_total.labels(kind=kind, action=action).inc()

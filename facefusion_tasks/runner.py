@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,9 @@ class _Watch:
     job_id: str
     index: int
     frames: int = 0
+    #: Seconds between progress heartbeats (sent only when frames advanced: a hung decoder,
+    #: driver call or stopped process stops them, and the stall sweep notices).
+    heartbeat_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -129,14 +133,15 @@ class _Watch:
         self.frames += count
 
     def _run(self) -> None:
-        published = -1
+        published, beat_at = 0, time.monotonic()
         while not self.stop.wait(WATCH_SECONDS):
             try:
                 if self.store.state(self.job_id) in TERMINAL:
                     self.cancel.set()
-                if self.frames != published:
-                    published = self.frames
-                    self.store.chunk_progress(self.job_id, self.index, published)
+                due = time.monotonic() - beat_at >= self.heartbeat_seconds
+                if self.frames != published and due:
+                    published, beat_at = self.frames, time.monotonic()
+                    self.store.chunk_heartbeat(self.job_id, self.index, published)
             except Exception as exc:  # Redis blips must not kill the chunk; the ack will tell
                 log.warning("progress update failed: %s", exc)
 
@@ -171,7 +176,7 @@ def run_chunk(
     if reference is not None:
         engine.set_reference(reference)
     store.chunk_started(job_id, index, worker)
-    watch = _Watch(store, job_id, index)
+    watch = _Watch(store, job_id, index, heartbeat_seconds=settings.heartbeat_seconds)
     output = segment_path(settings, job_id, index)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -173,6 +173,12 @@ worker_processes = Gauge(
     "Live worker processes (each sets 1 at start); busy / processes = utilisation.",
     multiprocess_mode="livesum",
 )
+stall_recoveries_total = Counter(
+    "facefusion_stall_recoveries_total",
+    "Work with no progress for stall_seconds that the stall sweep requeued (kind chunk, plan, "
+    "stitch; action requeued) or whose job it failed (kind job; action failed).",
+    ["kind", "action"],
+)
 gpu_oom_total = Counter(
     "facefusion_gpu_oom_total",
     "GPU out-of-memory errors caught at a model call, by kind and model.",
