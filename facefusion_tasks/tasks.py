@@ -20,6 +20,7 @@ from facefusion_tasks.app import (
     GPU_QUEUE,
     LIGHT_QUEUE,
     PRELOAD_ENV,
+    QUEUES_ENV,
     TASK_CHUNK,
     TASK_PLAN,
     TASK_STITCH,
@@ -65,9 +66,6 @@ def enqueue(app: Celery, name: str, args: list[Any], *, priority: int = 5) -> No
 
 #: Seconds between worker heartbeats; the key lives three times as long.
 HEARTBEAT_SECONDS = 10
-#: The queues this worker process consumes (comma-separated), set by the launcher: the
-#: exporter counts live workers per queue, and only light-queue processes run the stall sweep.
-QUEUES_ENV = "FACEFUSION_WORKER_QUEUES"
 #: Task names the stall sweep may send again.
 _SWEEP_TASKS = {"chunk": TASK_CHUNK, "plan": TASK_PLAN, "stitch": TASK_STITCH}
 
@@ -90,6 +88,7 @@ def _heartbeat_loop(name: str) -> None:
         "queues": _worker_queues(),
     }
     while True:
+        observe.check_storage()  # before the metrics storage can kill this process
         try:
             heartbeat(_store().r, name, info, ttl=3 * HEARTBEAT_SECONDS)
         except Exception as exc:  # Redis away: the key expires and the exporter says so
@@ -104,8 +103,12 @@ def _on_child_start(**_: Any) -> None:
     # (never in the parent) and Celery's start-up handshake is never held up.
     # Metrics first, synchronously: prometheus_client must not be imported by two threads at
     # once (a concurrent first import fails with a partially initialised module).
+    observe.configure(
+        min_free_bytes=_settings().metrics_min_free_bytes, on_disable=_report_metrics_disabled
+    )
     observe.metrics().worker_processes.set(1)
-    observe.busy(False)
+    for queue in _worker_queues():
+        observe.busy(False, queue)
     if os.environ.get(PRELOAD_ENV) == "1":
         from facefusion_tasks.runner import MODELS
 
@@ -114,6 +117,14 @@ def _on_child_start(**_: Any) -> None:
     threading.Thread(target=_heartbeat_loop, args=(name,), name="ff-heartbeat", daemon=True).start()
     if LIGHT_QUEUE in _worker_queues():
         _start_sweep()
+
+
+def _report_metrics_disabled(_problem: str) -> None:
+    """Count, per host, the worker processes that stopped writing metrics (the exporter shows
+    it: their own counters can no longer say so)."""
+    from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY
+
+    _store().r.hincrby(METRICS_DISABLED_KEY, socket.gethostname(), 1)
 
 
 def _start_sweep() -> None:
@@ -172,11 +183,11 @@ def _count_delivery(task: Task, job_id: str, index: int) -> tuple[Delivery, dict
 def _instrumented(task: Task, queue: str) -> Iterator[None]:
     """Queue wait on start, busy while running, the job's outcome once it has one."""
     observe.queue_wait(queue, getattr(task.request, ENQUEUED_HEADER, None))
-    observe.busy(True)
+    observe.busy(True, queue)
     try:
         yield
     finally:
-        observe.busy(False)
+        observe.busy(False, queue)
 
 
 def _meter_job_end(job_id: str) -> None:

@@ -1,4 +1,4 @@
-"""`facefusion-tasks worker`: one Celery worker process per GPU (pinned), plus a light one."""
+"""`facefusion-tasks worker`: Celery worker processes per GPU (pinned), a light one, the exporter."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # Nothing here may import prometheus_client (or anything that does): the metrics directory must
 # be prepared before the first import anywhere in this process tree.
-from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV
+from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV, QUEUES_ENV
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
 
@@ -60,21 +61,31 @@ def plan_workers(
     max_tasks_per_child: int,
     loglevel: str,
 ) -> list[tuple[list[str], dict[str, str]]]:
-    """(argv, extra environment) for each worker process to start."""
+    """(argv, extra environment) for each worker process to start.
+
+    Names carry the launcher's pid (`gpu0-4711@host`), so two launchers on one host never share
+    a Celery node name and `status` tells their processes apart."""
     unknown = set(queues) - {GPU_QUEUE, LIGHT_QUEUE}
     if unknown:
         raise InputError(f"unknown queues: {', '.join(sorted(unknown))}")
     if not settings.broker_url:
         raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason="config")
     plans: list[tuple[list[str], dict[str, str]]] = []
+    launcher = os.getpid()
     if GPU_QUEUE in queues:
         devices = detect_gpus() if gpus == "auto" else [] if gpus == "none" else gpus.split(",")
-        # No GPU: one CPU worker still serves the gpu queue (the CPU profile).
-        for index, device in enumerate(devices or [""]):
-            env = {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device}
-            name = f"gpu{device}" if device else f"cpu{index}"
+        # No GPU: gpu_processes CPU workers serve the gpu queue (the CPU profile); with GPUs,
+        # gpu_processes workers share each one.
+        slots = [(d, k) for d in devices for k in range(settings.gpu_processes)] or [
+            ("", k) for k in range(settings.gpu_processes)
+        ]
+        for device, k in slots:
+            env = {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device, QUEUES_ENV: GPU_QUEUE}
+            name = f"gpu{device}" if device else f"cpu{k}"
+            if device and settings.gpu_processes > 1:
+                name += f"x{k}"
             argv = worker_argv(
-                name=name,
+                name=f"{name}-{launcher}",
                 queue=GPU_QUEUE,
                 concurrency=1,
                 max_tasks_per_child=max_tasks_per_child,
@@ -83,13 +94,13 @@ def plan_workers(
             plans.append((argv, env))
     if LIGHT_QUEUE in queues:
         argv = worker_argv(
-            name="light",
+            name=f"light-{launcher}",
             queue=LIGHT_QUEUE,
             concurrency=light_concurrency,
             max_tasks_per_child=max_tasks_per_child,
             loglevel=loglevel,
         )
-        plans.append((argv, {PRELOAD_ENV: "0"}))
+        plans.append((argv, {PRELOAD_ENV: "0", QUEUES_ENV: LIGHT_QUEUE}))
     return plans
 
 
@@ -102,12 +113,62 @@ def exporter_argv(*, port: int, metrics_dir: Path, redis_url: str) -> list[str]:
     return argv
 
 
+#: Restart delay after a child exits: doubles per quick exit, from the first to the second.
+RESTART_BACKOFF = (1.0, 60.0)
+#: A child that ran this long before exiting starts again with the shortest delay.
+STABLE_SECONDS = 60.0
+
+
+@dataclass
+class _Child:
+    """One supervised process: restarted in place, with backoff, whenever it exits."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float = 0.0
+    quick_exits: int = 0
+
+    def start(self) -> None:
+        log.info("starting %s: %s", self.name, " ".join(self.argv))
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.started_at = time.monotonic()
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def schedule_restart(self, code: int, backoff: tuple[float, float]) -> None:
+        ran = time.monotonic() - self.started_at
+        self.quick_exits = 0 if ran >= STABLE_SECONDS else self.quick_exits + 1
+        delay = min(backoff[1], backoff[0] * 2 ** max(0, self.quick_exits - 1))
+        log.error(
+            "%s (pid %s) exited with %s after %.0f s; restarting it in %.1f s",
+            self.name,
+            self.proc.pid if self.proc else "?",
+            code,
+            ran,
+            delay,
+        )
+        self.proc = None
+        self.restart_at = time.monotonic() + delay
+
+
 def run_workers(
-    settings: Settings, *, metrics_port: int = 9808, metrics_dir: Path | None = None, **options: Any
+    settings: Settings,
+    *,
+    metrics_port: int = 9808,
+    metrics_dir: Path | None = None,
+    backoff: tuple[float, float] = RESTART_BACKOFF,
+    **options: Any,
 ) -> int:
-    """Start the planned worker processes and supervise them: SIGTERM/SIGINT are passed on
-    (Celery's warm shutdown lets a running chunk finish; if it is killed instead, the chunk is
-    redelivered), and the launcher exits when any worker exits, so an orchestrator restarts it.
+    """Start the planned worker processes and the exporter, and supervise them.
+
+    A child that exits (crash, OOM kill, a dead exporter) is started again in place, with
+    backoff; the others keep running. Only SIGTERM/SIGINT stop the launcher: they are passed
+    on (Celery's warm shutdown lets a running chunk finish), and it returns once every child
+    has exited.
 
     The metrics directory is wiped and put in the environment *before* any child starts (the
     fleet's start), and one exporter process serves every worker process's metrics."""
@@ -116,25 +177,40 @@ def run_workers(
     plans = plan_workers(settings, **options)
     directory = metrics_dir or multiproc.default_dir()
     multiproc.prepare(directory, wipe=True)
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[_Child] = []
     if metrics_port:
         argv = exporter_argv(
             port=metrics_port, metrics_dir=directory, redis_url=settings.broker_url
         )
-        children.append(subprocess.Popen(argv))
-    for argv, env in plans:
-        log.info("starting %s", " ".join(argv))
-        children.append(subprocess.Popen(argv, env=os.environ | env))
+        # The exporter reads the directory; it must not write into it (a full metrics
+        # filesystem would kill it with SIGBUS like any writer): single-process mode.
+        env = {k: v for k, v in os.environ.items() if k != multiproc.PROMETHEUS_ENV}
+        children.append(_Child("exporter", argv, env))
+    for argv, extra in plans:
+        children.append(_Child(argv[argv.index("-n") + 1].split("@")[0], argv, os.environ | extra))
+    stop: list[int] = []
 
-    def forward(signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.append(signum)
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while all(child.poll() is None for child in children):
-        time.sleep(0.5)
-    forward(signal.SIGTERM, None)
-    codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for child in children:
+        child.start()
+    while not stop:
+        now = time.monotonic()
+        for child in children:
+            code = child.exited()
+            if code is not None:
+                child.schedule_restart(code, backoff)
+            elif child.proc is None and now >= child.restart_at and not stop:
+                child.start()
+        time.sleep(0.2)
+    log.info("signal %d: waiting for the workers to finish their running tasks", stop[0])
+    for child in children:
+        if child.proc is not None:
+            child.proc.wait()
+    return 0

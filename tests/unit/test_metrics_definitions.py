@@ -28,6 +28,8 @@ LOW_CARDINALITY_LABELS = {
     "queue",
     "kind",
     "version",
+    "action",
+    "collector",
 }
 #: Names that carry no unit suffix on purpose (counts, 0/1 states, sizes in items).
 UNITLESS = {
@@ -110,8 +112,8 @@ class TestNames:
         for name in names:
             if name in UNITLESS or name.endswith(("_alive", "_up", "_files", "_length")):
                 continue
-            if name.endswith(("_unacked", "_backlog")):
-                continue  # message counts
+            if name.endswith(("_unacked", "_backlog", "_workers", "_running", "_stalled")):
+                continue  # message, process, chunk and job counts
             assert name.endswith(("_seconds", "_bytes", "_ratio")), name
         assert "milliseconds" not in " ".join(names)
 
@@ -176,10 +178,11 @@ def test_definitions_work_in_multiprocess_mode(tmp_path: Path) -> None:
         d.frame_duration_seconds.observe(0.05)
         d.model_batch_size.labels(model="swapper").observe(8)
         d.queue_wait_seconds.labels(queue="gpu").observe(2.0)
-        d.worker_busy.set(1)
+        d.worker_busy.labels(queue="gpu").set(1)
         d.worker_processes.set(1)
         d.gpu_oom_total.labels(kind="arena", model="swapper").inc()
         d.model_batch_limit.labels(model="swapper").set(4)
+        d.stall_recoveries_total.labels(kind="chunk", action="requeued").inc()
         """
     )
     assert result.returncode == 0, result.stderr
