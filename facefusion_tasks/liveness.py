@@ -79,10 +79,11 @@ def _recover_chunk(
         return
     started, beat = claimed["started_at"], claimed["heartbeat_at"]
     # Still making progress when the hard time limit ran out (Celery SIGKILLed the process and
-    # acknowledged the message): too slow, and another attempt would be as slow.
-    if now - started >= settings.chunk_time_limit and (
-        beat - started >= settings.chunk_time_limit - settings.stall_seconds
-    ):
+    # acknowledged the message): too slow, and another attempt would be as slow. A chunk
+    # whose progress stopped well before the limit hung instead: that one is worth redoing.
+    limit = settings.chunk_time_limit
+    margin = max(2 * settings.heartbeat_seconds, 0.1 * limit)
+    if now - started >= limit and beat - started >= limit - margin:
         _fail(store, job_id, index, Reason.TIMEOUT, "chunk hit the time limit", report)
         return
     lost = int(claimed["deliveries"] - claimed["finished"])

