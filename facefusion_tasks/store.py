@@ -14,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from facefusion_tasks.jobs import Chunk
+from facefusion_tasks.metrics.keys import LIVE_KEY, RUNNING_KEY
 
 PREFIX = "facefusion"
 
@@ -28,10 +29,6 @@ PENDING, DONE = "PENDING", "DONE"
 #: `live` index (time it entered the state), so the sweep finds one stuck there.
 WATCHED = frozenset({QUEUED, PLANNING, STITCHING})
 
-#: Sorted set "job_id:index" -> time of the chunk's last frame progress (running chunks only).
-RUNNING_KEY = f"{PREFIX}:running"
-#: Sorted set job_id -> time it entered QUEUED, PLANNING or STITCHING (jobs in those states only).
-LIVE_KEY = f"{PREFIX}:live"
 
 # Every script below answers the same when redis-py re-sends it after a timeout (the first
 # run may have happened while the client stopped waiting): the caller's token, recorded in the

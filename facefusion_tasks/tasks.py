@@ -79,7 +79,7 @@ def _worker_queues() -> list[str]:
 
 
 def _heartbeat_loop(name: str) -> None:
-    from facefusion_tasks.metrics.queues import heartbeat
+    from facefusion_tasks.metrics.keys import heartbeat
 
     info = {
         "pid": os.getpid(),
@@ -122,7 +122,7 @@ def _on_child_start(**_: Any) -> None:
 def _report_metrics_disabled(_problem: str) -> None:
     """Count, per host, the worker processes that stopped writing metrics (the exporter shows
     it: their own counters can no longer say so)."""
-    from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY
+    from facefusion_tasks.metrics.keys import METRICS_DISABLED_KEY
 
     _store().r.hincrby(METRICS_DISABLED_KEY, socket.gethostname(), 1)
 
@@ -131,7 +131,7 @@ def _start_sweep() -> None:
     """The stall sweep, in a thread of each light-queue process (one sweep per period runs
     fleet-wide): it lives where no chunk runs, so a hung GPU process cannot stop it."""
     from facefusion_tasks import liveness
-    from facefusion_tasks.metrics.queues import priority_keys
+    from facefusion_tasks.metrics.keys import priority_keys
 
     app = _APP
     if app is None:

@@ -112,7 +112,10 @@ class Launcher:
             queues = [q for info in self.workers().values() for q in info.get("queues", [])]
             return queues.count("gpu") >= gpu and "light" in queues
 
-        wait_for(ready, timeout=timeout, interval=0.2)
+        try:
+            wait_for(ready, timeout=timeout, interval=0.2)
+        except AssertionError:
+            raise AssertionError(f"workers not ready:\n{self.log()[-4000:]}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -16,36 +16,36 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from facefusion_tasks.metrics.definitions import EXPORTER_METRICS, QUEUES
+from facefusion_tasks.metrics.keys import (
+    DEFAULT_PRIORITY_STEPS,
+    HEARTBEAT_PREFIX,
+    KOMBU_SEP,
+    LIVE_KEY,
+    METRICS_DISABLED_KEY,
+    RUNNING_KEY,
+    heartbeat,
+    priority_keys,
+)
+
+__all__ = [
+    "DEFAULT_PRIORITY_STEPS",
+    "HEARTBEAT_PREFIX",
+    "METRICS_DISABLED_KEY",
+    "QueueCollector",
+    "alive_workers",
+    "heartbeat",
+    "priority_keys",
+    "read_liveness",
+    "read_queues",
+]
 
 log = logging.getLogger(__name__)
 
-# kombu's Redis transport (read in kombu/transport/redis.py): a queue is a LIST, LPUSH adds at
-# the head and consumers pop from the tail (so the tail is the next to run); a message with
-# priority p goes to the list named by the priority step at or below p, where step 0 is the
-# plain queue name and any other step is `queue + "\x06\x16" + step`. Prefetched messages are
-# moved to the hash `unacked` (tag -> JSON [message, exchange, routing_key]) until acked. So
-# LLEN of the plain name alone misses both prioritised and prefetched work.
-KOMBU_SEP = "\x06\x16"
-#: kombu's default `priority_steps` transport option.
-DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED_KEY = "unacked"
 #: kombu's exchange binding table: a SET of "routing_key\x06\x16pattern\x06\x16queue".
 BINDING_KEY = "_kombu.binding.{exchange}"
 #: Header our producer puts on every task message (unix time, float).
 ENQUEUED_HEADER = "ff_enqueued_at"
-#: Worker heartbeat keys: one per worker, expiring unless refreshed.
-HEARTBEAT_PREFIX = "facefusion:worker:"
-#: Hash host -> worker processes there that disabled their metrics (storage full or gone).
-METRICS_DISABLED_KEY = "facefusion:metrics:disabled"
-# The job store's liveness indexes (store.RUNNING_KEY / store.LIVE_KEY; not imported, so the
-# exporter does not load the job store).
-RUNNING_KEY = "facefusion:running"
-LIVE_KEY = "facefusion:live"
-
-
-def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> list[str]:
-    """The Redis lists holding `queue`'s waiting messages, one per priority step."""
-    return [f"{queue}{KOMBU_SEP}{step}" if step else queue for step in steps]
 
 
 @dataclass(frozen=True)
@@ -163,12 +163,6 @@ def _bindings(
             if len(parts) == 3:
                 table.setdefault(exchange, {}).setdefault(parts[0], []).append(parts[2])
     return table
-
-
-def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int = 30) -> None:
-    """Say `name` is alive for `ttl` seconds (workers call this every ttl/3 or so)."""
-    payload = {**info, "ts": time.time()}
-    client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))
 
 
 def alive_workers(client: redis.Redis, *, key_prefix: str = "") -> dict[str, dict[str, Any]]:

@@ -190,10 +190,14 @@ def _full_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
     path.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
     try:
-        with open(path / "filler.bin", "wb") as filler, contextlib.suppress(OSError):
-            while True:
-                filler.write(b"\0" * 4096)
-                filler.flush()
+        fd = os.open(path / "filler.bin", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with contextlib.suppress(OSError):  # ENOSPC: full
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        assert os.statvfs(path).f_bavail == 0
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
