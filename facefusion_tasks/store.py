@@ -304,8 +304,11 @@ class JobStore:
     def reset_chunk(self, job_id: str, index: int) -> None:
         """A chunk about to be re-run by `retry`."""
         key = self._chunk(job_id, index)
-        self.r.hset(key, mapping={"state": PENDING, "frames_done": 0, "error": "", "worker": ""})
+        # Deliveries count anew: a retry after worker_lost must not fail on the old count.
+        fields: dict[Any, Any] = {"state": PENDING, "frames_done": 0, "error": "", "worker": ""}
+        self.r.hset(key, mapping=fields | {"deliveries": 0, "finished": 0})
         self.r.srem(f"{self._job(job_id)}:done", index)
+        self.r.zrem(RUNNING_KEY, running_member(job_id, index))
 
     def set_plan(
         self, job_id: str, chunks: Sequence[Chunk], frames_total: int, video_info: dict[str, Any]

@@ -242,3 +242,16 @@ def test_finished_work_leaves_the_indexes(store: JobStore) -> None:
 
 def test_the_shared_redis_is_reachable() -> None:
     assert redis.Redis.from_url(SHARED_REDIS).ping()
+
+
+def test_a_retry_counts_deliveries_anew(store: JobStore) -> None:
+    settings = _settings(max_deliveries=1)
+    job_id = _job(store)
+    store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)  # died
+    assert store.chunk_delivered(job_id, 0, worker="w1@h", pid=12).lost >= settings.max_deliveries
+    store.set_state(job_id, FAILED, reason="worker_lost")
+    store.reopen(job_id)
+    store.reset_chunk(job_id, 0)
+    again = store.chunk_delivered(job_id, 0, worker="w2@h", pid=13)
+    assert (again.deliveries, again.lost) == (1, 0)
+    assert store.state(job_id) == RUNNING
