@@ -60,8 +60,12 @@ return 0
 """
 
 #: KEYS: chunk, running set. ARGV: token, now, worker, pid, member. Returns {deliveries,
-#: finished, state}; a re-sent call with the same token counts once.
+#: finished, state}; a re-sent call with the same token counts once. A chunk with no record (its
+#: job is gone) is not created.
 _CHUNK_DELIVERED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {1, 0, ''}
+end
 if redis.call('HGET', KEYS[1], 'delivery_token') ~= ARGV[1] then
   redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('HSET', KEYS[1], 'delivery_token', ARGV[1], 'started_at', ARGV[2],
