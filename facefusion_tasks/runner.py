@@ -138,10 +138,14 @@ class _Watch:
             try:
                 if self.store.state(self.job_id) in TERMINAL:
                     self.cancel.set()
-                due = time.monotonic() - beat_at >= self.heartbeat_seconds
-                if self.frames != published and due:
-                    published, beat_at = self.frames, time.monotonic()
-                    self.store.chunk_heartbeat(self.job_id, self.index, published)
+                if self.frames != published:
+                    published = self.frames
+                    # Frames for `status` at every tick; the stall clock every heartbeat.
+                    if time.monotonic() - beat_at >= self.heartbeat_seconds:
+                        beat_at = time.monotonic()
+                        self.store.chunk_heartbeat(self.job_id, self.index, published)
+                    else:
+                        self.store.chunk_progress(self.job_id, self.index, published)
             except Exception as exc:  # Redis blips must not kill the chunk; the ack will tell
                 log.warning("progress update failed: %s", exc)
 
