@@ -189,17 +189,26 @@ def run_workers(
     for argv, extra in plans:
         children.append(_Child(argv[argv.index("-n") + 1].split("@")[0], argv, os.environ | extra))
     stop: list[int] = []
+    signalled: set[int] = set()  # pids already told to stop
+
+    def pass_on(signum: int) -> None:
+        for child in children:
+            proc = child.proc
+            if proc is not None and proc.pid not in signalled and proc.poll() is None:
+                signalled.add(proc.pid)
+                proc.send_signal(signum)
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.append(signum)
-        for child in children:
-            if child.proc is not None and child.proc.poll() is None:
-                child.proc.send_signal(signum)
+        # SIGTERM either way: Celery takes it as a warm shutdown however often it comes, while a
+        # second SIGINT (the terminal's Ctrl-C reaches the children too) would be a cold one.
+        pass_on(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for child in children:
-        child.start()
+        if not stop:
+            child.start()
     while not stop:
         now = time.monotonic()
         for child in children:
@@ -210,6 +219,7 @@ def run_workers(
                 child.start()
         time.sleep(0.2)
     log.info("signal %d: waiting for the workers to finish their running tasks", stop[0])
+    pass_on(signal.SIGTERM)  # a child started while the signal arrived
     for child in children:
         if child.proc is not None:
             child.proc.wait()
