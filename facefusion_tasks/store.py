@@ -251,11 +251,18 @@ class JobStore:
         """Move a job to `state`; a terminal state is never left (a late chunk cannot undo a
         cancel). With `only_from`, change only from those states. Returns whether it changed."""
         key = self._job(job_id)
+        # Recorded with the change: when a Redis stall makes redis-py give up on the EXEC (a
+        # WatchError here) after Redis did run it, the next round sees its own token and answers
+        # True, not "someone else moved it" (stitch would take that for a cancel).
+        token, broken = _token(), 0
         while True:
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current = pipe.hget(key, "state")
+                    current, applied = pipe.hmget(key, ["state", "state_token"])
+                    if current == state and applied == token:
+                        pipe.unwatch()
+                        return True
                     if (
                         current is None
                         or current in TERMINAL
@@ -264,7 +271,11 @@ class JobStore:
                         pipe.unwatch()
                         return False
                     now = time.time()
-                    fields: dict[Any, Any] = {"state": state, "updated_at": now}
+                    fields: dict[Any, Any] = {
+                        "state": state,
+                        "updated_at": now,
+                        "state_token": token,
+                    }
                     if reason:
                         fields["reason"] = reason
                     if error:
@@ -281,6 +292,13 @@ class JobStore:
                     return True
                 except redis.WatchError:
                     continue
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # redis-py's own retries gave up mid-round (its UNWATCH after a lost EXEC
+                    # is not retried): look again a few times; the token says if it went in.
+                    broken += 1
+                    if broken > 3:
+                        raise
+                    time.sleep(0.5 * broken)
 
     def claim_metering(self, job_id: str) -> bool:
         """True exactly once per job end: whoever sets the flag counts the outcome (also when

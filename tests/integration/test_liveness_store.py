@@ -123,6 +123,45 @@ def test_claim_metering_across_a_redis_pause_counts_the_job_once(tmp_path: Path)
         server.stop()
 
 
+def test_a_state_change_across_a_redis_pause_answers_that_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stitch_job takes False from set_state(SUCCEEDED, only_from=STITCHING) for a cancel and
+    # deletes the output it just wrote: a re-run after a timeout must not answer False.
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        store = JobStore(connect(server.url, socket_timeout=0.5))
+        job_id = _job(store)
+        store.set_state(job_id, STITCHING)
+        # Redis stops between the read and the EXEC (the narrowest seam: MULTI is buffered and
+        # goes out with the EXEC), for longer than the socket timeout.
+        original = redis.client.Pipeline.multi
+        paused: list[bool] = []
+
+        def multi_then_pause(pipe: redis.client.Pipeline) -> None:
+            original(pipe)
+            if not paused:
+                paused.append(True)
+                os.kill(pid, signal.SIGSTOP)
+                threading.Timer(1.5, os.kill, (pid, signal.SIGCONT)).start()
+
+        monkeypatch.setattr(redis.client.Pipeline, "multi", multi_then_pause)
+        try:
+            first = store.set_state(job_id, "SUCCEEDED", only_from=(STITCHING,))
+        finally:
+            time.sleep(1.6)
+            os.kill(pid, signal.SIGCONT)
+        assert paused
+        assert first is True
+        assert store.set_state(job_id, "SUCCEEDED", only_from=(STITCHING,)) is False
+        assert store.state(job_id) == "SUCCEEDED"
+    finally:
+        server.stop()
+
+
 def test_two_chunks_finishing_at_once_queue_one_stitch(store: JobStore) -> None:
     job_id = _job(store, chunks=8)
     answers: list[bool] = []
