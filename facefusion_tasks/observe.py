@@ -116,8 +116,12 @@ def storage_problem() -> str:
     if free < _health.min_free_bytes:
         return f"metrics directory {directory} has {free} bytes free (< {_health.min_free_bytes})"
     if _definitions is not None and not any(directory.glob(f"*_{os.getpid()}.db")):
-        return f"this process's metric files were deleted from {directory}"
+        return f"{_DELETED} from {directory}"
     return ""
+
+
+#: storage_problem()'s answer when only this process's files are gone (the directory is back).
+_DELETED = "this process's metric files were deleted"
 
 
 def _reserve() -> str:
@@ -147,7 +151,16 @@ def check_storage() -> None:
     can kill the process (space running out, directory deleted)."""
     if _health.disabled or _definitions is None:
         return
-    problem = storage_problem() or _reserve()
+    problem = storage_problem()
+    if problem.startswith(_DELETED):
+        # The directory was deleted and is back (the exporter recreates it): carry on in new
+        # files with the same values, or, if that cannot be done, without metrics.
+        from facefusion_tasks.metrics import multiproc
+
+        if multiproc.reopen_files():
+            log.warning("%s; process %d carries on in new files", problem, os.getpid())
+            problem = ""
+    problem = problem or _reserve()
     if problem:
         _disable(problem)
 

@@ -44,7 +44,45 @@ def test_too_little_free_space_means_no_metric_files_at_all(tmp_path: Path) -> N
     assert not list(tmp_path.glob("*.db"))
 
 
-def test_deleted_metric_files_disable_metrics_and_work_goes_on(tmp_path: Path) -> None:
+def test_deleted_metric_files_come_back_with_their_values(tmp_path: Path) -> None:
+    directory = tmp_path / "mp"
+    result = run(
+        f"""
+        import os, shutil
+        from pathlib import Path
+        from facefusion_tasks.metrics import multiproc
+        multiproc.prepare(Path({str(directory)!r}), wipe=True)
+        from facefusion_tasks import observe
+        observe.configure(min_free_bytes=1)
+        observe.metrics().worker_processes.set(1)
+        observe.chunk("succeeded", "none", seconds=1.0)
+        observe.check_storage()
+        assert observe.metrics_disabled() == ""
+        shutil.rmtree({str(directory)!r})
+        Path({str(directory)!r}).mkdir()  # the exporter recreated it
+        observe.check_storage()
+        assert observe.metrics_disabled() == "", observe.metrics_disabled()
+        observe.chunk("succeeded", "none", seconds=1.0)
+        assert multiproc.lock_path(Path({str(directory)!r}), os.getpid()).exists()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "carries on in new files" in result.stderr
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    merged = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in MultiProcessCollector.merge([str(p) for p in directory.glob("*.db")])
+        for s in m.samples
+    }
+    # Both chunks counted (the one before the deletion too), and the live gauge kept its 1.
+    assert merged[("facefusion_chunks_total", (("outcome", "succeeded"), ("reason", "none")))] == 2
+    assert sum(v for (name, _), v in merged.items() if name == "facefusion_worker_processes") == 1
+
+
+def test_metric_files_that_cannot_come_back_disable_metrics_and_work_goes_on(
+    tmp_path: Path,
+) -> None:
     result = run(
         f"""
         import shutil
@@ -54,10 +92,9 @@ def test_deleted_metric_files_disable_metrics_and_work_goes_on(tmp_path: Path) -
         from facefusion_tasks import observe
         observe.configure(min_free_bytes=1)
         observe.chunk("succeeded", "none", seconds=1.0)
-        observe.check_storage()
-        assert observe.metrics_disabled() == ""
+        multiproc.reopen_files = lambda: False  # a prometheus_client of another shape
         shutil.rmtree({str(tmp_path / "mp")!r})
-        Path({str(tmp_path / "mp")!r}).mkdir()  # the exporter recreated it
+        Path({str(tmp_path / "mp")!r}).mkdir()
         observe.check_storage()
         assert "deleted" in observe.metrics_disabled(), observe.metrics_disabled()
         observe.chunk("succeeded", "none", seconds=1.0)  # a no-op now, not an error
