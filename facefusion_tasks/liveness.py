@@ -14,7 +14,7 @@ import redis
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import FAILED, PLANNING, QUEUED, STITCHING, JobStore
+from facefusion_tasks.store import FAILED, QUEUED, STITCHING, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,6 @@ def _recover_job(
         _fail(store, job_id, None, Reason.STALLED, message, report)
         return
     task = "stitch" if state == STITCHING else "plan"
-    assert state in {QUEUED, PLANNING, STITCHING}
     log.warning(
         "job %s stuck in %s for %d s; %s sent again", job_id, state, settings.stall_seconds, task
     )
