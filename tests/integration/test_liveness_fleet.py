@@ -105,9 +105,11 @@ def test_a_hard_time_limit_kill_or_a_dying_worker_fails_the_job_within_the_bound
         fleet.start(gpu_processes=1)
         producer = fleet.producer()
         job_id = producer.submit(
-            root / "source.png", root / "clip.mp4", root / "out" / "limit.mp4", chunk_seconds=1
+            root / "source.png", root / "clip.mp4", root / "out" / "limit.mp4", chunk_seconds=2
         )
-        victim = wait_for(lambda: _running_chunk(fleet, job_id), timeout=90, interval=0.02)
+        victim = wait_for(
+            lambda: _running_chunk(fleet, job_id, progressed=False), timeout=90, interval=0.01
+        )
         with _stopped(victim["pid"]) as stopped_at:
             wait_for(lambda: "Hard time limit" in fleet.log(), timeout=30)
             status = producer.wait(job_id, timeout=60)

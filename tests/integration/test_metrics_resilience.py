@@ -16,6 +16,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.exporter import make_server, start_in_thread
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, QueueCollector, heartbeat
@@ -144,6 +145,8 @@ def test_a_taken_port_is_logged_and_retried_until_free(tmp_path: Path) -> None:
 def test_stalled_work_and_workers_per_queue_are_gauged(broker: redis.Redis, redis_url: str) -> None:  # noqa: F811
     store = JobStore(broker)
     job = store.create({})
+    plan = [Chunk(index=i, start_pts=i, end_pts=i + 1, frames=1, span=None) for i in range(2)]
+    store.set_plan(job, plan, 2, {})
     store.chunk_delivered(job, 0, worker="w@h", pid=1, now=1000.0)
     store.chunk_heartbeat(job, 1, 5, now=1095.0)
     stuck = store.create({})
