@@ -14,7 +14,7 @@ import redis
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import FAILED, QUEUED, STITCHING, JobStore
+from facefusion_tasks.store import FAILED, QUEUED, RUNNING, STITCHING, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def _recover_job(
         message = f"stuck in {state} after {recoveries - 1} recoveries"
         _fail(store, job_id, None, Reason.STALLED, message, report)
         return
-    task = "stitch" if state == STITCHING else "plan"
+    # RUNNING here means every chunk is done and no stitch has started (its message was lost).
+    task = "stitch" if state in {STITCHING, RUNNING} else "plan"
     log.warning(
         "job %s stuck in %s for %d s; %s sent again", job_id, state, settings.stall_seconds, task
     )

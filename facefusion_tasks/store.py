@@ -34,7 +34,9 @@ WATCHED = frozenset({QUEUED, PLANNING, STITCHING})
 # run may have happened while the client stopped waiting): the caller's token, recorded in the
 # same atomic step, tells "my earlier run did it" from "someone else did it".
 
-#: KEYS: chunk, done set, job, running set. ARGV: index, frames, token, running member.
+#: KEYS: chunk, done set, job, running set, live set. ARGV: index, frames, token, running
+#: member, job id, now. The job that completes its set enters the live index: if the stitch
+#: message is lost before the stitch starts, the sweep sends it again.
 _CHUNK_DONE = """
 redis.call('HSET', KEYS[1], 'state', 'DONE', 'frames_done', ARGV[2], 'error', '')
 redis.call('SADD', KEYS[2], ARGV[1])
@@ -43,7 +45,10 @@ local total = tonumber(redis.call('HGET', KEYS[3], 'chunks_total') or '0')
 if total == 0 or redis.call('SCARD', KEYS[2]) ~= total then
   return 0
 end
-redis.call('HSETNX', KEYS[3], 'stitch_token', ARGV[3])
+if redis.call('HSETNX', KEYS[3], 'stitch_token', ARGV[3]) == 1
+   and redis.call('HGET', KEYS[3], 'state') == 'RUNNING' then
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5])
+end
 if redis.call('HGET', KEYS[3], 'stitch_token') == ARGV[3] then
   return 1
 end
@@ -112,14 +117,15 @@ return {redis.call('HGET', KEYS[1], 'deliveries') or '0',
 """
 
 #: KEYS: live set, job. ARGV: job id, cutoff, now. Claims a job stuck in QUEUED, PLANNING or
-#: STITCHING (one sweeper wins; the clock restarts); returns {state, recoveries} or false.
+#: STITCHING, or RUNNING with every chunk done and no stitch started (one sweeper wins; the
+#: clock restarts); returns {state, recoveries} or false.
 _CLAIM_STALLED_JOB = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then
   return false
 end
 local state = redis.call('HGET', KEYS[2], 'state')
-if state ~= 'QUEUED' and state ~= 'PLANNING' and state ~= 'STITCHING' then
+if state ~= 'QUEUED' and state ~= 'PLANNING' and state ~= 'STITCHING' and state ~= 'RUNNING' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return false
 end
@@ -434,8 +440,9 @@ class JobStore:
                 f"{self._job(job_id)}:done",
                 self._job(job_id),
                 RUNNING_KEY,
+                LIVE_KEY,
             ],
-            args=[index, frames, _token(), running_member(job_id, index)],
+            args=[index, frames, _token(), running_member(job_id, index), job_id, time.time()],
         )
         return bool(last)
 

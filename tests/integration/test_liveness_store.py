@@ -268,12 +268,25 @@ def test_jobs_stuck_planning_or_stitching_are_sent_again_then_failed(store: JobS
     assert store.r.zcard(LIVE_KEY) == 0  # terminal jobs leave the index
 
 
+def test_a_lost_stitch_message_is_sent_again(store: JobStore) -> None:
+    settings = _settings()
+    job_id = _job(store, chunks=1)
+    store.chunk_done(job_id, 0, 10)  # the completer died before it could enqueue the stitch
+    sent = _Sent()
+    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=time.time() + 60)
+    assert sent.calls == [("stitch", [job_id], 9)]
+    store.set_state(job_id, STITCHING)
+    store.set_state(job_id, "SUCCEEDED")
+    assert store.r.zcard(LIVE_KEY) == 0
+
+
 def test_finished_work_leaves_the_indexes(store: JobStore) -> None:
     job_id = _job(store, chunks=1)
     assert store.r.zscore(LIVE_KEY, job_id) is None  # RUNNING is watched through its chunks
     delivery = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)
     assert store.chunk_done(job_id, 0, 10) is True
     assert store.r.zcard(RUNNING_KEY) == 0
+    assert store.r.zscore(LIVE_KEY, job_id) is not None  # until its stitch starts
     store.chunk_attempt_ended(job_id, 0, delivery.token)
     again = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)
     assert again.state == "DONE" and store.r.zcard(RUNNING_KEY) == 0
