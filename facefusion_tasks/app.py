@@ -17,6 +17,9 @@ LIGHT_QUEUE = "light"
 
 #: Set by `facefusion-tasks worker` for processes that serve the gpu queue (preload models).
 PRELOAD_ENV = "FACEFUSION_PRELOAD_MODELS"
+#: Set by `facefusion-tasks worker`: the queues a worker process consumes (comma-separated).
+#: The exporter counts live workers per queue, and light-queue processes run the stall sweep.
+QUEUES_ENV = "FACEFUSION_WORKER_QUEUES"
 
 TASK_PLAN = "facefusion.plan"
 TASK_CHUNK = "facefusion.chunk"

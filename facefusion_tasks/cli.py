@@ -275,6 +275,8 @@ def _print_status(status: Any, *, as_json: bool) -> None:
     )
     for chunk in status.chunks:
         worker = f" on {chunk['worker']}" if chunk["worker"] else ""
+        if chunk.get("pid"):
+            worker += f" pid {chunk['pid']}"
         error = f" ({chunk['error']})" if chunk["error"] else ""
         print(
             f"  chunk {chunk['index']}: {chunk['state']}{worker} "

@@ -92,8 +92,22 @@ class Settings:
     #: File holding the Redis password (a mounted Secret), put into broker_url at start so the
     #: password is never in a manifest, a command line or the environment.
     broker_password_file: str = ""
-    #: A job (or chunk) with no progress for this long has stalled: `retry` takes it back.
-    stall_seconds: float = 300.0
+    #: A running chunk with no frame progress for this long (or a job stuck queued, planning or
+    #: stitching this long) is given back to the queue, or its job fails with reason `stalled`.
+    stall_seconds: int = 300
+    #: Deliveries of one chunk that never finished (worker SIGKILLed, OOM-killed, hung) before
+    #: its job fails with reason `worker_lost` instead of trying again.
+    max_deliveries: int = 3
+    #: How often the light workers look for stalled chunks and jobs (one sweep per period for
+    #: the whole fleet, whichever host gets there first).
+    sweep_seconds: int = 30
+    #: Seconds between a running chunk's progress heartbeats (frames done + time) in Redis.
+    heartbeat_seconds: float = 2.0
+    #: Celery worker processes per GPU on the gpu queue (on a host without a GPU: in total).
+    gpu_processes: int = 1
+    #: A worker process writes metrics only while the metrics directory has this much free
+    #: space: a write into a full tmpfs through prometheus_client's mmap kills it with SIGBUS.
+    metrics_min_free_bytes: int = 8 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -154,6 +168,12 @@ class Settings:
                 "chunk time limit must be below the Redis visibility timeout, or Redis hands a "
                 "still-running chunk to a second worker"
             )
+        if self.stall_seconds < 1 or self.sweep_seconds < 1 or self.heartbeat_seconds <= 0:
+            raise InputError("stall, sweep and heartbeat periods must be positive")
+        if self.heartbeat_seconds * 2 > self.stall_seconds:
+            raise InputError("the stall time must be at least two heartbeat periods")
+        if self.max_deliveries < 1 or self.gpu_processes < 1:
+            raise InputError("max deliveries and gpu processes must be at least 1")
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://")):
             raise InputError("broker URL must be redis:// or rediss://")
 

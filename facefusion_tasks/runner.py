@@ -7,6 +7,7 @@ import logging
 import math
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,9 @@ class _Watch:
     job_id: str
     index: int
     frames: int = 0
+    #: Seconds between progress heartbeats (sent only when frames advanced: a hung decoder,
+    #: driver call or stopped process stops them, and the stall sweep notices).
+    heartbeat_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -142,14 +146,19 @@ class _Watch:
         self.frames += count
 
     def _run(self) -> None:
-        published = -1
+        published, beat_at = 0, time.monotonic()
         while not self.stop.wait(WATCH_SECONDS):
             try:
                 if self.store.state(self.job_id) in TERMINAL:
                     self.cancel.set()
                 if self.frames != published:
                     published = self.frames
-                    self.store.chunk_progress(self.job_id, self.index, published)
+                    # Frames for `status` at every tick; the stall clock every heartbeat.
+                    if time.monotonic() - beat_at >= self.heartbeat_seconds:
+                        beat_at = time.monotonic()
+                        self.store.chunk_heartbeat(self.job_id, self.index, published)
+                    else:
+                        self.store.chunk_progress(self.job_id, self.index, published)
             except Exception as exc:  # Redis blips must not kill the chunk; the ack will tell
                 log.warning("progress update failed: %s", exc)
 
@@ -204,7 +213,7 @@ def _swap_chunk(
     reference: Path | None,
 ) -> tuple[SwapResult | None, bool]:
     index = chunk.index
-    watch = _Watch(store, job_id, index)
+    watch = _Watch(store, job_id, index, heartbeat_seconds=settings.heartbeat_seconds)
     output = segment_path(settings, job_id, index)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from redis.retry import Retry
 
 from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.jobs import Chunk
+from facefusion_tasks.metrics.keys import LIVE_KEY, RUNNING_KEY
 from facefusion_tasks.reasons import Reason
 
 PREFIX = "facefusion"
@@ -31,20 +33,157 @@ CANCELLABLE = (QUEUED, PLANNING, RUNNING, STITCHING)
 ACTIVE = (QUEUED, PLANNING, RUNNING, STITCHING, COMMITTING)
 # Chunk states (a chunk also ends FAILED or CANCELLED, as its job does).
 PENDING, DONE = "PENDING", "DONE"
+#: Job states with no chunk heartbeat of their own: a job in one of them is watched through the
+#: `live` index (time it entered the state), so the sweep finds one stuck there.
+WATCHED = frozenset({QUEUED, PLANNING, STITCHING, COMMITTING})
 
 
-def connect(url: str) -> redis.Redis:
+# Every script below answers the same when redis-py re-sends it after a timeout (the first
+# run may have happened while the client stopped waiting): the caller's token, recorded in the
+# same atomic step, tells "my earlier run did it" from "someone else did it".
+
+#: KEYS: chunk, done set, job, running set, live set. ARGV: index, frames, token, running
+#: member, job id, now. The job that completes its set enters the live index: if the stitch
+#: message is lost before the stitch starts, the sweep sends it again.
+_CHUNK_DONE = """
+redis.call('HSET', KEYS[1], 'state', 'DONE', 'frames_done', ARGV[2], 'error', '')
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[4])
+local total = tonumber(redis.call('HGET', KEYS[3], 'chunks_total') or '0')
+if total == 0 or redis.call('SCARD', KEYS[2]) ~= total then
+  return 0
+end
+if redis.call('HSETNX', KEYS[3], 'stitch_token', ARGV[3]) == 1
+   and redis.call('HGET', KEYS[3], 'state') == 'RUNNING' then
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5])
+end
+if redis.call('HGET', KEYS[3], 'stitch_token') == ARGV[3] then
+  return 1
+end
+return 0
+"""
+
+#: KEYS: job. ARGV: token.
+_CLAIM_METERING = """
+redis.call('HSETNX', KEYS[1], 'metered', ARGV[1])
+if redis.call('HGET', KEYS[1], 'metered') == ARGV[1] then
+  return 1
+end
+return 0
+"""
+
+#: KEYS: chunk, running set. ARGV: token, now, worker, pid, member. Returns {deliveries,
+#: finished, state}; a re-sent call with the same token counts once. A chunk with no record (its
+#: job is gone) is not created.
+_CHUNK_DELIVERED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {1, 0, ''}
+end
+if redis.call('HGET', KEYS[1], 'delivery_token') ~= ARGV[1] then
+  redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+  redis.call('HSET', KEYS[1], 'delivery_token', ARGV[1], 'started_at', ARGV[2],
+             'heartbeat_at', ARGV[2], 'worker', ARGV[3], 'pid', ARGV[4])
+  if redis.call('HGET', KEYS[1], 'state') ~= 'DONE' then
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+  end
+end
+return {tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'),
+        tonumber(redis.call('HGET', KEYS[1], 'finished') or '0'),
+        redis.call('HGET', KEYS[1], 'state') or ''}
+"""
+
+#: KEYS: chunk. ARGV: token (the delivery's). An attempt that ended in the task's own code
+#: (success, failure, retry) is not a lost delivery.
+_CHUNK_ATTEMPT_ENDED = """
+if redis.call('HGET', KEYS[1], 'ended_token') ~= ARGV[1] then
+  redis.call('HINCRBY', KEYS[1], 'finished', 1)
+  redis.call('HSET', KEYS[1], 'ended_token', ARGV[1])
+end
+return 1
+"""
+
+#: KEYS: chunk, running set, job. ARGV: member, cutoff, error. Takes a stale chunk (RUNNING, or
+#: still PENDING when it hung before its first frame, e.g. loading models) out of the running set (one sweeper wins) and puts it back to PENDING; returns
+#: {deliveries, finished, started_at, heartbeat_at} or false when there is nothing to do.
+_CLAIM_STALLED_CHUNK = """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then
+  return false
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local job_state = redis.call('HGET', KEYS[3], 'state')
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'DONE' or state == 'FAILED' or state == 'CANCELLED' or not job_state
+   or job_state == 'SUCCEEDED' or job_state == 'FAILED' or job_state == 'CANCELLED' then
+  return false
+end
+redis.call('HSET', KEYS[1], 'state', 'PENDING', 'error', ARGV[3])
+return {redis.call('HGET', KEYS[1], 'deliveries') or '0',
+        redis.call('HGET', KEYS[1], 'finished') or '0',
+        redis.call('HGET', KEYS[1], 'started_at') or '0',
+        score}
+"""
+
+#: KEYS: live set, job. ARGV: job id, cutoff, now. Claims a job stuck in QUEUED, PLANNING or
+#: STITCHING, or RUNNING with every chunk done and no stitch started (one sweeper wins; the
+#: clock restarts); returns {state, recoveries} or false.
+_CLAIM_STALLED_JOB = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then
+  return false
+end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= 'QUEUED' and state ~= 'PLANNING' and state ~= 'STITCHING' and state ~= 'RUNNING'
+   and state ~= 'COMMITTING' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return false
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return {state, redis.call('HINCRBY', KEYS[2], 'recoveries', 1)}
+"""
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
+def running_member(job_id: str, index: int) -> str:
+    """A running chunk's member in the running set."""
+    return f"{job_id}:{index}"
+
+
+def connect(url: str, *, socket_timeout: float = 10.0) -> redis.Redis:
     """A Redis client for the job store (same server as the broker). Commands retry with
-    backoff for ~30 s, so a Redis restart pauses a job instead of failing it."""
+    backoff for ~30 s, so a Redis restart pauses a job instead of failing it; every store call
+    whose answer matters is safe to re-send (see the scripts above)."""
     return redis.Redis.from_url(
         url,
         decode_responses=True,
-        socket_timeout=10,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=5,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=4.0, base=0.2), retries=12),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One start of a chunk task, as counted in Redis."""
+
+    #: Identifies this delivery (chunk_attempt_ended takes it).
+    token: str
+    #: Starts of this chunk so far, this one included.
+    deliveries: int
+    #: Starts that ended in the task's own code (done, failed, retried).
+    finished: int
+    #: The chunk's state when this delivery started.
+    state: str
+
+    @property
+    def lost(self) -> int:
+        """Earlier deliveries that never ended: their process was killed or hung."""
+        return self.deliveries - self.finished - 1
 
 
 @dataclass
@@ -76,6 +215,12 @@ class JobStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
+        self._chunk_done = client.register_script(_CHUNK_DONE)
+        self._claim_metering = client.register_script(_CLAIM_METERING)
+        self._chunk_delivered = client.register_script(_CHUNK_DELIVERED)
+        self._chunk_attempt_ended = client.register_script(_CHUNK_ATTEMPT_ENDED)
+        self._claim_stalled_chunk = client.register_script(_CLAIM_STALLED_CHUNK)
+        self._claim_stalled_job = client.register_script(_CLAIM_STALLED_JOB)
 
     @staticmethod
     def _job(job_id: str) -> str:
@@ -97,6 +242,7 @@ class JobStore:
         with self.r.pipeline() as pipe:
             pipe.hset(self._job(job_id), mapping=record)
             pipe.zadd(f"{PREFIX}:jobs", {job_id: now})
+            pipe.zadd(LIVE_KEY, {job_id: now})
             pipe.execute()
         return job_id
 
@@ -124,11 +270,18 @@ class JobStore:
         """Move a job to `state`; a terminal state is never left (a late chunk cannot undo a
         cancel). With `only_from`, change only from those states. Returns whether it changed."""
         key = self._job(job_id)
+        # Recorded with the change: when a Redis stall makes redis-py give up on the EXEC (a
+        # WatchError here) after Redis did run it, the next round sees its own token and answers
+        # True, not "someone else moved it" (stitch would take that for a cancel).
+        token, broken = _token(), 0
         while True:
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current = pipe.hget(key, "state")
+                    current, applied = pipe.hmget(key, ["state", "state_token"])
+                    if current == state and applied == token:
+                        pipe.unwatch()
+                        return True
                     if (
                         current is None
                         or current in TERMINAL
@@ -137,7 +290,11 @@ class JobStore:
                         pipe.unwatch()
                         return False
                     now = time.time()
-                    fields: dict[Any, Any] = {"state": state, "updated_at": now}
+                    fields: dict[Any, Any] = {
+                        "state": state,
+                        "updated_at": now,
+                        "state_token": token,
+                    }
                     if reason is not None:
                         fields["reason"] = reason.value
                     if error:
@@ -146,14 +303,26 @@ class JobStore:
                         fields["finished_at"] = now
                     pipe.multi()
                     pipe.hset(key, mapping=fields)
+                    if state in WATCHED:  # the stall sweep's index (liveness.py)
+                        pipe.zadd(LIVE_KEY, {job_id: now})
+                    else:
+                        pipe.zrem(LIVE_KEY, job_id)
                     pipe.execute()
                     return True
                 except redis.WatchError:
                     continue
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # redis-py's own retries gave up mid-round (its UNWATCH after a lost EXEC
+                    # is not retried): look again a few times; the token says if it went in.
+                    broken += 1
+                    if broken > 3:
+                        raise
+                    time.sleep(0.5 * broken)
 
     def claim_metering(self, job_id: str) -> bool:
-        """True exactly once per job end: whoever sets the flag counts the outcome."""
-        return bool(self.r.hsetnx(self._job(job_id), "metered", 1))
+        """True exactly once per job end: whoever sets the flag counts the outcome (also when
+        redis-py re-sends the call after a timeout: the flag holds the caller's token)."""
+        return bool(self._claim_metering(keys=[self._job(job_id)], args=[_token()]))
 
     def reopen(self, job_id: str, *, planned: bool, from_states: Sequence[str]) -> bool:
         """For `retry`: from one of `from_states` back to RUNNING, or to QUEUED when the job
@@ -174,8 +343,13 @@ class JobStore:
                         pipe.unwatch()
                         return False
                     pipe.multi()
-                    pipe.hset(key, mapping=fields | {"updated_at": time.time()})
-                    pipe.hdel(key, "metered")
+                    now = time.time()
+                    pipe.hset(key, mapping=fields | {"updated_at": now})
+                    pipe.hdel(key, "metered", "stitch_token", "recoveries")
+                    if planned:
+                        pipe.zrem(LIVE_KEY, job_id)
+                    else:
+                        pipe.zadd(LIVE_KEY, {job_id: now})
                     pipe.execute()
                     return True
                 except redis.WatchError:
@@ -183,12 +357,12 @@ class JobStore:
 
     def reset_chunk(self, job_id: str, index: int) -> None:
         """A chunk about to be re-run by `retry` (one transaction: never half reset)."""
+        # Deliveries count anew: a retry after worker_lost must not fail on the old count.
+        fields: dict[Any, Any] = {"state": PENDING, "frames_done": 0, "error": "", "worker": ""}
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._chunk(job_id, index),
-                mapping={"state": PENDING, "frames_done": 0, "error": "", "worker": ""},
-            )
+            pipe.hset(self._chunk(job_id, index), mapping=fields | {"deliveries": 0, "finished": 0})
             pipe.srem(f"{self._job(job_id)}:done", index)
+            pipe.zrem(RUNNING_KEY, running_member(job_id, index))
             pipe.execute()
 
     def stalled(self, job_id: str, *, seconds: float, now: float | None = None) -> bool:
@@ -232,6 +406,7 @@ class JobStore:
                     for chunk_key, state in zip(chunk_keys, states, strict=True):
                         if state != DONE:
                             pipe.hset(chunk_key, "state", CANCELLED)
+                    pipe.zrem(LIVE_KEY, job_id)
                     pipe.execute()
                     return True, idle
                 except redis.WatchError:
@@ -310,12 +485,47 @@ class JobStore:
         return int(left) == 0 and state == CANCELLED
 
     def chunk_progress(self, job_id: str, index: int, frames_done: int) -> None:
-        """Frames of this chunk encoded so far."""
+        """Frames of this chunk encoded so far (no heartbeat: see chunk_heartbeat)."""
         self.r.hset(self._chunk(job_id, index), "frames_done", frames_done)
+
+    def chunk_heartbeat(
+        self, job_id: str, index: int, frames_done: int, *, now: float | None = None
+    ) -> None:
+        """The chunk made progress: frames done so far and the time, which the stall sweep
+        reads. Sent only when frames advance, so a hung process stops it by itself."""
+        now = time.time() if now is None else now
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                self._chunk(job_id, index),
+                mapping={"frames_done": frames_done, "heartbeat_at": now},
+            )
+            pipe.zadd(RUNNING_KEY, {running_member(job_id, index): now})
+            pipe.execute()
+
+    def chunk_delivered(
+        self, job_id: str, index: int, *, worker: str, pid: int, now: float | None = None
+    ) -> Delivery:
+        """A chunk task started (first delivery, retry or redelivery): count it in Redis
+        before anything can kill the process, and start its heartbeat clock."""
+        token = _token()
+        now = time.time() if now is None else now
+        deliveries, finished, state = self._chunk_delivered(
+            keys=[self._chunk(job_id, index), RUNNING_KEY],
+            args=[token, now, worker, pid, running_member(job_id, index)],
+        )
+        return Delivery(token, int(deliveries), int(finished), str(state))
+
+    def chunk_attempt_ended(self, job_id: str, index: int, token: str) -> None:
+        """The delivery with `token` ended in the task's own code (not a lost delivery)."""
+        self._chunk_attempt_ended(keys=[self._chunk(job_id, index)], args=[token])
+        self.r.zrem(RUNNING_KEY, running_member(job_id, index))
 
     def chunk_failed(self, job_id: str, index: int, error: str) -> None:
         """The chunk gave up (after its retries, or on bad input)."""
-        self.r.hset(self._chunk(job_id, index), mapping={"state": FAILED, "error": error[:500]})
+        with self.r.pipeline() as pipe:
+            pipe.hset(self._chunk(job_id, index), mapping={"state": FAILED, "error": error[:500]})
+            pipe.zrem(RUNNING_KEY, running_member(job_id, index))
+            pipe.execute()
 
     def chunk_cancelled(self, job_id: str, index: int) -> None:
         """The chunk stopped because its job ended (cancel, or another chunk failed it)."""
@@ -324,18 +534,71 @@ class JobStore:
     def chunk_done(self, job_id: str, index: int, frames: int) -> bool:
         """Mark a chunk done; True for exactly one caller: the one that completed the set.
 
-        SADD and SCARD run in one transaction, so two chunks finishing at once cannot both see
-        the set full, and a chunk that completes twice (a redelivery) is counted once."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(
+        One script, so two chunks finishing at once cannot both see the set full, and a chunk
+        that completes twice (a redelivery) is counted once. The completer's token is recorded
+        with the answer, so redis-py re-sending the call after a timeout gets the same True."""
+        last = self._chunk_done(
+            keys=[
                 self._chunk(job_id, index),
-                mapping={"state": DONE, "frames_done": frames, "error": ""},
-            )
-            pipe.sadd(f"{self._job(job_id)}:done", index)
-            pipe.scard(f"{self._job(job_id)}:done")
-            pipe.hget(self._job(job_id), "chunks_total")
-            _, added, done, total = pipe.execute()
-        return bool(added) and int(total or 0) == int(done)
+                f"{self._job(job_id)}:done",
+                self._job(job_id),
+                RUNNING_KEY,
+                LIVE_KEY,
+            ],
+            args=[index, frames, _token(), running_member(job_id, index), job_id, time.time()],
+        )
+        return bool(last)
+
+    def stale_chunks(self, cutoff: float, *, limit: int = 1000) -> list[tuple[str, int, float]]:
+        """Running chunks whose last progress is older than `cutoff`: (job, index, heartbeat)."""
+        stale: list[tuple[str, float]] = self.r.zrangebyscore(  # type: ignore[assignment]
+            RUNNING_KEY, "-inf", cutoff, start=0, num=limit, withscores=True
+        )
+        found: list[tuple[str, int, float]] = []
+        for member, score in stale:
+            job_id, _, index = str(member).rpartition(":")
+            if job_id and index.isdigit():
+                found.append((job_id, int(index), float(score)))
+            else:
+                self.r.zrem(RUNNING_KEY, member)
+        return found
+
+    def claim_stalled_chunk(
+        self, job_id: str, index: int, *, cutoff: float, error: str
+    ) -> dict[str, float] | None:
+        """Take a chunk with no progress since `cutoff` out of the running set and back to
+        PENDING; None when another sweeper got it first, or it moved on, or its job is over."""
+        claimed = self._claim_stalled_chunk(
+            keys=[self._chunk(job_id, index), RUNNING_KEY, self._job(job_id)],
+            args=[running_member(job_id, index), cutoff, error[:500]],
+        )
+        if not claimed:
+            return None
+        deliveries, finished, started_at, heartbeat_at = claimed
+        return {
+            "deliveries": float(deliveries),
+            "finished": float(finished),
+            "started_at": float(started_at),
+            "heartbeat_at": float(heartbeat_at),
+        }
+
+    def stale_jobs(self, cutoff: float, *, limit: int = 1000) -> list[tuple[str, float]]:
+        """Jobs in QUEUED, PLANNING or STITCHING since before `cutoff`: (job, since)."""
+        stale: list[tuple[str, float]] = self.r.zrangebyscore(  # type: ignore[assignment]
+            LIVE_KEY, "-inf", cutoff, start=0, num=limit, withscores=True
+        )
+        return [(str(job_id), float(score)) for job_id, score in stale]
+
+    def claim_stalled_job(self, job_id: str, *, cutoff: float) -> tuple[str, int] | None:
+        """Claim a job stuck in QUEUED, PLANNING or STITCHING since before `cutoff` (its clock
+        restarts); (state, recoveries so far) or None when another sweeper got it first."""
+        claimed = self._claim_stalled_job(
+            keys=[LIVE_KEY, self._job(job_id)], args=[job_id, cutoff, time.time()]
+        )
+        if not claimed:
+            return None
+        state, recoveries = claimed
+        return str(state), int(recoveries)
 
     def chunks(self, job_id: str) -> list[dict[str, str]]:
         """Every chunk's record, in order."""
@@ -359,6 +622,9 @@ class JobStore:
                 "frames": int(c.get("frames", 0)),
                 "frames_done": int(c.get("frames_done", 0)),
                 "attempts": int(c.get("attempts", 0)),
+                "deliveries": int(c.get("deliveries", 0) or 0),
+                "pid": int(c.get("pid", 0) or 0),
+                "heartbeat_at": float(c.get("heartbeat_at", 0) or 0),
                 "error": c.get("error", ""),
             }
             for i, c in enumerate(chunks)

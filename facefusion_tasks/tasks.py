@@ -20,13 +20,14 @@ from facefusion_tasks.app import (
     GPU_QUEUE,
     LIGHT_QUEUE,
     PRELOAD_ENV,
+    QUEUES_ENV,
     TASK_CHUNK,
     TASK_PLAN,
     TASK_STITCH,
 )
 from facefusion_tasks.config import Settings
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import TERMINAL, JobStore, connect
+from facefusion_tasks.store import DONE, FAILED, TERMINAL, Delivery, JobStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,29 @@ def enqueue(app: Celery, name: str, args: list[Any], *, priority: int = 5) -> No
 
 #: Seconds between worker heartbeats; the key lives three times as long.
 HEARTBEAT_SECONDS = 10
+#: Task names the stall sweep may send again.
+_SWEEP_TASKS = {"chunk": TASK_CHUNK, "plan": TASK_PLAN, "stitch": TASK_STITCH}
+
+#: The app the tasks are registered on (the sweep re-enqueues through it).
+_APP: Celery | None = None
+
+
+def _worker_queues() -> list[str]:
+    raw = os.environ.get(QUEUES_ENV, "")
+    return [q.strip() for q in raw.split(",") if q.strip()] or [GPU_QUEUE, LIGHT_QUEUE]
 
 
 def _heartbeat_loop(name: str) -> None:
-    from facefusion_tasks.metrics.queues import heartbeat
+    from facefusion_tasks.metrics.keys import heartbeat
 
-    info = {"pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "queues": _worker_queues(),
+    }
     while True:
+        observe.check_storage()  # before the metrics storage can kill this process
         try:
             heartbeat(_store().r, name, info, ttl=3 * HEARTBEAT_SECONDS)
         except Exception as exc:  # Redis away: the key expires and the exporter says so
@@ -85,25 +102,98 @@ def _on_child_start(**_: Any) -> None:
     # (never in the parent) and Celery's start-up handshake is never held up.
     # Metrics first, synchronously: prometheus_client must not be imported by two threads at
     # once (a concurrent first import fails with a partially initialised module).
+    observe.configure(
+        min_free_bytes=_settings().metrics_min_free_bytes, on_disable=_report_metrics_disabled
+    )
     observe.metrics().worker_processes.set(1)
-    observe.busy(False)
+    for queue in _worker_queues():
+        observe.busy(False, queue)
     if os.environ.get(PRELOAD_ENV) == "1":
         from facefusion_tasks.runner import MODELS
 
         MODELS.start(_settings())
     name = f"{socket.gethostname()}:{os.getpid()}"
     threading.Thread(target=_heartbeat_loop, args=(name,), name="ff-heartbeat", daemon=True).start()
+    if LIGHT_QUEUE in _worker_queues():
+        _start_sweep()
+
+
+def _report_metrics_disabled(_problem: str) -> None:
+    """Count, per host, the worker processes that stopped writing metrics (the exporter shows
+    it: their own counters can no longer say so). In a thread: this can run inside
+    worker_process_init, which must not wait on a slow Redis."""
+    from facefusion_tasks.metrics.keys import METRICS_DISABLED_KEY
+
+    def count() -> None:
+        try:
+            _store().r.hincrby(METRICS_DISABLED_KEY, socket.gethostname(), 1)
+        except Exception as exc:  # best effort: the log line already said it
+            log.warning("could not count disabled metrics in Redis: %s", exc)
+
+    threading.Thread(target=count, name="ff-metrics-disabled", daemon=True).start()
+
+
+def _start_sweep() -> None:
+    """The stall sweep, in a thread of each light-queue process (one sweep per period runs
+    fleet-wide): it lives where no chunk runs, so a hung GPU process cannot stop it."""
+    from facefusion_tasks import liveness
+    from facefusion_tasks.metrics.keys import priority_keys
+
+    app = _APP
+    if app is None:
+        return
+
+    def send(kind: str, args: list[Any], priority: int) -> None:
+        enqueue(app, _SWEEP_TASKS[kind], args, priority=priority)
+
+    def light_waiting() -> int:
+        return sum(int(_store().r.llen(key)) for key in priority_keys(LIGHT_QUEUE))
+
+    def report(result: liveness.SweepReport) -> None:
+        for _ in result.requeued_chunks:
+            observe.stall_recovery("chunk", "requeued")
+        for _, task in result.requeued_jobs:
+            observe.stall_recovery(task, "requeued")
+        for job_id, _reason in result.failed_jobs:
+            observe.stall_recovery("job", "failed")
+            _meter_job_end(job_id)
+
+    liveness.run_periodically(
+        _store(), _settings(), enqueue=send, light_waiting=light_waiting, on_report=report
+    )
+
+
+def _count_delivery(task: Task, job_id: str, index: int) -> tuple[Delivery, dict[str, Any] | None]:
+    """Count this start of the chunk in Redis before anything can kill the process (a SIGKILL
+    or the OOM killer leaves no other trace). Returns the delivery and, when the chunk must not
+    run, the task's result: it is already done, or too many deliveries died."""
+    store, settings = _store(), _settings()
+    delivery = store.chunk_delivered(
+        job_id, index, worker=task.request.hostname or "?", pid=os.getpid()
+    )
+    if delivery.state == DONE:  # a duplicate of a finished chunk (redelivered or re-sent)
+        return delivery, {"state": "SKIPPED"}
+    if delivery.lost >= settings.max_deliveries:
+        error = (
+            f"chunk {index} was delivered {delivery.deliveries} times and {delivery.lost} "
+            "deliveries never finished (worker killed or hung)"
+        )
+        log.error("job %s: %s", job_id, error)
+        store.chunk_failed(job_id, index, error)
+        store.set_state(job_id, FAILED, reason=Reason.WORKER_LOST, error=error)
+        return delivery, {"state": "FAILED", "reason": Reason.WORKER_LOST.value}
+    return delivery, None
 
 
 @contextmanager
 def _instrumented(task: Task, queue: str) -> Iterator[None]:
     """Queue wait on start, busy while running, the job's outcome once it has one."""
     observe.queue_wait(queue, getattr(task.request, ENQUEUED_HEADER, None))
-    observe.busy(True)
+    observe.busy(True, queue)
     try:
         yield
     finally:
-        observe.busy(False)
+        observe.busy(False, queue)
 
 
 def _meter_job_end(job_id: str) -> None:
@@ -157,6 +247,8 @@ def _settle(task: Task, job_id: str, index: int | None, error: Exception) -> Rea
 
 def register(app: Celery) -> None:
     """Attach the three tasks to `app`."""
+    global _APP
+    _APP = app
 
     @app.task(name=TASK_PLAN, bind=True)
     def plan(self: Task, job_id: str) -> int:
@@ -177,10 +269,14 @@ def register(app: Celery) -> None:
 
     @app.task(name=TASK_CHUNK, bind=True)
     def chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
+        delivery, refused = _count_delivery(self, job_id, index)
         try:
+            if refused is not None:
+                return refused
             with _instrumented(self, GPU_QUEUE):
                 return _timed_chunk(lambda: _run_chunk(self, job_id, index))
         finally:
+            _store().chunk_attempt_ended(job_id, index, delivery.token)
             _meter_job_end(job_id)
 
     def _run_chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:

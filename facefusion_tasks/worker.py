@@ -1,4 +1,4 @@
-"""`facefusion-tasks worker`: one Celery worker process per GPU (pinned), plus a light one."""
+"""`facefusion-tasks worker`: Celery worker processes per GPU (pinned), a light one, the exporter."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # Nothing here may import prometheus_client (or anything that does): the metrics directory must
 # be prepared before the first import anywhere in this process tree.
-from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV
+from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV, QUEUES_ENV
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.reasons import Reason
@@ -60,8 +62,11 @@ def plan_workers(
     loglevel: str,
     name: str = "",
 ) -> list[tuple[list[str], dict[str, str]]]:
-    """(argv, extra environment) for each worker process to start. `name` prefixes the node
-    names (several launchers on one host stay distinguishable: "NAME-cpu0@host")."""
+    """(argv, extra environment) for each worker process to start.
+
+    Names carry the launcher's pid (`gpu0-4711@host`), so two launchers on one host never share
+    a Celery node name and `status` tells their processes apart; `name` prefixes them too
+    ("NAME-cpu0-4711@host")."""
     prefix = f"{name}-" if name else ""
     unknown = set(queues) - {GPU_QUEUE, LIGHT_QUEUE}
     if unknown:
@@ -69,14 +74,21 @@ def plan_workers(
     if not settings.broker_url:
         raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason=Reason.CONFIG)
     plans: list[tuple[list[str], dict[str, str]]] = []
+    launcher = os.getpid()
     if GPU_QUEUE in queues:
         devices = detect_gpus() if gpus == "auto" else [] if gpus == "none" else gpus.split(",")
-        # No GPU: one CPU worker still serves the gpu queue (the CPU profile).
-        for index, device in enumerate(devices or [""]):
-            env = {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device}
-            node = f"{prefix}gpu{device}" if device else f"{prefix}cpu{index}"
+        # No GPU: gpu_processes CPU workers serve the gpu queue (the CPU profile); with GPUs,
+        # gpu_processes workers share each one.
+        slots = [(d, k) for d in devices for k in range(settings.gpu_processes)] or [
+            ("", k) for k in range(settings.gpu_processes)
+        ]
+        for device, k in slots:
+            env = {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device, QUEUES_ENV: GPU_QUEUE}
+            node = f"gpu{device}" if device else f"cpu{k}"
+            if device and settings.gpu_processes > 1:
+                node += f"x{k}"
             argv = worker_argv(
-                name=node,
+                name=f"{prefix}{node}-{launcher}",
                 queue=GPU_QUEUE,
                 concurrency=1,
                 max_tasks_per_child=max_tasks_per_child,
@@ -85,58 +97,146 @@ def plan_workers(
             plans.append((argv, env))
     if LIGHT_QUEUE in queues:
         argv = worker_argv(
-            name=f"{prefix}light",
+            name=f"{prefix}light-{launcher}",
             queue=LIGHT_QUEUE,
             concurrency=light_concurrency,
             max_tasks_per_child=max_tasks_per_child,
             loglevel=loglevel,
         )
-        plans.append((argv, {PRELOAD_ENV: "0"}))
+        plans.append((argv, {PRELOAD_ENV: "0", QUEUES_ENV: LIGHT_QUEUE}))
     return plans
 
 
-def exporter_argv(*, port: int, metrics_dir: Path, redis_url: str) -> list[str]:
-    """The metrics exporter for this host's worker processes (pure, for tests)."""
+def exporter_argv(*, port: int, metrics_dir: Path) -> list[str]:
+    """The metrics exporter for this host's worker processes (pure, for tests). The broker URL
+    is not on it: a command line is readable by every user of the host (`ps`), so the exporter
+    takes the broker from its environment (exporter_env)."""
     argv = [sys.executable, "-m", "facefusion_tasks.metrics.exporter", "--port", str(port)]
-    argv += ["--multiproc-dir", str(metrics_dir)]
-    if redis_url:
-        argv += ["--redis-url", redis_url]
-    return argv
+    return argv + ["--multiproc-dir", str(metrics_dir)]
+
+
+def exporter_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The exporter's environment: the launcher's, with the broker and stall settings it uses.
+    The exporter reads the directory and must not write into it (a full metrics filesystem
+    would kill it with SIGBUS like any writer), so it runs in single-process mode."""
+    from facefusion_tasks.metrics import multiproc
+
+    env = {k: v for k, v in environ.items() if k != multiproc.PROMETHEUS_ENV}
+    if settings.broker_url and not env.get("FACEFUSION_BROKER_URL"):
+        env["FACEFUSION_BROKER_URL"] = settings.broker_url
+    env["FACEFUSION_STALL_SECONDS"] = str(settings.stall_seconds)
+    return env
+
+
+#: Restart delay after a child exits: doubles per quick exit, from the first to the second.
+RESTART_BACKOFF = (1.0, 60.0)
+#: A child that ran this long before exiting starts again with the shortest delay.
+STABLE_SECONDS = 60.0
+
+
+@dataclass
+class _Child:
+    """One supervised process: restarted in place, with backoff, whenever it exits."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float = 0.0
+    quick_exits: int = 0
+
+    def start(self) -> None:
+        log.info("starting %s: %s", self.name, " ".join(self.argv))
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.started_at = time.monotonic()
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def schedule_restart(self, code: int, backoff: tuple[float, float]) -> None:
+        ran = time.monotonic() - self.started_at
+        self.quick_exits = 0 if ran >= STABLE_SECONDS else self.quick_exits + 1
+        delay = min(backoff[1], backoff[0] * 2 ** max(0, self.quick_exits - 1))
+        log.error(
+            "%s (pid %s) exited with %s after %.0f s; restarting it in %.1f s",
+            self.name,
+            self.proc.pid if self.proc else "?",
+            code,
+            ran,
+            delay,
+        )
+        self.proc = None
+        self.restart_at = time.monotonic() + delay
 
 
 def run_workers(
-    settings: Settings, *, metrics_port: int = 9808, metrics_dir: Path | None = None, **options: Any
+    settings: Settings,
+    *,
+    metrics_port: int = 9808,
+    metrics_dir: Path | None = None,
+    backoff: tuple[float, float] = RESTART_BACKOFF,
+    **options: Any,
 ) -> int:
-    """Start the planned worker processes and supervise them: SIGTERM/SIGINT are passed on
-    (Celery's warm shutdown lets a running chunk finish; if it is killed instead, the chunk is
-    redelivered), and the launcher exits when any worker exits, so an orchestrator restarts it.
+    """Start the planned worker processes and the exporter, and supervise them.
+
+    A child that exits (crash, OOM kill, a dead exporter) is started again in place, with
+    backoff; the others keep running. Only SIGTERM/SIGINT stop the launcher: they are passed
+    on (Celery's warm shutdown lets a running chunk finish), and it returns once every child
+    has exited.
 
     The metrics directory is wiped and put in the environment *before* any child starts (the
     fleet's start), and one exporter process serves every worker process's metrics."""
     from facefusion_tasks.metrics import multiproc
 
     plans = plan_workers(settings, **options)
+    # A gpu-queue worker whose CUDA session cannot start refuses here, with one line, unless
+    # CPU was asked for or allowed: nothing serves the gpu queue on a CPU nobody chose.
+    from facefusion_tasks.gpus import require_usable_gpus
+
+    pins = [env["CUDA_VISIBLE_DEVICES"] for _, env in plans if env.get(PRELOAD_ENV) == "1"]
+    require_usable_gpus(settings, pins)
     directory = metrics_dir or multiproc.default_dir()
     multiproc.prepare(directory, wipe=True)
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[_Child] = []
     if metrics_port:
-        argv = exporter_argv(
-            port=metrics_port, metrics_dir=directory, redis_url=settings.broker_url
-        )
-        children.append(subprocess.Popen(argv))
-    for argv, env in plans:
-        log.info("starting %s", " ".join(argv))
-        children.append(subprocess.Popen(argv, env=os.environ | env))
+        argv = exporter_argv(port=metrics_port, metrics_dir=directory)
+        children.append(_Child("exporter", argv, exporter_env(settings, os.environ)))
+    for argv, extra in plans:
+        children.append(_Child(argv[argv.index("-n") + 1].split("@")[0], argv, os.environ | extra))
+    stop: list[int] = []
+    signalled: set[int] = set()  # pids already told to stop
 
-    def forward(signum: int, _frame: Any) -> None:
+    def pass_on(signum: int) -> None:
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+            proc = child.proc
+            if proc is not None and proc.pid not in signalled and proc.poll() is None:
+                signalled.add(proc.pid)
+                proc.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while all(child.poll() is None for child in children):
-        time.sleep(0.5)
-    forward(signal.SIGTERM, None)
-    codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.append(signum)
+        # SIGTERM either way: Celery takes it as a warm shutdown however often it comes, while a
+        # second SIGINT (the terminal's Ctrl-C reaches the children too) would be a cold one.
+        pass_on(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for child in children:
+        if not stop:
+            child.start()
+    while not stop:
+        now = time.monotonic()
+        for child in children:
+            code = child.exited()
+            if code is not None:
+                child.schedule_restart(code, backoff)
+            elif child.proc is None and now >= child.restart_at and not stop:
+                child.start()
+        time.sleep(0.2)
+    log.info("signal %d: waiting for the workers to finish their running tasks", stop[0])
+    pass_on(signal.SIGTERM)  # a child started while the signal arrived
+    for child in children:
+        if child.proc is not None:
+            child.proc.wait()
+    return 0

@@ -44,7 +44,7 @@ def one_chunk_of_work() -> None:
     from facefusion_tasks.metrics import definitions as d
 
     d.worker_processes.set(1)
-    d.worker_busy.set(1)
+    d.worker_busy.labels(queue="gpu").set(1)
     d.queue_wait_seconds.labels(queue="gpu").observe(3.0)
     for _ in range(4):  # four batches
         for stage in d.STAGES:
@@ -60,7 +60,7 @@ def one_chunk_of_work() -> None:
     d.face_swap_requests_total.labels(status="success").inc()
     d.face_swap_duration_seconds.observe(2.0)
     d.model_batch_limit.labels(model="swapper").set(8)
-    d.worker_busy.set(0)
+    d.worker_busy.labels(queue="gpu").set(0)
 
 
 def minimal_work() -> None:

@@ -139,13 +139,20 @@ queue_wait_seconds = Histogram(
 # every recycled worker.
 worker_busy = Gauge(
     "facefusion_worker_busy",
-    "Worker processes running a task right now (each process reports 0 or 1).",
+    "Worker processes running a task from this queue right now (each reports 0 or 1).",
+    ["queue"],
     multiprocess_mode="livesum",
 )
 worker_processes = Gauge(
     "facefusion_worker_processes",
     "Live worker processes (each sets 1 at start); busy / processes = utilisation.",
     multiprocess_mode="livesum",
+)
+stall_recoveries_total = Counter(
+    "facefusion_stall_recoveries_total",
+    "Work with no progress for stall_seconds that the stall sweep requeued (kind chunk, plan, "
+    "stitch; action requeued) or whose job it failed (kind job; action failed).",
+    ["kind", "action"],
 )
 gpu_oom_total = Counter(
     "facefusion_gpu_oom_total",
@@ -203,6 +210,43 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge",
         "Workers whose heartbeat key (facefusion:worker:*) has not expired.",
         (),
+    ),
+    "facefusion_queue_workers": (
+        "gauge",
+        "Live worker processes (unexpired heartbeats) that consume this queue.",
+        ("queue",),
+    ),
+    "facefusion_chunks_running": (
+        "gauge",
+        "Chunks a worker has started and not finished (in the running set).",
+        (),
+    ),
+    "facefusion_chunks_stalled": (
+        "gauge",
+        "Running chunks with no frame progress for stall_seconds (the sweep gives them back).",
+        (),
+    ),
+    "facefusion_jobs_stalled": (
+        "gauge",
+        "Unfinished jobs with no progress for stall_seconds: a stalled chunk, or stuck queued, "
+        "planning or stitching.",
+        (),
+    ),
+    "facefusion_chunk_progress_oldest_age_seconds": (
+        "gauge",
+        "Seconds since the running chunk that progressed least recently last did; 0 if none.",
+        (),
+    ),
+    "facefusion_metrics_disabled_processes_total": (
+        "counter",
+        "Worker processes on this host that stopped writing metrics (storage full or gone); "
+        "they keep working.",
+        (),
+    ),
+    "facefusion_exporter_collector_up": (
+        "gauge",
+        "1 if this collector's part of the scrape worked, else 0 (the rest is still served).",
+        ("collector",),
     ),
     "facefusion_exporter_redis_up": (
         "gauge",

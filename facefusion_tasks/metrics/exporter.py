@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gzip
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from facefusion_tasks.config import broker_url_from_env
 from facefusion_tasks.metrics import multiproc
@@ -58,6 +61,62 @@ class _CompactionStats:
         return [files, compacted, seconds]
 
 
+class _Guarded:
+    """One collector whose failure costs only its own families, never the scrape: the others
+    are still served with HTTP 200, and facefusion_exporter_collector_up says which failed."""
+
+    def __init__(self, name: str, collector: Collector, health: _Health) -> None:
+        self.name = name
+        self.collector = collector
+        self.health = health
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            metrics = list(self.collector.collect())
+        except Exception:
+            if self.health.up.get(self.name) is not False:  # log transitions, not every scrape
+                log.exception("metrics collector %s failed; serving the others", self.name)
+            self.health.up[self.name] = False
+            return []
+        if self.health.up.get(self.name) is False:
+            log.info("metrics collector %s works again", self.name)
+        self.health.up[self.name] = True
+        return metrics
+
+
+class _Health:
+    """Per-collector health of the last scrape (registered last, so it describes this one)."""
+
+    def __init__(self) -> None:
+        self.up: dict[str, bool] = {}
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        name = "facefusion_exporter_collector_up"
+        family = GaugeMetricFamily(name, EXPORTER_METRICS[name][1], labels=["collector"])
+        for collector, up in sorted(self.up.items()):
+            family.add_metric([collector], 1 if up else 0)
+        return [family]
+
+
+class _Directory:
+    """Recreates the multiprocess directory (and so its lock file) if someone deleted it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        if not self.directory.is_dir():
+            log.error("metrics directory %s was gone; recreated", self.directory)
+            self.directory.mkdir(parents=True, exist_ok=True)
+        return []
+
+
 def build_registry(
     *,
     multiproc_dir: Path,
@@ -65,18 +124,29 @@ def build_registry(
     queues: Sequence[str] = QUEUES,
     gpu: bool = True,
     redis_timeout: float = 1.0,
+    stall_seconds: float = 300.0,
 ) -> CollectorRegistry:
     """A registry with the exporter's collectors (and nothing process-local)."""
     multiproc_dir = Path(multiproc_dir)
     multiproc_dir.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry(auto_describe=False)
+    health = _Health()
     compacting = CompactingCollector(multiproc_dir)
-    registry.register(compacting)
-    registry.register(_CompactionStats(compacting))
+    collectors: list[tuple[str, Collector]] = [
+        ("directory", _Directory(multiproc_dir)),
+        ("multiprocess", compacting),
+        ("compaction_stats", _CompactionStats(compacting)),
+    ]
     if redis_url:
-        registry.register(QueueCollector(redis_url, queues, timeout=redis_timeout))
+        queue_collector = QueueCollector(
+            redis_url, queues, timeout=redis_timeout, stall_seconds=stall_seconds
+        )
+        collectors.append(("queues", queue_collector))
     if gpu:
-        registry.register(GpuCollector())
+        collectors.append(("gpu", GpuCollector()))
+    for name, collector in collectors:
+        registry.register(_Guarded(name, collector, health))
+    registry.register(health)
     return registry
 
 
@@ -131,14 +201,23 @@ def make_server(
     multiproc_dir: Path,
     queues: Sequence[str] = QUEUES,
     gpu: bool = True,
+    stall_seconds: float = 300.0,
 ) -> ThreadingHTTPServer:
     """A bound, not yet serving, server (port 0 picks a free port: see server_address)."""
     registry = build_registry(
-        multiproc_dir=multiproc_dir, redis_url=redis_url, queues=queues, gpu=gpu
+        multiproc_dir=multiproc_dir,
+        redis_url=redis_url,
+        queues=queues,
+        gpu=gpu,
+        stall_seconds=stall_seconds,
     )
     server = ThreadingHTTPServer((addr, port), _handler(registry))
     server.daemon_threads = True
     return server
+
+
+#: Seconds between attempts to bind a port that is taken.
+BIND_RETRY_SECONDS = 5.0
 
 
 def serve(
@@ -149,11 +228,34 @@ def serve(
     multiproc_dir: Path,
     queues: Sequence[str] = QUEUES,
     gpu: bool = True,
+    stall_seconds: float = 300.0,
+    bind_retry_seconds: float = BIND_RETRY_SECONDS,
 ) -> None:
-    """Serve /metrics and /healthz until interrupted."""
-    server = make_server(
-        port, addr, redis_url=redis_url, multiproc_dir=multiproc_dir, queues=queues, gpu=gpu
-    )
+    """Serve /metrics and /healthz until interrupted. A taken port is logged and tried again
+    every `bind_retry_seconds`: the workers beside this exporter keep working meanwhile."""
+    while True:
+        try:
+            server = make_server(
+                port,
+                addr,
+                redis_url=redis_url,
+                multiproc_dir=multiproc_dir,
+                queues=queues,
+                gpu=gpu,
+                stall_seconds=stall_seconds,
+            )
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            log.error(
+                "metrics port %s:%s is taken (%s); trying again in %.0f s",
+                addr,
+                port,
+                exc.strerror,
+                bind_retry_seconds,
+            )
+            time.sleep(bind_retry_seconds)
     log.info(
         "metrics exporter on http://%s:%s/metrics (dir %s, broker %s, gpu %s)",
         *server.server_address[:2],
@@ -205,6 +307,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=env.get("FACEFUSION_METRICS_QUEUES") or ",".join(QUEUES),
         help="comma-separated Celery queues to report",
     )
+    parser.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=float(env.get("FACEFUSION_STALL_SECONDS") or 300),
+        help="no progress for this long counts a chunk or job as stalled",
+    )
     parser.add_argument("--no-gpu", action="store_true", help="skip NVML")
     parser.add_argument("--log-level", default=env.get("FACEFUSION_LOG_LEVEL") or "INFO")
     return parser.parse_args(argv)
@@ -223,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         multiproc_dir=args.multiproc_dir,
         queues=[q.strip() for q in args.queues.split(",") if q.strip()],
         gpu=not args.no_gpu,
+        stall_seconds=args.stall_seconds,
     )
     return 0
 

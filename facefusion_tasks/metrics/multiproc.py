@@ -214,3 +214,41 @@ def mark_dead(pid: int, directory: Path | None = None) -> None:
 def _current_dir() -> Path:
     configured = os.environ.get(PROMETHEUS_ENV, "")
     return Path(configured) if configured else default_dir()
+
+
+def reopen_files() -> bool:
+    """Point this process's metric values at new files in its (deleted and recreated)
+    directory, keeping their values; True if done.
+
+    prometheus_client does exactly this after a fork (its pid check closes every file and
+    re-reads every value from the new pid's file); here the pid is unchanged but the files
+    were deleted under the process, so trigger that path and write the kept values back.
+    It reaches into the library's closure: on any other shape, return False (the caller then
+    disables metrics for this process instead).
+    """
+    values_module = sys.modules.get("prometheus_client.values")
+    value_class = getattr(values_module, "ValueClass", None)
+    check = getattr(value_class, "_MmapedValue__check_for_pid_change", None)
+    write = getattr(value_class, "inc", None)
+    try:
+        cells = dict(zip(check.__code__.co_freevars, check.__closure__, strict=True))  # type: ignore[union-attr]
+        lock = dict(zip(write.__code__.co_freevars, write.__closure__, strict=True))["lock"]  # type: ignore[union-attr]
+        pid, values = cells["pid"].cell_contents, cells["values"].cell_contents
+        lock = lock.cell_contents
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+    with lock:
+        kept = [(value, value._value, value._timestamp) for value in values]
+        pid["value"] = None  # "the pid changed": the next check reopens every file
+        if values:
+            check(values[0])  # type: ignore[misc]
+        for value, number, stamp in kept:
+            value._value, value._timestamp = number, stamp
+            value._file.write_value(value._key, number, stamp)
+    with _registration.mutex:  # the pid lock went with the directory: take it again
+        if _registration.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(_registration.fd)
+        _registration.pid, _registration.fd, _registration.directory = 0, -1, ""
+    register_process()
+    return True

@@ -5,40 +5,47 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from facefusion_tasks.metrics.definitions import EXPORTER_METRICS, QUEUES
+from facefusion_tasks.metrics.keys import (
+    DEFAULT_PRIORITY_STEPS,
+    HEARTBEAT_PREFIX,
+    KOMBU_SEP,
+    LIVE_KEY,
+    METRICS_DISABLED_KEY,
+    RUNNING_KEY,
+    heartbeat,
+    priority_keys,
+)
+
+__all__ = [
+    "DEFAULT_PRIORITY_STEPS",
+    "HEARTBEAT_PREFIX",
+    "METRICS_DISABLED_KEY",
+    "QueueCollector",
+    "alive_workers",
+    "heartbeat",
+    "priority_keys",
+    "read_liveness",
+    "read_queues",
+]
 
 log = logging.getLogger(__name__)
 
-# kombu's Redis transport (read in kombu/transport/redis.py): a queue is a LIST, LPUSH adds at
-# the head and consumers pop from the tail (so the tail is the next to run); a message with
-# priority p goes to the list named by the priority step at or below p, where step 0 is the
-# plain queue name and any other step is `queue + "\x06\x16" + step`. Prefetched messages are
-# moved to the hash `unacked` (tag -> JSON [message, exchange, routing_key]) until acked. So
-# LLEN of the plain name alone misses both prioritised and prefetched work.
-KOMBU_SEP = "\x06\x16"
-#: kombu's default `priority_steps` transport option.
-DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED_KEY = "unacked"
 #: kombu's exchange binding table: a SET of "routing_key\x06\x16pattern\x06\x16queue".
 BINDING_KEY = "_kombu.binding.{exchange}"
 #: Header our producer puts on every task message (unix time, float).
 ENQUEUED_HEADER = "ff_enqueued_at"
-#: Worker heartbeat keys: one per worker, expiring unless refreshed.
-HEARTBEAT_PREFIX = "facefusion:worker:"
-
-
-def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> list[str]:
-    """The Redis lists holding `queue`'s waiting messages, one per priority step."""
-    return [f"{queue}{KOMBU_SEP}{step}" if step else queue for step in steps]
 
 
 @dataclass(frozen=True)
@@ -158,12 +165,6 @@ def _bindings(
     return table
 
 
-def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int = 30) -> None:
-    """Say `name` is alive for `ttl` seconds (workers call this every ttl/3 or so)."""
-    payload = {**info, "ts": time.time()}
-    client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))
-
-
 def alive_workers(client: redis.Redis, *, key_prefix: str = "") -> dict[str, dict[str, Any]]:
     """Every worker whose heartbeat has not expired: name -> the info it last sent."""
     pattern = f"{key_prefix}{HEARTBEAT_PREFIX}*"
@@ -184,6 +185,38 @@ def alive_workers(client: redis.Redis, *, key_prefix: str = "") -> dict[str, dic
     return workers
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """Running and stalled work at one instant, from the job store's liveness indexes."""
+
+    running: int
+    stalled_chunks: int
+    stalled_jobs: int
+    oldest_progress_age: float
+
+
+def read_liveness(
+    client: redis.Redis, *, stall_seconds: float, now: float, key_prefix: str = ""
+) -> Liveness:
+    """Count running chunks, those with no progress for `stall_seconds`, and the jobs they
+    belong to plus jobs stuck queued, planning or stitching as long."""
+    cutoff = now - stall_seconds
+    pipe = client.pipeline(transaction=True)
+    pipe.zcard(key_prefix + RUNNING_KEY)
+    pipe.zrangebyscore(key_prefix + RUNNING_KEY, "-inf", cutoff, start=0, num=10000)
+    pipe.zrange(key_prefix + RUNNING_KEY, 0, 0, withscores=True)
+    pipe.zrangebyscore(key_prefix + LIVE_KEY, "-inf", cutoff, start=0, num=10000)
+    running, stale_chunks, oldest, stale_jobs = pipe.execute()
+    jobs = {_text(member).rpartition(":")[0] for member in stale_chunks}
+    jobs |= {_text(member) for member in stale_jobs}
+    age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
+    return Liveness(int(running), len(stale_chunks), len(jobs), age)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _family(name: str) -> GaugeMetricFamily:
     _type, documentation, labels = EXPORTER_METRICS[name]
     return GaugeMetricFamily(name, documentation, labels=list(labels))
@@ -201,6 +234,8 @@ class QueueCollector:
         steps: Sequence[int] = DEFAULT_PRIORITY_STEPS,
         key_prefix: str = "",
         clock: Callable[[], float] = time.time,
+        stall_seconds: float = 300.0,
+        host: str = "",
     ) -> None:
         # Short timeouts: a hung broker must cost one scrape a second, not the scrape timeout.
         self.client = redis.Redis.from_url(
@@ -213,6 +248,8 @@ class QueueCollector:
         self.steps = tuple(steps)
         self.key_prefix = key_prefix
         self.clock = clock
+        self.stall_seconds = stall_seconds
+        self.host = host or socket.gethostname()
         self._was_up: bool | None = None
 
     def describe(self) -> list[Metric]:
@@ -224,7 +261,12 @@ class QueueCollector:
             depths = read_queues(
                 self.client, self.queues, steps=self.steps, key_prefix=self.key_prefix
             )
-            workers = len(alive_workers(self.client, key_prefix=self.key_prefix))
+            workers = alive_workers(self.client, key_prefix=self.key_prefix)
+            now = self.clock()
+            liveness = read_liveness(
+                self.client, stall_seconds=self.stall_seconds, now=now, key_prefix=self.key_prefix
+            )
+            disabled = self.client.hget(self.key_prefix + METRICS_DISABLED_KEY, self.host)
         except (redis.RedisError, OSError) as exc:
             if self._was_up is not False:  # log transitions, not every scrape
                 log.warning("broker unreachable from the metrics exporter: %s", exc)
@@ -235,7 +277,6 @@ class QueueCollector:
             log.info("broker reachable again from the metrics exporter")
         self._was_up = True
         up.add_metric([], 1)
-        now = self.clock()
         length = _family("facefusion_queue_length")
         unacked = _family("facefusion_queue_unacked")
         backlog = _family("facefusion_queue_backlog")
@@ -246,5 +287,30 @@ class QueueCollector:
             backlog.add_metric([queue], depth.backlog)
             oldest.add_metric([queue], depth.oldest_age(now))
         alive = _family("facefusion_workers_alive")
-        alive.add_metric([], workers)
-        return [up, length, unacked, backlog, oldest, alive]
+        alive.add_metric([], len(workers))
+        per_queue = _family("facefusion_queue_workers")
+        for queue in self.queues:
+            per_queue.add_metric([queue], sum(_serves(info, queue) for info in workers.values()))
+        families: list[Metric] = [up, length, unacked, backlog, oldest, alive, per_queue]
+        for name, value in (
+            ("facefusion_chunks_running", liveness.running),
+            ("facefusion_chunks_stalled", liveness.stalled_chunks),
+            ("facefusion_jobs_stalled", liveness.stalled_jobs),
+            ("facefusion_chunk_progress_oldest_age_seconds", liveness.oldest_progress_age),
+        ):
+            family = _family(name)
+            family.add_metric([], value)
+            families.append(family)
+        name = "facefusion_metrics_disabled_processes_total"
+        families.append(
+            CounterMetricFamily(
+                name.removesuffix("_total"), EXPORTER_METRICS[name][1], value=int(disabled or 0)
+            )
+        )
+        return families
+
+
+def _serves(info: Mapping[str, Any], queue: str) -> bool:
+    # A heartbeat without a queue list comes from a worker older than the list: it served both.
+    queues = info.get("queues")
+    return queue in queues if isinstance(queues, list) else True

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, celery_config
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.tasks import kombu_priority
-from facefusion_tasks.worker import exporter_argv, plan_workers
+from facefusion_tasks.worker import exporter_argv, exporter_env, plan_workers
 
 
 def _settings(**kw: object) -> Settings:
@@ -82,17 +84,14 @@ def test_one_pinned_process_per_gpu_plus_a_light_worker() -> None:
 def test_exporter_command_line() -> None:
     from pathlib import Path
 
-    argv = exporter_argv(port=9808, metrics_dir=Path("/run/m"), redis_url="redis://r:6379/0")
+    argv = exporter_argv(port=9808, metrics_dir=Path("/run/m"))
     assert argv[1:3] == ["-m", "facefusion_tasks.metrics.exporter"]
-    assert argv[3:] == [
-        "--port",
-        "9808",
-        "--multiproc-dir",
-        "/run/m",
-        "--redis-url",
-        "redis://r:6379/0",
-    ]
-    assert "--redis-url" not in exporter_argv(port=1, metrics_dir=Path("/m"), redis_url="")
+    assert argv[3:] == ["--port", "9808", "--multiproc-dir", "/run/m"]
+    # The broker, password and all, goes by environment: a command line is readable by anyone.
+    env = exporter_env(_settings(), {"PATH": "/bin", "PROMETHEUS_MULTIPROC_DIR": "/run/m"})
+    assert env["FACEFUSION_BROKER_URL"] == "redis://:secret@127.0.0.1:6379/3"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env and env["PATH"] == "/bin"
+    assert "secret" not in " ".join(argv)
 
 
 def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
@@ -105,3 +104,60 @@ def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
     assert bindings == {("gpu", "gpu"), ("light", "light")}
     route = app.amqp.router.route({}, TASK_CHUNK, args=("job", 0), kwargs={})
     assert route["queue"].name == GPU_QUEUE and route["queue"].routing_key == GPU_QUEUE
+
+
+def test_worker_names_are_unique_per_launcher_and_gpu_processes_multiply() -> None:
+    import os
+
+    launcher = os.getpid()
+
+    def names(plans: list[tuple[list[str], dict[str, str]]]) -> list[str]:
+        return [argv[argv.index("-n") + 1] for argv, _ in plans]
+
+    options: dict[str, Any] = {
+        "queues": ["gpu", "light"],
+        "light_concurrency": 1,
+        "max_tasks_per_child": 0,
+        "loglevel": "info",
+    }
+    gpus = plan_workers(_settings(gpu_processes=2), gpus="0,1", **options)
+    assert names(gpus) == [
+        f"gpu0x0-{launcher}@%h",
+        f"gpu0x1-{launcher}@%h",
+        f"gpu1x0-{launcher}@%h",
+        f"gpu1x1-{launcher}@%h",
+        f"light-{launcher}@%h",
+    ]
+    assert [env.get("CUDA_VISIBLE_DEVICES") for _, env in gpus[:4]] == ["0", "0", "1", "1"]
+    assert [env["FACEFUSION_WORKER_QUEUES"] for _, env in gpus] == ["gpu"] * 4 + ["light"]
+    cpu = plan_workers(_settings(gpu_processes=3), gpus="none", **options)
+    assert names(cpu) == [f"cpu{k}-{launcher}@%h" for k in range(3)] + [f"light-{launcher}@%h"]
+    one = plan_workers(_settings(), gpus="0", **options)
+    assert names(one)[0] == f"gpu0-{launcher}@%h"
+
+
+def test_liveness_settings_are_checked() -> None:
+    with pytest.raises(InputError, match="two heartbeat periods"):
+        _settings(stall_seconds=3, heartbeat_seconds=2.0)
+    with pytest.raises(InputError, match="at least 1"):
+        _settings(max_deliveries=0)
+    settings = Settings.from_env(
+        {"FACEFUSION_STALL_SECONDS": "60", "FACEFUSION_MAX_DELIVERIES": "5"}
+    )
+    assert (settings.stall_seconds, settings.max_deliveries) == (60, 5)
+
+
+def test_workers_never_import_the_metric_definitions_behind_observe() -> None:
+    # Importing the definitions creates this process's metric files: on a full metrics
+    # filesystem the first write is a SIGBUS. Only observe.metrics() may decide to.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, facefusion_tasks.tasks, facefusion_tasks.liveness, facefusion_tasks.runner, "
+        "facefusion_tasks.metrics.keys; "
+        "print(sorted(m for m in sys.modules if m.startswith('prometheus_client') "
+        "or m.endswith('metrics.definitions')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

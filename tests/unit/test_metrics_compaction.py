@@ -27,14 +27,14 @@ def recycled_worker(task: tuple[int, float]) -> int:
     from facefusion_tasks.metrics import definitions as d
 
     d.worker_processes.set(1)
-    d.worker_busy.set(1)
+    d.worker_busy.labels(queue="gpu").set(1)
     d.frames_processed_total.inc(frames)
     d.faces_swapped_total.inc(frames // 2)
     d.chunks_total.labels(outcome="succeeded", reason="none").inc()
     d.stage_duration_seconds.labels(stage="swap").observe(seconds)
     d.frame_duration_seconds.observe(seconds / frames)
     d.model_batch_limit.labels(model="swapper").set(8)
-    d.worker_busy.set(0)
+    d.worker_busy.labels(queue="gpu").set(0)
     return os.getpid()
 
 

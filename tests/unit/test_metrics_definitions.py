@@ -31,6 +31,8 @@ LOW_CARDINALITY_LABELS = {
     "provider",
     "requested",
     "encoder",
+    "action",
+    "collector",
 }
 #: Labels with one value per GPU (or per GPU process) of the host: bounded by the hardware.
 PER_GPU_LABELS = {"gpu", "gpu_uuid", "cuda_index", "pid"}
@@ -116,8 +118,8 @@ class TestNames:
         for name in names:
             if name in UNITLESS or name.endswith(("_alive", "_up", "_files", "_length")):
                 continue
-            if name.endswith(("_unacked", "_backlog")):
-                continue  # message counts
+            if name.endswith(("_unacked", "_backlog", "_workers", "_running", "_stalled")):
+                continue  # message, process, chunk and job counts
             assert name.endswith(("_seconds", "_bytes", "_ratio")), name
         assert "milliseconds" not in " ".join(names)
 
@@ -182,7 +184,7 @@ def test_definitions_work_in_multiprocess_mode(tmp_path: Path) -> None:
         d.frame_duration_seconds.observe(0.05)
         d.model_batch_size.labels(model="swapper").observe(8)
         d.queue_wait_seconds.labels(queue="gpu").observe(2.0)
-        d.worker_busy.set(1)
+        d.worker_busy.labels(queue="gpu").set(1)
         d.worker_processes.set(1)
         d.gpu_oom_total.labels(kind="arena", model="swapper").inc()
         d.model_batch_limit.labels(model="swapper").set(4)
@@ -190,6 +192,7 @@ def test_definitions_work_in_multiprocess_mode(tmp_path: Path) -> None:
             provider="CUDAExecutionProvider", requested="auto", gpu_uuid="GPU-1", cuda_index=""
         ).set(1)
         d.video_encodes_total.labels(encoder=d.bounded_encoder("libx264")).inc()
+        d.stall_recoveries_total.labels(kind="chunk", action="requeued").inc()
         """
     )
     assert result.returncode == 0, result.stderr

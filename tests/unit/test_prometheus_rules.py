@@ -23,6 +23,10 @@ REQUIRED_ALERTS = {
     "FaceFusionChunkFailureRatio",
     "FaceFusionSlowFrames",
     "FaceFusionExporterRedisDown",
+    "FaceFusionJobStalled",
+    "FaceFusionQueueUnserved",
+    "FaceFusionExporterDown",
+    "FaceFusionChunkProgressStopped",
 }
 
 

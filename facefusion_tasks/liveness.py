@@ -1,0 +1,175 @@
+"""The stall sweep: work with no progress is given back to the queue, or its job fails."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store import COMMITTING, FAILED, QUEUED, RUNNING, STITCHING, JobStore
+
+log = logging.getLogger(__name__)
+
+#: What the sweep asks to send again: ("chunk", [job, index], priority), ("plan", [job], ...).
+Enqueue = Callable[[str, list[Any], int], None]
+
+#: One sweep per period for the whole fleet: whoever sets this key first sweeps. (Each claim
+#: below is atomic on its own, so two sweeps at once would still act once per item.)
+SWEEP_LOCK = "facefusion:sweep:lock"
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did (for logs, metrics and tests)."""
+
+    requeued_chunks: list[tuple[str, int]] = field(default_factory=list)
+    requeued_jobs: list[tuple[str, str]] = field(default_factory=list)
+    failed_jobs: list[tuple[str, Reason]] = field(default_factory=list)
+
+
+def sweep(
+    store: JobStore,
+    settings: Settings,
+    *,
+    enqueue: Enqueue,
+    light_waiting: Callable[[], int],
+    now: float | None = None,
+) -> SweepReport:
+    """Recover every chunk with no frame progress for `stall_seconds` and every job stuck in
+    QUEUED, PLANNING or STITCHING as long. Safe to run on many hosts at once, and idempotent:
+    each item is claimed by one atomic script before anything is sent or failed."""
+    now = time.time() if now is None else now
+    cutoff = now - settings.stall_seconds
+    report = SweepReport()
+    for job_id, index, _beat in store.stale_chunks(cutoff):
+        _recover_chunk(store, settings, job_id, index, cutoff, now, enqueue, report)
+    stale_jobs = store.stale_jobs(cutoff)
+    # A QUEUED job's plan message may simply be waiting behind others: only a job still QUEUED
+    # while the light queue is empty has lost its message.
+    light_busy = bool(stale_jobs) and light_waiting() > 0
+    for job_id, _since in stale_jobs:
+        if light_busy and store.state(job_id) == QUEUED:
+            continue
+        _recover_job(store, settings, job_id, cutoff, enqueue, report)
+    return report
+
+
+def _recover_chunk(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    index: int,
+    cutoff: float,
+    now: float,
+    enqueue: Enqueue,
+    report: SweepReport,
+) -> None:
+    claimed = store.claim_stalled_chunk(
+        job_id, index, cutoff=cutoff, error=f"no progress for {settings.stall_seconds} s"
+    )
+    if claimed is None:
+        return
+    started, beat = claimed["started_at"], claimed["heartbeat_at"]
+    # Still making progress when the hard time limit ran out (Celery SIGKILLed the process and
+    # acknowledged the message): too slow, and another attempt would be as slow. A chunk
+    # whose progress stopped well before the limit hung instead: that one is worth redoing.
+    limit = settings.chunk_time_limit
+    margin = max(2 * settings.heartbeat_seconds, 0.1 * limit)
+    if now - started >= limit and beat - started >= limit - margin:
+        _fail(store, job_id, index, Reason.TIMEOUT, "chunk hit the time limit", report)
+        return
+    lost = int(claimed["deliveries"] - claimed["finished"])
+    if lost >= settings.max_deliveries:
+        message = f"chunk {index} made no progress in {lost} deliveries"
+        _fail(store, job_id, index, Reason.STALLED, message, report)
+        return
+    log.warning("chunk %s/%s made no progress since %.0f s; requeued", job_id, index, now - beat)
+    enqueue("chunk", [job_id, index], _priority(store, job_id))
+    report.requeued_chunks.append((job_id, index))
+
+
+def _recover_job(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    cutoff: float,
+    enqueue: Enqueue,
+    report: SweepReport,
+) -> None:
+    claimed = store.claim_stalled_job(job_id, cutoff=cutoff)
+    if claimed is None:
+        return
+    state, recoveries = claimed
+    if recoveries > settings.max_deliveries:
+        message = f"stuck in {state} after {recoveries - 1} recoveries"
+        _fail(store, job_id, None, Reason.STALLED, message, report)
+        return
+    if state == COMMITTING:
+        # The stitch died between verifying its file and recording success: no task can pick
+        # that up again, so the job ends with a reason (`retry` stitches it anew).
+        message = f"stitch stopped while committing the output ({settings.stall_seconds} s ago)"
+        _fail(store, job_id, None, Reason.STALLED, message, report)
+        return
+    # RUNNING here means every chunk is done and no stitch has started (its message was lost).
+    task = "stitch" if state in {STITCHING, RUNNING} else "plan"
+    log.warning(
+        "job %s stuck in %s for %d s; %s sent again", job_id, state, settings.stall_seconds, task
+    )
+    enqueue(task, [job_id], 9 if task == "stitch" else _priority(store, job_id))
+    report.requeued_jobs.append((job_id, task))
+
+
+def _fail(
+    store: JobStore,
+    job_id: str,
+    index: int | None,
+    reason: Reason,
+    message: str,
+    report: SweepReport,
+) -> None:
+    if index is not None:
+        store.chunk_failed(job_id, index, message)
+    if store.set_state(job_id, FAILED, reason=reason, error=message):
+        log.error("job %s failed: %s (%s)", job_id, message, reason.value)
+        report.failed_jobs.append((job_id, reason))
+
+
+def _priority(store: JobStore, job_id: str) -> int:
+    return int(store.get(job_id).get("priority") or 5)
+
+
+def run_periodically(
+    store: JobStore,
+    settings: Settings,
+    *,
+    enqueue: Enqueue,
+    light_waiting: Callable[[], int],
+    on_report: Callable[[SweepReport], None],
+    stop: threading.Event | None = None,
+) -> threading.Thread:
+    """Sweep every `sweep_seconds` in a daemon thread (one sweep per period fleet-wide).
+    Every Redis call has a socket timeout, so the thread cannot hang on a hung broker."""
+    stop = stop or threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(settings.sweep_seconds):
+            try:
+                ttl_ms = max(100, int(settings.sweep_seconds * 900))
+                if store.r.set(SWEEP_LOCK, os.getpid(), nx=True, px=ttl_ms):
+                    on_report(sweep(store, settings, enqueue=enqueue, light_waiting=light_waiting))
+            except (redis.RedisError, OSError) as exc:  # try again next period
+                log.warning("stall sweep failed: %s", exc)
+            except Exception:  # never let a bug end the thread: the sweep is the safety net
+                log.exception("stall sweep failed")
+
+    thread = threading.Thread(target=loop, name="ff-stall-sweep", daemon=True)
+    thread.start()
+    return thread

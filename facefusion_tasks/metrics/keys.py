@@ -1,0 +1,43 @@
+"""Redis keys and message layout shared by workers and the exporter.
+
+Workers import this module, never queues.py or definitions.py directly: importing the metric
+definitions creates this process's metric files, which only observe.py may decide to do (a full
+metrics filesystem turns the first write into a SIGBUS)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+# kombu's Redis transport (read in kombu/transport/redis.py): a queue is a LIST, LPUSH adds at
+# the head and consumers pop from the tail (so the tail is the next to run); a message with
+# priority p goes to the list named by the priority step at or below p, where step 0 is the
+# plain queue name and any other step is `queue + "\x06\x16" + step`. Prefetched messages are
+# moved to the hash `unacked` (tag -> JSON [message, exchange, routing_key]) until acked. So
+# LLEN of the plain name alone misses both prioritised and prefetched work.
+KOMBU_SEP = "\x06\x16"
+#: kombu's default `priority_steps` transport option.
+DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
+#: Worker heartbeat keys: one per worker, expiring unless refreshed.
+HEARTBEAT_PREFIX = "facefusion:worker:"
+#: Hash host -> worker processes there that disabled their metrics (storage full or gone).
+METRICS_DISABLED_KEY = "facefusion:metrics:disabled"
+#: The job store's running chunks: sorted set "job_id:index" -> time of its last frame progress.
+RUNNING_KEY = "facefusion:running"
+#: The job store's jobs in QUEUED, PLANNING or STITCHING: sorted set job_id -> since when.
+LIVE_KEY = "facefusion:live"
+
+
+def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> list[str]:
+    """The Redis lists holding `queue`'s waiting messages, one per priority step."""
+    return [f"{queue}{KOMBU_SEP}{step}" if step else queue for step in steps]
+
+
+def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int = 30) -> None:
+    """Say `name` is alive for `ttl` seconds (workers call this every ttl/3 or so)."""
+    payload = {**info, "ts": time.time()}
+    client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))

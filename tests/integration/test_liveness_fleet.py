@@ -1,0 +1,224 @@
+"""Nothing hangs unseen: real launcher, real Celery workers, real ffmpeg, stopped and killed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+import redis
+
+from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY
+from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
+from facefusion_tasks.video.samples import make_sample_video
+from tests.cluster import SHARED_REDIS, free_port
+from tests.launcher import Launcher, launcher, wait_for
+from tests.media import video_times
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("shared")
+    image = background(200, 200, 0)
+    draw_face(image, 100, 100, 70)
+    cv2.imwrite(str(base / "source.png"), image)
+    make_sample_video(base / "clip.mp4", seconds=4, faces=1, audio=True)
+    make_sample_video(base / "tiny.mp4", seconds=0.4, width=160, height=120, faces=1, audio=False)
+    (base / "out").mkdir()
+    return base
+
+
+def _running_chunk(fleet: Launcher, job_id: str) -> dict | None:  # type: ignore[type-arg]
+    """A chunk a pool process has started (the moment to stop or kill that process)."""
+    for chunk in fleet.producer().status(job_id).chunks:
+        if chunk["state"] == RUNNING and chunk["pid"]:
+            return chunk
+    return None
+
+
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[float]:
+    """SIGSTOP a process (a frozen driver call looks the same from outside); always resumed or
+    gone afterwards. Yields the time it was stopped."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield time.monotonic()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    stall, sweep, beat = 4, 1, 0.5
+    with launcher(
+        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port(),
+        stall_seconds=str(stall), sweep_seconds=str(sweep), heartbeat_seconds=str(beat),
+        chunk_time_limit="60", visibility_timeout="120",
+    ) as fleet:  # fmt: skip
+        fleet.start(gpu_processes=2)
+        producer = fleet.producer()
+        output = root / "out" / "stopped.mp4"
+        job_id = producer.submit(root / "source.png", root / "clip.mp4", output, chunk_seconds=2)
+        victim = wait_for(lambda: _running_chunk(fleet, job_id), timeout=90, interval=0.01)
+        with _stopped(victim["pid"]) as stopped_at:
+            # Given back once its heartbeat is `stall` seconds old, by the next sweep: the
+            # chunk is PENDING again (or already redone) while its old process stays stopped.
+            def given_back() -> bool:
+                chunk = producer.status(job_id).chunks[victim["index"]]
+                return chunk["deliveries"] >= 2 or "no progress" in chunk["error"]
+
+            wait_for(given_back, timeout=60)
+            detected = time.monotonic() - stopped_at
+            status = producer.wait(job_id, timeout=120)
+    print(f"stopped pool process: chunk given back {detected:.1f} s after SIGSTOP")
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert detected <= stall + sweep + beat + 3  # + scheduling slack on a loaded machine
+    redone = status.chunks[victim["index"]]
+    assert redone["deliveries"] >= 2 and redone["pid"] != victim["pid"]
+    assert video_times(output) == video_times(root / "clip.mp4")  # nothing lost or doubled
+
+
+def test_a_hard_time_limit_kill_or_a_dying_worker_fails_the_job_within_the_bound(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # The hard limit comes first here (limit 6 s < stall 8 s): Celery SIGKILLs the stopped
+    # process and acknowledges its message, so only the stall sweep can move the job. One lost
+    # delivery is the maximum, so the job fails (reason stalled) instead of trying again.
+    stall, sweep, limit = 8, 1, 6
+    with launcher(
+        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port(),
+        stall_seconds=str(stall), sweep_seconds=str(sweep), heartbeat_seconds="0.5",
+        chunk_time_limit=str(limit), visibility_timeout="120", max_deliveries="1",
+    ) as fleet:  # fmt: skip
+        fleet.start(gpu_processes=1)
+        producer = fleet.producer()
+        job_id = producer.submit(
+            root / "source.png", root / "clip.mp4", root / "out" / "limit.mp4", chunk_seconds=2
+        )
+        victim = wait_for(lambda: _running_chunk(fleet, job_id), timeout=90, interval=0.01)
+        with _stopped(victim["pid"]) as stopped_at:
+            wait_for(lambda: "Hard time limit" in fleet.log(), timeout=30)
+            status = producer.wait(job_id, timeout=60)
+            failed_after = time.monotonic() - stopped_at
+        print(f"hard time limit: job failed {failed_after:.1f} s after SIGSTOP ({status.reason})")
+        assert status.state == FAILED and status.reason == "stalled", (status.reason, status.error)
+        assert failed_after <= stall + sweep + 3
+
+        # A pool process that dies mid-chunk (the OOM killer): Celery redelivers at once, and
+        # with one lost delivery allowed the next start fails the job as worker_lost.
+        job_id = producer.submit(
+            root / "source.png", root / "clip.mp4", root / "out" / "lost.mp4", chunk_seconds=4
+        )
+        victim = wait_for(lambda: _running_chunk(fleet, job_id), timeout=90, interval=0.01)
+        os.kill(victim["pid"], signal.SIGKILL)
+        status = producer.wait(job_id, timeout=90)
+        assert status.state == FAILED and status.reason == "worker_lost", (
+            status.reason,
+            status.error,
+        )
+        assert status.chunks[victim["index"]]["deliveries"] == 2
+
+
+def _scrape(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return int(response.status)
+    except OSError:
+        return 0
+
+
+def test_the_launcher_keeps_serving_through_a_taken_port_a_dead_exporter_and_a_dead_worker(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("0.0.0.0", port))
+    holder.listen()
+    with launcher(
+        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=port, stall_seconds="30"
+    ) as fleet:
+        try:
+            fleet.start(gpu_processes=1)
+            producer = fleet.producer()
+            # The port is taken: the workers serve anyway, and the exporter says why it waits.
+            job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "a.mp4")
+            assert producer.wait(job_id, timeout=90).state == SUCCEEDED
+            assert "is taken" in fleet.log()
+        finally:
+            holder.close()
+        wait_for(lambda: _scrape(port) == 200, timeout=30, interval=0.2)
+
+        exporter = fleet.child("metrics.exporter")
+        os.kill(exporter, signal.SIGKILL)
+        wait_for(lambda: fleet.children().keys() - {exporter} and _scrape(port) == 200, timeout=30)
+        assert fleet.child("metrics.exporter") != exporter
+
+        gpu_worker = fleet.child("-Q gpu")
+        os.kill(gpu_worker, signal.SIGKILL)  # the Celery worker itself, not a pool process
+        job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "b.mp4")
+        assert producer.wait(job_id, timeout=120).state == SUCCEEDED
+        assert fleet.child("-Q gpu") != gpu_worker
+        assert "exited with -9" in fleet.log()
+        names = {name.split("@")[0] for name in fleet.workers()} | {
+            c["worker"].split("@")[0] for c in producer.status(job_id).chunks
+        }
+        assert fleet.proc is not None and f"cpu0-{fleet.proc.pid}" in names  # unique per launcher
+
+        launcher_proc = fleet.proc
+        assert fleet.stop(timeout=60) == 0  # SIGTERM: graceful, exit 0
+        assert launcher_proc.pid and not Path(f"/proc/{launcher_proc.pid}").exists()
+
+
+@contextlib.contextmanager
+def _full_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
+    """A tiny tmpfs, filled to the last byte; always unmounted."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        fd = os.open(path / "filler.bin", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with contextlib.suppress(OSError):  # ENOSPC: full
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        assert os.statvfs(path).f_bavail == 0
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_metrics_filesystem_costs_metrics_not_jobs(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    with (
+        _full_tmpfs(tmp_path / "mp") as metrics_dir,
+        launcher(
+            root, models_dir, SHARED_REDIS, metrics_dir=metrics_dir, port=free_port(),
+            stall_seconds="30",
+        ) as fleet,
+    ):  # fmt: skip
+        fleet.start(gpu_processes=1)
+        producer = fleet.producer()
+        job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "full.mp4")
+        status = producer.wait(job_id, timeout=120)
+        assert status.state == SUCCEEDED, (status.reason, status.error)
+        assert "SIGBUS" not in fleet.log() and "Signal 7" not in fleet.log()
+        client = redis.Redis.from_url(SHARED_REDIS, decode_responses=True)
+        assert sum(int(v) for v in client.hgetall(METRICS_DISABLED_KEY).values()) >= 2
+        assert "metrics disabled" in fleet.log()
+        assert _scrape(fleet.port) == 200

@@ -1,0 +1,309 @@
+"""The job store's liveness parts on a real Redis: retry-safe answers, deliveries, the stall sweep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.jobs import Chunk
+from facefusion_tasks.liveness import sweep
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store import (
+    FAILED,
+    LIVE_KEY,
+    PENDING,
+    PLANNING,
+    RUNNING,
+    RUNNING_KEY,
+    STITCHING,
+    JobStore,
+    connect,
+)
+from tests.cluster import SHARED_REDIS, RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture()
+def store() -> Iterator[JobStore]:
+    """A store on the tests' own database, flushed before and after."""
+    client = connect(SHARED_REDIS)
+    client.flushdb()
+    try:
+        yield JobStore(client)
+    finally:
+        client.flushdb()
+
+
+def _settings(**changes: Any) -> Settings:
+    values: dict[str, Any] = {"stall_seconds": 10, "max_deliveries": 3, "chunk_time_limit": 60}
+    return Settings.from_env({}, **(values | changes))
+
+
+def _job(store: JobStore, chunks: int = 2) -> str:
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    plan = [
+        Chunk(index=i, start_pts=i * 10, end_pts=(i + 1) * 10, frames=10, span=None)
+        for i in range(chunks)
+    ]
+    store.set_plan(job_id, plan, 10 * chunks, {})
+    store.set_state(job_id, RUNNING)
+    return job_id
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[Any], int]] = []
+
+    def __call__(self, kind: str, args: list[Any], priority: int) -> None:
+        self.calls.append((kind, args, priority))
+
+
+def test_the_last_chunk_done_across_a_redis_pause_queues_the_stitch_exactly_once(
+    tmp_path: Path,
+) -> None:
+    # redis-py gives up waiting after the socket timeout and re-sends the script; the first
+    # run happens anyway when Redis resumes. The answer must be the same True, not "not last".
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        assert server.proc is not None
+        store = JobStore(connect(server.url, socket_timeout=0.5))
+        job_id = _job(store, chunks=2)
+        assert store.chunk_done(job_id, 0, 10) is False
+        answers: list[bool] = []
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            caller = threading.Thread(
+                target=lambda: answers.append(store.chunk_done(job_id, 1, 10))
+            )
+            caller.start()
+            time.sleep(1.5)  # the client times out at least once and re-sends
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        caller.join(30)
+        # A redelivered duplicate of the last chunk, finishing later, is not last either.
+        answers.append(store.chunk_done(job_id, 1, 10))
+        assert answers == [True, False]
+        assert store.status(job_id).chunks_done == 2  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
+def test_claim_metering_across_a_redis_pause_counts_the_job_once(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        assert server.proc is not None
+        store = JobStore(connect(server.url, socket_timeout=0.5))
+        job_id = _job(store)
+        answers: list[bool] = []
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            caller = threading.Thread(target=lambda: answers.append(store.claim_metering(job_id)))
+            caller.start()
+            time.sleep(1.5)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        caller.join(30)
+        answers.append(store.claim_metering(job_id))
+        assert answers == [True, False]
+        store.reopen(job_id)  # retry: the job's next end is counted anew
+        assert store.claim_metering(job_id) is True
+    finally:
+        server.stop()
+
+
+def test_a_state_change_across_a_redis_pause_answers_that_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stitch_job takes False from set_state(SUCCEEDED, only_from=STITCHING) for a cancel and
+    # deletes the output it just wrote: a re-run after a timeout must not answer False.
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        store = JobStore(connect(server.url, socket_timeout=0.5))
+        job_id = _job(store)
+        store.set_state(job_id, STITCHING)
+        # Redis stops between the read and the EXEC (the narrowest seam: MULTI is buffered and
+        # goes out with the EXEC), for longer than the socket timeout.
+        original = redis.client.Pipeline.multi
+        paused: list[bool] = []
+
+        def multi_then_pause(pipe: redis.client.Pipeline) -> None:
+            original(pipe)
+            if not paused:
+                paused.append(True)
+                os.kill(pid, signal.SIGSTOP)
+                threading.Timer(1.5, os.kill, (pid, signal.SIGCONT)).start()
+
+        monkeypatch.setattr(redis.client.Pipeline, "multi", multi_then_pause)
+        try:
+            first = store.set_state(job_id, "SUCCEEDED", only_from=(STITCHING,))
+        finally:
+            time.sleep(1.6)
+            os.kill(pid, signal.SIGCONT)
+        assert paused
+        assert first is True
+        assert store.set_state(job_id, "SUCCEEDED", only_from=(STITCHING,)) is False
+        assert store.state(job_id) == "SUCCEEDED"
+    finally:
+        server.stop()
+
+
+def test_two_chunks_finishing_at_once_queue_one_stitch(store: JobStore) -> None:
+    job_id = _job(store, chunks=8)
+    answers: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda i=i: answers.append(store.chunk_done(job_id, i, 10)))
+        for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [False] * 7 + [True]
+
+
+def test_deliveries_are_counted_at_start_and_lost_ones_are_those_that_never_ended(
+    store: JobStore,
+) -> None:
+    job_id = _job(store)
+    first = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)
+    assert (first.deliveries, first.finished, first.lost) == (1, 0, 0)
+    store.chunk_attempt_ended(job_id, 0, first.token)  # ended in the task (a retry)
+    store.chunk_attempt_ended(job_id, 0, first.token)  # a re-sent call counts once
+    second = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)  # then SIGKILLed
+    third = store.chunk_delivered(job_id, 0, worker="w2@h", pid=12)
+    assert (third.deliveries, third.finished, third.lost) == (3, 1, 1)
+    assert second.token != third.token
+    chunk = store.status(job_id).chunks[0]  # type: ignore[union-attr]
+    assert (chunk["worker"], chunk["pid"], chunk["deliveries"]) == ("w2@h", 12, 3)
+    assert store.r.zscore(RUNNING_KEY, f"{job_id}:0") is not None
+
+
+def test_a_chunk_with_no_progress_is_requeued_once_whoever_sweeps(store: JobStore) -> None:
+    settings = _settings()
+    job_id = _job(store)
+    store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0)
+    store.chunk_started(job_id, 0, "w1@h")
+    store.chunk_heartbeat(job_id, 0, 4, now=1003.0)
+    store.chunk_delivered(job_id, 1, worker="w2@h", pid=12, now=1000.0)
+    store.chunk_heartbeat(job_id, 1, 4, now=1012.0)  # still moving
+    sent = _Sent()
+    early = sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=1012.0)
+    assert early.requeued_chunks == [] and sent.calls == []
+    # Two sweepers on two hosts at once: one claim wins.
+    reports = [
+        sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=1014.0) for _ in range(2)
+    ]
+    assert [r.requeued_chunks for r in reports] == [[(job_id, 0)], []]
+    assert sent.calls == [("chunk", [job_id, 0], 5)]
+    chunk = store.status(job_id).chunks[0]  # type: ignore[union-attr]
+    assert chunk["state"] == PENDING and "no progress" in chunk["error"]
+    assert store.state(job_id) == RUNNING
+
+
+def test_a_chunk_that_keeps_stalling_fails_its_job_as_stalled(store: JobStore) -> None:
+    settings = _settings(max_deliveries=2)
+    job_id = _job(store)
+    sent = _Sent()
+    for attempt in range(2):
+        store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0 + 100 * attempt)
+        report = sweep(
+            store, settings, enqueue=sent, light_waiting=lambda: 0, now=1050 + 100 * attempt
+        )
+    assert len(sent.calls) == 1
+    assert report.failed_jobs == [(job_id, Reason.STALLED)]
+    job = store.get(job_id)
+    assert (job["state"], job["reason"]) == (FAILED, "stalled")
+    assert store.status(job_id).chunks[0]["state"] == FAILED  # type: ignore[union-attr]
+
+
+def test_a_chunk_killed_by_the_hard_time_limit_while_progressing_fails_as_timeout(
+    store: JobStore,
+) -> None:
+    # Celery SIGKILLs the pool process at the hard limit and acknowledges the message: only
+    # the heartbeat says it was still working when the clock ran out.
+    settings = _settings(chunk_time_limit=60, stall_seconds=10)
+    job_id = _job(store)
+    store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0)
+    store.chunk_heartbeat(job_id, 0, 9, now=1059.0)
+    sent = _Sent()
+    report = sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=1070.0)
+    assert report.failed_jobs == [(job_id, Reason.TIMEOUT)] and sent.calls == []
+    assert store.get(job_id)["reason"] == "timeout"
+
+
+def test_jobs_stuck_planning_or_stitching_are_sent_again_then_failed(store: JobStore) -> None:
+    settings = _settings(max_deliveries=1)
+    planning = store.create({"priority": 7})
+    store.set_state(planning, PLANNING)
+    stitching = _job(store)
+    store.set_state(stitching, STITCHING)
+    queued = store.create({})
+    store.r.zadd(LIVE_KEY, {planning: 100.0, stitching: 100.0, queued: 100.0})
+    sent = _Sent()
+    # The light queue has waiting work: the QUEUED job's plan may be among it.
+    sweep(store, settings, enqueue=sent, light_waiting=lambda: 3, now=200.0)
+    assert sorted(sent.calls) == [("plan", [planning], 7), ("stitch", [stitching], 9)]
+    sent.calls.clear()
+    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=205.0)
+    assert sent.calls == [("plan", [queued], 5)]  # the others' clocks restarted at the claim
+    report = sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=time.time() + 60)
+    assert sorted(report.failed_jobs) == sorted(
+        [(planning, Reason.STALLED), (stitching, Reason.STALLED), (queued, Reason.STALLED)]
+    )
+    assert store.r.zcard(LIVE_KEY) == 0  # terminal jobs leave the index
+
+
+def test_a_lost_stitch_message_is_sent_again(store: JobStore) -> None:
+    settings = _settings()
+    job_id = _job(store, chunks=1)
+    store.chunk_done(job_id, 0, 10)  # the completer died before it could enqueue the stitch
+    sent = _Sent()
+    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=time.time() + 60)
+    assert sent.calls == [("stitch", [job_id], 9)]
+    store.set_state(job_id, STITCHING)
+    store.set_state(job_id, "SUCCEEDED")
+    assert store.r.zcard(LIVE_KEY) == 0
+
+
+def test_finished_work_leaves_the_indexes(store: JobStore) -> None:
+    job_id = _job(store, chunks=1)
+    assert store.r.zscore(LIVE_KEY, job_id) is None  # RUNNING is watched through its chunks
+    delivery = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)
+    assert store.chunk_done(job_id, 0, 10) is True
+    assert store.r.zcard(RUNNING_KEY) == 0
+    assert store.r.zscore(LIVE_KEY, job_id) is not None  # until its stitch starts
+    store.chunk_attempt_ended(job_id, 0, delivery.token)
+    again = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)
+    assert again.state == "DONE" and store.r.zcard(RUNNING_KEY) == 0
+
+
+def test_the_shared_redis_is_reachable() -> None:
+    assert redis.Redis.from_url(SHARED_REDIS).ping()
+
+
+def test_a_retry_counts_deliveries_anew(store: JobStore) -> None:
+    settings = _settings(max_deliveries=1)
+    job_id = _job(store)
+    store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)  # died
+    assert store.chunk_delivered(job_id, 0, worker="w1@h", pid=12).lost >= settings.max_deliveries
+    store.set_state(job_id, FAILED, reason="worker_lost")
+    store.reopen(job_id)
+    store.reset_chunk(job_id, 0)
+    again = store.chunk_delivered(job_id, 0, worker="w2@h", pid=13)
+    assert (again.deliveries, again.lost) == (1, 0)
+    assert store.state(job_id) == RUNNING
