@@ -60,7 +60,7 @@ def _wait_for(predicate, timeout: float = 60, interval: float = 0.05):  # type: 
 
 def _launcher(node: str) -> str:
     """The cluster's name for the launcher that started a Celery node ("w1-cpu0@host" -> w1)."""
-    return node.split("@")[0].rsplit("-", 1)[0]
+    return node.split("@")[0].split("-", 1)[0]
 
 
 def _running_chunk(producer, job_id: str):  # type: ignore[no-untyped-def]

@@ -117,7 +117,9 @@ def test_claim_metering_across_a_redis_pause_counts_the_job_once(tmp_path: Path)
         caller.join(30)
         answers.append(store.claim_metering(job_id))
         assert answers == [True, False]
-        store.reopen(job_id)  # retry: the job's next end is counted anew
+        store.reopen(
+            job_id, planned=True, from_states=(store.state(job_id),)
+        )  # retry: the job's next end is counted anew
         assert store.claim_metering(job_id) is True
     finally:
         server.stop()
@@ -301,8 +303,8 @@ def test_a_retry_counts_deliveries_anew(store: JobStore) -> None:
     job_id = _job(store)
     store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)  # died
     assert store.chunk_delivered(job_id, 0, worker="w1@h", pid=12).lost >= settings.max_deliveries
-    store.set_state(job_id, FAILED, reason="worker_lost")
-    store.reopen(job_id)
+    store.set_state(job_id, FAILED, reason=Reason.WORKER_LOST)
+    store.reopen(job_id, planned=True, from_states=(FAILED,))
     store.reset_chunk(job_id, 0)
     again = store.chunk_delivered(job_id, 0, worker="w2@h", pid=13)
     assert (again.deliveries, again.lost) == (1, 0)
