@@ -50,6 +50,10 @@ class _NullMetrics:
     def bounded_reason(reason: str | None) -> str:
         return reason or "none"
 
+    @staticmethod
+    def bounded_encoder(encoder: str) -> str:
+        return encoder
+
 
 class _Health:
     """Whether this process may still write metrics, and why not."""
@@ -277,6 +281,21 @@ def queue_wait(queue: str, enqueued_at: float | None) -> None:
 def busy(flag: bool, queue: str) -> None:
     """This worker process started (True) or finished (False) a task from `queue`."""
     metrics().worker_busy.labels(queue=queue).set(1 if flag else 0)
+
+
+@_safe
+def worker_info(*, provider: str, requested: str, gpu_uuid: str, cuda_index: str) -> None:
+    """Which provider this model-loading process really runs on, and on which GPU."""
+    metrics().worker_info.labels(
+        provider=provider, requested=requested, gpu_uuid=gpu_uuid, cuda_index=cuda_index
+    ).set(1)
+
+
+@_safe
+def video_encode(encoder: str) -> None:
+    """A video encode started with `encoder` (the label is bounded to the known encoders)."""
+    m = metrics()
+    m.video_encodes_total.labels(encoder=m.bounded_encoder(encoder)).inc()
 
 
 @_safe

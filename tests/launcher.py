@@ -77,6 +77,7 @@ class Launcher:
             "FACEFUSION_EXECUTION_PROVIDER": "cpu",
             "FACEFUSION_INFERENCE_THREADS": "1",
             "FACEFUSION_BATCH_SIZE": "4",
+            "FACEFUSION_ALLOW_STANDIN_MODELS": "1",
         }
         self.env |= {f"FACEFUSION_{k.upper()}": v for k, v in settings.items()}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -56,12 +56,12 @@ def observe_worker_provider(*, requested: str, provider: str) -> None:
 
     pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     is_uuid = pinned.upper().startswith(("GPU-", "MIG-"))
-    observe.metrics().worker_info.labels(
+    observe.worker_info(
         provider=provider,
         requested=requested,
         gpu_uuid=pinned if is_uuid else "",
         cuda_index=pinned if pinned.isdigit() else "",
-    ).set(1)
+    )
 
 
 def model_paths(models_dir: Path) -> dict[str, Path]:

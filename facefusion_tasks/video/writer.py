@@ -47,15 +47,10 @@ def choose_encoder(requested: str, exe: str) -> str:
     else:
         chosen = requested
     log.info("video encoder %s -> %s", requested, chosen)
-    _count_encoder(chosen)
-    return chosen
-
-
-def _count_encoder(encoder: str) -> None:
     from facefusion_tasks import observe
 
-    metrics = observe.metrics()
-    metrics.video_encodes_total.labels(encoder=metrics.bounded_encoder(encoder)).inc()
+    observe.video_encode(chosen)
+    return chosen
 
 
 def check_destination(destination: Path) -> None:
