@@ -109,6 +109,10 @@ class Settings:
     #: space: a write into a full tmpfs through prometheus_client's mmap kills it with SIGBUS.
     metrics_min_free_bytes: int = 8 * 1024 * 1024
 
+    #: Seconds a finished job's records (job, chunks) stay in Redis; the stall sweep then
+    #: removes the job's leftover work directory too. A failed job can be retried until then.
+    record_ttl_seconds: int = 7 * 24 * 3600
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from the environment, then apply non-None overrides (CLI flags)."""
@@ -161,6 +165,8 @@ class Settings:
         for name in ("max_frame_pixels", "max_image_pixels", "max_chunks"):
             if getattr(self, name) < 1:
                 raise InputError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+        if self.record_ttl_seconds < 60:
+            raise InputError(f"{ENV_PREFIX}RECORD_TTL_SECONDS must be at least 60")
         if not math.isfinite(self.stall_seconds) or self.stall_seconds <= 0:
             raise InputError("stall seconds must be a positive number")
         if self.chunk_time_limit >= self.visibility_timeout:

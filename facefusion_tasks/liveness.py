@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -13,10 +14,25 @@ from typing import Any
 import redis
 
 from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.jobids import JOB_ID
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import COMMITTING, FAILED, QUEUED, RUNNING, STITCHING, JobStore
+from facefusion_tasks.storage import work_dir
+from facefusion_tasks.store import (
+    CANCELLED,
+    COMMITTING,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STITCHING,
+    SUCCEEDED,
+    JobStore,
+)
 
 log = logging.getLogger(__name__)
+
+#: Job states (and "" for a job with no record) whose segments nothing will read again.
+_DONE_WITH = frozenset({"", SUCCEEDED, CANCELLED})
 
 #: What the sweep asks to send again: ("chunk", [job, index], priority), ("plan", [job], ...).
 Enqueue = Callable[[str, list[Any], int], None]
@@ -33,6 +49,8 @@ class SweepReport:
     requeued_chunks: list[tuple[str, int]] = field(default_factory=list)
     requeued_jobs: list[tuple[str, str]] = field(default_factory=list)
     failed_jobs: list[tuple[str, Reason]] = field(default_factory=list)
+    removed_work_dirs: list[str] = field(default_factory=list)
+    forgotten_jobs: int = 0
 
 
 def sweep(
@@ -59,7 +77,36 @@ def sweep(
         if light_busy and store.state(job_id) == QUEUED:
             continue
         _recover_job(store, settings, job_id, cutoff, enqueue, report)
+    report.removed_work_dirs = sweep_work_dirs(store, settings, now=now)
+    report.forgotten_jobs = store.forget_expired(now=now)
     return report
+
+
+def sweep_work_dirs(store: JobStore, settings: Settings, *, now: float) -> list[str]:
+    """Remove segment folders nothing will use again: their job succeeded or was cancelled,
+    or its records are gone (expired, or Redis lost them in a restart without AOF). A failed
+    job's segments stay while its record does, for `retry`. Folders younger than stall_seconds
+    are left alone: a job may be planning into one right now."""
+    try:
+        base = work_dir(settings)
+    except InputError:  # no storage roots configured: no shared work directory to sweep
+        return []
+    if not base.is_dir():
+        return []
+    removed: list[str] = []
+    for entry in base.iterdir():
+        if not JOB_ID.fullmatch(entry.name) or not entry.is_dir():
+            continue
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:  # removed meanwhile by whoever saw its job end
+            continue
+        if age < settings.stall_seconds or store.state(entry.name) not in _DONE_WITH:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        log.info("removed the work directory of job %s (its job is over or gone)", entry.name)
+        removed.append(entry.name)
+    return removed
 
 
 def _recover_chunk(

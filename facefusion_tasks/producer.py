@@ -51,7 +51,9 @@ class Producer:
         self.settings = settings
         # Fail fast with one line (exit 69) when Redis is away or refuses us; workers keep
         # store.connect's patient retries instead.
-        self.store = JobStore(broker.connect(settings.broker_url))
+        self.store = JobStore(
+            broker.connect(settings.broker_url), record_ttl=settings.record_ttl_seconds
+        )
         self.app = make_app(settings)
 
     def submit(

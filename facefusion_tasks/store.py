@@ -210,11 +210,17 @@ class JobStatus:
         return dict(self.__dict__)
 
 
-class JobStore:
-    """Reads and writes job records; every multi-key change is one MULTI/EXEC transaction."""
+#: Seconds a finished job's records stay in Redis (a week: long enough to look at and retry).
+RECORD_TTL = 7 * 24 * 3600
 
-    def __init__(self, client: redis.Redis) -> None:
+
+class JobStore:
+    """Reads and writes job records; every multi-key change is one MULTI/EXEC transaction.
+    A job's records expire `record_ttl` seconds after it ends, and last while it runs."""
+
+    def __init__(self, client: redis.Redis, *, record_ttl: int = RECORD_TTL) -> None:
         self.r = client
+        self.record_ttl = record_ttl
         self._chunk_done = client.register_script(_CHUNK_DONE)
         self._claim_metering = client.register_script(_CLAIM_METERING)
         self._chunk_delivered = client.register_script(_CHUNK_DELIVERED)
@@ -254,6 +260,12 @@ class JobStore:
         """Current state ('' when unknown)."""
         return self.r.hget(self._job(job_id), "state") or ""  # type: ignore[return-value]
 
+    def _records(self, job_id: str, chunks_total: int) -> list[str]:
+        """Every key that belongs to one job (its hash, sets and chunk hashes)."""
+        job = self._job(job_id)
+        chunks = [self._chunk(job_id, i) for i in range(chunks_total)]
+        return [job, f"{job}:done", f"{job}:running", *chunks]
+
     def _running(self, job_id: str) -> str:
         """The set of chunk indexes a worker is executing right now."""
         return f"{self._job(job_id)}:running"
@@ -278,7 +290,9 @@ class JobStore:
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current, applied = pipe.hmget(key, ["state", "state_token"])
+                    current, applied, total = pipe.hmget(
+                        key, ["state", "state_token", "chunks_total"]
+                    )
                     if current == state and applied == token:
                         pipe.unwatch()
                         return True
@@ -303,6 +317,9 @@ class JobStore:
                         fields["finished_at"] = now
                     pipe.multi()
                     pipe.hset(key, mapping=fields)
+                    if state in TERMINAL:  # retention: finished records go after a while
+                        for record in self._records(job_id, int(total or 0)):
+                            pipe.expire(record, self.record_ttl)
                     if state in WATCHED:  # the stall sweep's index (liveness.py)
                         pipe.zadd(LIVE_KEY, {job_id: now})
                     else:
@@ -339,10 +356,13 @@ class JobStore:
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    if pipe.hget(key, "state") not in from_states:
+                    current, total = pipe.hmget(key, ["state", "chunks_total"])
+                    if current not in from_states:
                         pipe.unwatch()
                         return False
                     pipe.multi()
+                    for record in self._records(job_id, int(total or 0)):
+                        pipe.persist(record)  # running again: kept until it ends anew
                     now = time.time()
                     pipe.hset(key, mapping=fields | {"updated_at": now})
                     pipe.hdel(key, "metered", "stitch_token", "recoveries")
@@ -407,6 +427,8 @@ class JobStore:
                         if state != DONE:
                             pipe.hset(chunk_key, "state", CANCELLED)
                     pipe.zrem(LIVE_KEY, job_id)
+                    for record in self._records(job_id, total):
+                        pipe.expire(record, self.record_ttl)
                     pipe.execute()
                     return True, idle
                 except redis.WatchError:
@@ -645,6 +667,18 @@ class JobStore:
             finished_at=float(job.get("finished_at", 0) or 0),
             chunks=shown,
         )
+
+    def forget_expired(self, *, now: float | None = None, limit: int = 1000) -> int:
+        """Drop the jobs index's entries for jobs whose records have expired (their `list`
+        rows); returns how many went."""
+        now = time.time() if now is None else now
+        old: list[str] = self.r.zrangebyscore(  # type: ignore[assignment]
+            f"{PREFIX}:jobs", "-inf", now - self.record_ttl, start=0, num=limit
+        )
+        gone = [job_id for job_id in old if not self.r.exists(self._job(job_id))]
+        if gone:
+            self.r.zrem(f"{PREFIX}:jobs", *gone)
+        return len(gone)
 
     def recent(self, limit: int = 50) -> list[str]:
         """Most recent job ids first."""

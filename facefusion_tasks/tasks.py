@@ -42,7 +42,8 @@ def _settings() -> Settings:
 
 @functools.cache
 def _store() -> JobStore:
-    return JobStore(connect(_settings().broker_url))
+    settings = _settings()
+    return JobStore(connect(settings.broker_url), record_ttl=settings.record_ttl_seconds)
 
 
 def kombu_priority(priority: int) -> int:
