@@ -8,7 +8,6 @@ rest. Nothing here is a test: it collects facts for the README and the issue not
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import logging
@@ -49,10 +48,12 @@ def section(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
     return wrap
 
 
-def run(argv: list[str], timeout: float = 180) -> dict[str, Any]:
+def run(argv: list[str], timeout: float = 180, env: Any = None) -> dict[str, Any]:
     """A subprocess's exit code and the tail of its output."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
     except subprocess.TimeoutExpired as exc:
         return {"argv": argv, "timeout": timeout, "out": str(exc.stdout)[-3000:]}
     return {"argv": argv, "rc": done.returncode, "out": (done.stdout + done.stderr)[-6000:]}
@@ -86,32 +87,6 @@ def main(out: Path) -> None:
             "cpu_count": os.cpu_count(),
         }
 
-    @section("doctor")
-    def _doctor() -> Any:
-        base = [sys.executable, "-m", "facefusion_tasks", "doctor"]
-        return {
-            "cuda": run([*base, "--execution-provider", "cuda"]),
-            "json": run([*base, "--execution-provider", "cuda", "--json"]),
-        }
-
-    models = scratch / "models"
-
-    @section("standin_models")
-    def _models() -> Any:
-        from facefusion_tasks.models.standin import make_test_models
-
-        make_test_models(models, detector_gflops=10.0)
-        return sorted(p.name for p in models.iterdir())
-
-    def engine_for(provider: str, batch: int = 8) -> Any:
-        from facefusion_tasks.config import Settings
-        from facefusion_tasks.faces.loader import load_models
-
-        settings = Settings.from_env(
-            {}, models_dir=models, execution_provider=provider, batch_size=batch
-        )
-        return load_models(settings)
-
     def frames(count: int, width: int, height: int, faces: int) -> list[np.ndarray]:
         from facefusion_tasks.faces.synthetic import background, draw_face
 
@@ -135,99 +110,147 @@ def main(out: Path) -> None:
         cv2.imwrite(str(path), image)
         return path
 
-    @section("inference_fps")
-    def _fps() -> Any:
-        report: dict[str, Any] = {}
+    env = os.environ | {"FACEFUSION_ALLOW_STANDIN_MODELS": "1"}
+
+    @section("provider_proof")
+    def _proof() -> Any:
+        proof = run([sys.executable, "-m", "facefusion_tasks.faces.probe", "cuda"], env=env)
+        return proof | {"gpus": run([sys.executable, "-m", "facefusion_tasks.gpus"], env=env)}
+
+    @section("doctor")
+    def _doctor() -> Any:
+        base = [sys.executable, "-m", "facefusion_tasks", "doctor", "--execution-provider", "cuda"]
+        return {"text": run(base, env=env), "json": run([*base, "--json"], env=env)}
+
+    models = scratch / "models"
+
+    @section("standin_models")
+    def _models() -> Any:
+        from facefusion_tasks.models.standin import make_test_models
+
+        make_test_models(models, detector_gflops=10.0)
+        return sorted(p.name for p in models.iterdir())
+
+    def settings_for(provider: str, **changes: Any) -> Any:
+        from facefusion_tasks.config import Settings
+
+        return Settings.from_env(
+            {}, models_dir=models, execution_provider=provider, allow_standin_models=True,
+            **changes,
+        )  # fmt: skip
+
+    @section("worker_gate")
+    def _gate() -> Any:
+        from facefusion_tasks.gpus import detect_gpus, discover, gpu_worker_refusal
+
+        found, how = discover()
+        pins = detect_gpus() or ["0"]
+        return {
+            "discovered": [str(g) for g in found],
+            "how": how,
+            "refusal_by_pin": {p: gpu_worker_refusal(settings_for("cuda"), p) for p in pins},
+        }
+
+    bench = [sys.executable, "-m", "facefusion_tasks", "bench", "--execution-provider", "cuda",
+             "--models-dir", str(models), "--json", "--repeats", "3"]  # fmt: skip
+
+    @section("bench_cuda_fp32_720p")
+    def _bench32() -> Any:
+        return run([*bench, "--width", "1280", "--height", "720", "--seconds", "8"], env=env)
+
+    @section("bench_cuda_fp16_iobinding_720p")
+    def _bench16() -> Any:
+        argv = [*bench, "--width", "1280", "--height", "720", "--seconds", "8",
+                "--precision", "fp16", "--io-binding"]  # fmt: skip
+        return run(argv, env=env)
+
+    @section("bench_cuda_fp32_1080p_8faces")
+    def _bench1080() -> Any:
+        argv = [*bench, "--width", "1920", "--height", "1080", "--seconds", "6", "--faces", "8"]
+        return run(argv, env=env)
+
+    @section("bench_ceiling")
+    def _ceiling() -> Any:
+        argv = [sys.executable, "-m", "facefusion_tasks", "bench", "--ceiling", "--json",
+                "--execution-provider", "cuda", "--repeats", "3"]  # fmt: skip
+        return run(argv, env=env, timeout=240)
+
+    @section("swap_cli_cuda_hwaccel")
+    def _swap() -> Any:
+        from facefusion_tasks.video.samples import make_sample_video
+
+        clip = scratch / "clip.mp4"
+        make_sample_video(clip, seconds=10, width=1920, height=1080, faces=2, audio=True)
         source = source_image()
-        for provider, count in (("cuda", 240), ("cpu", 32)):
-            loaded = engine_for(provider)
+        argv = [sys.executable, "-m", "facefusion_tasks", "swap", str(source), str(clip), "-o",
+                str(scratch / "out.mp4"), "--execution-provider", "cuda", "--hwaccel", "cuda",
+                "--models-dir", str(models), "--json", "--no-progress"]  # fmt: skip
+        started = time.perf_counter()
+        done = run(argv, env=env)
+        return done | {"seconds": round(time.perf_counter() - started, 2)}
+
+    @section("oom_engine_gpu_mem_limit")
+    def _oom_engine() -> Any:
+        from facefusion_tasks.faces.loader import load_models
+
+        buffer = io.StringIO()
+        handler = logging.StreamHandler(buffer)
+        logging.getLogger("facefusion_tasks").addHandler(handler)
+        try:
+            loaded = load_models(settings_for("cuda", batch_size=32, gpu_mem_limit=48 << 20))
             engine = loaded.engine
-            engine.set_source(source)
-            active = {
-                name: getattr(engine, name).session.get_providers()
-                for name in ("detector", "embedder", "swapper")
-                if hasattr(getattr(engine, name, None), "session")
+            engine.set_source(source_image())
+            batch = frames(32, 1280, 720, 2)
+            swapped = sum(engine.process(batch))
+        except Exception as exc:  # noqa: BLE001 - what happened is the finding
+            return {
+                "error": f"{type(exc).__name__}: {exc}"[:3000],
+                "log": buffer.getvalue()[-3000:],
             }
-            for width, height, faces in ((1280, 720, 2), (1920, 1080, 8)):
-                batch = frames(8, width, height, faces)
-                engine.process(batch)  # warm-up: arena growth, cuDNN algorithm choice
-                started = time.perf_counter()
-                done = 0
-                swapped = 0
-                while done < count:
-                    swapped += sum(engine.process(batch))
-                    done += len(batch)
-                elapsed = time.perf_counter() - started
-                report[f"{provider} {width}x{height} {faces} faces"] = {
-                    "fps": round(done / elapsed, 1),
-                    "frames": done,
-                    "faces_swapped": swapped,
-                }
-            report[f"{provider} facts"] = {"active": active, "facts": _facts(loaded)}
-        return report
-
-    @section("bench_cuda")
-    def _bench() -> Any:
-        argv = [sys.executable, "-m", "facefusion_tasks", "bench", "--execution-provider", "cuda",
-                "--width", "1280", "--height", "720", "--seconds", "12", "--json"]  # fmt: skip
-        return run(argv, timeout=240)
-
-    @section("oom_arena_limit")
-    def _oom_arena() -> Any:
-        from facefusion_tasks.faces.backoff import BatchBackoff
-        from facefusion_tasks.metrics.oom import classify_oom
-
-        path = _swapper_path(models)
-        report: dict[str, Any] = {}
-        for limit_mb in (8, 16, 32, 64, 128, 256):
-            session = _session(ort, path, {"gpu_mem_limit": limit_mb << 20})
-            try:
-                _run_swapper(session, 1)
-            except Exception:  # noqa: BLE001 - too small even for one
-                continue
-            try:
-                _run_swapper(session, 64)
-                continue
-            except Exception as exc:  # noqa: BLE001 - the OOM we are looking for
-                report["gpu_mem_limit_mb"] = limit_mb
-                report["text"] = str(exc)[:2000]
-                report["kind"] = classify_oom(exc)
-            backoff = BatchBackoff("inswapper_128", 64)
-            buffer = io.StringIO()
-            handler = logging.StreamHandler(buffer)
-            logging.getLogger("facefusion_tasks").addHandler(handler)
-            try:
-                parts = backoff.run(64, functools.partial(_slice, session))
-                report["backoff"] = {
-                    "slices": len(parts),
-                    "final_cap": backoff.limit,
-                    "log": buffer.getvalue()[-2000:],
-                }
-            finally:
-                logging.getLogger("facefusion_tasks").removeHandler(handler)
-            return report
-        report["note"] = "no limit gave batch 1 OK and batch 64 OOM"
-        return report
+        finally:
+            logging.getLogger("facefusion_tasks").removeHandler(handler)
+        return {"faces_swapped": swapped, "log": buffer.getvalue()[-3000:]}
 
     @section("oom_device_full")
     def _oom_full() -> Any:
+        # Another process takes the GPU's memory while a worker's session is warm: the arena
+        # must grow for a big batch and cannot; the back-off halves the batch until it fits.
         import torch
 
+        from facefusion_tasks.faces.backoff import BatchBackoff
         from facefusion_tasks.metrics.oom import classify_oom
 
+        session = _session(ort, _swapper_path(models), {})
+        _run_swapper(session, 8)  # warm: cuDNN handle, arena, algorithms
         free, total = torch.cuda.mem_get_info()
-        hog = torch.empty(int(free - (96 << 20)), dtype=torch.uint8, device="cuda")
-        report: dict[str, Any] = {"hogged_gib": round(hog.numel() / 2**30, 2),
-                                  "total_gib": round(total / 2**30, 2)}  # fmt: skip
+        hog = torch.empty(int(free - (160 << 20)), dtype=torch.uint8, device="cuda")
+        report: dict[str, Any] = {"left_free_mib": 160, "total_gib": round(total / 2**30, 2)}
+        buffer = io.StringIO()
+        handler = logging.StreamHandler(buffer)
+        logging.getLogger("facefusion_tasks").addHandler(handler)
         try:
-            session = _session(ort, _swapper_path(models), {})
-            report["providers"] = session.get_providers()
-            _run_swapper(session, 256)
-            report["result"] = "no OOM"
-        except Exception as exc:  # noqa: BLE001 - the OOM we are looking for
-            report["text"] = str(exc)[:2000]
-            report["kind"] = classify_oom(exc)
+            try:
+                _run_swapper(session, 1024)
+                report["direct_1024"] = "no OOM"
+            except Exception as exc:  # noqa: BLE001 - the OOM we are looking for
+                report["direct_1024_text"] = str(exc)[:2000]
+                report["direct_1024_kind"] = classify_oom(exc)
+            backoff = BatchBackoff("inswapper_128", 1024)
+            try:
+                parts = backoff.run(1024, lambda a, b: _run_swapper(session, b - a))
+                report["backoff"] = {"slices": len(parts), "final_cap": backoff.limit}
+            except Exception as exc:  # noqa: BLE001 - GpuOutOfMemory at batch 1
+                report["backoff_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            try:
+                fresh = _session(ort, _swapper_path(models), {})
+                _run_swapper(fresh, 8)
+                report["new_session"] = "ran"
+            except Exception as exc:  # noqa: BLE001 - a session started under pressure
+                report["new_session_text"] = str(exc)[:2000]
+                report["new_session_kind"] = classify_oom(exc)
         finally:
+            logging.getLogger("facefusion_tasks").removeHandler(handler)
+            report["log"] = buffer.getvalue()[-3000:]
             del hog
             torch.cuda.empty_cache()
         return report
