@@ -16,7 +16,7 @@ import numpy as np
 from facefusion_tasks import observe
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled
-from facefusion_tasks.faces.engine import FaceEngine, StageClock
+from facefusion_tasks.faces.engine import FaceEngine, StageClock, mark
 from facefusion_tasks.inputs import check_output
 from facefusion_tasks.video.probe import VideoInfo, probe
 from facefusion_tasks.video.reader import Frame, FrameReader
@@ -54,6 +54,8 @@ class SwapResult:
     frames_with_faces: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds of the threads that ran each stage (onnxruntime's own threads excluded).
+    stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -120,7 +122,7 @@ class _Stages:
 def _timed(iterator: Iterator[Any], clock: StageClock, stage: str) -> Iterator[Any]:
     """Charge the time spent waiting on `iterator` to `stage`."""
     while True:
-        started = time.perf_counter()
+        started = mark()
         try:
             item = next(iterator)
         except StopIteration:
@@ -146,7 +148,7 @@ def run_swap(
     info = info or probe(job.target, ffmpeg=settings.ffmpeg)
     started = time.perf_counter()
     clock = engine.clock
-    clock.seconds.clear()
+    clock.clear()
     result = SwapResult(output=job.output)
     stages = _Stages(cancel)
     decoded: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_frames)
@@ -182,7 +184,7 @@ def run_swap(
         try:
             while (item := stages.get(swapped)) is not _END:
                 image, pts = item
-                begun = time.perf_counter()
+                begun = mark()
                 writer.write(image, pts)
                 clock.add("encode", begun)
                 if progress is not None:
@@ -249,16 +251,17 @@ def run_swap(
             observe.swap_run(ok=False, seconds=time.perf_counter() - started)
         raise stages.error
     reader.close()
-    begun = time.perf_counter()
+    committing = mark()
     try:
         writer.commit()
     except BaseException:
         observe.swap_run(ok=False, seconds=time.perf_counter() - started)
         raise
-    clock.add("encode", begun)
+    clock.add("encode", committing)
     result.seconds = time.perf_counter() - started
     observe.swap_run(ok=True, seconds=result.seconds)
     result.stage_seconds = dict(clock.seconds)
+    result.stage_cpu_seconds = dict(clock.cpu_seconds)
     return result
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,17 +22,48 @@ from facefusion_tasks.faces.types import Face
 from facefusion_tasks.inputs import read_image
 
 
+#: A stage's start: (wall clock, this thread's CPU clock).
+Mark = tuple[float, float]
+
+
+def mark() -> Mark:
+    """Now, on both clocks a StageClock charges."""
+    return time.perf_counter(), time.thread_time()
+
+
 @dataclass
 class StageClock:
-    """Seconds spent per pipeline stage; the engine and the video threads add to it."""
+    """Seconds spent per pipeline stage, wall and CPU; the engine, its pool and the video threads
+    add to it. CPU is the calling thread's own (time.thread_time): onnxruntime's intra-op threads
+    are not in it, so the rest of the process's CPU is what the models used."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    cpu_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, stage: str, started: float) -> float:
+    def add(self, stage: str, started: Mark) -> Mark:
         """Charge the time since `started` to `stage`; returns now, to chain measurements."""
-        now = time.perf_counter()
-        self.seconds[stage] += now - started
+        now = mark()
+        # Pool threads charge the same stage concurrently; `+=` on a dict item is not atomic.
+        with self._lock:
+            self.seconds[stage] += now[0] - started[0]
+            self.cpu_seconds[stage] += now[1] - started[1]
         return now
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Charge the body's time to `name`."""
+        started = mark()
+        try:
+            yield
+        finally:
+            self.add(name, started)
+
+    def clear(self) -> None:
+        """Start counting from zero (a new run)."""
+        with self._lock:
+            self.seconds.clear()
+            self.cpu_seconds.clear()
 
 
 class FaceEngine:
@@ -83,7 +116,7 @@ class FaceEngine:
         if self.selector == "reference":
             if self.reference is None:
                 raise InputError("the reference selector needs --reference-face IMAGE")
-            started = time.perf_counter()
+            started = mark()
             flat = [(i, face) for i, faces in enumerate(found) for face in faces]
             distances = (
                 1.0 - self.embedder.embed([(frames[i], f) for i, f in flat]) @ self.reference
@@ -100,11 +133,11 @@ class FaceEngine:
         """Swap the selected faces of every frame in place; returns the count swapped per frame."""
         if self.latent is None:
             raise RuntimeError("set_source() must run before process()")
-        started = time.perf_counter()
+        started = mark()
         found = self.detector.detect(frames)
         self.clock.add("detect", started)
         selected = self._select(frames, found)
-        started = time.perf_counter()
+        started = mark()
         jobs = [
             (i, *align.crop(frames[i], face.kps, SWAP_SIZE))
             for i, faces in enumerate(selected)
