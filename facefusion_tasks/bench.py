@@ -24,8 +24,9 @@ from facefusion_tasks.bench_rounds import (
     spread,
 )
 from facefusion_tasks.config import Settings
-from facefusion_tasks.faces.engine import StageClock
+from facefusion_tasks.faces.engine import FrameSwap, StageClock
 from facefusion_tasks.faces.loader import LoadedModels, load_models
+from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.pipeline import SwapJob, run_swap
 
 #: At most this many frames are held in memory for the inference-only measurement.
@@ -42,7 +43,18 @@ class PassthroughEngine:
     def __init__(self) -> None:
         self.clock = StageClock()
 
-    def process(self, frames: Sequence[np.ndarray]) -> list[int]:
+    def prepare(self, frame: np.ndarray) -> None:
+        return None
+
+    def infer(
+        self, frames: Sequence[np.ndarray], prepared: Sequence[None], pool: CpuPool = SERIAL
+    ) -> list[FrameSwap]:
+        return [FrameSwap(frame, []) for frame in frames]
+
+    def paste(self, work: FrameSwap) -> int:
+        return 0
+
+    def process(self, frames: Sequence[np.ndarray], pool: CpuPool = SERIAL) -> list[int]:
         return [0] * len(frames)
 
 
@@ -132,8 +144,9 @@ def _inference_run(engine: Any, frames: list[np.ndarray], settings: Settings) ->
         batch_frames = [f.copy() for f in frames]
 
         def go() -> int:
-            for i in range(0, len(batch_frames), settings.batch_size):
-                engine.process(batch_frames[i : i + settings.batch_size])
+            with CpuPool(settings.cpu_threads) as pool:
+                for i in range(0, len(batch_frames), settings.batch_size):
+                    engine.process(batch_frames[i : i + settings.batch_size], pool)
             return len(batch_frames)
 
         return measured(go)
@@ -151,8 +164,9 @@ def _settings_facts(settings: Settings, loaded: LoadedModels) -> dict[str, Any]:
         "batch_size": settings.batch_size,
         "swapper_batched": loaded.swapper_batched,
         "detector_batched": loaded.detector_batched,
-        "precision": getattr(settings, "precision", "fp32"),
-        "io_binding": getattr(settings, "io_binding", False),
+        "precision": settings.precision,
+        "io_binding": settings.io_binding,
+        "cpu_threads": settings.cpu_threads,
     }
 
 

@@ -64,6 +64,18 @@ class Settings:
     chunk_time_limit: int = 1800
     #: Chunk attempts before the chunk (and its job) is marked failed.
     chunk_retries: int = 2
+    #: Threads for the per-frame CPU work beside inference (letterbox, box decoding, alignment
+    #: warps, paste-back); 0 = all of it on the inference thread, in order.
+    cpu_threads: int = 2
+    #: Frames per detector call; 0 = auto: 1 on the CPU provider (batching buys no speed there
+    #: and multiplies the activation memory), batch_size on a GPU (with the OOM back-off).
+    detector_batch: int = 0
+    #: fp32 | fp16: fp16 runs models converted to half precision (fp32 inputs and outputs kept,
+    #: checked against fp32, cached beside the batched copies); for GPUs.
+    precision: str = "fp32"
+    #: Bind model outputs to buffers allocated once per shape (onnxruntime IO binding), so a
+    #: call allocates no new output memory.
+    io_binding: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -106,6 +118,10 @@ class Settings:
                 "chunk time limit must be below the Redis visibility timeout, or Redis hands a "
                 "still-running chunk to a second worker"
             )
+        if self.cpu_threads < 0 or self.detector_batch < 0:
+            raise InputError("cpu threads and detector batch cannot be negative")
+        if self.precision not in {"fp32", "fp16"}:
+            raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://")):
             raise InputError("broker URL must be redis:// or rediss://")
 

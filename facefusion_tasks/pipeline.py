@@ -7,6 +7,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ from facefusion_tasks import observe
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled
 from facefusion_tasks.faces.engine import FaceEngine, StageClock, mark
+from facefusion_tasks.faces.pool import CpuPool
 from facefusion_tasks.inputs import check_output
 from facefusion_tasks.video.probe import VideoInfo, probe
-from facefusion_tasks.video.reader import Frame, FrameReader
+from facefusion_tasks.video.reader import FrameReader
 from facefusion_tasks.video.writer import FrameWriter
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,19 @@ class _Stages:
             except queue.Empty:
                 continue
 
+    def acquire(self, slots: threading.Semaphore) -> None:
+        while not slots.acquire(timeout=_POLL_SECONDS):
+            self.check()
+
+    def wait(self, future: Future[Any]) -> Any:
+        """The pool's result; its error is raised here, in the stage that needs the result."""
+        while True:
+            self.check()
+            try:
+                return future.result(timeout=_POLL_SECONDS)
+            except FutureTimeout:
+                continue
+
 
 def _timed(iterator: Iterator[Any], clock: StageClock, stage: str) -> Iterator[Any]:
     """Charge the time spent waiting on `iterator` to `stage`."""
@@ -170,10 +186,17 @@ def run_swap(
         frame_rate=info.frame_rate,
     )
 
+    pool = CpuPool(settings.cpu_threads)
+    # Letterboxed detector inputs (4.9 MB each at 640 px) wait for the model: at most two
+    # batches of them exist, whatever the queue length, so memory stays bounded.
+    ahead = threading.Semaphore(2 * settings.batch_size)
+
     def decode() -> None:
         try:
             for frame in _timed(iter(reader), clock, "decode"):
-                stages.put(decoded, frame)
+                stages.acquire(ahead)
+                image = _writable(frame.image)
+                stages.put(decoded, (image, frame.pts, pool.submit(engine.prepare, image)))
             stages.put(decoded, _END)
         except _Stop:
             pass
@@ -183,7 +206,8 @@ def run_swap(
     def encode() -> None:
         try:
             while (item := stages.get(swapped)) is not _END:
-                image, pts = item
+                pasted, image, pts = item
+                stages.wait(pasted)
                 begun = mark()
                 writer.write(image, pts)
                 clock.add("encode", begun)
@@ -204,7 +228,7 @@ def run_swap(
     try:
         ended = False
         while not ended:
-            batch: list[Frame] = []
+            batch: list[tuple[np.ndarray, int, Future[Any]]] = []
             while len(batch) < settings.batch_size:
                 item = stages.get(decoded)
                 if item is _END:
@@ -213,9 +237,13 @@ def run_swap(
                 batch.append(item)
             if not batch:
                 break
-            images = [_writable(frame.image) for frame in batch]
             begun = time.perf_counter()
-            counts = engine.process(images)
+            images = [image for image, _, _ in batch]
+            prepared = [stages.wait(future) for _, _, future in batch]
+            work = engine.infer(images, prepared, pool)
+            del prepared
+            ahead.release(len(batch))
+            counts = [len(w.faces) for w in work]
             result.faces_swapped += sum(counts)
             result.frames_with_faces += sum(1 for c in counts if c)
             now = dict(clock.seconds)
@@ -227,8 +255,10 @@ def run_swap(
             )
             seen = now
             result.frames += len(batch)
-            for frame, image in zip(batch, images, strict=True):
-                stages.put(swapped, (image, frame.pts))
+            # Paste-back runs in the pool while the next batch is inferred; the encoder waits
+            # for each frame's paste, in order.
+            for one, (image, pts, _) in zip(work, batch, strict=True):
+                stages.put(swapped, (pool.submit(engine.paste, one), image, pts))
         stages.put(swapped, _END)
         for thread in threads:
             while thread.is_alive():
@@ -246,6 +276,7 @@ def run_swap(
             writer.abort()
             for thread in threads:
                 thread.join(5)
+        pool.close(cancel=stages.error is not None)
     if stages.error is not None:
         if not isinstance(stages.error, Cancelled):
             observe.swap_run(ok=False, seconds=time.perf_counter() - started)
