@@ -10,10 +10,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from facefusion_tasks.errors import ModelError
 from facefusion_tasks.faces.backoff import BatchBackoff, concat_outputs
+from facefusion_tasks.faces.iobinding import ModelSession
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.faces.types import Face
 
@@ -49,7 +49,7 @@ class Detector:
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        session: ModelSession,
         *,
         input_size: int = 640,
         score_threshold: float = 0.5,
@@ -120,19 +120,17 @@ class Detector:
                 (outs,) = self.backoff.run(1, single)
                 per_frame.append(outs)
             return per_frame
-        batch = (
-            prepared[0].blob
-            if len(prepared) == 1
-            else np.concatenate([item.blob for item in prepared])
-        )
 
         def call(start: int, stop: int) -> list[np.ndarray]:
-            outs = self.session.run(self.output_names, {self.input_name: batch[start:stop]})
+            # Built per slice: at a cap of 1 (the CPU) no batch-sized input ever exists.
+            items = prepared[start:stop]
+            batch = items[0].blob if len(items) == 1 else np.concatenate([p.blob for p in items])
+            outs = self.session.run(self.output_names, {self.input_name: batch})
             if self.folded:  # [N * anchors, C] -> [N, anchors, C]
                 outs = [o.reshape(stop - start, -1, o.shape[-1]) for o in outs]
             return list(outs)
 
-        outs = concat_outputs(self.backoff.run(len(batch), call))
+        outs = concat_outputs(self.backoff.run(len(prepared), call))
         return [[o[i] for o in outs] for i in range(len(prepared))]
 
     def decode(self, outs: Sequence[np.ndarray], prepared: Letterboxed) -> list[Face]:
