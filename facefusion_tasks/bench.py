@@ -167,6 +167,7 @@ def _settings_facts(settings: Settings, loaded: LoadedModels) -> dict[str, Any]:
         "precision": settings.precision,
         "io_binding": settings.io_binding,
         "cpu_threads": settings.cpu_threads,
+        "inference_threads": settings.inference_threads,
     }
 
 
@@ -242,7 +243,11 @@ def run_ceiling(
     with tempfile.TemporaryDirectory(prefix="ff-ceiling-") as tmp:
         scratch = Path(tmp)
         make_test_models(scratch / "models")
-        settings = settings.replace(models_dir=scratch / "models")
+        # One inference thread unless told otherwise: on a GPU the models occupy no CPU thread
+        # pool, while onnxruntime's default pool spin-waits on every core between calls (about
+        # 10 ms of CPU per frame here), which would be charged to the glue this measures.
+        threads = settings.inference_threads or 1
+        settings = settings.replace(models_dir=scratch / "models", inference_threads=threads)
         source = _source_image(scratch)
         loaded = load_models(settings)
         loaded.engine.set_source(source)
@@ -386,6 +391,8 @@ def render(report: dict[str, Any]) -> str:
         ("models", report["models"]),
         ("provider / precision / IO binding",
          f"{report['provider']} / {report['precision']} / {report['io_binding']}"),
+        ("CPU pool threads / inference threads (0 = onnxruntime's default)",
+         f"{report['cpu_threads']} / {report['inference_threads']}"),
         ("batch size / detector batched / swapper batched",
          f"{report['batch_size']} / {report['detector_batched']} / {report['swapper_batched']}"),
         ("rounds", f"{report['repeats']} interleaved; median (min) over rounds"),

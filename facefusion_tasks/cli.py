@@ -35,6 +35,12 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--video-quality", type=int, default=None)
     g.add_argument("--hwaccel", choices=["none", "auto", "cuda"])
     g.add_argument("--ffmpeg", default=None, help="ffmpeg executable")
+    g.add_argument("--cpu-threads", type=int, default=None, help="threads for per-frame CPU work")
+    g.add_argument("--detector-batch", type=int, default=None, help="0 = 1 on CPU, batch on GPU")
+    g.add_argument("--precision", choices=["fp32", "fp16"])
+    g.add_argument(
+        "--io-binding", action="store_const", const=True, default=None, help="bind model outputs"
+    )
 
 
 def _job_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +52,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     names = [
         "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
         "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
+        "cpu_threads", "detector_batch", "precision", "io_binding",
     ]  # fmt: skip
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
