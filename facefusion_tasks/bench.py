@@ -73,7 +73,7 @@ def describe_models(models_dir: Path) -> str:
         return f"stand-in, light detector ({models_dir})"
     # _ballast's layers: 16→16 channel 3×3 convolutions on 640×640 (the first takes 3 channels).
     gflops = ballast * 2 * 640 * 640 * 16 * 16 * 9 / 1e9
-    return f"stand-in, detector with ~{gflops:.0f} GFLOPs ({models_dir})"
+    return f"stand-in, detector with ~{gflops:.1f} GFLOPs ({models_dir})"
 
 
 def _models_for(settings: Settings, scratch: Path) -> tuple[Settings, bool]:
@@ -233,16 +233,16 @@ def run_ceiling(
     settings: Settings, *, seconds: float = 4.0, repeats: int = 3,
     cases: Sequence[tuple[int, int, int]] = CEILING_CASES,
 ) -> dict[str, Any]:  # fmt: skip
-    """The pipeline's ceiling: light stand-in models (the real models' I/O contracts, negligible
-    compute) against transcode-only, per case, interleaved; ratio = ceiling fps ÷ transcode fps
+    """The pipeline's ceiling: ceiling stand-ins (the real models' I/O contracts, the light
+    stand-ins' results, negligible compute) against transcode-only, per case, interleaved; ratio = ceiling fps ÷ transcode fps
     of the same round. Whatever the models dir holds, this measures the glue, not models."""
-    from facefusion_tasks.models.standin import make_test_models
+    from facefusion_tasks.bench_models import make_ceiling_models
     from facefusion_tasks.video.probe import probe
     from facefusion_tasks.video.samples import make_sample_video
 
     with tempfile.TemporaryDirectory(prefix="ff-ceiling-") as tmp:
         scratch = Path(tmp)
-        make_test_models(scratch / "models")
+        make_ceiling_models(scratch / "models")
         # One inference thread unless told otherwise: on a GPU the models occupy no CPU thread
         # pool, while onnxruntime's default pool spin-waits on every core between calls (about
         # 10 ms of CPU per frame here), which would be charged to the glue this measures.
@@ -281,7 +281,7 @@ def run_ceiling(
         return {
             "mode": "ceiling",
             "machine": _machine(),
-            "models": "stand-in, light (negligible compute, real I/O contracts)",
+            "models": "ceiling stand-ins (real I/O contracts, negligible compute)",
             **_settings_facts(settings, loaded),
             "seconds": seconds,
             "repeats": repeats,
