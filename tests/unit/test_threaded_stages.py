@@ -82,14 +82,17 @@ def test_alignment_of_many_faces_at_once_equals_one_by_one() -> None:
             assert np.array_equal(align.estimate_norm(one, 128), matrix)
 
 
-def test_paste_back_in_two_buffers_equals_the_broadcast_formula() -> None:
+def test_paste_back_in_two_buffers_without_a_clip_equals_the_broadcast_formula() -> None:
     rng = np.random.default_rng(1)
     mask = feather_mask(128)
-    for _ in range(100):
+    for trial in range(300):
         frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
         kps = align.ARCFACE_TEMPLATE * rng.uniform(0.3, 3.0) + rng.uniform(-60, 600, 2)
         kps = (kps + rng.normal(0, 3, kps.shape)).astype(np.float32)
         crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        if trial % 3:  # the extremes, where a clip would act if anything went out of range
+            frame[...] = 255 * (trial % 3 == 1)
+            crop[...] = 255 * (trial % 3 == 2)
         matrix = align.estimate_norm(kps, 128)
         expected, got = frame.copy(), frame.copy()
         _paste_as_it_was(expected, crop, matrix, mask)
