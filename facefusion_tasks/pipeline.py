@@ -1,4 +1,5 @@
-"""decode → detect → swap → paste → encode, overlapped through bounded queues (no Celery here)."""
+"""decode → detect → swap → paste → encode, overlapped through bounded queues and a CPU pool
+(no Celery here)."""
 
 from __future__ import annotations
 
@@ -159,7 +160,9 @@ def run_swap(
 ) -> SwapResult:
     """Swap faces through a whole video (or a span): decode, infer and encode run concurrently,
     joined by queues of at most `settings.queue_frames` frames, so memory stays flat however
-    long the video is. Nothing appears at `job.output` unless every frame made it."""
+    long the video is; letterbox, box decoding, warps and paste-back run in a pool of
+    `settings.cpu_threads` beside the model calls. Nothing appears at `job.output` unless every
+    frame made it."""
     check_output(job.output, job.target)
     info = info or probe(job.target, ffmpeg=settings.ffmpeg)
     started = time.perf_counter()
