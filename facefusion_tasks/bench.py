@@ -1,5 +1,4 @@
-"""`facefusion-tasks bench`: interleaved, repeated measurements of the swap pipeline (end-to-end,
-transcode-only, inference-only, the ceiling with free models, processes, peak RSS)."""
+"""`facefusion-tasks bench`: the swap pipeline measured in interleaved, repeated rounds."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Stand-ins for the ceiling benchmark: the light stand-ins' I/O contracts and exact outputs, with
-next to no compute, so what `bench --ceiling` measures is the pipeline around the models."""
+"""Ceiling stand-ins: the light stand-ins' exact outputs and I/O contracts, next to no compute."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Interleaved benchmark rounds on a noisy machine: every measurement once per round, min and
-median over rounds, and ratios taken inside a round (never across rounds)."""
+"""Benchmark rounds for a noisy machine: interleaved, min and median, ratios within a round."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""decode → detect → swap → paste → encode, overlapped through bounded queues and a CPU pool
-(no Celery here)."""
+"""decode → detect → swap → paste → encode: bounded queues and a CPU pool, no Celery here."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Model calls whose outputs land in buffers allocated once per input shape (onnxruntime IO
-binding), so steady-state inference allocates no output memory."""
+"""onnxruntime IO binding: model outputs land in buffers allocated once per input shape."""
 
 from __future__ import annotations
 

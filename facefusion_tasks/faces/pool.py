@@ -1,9 +1,4 @@
-"""A small thread pool for per-frame CPU work (letterbox, box decoding, warps, paste-back).
-
-OpenCV and numpy release the GIL inside their kernels, so these run beside inference and the
-ffmpeg pipes. With no workers every call runs inline, in order: the serial reference the tests
-compare the threaded results against.
-"""
+"""A small thread pool for per-frame CPU work beside inference, or inline as the reference."""
 
 from __future__ import annotations
 
@@ -16,7 +11,12 @@ R = TypeVar("R")
 
 
 class CpuPool:
-    """`map` and `submit` over a few threads, or inline when `workers` is 0."""
+    """`map` and `submit` over a few threads, or inline when `workers` is 0.
+
+    The work is letterbox, box decoding, warps and paste-back: OpenCV and numpy release the GIL
+    inside their kernels, so it runs beside inference and the ffmpeg pipes. Inline, every call
+    runs in the caller's thread, in order: the serial reference the tests compare against.
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = max(0, workers)

@@ -1,5 +1,4 @@
-"""fp16 copies of the models (fp32 inputs and outputs kept), checked against fp32 and cached by
-the source's digest beside the batched copies."""
+"""fp16 model copies (fp32 inputs and outputs kept), checked against fp32, cached by digest."""
 
 from __future__ import annotations
 
