@@ -274,6 +274,7 @@ def run_ceiling(
                 "transcode_fps": spread([r[t].fps for r in rounds]),
                 "ceiling_fps": spread([r[c].fps for r in rounds]),
                 "ratio": per_round(rounds, _ratio_of(t, c)),
+                "cpu_ratio": per_round(rounds, _cpu_ratio_of(t, c)),
                 "cpu_per_frame": median_cpu([r[c] for r in rounds]),
                 "transcode_cpu_per_frame": median_cpu([r[t] for r in rounds]),
             }
@@ -291,6 +292,12 @@ def run_ceiling(
 def _ratio_of(transcode: str, ceiling: str) -> Callable[[Mapping[str, Run]], float]:
     """Ceiling fps ÷ transcode fps of one round (same frames, so transcode s ÷ ceiling s)."""
     return lambda r: r[transcode].seconds / r[ceiling].seconds
+
+
+def _cpu_ratio_of(transcode: str, ceiling: str) -> Callable[[Mapping[str, Run]], float]:
+    """Transcode CPU ÷ ceiling CPU per frame of one round: what the fps ratio tends to when the
+    machine is saturated, and far steadier than wall time on a shared one."""
+    return lambda r: r[transcode].cpu_per_frame()["total"] / r[ceiling].cpu_per_frame()["total"]
 
 
 def _child(clip: str, source: str, settings: Settings, ready: Any, go: Any, out: Any) -> None:
@@ -431,13 +438,15 @@ def render(report: dict[str, Any]) -> str:
     if report["mode"] == "ceiling":
         lines += [
             "",
-            "| case | frames | transcode-only fps | ceiling fps | ceiling ÷ transcode (same round) |",
-            "|---|---:|---:|---:|---|",
+            "| case | frames | transcode-only fps | ceiling fps | ceiling ÷ transcode fps "
+            "(same round) | CPU per frame, transcode ÷ ceiling (same round) |",
+            "|---|---:|---:|---:|---|---|",
         ]
         for name, case in report["cases"].items():
             lines.append(
                 f"| {name} | {case['frames']} | {_fps(case['transcode_fps'])} | "
-                f"{_fps(case['ceiling_fps'])} | {_ratio(case['ratio'])} |"
+                f"{_fps(case['ceiling_fps'])} | {_ratio(case['ratio'])} | "
+                f"{_ratio(case['cpu_ratio'])} |"
             )
         lines += ["", "CPU ms per frame (median over rounds), ceiling runs:", ""]
         stages = sorted({k for c in report["cases"].values() for k in c["cpu_per_frame"]})

@@ -81,4 +81,5 @@ def test_ceiling_run_reports_every_case_with_ratios_per_round() -> None:
     assert (
         case["cpu_per_frame"]["stage:paste"] > 0 and case["cpu_per_frame"]["ffmpeg processes"] > 0
     )
+    assert len(case["cpu_ratio"]["rounds"]) == 3
     assert "| 240p 2 faces | 10 |" in render(report)
