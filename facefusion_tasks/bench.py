@@ -398,14 +398,18 @@ def _memory(
         return go
 
     rounds = interleave({name: run(name) for name in variants}, repeats=repeats)
+    batched = f"heavy, detector batch {batch}"
     return {
-        name: {
-            "gflops": variants[name][0],
-            "detector_batch": variants[name][1].detector_batch,
-            "fps": spread([r[name].fps for r in rounds]),
-            "peak_rss_bytes": max(peaks[name]),
-        }
-        for name in variants
+        "runs": {
+            name: {
+                "gflops": variants[name][0],
+                "detector_batch": variants[name][1].detector_batch,
+                "fps": spread([r[name].fps for r in rounds]),
+                "peak_rss_bytes": max(peaks[name]),
+            }
+            for name in variants
+        },
+        "heavy_fps_vs_batched": per_round(rounds, lambda r: r["heavy"].fps / r[batched].fps),
     }
 
 
@@ -484,9 +488,11 @@ def render(report: dict[str, Any]) -> str:
                 )
             )
         if "memory" in report:
-            for name, run in report["memory"].items():
+            for name, run in report["memory"]["runs"].items():
                 batch = run["detector_batch"] or "auto"
                 rows.append((f"peak RSS (max over rounds), {name} ({run['gflops']:g} GFLOPs, detector batch {batch})",
                              f"{run['peak_rss_bytes'] / 2**20:.0f} MiB at {_fps(run['fps'])} fps"))  # fmt: skip
+            rows.append(("heavy detector fps, as set ÷ batched (same round)",
+                         _ratio(report["memory"]["heavy_fps_vs_batched"])))  # fmt: skip
         lines += [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n\n" + json.dumps(report, sort_keys=True)
