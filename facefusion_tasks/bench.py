@@ -173,6 +173,7 @@ def _settings_facts(settings: Settings, loaded: LoadedModels) -> dict[str, Any]:
 def run_bench(
     settings: Settings, *, seconds: float = 20.0, width: int = 640, height: int = 360,
     faces: int = 2, repeats: int = 3, memory: bool = False, processes: int = 0,
+    growth: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """End-to-end, transcode-only and inference-only on the same clip and the given models,
     interleaved over `repeats` rounds; the overlap ratio is computed inside each round."""
@@ -225,6 +226,8 @@ def run_bench(
             report["processes"] = _processes(settings, clip, source, processes, repeats)
         if memory:
             report["memory"] = _memory(settings, scratch, source, clip, repeats)
+        if growth:
+            report["growth"] = _growth(settings, scratch, source)
         return report
 
 
@@ -413,6 +416,23 @@ def _memory(
     }
 
 
+def _growth(settings: Settings, scratch: Path, source: Path) -> dict[str, Any]:
+    """Peak RSS of an end-to-end run on a 1-minute and a 6-minute 320x240 clip, each in a fresh
+    process: memory must not depend on the video's length."""
+    from facefusion_tasks.video.samples import make_sample_video
+
+    runs: dict[str, Any] = {}
+    for minutes in (1, 6):
+        clip = make_sample_video(
+            scratch / f"long-{minutes}m.mp4", seconds=60 * minutes, width=320, height=240,
+            faces=2, audio=True,
+        )  # fmt: skip
+        _, (runs[f"{minutes}min"],) = _spawned(settings, clip, source, 1)
+        clip.unlink()
+    growth = runs["6min"]["peak_rss_bytes"] - runs["1min"]["peak_rss_bytes"]
+    return runs | {"growth_bytes": growth}
+
+
 def _fps(s: dict[str, float]) -> str:
     return f"{s['median']:.1f} (min {s['min']:.1f})"
 
@@ -494,5 +514,10 @@ def render(report: dict[str, Any]) -> str:
                              f"{run['peak_rss_bytes'] / 2**20:.0f} MiB at {_fps(run['fps'])} fps"))  # fmt: skip
             rows.append(("heavy detector fps, as set ÷ batched (same round)",
                          _ratio(report["memory"]["heavy_fps_vs_batched"])))  # fmt: skip
+        if "growth" in report:
+            g = report["growth"]
+            rows.append(("peak RSS, 1 min vs 6 min (320x240)",
+                         f"{g['1min']['peak_rss_bytes'] / 2**20:.0f} MiB vs {g['6min']['peak_rss_bytes'] / 2**20:.0f} MiB "
+                         f"(growth {g['growth_bytes'] / 2**20:+.1f} MiB)"))  # fmt: skip
         lines += [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n\n" + json.dumps(report, sort_keys=True)

@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--memory", action="store_true", help="also peak RSS, light vs heavy detector"
     )
+    bench.add_argument("--growth", action="store_true", help="also peak RSS, 1 vs 6 min clip")
     bench.add_argument("--json", action="store_true")
     _settings_flags(bench)
     return parser
@@ -264,6 +265,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             memory=args.memory,
             processes=args.processes,
+            growth=args.growth,
         )
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
     return EXIT_OK
