@@ -83,3 +83,24 @@ def test_ceiling_run_reports_every_case_with_ratios_per_round() -> None:
     )
     assert len(case["cpu_ratio"]["rounds"]) == 3
     assert "| 240p 2 faces | 10 |" in render(report)
+
+
+def test_bench_runs_without_celery_or_redis_importable() -> None:
+    """On a GPU box with only the inference stack installed, `bench` must still start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'celery', 'kombu', 'redis'}:\n"
+        "            raise ImportError(name + ' is not installed here')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "from facefusion_tasks.cli import main\n"
+        "import facefusion_tasks.bench, facefusion_tasks.bench_models\n"
+        "sys.exit(main(['bench', '--help']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--ceiling" in done.stdout and "--io-binding" in done.stdout
