@@ -39,19 +39,26 @@ def fp16_model_path(
     spatial: int = 128,
 ) -> Path | None:
     """An fp16 copy of `model_path` with fp32 inputs and outputs, converted by onnxconverter-common
-    and cached in `cache_dir` as <stem>.<sha256 prefix>.fp16.onnx; verified on `providers` against
-    the fp32 model within FP16_TOLERANCE. None when it fails (recorded, so later starts do not
-    retry on the same onnxruntime)."""
+    and verified on `providers` against the fp32 model within FP16_TOLERANCE. Cached in
+    `cache_dir` under the source's sha256 and the converter's version; a cached copy is used only
+    while its record names that source and its own bytes still match the recorded digest. None
+    when conversion fails (recorded, so later starts do not retry on the same onnxruntime)."""
     import onnxruntime as ort
 
     try:
-        digest = _sha256(model_path)[:16]
+        source_digest = _sha256(model_path)
     except OSError as exc:
         raise ModelError(f"cannot read {model_path}: {exc}") from None
-    converted = cache_dir / f"{model_path.stem}.{digest}.fp16.onnx"
-    marker = cache_dir / f"{model_path.stem}.{digest}.fp16-failed.json"
+    stem = f"{model_path.stem}.{source_digest[:16]}.fp16-{_converter_version()}"
+    converted = cache_dir / f"{stem}.onnx"
+    record = cache_dir / f"{stem}.json"
+    marker = cache_dir / f"{stem}.failed.json"
     if converted.is_file():
-        return converted
+        made = _read_marker(record)
+        if made.get("source_sha256") == source_digest and made.get("sha256") == _sha256(converted):
+            return converted
+        log.warning("%s: cached fp16 copy does not match its record; converting again", model_path)
+        converted.unlink(missing_ok=True)
     if marker.is_file() and _read_marker(marker).get("onnxruntime") == ort.__version__:
         log.info("%s: fp16 unavailable (%s)", model_path.name, _read_marker(marker).get("reason"))
         return None
@@ -59,18 +66,29 @@ def fp16_model_path(
     reason = _convert(model_path, converted, providers, spatial)
     if reason is None:
         marker.unlink(missing_ok=True)
+        made = {"source_sha256": source_digest, "sha256": _sha256(converted)}
+        _write_atomic(record, (json.dumps(made, indent=2) + "\n").encode())
         log.info("%s: fp16 copy at %s", model_path.name, converted)
         return converted
     log.warning("%s: staying in fp32: %s", model_path.name, reason)
-    record = {
+    failure = {
         "source": str(model_path),
-        "sha256_prefix": digest,
+        "source_sha256": source_digest,
         "reason": reason,
         "onnxruntime": ort.__version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_atomic(marker, (json.dumps(record, indent=2) + "\n").encode())
+    _write_atomic(marker, (json.dumps(failure, indent=2) + "\n").encode())
     return None
+
+
+def _converter_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxconverter-common")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

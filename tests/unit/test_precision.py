@@ -132,3 +132,14 @@ def test_cpu_detector_runs_a_frame_per_call_unless_a_batch_is_set(settings: Sett
     assert detector.calls - calls == 1
     for a, b in zip(together, auto.detect(frames), strict=True):
         assert [f.score for f in a] == [f.score for f in b]
+
+
+def test_a_cached_fp16_copy_that_changed_is_converted_again(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    first = precision.fp16_model_path(models_dir / "w600k_r50.onnx", tmp_path)
+    assert first is not None
+    first.write_bytes(first.read_bytes() + b"tampered")
+    again = precision.fp16_model_path(models_dir / "w600k_r50.onnx", tmp_path)
+    assert again == first and precision.compare_fp16(models_dir / "w600k_r50.onnx", again) is None
+    assert not again.read_bytes().endswith(b"tampered")
