@@ -250,6 +250,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from facefusion_tasks.bench import render, run_bench, run_ceiling
+    from facefusion_tasks.errors import InputError
 
     if args.repeats < 3:
         raise InputError("--repeats must be at least 3: one noisy round proves nothing")
