@@ -1,27 +1,40 @@
-"""`facefusion-tasks bench`: end-to-end vs transcode-only vs inference-only, in one run."""
+"""`facefusion-tasks bench`: the swap pipeline measured in interleaved, repeated rounds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import platform
 import resource
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from facefusion_tasks.bench_rounds import (
+    Run,
+    interleave,
+    measured,
+    median_cpu,
+    per_round,
+    spread,
+)
 from facefusion_tasks.config import Settings
-from facefusion_tasks.faces.engine import StageClock
-from facefusion_tasks.faces.loader import load_models
-from facefusion_tasks.local import _has_real_models
+from facefusion_tasks.faces.engine import FrameSwap, StageClock
+from facefusion_tasks.faces.loader import LoadedModels, load_models
+from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.pipeline import SwapJob, run_swap
 
 #: At most this many frames are held in memory for the inference-only measurement.
 _INFERENCE_FRAMES = 240
+#: The ceiling's cases: (width, height, faces per frame).
+CEILING_CASES = ((1280, 720, 2), (1280, 720, 8), (1920, 1080, 2), (1920, 1080, 8))
+#: GFLOPs of the heavy stand-in detector (about det_10g's compute) in the memory comparison.
+HEAVY_DETECTOR_GFLOPS = 10.0
 
 
 class PassthroughEngine:
@@ -30,18 +43,64 @@ class PassthroughEngine:
     def __init__(self) -> None:
         self.clock = StageClock()
 
-    def process(self, frames: Sequence[np.ndarray]) -> list[int]:
+    def prepare(self, frame: np.ndarray) -> None:
+        return None
+
+    def infer(
+        self, frames: Sequence[np.ndarray], prepared: Sequence[None], pool: CpuPool = SERIAL
+    ) -> list[FrameSwap]:
+        return [FrameSwap(frame, []) for frame in frames]
+
+    def paste(self, work: FrameSwap) -> int:
+        return 0
+
+    def process(self, frames: Sequence[np.ndarray], pool: CpuPool = SERIAL) -> list[int]:
         return [0] * len(frames)
 
 
+def describe_models(models_dir: Path) -> str:
+    """Which models a run used: real, or stand-ins and how much compute their detector carries."""
+    import onnx
+
+    from facefusion_tasks.models.standin import DETECTOR_FILE, is_standin
+
+    detector = models_dir / DETECTOR_FILE
+    if not is_standin(detector):
+        return f"real ({models_dir})"
+    graph = onnx.load(str(detector), load_external_data=False).graph
+    ballast = sum(1 for init in graph.initializer if init.name.startswith("ballast_w"))
+    if not ballast:
+        return f"stand-in, light detector ({models_dir})"
+    # _ballast's layers: 16→16 channel 3×3 convolutions on 640×640 (the first takes 3 channels).
+    gflops = ballast * 2 * 640 * 640 * 16 * 16 * 9 / 1e9
+    return f"stand-in, detector with ~{gflops:.1f} GFLOPs ({models_dir})"
+
+
 def _models_for(settings: Settings, scratch: Path) -> tuple[Settings, bool]:
-    if _has_real_models(settings.models_dir):
+    """The models in settings.models_dir when all three are there (real or stand-ins, with their
+    compute); otherwise light stand-ins made for this run. Returns (settings, made_here)."""
+    from facefusion_tasks.errors import ModelError
+    from facefusion_tasks.faces.loader import model_paths
+
+    try:
+        model_paths(settings.models_dir)
         return settings, False
+    except ModelError:
+        pass
     from facefusion_tasks.models.standin import make_test_models
 
     make_test_models(scratch / "models")
     # The bench made these stand-ins itself: loading them is asked for here.
     return settings.replace(models_dir=scratch / "models", allow_standin_models=True), True
+
+
+def _made_here(settings: Settings, models_dir: Path) -> Settings:
+    """Settings aimed at stand-ins this run made: where a setting refuses stand-ins unless
+    asked (they vouch for nothing in production), these were made on purpose, so ask."""
+    changes: dict[str, Any] = {"models_dir": models_dir}
+    if any(f.name == "allow_standin_models" for f in dataclasses.fields(settings)):
+        changes["allow_standin_models"] = True
+    return settings.replace(**changes)
 
 
 def _source_image(scratch: Path) -> Path:
@@ -56,8 +115,7 @@ def _source_image(scratch: Path) -> Path:
     return path
 
 
-def _inference_only(engine: Any, clip: Path, settings: Settings) -> tuple[int, float]:
-    """Frames per second of the models alone, on frames decoded beforehand."""
+def _decoded_frames(clip: Path, settings: Settings) -> list[np.ndarray]:
     from facefusion_tasks.video.probe import probe
     from facefusion_tasks.video.reader import FrameReader
 
@@ -67,18 +125,248 @@ def _inference_only(engine: Any, clip: Path, settings: Settings) -> tuple[int, f
             frames.append(frame.image.copy())
             if len(frames) >= _INFERENCE_FRAMES:
                 break
-    started = time.perf_counter()
-    for i in range(0, len(frames), settings.batch_size):
-        engine.process(frames[i : i + settings.batch_size])
-    return len(frames), time.perf_counter() - started
+    return frames
 
 
-def _peak_rss_child(clip: str, source: str, settings: Settings, out: Any) -> None:
+def _pipeline_run(job: SwapJob, engine: Any, settings: Settings, info: Any) -> Callable[[], Run]:
+    def run() -> Run:
+        kept: dict[str, Any] = {}
+
+        def go() -> int:
+            kept["result"] = run_swap(job, engine, settings, info=info)
+            return int(kept["result"].frames)
+
+        base = measured(go)
+        return Run(
+            frames=base.frames,
+            seconds=base.seconds,
+            cpu_self=base.cpu_self,
+            cpu_children=base.cpu_children,
+            stage_cpu=kept["result"].stage_cpu_seconds,
+        )
+
+    return run
+
+
+def _inference_run(engine: Any, frames: list[np.ndarray], settings: Settings) -> Callable[[], Run]:
+    def run() -> Run:
+        # Fresh copies each round: the engine pastes in place.
+        batch_frames = [f.copy() for f in frames]
+
+        def go() -> int:
+            with CpuPool(settings.cpu_threads) as pool:
+                for i in range(0, len(batch_frames), settings.batch_size):
+                    engine.process(batch_frames[i : i + settings.batch_size], pool)
+            return len(batch_frames)
+
+        return measured(go)
+
+    return run
+
+
+def _machine() -> str:
+    return f"{platform.machine()} {mp.cpu_count()} cores, {platform.platform()}"
+
+
+def _settings_facts(settings: Settings, loaded: LoadedModels) -> dict[str, Any]:
+    return {
+        "provider": loaded.active_provider,
+        "batch_size": settings.batch_size,
+        "swapper_batched": loaded.swapper_batched,
+        "detector_batched": loaded.detector_batched,
+        "precision": settings.precision,
+        "io_binding": settings.io_binding,
+        "cpu_threads": settings.cpu_threads,
+        "inference_threads": settings.inference_threads,
+    }
+
+
+def run_bench(
+    settings: Settings, *, seconds: float = 20.0, width: int = 640, height: int = 360,
+    faces: int = 2, repeats: int = 3, memory: bool = False, processes: int = 0,
+    growth: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """End-to-end, transcode-only and inference-only on the same clip and the given models,
+    interleaved over `repeats` rounds; the overlap ratio is computed inside each round."""
+    from facefusion_tasks.video.probe import probe
+    from facefusion_tasks.video.samples import make_sample_video
+
+    with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
+        scratch = Path(tmp)
+        settings, made = _models_for(settings, scratch)
+        clip = make_sample_video(
+            scratch / "clip.mp4", seconds=seconds, width=width, height=height, faces=faces,
+            audio=True,
+        )  # fmt: skip
+        info = probe(clip, ffmpeg=settings.ffmpeg)
+        source = _source_image(scratch)
+        loaded = load_models(settings)
+        loaded.engine.set_source(source)
+        job = SwapJob(source, clip, scratch / "out.mp4")
+        frames = _decoded_frames(clip, settings)
+        rounds = interleave(
+            {
+                "transcode": _pipeline_run(job, PassthroughEngine(), settings, info),
+                "inference": _inference_run(loaded.engine, frames, settings),
+                "end_to_end": _pipeline_run(job, loaded.engine, settings, info),
+            },
+            repeats=repeats,
+        )
+        del frames
+
+        def overlap(r: Any) -> float:
+            e2e, inf = r["end_to_end"], r["inference"]
+            inference_seconds = e2e.frames * inf.seconds / inf.frames
+            return float(e2e.seconds / (r["transcode"].seconds + inference_seconds))
+
+        report: dict[str, Any] = {
+            "mode": "pipeline",
+            "machine": _machine(),
+            "models": describe_models(settings.models_dir) + (" (made for this run)" if made else ""),
+            "standin_models": loaded.standin,
+            **_settings_facts(settings, loaded),
+            "clip": {"seconds": seconds, "width": width, "height": height, "faces": faces,
+                     "frames": rounds[0]["end_to_end"].frames},
+            "repeats": repeats,
+            "fps": {name: spread([r[name].fps for r in rounds]) for name in rounds[0]},
+            "ratio": per_round(rounds, overlap),
+            "cpu_per_frame": median_cpu([r["end_to_end"] for r in rounds]),
+            "peak_rss_bytes": peak_rss(),
+        }  # fmt: skip
+        if processes > 1:
+            report["processes"] = _processes(settings, clip, source, processes, repeats)
+        if memory:
+            report["memory"] = _memory(settings, scratch, source, clip, repeats)
+        if growth:
+            report["growth"] = _growth(settings, scratch, source)
+        return report
+
+
+def run_ceiling(
+    settings: Settings, *, seconds: float = 4.0, repeats: int = 3,
+    cases: Sequence[tuple[int, int, int]] = CEILING_CASES,
+) -> dict[str, Any]:  # fmt: skip
+    """The pipeline's ceiling: ceiling stand-ins (the real models' I/O contracts, the light
+    stand-ins' results, negligible compute) against transcode-only, per case, interleaved; ratio = ceiling fps ÷ transcode fps
+    of the same round. Whatever the models dir holds, this measures the glue, not models."""
+    from facefusion_tasks.bench_models import make_ceiling_models
+    from facefusion_tasks.video.probe import probe
+    from facefusion_tasks.video.samples import make_sample_video
+
+    with tempfile.TemporaryDirectory(prefix="ff-ceiling-") as tmp:
+        scratch = Path(tmp)
+        make_ceiling_models(scratch / "models")
+        # One inference thread unless told otherwise: on a GPU the models occupy no CPU thread
+        # pool, while onnxruntime's default pool spin-waits on every core between calls (about
+        # 10 ms of CPU per frame here), which would be charged to the glue this measures.
+        threads = settings.inference_threads or 1
+        settings = _made_here(settings, scratch / "models").replace(inference_threads=threads)
+        source = _source_image(scratch)
+        loaded = load_models(settings)
+        loaded.engine.set_source(source)
+        measures: dict[str, Callable[[], Run]] = {}
+        for width, height, faces in cases:
+            name = f"{height}p {faces} faces"
+            clip = make_sample_video(
+                scratch / f"{height}p-{faces}.mp4", seconds=seconds, width=width, height=height,
+                faces=faces, audio=True,
+            )  # fmt: skip
+            info = probe(clip, ffmpeg=settings.ffmpeg)
+            job = SwapJob(source, clip, scratch / f"out-{height}p-{faces}.mp4")
+            measures[f"{name}|transcode"] = _pipeline_run(job, PassthroughEngine(), settings, info)
+            measures[f"{name}|ceiling"] = _pipeline_run(job, loaded.engine, settings, info)
+        rounds = interleave(measures, repeats=repeats)
+        table: dict[str, Any] = {}
+        for width, height, faces in cases:
+            name = f"{height}p {faces} faces"
+            t, c = f"{name}|transcode", f"{name}|ceiling"
+            table[name] = {
+                "width": width,
+                "height": height,
+                "faces": faces,
+                "frames": rounds[0][c].frames,
+                "transcode_fps": spread([r[t].fps for r in rounds]),
+                "ceiling_fps": spread([r[c].fps for r in rounds]),
+                "ratio": per_round(rounds, _ratio_of(t, c)),
+                "cpu_ratio": per_round(rounds, _cpu_ratio_of(t, c)),
+                "cpu_per_frame": median_cpu([r[c] for r in rounds]),
+                "transcode_cpu_per_frame": median_cpu([r[t] for r in rounds]),
+            }
+        return {
+            "mode": "ceiling",
+            "machine": _machine(),
+            "models": "ceiling stand-ins (real I/O contracts, negligible compute)",
+            **_settings_facts(settings, loaded),
+            "seconds": seconds,
+            "repeats": repeats,
+            "cases": table,
+        }
+
+
+def _ratio_of(transcode: str, ceiling: str) -> Callable[[Mapping[str, Run]], float]:
+    """Ceiling fps ÷ transcode fps of one round (same frames, so transcode s ÷ ceiling s)."""
+    return lambda r: r[transcode].seconds / r[ceiling].seconds
+
+
+def _cpu_ratio_of(transcode: str, ceiling: str) -> Callable[[Mapping[str, Run]], float]:
+    """Transcode CPU ÷ ceiling CPU per frame of one round: what the fps ratio tends to when the
+    machine is saturated, and far steadier than wall time on a shared one."""
+    return lambda r: r[transcode].cpu_per_frame()["total"] / r[ceiling].cpu_per_frame()["total"]
+
+
+def _child(clip: str, source: str, settings: Settings, ready: Any, go: Any, out: Any) -> None:
+    """One pipeline in a fresh process: load, say ready, wait for the start, run, report."""
     models = load_models(settings)
     models.engine.set_source(Path(source))
-    output = Path(clip).with_name(Path(clip).stem + "-swapped.mp4")
+    output = Path(clip).with_name(f"{Path(clip).stem}-{mp.current_process().pid}.mp4")
+    ready.put(True)
+    go.wait()
     result = run_swap(SwapJob(Path(source), Path(clip), output), models.engine, settings)
-    out.put({"frames": result.frames, "peak_rss_bytes": peak_rss()})
+    output.unlink(missing_ok=True)
+    out.put({"frames": result.frames, "seconds": result.seconds, "peak_rss_bytes": peak_rss()})
+
+
+def _spawned(settings: Settings, clip: Path, source: Path, count: int) -> tuple[float, list[Any]]:
+    """`count` pipelines in their own processes, started together once all have loaded their
+    models; returns the wall seconds until all finished and each one's report."""
+    ctx = mp.get_context("spawn")
+    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    children = [
+        ctx.Process(target=_child, args=(str(clip), str(source), settings, ready, go, out))
+        for _ in range(count)
+    ]
+    for child in children:
+        child.start()
+    for _ in children:
+        ready.get()
+    started = time.perf_counter()
+    go.set()
+    reports = [out.get() for _ in children]
+    seconds = time.perf_counter() - started
+    for child in children:
+        child.join()
+    return seconds, reports
+
+
+def _processes(
+    settings: Settings, clip: Path, source: Path, count: int, repeats: int
+) -> dict[str, Any]:
+    """Aggregate fps of `count` pipelines side by side against one, interleaved rounds."""
+
+    def run(n: int) -> Callable[[], Run]:
+        def go() -> Run:
+            seconds, reports = _spawned(settings, clip, source, n)
+            return Run(frames=sum(r["frames"] for r in reports), seconds=seconds)
+
+        return go
+
+    rounds = interleave({"1": run(1), str(count): run(count)}, repeats=repeats)
+    return {
+        "count": count,
+        "fps_1": spread([r["1"].fps for r in rounds]),
+        f"fps_{count}": spread([r[str(count)].fps for r in rounds]),
+        "speedup": per_round(rounds, lambda r: r[str(count)].fps / r["1"].fps),
+    }
 
 
 def peak_rss() -> int:
@@ -91,97 +379,156 @@ def peak_rss() -> int:
 
 
 def _memory(
-    settings: Settings, scratch: Path, source: Path, width: int, height: int
+    settings: Settings, scratch: Path, source: Path, clip: Path, repeats: int
 ) -> dict[str, Any]:
-    """Peak RSS of an end-to-end run on a 1-minute and a 6-minute clip, each in a fresh process."""
+    """Peak RSS and fps of end-to-end runs, each in a fresh process, interleaved over rounds:
+    the light stand-in detector and one carrying a real detector's compute under the settings
+    given, and the heavy one again with the detector batched (batch_size frames per call), so
+    the table shows what batching costs in memory and buys in speed on this provider."""
+    from facefusion_tasks.models.standin import make_test_models
+
+    batch = settings.batch_size
+    variants = {
+        "light": (0.0, settings),
+        "heavy": (HEAVY_DETECTOR_GFLOPS, settings),
+        f"heavy, detector batch {batch}": (
+            HEAVY_DETECTOR_GFLOPS,
+            settings.replace(detector_batch=batch),
+        ),
+    }
+    peaks: dict[str, list[int]] = {name: [] for name in variants}
+
+    def run(name: str) -> Callable[[], Run]:
+        gflops, chosen = variants[name]
+        models = scratch / f"memory-{gflops:g}"
+        if not models.is_dir():
+            make_test_models(models, detector_gflops=gflops)
+
+        def go() -> Run:
+            seconds, (report,) = _spawned(_made_here(chosen, models), clip, source, 1)
+            peaks[name].append(report["peak_rss_bytes"])
+            return Run(frames=report["frames"], seconds=seconds)
+
+        return go
+
+    rounds = interleave({name: run(name) for name in variants}, repeats=repeats)
+    batched = f"heavy, detector batch {batch}"
+    return {
+        "runs": {
+            name: {
+                "gflops": variants[name][0],
+                "detector_batch": variants[name][1].detector_batch,
+                "fps": spread([r[name].fps for r in rounds]),
+                "peak_rss_bytes": max(peaks[name]),
+            }
+            for name in variants
+        },
+        "heavy_fps_vs_batched": per_round(rounds, lambda r: r["heavy"].fps / r[batched].fps),
+    }
+
+
+def _growth(settings: Settings, scratch: Path, source: Path) -> dict[str, Any]:
+    """Peak RSS of an end-to-end run on a 1-minute and a 6-minute 320x240 clip, each in a fresh
+    process: memory must not depend on the video's length."""
     from facefusion_tasks.video.samples import make_sample_video
 
-    ctx = mp.get_context("spawn")
     runs: dict[str, Any] = {}
     for minutes in (1, 6):
         clip = make_sample_video(
-            scratch / f"long-{minutes}m.mp4", seconds=60 * minutes, width=width, height=height,
+            scratch / f"long-{minutes}m.mp4", seconds=60 * minutes, width=320, height=240,
             faces=2, audio=True,
         )  # fmt: skip
-        queue = ctx.Queue()
-        child = ctx.Process(target=_peak_rss_child, args=(str(clip), str(source), settings, queue))
-        child.start()
-        runs[f"{minutes}min"] = queue.get()
-        child.join()
+        _, (runs[f"{minutes}min"],) = _spawned(settings, clip, source, 1)
         clip.unlink()
     growth = runs["6min"]["peak_rss_bytes"] - runs["1min"]["peak_rss_bytes"]
-    return runs | {"growth_bytes": growth, "width": width, "height": height}
+    return runs | {"growth_bytes": growth}
 
 
-def run_bench(
-    settings: Settings, *, seconds: float = 20.0, width: int = 640, height: int = 360,
-    memory: bool = False,
-) -> dict[str, Any]:  # fmt: skip
-    """Measure the three throughputs on the same clip and models, and the overlap ratio."""
-    from facefusion_tasks.video.samples import make_sample_video
+def _fps(s: dict[str, float]) -> str:
+    return f"{s['median']:.1f} (min {s['min']:.1f})"
 
-    with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
-        scratch = Path(tmp)
-        settings, standin = _models_for(settings, scratch)
-        clip = make_sample_video(
-            scratch / "clip.mp4", seconds=seconds, width=width, height=height, faces=2, audio=True
-        )
-        source = _source_image(scratch)
-        loaded = load_models(settings)
-        loaded.engine.set_source(source)
-        job = SwapJob(source, clip, scratch / "out.mp4")
 
-        transcode = run_swap(job, PassthroughEngine(), settings)  # type: ignore[arg-type]
-        n_inf, t_inf = _inference_only(loaded.engine, clip, settings)
-        e2e = run_swap(job, loaded.engine, settings)
-        inference_seconds = e2e.frames * t_inf / n_inf
-        report: dict[str, Any] = {
-            "machine": f"{platform.machine()} {mp.cpu_count()} cores, {platform.platform()}",
-            "provider": loaded.active_provider,
-            "standin_models": standin,
-            "clip": {"seconds": seconds, "width": width, "height": height, "frames": e2e.frames},
-            "batch_size": settings.batch_size,
-            "swapper_batched": loaded.swapper_batched,
-            "end_to_end_fps": e2e.fps,
-            "transcode_only_fps": transcode.fps,
-            "inference_only_fps": n_inf / t_inf,
-            "end_to_end_seconds": e2e.seconds,
-            "transcode_only_seconds": transcode.seconds,
-            "inference_only_seconds": inference_seconds,
-            "ratio": e2e.seconds / (transcode.seconds + inference_seconds),
-            "stage_seconds": e2e.stage_seconds,
-            "faces_swapped": e2e.faces_swapped,
-            "peak_rss_bytes": peak_rss(),
-        }
-        if memory:
-            report["memory"] = _memory(settings, scratch, source, 320, 240)
-        return report
+def _ratio(s: dict[str, Any]) -> str:
+    return f"{s['median']:.3f} (min {s['min']:.3f}; rounds {', '.join(f'{v:.3f}' for v in s['rounds'])})"
+
+
+def _ms(table: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v * 1000:.2f}" for k, v in table.items())
 
 
 def render(report: dict[str, Any]) -> str:
-    """A Markdown table, ready for the README."""
-    rows = [
+    """Markdown tables, ready for the README, then the JSON they came from."""
+    head = [
         ("machine", report["machine"]),
-        ("models", "stand-in" if report["standin_models"] else "real")
-        , ("provider", report["provider"]),
-        ("clip", "{seconds:g} s, {width}x{height}, {frames} frames".format(**report["clip"])),
-        ("batch size / swapper batched", f"{report['batch_size']} / {report['swapper_batched']}"),
-        ("end-to-end", f"{report['end_to_end_fps']:.1f} fps ({report['end_to_end_seconds']:.2f} s)"),
-        ("transcode only", f"{report['transcode_only_fps']:.1f} fps ({report['transcode_only_seconds']:.2f} s)"),
-        ("inference only", f"{report['inference_only_fps']:.1f} fps ({report['inference_only_seconds']:.2f} s)"),
-        ("end-to-end / (transcode + inference)", f"{report['ratio']:.3f}"),
-        ("stage seconds (e2e)", ", ".join(f"{k} {v:.2f}" for k, v in sorted(report["stage_seconds"].items()))),
-        ("peak RSS (bench process)", f"{report['peak_rss_bytes'] / 2**20:.0f} MiB"),
+        ("models", report["models"]),
+        ("provider / precision / IO binding",
+         f"{report['provider']} / {report['precision']} / {report['io_binding']}"),
+        ("CPU pool threads / inference threads (0 = onnxruntime's default)",
+         f"{report['cpu_threads']} / {report['inference_threads']}"),
+        ("batch size / detector batched / swapper batched",
+         f"{report['batch_size']} / {report['detector_batched']} / {report['swapper_batched']}"),
+        ("rounds", f"{report['repeats']} interleaved; median (min) over rounds"),
     ]  # fmt: skip
-    if "memory" in report:
-        mem = report["memory"]
-        rows.append(
-            (
-                f"peak RSS, 1 min vs 6 min ({mem['width']}x{mem['height']})",
-                f"{mem['1min']['peak_rss_bytes'] / 2**20:.0f} MiB vs "
-                f"{mem['6min']['peak_rss_bytes'] / 2**20:.0f} MiB "
-                f"(growth {mem['growth_bytes'] / 2**20:+.1f} MiB)",
+    lines = ["| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in head]
+    if report["mode"] == "ceiling":
+        lines += [
+            "",
+            "| case | frames | transcode-only fps | ceiling fps | ceiling ÷ transcode fps "
+            "(same round) | CPU per frame, transcode ÷ ceiling (same round) |",
+            "|---|---:|---:|---:|---|---|",
+        ]
+        for name, case in report["cases"].items():
+            lines.append(
+                f"| {name} | {case['frames']} | {_fps(case['transcode_fps'])} | "
+                f"{_fps(case['ceiling_fps'])} | {_ratio(case['ratio'])} | "
+                f"{_ratio(case['cpu_ratio'])} |"
             )
-        )
-    table = ["| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(table) + "\n\n" + json.dumps(report, sort_keys=True)
+        lines += ["", "CPU ms per frame (median over rounds), ceiling runs:", ""]
+        stages = sorted({k for c in report["cases"].values() for k in c["cpu_per_frame"]})
+        lines.append("| stage | " + " | ".join(report["cases"]) + " |")
+        lines.append("|---|" + "---:|" * len(report["cases"]))
+        for stage in stages:
+            cells = [
+                f"{c['cpu_per_frame'].get(stage, 0.0) * 1000:.2f}" for c in report["cases"].values()
+            ]
+            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+        cells = [
+            f"{c['transcode_cpu_per_frame'].get('total', 0.0) * 1000:.2f}"
+            for c in report["cases"].values()
+        ]
+        lines.append("| total, transcode-only | " + " | ".join(cells) + " |")
+    else:
+        clip = report["clip"]
+        fps = report["fps"]
+        rows = [
+            ("clip", f"{clip['seconds']:g} s, {clip['width']}x{clip['height']}, {clip['faces']} faces, {clip['frames']} frames"),
+            ("end-to-end fps", _fps(fps["end_to_end"])),
+            ("transcode-only fps", _fps(fps["transcode"])),
+            ("inference-only fps", _fps(fps["inference"])),
+            ("end-to-end ÷ (transcode + inference), same round", _ratio(report["ratio"])),
+            ("CPU ms per frame (e2e)", _ms(report["cpu_per_frame"])),
+            ("peak RSS (bench process)", f"{report['peak_rss_bytes'] / 2**20:.0f} MiB"),
+        ]  # fmt: skip
+        if "processes" in report:
+            p = report["processes"]
+            n = p["count"]
+            rows.append(
+                (
+                    f"{n} processes vs 1, aggregate fps",
+                    f"{_fps(p[f'fps_{n}'])} vs {_fps(p['fps_1'])}; speed-up {_ratio(p['speedup'])}",
+                )
+            )
+        if "memory" in report:
+            for name, run in report["memory"]["runs"].items():
+                batch = run["detector_batch"] or "auto"
+                rows.append((f"peak RSS (max over rounds), {name} ({run['gflops']:g} GFLOPs, detector batch {batch})",
+                             f"{run['peak_rss_bytes'] / 2**20:.0f} MiB at {_fps(run['fps'])} fps"))  # fmt: skip
+            rows.append(("heavy detector fps, as set ÷ batched (same round)",
+                         _ratio(report["memory"]["heavy_fps_vs_batched"])))  # fmt: skip
+        if "growth" in report:
+            g = report["growth"]
+            rows.append(("peak RSS, 1 min vs 6 min (320x240)",
+                         f"{g['1min']['peak_rss_bytes'] / 2**20:.0f} MiB vs {g['6min']['peak_rss_bytes'] / 2**20:.0f} MiB "
+                         f"(growth {g['growth_bytes'] / 2**20:+.1f} MiB)"))  # fmt: skip
+        lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines) + "\n\n" + json.dumps(report, sort_keys=True)

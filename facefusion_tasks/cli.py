@@ -35,6 +35,12 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--video-quality", type=int, default=None)
     g.add_argument("--hwaccel", choices=["none", "auto", "cuda"])
     g.add_argument("--ffmpeg", default=None, help="ffmpeg executable")
+    g.add_argument("--cpu-threads", type=int, default=None, help="threads for per-frame CPU work")
+    g.add_argument("--detector-batch", type=int, default=None, help="0 = 1 on CPU, batch on GPU")
+    g.add_argument("--precision", choices=["fp32", "fp16"])
+    g.add_argument(
+        "--io-binding", action="store_const", const=True, default=None, help="bind model outputs"
+    )
 
 
 def _job_flags(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +52,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     names = [
         "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
         "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
+        "cpu_threads", "detector_batch", "precision", "io_binding",
     ]  # fmt: skip
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
@@ -143,10 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_flags(doctor)
 
     bench = sub.add_parser("bench", help="measure end-to-end vs transcode-only vs inference-only")
-    bench.add_argument("--seconds", type=float, default=20.0)
+    bench.add_argument("--seconds", type=float, default=None, help="clip length (20; ceiling 4)")
     bench.add_argument("--width", type=int, default=640)
     bench.add_argument("--height", type=int, default=360)
-    bench.add_argument("--memory", action="store_true", help="also compare peak RSS 1 vs 6 min")
+    bench.add_argument("--faces", type=int, default=2, help="faces per frame")
+    bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds (at least 3)")
+    bench.add_argument(
+        "--ceiling", action="store_true", help="free models vs transcode-only at 720p and 1080p"
+    )
+    bench.add_argument("--processes", type=int, default=0, help="also N pipelines vs 1")
+    bench.add_argument(
+        "--memory", action="store_true", help="also peak RSS, light vs heavy detector"
+    )
+    bench.add_argument("--growth", action="store_true", help="also peak RSS, 1 vs 6 min clip")
     bench.add_argument("--json", action="store_true")
     _settings_flags(bench)
     return parser
@@ -227,15 +243,25 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from facefusion_tasks.bench import render, run_bench
+    from facefusion_tasks.bench import render, run_bench, run_ceiling
+    from facefusion_tasks.errors import InputError
 
-    report = run_bench(
-        _settings(args),
-        seconds=args.seconds,
-        width=args.width,
-        height=args.height,
-        memory=args.memory,
-    )
+    if args.repeats < 3:
+        raise InputError("--repeats must be at least 3: one noisy round proves nothing")
+    if args.ceiling:
+        report = run_ceiling(_settings(args), seconds=args.seconds or 4.0, repeats=args.repeats)
+    else:
+        report = run_bench(
+            _settings(args),
+            seconds=args.seconds or 20.0,
+            width=args.width,
+            height=args.height,
+            faces=args.faces,
+            repeats=args.repeats,
+            memory=args.memory,
+            processes=args.processes,
+            growth=args.growth,
+        )
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
     return EXIT_OK
 

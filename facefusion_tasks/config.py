@@ -112,6 +112,18 @@ class Settings:
     #: Seconds a finished job's records (job, chunks) stay in Redis; the stall sweep then
     #: removes the job's leftover work directory too. A failed job can be retried until then.
     record_ttl_seconds: int = 7 * 24 * 3600
+    #: Threads for the per-frame CPU work beside inference (letterbox, box decoding, alignment
+    #: warps, paste-back); 0 = all of it on the inference thread, in order.
+    cpu_threads: int = 2
+    #: Frames per detector call; 0 = auto: 1 on the CPU provider (batching buys no speed there
+    #: and multiplies the activation memory), batch_size on a GPU (with the OOM back-off).
+    detector_batch: int = 0
+    #: fp32 | fp16: fp16 runs models converted to half precision (fp32 inputs and outputs kept,
+    #: checked against fp32, cached beside the batched copies); for GPUs.
+    precision: str = "fp32"
+    #: Bind model outputs to buffers allocated once per shape (onnxruntime IO binding), so a
+    #: call allocates no new output memory.
+    io_binding: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -180,6 +192,10 @@ class Settings:
             raise InputError("the stall time must be at least two heartbeat periods")
         if self.max_deliveries < 1 or self.gpu_processes < 1:
             raise InputError("max deliveries and gpu processes must be at least 1")
+        if self.cpu_threads < 0 or self.detector_batch < 0:
+            raise InputError("cpu threads and detector batch cannot be negative")
+        if self.precision not in {"fp32", "fp16"}:
+            raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://")):
             raise InputError("broker URL must be redis:// or rediss://")
 

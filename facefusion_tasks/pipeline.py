@@ -1,4 +1,4 @@
-"""decode → detect → swap → paste → encode, overlapped through bounded queues (no Celery here)."""
+"""decode → detect → swap → paste → encode: bounded queues and a CPU pool, no Celery here."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ import numpy as np
 from facefusion_tasks import observe
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled, InputError
-from facefusion_tasks.faces.engine import FaceEngine, StageClock
+from facefusion_tasks.faces.engine import FaceEngine, StageClock, mark
+from facefusion_tasks.faces.pool import CpuPool
 from facefusion_tasks.inputs import check_output
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.probe import VideoInfo, check_frame_size, probe
-from facefusion_tasks.video.reader import Frame, FrameReader
+from facefusion_tasks.video.reader import FrameReader
 from facefusion_tasks.video.writer import FrameWriter
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,8 @@ class SwapResult:
     encoder: str = ""
     #: The -hwaccel really passed to the decoder ("none" unless a GPU trial decode proved it).
     hwaccel: str = "none"
+    #: CPU seconds of the threads that ran each stage (onnxruntime's own threads excluded).
+    stage_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -126,11 +131,24 @@ class _Stages:
             except queue.Empty:
                 continue
 
+    def acquire(self, slots: threading.Semaphore) -> None:
+        while not slots.acquire(timeout=_POLL_SECONDS):
+            self.check()
+
+    def wait(self, future: Future[Any]) -> Any:
+        """The pool's result; its error is raised here, in the stage that needs the result."""
+        while True:
+            self.check()
+            try:
+                return future.result(timeout=_POLL_SECONDS)
+            except FutureTimeout:
+                continue
+
 
 def _timed(iterator: Iterator[Any], clock: StageClock, stage: str) -> Iterator[Any]:
     """Charge the time spent waiting on `iterator` to `stage`."""
     while True:
-        started = time.perf_counter()
+        started = mark()
         try:
             item = next(iterator)
         except StopIteration:
@@ -161,7 +179,9 @@ def run_swap(
 ) -> SwapResult:
     """Swap faces through a whole video (or a span): decode, infer and encode run concurrently,
     joined by queues of at most `settings.queue_frames` frames, so memory stays flat however
-    long the video is. Nothing appears at `job.output` unless every frame made it."""
+    long the video is; letterbox, box decoding, warps and paste-back run in a pool of
+    `settings.cpu_threads` beside the model calls. Nothing appears at `job.output` unless every
+    frame made it."""
     check_output(job.output, job.target)
     info = info or probe(
         job.target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels
@@ -170,7 +190,7 @@ def run_swap(
     check_frame_size(info, max_frame_pixels=settings.max_frame_pixels)
     started = time.perf_counter()
     clock = engine.clock
-    clock.seconds.clear()
+    clock.clear()
     result = SwapResult(output=job.output)
     stages = _Stages(cancel)
     decoded: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_frames)
@@ -194,10 +214,17 @@ def run_swap(
     )
     result.encoder = writer.encoder
 
+    pool = CpuPool(settings.cpu_threads)
+    # Letterboxed detector inputs (4.9 MB each at 640 px) wait for the model: at most two
+    # batches of them exist, whatever the queue length, so memory stays bounded.
+    ahead = threading.Semaphore(2 * settings.batch_size)
+
     def decode() -> None:
         try:
             for frame in _timed(iter(reader), clock, "decode"):
-                stages.put(decoded, frame)
+                stages.acquire(ahead)
+                image = _writable(frame.image)
+                stages.put(decoded, (image, frame.pts, pool.submit(engine.prepare, image)))
             stages.put(decoded, _END)
         except _Stop:
             pass
@@ -207,8 +234,9 @@ def run_swap(
     def encode() -> None:
         try:
             while (item := stages.get(swapped)) is not _END:
-                image, pts = item
-                begun = time.perf_counter()
+                pasted, image, pts = item
+                stages.wait(pasted)
+                begun = mark()
                 writer.write(image, pts)
                 clock.add("encode", begun)
                 if progress is not None:
@@ -228,7 +256,7 @@ def run_swap(
     try:
         ended = False
         while not ended:
-            batch: list[Frame] = []
+            batch: list[tuple[np.ndarray, int, Future[Any]]] = []
             while len(batch) < settings.batch_size:
                 item = stages.get(decoded)
                 if item is _END:
@@ -237,22 +265,28 @@ def run_swap(
                 batch.append(item)
             if not batch:
                 break
-            images = [_writable(frame.image) for frame in batch]
             begun = time.perf_counter()
-            counts = engine.process(images)
+            images = [image for image, _, _ in batch]
+            prepared = [stages.wait(future) for _, _, future in batch]
+            work = engine.infer(images, prepared, pool)
+            del prepared
+            ahead.release(len(batch))
+            counts = [len(w.faces) for w in work]
             result.faces_swapped += sum(counts)
             result.frames_with_faces += sum(1 for c in counts if c)
             now = dict(clock.seconds)
             observe.batch(
-                {k: v - seen.get(k, 0.0) for k, v in now.items()},
+                _metric_stages({k: v - seen.get(k, 0.0) for k, v in now.items()}),
                 frames=len(batch),
                 faces=sum(counts),
                 seconds=time.perf_counter() - begun,
             )
             seen = now
             result.frames += len(batch)
-            for frame, image in zip(batch, images, strict=True):
-                stages.put(swapped, (image, frame.pts))
+            # Paste-back runs in the pool while the next batch is inferred; the encoder waits
+            # for each frame's paste, in order.
+            for one, (image, pts, _) in zip(work, batch, strict=True):
+                stages.put(swapped, (pool.submit(engine.paste, one), image, pts))
         stages.put(swapped, _END)
         for thread in threads:
             while thread.is_alive():
@@ -270,12 +304,13 @@ def run_swap(
             writer.abort()
             for thread in threads:
                 thread.join(5)
+        pool.close(cancel=stages.error is not None)
     if stages.error is not None:
         if not isinstance(stages.error, Cancelled):
             observe.swap_run(ok=False, seconds=time.perf_counter() - started)
         raise stages.error
     reader.close()
-    begun = time.perf_counter()
+    committing = mark()
     try:
         if job.frames is not None and result.frames != job.frames:
             writer.abort()
@@ -289,11 +324,25 @@ def run_swap(
     except BaseException:
         observe.swap_run(ok=False, seconds=time.perf_counter() - started)
         raise
-    clock.add("encode", begun)
+    clock.add("encode", committing)
     result.seconds = time.perf_counter() - started
     observe.swap_run(ok=True, seconds=result.seconds)
     result.stage_seconds = dict(clock.seconds)
+    result.stage_cpu_seconds = dict(clock.cpu_seconds)
     return result
+
+
+#: The clock's finer stages, folded into the metric's stage label (a fixed set: the dashboards
+#: and alerts name it).
+_METRIC_STAGE = {"letterbox": "detect", "boxes": "detect", "align": "swap"}
+
+
+def _metric_stages(seconds: dict[str, float]) -> dict[str, float]:
+    folded: dict[str, float] = {}
+    for stage, spent in seconds.items():
+        name = _METRIC_STAGE.get(stage, stage)
+        folded[name] = folded.get(name, 0.0) + spent
+    return folded
 
 
 def _writable(image: np.ndarray) -> np.ndarray:

@@ -50,6 +50,37 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def umeyama_many(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """umeyama for a stack of point sets (N, K, 2) onto one dst (K, 2): (N, 2, 3), in one
+    vectorised pass with the same operations per face, so the same floats as `umeyama`."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    count, n = src.shape[0], src.shape[1]
+    src_mean, dst_mean = src.mean(1), dst.mean(0)
+    src_c, dst_c = src - src_mean[:, None, :], dst - dst_mean
+    cov = np.matmul(dst_c.T, src_c) / n
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones((count, 2))
+    d[np.linalg.det(cov) < 0, -1] = -1.0
+    diag = np.zeros((count, 2, 2))
+    diag[:, 0, 0], diag[:, 1, 1] = d[:, 0], d[:, 1]
+    rot = np.matmul(np.matmul(u, diag), vt)
+    var = (src_c**2).reshape(count, -1).sum(1) / n
+    scale = np.ones(count)
+    positive = var > 0
+    scale[positive] = (s * d).sum(1)[positive] / var[positive]
+    scaled = scale[:, None, None] * rot
+    matrix = np.empty((count, 2, 3))
+    matrix[:, :, :2] = scaled
+    matrix[:, :, 2] = dst_mean - np.matmul(scaled, src_mean[:, :, None])[:, :, 0]
+    return matrix
+
+
+def estimate_norms(kps: np.ndarray, size: int) -> np.ndarray:
+    """estimate_norm for a stack of faces' landmarks (N, 5, 2): (N, 2, 3)."""
+    return umeyama_many(kps, template(size))
+
+
 def estimate_norm(kps: np.ndarray, size: int) -> np.ndarray:
     """Affine (2×3) that maps a face's landmarks onto the template of a `size` px crop."""
     return umeyama(kps, template(size))
@@ -58,4 +89,9 @@ def estimate_norm(kps: np.ndarray, size: int) -> np.ndarray:
 def crop(image: np.ndarray, kps: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The aligned `size`×`size` crop of a face and the frame->crop affine used for it."""
     matrix = estimate_norm(kps, size)
-    return cv2.warpAffine(image, matrix, (size, size), borderValue=0.0), matrix
+    return warp(image, matrix, size), matrix
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """The `size`×`size` crop that the frame->crop affine `matrix` cuts out of `image`."""
+    return cv2.warpAffine(image, matrix, (size, size), borderValue=0.0)

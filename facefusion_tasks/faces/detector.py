@@ -3,19 +3,45 @@ batched), anchor decoding and NMS, vectorised in numpy."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from facefusion_tasks.errors import ModelError
 from facefusion_tasks.faces.backoff import BatchBackoff, concat_outputs
+from facefusion_tasks.faces.iobinding import ModelSession
+from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.faces.types import Face
 
 #: SCRFD exports with keypoints have 3 outputs (score, box, kps) per stride.
 _STRIDES_BY_OUTPUTS = {9: (8, 16, 32), 15: (8, 16, 32, 64, 128)}
 _ANCHORS_PER_CELL = 2
+#: blobFromImage's normalisation for SCRFD: (pixel - 127.5) / 128, RGB.
+_BLOB_ARGS: dict[str, Any] = {
+    "scalefactor": 1.0 / 128.0,
+    "mean": (127.5, 127.5, 127.5),
+    "swapRB": True,
+}
+
+
+@functools.cache
+def _black() -> np.ndarray:
+    """What blobFromImage makes of a black pixel, per channel (1, 3, 1, 1): the padding value,
+    computed by the same code as the picture so it is the same float."""
+    black = np.zeros((1, 1, 3), np.uint8)
+    return cv2.dnn.blobFromImage(black, **_BLOB_ARGS)
+
+
+@dataclass(frozen=True)
+class Letterboxed:
+    """One frame ready for the detector: the (1, 3, S, S) input and the frame->input scale."""
+
+    blob: np.ndarray
+    scale: float
 
 
 class Detector:
@@ -23,7 +49,7 @@ class Detector:
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        session: ModelSession,
         *,
         input_size: int = 640,
         score_threshold: float = 0.5,
@@ -64,45 +90,58 @@ class Detector:
             self._centers[stride] = centers
         return centers
 
-    def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
-        """Resize keeping aspect into the top-left of a square canvas; returns (blob, scale)."""
+    def letterbox(self, frame: np.ndarray) -> Letterboxed:
+        """The model input for one frame: resized keeping aspect into the top-left of a square,
+        normalised; the rest is the normalised value of black, as if padded with zeros."""
         height, width = frame.shape[:2]
         scale = min(self.size / height, self.size / width)
         new_w, new_h = max(int(width * scale), 1), max(int(height * scale), 1)
-        canvas = np.zeros((self.size, self.size, 3), np.uint8)
-        canvas[:new_h, :new_w] = cv2.resize(frame, (new_w, new_h))
-        blob = cv2.dnn.blobFromImage(
-            canvas, 1.0 / 128.0, (self.size, self.size), (127.5, 127.5, 127.5), swapRB=True
-        )
-        return blob, new_h / height
+        resized = cv2.resize(frame, (new_w, new_h))
+        # Normalising only the picture, not a zero-padded canvas, is the same arithmetic per pixel
+        # on a fraction of the pixels (the equality test guards it).
+        picture = cv2.dnn.blobFromImage(resized, **_BLOB_ARGS)
+        blob = np.empty((1, 3, self.size, self.size), np.float32)
+        blob[:, :, :new_h, new_w:] = _black()
+        blob[:, :, new_h:, :] = _black()
+        blob[:, :, :new_h, :new_w] = picture
+        return Letterboxed(blob, new_h / height)
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Faces per frame, in the same order as `frames`."""
-        if not frames:
+    def infer(self, prepared: Sequence[Letterboxed]) -> list[list[np.ndarray]]:
+        """Run the model; each frame's outputs, in the order of `prepared`."""
+        if not prepared:
             return []
-        prepared = [self._letterbox(f) for f in frames]
-        results: list[list[Face]] = []
-        if self.batched:
-            batch = np.concatenate([blob for blob, _ in prepared])
+        if not self.batched:
+            per_frame: list[list[np.ndarray]] = []
+            for item in prepared:
 
-            def call(start: int, stop: int) -> list[np.ndarray]:
-                outs = self.session.run(self.output_names, {self.input_name: batch[start:stop]})
-                if self.folded:  # [N * anchors, C] -> [N, anchors, C]
-                    outs = [o.reshape(stop - start, -1, o.shape[-1]) for o in outs]
-                return list(outs)
-
-            outs = concat_outputs(self.backoff.run(len(batch), call))
-            for i, (_, scale) in enumerate(prepared):
-                results.append(self._decode([o[i] for o in outs], scale))
-        else:
-            for blob, scale in prepared:
-
-                def single(_start: int, _stop: int, b: np.ndarray = blob) -> list[np.ndarray]:
+                def single(_start: int, _stop: int, b: np.ndarray = item.blob) -> list[np.ndarray]:
                     return list(self.session.run(self.output_names, {self.input_name: b}))
 
                 (outs,) = self.backoff.run(1, single)
-                results.append(self._decode(outs, scale))
-        return results
+                per_frame.append(outs)
+            return per_frame
+
+        def call(start: int, stop: int) -> list[np.ndarray]:
+            # Built per slice: at a cap of 1 (the CPU) no batch-sized input ever exists.
+            items = prepared[start:stop]
+            batch = items[0].blob if len(items) == 1 else np.concatenate([p.blob for p in items])
+            outs = self.session.run(self.output_names, {self.input_name: batch})
+            if self.folded:  # [N * anchors, C] -> [N, anchors, C]
+                outs = [o.reshape(stop - start, -1, o.shape[-1]) for o in outs]
+            return list(outs)
+
+        outs = concat_outputs(self.backoff.run(len(prepared), call))
+        return [[o[i] for o in outs] for i in range(len(prepared))]
+
+    def decode(self, outs: Sequence[np.ndarray], prepared: Letterboxed) -> list[Face]:
+        """One frame's faces from its model outputs (anchor decoding and NMS)."""
+        return self._decode(outs, prepared.scale)
+
+    def detect(self, frames: Sequence[np.ndarray], pool: CpuPool = SERIAL) -> list[list[Face]]:
+        """Faces per frame, in the same order as `frames`; per-frame CPU work in `pool`."""
+        prepared = pool.map(self.letterbox, frames)
+        outs = self.infer(prepared)
+        return pool.map(lambda pair: self.decode(*pair), list(zip(outs, prepared, strict=True)))
 
     def _decode(self, outs: Sequence[np.ndarray], scale: float) -> list[Face]:
         count = len(self.strides)

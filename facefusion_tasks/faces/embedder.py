@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from facefusion_tasks.faces import align
 from facefusion_tasks.faces.backoff import BatchBackoff
+from facefusion_tasks.faces.iobinding import ModelSession
 from facefusion_tasks.faces.types import Face
 
 #: ArcFace crop size (w600k_r50 takes 112×112).
@@ -19,7 +19,7 @@ EMBED_SIZE = 112
 class Embedder:
     """Maps faces to L2-normalised 512-d identity vectors."""
 
-    def __init__(self, session: ort.InferenceSession, *, max_batch: int = 64) -> None:
+    def __init__(self, session: ModelSession, *, max_batch: int = 64) -> None:
         self.session = session
         inp = session.get_inputs()[0]
         self.input_name = inp.name

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,26 +14,57 @@ import numpy as np
 
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.faces import align
-from facefusion_tasks.faces.detector import Detector
+from facefusion_tasks.faces.detector import Detector, Letterboxed
 from facefusion_tasks.faces.embedder import Embedder
 from facefusion_tasks.faces.paste import feather_mask, paste_back
+from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.faces.swapper import SWAP_SIZE, Swapper
 from facefusion_tasks.faces.types import Face
 from facefusion_tasks.inputs import read_image
 from facefusion_tasks.reasons import Reason
 
+#: A stage's start: (wall clock, this thread's CPU clock).
+Mark = tuple[float, float]
+
+
+def mark() -> Mark:
+    """Now, on both clocks a StageClock charges."""
+    return time.perf_counter(), time.thread_time()
+
 
 @dataclass
 class StageClock:
-    """Seconds spent per pipeline stage; the engine and the video threads add to it."""
+    """Seconds spent per pipeline stage, wall and CPU; the engine, its pool and the video threads
+    add to it. CPU is the calling thread's own (time.thread_time): onnxruntime's intra-op threads
+    are not in it, so the rest of the process's CPU is what the models used."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    cpu_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, stage: str, started: float) -> float:
+    def add(self, stage: str, started: Mark) -> Mark:
         """Charge the time since `started` to `stage`; returns now, to chain measurements."""
-        now = time.perf_counter()
-        self.seconds[stage] += now - started
+        now = mark()
+        # Pool threads charge the same stage concurrently; `+=` on a dict item is not atomic.
+        with self._lock:
+            self.seconds[stage] += now[0] - started[0]
+            self.cpu_seconds[stage] += now[1] - started[1]
         return now
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Charge the body's time to `name`."""
+        started = mark()
+        try:
+            yield
+        finally:
+            self.add(name, started)
+
+    def clear(self) -> None:
+        """Start counting from zero (a new run)."""
+        with self._lock:
+            self.seconds.clear()
+            self.cpu_seconds.clear()
 
 
 class FaceEngine:
@@ -85,7 +118,7 @@ class FaceEngine:
         if self.selector == "reference":
             if self.reference is None:
                 raise InputError("the reference selector needs --reference-face IMAGE")
-            started = time.perf_counter()
+            started = mark()
             flat = [(i, face) for i, faces in enumerate(found) for face in faces]
             distances = (
                 1.0 - self.embedder.embed([(frames[i], f) for i, f in flat]) @ self.reference
@@ -98,27 +131,68 @@ class FaceEngine:
             return chosen
         return found
 
-    def process(self, frames: Sequence[np.ndarray]) -> list[int]:
+    def prepare(self, frame: np.ndarray) -> Letterboxed:
+        """The detector input for one frame (runs in the CPU pool, ahead of the model)."""
+        with self.clock.stage("letterbox"):
+            return self.detector.letterbox(frame)
+
+    def infer(
+        self,
+        frames: Sequence[np.ndarray],
+        prepared: Sequence[Letterboxed],
+        pool: CpuPool = SERIAL,
+    ) -> list[FrameSwap]:
+        """Detect, select, align and swap: every model call for a batch, the per-frame CPU work
+        between them in `pool`. Frames are not changed yet: paste() each result for that."""
+        if self.latent is None:
+            raise RuntimeError("set_source() must run before process()")
+        latent = self.latent
+        with self.clock.stage("detect"):
+            outs = self.detector.infer(prepared)
+
+        def boxes(index: int) -> list[Face]:
+            with self.clock.stage("boxes"):
+                return self.detector.decode(outs[index], prepared[index])
+
+        found = pool.map(boxes, range(len(frames)))
+        selected = self._select(frames, found)
+        work = [FrameSwap(frame, []) for frame in frames]
+        flat = [(i, face) for i, faces in enumerate(selected) for face in faces]
+        if not flat:
+            return work
+        with self.clock.stage("align"):
+            matrices = align.estimate_norms(np.stack([face.kps for _, face in flat]), SWAP_SIZE)
+
+        def cut(index: int) -> np.ndarray:
+            with self.clock.stage("align"):
+                return align.warp(frames[flat[index][0]], matrices[index], SWAP_SIZE)
+
+        crops = np.stack(pool.map(cut, range(len(flat))))
+        with self.clock.stage("swap"):
+            swapped = self.swapper.swap(crops, latent)
+        for (frame_index, _), face_crop, matrix in zip(flat, swapped, matrices, strict=True):
+            work[frame_index].faces.append((face_crop, matrix))
+        return work
+
+    def paste(self, work: FrameSwap) -> int:
+        """Blend one frame's swapped faces back in place, in detection order (faces may overlap,
+        so one frame's faces are never split across threads); returns how many."""
+        with self.clock.stage("paste"):
+            for face_crop, matrix in work.faces:
+                paste_back(work.frame, face_crop, matrix, self.mask)
+        return len(work.faces)
+
+    def process(self, frames: Sequence[np.ndarray], pool: CpuPool = SERIAL) -> list[int]:
         """Swap the selected faces of every frame in place; returns the count swapped per frame."""
         if self.latent is None:
             raise RuntimeError("set_source() must run before process()")
-        started = time.perf_counter()
-        found = self.detector.detect(frames)
-        self.clock.add("detect", started)
-        selected = self._select(frames, found)
-        started = time.perf_counter()
-        jobs = [
-            (i, *align.crop(frames[i], face.kps, SWAP_SIZE))
-            for i, faces in enumerate(selected)
-            for face in faces
-        ]
-        counts = [len(faces) for faces in selected]
-        if not jobs:
-            return counts
-        crops = np.stack([crop for _, crop, _ in jobs])
-        swapped = self.swapper.swap(crops, self.latent)
-        started = self.clock.add("swap", started)
-        for (frame_index, _, matrix), face_crop in zip(jobs, swapped, strict=True):
-            paste_back(frames[frame_index], face_crop, matrix, self.mask)
-        self.clock.add("paste", started)
-        return counts
+        prepared = pool.map(self.prepare, frames)
+        return pool.map(self.paste, self.infer(frames, prepared, pool))
+
+
+@dataclass(frozen=True)
+class FrameSwap:
+    """One frame's swap, ready to paste: the frame and its (swapped crop, frame->crop affine)."""
+
+    frame: np.ndarray
+    faces: list[tuple[np.ndarray, np.ndarray]]

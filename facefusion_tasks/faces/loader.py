@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
-
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import ModelError
 from facefusion_tasks.faces.detector import Detector
 from facefusion_tasks.faces.embedder import Embedder
 from facefusion_tasks.faces.engine import FaceEngine
+from facefusion_tasks.faces.iobinding import ModelSession
 from facefusion_tasks.faces.sessions import (
     ProviderChoice,
     ProviderUnavailable,
@@ -24,6 +23,7 @@ from facefusion_tasks.faces.sessions import (
     create_session,
 )
 from facefusion_tasks.faces.swapper import Swapper, read_emap
+from facefusion_tasks.faces.tuning import detector_batch, tuned_model_path, tuned_session
 from facefusion_tasks.models.standin import DETECTOR_FILE, EMBEDDER_FILE, SWAPPER_FILE, is_standin
 
 log = logging.getLogger(__name__)
@@ -151,14 +151,18 @@ def load_models(settings: Settings) -> LoadedModels:
     cache = batch_cache(settings.models_dir)
     threads = settings.inference_threads
 
-    def session(path: Path) -> ort.InferenceSession:
+    def session(path: Path) -> ModelSession:
+        path = tuned_model_path(path, cache, settings, choice)
         try:
-            return create_session(
-                path,
-                choice,
-                threads=threads,
-                gpu_mem_limit=settings.gpu_mem_limit,
-                allow_cpu_fallback=settings.allow_cpu_fallback,
+            return tuned_session(
+                create_session(
+                    path,
+                    choice,
+                    threads=threads,
+                    gpu_mem_limit=settings.gpu_mem_limit,
+                    allow_cpu_fallback=settings.allow_cpu_fallback,
+                ),
+                settings,
             )
         except ProviderUnavailable:
             raise  # already one line naming the provider and the reason
@@ -166,11 +170,12 @@ def load_models(settings: Settings) -> LoadedModels:
             raise ModelError(f"{path.name}: cannot be loaded ({exc})") from exc
 
     # SCRFD exports flatten the batch into the anchor axis ("folded"); the detector splits it.
+    detector_session = session(_dynamic_copy(paths["detector"], cache, folded_ok=True))
     detector = Detector(
-        session(_dynamic_copy(paths["detector"], cache, folded_ok=True)),
+        detector_session,
         input_size=settings.detector_size,
         score_threshold=settings.detector_score,
-        max_batch=settings.batch_size,
+        max_batch=detector_batch(settings, detector_session.get_providers()[0]),
     )
     embedder = Embedder(session(_dynamic_copy(paths["embedder"], cache)))
     swapper_session = session(_dynamic_copy(paths["swapper"], cache))

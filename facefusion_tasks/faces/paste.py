@@ -37,7 +37,17 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np
     local[:, 2] -= (x0, y0)
     box = (x1 - x0, y1 - y0)
     face = cv2.warpAffine(crop, local, box, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(mask, local, box, flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
+    alpha = cv2.warpAffine(mask, local, box, flags=cv2.INTER_LINEAR, borderValue=0.0)
     region = frame[y0:y1, x0:x1]
-    blended = region.astype(np.float32) + alpha * (face.astype(np.float32) - region)
-    region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    # region + alpha * (face - region), + 0.5, truncated to uint8: the same float32 operations
+    # as ever, in two buffers and without numpy's slow broadcast of a trailing axis of 1 (alpha
+    # is widened to 3 channels instead). No clip to 0..255: rounding is monotonic, so with alpha
+    # in [0, 1] (give or take a rounding) the blend stays between region and face, and after
+    # + 0.5 truncation lands in 0..255 exactly where a clip first would have put it.
+    base = region.astype(np.float32)
+    out = face.astype(np.float32)
+    np.subtract(out, base, out=out)
+    np.multiply(out, cv2.merge((alpha, alpha, alpha)), out=out)
+    np.add(base, out, out=out)
+    np.add(out, np.float32(0.5), out=out)
+    np.copyto(region, out, casting="unsafe")

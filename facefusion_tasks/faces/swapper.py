@@ -6,11 +6,11 @@ import logging
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
 from facefusion_tasks.errors import ModelError
 from facefusion_tasks.faces.backoff import BatchBackoff
+from facefusion_tasks.faces.iobinding import ModelSession
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ def read_emap(model_path: str) -> np.ndarray:
 class Swapper:
     """Runs inswapper on batches of aligned 128 px crops (BGR uint8 in, BGR uint8 out)."""
 
-    def __init__(
-        self, session: ort.InferenceSession, emap: np.ndarray, *, max_batch: int = 64
-    ) -> None:
+    def __init__(self, session: ModelSession, emap: np.ndarray, *, max_batch: int = 64) -> None:
         self.session = session
         inputs = session.get_inputs()
         if len(inputs) != 2:

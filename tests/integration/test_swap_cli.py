@@ -230,3 +230,22 @@ def test_the_readme_demo_runs_end_to_end_on_stand_ins(tmp_path: Path) -> None:
     out = tmp_path / "demo" / "swapped.mp4"
     assert video_times(out) == video_times(tmp_path / "demo" / "sample.mp4")
     assert audio_duration(out) is not None
+
+
+def test_threaded_stages_write_the_same_video_as_inline_ones(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    """Letterbox, box decoding, warps and paste-back in a pool (overlapping the models and the
+    pipes) change nothing in the output: the decoded frames equal an all-inline run's."""
+    outputs = {}
+    for threads in ("0", "3"):
+        out = tmp_path / f"threads-{threads}.mp4"
+        done = run_cli(
+            "swap", media["source"], media["faces"], "-o", out, "--batch-size", "3",
+            models=models_dir, env={"FACEFUSION_CPU_THREADS": threads},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outputs[threads] = decode_frames(out)
+    assert len(outputs["0"]) == len(outputs["3"]) > 0
+    for inline, threaded in zip(outputs["0"], outputs["3"], strict=True):
+        assert np.array_equal(inline, threaded)

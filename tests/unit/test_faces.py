@@ -158,7 +158,8 @@ def test_source_without_a_face_is_bad_input(settings: Settings, tmp_path: Path) 
 def test_converted_detector_batches_frames_with_identical_results(
     settings: Settings, detector: Detector
 ) -> None:
-    batched = load_models(settings).engine.detector
+    # A batch set explicitly: on the CPU provider the detector otherwise runs frame by frame.
+    batched = load_models(settings.replace(detector_batch=8)).engine.detector
     assert batched.batched and not detector.batched
     frames = [_frame((90, 120, 45)), _frame(), _frame((60, 60, 30), (250, 170, 40))]
     calls = batched.calls

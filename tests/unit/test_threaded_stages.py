@@ -1,0 +1,156 @@
+"""The per-frame CPU work in a thread pool, and its vectorised and buffer-saving rewrites, give
+bit-identical results to the serial, per-face code they replaced."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.faces import align
+from facefusion_tasks.faces.detector import Detector
+from facefusion_tasks.faces.loader import load_models
+from facefusion_tasks.faces.paste import feather_mask, paste_back
+from facefusion_tasks.faces.pool import SERIAL, CpuPool
+from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.video.samples import face_positions, synthetic_frame
+
+
+def _letterbox_on_canvas(frame: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """The letterbox as it was: a zero canvas, normalised whole."""
+    height, width = frame.shape[:2]
+    scale = min(size / height, size / width)
+    new_w, new_h = max(int(width * scale), 1), max(int(height * scale), 1)
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[:new_h, :new_w] = cv2.resize(frame, (new_w, new_h))
+    blob = cv2.dnn.blobFromImage(
+        canvas, 1.0 / 128.0, (size, size), (127.5, 127.5, 127.5), swapRB=True
+    )
+    return blob, new_h / height
+
+
+def _paste_as_it_was(
+    frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray
+) -> None:
+    size = crop.shape[0]
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+    mapped = corners @ inverse.T
+    height, width = frame.shape[:2]
+    x0 = max(int(np.floor(mapped[:, 0].min())), 0)
+    y0 = max(int(np.floor(mapped[:, 1].min())), 0)
+    x1 = min(int(np.ceil(mapped[:, 0].max())) + 1, width)
+    y1 = min(int(np.ceil(mapped[:, 1].max())) + 1, height)
+    if x1 <= x0 or y1 <= y0:
+        return
+    local = inverse.copy()
+    local[:, 2] -= (x0, y0)
+    box = (x1 - x0, y1 - y0)
+    face = cv2.warpAffine(crop, local, box, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask, local, box, flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
+    region = frame[y0:y1, x0:x1]
+    blended = region.astype(np.float32) + alpha * (face.astype(np.float32) - region)
+    region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "height, width", [(720, 1280), (1080, 1920), (240, 320), (1000, 333), (37, 1001), (640, 640)]
+)
+def test_letterbox_without_a_canvas_is_the_same_blob(height: int, width: int) -> None:
+    frame = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    detector = Detector.__new__(Detector)
+    detector.size = 640
+    expected, scale = _letterbox_on_canvas(frame, 640)
+    got = detector.letterbox(frame)
+    assert got.blob.dtype == np.float32 and got.scale == scale
+    assert np.array_equal(got.blob, expected)
+
+
+def test_alignment_of_many_faces_at_once_equals_one_by_one() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        kps = rng.random((int(rng.integers(1, 10)), 5, 2)) * rng.choice([1.0, 100.0, 1000.0])
+        if trial % 5 == 0:
+            kps[..., 0] *= -1  # mirrored faces take the reflection branch
+        kps = kps.astype(np.float32)
+        many = align.estimate_norms(kps, 128)
+        for one, matrix in zip(kps, many, strict=True):
+            assert np.array_equal(align.estimate_norm(one, 128), matrix)
+
+
+def test_paste_back_in_two_buffers_without_a_clip_equals_the_broadcast_formula() -> None:
+    rng = np.random.default_rng(1)
+    mask = feather_mask(128)
+    for trial in range(300):
+        frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+        kps = align.ARCFACE_TEMPLATE * rng.uniform(0.3, 3.0) + rng.uniform(-60, 600, 2)
+        kps = (kps + rng.normal(0, 3, kps.shape)).astype(np.float32)
+        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        if trial % 3:  # the extremes, where a clip would act if anything went out of range
+            frame[...] = 255 * (trial % 3 == 1)
+            crop[...] = 255 * (trial % 3 == 2)
+        matrix = align.estimate_norm(kps, 128)
+        expected, got = frame.copy(), frame.copy()
+        _paste_as_it_was(expected, crop, matrix, mask)
+        paste_back(got, crop, matrix, mask)
+        assert np.array_equal(got, expected)
+
+
+def _frames(count: int, faces: int) -> list[np.ndarray]:
+    # Faces close enough to overlap after swapping, so paste order within a frame matters.
+    frames = [synthetic_frame(640, 360, faces, i) for i in range(count)]
+    for i, frame in enumerate(frames):
+        for cx, cy, radius in face_positions(640, 360, faces, i)[:1]:
+            draw_face(frame, cx + radius * 0.9, cy, radius * 0.8)
+    frames.append(background(640, 360, 0))  # one without faces
+    return frames
+
+
+def test_engine_in_a_pool_equals_the_engine_inline(settings: Settings, tmp_path: Path) -> None:
+    source = tmp_path / "source.png"
+    image = background(256, 256, 0)
+    draw_face(image, 128, 128, 90)
+    cv2.imwrite(str(source), image)
+    engine = load_models(settings).engine
+    engine.set_source(source)
+    serial, threaded = _frames(6, 4), _frames(6, 4)
+    counts_serial = engine.process(serial, SERIAL)
+    with CpuPool(3) as pool:
+        counts_threaded = engine.process(threaded, pool)
+    assert counts_serial == counts_threaded and sum(counts_serial) > 6 and counts_serial[-1] == 0
+    for a, b in zip(serial, threaded, strict=True):
+        assert np.array_equal(a, b)
+    assert {"letterbox", "detect", "boxes", "align", "swap", "paste"} <= set(engine.clock.seconds)
+
+
+def test_the_pool_runs_work_on_its_threads_and_inline_without_them() -> None:
+    names: list[str] = []
+    with CpuPool(2) as pool:
+        assert pool.map(
+            lambda x: (names.append(threading.current_thread().name), x * 2)[1], range(5)
+        ) == [0, 2, 4, 6, 8]
+        failed = pool.submit(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failed.result(5)
+    assert all(name.startswith("ff-cpu") for name in names)
+    assert (
+        SERIAL.submit(lambda: threading.current_thread().name).result()
+        == threading.current_thread().name
+    )
+    with pytest.raises(ZeroDivisionError):
+        SERIAL.submit(lambda: 1 / 0).result()
+
+
+def test_finer_stages_fold_into_the_metric_stage_labels() -> None:
+    from facefusion_tasks.metrics.definitions import STAGES
+    from facefusion_tasks.pipeline import _metric_stages
+
+    folded = _metric_stages(
+        {"letterbox": 1.0, "detect": 2.0, "boxes": 0.5, "align": 0.25, "swap": 1.0, "paste": 3.0}
+    )
+    assert folded == {"detect": 3.5, "swap": 1.25, "paste": 3.0}
+    assert set(folded) <= set(STAGES)
