@@ -28,12 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS: dict[str, Any] = {}
+#: Sections to run (`--only a,b`); empty = all.
+ONLY: set[str] = set()
 
 
 def section(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
     """Run the decorated step now, storing its result or its error under `name`."""
 
     def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
+        if ONLY and name not in ONLY and name != "environment":
+            return fn
         started = time.perf_counter()
         print(f"== {name}", flush=True)
         try:
@@ -197,7 +201,7 @@ def main(out: Path) -> None:
         handler = logging.StreamHandler(buffer)
         logging.getLogger("facefusion_tasks").addHandler(handler)
         try:
-            loaded = load_models(settings_for("cuda", batch_size=32, gpu_mem_limit=48 << 20))
+            loaded = load_models(settings_for("cuda", batch_size=32, gpu_mem_limit=1 << 30))
             engine = loaded.engine
             engine.set_source(source_image())
             batch = frames(32, 1280, 720, 2)
@@ -356,11 +360,11 @@ def _facts(loaded: Any) -> Any:
 
 
 def _swapper_path(models: Path) -> Path:
-    from facefusion_tasks.faces.loader import _batch_cache, _dynamic_copy, model_paths
+    from facefusion_tasks.faces.loader import _dynamic_copy, batch_cache, model_paths
 
     path = model_paths(models)["swapper"]
     with contextlib.suppress(Exception):
-        return _dynamic_copy(path, _batch_cache(models))
+        return _dynamic_copy(path, batch_cache(models))
     return path
 
 
@@ -382,4 +386,6 @@ def _run_swapper(session: Any, batch: int) -> Any:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 3 and sys.argv[2] == "--only":
+        ONLY.update(sys.argv[3].split(","))
     main(Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-check-out"))

@@ -78,8 +78,9 @@ def _ballast(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], gflops:
         )
         nodes.append(helper.make_node("Relu", [f"ballast_c{i}"], [f"ballast_r{i}"]))
         previous, cin = f"ballast_r{i}", channels
-    nodes.append(helper.make_node("ReduceMean", [previous], ["ballast_mean"], keepdims=0))
-    nodes.append(helper.make_node("Mul", ["ballast_mean", "zero"], ["ballast_zero"]))
+    # Max, not mean: a mean sums 6.5 M activations, which overflows fp16 (inf × 0 is NaN).
+    nodes.append(helper.make_node("ReduceMax", [previous], ["ballast_max"], keepdims=0))
+    nodes.append(helper.make_node("Mul", ["ballast_max", "zero"], ["ballast_zero"]))
     return "ballast_zero"
 
 
