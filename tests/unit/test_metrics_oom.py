@@ -68,6 +68,23 @@ ARENA_H100 = (
     "void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) "
     "Available memory of 7789056 is smaller than requested bytes of 12582912\n"
 )
+# Recorded on the same H100: a warm session's batch of 1024 after another process took all but
+# 160 MiB, and a session created under that pressure.
+ARENA_H100_FULL = (
+    "[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360 "
+    "void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed "
+    "to allocate memory for requested buffer of size 201326592\n"
+)
+CUBLAS_H100 = (
+    "[ONNXRuntimeError] : 1 : FAIL : Exception during initialization: /onnxruntime_src/"
+    "onnxruntime/core/providers/cuda/cuda_call.cc:154 std::conditional_t<THRW, void, onnxruntime"
+    "::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const char*, SUCCTYPE, const "
+    "char*, const char*, int) [with ERRTYPE = cublasStatus_t; bool THRW = true; SUCCTYPE = "
+    "cublasStatus_t; std::conditional_t<THRW, void, common::Status> = void] CUBLAS failure 3: the "
+    "resource allocation failed ; GPU=0 ; hostname=vm ; file=/onnxruntime_src/onnxruntime/core/"
+    "providers/cuda/cuda_execution_provider.cc ; line=245 ; expr=cublasCreate(&cublas_handle_); "
+    "\n\n"
+)
 # The TensorRT EP's logger line (microsoft/onnxruntime#10770) and TensorRT 10's allocator.
 TENSORRT_EP = (
     "[E:onnxruntime:Default, tensorrt_execution_provider.h:50 log] [2022-03-04 13:39:28 ERROR] "
@@ -111,6 +128,8 @@ class Fail(Exception):
         (CUDNN, "cudnn"),
         (CUDNN_H100, "cudnn"),
         (ARENA_H100, "arena"),
+        (ARENA_H100_FULL, "arena"),
+        (CUBLAS_H100, "cublas"),
         (TENSORRT_EP, "tensorrt"),
         (TENSORRT_10, "tensorrt"),
         ("RuntimeError: CUDA out of memory. Tried to allocate 1.12 MiB (GPU 0)", "cuda"),
