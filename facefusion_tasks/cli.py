@@ -26,7 +26,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     """Flags that override FACEFUSION_* settings (None = keep the environment's value)."""
     g = parser.add_argument_group("settings (override FACEFUSION_* variables)")
     g.add_argument("--models-dir", type=Path, default=None)
-    g.add_argument("--execution-provider", choices=["auto", "cuda", "tensorrt", "cpu"])
+    g.add_argument("--execution-provider", choices=["auto", "cuda", "cpu"])
     g.add_argument("--inference-threads", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--face-selector", choices=["many", "one", "reference"])

@@ -64,6 +64,9 @@ class Settings:
     hwaccel: str = "none"
     #: Frames buffered between decode, inference and encode (bounds memory).
     queue_frames: int = 32
+    #: Bytes each of those queues may hold: large frames get fewer slots (an 8K BGR frame is
+    #: 100 MB, so 32 of them would be 3.2 GB), never fewer than 2.
+    queue_bytes: int = 512 * 1024 * 1024
     #: Celery broker (and result backend) URL, redis:// or rediss://; empty = local mode.
     broker_url: str = ""
     #: Colon-separated directories every worker sees (a shared volume); job paths must be inside.
@@ -169,7 +172,7 @@ class Settings:
             raise InputError("detector size must be a multiple of 32, at least 64")
         if self.hwaccel not in {"none", "auto", "cuda"}:
             raise InputError(f"unknown hwaccel {self.hwaccel!r}")
-        if self.queue_frames < 1:
+        if self.queue_frames < 1 or self.queue_bytes < 1:
             raise InputError("queue size must be at least 1")
         if not self.min_chunk_seconds > 0:
             raise InputError(f"{ENV_PREFIX}MIN_CHUNK_SECONDS must be positive")

@@ -168,6 +168,14 @@ def _proven_hwaccel(settings: Settings) -> str:
     return ffbin.effective_hwaccel(ffbin.ffmpeg_exe(settings.ffmpeg), settings.hwaccel)
 
 
+def queue_slots(settings: Settings, width: int, height: int) -> int:
+    """Frames each stage queue may hold: queue_frames, fewer when that many frames of this size
+    would pass queue_bytes (BGR, 3 bytes a pixel), never fewer than 2 (decode and encode keep
+    overlapping)."""
+    frame_bytes = max(1, width * height * 3)
+    return max(2, min(settings.queue_frames, settings.queue_bytes // frame_bytes))
+
+
 def run_swap(
     job: SwapJob,
     engine: FaceEngine,
@@ -178,7 +186,7 @@ def run_swap(
     cancel: threading.Event | None = None,
 ) -> SwapResult:
     """Swap faces through a whole video (or a span): decode, infer and encode run concurrently,
-    joined by queues of at most `settings.queue_frames` frames, so memory stays flat however
+    joined by queues of at most `queue_slots` frames, so memory stays flat however
     long the video is; letterbox, box decoding, warps and paste-back run in a pool of
     `settings.cpu_threads` beside the model calls. Nothing appears at `job.output` unless every
     frame made it."""
@@ -193,8 +201,9 @@ def run_swap(
     clock.clear()
     result = SwapResult(output=job.output)
     stages = _Stages(cancel)
-    decoded: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_frames)
-    swapped: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_frames)
+    slots = queue_slots(settings, info.width, info.height)
+    decoded: queue.Queue[Any] = queue.Queue(maxsize=slots)
+    swapped: queue.Queue[Any] = queue.Queue(maxsize=slots)
     result.hwaccel = _proven_hwaccel(settings)
     reader = FrameReader(
         info,

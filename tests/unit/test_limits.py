@@ -136,3 +136,14 @@ def test_a_swap_refuses_a_stored_probe_over_the_limit(settings: Settings, tmp_pa
 def test_the_chunk_floor_itself_must_be_positive(value: str) -> None:
     with pytest.raises(InputError, match="MIN_CHUNK_SECONDS must be positive"):
         Settings.from_env({"FACEFUSION_MIN_CHUNK_SECONDS": value})
+
+
+def test_stage_queues_hold_fewer_large_frames() -> None:
+    from facefusion_tasks.config import Settings
+    from facefusion_tasks.pipeline import queue_slots
+
+    settings = Settings.from_env({})
+    assert queue_slots(settings, 1280, 720) == settings.queue_frames  # 2.8 MB frames: all 32
+    assert queue_slots(settings, 7680, 4320) == 5  # 100 MB frames: 512 MiB holds 5
+    tight = settings.replace(queue_bytes=1)
+    assert queue_slots(tight, 7680, 4320) == 2  # never fewer than 2
