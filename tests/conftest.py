@@ -22,6 +22,16 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slow_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stand-ins whose detector carries result-neutral compute (about 1 s for a 2 s chunk
+    here), for tests that must catch a chunk mid-way: the light ones finish a chunk before a
+    watch interval has passed."""
+    directory = tmp_path_factory.mktemp("models-slow")
+    make_test_models(directory, detector_gflops=2.0)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def fixed_batch_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Stand-ins whose swapper hard-codes batch 1 inside the graph (conversion must fail)."""
     directory = tmp_path_factory.mktemp("models-fixed")

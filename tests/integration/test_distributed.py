@@ -48,6 +48,12 @@ def fleet(root: Path, models_dir: Path) -> Iterator[Cluster]:
         yield c
 
 
+@pytest.fixture()
+def slow_fleet(root: Path, slow_models_dir: Path) -> Iterator[Cluster]:
+    with cluster(root, slow_models_dir, visibility_timeout="12", chunk_time_limit="10") as c:
+        yield c
+
+
 def _wait_for(predicate, timeout: float = 60, interval: float = 0.05):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,7 +106,8 @@ def test_two_workers_share_a_job_and_the_output_is_frame_exact(
     assert not (root / ".facefusion-work" / job_id).exists()
 
 
-def test_a_sigkilled_worker_chunk_is_redone_elsewhere(fleet: Cluster, root: Path) -> None:
+def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root: Path) -> None:
+    fleet = slow_fleet
     fleet.start_worker("w1")
     fleet.start_worker("w2")
     producer = fleet.producer()
@@ -116,7 +123,7 @@ def test_a_sigkilled_worker_chunk_is_redone_elsewhere(fleet: Cluster, root: Path
 
 
 def test_redis_restart_mid_job_completes_exactly(
-    root: Path, models_dir: Path, tmp_path: Path
+    root: Path, slow_models_dir: Path, tmp_path: Path
 ) -> None:
     """Redis (AOF, fsync always) restarts while a chunk runs: the store's commands retry with
     backoff, lost connections are transient and retried, so the job ends SUCCEEDED with
@@ -125,7 +132,7 @@ def test_redis_restart_mid_job_completes_exactly(
     server.start()
     try:
         with cluster(
-            root, models_dir, server.url, visibility_timeout="12", chunk_time_limit="10"
+            root, slow_models_dir, server.url, visibility_timeout="12", chunk_time_limit="10"
         ) as fleet:
             fleet.start_worker("w1")
             producer = fleet.producer()
@@ -159,7 +166,8 @@ def test_fifty_small_jobs_all_complete(fleet: Cluster, root: Path) -> None:
         assert len(video_times(root / "out" / f"tiny-{i}.mp4")) == 10
 
 
-def test_cancel_stops_a_running_job_and_cleans_up(fleet: Cluster, root: Path) -> None:
+def test_cancel_stops_a_running_job_and_cleans_up(slow_fleet: Cluster, root: Path) -> None:
+    fleet = slow_fleet
     fleet.start_worker("w1")
     producer = fleet.producer()
     output = root / "out" / "cancelled.mp4"
@@ -296,7 +304,8 @@ def test_a_message_lands_in_its_own_queue_only(root: Path, models_dir: Path) -> 
         assert (waiting(LIGHT_QUEUE), waiting(GPU_QUEUE)) == (1, 1)
 
 
-def test_sigterm_lets_the_running_chunk_finish(fleet: Cluster, root: Path) -> None:
+def test_sigterm_lets_the_running_chunk_finish(slow_fleet: Cluster, root: Path) -> None:
+    fleet = slow_fleet
     fleet.start_worker("w1")
     producer = fleet.producer()
     output = root / "out" / "graceful.mp4"
