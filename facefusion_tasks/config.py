@@ -66,7 +66,7 @@ class Settings:
     queue_frames: int = 32
     #: Bytes each of those queues may hold: large frames get fewer slots (an 8K BGR frame is
     #: 100 MB, so 32 of them would be 3.2 GB), never fewer than 2.
-    queue_bytes: int = 512 * 1024 * 1024
+    queue_bytes: int = 256 * 1024 * 1024
     #: Celery broker (and result backend) URL, redis:// or rediss://; empty = local mode.
     broker_url: str = ""
     #: Colon-separated directories every worker sees (a shared volume); job paths must be inside.

@@ -207,3 +207,27 @@ def test_submit_refuses_hostile_input_before_anything_is_queued(
         assert client.dbsize() == 0
     finally:
         client.flushdb()
+
+
+#: What a swap of an accepted 4K clip may peak at (models, a detector batch of 4K frames, the
+#: stage queues under FACEFUSION_QUEUE_BYTES): measured 1.05 GiB here, 1.26 GiB before the queues
+#: were bounded in bytes.
+ACCEPTED_4K_RSS_BYTES = 1536 << 20
+
+
+def test_an_accepted_4k_clip_swaps_in_bounded_memory(
+    hostile: dict[str, Path], models_dir: Path
+) -> None:
+    target = make_sample_video(
+        hostile["root"] / "uhd.mp4", seconds=1.5, width=3840, height=2160, faces=2, audio=True
+    )
+    out = hostile["root"] / "out-uhd.mp4"
+    env = {
+        "FACEFUSION_MODELS_DIR": str(models_dir),
+        "FACEFUSION_EXECUTION_PROVIDER": "cpu",
+        "FACEFUSION_ALLOW_STANDIN_MODELS": "1",
+    }
+    done = run_measured("swap", hostile["source"], target, "-o", out, "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file()
+    assert done.peak_rss_bytes < ACCEPTED_4K_RSS_BYTES, done.peak_rss_bytes

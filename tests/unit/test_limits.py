@@ -144,6 +144,7 @@ def test_stage_queues_hold_fewer_large_frames() -> None:
 
     settings = Settings.from_env({})
     assert queue_slots(settings, 1280, 720) == settings.queue_frames  # 2.8 MB frames: all 32
-    assert queue_slots(settings, 7680, 4320) == 5  # 100 MB frames: 512 MiB holds 5
+    assert queue_slots(settings, 3840, 2160) == 10  # 25 MB frames: 256 MiB holds 10
+    assert queue_slots(settings, 7680, 4320) == 2  # 100 MB frames: 256 MiB holds 2
     tight = settings.replace(queue_bytes=1)
     assert queue_slots(tight, 7680, 4320) == 2  # never fewer than 2
