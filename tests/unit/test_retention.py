@@ -88,3 +88,26 @@ def test_work_dirs_go_when_nothing_will_read_them(store: JobStore, tmp_path: Pat
     assert sorted(removed) == sorted([succeeded, orphan])
     # A failed job keeps its segments for `retry`; a running one and strangers are untouched.
     assert sorted(p.name for p in base.iterdir()) == sorted([running, failed, fresh, "not-a-job"])
+
+
+def test_a_job_stuck_committing_fails_as_stalled_and_retry_takes_it(store: JobStore) -> None:
+    """The stitch died between verifying its file and recording success: no task moves the job
+    on, so the sweep ends it with a reason, and `retry` may take it back."""
+    from facefusion_tasks.liveness import sweep
+    from facefusion_tasks.store import COMMITTING, STITCHING
+
+    store, job_id = _planned(store)
+    assert store.set_state(job_id, STITCHING) and store.set_state(job_id, COMMITTING)
+    settings = Settings.from_env({}, stall_seconds=10)
+    sent: list[tuple[str, list[object], int]] = []
+    report = sweep(
+        store,
+        settings,
+        enqueue=lambda *call: sent.append(call),
+        light_waiting=lambda: 0,
+        now=time.time() + 60,
+    )
+    assert report.failed_jobs == [(job_id, Reason.STALLED)]
+    assert sent == []  # nothing to send: a stitch cannot resume a commit
+    assert store.state(job_id) == FAILED
+    assert store.reopen(job_id, planned=True, from_states=(FAILED,))
