@@ -74,7 +74,9 @@ def sweep(
     # while the light queue is empty has lost its message.
     light_busy = bool(stale_jobs) and light_waiting() > 0
     for job_id, _since in stale_jobs:
-        if light_busy and store.state(job_id) == QUEUED:
+        # Likewise a RUNNING job whose stitch message may be waiting in line. (A plan or stitch
+        # that runs beats its clock, so a stale PLANNING or STITCHING job has really stopped.)
+        if light_busy and store.state(job_id) in (QUEUED, RUNNING):
             continue
         _recover_job(store, settings, job_id, cutoff, enqueue, report)
     report.removed_work_dirs = sweep_work_dirs(store, settings, now=now)

@@ -212,15 +212,21 @@ def run_swap(
         start_pts=job.start_pts,
         end_pts=job.end_pts,
     )
-    writer = FrameWriter(
-        job.output,
-        width=info.width,
-        height=info.height,
-        time_base=info.time_base,
-        audio_source=info if job.audio else None,
-        settings=settings,
-        frame_rate=info.frame_rate,
-    )
+    try:
+        writer = FrameWriter(
+            job.output,
+            width=info.width,
+            height=info.height,
+            time_base=info.time_base,
+            audio_source=info if job.audio else None,
+            settings=settings,
+            frame_rate=info.frame_rate,
+        )
+    except BaseException:
+        # The decoder is already running: a writer that cannot start (a full disk, a refused
+        # encoder) must not leave it blocked on a full pipe for the life of the worker.
+        reader.close()
+        raise
     result.encoder = writer.encoder
 
     pool = CpuPool(settings.cpu_threads)

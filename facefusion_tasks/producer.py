@@ -153,14 +153,15 @@ class Producer:
 
     def retry(self, job_id: str) -> list[int]:
         """Re-run only the chunks that failed or never finished; returns their indexes.
-        Retries a FAILED job, a RUNNING/STITCHING one (stuck: its worker may be gone), and a
-        QUEUED/PLANNING/COMMITTING one that has stalled (no change for `stall_seconds`)."""
+        Retries a FAILED job, a RUNNING one (its chunks that are not running right now: a
+        chunk with a fresh heartbeat is left to its worker), and a QUEUED/PLANNING/STITCHING/
+        COMMITTING one that has stalled (no change, and no heartbeat, for `stall_seconds`)."""
         status = self.status(job_id)
         if status.state == SUCCEEDED:
             return []
         stalled = self.store.stalled(job_id, seconds=self.settings.stall_seconds)
-        retryable = {FAILED, RUNNING, STITCHING} | (
-            {QUEUED, PLANNING, COMMITTING} if stalled else set()
+        retryable = {FAILED, RUNNING} | (
+            {QUEUED, PLANNING, STITCHING, COMMITTING} if stalled else set()
         )
         if status.state not in retryable:
             raise InputError(
@@ -176,12 +177,20 @@ class Producer:
         if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
         undone = self.store.undone_chunks(job_id)
-        for index in undone:
+        # In a RUNNING job a chunk with a fresh heartbeat is running: leave it to its worker. A
+        # FAILED job's chunks have all stopped (or are stopping): each undone one runs again.
+        busy = (
+            self.store.busy_chunks(job_id, seconds=self.settings.stall_seconds)
+            if status.state == RUNNING
+            else set()
+        )
+        rerun = [index for index in undone if index not in busy]
+        for index in rerun:
             self.store.reset_chunk(job_id, index)
             enqueue(self.app, TASK_CHUNK, [job_id, index], priority=priority)
         if not undone:
             enqueue(self.app, TASK_STITCH, [job_id], priority=9)
-        return undone
+        return rerun
 
     def list(self, limit: int = 20) -> list[JobStatus]:
         """Most recent jobs first."""

@@ -8,14 +8,17 @@ import math
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from facefusion_tasks import policy
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import Cancelled, InputError
+from facefusion_tasks.errors import Cancelled, InputError, ModelError, TransientError
 from facefusion_tasks.faces.loader import LoadedModels, load_models
 from facefusion_tasks.jobs import Chunk, plan_chunks
+from facefusion_tasks.metrics.oom import classify_oom
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import confine
@@ -41,9 +44,42 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS = 0.5
 
 
+@contextmanager
+def _alive(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
+    """While a plan or stitch works (reading every timestamp of a long video, or stitching it
+    can take longer than stall_seconds): beat the job's clock in the stall index every
+    heartbeat period, as running chunks do, so only work that really stopped is sent again."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(settings.heartbeat_seconds):
+            try:
+                store.job_alive(job_id)
+            except Exception as exc:  # a Redis blip: the next beat, or the sweep, will tell
+                log.warning("job heartbeat failed: %s", exc)
+
+    thread = threading.Thread(target=beat, name="ff-job-alive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(2)
+
+
 def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     """Read every frame timestamp (demux only, fast), cut chunks on them, store the plan.
     Returns the chunk indexes to enqueue; [] when the job is already past planning."""
+    with _alive(store, settings, job_id):
+        return _plan_job(store, settings, job_id)
+
+
+def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
+    if store.state(job_id) == RUNNING and int(store.get(job_id).get("chunks_total") or 0):
+        # Planned, but this plan task runs again (retried after a Redis error, or redelivered
+        # after its process died) before every chunk message went out: send those no worker
+        # has taken, or the job would wait for them for ever.
+        return store.unsent_chunks(job_id)
     if not store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING)):
         return []
     job = store.get(job_id)
@@ -62,9 +98,13 @@ def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         min_chunk_seconds=settings.min_chunk_seconds,
         max_chunks=settings.max_chunks,
     )
+    if store.state(job_id) != PLANNING:
+        return []  # cancelled (or failed by the sweep) while reading the video
     store.set_plan(job_id, chunks, len(timestamps), info.to_json())
+    if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
+        store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
+        return []
     segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
-    store.set_state(job_id, RUNNING, only_from=(PLANNING,))
     return [c.index for c in chunks]
 
 
@@ -107,12 +147,26 @@ class _ModelCache:
         finally:
             self._ready.set()
 
+    def _failed(self) -> BaseException:
+        """The load's error, for this task; the next task loads again, so a passing problem
+        (GPU memory another tenant held, a blip of a network mount) does not fail every job
+        this worker ever takes. A missing or corrupt model file stays the job's failure; out
+        of memory, or any other trouble starting the models, is this worker's: transient, so
+        the chunk is tried again (the delivery and retry bounds still apply)."""
+        error = self._error
+        assert error is not None
+        with self._lock:
+            self._thread, self._error, self._ready = None, None, threading.Event()
+        if isinstance(error, ModelError) and classify_oom(error) is None:
+            return error
+        return TransientError(f"the models could not be started on this worker: {error}")
+
     def get(self, settings: Settings, source: Path) -> LoadedModels:
         """The loaded models with `source` set as the identity (re-embedded only if it changed)."""
         self.start(settings)
         self._ready.wait()
         if self._error is not None:
-            raise self._error
+            raise self._failed()
         assert self._loaded is not None
         key = (str(source), source.stat().st_mtime)
         if self._source != key:
@@ -256,14 +310,15 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
     output = confine(job["output"], settings, what="output")
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
     segments = [(segment_path(settings, job_id, c.index), c.span) for c in chunks]
-    staged = stitch_segments(
-        segments,
-        output,
-        audio_source=_video_info(store, settings, job_id, target),
-        settings=settings,
-        frames=sum(c.frames for c in chunks),
-        timeout=float(settings.chunk_time_limit),
-    )
+    with _alive(store, settings, job_id):
+        staged = stitch_segments(
+            segments,
+            output,
+            audio_source=_video_info(store, settings, job_id, target),
+            settings=settings,
+            frames=sum(c.frames for c in chunks),
+            timeout=float(settings.chunk_time_limit),
+        )
     if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
         # Cancelled (or failed) while stitching: the user's file was never touched.
         staged.discard()

@@ -46,9 +46,17 @@ WATCHED = frozenset({QUEUED, PLANNING, STITCHING, COMMITTING})
 #: member, job id, now. The job that completes its set enters the live index: if the stitch
 #: message is lost before the stitch starts, the sweep sends it again.
 _CHUNK_DONE = """
+local job_state = redis.call('HGET', KEYS[3], 'state')
+redis.call('ZREM', KEYS[4], ARGV[4])
+if not job_state or job_state == 'CANCELLED' or job_state == 'SUCCEEDED' then
+  return 0
+end
 redis.call('HSET', KEYS[1], 'state', 'DONE', 'frames_done', ARGV[2], 'error', '')
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[4])
+local ttl = redis.call('TTL', KEYS[3])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 local total = tonumber(redis.call('HGET', KEYS[3], 'chunks_total') or '0')
 if total == 0 or redis.call('SCARD', KEYS[2]) ~= total then
   return 0
@@ -386,12 +394,25 @@ class JobStore:
             pipe.execute()
 
     def stalled(self, job_id: str, *, seconds: float, now: float | None = None) -> bool:
-        """Whether the job sits in an active state with no change for over `seconds`."""
+        """Whether the job sits in an active state with no change for over `seconds` (a plan or
+        stitch that runs beats its clock in the stall index: that counts as a change)."""
         job = self.get(job_id)
         if job.get("state") not in ACTIVE:
             return False
         updated = float(job.get("updated_at") or job.get("created_at") or 0)
-        return (time.time() if now is None else now) - updated > seconds
+        beat = float(self.r.zscore(LIVE_KEY, job_id) or 0)
+        return (time.time() if now is None else now) - max(updated, beat) > seconds
+
+    def busy_chunks(self, job_id: str, *, seconds: float, now: float | None = None) -> set[int]:
+        """Chunks a worker is running right now: RUNNING with a heartbeat (or a start) within
+        `seconds`. `retry` leaves them alone instead of starting a second copy."""
+        now = time.time() if now is None else now
+        busy: set[int] = set()
+        for index, chunk in enumerate(self.chunks(job_id)):
+            beat = float(chunk.get("heartbeat_at") or chunk.get("started_at") or 0)
+            if chunk.get("state") == RUNNING and now - beat <= seconds:
+                busy.add(index)
+        return busy
 
     def cancel(self, job_id: str) -> tuple[bool, bool]:
         """Cancel in one transaction: the job and every chunk not yet DONE end CANCELLED.
@@ -667,6 +688,29 @@ class JobStore:
             finished_at=float(job.get("finished_at", 0) or 0),
             chunks=shown,
         )
+
+    def job_alive(self, job_id: str, *, now: float | None = None) -> None:
+        """A plan or stitch is still working on the job: restart its clock in the stall index
+        (only if it is there), so the sweep never sends running work again."""
+        self.r.zadd(LIVE_KEY, {job_id: time.time() if now is None else now}, xx=True)
+
+    def expire_job(self, job_id: str) -> None:
+        """Give every record of a job that has ended the retention TTL (records written after
+        the job ended, e.g. a plan that lost the race with a cancel, would otherwise stay)."""
+        total = int(self.r.hget(self._job(job_id), "chunks_total") or 0)
+        with self.r.pipeline() as pipe:
+            for record in self._records(job_id, total):
+                pipe.expire(record, self.record_ttl)
+            pipe.execute()
+
+    def unsent_chunks(self, job_id: str) -> list[int]:
+        """Chunks no worker has taken yet (PENDING, never delivered): what a plan that ran
+        again after its job moved on must still send."""
+        return [
+            i
+            for i, c in enumerate(self.chunks(job_id))
+            if c.get("state") == PENDING and int(c.get("deliveries") or 0) == 0
+        ]
 
     def forget_expired(self, *, now: float | None = None, limit: int = 1000) -> int:
         """Drop the jobs index's entries for jobs whose records have expired (their `list`

@@ -194,7 +194,10 @@ def run_workers(
     # CPU was asked for or allowed: nothing serves the gpu queue on a CPU nobody chose.
     from facefusion_tasks.gpus import require_usable_gpus
 
-    pins = [env["CUDA_VISIBLE_DEVICES"] for _, env in plans if env.get(PRELOAD_ENV) == "1"]
+    # One proof per GPU, however many processes share it.
+    pins = list(
+        dict.fromkeys(e["CUDA_VISIBLE_DEVICES"] for _, e in plans if e.get(PRELOAD_ENV) == "1")
+    )
     require_usable_gpus(settings, pins)
     directory = metrics_dir or multiproc.default_dir()
     multiproc.prepare(directory, wipe=True)

@@ -85,6 +85,8 @@ def test_retry_takes_back_a_job_stalled_in_planning(producer: Producer, redis_ur
     with pytest.raises(InputError, match="only failed, stuck or stalled"):
         producer.retry(job_id)  # planning right now: not stalled yet
     producer.store.r.hset(f"facefusion:job:{job_id}", "updated_at", time.time() - 61)
+    # Its clock in the stall index too (a running plan would have beaten it since).
+    producer.store.r.zadd("facefusion:live", {job_id: time.time() - 61})
     assert producer.retry(job_id) == []
     assert producer.store.state(job_id) == QUEUED
     assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [job_id])]
@@ -163,3 +165,22 @@ def test_paths_are_confined_to_the_storage_roots(tmp_path: Path) -> None:
     with pytest.raises(InputError) as unset:
         confine(root, Settings.from_env({}), what="t")
     assert unset.value.reason is Reason.CONFIG
+
+
+def test_retry_of_a_running_job_leaves_chunks_that_are_running_to_their_worker(
+    producer: Producer, redis_url: str
+) -> None:
+    job_id = _job(producer, RUNNING, chunks=3)
+    store = producer.store
+    store.chunk_done(job_id, 0, 10)
+    assert store.chunk_started(job_id, 1, "w1@host")
+    store.chunk_heartbeat(job_id, 1, 4)  # chunk 1 is running: a fresh heartbeat
+    assert producer.retry(job_id) == [2]  # chunk 2's message was lost: only it goes again
+    assert _messages(redis_url, GPU_QUEUE) == [(TASK_CHUNK, [job_id, 2])]
+    assert store.chunks(job_id)[1]["state"] == RUNNING
+
+
+def test_retry_of_a_job_stitching_right_now_is_refused(producer: Producer) -> None:
+    job_id = _job(producer, STITCHING, chunks=1)
+    with pytest.raises(InputError, match="only failed, stuck or stalled"):
+        producer.retry(job_id)  # a second stitch beside the running one would race it

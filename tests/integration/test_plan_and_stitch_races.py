@@ -1,0 +1,155 @@
+"""Plans and stitches that run again, run long or lose a race, on a real Redis and real ffmpeg."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from facefusion_tasks import runner
+from facefusion_tasks.config import Settings
+from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.liveness import sweep
+from facefusion_tasks.metrics.keys import LIVE_KEY
+from facefusion_tasks.pipeline import SwapJob, run_swap
+from facefusion_tasks.store import CANCELLED, PLANNING, RUNNING, STITCHING, JobStore
+from facefusion_tasks.video.samples import make_sample_video
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("races")
+    image = background(200, 200, 0)
+    draw_face(image, 100, 100, 70)
+    cv2.imwrite(str(root / "source.png"), image)
+    make_sample_video(root / "clip.mp4", seconds=2, faces=1, audio=False)
+    return root
+
+
+def _settings(media: Path, models: Path, **changes: object) -> Settings:
+    return Settings.from_env(
+        {},
+        storage_roots=str(media),
+        models_dir=models,
+        execution_provider="cpu",
+        allow_standin_models=True,
+        chunk_seconds=0.5,
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+def _job(store: JobStore, media: Path) -> str:
+    return store.create(
+        {
+            "source": str(media / "source.png"),
+            "target": str(media / "clip.mp4"),
+            "output": str(media / "out.mp4"),
+        }
+    )
+
+
+def test_a_plan_that_runs_again_sends_the_chunks_no_worker_took(
+    store: JobStore, media: Path, models_dir: Path
+) -> None:
+    """The plan task is retried (a Redis error after the plan was stored) or redelivered (its
+    process died while sending): the job is RUNNING already, and its chunks must still go out."""
+    settings = _settings(media, models_dir)
+    job_id = _job(store, media)
+    first = runner.plan_job(store, settings, job_id)
+    assert len(first) >= 3 and store.state(job_id) == RUNNING
+    store.chunk_delivered(job_id, first[0], worker="w", pid=1)  # one a worker already took
+    assert runner.plan_job(store, settings, job_id) == first[1:]
+
+
+def test_a_cancel_while_planning_sends_nothing_and_leaves_nothing_forever(
+    store: JobStore, media: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(media, models_dir)
+    job_id = _job(store, media)
+    real = runner.plan_chunks
+
+    def cancel_then_plan(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assert store.cancel(job_id)[0]  # lands while the plan reads the video
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "plan_chunks", cancel_then_plan)
+    assert runner.plan_job(store, settings, job_id) == []
+    assert store.state(job_id) == CANCELLED
+    keys = list(store.r.scan_iter(f"facefusion:job:{job_id}*"))
+    assert keys and all(store.r.ttl(k) > 0 for k in keys), {k: store.r.ttl(k) for k in keys}
+
+
+def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobStore) -> None:
+    settings = Settings.from_env({}, stall_seconds=2, heartbeat_seconds=0.2, sweep_seconds=1)
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    assert store.set_state(job_id, RUNNING) and store.set_state(job_id, STITCHING)
+    store.r.zadd(LIVE_KEY, {job_id: time.time() - 60})  # entered STITCHING long ago
+    sent: list[object] = []
+    with runner._alive(store, settings, job_id):
+        time.sleep(0.6)  # the stitch's ffmpeg is working
+        report = sweep(store, settings, enqueue=lambda *c: sent.append(c), light_waiting=lambda: 0)
+    assert (sent, report.failed_jobs) == ([], [])
+    assert store.state(job_id) == STITCHING
+    # Once the stitch really stops, its clock runs out and the sweep steps in.
+    report = sweep(
+        store,
+        settings,
+        enqueue=lambda *c: sent.append(c),
+        light_waiting=lambda: 0,
+        now=time.time() + 5,
+    )
+    assert sent == [("stitch", [job_id], 9)]
+
+
+def test_a_chunk_that_finishes_after_a_cancel_stays_cancelled_and_expires(
+    store: JobStore,
+) -> None:
+    from fractions import Fraction
+
+    from facefusion_tasks.jobs import Chunk
+
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    store.set_plan(job_id, [Chunk(i, i, i + 1, 1, Fraction(1, 25)) for i in range(2)], 2, {})
+    assert store.set_state(job_id, PLANNING) and store.set_state(job_id, RUNNING)
+    assert store.cancel(job_id)[0]
+    assert store.chunk_done(job_id, 0, 1) is False  # the running chunk finished just after
+    assert store.chunks(job_id)[0]["state"] == CANCELLED
+    assert store.r.ttl(f"facefusion:job:{job_id}:done") in (-2, *range(1, store.record_ttl + 1))
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                found.add(int(entry.name))
+    return found
+
+
+def test_a_writer_that_cannot_start_leaves_no_decoder_behind(media: Path, models_dir: Path) -> None:
+    """nvenc asked for where it cannot encode: the writer refuses after the decoder started."""
+    from facefusion_tasks.errors import FaceFusionError
+    from facefusion_tasks.faces.loader import load_models
+
+    settings = _settings(media, models_dir, video_encoder="h264_nvenc")
+    engine = load_models(settings.replace(video_encoder="libx264")).engine
+    engine.set_source(media / "source.png")
+    before = _children()
+    job = SwapJob(media / "source.png", media / "clip.mp4", media / "never.mp4")
+    with pytest.raises(FaceFusionError):
+        run_swap(job, engine, settings)
+    deadline = time.monotonic() + 5
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children() - before == set()
+    assert not (media / "never.mp4").exists()
+    assert threading.active_count() < 50
