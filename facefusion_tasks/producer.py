@@ -7,6 +7,9 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import redis
 
 from facefusion_tasks import broker
 from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
@@ -105,8 +108,23 @@ class Producer:
                 "frames_total": info.frame_count,
             }
         )
-        enqueue(self.app, TASK_PLAN, [job_id], priority=priority)
+        self._send(TASK_PLAN, [job_id], priority=priority)
         return job_id
+
+    def _send(self, name: str, args: list[Any], *, priority: int) -> None:
+        """Enqueue through Celery; a broker that goes away after the first PING is the same one
+        line and exit 69 as one that was never there, not an internal error."""
+        try:
+            enqueue(self.app, name, args, priority=priority)
+        except Exception as exc:
+            from kombu.exceptions import OperationalError
+
+            # Celery's Redis result backend gives up with a bare RuntimeError ("Retry limit
+            # exceeded while trying to reconnect to the Celery result store backend").
+            lost = isinstance(exc, (OperationalError, redis.ConnectionError, redis.TimeoutError))
+            if lost or "Retry limit exceeded" in str(exc):
+                raise broker.explain(exc, self.settings.broker_url) from exc
+            raise
 
     def status(self, job_id: str) -> JobStatus:
         """The job's state, progress and per-chunk workers; InputError for an unknown id."""
@@ -172,7 +190,7 @@ class Producer:
         if status.chunks_total == 0:
             if not self.store.reopen(job_id, planned=False, from_states=(status.state,)):
                 raise InputError(f"job {job_id} changed state meanwhile; look again")
-            enqueue(self.app, TASK_PLAN, [job_id], priority=priority)
+            self._send(TASK_PLAN, [job_id], priority=priority)
             return []
         if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
@@ -187,9 +205,9 @@ class Producer:
         rerun = [index for index in undone if index not in busy]
         for index in rerun:
             self.store.reset_chunk(job_id, index)
-            enqueue(self.app, TASK_CHUNK, [job_id, index], priority=priority)
+            self._send(TASK_CHUNK, [job_id, index], priority=priority)
         if not undone:
-            enqueue(self.app, TASK_STITCH, [job_id], priority=9)
+            self._send(TASK_STITCH, [job_id], priority=9)
         return rerun
 
     def list(self, limit: int = 20) -> list[JobStatus]:

@@ -49,7 +49,12 @@ def fp16_model_path(
         source_digest = _sha256(model_path)
     except OSError as exc:
         raise ModelError(f"cannot read {model_path}: {exc}") from None
-    stem = f"{model_path.stem}.{source_digest[:16]}.fp16-{_converter_version()}"
+    # Verified where it will run: a copy checked on the CPU (or at another input size) says
+    # nothing about CUDA's fp16 kernels, so the provider and the size are part of its name.
+    checked_on = providers[0].removesuffix("ExecutionProvider").lower() if providers else "cpu"
+    stem = (
+        f"{model_path.stem}.{source_digest[:16]}.fp16-{_converter_version()}.{checked_on}-{spatial}"
+    )
     converted = cache_dir / f"{stem}.onnx"
     record = cache_dir / f"{stem}.json"
     marker = cache_dir / f"{stem}.failed.json"
@@ -146,6 +151,11 @@ def compare_fp16(
     options.log_severity_level = 4
     full = ort.InferenceSession(str(original), options, providers=list(providers))
     reduced = ort.InferenceSession(str(half), options, providers=list(providers))
+    for session in (full, reduced):
+        ran_on = session.get_providers()[0]
+        if providers and ran_on != providers[0]:
+            # onnxruntime dropped the provider: a check on another one would prove nothing.
+            return f"the check ran on {ran_on}, not {providers[0]}"
     inputs = _real_inputs(onnx.load(str(original), load_external_data=False).graph)
     probe = _Probe(batch=1, spatial=spatial)
     rng = np.random.default_rng(0)

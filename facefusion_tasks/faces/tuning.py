@@ -16,6 +16,10 @@ def tuned_model_path(path: Path, cache: Path, settings: Settings, choice: Provid
     if settings.precision != "fp16":
         return path
     from facefusion_tasks.faces.precision import fp16_model_path
+    from facefusion_tasks.faces.sessions import CUDA, preload_cuda_libraries
+
+    if CUDA in choice.providers:
+        preload_cuda_libraries()  # the check's own CUDA sessions come before the workers' ones
 
     # Checked on the provider that will run it, at the detector's real input size: on an H100
     # an fp16 stand-in detector agreed with fp32 at 128×128 yet found no face at 640×640.
