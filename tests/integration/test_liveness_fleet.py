@@ -20,8 +20,7 @@ from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
 from facefusion_tasks.video.samples import make_sample_video
-from tests.cluster import SHARED_REDIS, free_port
-from tests.launcher import Launcher, launcher, wait_for
+from tests.cluster import SHARED_REDIS, Launcher, free_port, launcher, wait_for
 from tests.media import video_times
 
 pytestmark = pytest.mark.timeout(240)
