@@ -45,10 +45,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
 
 
 class RedisServer:
-    """A private redis-server with AOF on, for tests that stop and restart Redis."""
+    """A private redis-server with AOF on, for tests that stop and restart Redis; with a
+    `password`, it asks for it (set in a config file, as deployed)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, password: str | None = None) -> None:
         self.directory = directory
+        self.password = password
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -57,17 +59,24 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        argv = ["redis-server"]
+        if self.password is not None:
+            config = self.directory / "auth.conf"
+            config.write_text(f'requirepass "{self.password}"\n')
+            argv.append(str(config))
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [*argv, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         for _ in range(100):
             try:
                 client.ping()
                 return
             except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    break
                 time.sleep(0.05)
         raise RuntimeError("private redis-server did not start")
 
@@ -76,6 +85,17 @@ class RedisServer:
             self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
             self.proc.wait(10)
         self.proc = None
+
+
+@contextmanager
+def private_redis(directory: Path, *, password: str | None = None) -> Iterator[RedisServer]:
+    """A started RedisServer, always stopped afterwards."""
+    server = RedisServer(directory, password=password)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 def fleet_env(root: Path, models: Path, broker_url: str, **settings: str) -> dict[str, str]:
