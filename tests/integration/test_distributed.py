@@ -21,9 +21,8 @@ from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.metrics.queues import priority_keys
 from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED
-from facefusion_tasks.video.samples import make_sample_video
 from tests.cluster import SHARED_REDIS, Cluster, RedisServer, cluster, wait_for
-from tests.media import audio_duration, video_times
+from tests.media import LONG, TINY, audio_duration, storage_root, video_times
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -31,15 +30,9 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared storage root, with the inputs every test uses."""
-    base = tmp_path_factory.mktemp("shared")
-    image = background(200, 200, 0)
-    draw_face(image, 100, 100, 70)
-    cv2.imwrite(str(base / "source.png"), image)
-    make_sample_video(base / "vfr.mov", seconds=3, faces=2, audio=True, variable_frame_rate=True)
-    make_sample_video(base / "long.mp4", seconds=8, faces=2, audio=True)
-    make_sample_video(base / "tiny.mp4", seconds=0.4, width=160, height=120, faces=1, audio=False)
-    (base / "out").mkdir()
-    return base
+    vfr = {"seconds": 3, "faces": 2, "audio": True, "variable_frame_rate": True}
+    clips = {"vfr.mov": vfr, "long.mp4": LONG, "tiny.mp4": TINY}
+    return storage_root(tmp_path_factory.mktemp("shared"), clips)
 
 
 @pytest.fixture()
