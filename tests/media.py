@@ -1,13 +1,43 @@
-"""Test helpers that inspect real media files with ffprobe/ffmpeg (no project code)."""
+"""Test media: the inputs tests share (written with the project's sample generator), and
+helpers that inspect real media files with plain ffprobe/ffmpeg (no project code)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
+
+from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.video.samples import make_sample_video
+
+#: A tenth of a job: 10 frames, one small face, no audio.
+TINY: Mapping[str, Any] = {"seconds": 0.4, "width": 160, "height": 120, "faces": 1, "audio": False}
+#: Long enough for several chunks: 8 s, two faces, audio.
+LONG: Mapping[str, Any] = {"seconds": 8, "faces": 2, "audio": True}
+
+
+def write_source_face(path: Path) -> Path:
+    """The source image of every swap: one drawn face on a plain background."""
+    image = background(200, 200, 0)
+    draw_face(image, 100, 100, 70)
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def storage_root(base: Path, clips: Mapping[str, Mapping[str, Any]]) -> Path:
+    """`base` as a storage root: source.png, each named sample clip (make_sample_video's
+    options), and an empty out/ folder for the outputs."""
+    write_source_face(base / "source.png")
+    for name, options in clips.items():
+        make_sample_video(base / name, **options)
+    (base / "out").mkdir()
+    return base
 
 
 def ffprobe_json(path: Path, *args: str) -> dict:

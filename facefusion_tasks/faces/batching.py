@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def batched_model_path(
             "converter": CONVERTER_VERSION,
             "sha256": _sha256(converted),
         }
-        _write_atomic(record, (json.dumps(made, indent=2) + "\n").encode())
+        _write_json(record, made)
         log.info("%s: converted to dynamic batch at %s", model_path.name, converted)
         return converted
     log.warning("%s: no batching, one item per call instead: %s", model_path.name, reason)
@@ -125,7 +126,7 @@ def batched_model_path(
         "onnx": onnx.__version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_atomic(marker, (json.dumps(failed, indent=2) + "\n").encode())
+    _write_json(marker, failed)
     return None
 
 
@@ -333,7 +334,9 @@ def _read_marker(marker: Path) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_json(path: Path, record: Mapping[str, object]) -> None:
+    """A conversion's record or failure marker, written whole or not at all."""
+    data = (json.dumps(record, indent=2) + "\n").encode()
     fd, raw = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:

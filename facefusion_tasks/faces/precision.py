@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -20,7 +19,7 @@ from facefusion_tasks.faces.batching import (
     _read_marker,
     _real_inputs,
     _sha256,
-    _write_atomic,
+    _write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ def fp16_model_path(
     if reason is None:
         marker.unlink(missing_ok=True)
         made = {"source_sha256": source_digest, "sha256": _sha256(converted)}
-        _write_atomic(record, (json.dumps(made, indent=2) + "\n").encode())
+        _write_json(record, made)
         log.info("%s: fp16 copy at %s", model_path.name, converted)
         return converted
     log.warning("%s: staying in fp32: %s", model_path.name, reason)
@@ -83,7 +82,7 @@ def fp16_model_path(
         "onnxruntime": ort.__version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_atomic(marker, (json.dumps(failure, indent=2) + "\n").encode())
+    _write_json(marker, failure)
     return None
 
 

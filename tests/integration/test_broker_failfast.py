@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from facefusion_tasks.broker import BrokerUnavailable, client_kwargs, connect, where
 from facefusion_tasks.policy import EXIT_UNAVAILABLE, exit_code
-from tests.cluster import free_port
+from tests.cluster import free_port, private_redis
 
 PASSWORD = "correct horse"
 
@@ -20,25 +18,8 @@ PASSWORD = "correct horse"
 @pytest.fixture(scope="module")
 def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A private redis-server with requirepass (from a config file, as deployed)."""
-    config = tmp_path_factory.mktemp("redis") / "auth.conf"
-    config.write_text(f'requirepass "{PASSWORD}"\n')
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", str(config), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port, password=PASSWORD)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with private_redis(tmp_path_factory.mktemp("redis"), password=PASSWORD) as server:
+        yield server.port
 
 
 def _refused(url: str, **options: float) -> tuple[str, float]:

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from facefusion_tasks.policy import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from facefusion_tasks.store import JobStore, connect
-from tests.cluster import free_port
+from tests.cluster import private_redis
 
 PASSWORD = "s3cret pass"
 
@@ -23,25 +22,8 @@ PASSWORD = "s3cret pass"
 @pytest.fixture(scope="module")
 def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A private redis-server that requires a password."""
-    config = tmp_path_factory.mktemp("redis-auth") / "auth.conf"
-    config.write_text(f'requirepass "{PASSWORD}"\n')
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", str(config), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, password=PASSWORD)
-    try:
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with private_redis(tmp_path_factory.mktemp("redis-auth"), password=PASSWORD) as server:
+        yield server.port
 
 
 def _cli(broker: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, float]:

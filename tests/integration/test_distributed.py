@@ -21,9 +21,8 @@ from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.metrics.queues import priority_keys
 from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED
-from facefusion_tasks.video.samples import make_sample_video
-from tests.cluster import SHARED_REDIS, Cluster, RedisServer, cluster
-from tests.media import audio_duration, video_times
+from tests.cluster import SHARED_REDIS, Cluster, RedisServer, cluster, wait_for
+from tests.media import LONG, TINY, audio_duration, storage_root, video_times
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -31,15 +30,9 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared storage root, with the inputs every test uses."""
-    base = tmp_path_factory.mktemp("shared")
-    image = background(200, 200, 0)
-    draw_face(image, 100, 100, 70)
-    cv2.imwrite(str(base / "source.png"), image)
-    make_sample_video(base / "vfr.mov", seconds=3, faces=2, audio=True, variable_frame_rate=True)
-    make_sample_video(base / "long.mp4", seconds=8, faces=2, audio=True)
-    make_sample_video(base / "tiny.mp4", seconds=0.4, width=160, height=120, faces=1, audio=False)
-    (base / "out").mkdir()
-    return base
+    vfr = {"seconds": 3, "faces": 2, "audio": True, "variable_frame_rate": True}
+    clips = {"vfr.mov": vfr, "long.mp4": LONG, "tiny.mp4": TINY}
+    return storage_root(tmp_path_factory.mktemp("shared"), clips)
 
 
 @pytest.fixture()
@@ -52,16 +45,6 @@ def fleet(root: Path, models_dir: Path) -> Iterator[Cluster]:
 def slow_fleet(root: Path, slow_models_dir: Path) -> Iterator[Cluster]:
     with cluster(root, slow_models_dir, visibility_timeout="12", chunk_time_limit="10") as c:
         yield c
-
-
-def _wait_for(predicate, timeout: float = 60, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def _launcher(node: str) -> str:
@@ -113,7 +96,7 @@ def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root:
     producer = fleet.producer()
     output = root / "out" / "killed.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=4)
-    victim = _wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
+    victim = wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
     fleet.kill(_launcher(victim["worker"]))
     status = producer.wait(job_id, timeout=150)
     assert status.state == SUCCEEDED, (status.reason, status.error)
@@ -140,7 +123,7 @@ def test_redis_restart_mid_job_completes_exactly(
             job_id = producer.submit(
                 root / "source.png", root / "long.mp4", output, chunk_seconds=2
             )
-            _wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
+            wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
             server.stop()
             time.sleep(1.5)
             server.start()
@@ -172,7 +155,7 @@ def test_cancel_stops_a_running_job_and_cleans_up(slow_fleet: Cluster, root: Pat
     producer = fleet.producer()
     output = root / "out" / "cancelled.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2)
-    _wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
+    wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
     begun = time.monotonic()
     assert producer.cancel(job_id)
     assert time.monotonic() - begun < 0.5  # no sleeping in hope
@@ -197,7 +180,7 @@ def test_retry_reruns_only_unfinished_chunks(fleet: Cluster, root: Path) -> None
     producer = fleet.producer()
     output = root / "out" / "retried.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2.5)
-    _wait_for(lambda: producer.status(job_id).chunks_total == 4, timeout=30)
+    wait_for(lambda: producer.status(job_id).chunks_total == 4, timeout=30)
     # A real fault: a directory squats on chunk 1's segment path, so writing it fails.
     blocker = root / ".facefusion-work" / job_id / "seg-00001.mp4"
     blocker.mkdir(parents=True)
@@ -310,7 +293,7 @@ def test_sigterm_lets_the_running_chunk_finish(slow_fleet: Cluster, root: Path) 
     producer = fleet.producer()
     output = root / "out" / "graceful.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=4)
-    running = _wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
+    running = wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
     worker = fleet.workers.pop("w1")
     worker.send_signal(signal.SIGTERM)  # to the main process, as an orchestrator stops a pod
     assert worker.wait(60) == 0

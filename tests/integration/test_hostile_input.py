@@ -11,18 +11,17 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import pytest
 import redis
 
 from facefusion_tasks.errors import InputError
-from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin
 from facefusion_tasks.video.argv import decode_argv
 from facefusion_tasks.video.probe import probe
 from facefusion_tasks.video.samples import make_sample_video
 from tests.cluster import SHARED_REDIS
+from tests.media import write_source_face
 
 #: The issue's bar for refusing a hostile file.
 REFUSE_SECONDS = 2.0
@@ -94,9 +93,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = base / "root"
     root.mkdir()
     source = root / "source.png"
-    image = background(200, 200, 0)
-    draw_face(image, 100, 100, 70)
-    cv2.imwrite(str(source), image)
+    write_source_face(source)
     hls = root / "evil.mp4"
     hls.write_text(
         "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n"

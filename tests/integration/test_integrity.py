@@ -20,13 +20,12 @@ import cv2
 import pytest
 
 from facefusion_tasks.app import TASK_PLAN
-from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.faces.synthetic import background
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import CANCELLED, FAILED, SUCCEEDED
 from facefusion_tasks.tasks import enqueue
-from facefusion_tasks.video.samples import make_sample_video
 from tests.cluster import Cluster, cluster
-from tests.media import video_times
+from tests.media import LONG, TINY, storage_root, video_times
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -65,14 +64,9 @@ def local_env(models: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("shared")
-    image = background(200, 200, 0)
-    draw_face(image, 100, 100, 70)
-    cv2.imwrite(str(base / "source.png"), image)
+    clips = {"long.mp4": LONG, "tiny.mp4": {**TINY, "seconds": 1.2}}  # 30 frames here
+    base = storage_root(tmp_path_factory.mktemp("shared"), clips)
     cv2.imwrite(str(base / "noface.png"), background(200, 200, 0))
-    make_sample_video(base / "long.mp4", seconds=8, faces=2, audio=True)
-    make_sample_video(base / "tiny.mp4", seconds=1.2, width=160, height=120, faces=1, audio=False)
-    (base / "out").mkdir()
     return base
 
 

@@ -12,31 +12,21 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import pytest
 import redis
 
-from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
-from facefusion_tasks.video.samples import make_sample_video
-from tests.cluster import SHARED_REDIS, free_port
-from tests.launcher import Launcher, launcher, wait_for
-from tests.media import video_times
+from tests.cluster import SHARED_REDIS, Launcher, free_port, launcher, wait_for
+from tests.media import TINY, storage_root, video_times
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("shared")
-    image = background(200, 200, 0)
-    draw_face(image, 100, 100, 70)
-    cv2.imwrite(str(base / "source.png"), image)
-    make_sample_video(base / "clip.mp4", seconds=4, faces=1, audio=True)
-    make_sample_video(base / "tiny.mp4", seconds=0.4, width=160, height=120, faces=1, audio=False)
-    (base / "out").mkdir()
-    return base
+    clips = {"clip.mp4": {"seconds": 4, "faces": 1, "audio": True}, "tiny.mp4": TINY}
+    return storage_root(tmp_path_factory.mktemp("shared"), clips)
 
 
 def _running_chunk(fleet: Launcher, job_id: str) -> dict | None:  # type: ignore[type-arg]

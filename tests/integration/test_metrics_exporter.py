@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +29,7 @@ from facefusion_tasks.metrics.queues import (
     priority_keys,
     read_queues,
 )
+from tests.cluster import free_port, private_redis
 
 pytestmark = pytest.mark.integration
 
@@ -40,39 +39,11 @@ PRIORITIES = [0, 0, 2, 4, 5, 7, 8, 9, 9, 9]
 RESERVED = 3
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server: the shared one on 6379 is never touched."""
-    server = shutil.which("redis-server")
-    assert server, "redis-server is required (apt-get install redis-server)"
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with private_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 @pytest.fixture()

@@ -21,9 +21,9 @@ from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.exporter import make_server, start_in_thread
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, QueueCollector, heartbeat
 from facefusion_tasks.store import JobStore
+from tests.cluster import free_port
 from tests.integration.test_metrics_exporter import (
     fetch,
-    free_port,
     redis_url,  # noqa: F401 - the module's private redis-server fixture
     write_worker_metrics,
 )

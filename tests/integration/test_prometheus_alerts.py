@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import textwrap
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.exporter import make_server, start_in_thread
+from tests.cluster import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +33,6 @@ ARENA_OOM = (
     "onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Failed to allocate memory for "
     "requested buffer of size 134217728"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def get_json(url: str) -> Any:
@@ -171,18 +165,13 @@ def test_a_real_job_on_two_workers_counts_every_frame_and_its_oom_pages(
     from facefusion_tasks.store import SUCCEEDED
     from facefusion_tasks.video.samples import make_sample_video
     from tests.cluster import cluster
+    from tests.media import write_source_face
 
     target, directory = exporter
     deadline = time.monotonic() + DEADLINE_SECONDS + 60
     root = tmp_path / "shared"
     root.mkdir()
-    import cv2
-
-    from facefusion_tasks.faces.synthetic import background, draw_face
-
-    image = background(200, 200, 0)
-    draw_face(image, 100, 100, 70)
-    cv2.imwrite(str(root / "source.png"), image)
+    write_source_face(root / "source.png")
     video = make_sample_video(root / "in.mp4", seconds=3, faces=2, audio=False)
     repo = Path(__file__).resolve().parents[2]
     from facefusion_tasks.config import Settings

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
+from facefusion_tasks.faces.synthetic import background, bundled_photo
 from facefusion_tasks.video.samples import make_photo_video, make_sample_video
-from tests.media import audio_duration, decode_frames, streams, video_times
+from tests.media import audio_duration, decode_frames, streams, video_times, write_source_face
 
 
 def run_cli(
@@ -37,9 +37,7 @@ def run_cli(
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("media")
     source = root / "source.png"
-    image = background(200, 200, 0)
-    draw_face(image, 100, 100, 70)
-    cv2.imwrite(str(source), image)
+    write_source_face(source)
     noface = root / "noface.png"
     cv2.imwrite(str(noface), background(200, 200, 0))
     return {

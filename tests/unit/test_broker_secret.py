@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import redis
 from facefusion_tasks.config import Settings, broker_url_from_env, with_password_file
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.metrics.exporter import parse_args
-from tests.cluster import free_port
+from tests.cluster import private_redis
 
 PASSWORD = "s3cret/with:odd@chars"
 
@@ -28,27 +26,8 @@ def password_file(tmp_path: Path) -> Path:
 @pytest.fixture()
 def protected_redis(tmp_path: Path) -> Iterator[int]:
     """A private redis-server that asks for PASSWORD (given in a config file, as deployed)."""
-    port = free_port()
-    config = tmp_path / "auth.conf"
-    config.write_text(f'requirepass "{PASSWORD}"\n')
-    proc = subprocess.Popen(
-        ["redis-server", str(config), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port, password=PASSWORD)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                proc.poll()
-                assert proc.returncode is None, "private redis-server exited"
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with private_redis(tmp_path, password=PASSWORD) as server:
+        yield server.port
 
 
 def test_settings_put_the_password_file_into_the_broker_url(
