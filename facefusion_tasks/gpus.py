@@ -246,10 +246,20 @@ def discover(environ: Mapping[str, str] | None = None) -> tuple[list[Gpu], str]:
     return [Gpu(**g) for g in answer["gpus"]], answer.get("note", "")
 
 
+def _device_nodes() -> bool:
+    """Whether the NVIDIA driver's device nodes exist (no CUDA or NVML is touched)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
 def detect_gpus() -> list[str]:
     """CUDA_VISIBLE_DEVICES values pinning one worker to each GPU (or MIG instance) CUDA sees."""
     gpus, note = discover()
-    if not gpus:
+    if not gpus and _device_nodes():
+        # The driver's device nodes are here, yet nothing CUDA can use was found (NVML timed out
+        # or broke, or the visibility variables hide every GPU): say so loudly, since `auto`
+        # will now serve the gpu queue on the CPU.
+        log.warning("NVIDIA device nodes exist but no GPU was found for the workers: %s", note)
+    elif not gpus:
         log.info("no GPU for workers: %s", note)
     elif note:
         log.warning("GPU discovery: %s", note)

@@ -217,3 +217,23 @@ def test_cuda_without_any_gpu_refuses_but_auto_and_cpu_are_the_cpu_profile() -> 
     assert gpus.gpu_worker_refusal(settings_for(execution_provider="cpu"), "0") is None
     allowed = settings_for(execution_provider="cuda", allow_cpu_fallback=True)
     assert gpus.gpu_worker_refusal(allowed, "0") is None
+
+
+def test_device_nodes_without_a_discovered_gpu_warn_loudly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from facefusion_tasks import gpus
+
+    monkeypatch.setattr(gpus, "discover", lambda environ=None: ([], "GPU discovery failed: boom"))
+    monkeypatch.setattr(gpus, "_device_nodes", lambda: True)
+    with caplog.at_level("INFO", logger="facefusion_tasks.gpus"):
+        assert gpus.detect_gpus() == []
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage() for r in warned] == [
+        "NVIDIA device nodes exist but no GPU was found for the workers: GPU discovery failed: boom"
+    ]
+    monkeypatch.setattr(gpus, "_device_nodes", lambda: False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="facefusion_tasks.gpus"):
+        gpus.detect_gpus()
+    assert [r.levelname for r in caplog.records] == ["INFO"]  # no GPU host: not a warning
