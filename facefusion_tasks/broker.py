@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,6 +62,18 @@ def where(url: str) -> str:
     """host:port of a redis:// URL, for messages (never the password)."""
     parts = urlsplit(url)
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def lost(error: BaseException) -> bool:
+    """Whether `error` means the broker went away mid-command: redis-py's connection errors,
+    kombu's, or the bare RuntimeError Celery's Redis result backend gives up with ("Retry limit
+    exceeded while trying to reconnect to the Celery result store backend")."""
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return True
+    kombu = sys.modules.get("kombu.exceptions")  # loaded by whoever sent through Celery
+    if kombu is not None and isinstance(error, kombu.OperationalError):
+        return True
+    return isinstance(error, RuntimeError) and "Retry limit exceeded" in str(error)
 
 
 def explain(error: BaseException, url: str) -> BrokerUnavailable:

@@ -424,11 +424,12 @@ _COMMANDS = {
 def _broker_error(exc: BaseException) -> FaceFusionError | None:
     """One line naming the server when Redis went away mid-command (a broker that is away at
     the start already raised BrokerUnavailable); None for any other error."""
-    redis = sys.modules.get("redis")  # only commands that talk to a broker have loaded it
-    if redis is None or not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if "redis" not in sys.modules:  # only commands that talk to a broker have loaded it
         return None
     from facefusion_tasks import broker
 
+    if not broker.lost(exc):
+        return None
     return broker.explain(exc, os.environ.get("FACEFUSION_BROKER_URL", ""))
 
 

@@ -246,7 +246,7 @@ def discover(environ: Mapping[str, str] | None = None) -> tuple[list[Gpu], str]:
     return [Gpu(**g) for g in answer["gpus"]], answer.get("note", "")
 
 
-def _device_nodes() -> bool:
+def device_nodes() -> bool:
     """Whether the NVIDIA driver's device nodes exist (no CUDA or NVML is touched)."""
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
 
@@ -254,7 +254,7 @@ def _device_nodes() -> bool:
 def detect_gpus() -> list[str]:
     """CUDA_VISIBLE_DEVICES values pinning one worker to each GPU (or MIG instance) CUDA sees."""
     gpus, note = discover()
-    if not gpus and _device_nodes():
+    if not gpus and device_nodes():
         # The driver's device nodes are here, yet nothing CUDA can use was found (NVML timed out
         # or broke, or the visibility variables hide every GPU): say so loudly, since `auto`
         # will now serve the gpu queue on the CPU.

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from facefusion_tasks import broker
 from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
@@ -117,12 +115,7 @@ class Producer:
         try:
             enqueue(self.app, name, args, priority=priority)
         except Exception as exc:
-            from kombu.exceptions import OperationalError
-
-            # Celery's Redis result backend gives up with a bare RuntimeError ("Retry limit
-            # exceeded while trying to reconnect to the Celery result store backend").
-            lost = isinstance(exc, (OperationalError, redis.ConnectionError, redis.TimeoutError))
-            if lost or "Retry limit exceeded" in str(exc):
+            if broker.lost(exc):
                 raise broker.explain(exc, self.settings.broker_url) from exc
             raise
 

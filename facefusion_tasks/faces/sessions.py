@@ -50,7 +50,9 @@ def gpu_present() -> bool:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in {"", "-1"}:
         return False
-    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+    from facefusion_tasks.gpus import device_nodes
+
+    return device_nodes()
 
 
 @functools.lru_cache(maxsize=1)

@@ -225,14 +225,14 @@ def test_device_nodes_without_a_discovered_gpu_warn_loudly(
     from facefusion_tasks import gpus
 
     monkeypatch.setattr(gpus, "discover", lambda environ=None: ([], "GPU discovery failed: boom"))
-    monkeypatch.setattr(gpus, "_device_nodes", lambda: True)
+    monkeypatch.setattr(gpus, "device_nodes", lambda: True)
     with caplog.at_level("INFO", logger="facefusion_tasks.gpus"):
         assert gpus.detect_gpus() == []
     warned = [r for r in caplog.records if r.levelname == "WARNING"]
     assert [r.getMessage() for r in warned] == [
         "NVIDIA device nodes exist but no GPU was found for the workers: GPU discovery failed: boom"
     ]
-    monkeypatch.setattr(gpus, "_device_nodes", lambda: False)
+    monkeypatch.setattr(gpus, "device_nodes", lambda: False)
     caplog.clear()
     with caplog.at_level("INFO", logger="facefusion_tasks.gpus"):
         gpus.detect_gpus()
