@@ -274,6 +274,11 @@ class JobStore:
         chunks = [self._chunk(job_id, i) for i in range(chunks_total)]
         return [job, f"{job}:done", f"{job}:running", *chunks]
 
+    def _expire(self, pipe: Any, job_id: str, chunks_total: int) -> None:
+        """Queue, on `pipe`, the retention TTL for every record of a job that has ended."""
+        for record in self._records(job_id, chunks_total):
+            pipe.expire(record, self.record_ttl)
+
     def _running(self, job_id: str) -> str:
         """The set of chunk indexes a worker is executing right now."""
         return f"{self._job(job_id)}:running"
@@ -326,8 +331,7 @@ class JobStore:
                     pipe.multi()
                     pipe.hset(key, mapping=fields)
                     if state in TERMINAL:  # retention: finished records go after a while
-                        for record in self._records(job_id, int(total or 0)):
-                            pipe.expire(record, self.record_ttl)
+                        self._expire(pipe, job_id, int(total or 0))
                     if state in WATCHED:  # the stall sweep's index (liveness.py)
                         pipe.zadd(LIVE_KEY, {job_id: now})
                     else:
@@ -448,8 +452,7 @@ class JobStore:
                         if state != DONE:
                             pipe.hset(chunk_key, "state", CANCELLED)
                     pipe.zrem(LIVE_KEY, job_id)
-                    for record in self._records(job_id, total):
-                        pipe.expire(record, self.record_ttl)
+                    self._expire(pipe, job_id, total)
                     pipe.execute()
                     return True, idle
                 except redis.WatchError:
@@ -699,8 +702,7 @@ class JobStore:
         the job ended, e.g. a plan that lost the race with a cancel, would otherwise stay)."""
         total = int(self.r.hget(self._job(job_id), "chunks_total") or 0)
         with self.r.pipeline() as pipe:
-            for record in self._records(job_id, total):
-                pipe.expire(record, self.record_ttl)
+            self._expire(pipe, job_id, total)
             pipe.execute()
 
     def unsent_chunks(self, job_id: str) -> list[int]:
