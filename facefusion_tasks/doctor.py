@@ -115,8 +115,8 @@ def _onnxruntime(settings: Settings) -> dict[str, Any]:
     except ImportError as exc:
         return {
             "ok": False,
-            "error": f"no onnxruntime installed ({exc}): pip install 'facefusion-tasks[gpu]' "
-            "on a GPU host, 'facefusion-tasks[cpu]' elsewhere",
+            "error": f"no onnxruntime installed ({exc}): reinstall facefusion-tasks (it brings "
+            "onnxruntime-gpu), with the [gpu] extra on an NVIDIA host for its CUDA libraries",
             "clashes": clashes,
             "proofs": {},
         }

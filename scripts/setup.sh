@@ -3,9 +3,9 @@
 # onnxruntime build and one OpenCV build, with no uninstall step:
 #   FACEFUSION_ORT=gpu        onnxruntime-gpu with its CUDA 13 / cuDNN 9 pip libraries
 #                             (the default where nvidia-smi answers)
-#   FACEFUSION_ORT=gpu-build  onnxruntime-gpu alone (the default elsewhere): its CUDA provider is
-#                             listed but cannot start, which is what the tests check on a CPU host
-#   FACEFUSION_ORT=cpu        the CPU onnxruntime
+#   FACEFUSION_ORT=gpu-build  onnxruntime-gpu alone, as a plain install has it (the default
+#                             elsewhere): its CUDA provider is listed but cannot start, which is
+#                             what the tests check on a CPU host
 # insightface (the tests' reference implementation) goes in with --no-deps: it requires the CPU
 # onnxruntime and opencv-python, which would shadow onnxruntime-gpu and the headless OpenCV.
 set -euo pipefail
@@ -20,9 +20,8 @@ if [ -z "${FACEFUSION_ORT:-}" ]; then
 fi
 case "$FACEFUSION_ORT" in
   gpu) target=".[gpu,dev]"; extra=() ;;
-  gpu-build) target=".[dev]"; extra=("onnxruntime-gpu==1.31.*") ;;
-  cpu) target=".[cpu,dev]"; extra=() ;;
-  *) echo "FACEFUSION_ORT must be gpu, gpu-build or cpu" >&2; exit 2 ;;
+  gpu-build) target=".[dev]"; extra=() ;;
+  *) echo "FACEFUSION_ORT must be gpu or gpu-build" >&2; exit 2 ;;
 esac
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
@@ -52,7 +51,6 @@ opencv = [n for n in ("opencv-python", "opencv-python-headless") if installed(n)
 assert len(builds) == 1, f"exactly one onnxruntime build must be installed, found {builds}"
 assert opencv == ["opencv-python-headless"], f"only the headless OpenCV may be installed: {opencv}"
 providers = onnxruntime.get_available_providers()
-if sys.argv[1] != "cpu":
-    assert "CUDAExecutionProvider" in providers, f"onnxruntime-gpu is shadowed: {providers}"
+assert "CUDAExecutionProvider" in providers, f"onnxruntime-gpu is shadowed: {providers}"
 print(f"ready: {builds[0]} {onnxruntime.__version__} ({', '.join(providers)}), opencv {cv2.__version__}")
 PY
