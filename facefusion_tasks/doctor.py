@@ -116,7 +116,7 @@ def _onnxruntime(settings: Settings) -> dict[str, Any]:
         return {
             "ok": False,
             "error": f"no onnxruntime installed ({exc}): reinstall facefusion-tasks (it brings "
-            "onnxruntime-gpu), with the [gpu] extra on an NVIDIA host for its CUDA libraries",
+            "onnxruntime-gpu); on an NVIDIA host 'facefusion-tasks[gpu]' adds its CUDA libraries",
             "clashes": clashes,
             "proofs": {},
         }
