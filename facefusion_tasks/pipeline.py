@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from facefusion_tasks import observe
+from facefusion_tasks import heap, observe
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled, InputError
 from facefusion_tasks.faces.engine import FaceEngine, StageClock, mark
@@ -191,6 +191,7 @@ def run_swap(
     `settings.cpu_threads` beside the model calls. Nothing appears at `job.output` unless every
     frame made it."""
     check_output(job.output, job.target)
+    heap.keep_freed_buffers()
     info = info or probe(
         job.target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels
     )

@@ -36,18 +36,26 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np
     local = inverse.copy()
     local[:, 2] -= (x0, y0)
     box = (x1 - x0, y1 - y0)
-    face = cv2.warpAffine(crop, local, box, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Warped as BGRA: OpenCV's 4-channel bilinear warp is about twice as fast as its 3-channel
+    # one and gives the same B, G and R values (the equality test guards it).
+    face = cv2.cvtColor(
+        cv2.warpAffine(
+            cv2.cvtColor(crop, cv2.COLOR_BGR2BGRA), local, box,
+            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+        ),
+        cv2.COLOR_BGRA2BGR,
+    )  # fmt: skip
     alpha = cv2.warpAffine(mask, local, box, flags=cv2.INTER_LINEAR, borderValue=0.0)
     region = frame[y0:y1, x0:x1]
     # region + alpha * (face - region), + 0.5, truncated to uint8: the same float32 operations
-    # as ever, in two buffers and without numpy's slow broadcast of a trailing axis of 1 (alpha
-    # is widened to 3 channels instead). No clip to 0..255: rounding is monotonic, so with alpha
-    # in [0, 1] (give or take a rounding) the blend stays between region and face, and after
+    # as ever (each one exactly rounded, so OpenCV's and numpy's agree bit for bit), with the
+    # uint8 -> float32 widening folded into the subtraction and the addition instead of two
+    # more passes, and alpha widened to 3 channels rather than broadcast from a trailing axis
+    # of 1 (numpy's slow path). No clip to 0..255: rounding is monotonic, so with alpha in
+    # [0, 1] (give or take a rounding) the blend stays between region and face, and after
     # + 0.5 truncation lands in 0..255 exactly where a clip first would have put it.
-    base = region.astype(np.float32)
-    out = face.astype(np.float32)
-    np.subtract(out, base, out=out)
-    np.multiply(out, cv2.merge((alpha, alpha, alpha)), out=out)
-    np.add(base, out, out=out)
+    out = cv2.subtract(face, region, dtype=cv2.CV_32F)
+    cv2.multiply(out, cv2.merge((alpha, alpha, alpha)), dst=out)
+    out = cv2.add(region, out, dtype=cv2.CV_32F)
     np.add(out, np.float32(0.5), out=out)
     np.copyto(region, out, casting="unsafe")

@@ -82,12 +82,15 @@ def test_alignment_of_many_faces_at_once_equals_one_by_one() -> None:
             assert np.array_equal(align.estimate_norm(one, 128), matrix)
 
 
-def test_paste_back_in_two_buffers_without_a_clip_equals_the_broadcast_formula() -> None:
+def test_paste_back_as_bgra_with_fused_widening_and_no_clip_equals_the_broadcast_formula() -> None:
     rng = np.random.default_rng(1)
     mask = feather_mask(128)
     for trial in range(300):
         frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
-        kps = align.ARCFACE_TEMPLATE * rng.uniform(0.3, 3.0) + rng.uniform(-60, 600, 2)
+        turn = rng.uniform(-np.pi, np.pi)  # any roll, so the warp samples at every phase
+        rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+        kps = (align.ARCFACE_TEMPLATE - 64) @ rotation.T * rng.uniform(0.3, 3.0) + 64
+        kps = kps + rng.uniform(-60, 600, 2)
         kps = (kps + rng.normal(0, 3, kps.shape)).astype(np.float32)
         crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
         if trial % 3:  # the extremes, where a clip would act if anything went out of range
