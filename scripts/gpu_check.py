@@ -179,6 +179,22 @@ def main(out: Path) -> None:
                 "--execution-provider", "cuda", "--repeats", "3"]  # fmt: skip
         return run(argv, env=env, timeout=240)
 
+    # The CPU side of a GPU host, which sets the pace once the models run on the GPU: the
+    # ceiling (negligible-compute models, so the provider does not matter) with more per-frame
+    # pool threads, and several pipelines against one. No onnxruntime-gpu needed.
+    @section("host_ceiling_cpu_threads")
+    def _host_ceiling() -> Any:
+        argv = [sys.executable, "-m", "facefusion_tasks", "bench", "--ceiling", "--json",
+                "--execution-provider", "cpu", "--repeats", "3", "--cpu-threads"]  # fmt: skip
+        return {threads: run([*argv, str(threads)], env=env, timeout=240) for threads in (2, 6)}
+
+    @section("host_processes")
+    def _host_processes() -> Any:
+        argv = [sys.executable, "-m", "facefusion_tasks", "bench", "--json", "--repeats", "3",
+                "--execution-provider", "cpu", "--inference-threads", "1", "--width", "1280",
+                "--height", "720", "--seconds", "6", "--processes", "2"]  # fmt: skip
+        return run(argv, env=env, timeout=240)
+
     @section("swap_cli_cuda_hwaccel")
     def _swap() -> Any:
         from facefusion_tasks.video.samples import make_sample_video
