@@ -63,6 +63,17 @@ def run(argv: list[str], timeout: float = 180, env: Any = None) -> dict[str, Any
     return {"argv": argv, "rc": done.returncode, "out": (done.stdout + done.stderr)[-6000:]}
 
 
+def bench_json(argv: list[str], timeout: float = 240) -> dict[str, Any]:
+    """A `bench --json` run, kept whole (run() keeps only an output tail): its report, or the
+    exit code and output tail when it did not produce one."""
+    env = os.environ | {"FACEFUSION_ALLOW_STANDIN_MODELS": "1"}
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        return dict(json.loads(done.stdout))
+    except (subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        return {"argv": argv, "error": repr(exc)[-3000:]}
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -186,7 +197,7 @@ def main(out: Path) -> None:
     def _host_ceiling() -> Any:
         argv = [sys.executable, "-m", "facefusion_tasks", "bench", "--ceiling", "--json",
                 "--execution-provider", "cpu", "--repeats", "3", "--cpu-threads"]  # fmt: skip
-        return {threads: run([*argv, str(threads)], env=env, timeout=240) for threads in (2, 6)}
+        return {threads: bench_json([*argv, str(threads)]) for threads in (2, 6)}
 
     @section("host_processes")
     def _host_processes() -> Any:
