@@ -65,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    swap = sub.add_parser("swap", help="swap the source face into every face of a video")
+    swap = sub.add_parser("swap", help="swap the source face into every face of a video or image")
     swap.add_argument("source", type=Path, help="image with the face to put in")
-    swap.add_argument("target", type=Path, help="video to change")
+    swap.add_argument(
+        "target", type=Path, help="video, or still image (.jpg, .png, .webp), to change"
+    )
     swap.add_argument("-o", "--output", type=Path, required=True)
     swap.add_argument("--reference-face", type=Path, default=None)
     swap.add_argument("--json", action="store_true", help="machine-readable summary on stdout")

@@ -12,9 +12,11 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, ModelError
 from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
+from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import check_output, read_image
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
-from facefusion_tasks.video.probe import probe
+from facefusion_tasks.still import swap_image
+from facefusion_tasks.video.probe import VideoInfo, probe
 
 
 def run_local(
@@ -27,9 +29,15 @@ def run_local(
     show_progress: bool = False,
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
-    and stream the video through them."""
-    info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-    check_output(output, target, inputs=(source, reference))
+    and stream the video through them; a still-image target is one frame, written in its own
+    format."""
+    info: VideoInfo | None = None
+    if is_image_target(target):
+        header = check_image_target(target, max_pixels=settings.max_image_pixels)
+        check_output(output, target, inputs=(source, reference), image_format=header.format)
+    else:
+        info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
+        check_output(output, target, inputs=(source, reference))
     read_image(source, max_pixels=settings.max_image_pixels)
     if reference is not None:
         # A reference face always means "only this person" (as for submitted jobs).
@@ -41,6 +49,12 @@ def run_local(
     loaded.engine.set_source(source)
     if reference is not None:
         loaded.engine.set_reference(reference)
+    frames = 1 if info is None else info.frame_count
+    job = SwapJob(source=source, target=target, output=output, reference=reference, frames=frames)
+    if info is None:
+        result, staged = swap_image(job, loaded.engine, settings)
+        staged.commit()
+        return result, loaded
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -48,13 +62,7 @@ def run_local(
         bar = tqdm(total=info.frame_count or None, unit="frame", file=sys.stderr, leave=False)
     try:
         result = run_swap(
-            SwapJob(
-                source=source,
-                target=target,
-                output=output,
-                reference=reference,
-                frames=info.frame_count,
-            ),
+            job,
             loaded.engine,
             settings,
             info=info,

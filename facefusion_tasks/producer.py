@@ -13,6 +13,7 @@ from facefusion_tasks import broker
 from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
+from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import check_output, read_image
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking
@@ -75,7 +76,7 @@ class Producer:
             raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
         limits = self.settings
         source = confine(source, self.settings, what="source image")
-        target = confine(target, self.settings, what="target video")
+        target = confine(target, self.settings, what="target")
         output = confine(output, self.settings, what="output")
         read_image(source, max_pixels=limits.max_image_pixels)
         selector = self.settings.face_selector
@@ -85,14 +86,21 @@ class Producer:
             selector = "reference"
         elif selector == "reference":
             raise InputError("--face-selector reference needs --reference-face IMAGE")
-        info = probe(target, ffmpeg=limits.ffmpeg, max_frame_pixels=limits.max_frame_pixels)
-        check_chunking(
-            info.duration,
-            chunk_seconds or limits.chunk_seconds,
-            min_chunk_seconds=limits.min_chunk_seconds,
-            max_chunks=limits.max_chunks,
-        )
-        check_output(output, target, inputs=(source, reference))
+        if is_image_target(target):
+            # One chunk of one frame: nothing to probe or cut.
+            header = check_image_target(target, max_pixels=limits.max_image_pixels)
+            check_output(output, target, inputs=(source, reference), image_format=header.format)
+            frames_total = 1
+        else:
+            info = probe(target, ffmpeg=limits.ffmpeg, max_frame_pixels=limits.max_frame_pixels)
+            check_chunking(
+                info.duration,
+                chunk_seconds or limits.chunk_seconds,
+                min_chunk_seconds=limits.min_chunk_seconds,
+                max_chunks=limits.max_chunks,
+            )
+            check_output(output, target, inputs=(source, reference))
+            frames_total = info.frame_count
         job_id = self.store.create(
             {
                 "source": str(source),
@@ -103,7 +111,7 @@ class Producer:
                 "reference_distance": self.settings.reference_distance,
                 "priority": priority,
                 "chunk_seconds": chunk_seconds or self.settings.chunk_seconds,
-                "frames_total": info.frame_count,
+                "frames_total": frames_total,
             }
         )
         self._send(TASK_PLAN, [job_id], priority=priority)

@@ -12,15 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from facefusion_tasks import policy
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import Cancelled, InputError, ModelError, TransientError
+from facefusion_tasks.errors import Cancelled, InputError, MediaError, ModelError, TransientError
 from facefusion_tasks.faces.loader import LoadedModels, load_models
-from facefusion_tasks.jobs import Chunk, plan_chunks
+from facefusion_tasks.images import check_image_target, is_image_target, read_header
+from facefusion_tasks.jobs import Chunk, image_plan, plan_chunks
 from facefusion_tasks.metrics.oom import classify_oom
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.still import swap_image
 from facefusion_tasks.storage import confine
 from facefusion_tasks.store import (
     CANCELLED,
@@ -83,7 +86,30 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     if not store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING)):
         return []
     job = store.get(job_id)
-    target = confine(job["target"], settings, what="target video")
+    target = confine(job["target"], settings, what="target")
+    image = is_image_target(target)
+    info: dict[str, Any] = {}
+    if image:
+        # A still image is one chunk of one frame: no probe, no timestamps, no segments.
+        check_image_target(target, max_pixels=settings.max_image_pixels)
+        chunks, frames = image_plan(), 1
+    else:
+        chunks, frames, info = _plan_video(job, target, settings)
+    if store.state(job_id) != PLANNING:
+        return []  # cancelled (or failed by the sweep) while reading the video
+    store.set_plan(job_id, chunks, frames, info)
+    if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
+        store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
+        return []
+    if not image:
+        segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
+    return [c.index for c in chunks]
+
+
+def _plan_video(
+    job: dict[str, str], target: Path, settings: Settings
+) -> tuple[list[Chunk], int, dict[str, Any]]:
+    """Chunks cut on the video's own timestamps, its frame count and its stored probe."""
     info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
     timestamps, time_base = frame_timestamps(target, ffmpeg=settings.ffmpeg)
     if not timestamps:
@@ -98,14 +124,7 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         min_chunk_seconds=settings.min_chunk_seconds,
         max_chunks=settings.max_chunks,
     )
-    if store.state(job_id) != PLANNING:
-        return []  # cancelled (or failed by the sweep) while reading the video
-    store.set_plan(job_id, chunks, len(timestamps), info.to_json())
-    if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
-        store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
-        return []
-    segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
-    return [c.index for c in chunks]
+    return chunks, len(timestamps), info.to_json()
 
 
 def _video_info(store: JobStore, settings: Settings, job_id: str, target: Path) -> VideoInfo:
@@ -230,7 +249,7 @@ def run_chunk(
     if not job or job.get("state") in TERMINAL:
         return None, False
     chunk = store.chunk_plan(job_id, index)
-    target = confine(job["target"], settings, what="target video")
+    target = confine(job["target"], settings, what="target")
     source = confine(job["source"], settings, what="source image")
     reference = (
         confine(job["reference"], settings, what="reference image")
@@ -248,8 +267,9 @@ def run_chunk(
         engine.set_reference(reference)
     if not store.chunk_started(job_id, index, worker):
         return None, False  # the job ended meanwhile
+    swap = _swap_image_job if is_image_target(target) else _swap_chunk
     try:
-        return _swap_chunk(store, settings, job_id, chunk, loaded, source, target, reference)
+        return swap(store, settings, job_id, chunk, loaded, source, target, reference)
     finally:
         if store.chunk_left(job_id, index):
             # Cancelled, and this was the last chunk executing: its segments go.
@@ -299,6 +319,66 @@ def _swap_chunk(
     return result, last
 
 
+def _swap_image_job(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    chunk: Chunk,
+    loaded: LoadedModels,
+    source: Path,
+    target: Path,
+    reference: Path | None,
+) -> tuple[SwapResult | None, bool]:
+    """An image job's one chunk swaps the image into a verified temp beside the output and
+    commits it itself, through COMMITTING as a stitch does (a cancel before that wins; none
+    after). The chunk is marked done only once the output is in place, so a job whose chunk
+    is done has its output; there is nothing to stitch: (result, False)."""
+    watch = _Watch(store, job_id, chunk.index, heartbeat_seconds=settings.heartbeat_seconds)
+    output = confine(store.get(job_id)["output"], settings, what="output")
+    try:
+        result, staged = swap_image(
+            SwapJob(source=source, target=target, output=output, reference=reference, frames=1),
+            loaded.engine,
+            settings,
+            progress=watch.advance,
+            cancel=watch.cancel,
+        )
+    except Cancelled:
+        store.chunk_cancelled(job_id, chunk.index)
+        return None, False
+    finally:
+        watch.close()
+    # COMMITTING already: an earlier delivery of this chunk got there and stopped (a Redis
+    # error after it); no cancel can have landed since, so this one commits.
+    if not store.set_state(job_id, COMMITTING, only_from=(RUNNING, COMMITTING)):
+        staged.discard()  # cancelled (or failed) meanwhile: the user's file was never touched
+        store.chunk_cancelled(job_id, chunk.index)
+        return None, False
+    try:
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    store.chunk_done(job_id, chunk.index, result.frames)
+    store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
+    return result, False
+
+
+def _finish_image_job(store: JobStore, job_id: str, output: Path) -> Path | None:
+    """A stitch sent for an image job (by the stall sweep, or `retry`, once its one chunk is
+    done): the chunk committed the output before it was marked done, so check the output
+    and record the success the chunk's worker did not live to record."""
+    try:
+        complete = read_header(output).complete
+    except (InputError, OSError):
+        complete = False
+    if not complete:
+        raise MediaError(f"{output.name}: the committed image is gone; submit the job again")
+    if store.set_state(job_id, SUCCEEDED, only_from=(RUNNING, STITCHING, COMMITTING)):
+        return output
+    return None
+
+
 def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
     """Join the segments without re-encoding, add the original audio, verify the result, then
     commit it: the job moves to COMMITTING (a cancel can no longer win) before the rename, so
@@ -306,8 +386,10 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
     job = store.get(job_id)
     if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
         return None  # ended (cancelled, failed, succeeded) or not ready
-    target = confine(job["target"], settings, what="target video")
+    target = confine(job["target"], settings, what="target")
     output = confine(job["output"], settings, what="output")
+    if is_image_target(target):
+        return _finish_image_job(store, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
     segments = [(segment_path(settings, job_id, c.index), c.span) for c in chunks]
     with _alive(store, settings, job_id):

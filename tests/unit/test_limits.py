@@ -12,7 +12,8 @@ import pytest
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
-from facefusion_tasks.inputs import image_size, read_image
+from facefusion_tasks.images import image_size
+from facefusion_tasks.inputs import read_image
 from facefusion_tasks.jobs import check_chunking, plan_chunks
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.argv import decode_argv, encode_argv, plain_input_args
