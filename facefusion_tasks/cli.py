@@ -48,6 +48,46 @@ def _job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-seconds", type=float, default=None)
 
 
+#: The two forms of swap and submit (argparse cannot say "either a positional or --source").
+_SOURCES_USAGE = (
+    "%(prog)s [options] SOURCE TARGET -o OUTPUT\n"
+    "       %(prog)s [options] --source IMAGE [--source IMAGE ...] TARGET -o OUTPUT"
+)
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    """SOURCE TARGET, or --source IMAGE (repeatable) TARGET: the paths are sorted out after
+    parsing (_split_sources), where both forms, or neither, are refused."""
+    parser.add_argument(
+        "paths", nargs="+", type=Path, metavar="SOURCE TARGET",
+        help="the image with the face to put in (or use --source), then the video to change",
+    )  # fmt: skip
+    parser.add_argument(
+        "--source", dest="sources", action="append", type=Path, default=None, metavar="IMAGE",
+        help="a source image; repeat for several photos of the same person (their identities "
+        "are averaged)",
+    )  # fmt: skip
+    parser.set_defaults(command_parser=parser)  # its usage goes with a usage error
+
+
+def _split_sources(args: argparse.Namespace) -> None:
+    """Set args.sources and args.target from the two forms, or exit 2 with the usage."""
+    parser: argparse.ArgumentParser = args.command_parser
+    paths: list[Path] = args.paths
+    if args.sources:
+        if len(paths) != 1:
+            parser.error(
+                "give the source images either with --source or as the first argument, not both"
+            )
+        args.target = paths[0]
+        return
+    if len(paths) == 1:
+        parser.error("no source image: give SOURCE TARGET, or --source IMAGE [--source …] TARGET")
+    if len(paths) > 2:
+        parser.error("too many arguments: for several source images, repeat --source IMAGE")
+    args.sources, args.target = [paths[0]], paths[1]
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     names = [
         "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
@@ -65,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    swap = sub.add_parser("swap", help="swap the source face into every face of a video")
-    swap.add_argument("source", type=Path, help="image with the face to put in")
-    swap.add_argument("target", type=Path, help="video to change")
+    swap = sub.add_parser(
+        "swap", help="swap the source face into every face of a video", usage=_SOURCES_USAGE
+    )
+    _source_arguments(swap)
     swap.add_argument("-o", "--output", type=Path, required=True)
     swap.add_argument("--reference-face", type=Path, default=None)
     swap.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
@@ -76,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     _job_flags(swap)
     _settings_flags(swap)
 
-    submit = sub.add_parser("submit", help="enqueue a job for the workers; prints its id")
-    submit.add_argument("source", type=Path)
-    submit.add_argument("target", type=Path)
+    submit = sub.add_parser(
+        "submit", help="enqueue a job for the workers; prints its id", usage=_SOURCES_USAGE
+    )
+    _source_arguments(submit)
     submit.add_argument("-o", "--output", type=Path, required=True)
     submit.add_argument("--reference-face", type=Path, default=None)
     _job_flags(submit)
@@ -177,7 +219,7 @@ def _cmd_swap(args: argparse.Namespace) -> int:
         print(f"submitted {job_id}", file=sys.stderr)
         return _follow(settings, job_id, as_json=args.json, progress=not args.no_progress)
     result, loaded = run_local(
-        args.source,
+        args.sources,
         args.target,
         args.output,
         settings=settings,
@@ -275,7 +317,7 @@ def _producer(settings: Settings) -> Any:
 def _submit(args: argparse.Namespace, settings: Settings) -> str:
     return str(
         _producer(settings).submit(
-            args.source,
+            args.sources,
             args.target,
             args.output,
             reference=args.reference_face,
@@ -442,7 +484,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return exporter_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command in {"swap", "submit"}:
+        # A path after --source (`swap a.jpg --source b.jpg clip.mp4`) ends up here: join it
+        # to the others, so mixing both forms gets the clear message, not "unrecognized".
+        if not any(arg.startswith("-") for arg in extra):
+            args.paths += [Path(arg) for arg in extra]
+            extra = []
+        if not extra:
+            _split_sources(args)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr

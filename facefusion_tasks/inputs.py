@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
+from os import PathLike
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +23,20 @@ IMAGE_TYPES = "PNG, JPEG or WebP"
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 #: JPEG markers without a length field.
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+#: One source image, or several photos of the same person (their identities are averaged).
+Sources = str | PathLike[str] | Sequence[str | PathLike[str]]
+
+
+def source_paths(sources: Sources) -> tuple[Path, ...]:
+    """The source images as paths: one path, or a sequence of them; InputError when none."""
+    if isinstance(sources, (str, PathLike)):
+        return (Path(sources),)
+    paths = tuple(Path(s) for s in sources)
+    if not paths:
+        raise InputError("no source image given")
+    return paths
 
 
 def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:

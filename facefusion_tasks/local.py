@@ -12,13 +12,13 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, ModelError
 from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
-from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.inputs import Sources, check_output, read_image, source_paths
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.video.probe import probe
 
 
 def run_local(
-    source: Path,
+    source: Sources,
     target: Path,
     output: Path,
     *,
@@ -27,10 +27,13 @@ def run_local(
     show_progress: bool = False,
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
-    and stream the video through them."""
+    and stream the video through them. `source`: one image, or several photos of the same
+    person, whose identities are averaged."""
+    sources = source_paths(source)
     info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-    check_output(output, target, inputs=(source, reference))
-    read_image(source, max_pixels=settings.max_image_pixels)
+    check_output(output, target, inputs=(*sources, reference))
+    for path in sources:
+        read_image(path, max_pixels=settings.max_image_pixels)
     if reference is not None:
         # A reference face always means "only this person" (as for submitted jobs).
         read_image(reference, max_pixels=settings.max_image_pixels)
@@ -38,7 +41,7 @@ def run_local(
     elif settings.face_selector == "reference":
         raise InputError("--face-selector reference needs --reference-face IMAGE")
     loaded = load_models(settings)
-    loaded.engine.set_source(source)
+    loaded.engine.set_sources(sources)
     if reference is not None:
         loaded.engine.set_reference(reference)
     bar = None
@@ -49,7 +52,7 @@ def run_local(
     try:
         result = run_swap(
             SwapJob(
-                source=source,
+                sources=sources,
                 target=target,
                 output=output,
                 reference=reference,
