@@ -179,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vf = msub.add_parser("verify", help="check the model files against their digests")
     vf.add_argument("--dir", type=Path, default=None)
+    tr = msub.add_parser(
+        "trust",
+        help="check your own model files' inputs and outputs, then trust their sha256",
+        description="Each FILE's name says its role (det_10g.onnx, w600k_r50.onnx, "
+        "inswapper_128.onnx). Its inputs, outputs (and the swapper's emap) are checked against "
+        "that role; then it is copied into the models dir under that name (unless it is "
+        "there already) and its sha256 is recorded as trusted in digests.json.",
+    )
+    tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    tr.add_argument("--dir", type=Path, default=None)
 
     metrics = sub.add_parser(
         "metrics",
@@ -263,16 +273,30 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(path)
         print("note: stand-in models for tests and demos; they do not really swap faces")
         return EXIT_OK
-    from facefusion_tasks.models.download import download_models, verify_models
+    if args.models_command == "trust":
+        from facefusion_tasks.models.trust import roles_of, trust_file
+
+        for path, role in roles_of(args.files):
+            print(trust_file(path, role, directory).line())
+        return EXIT_OK
+    from facefusion_tasks.models.digests import GOOD_STATUSES, trusted_digests, verify_models
 
     if args.models_command == "download":
+        from facefusion_tasks.models.download import download_models
+
         for path in download_models(directory, progress=not args.no_progress, force=args.force):
             print(path)
         return EXIT_OK
     states = verify_models(directory)
     for name, state in states.items():
         print(f"{name}: {state}")
-    bad = [s for s in states.values() if s not in {"ok", "unpinned (recorded)"}]
+    trusted = trusted_digests(directory)
+    if trusted:
+        # Apart from the published files: these digests are the user's own decision.
+        print("trusted on purpose (`models trust`), not the published files:")
+        for name, digest in sorted(trusted.items()):
+            print(f"  {name}: sha256 {digest}")
+    bad = [s for s in states.values() if s not in GOOD_STATUSES]
     return EXIT_BAD_INPUT if bad else EXIT_OK
 
 
