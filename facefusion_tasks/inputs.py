@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from os import PathLike
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,20 @@ from facefusion_tasks.reasons import Reason
 
 #: Output containers we can mux video (and usually the source audio) into.
 OUTPUT_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".m4v"})
+
+
+#: One source image, or several photos of the same person (their identities are averaged).
+Sources = str | PathLike[str] | Sequence[str | PathLike[str]]
+
+
+def source_paths(sources: Sources) -> tuple[Path, ...]:
+    """The source images as paths: one path, or a sequence of them; InputError when none."""
+    if isinstance(sources, (str, PathLike)):
+        return (Path(sources),)
+    paths = tuple(Path(s) for s in sources)
+    if not paths:
+        raise InputError("no source image given")
+    return paths
 
 
 def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:

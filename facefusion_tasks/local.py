@@ -13,14 +13,14 @@ from facefusion_tasks.errors import InputError, ModelError
 from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
 from facefusion_tasks.images import check_image_target, is_image_target
-from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.inputs import Sources, check_output, read_image, source_paths
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.still import swap_image
 from facefusion_tasks.video.probe import VideoInfo, probe
 
 
 def run_local(
-    source: Path,
+    source: Sources,
     target: Path,
     output: Path,
     *,
@@ -30,15 +30,18 @@ def run_local(
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
     and stream the video through them; a still-image target is one frame, written in its own
-    format."""
+    format. `source`: one image, or several photos of the same person, whose identities are
+    averaged."""
+    sources = source_paths(source)
     info: VideoInfo | None = None
     if is_image_target(target):
         header = check_image_target(target, max_pixels=settings.max_image_pixels)
-        check_output(output, target, inputs=(source, reference), image_format=header.format)
+        check_output(output, target, inputs=(*sources, reference), image_format=header.format)
     else:
         info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-        check_output(output, target, inputs=(source, reference))
-    read_image(source, max_pixels=settings.max_image_pixels)
+        check_output(output, target, inputs=(*sources, reference))
+    for path in sources:
+        read_image(path, max_pixels=settings.max_image_pixels)
     if reference is not None:
         # A reference face always means "only this person" (as for submitted jobs).
         read_image(reference, max_pixels=settings.max_image_pixels)
@@ -46,11 +49,11 @@ def run_local(
     elif settings.face_selector == "reference":
         raise InputError("--face-selector reference needs --reference-face IMAGE")
     loaded = load_models(settings)
-    loaded.engine.set_source(source)
+    loaded.engine.set_sources(sources)
     if reference is not None:
         loaded.engine.set_reference(reference)
     frames = 1 if info is None else info.frame_count
-    job = SwapJob(source=source, target=target, output=output, reference=reference, frames=frames)
+    job = SwapJob(sources=sources, target=target, output=output, reference=reference, frames=frames)
     if info is None:
         result, staged = swap_image(job, loaded.engine, settings)
         staged.commit()

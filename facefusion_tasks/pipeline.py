@@ -37,7 +37,8 @@ _POLL_SECONDS = 0.2
 class SwapJob:
     """One swap over a target video (or one span of it, for a chunk)."""
 
-    source: Path
+    #: The source images (one identity: their embeddings averaged).
+    sources: tuple[Path, ...]
     target: Path
     output: Path
     reference: Path | None = None

@@ -14,7 +14,7 @@ from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.images import check_image_target, is_image_target
-from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.inputs import Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking
 from facefusion_tasks.reasons import Reason
@@ -60,7 +60,7 @@ class Producer:
 
     def submit(
         self,
-        source: Path,
+        source: Sources,
         target: Path,
         output: Path,
         *,
@@ -69,16 +69,18 @@ class Producer:
         chunk_seconds: float | None = None,
     ) -> str:
         """Validate everything that can be checked here (so bad input enqueues nothing), record
-        the job and enqueue its planning. Returns the job id."""
+        the job and enqueue its planning. Returns the job id. `source`: one image, or several
+        photos of the same person (the workers average their identities)."""
         if not 0 <= priority <= 9:
             raise InputError("priority must be 0..9 (9 = most urgent)")
         if chunk_seconds is not None and not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
         limits = self.settings
-        source = confine(source, self.settings, what="source image")
+        sources = [confine(s, self.settings, what="source image") for s in source_paths(source)]
         target = confine(target, self.settings, what="target")
         output = confine(output, self.settings, what="output")
-        read_image(source, max_pixels=limits.max_image_pixels)
+        for path in sources:
+            read_image(path, max_pixels=limits.max_image_pixels)
         selector = self.settings.face_selector
         if reference is not None:
             reference = confine(reference, self.settings, what="reference image")
@@ -89,7 +91,7 @@ class Producer:
         if is_image_target(target):
             # One chunk of one frame: nothing to probe or cut.
             header = check_image_target(target, max_pixels=limits.max_image_pixels)
-            check_output(output, target, inputs=(source, reference), image_format=header.format)
+            check_output(output, target, inputs=(*sources, reference), image_format=header.format)
             frames_total = 1
         else:
             info = probe(target, ffmpeg=limits.ffmpeg, max_frame_pixels=limits.max_frame_pixels)
@@ -99,11 +101,14 @@ class Producer:
                 min_chunk_seconds=limits.min_chunk_seconds,
                 max_chunks=limits.max_chunks,
             )
-            check_output(output, target, inputs=(source, reference))
+            check_output(output, target, inputs=(*sources, reference))
             frames_total = info.frame_count
         job_id = self.store.create(
             {
-                "source": str(source),
+                # `source` stays the first image: records and readers from before several
+                # sources keep their meaning; `sources` (see store.job_sources) has them all.
+                "source": str(sources[0]),
+                "sources": [str(path) for path in sources],
                 "target": str(target),
                 "output": str(output),
                 "reference": str(reference) if reference else "",

@@ -8,7 +8,7 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from facefusion_tasks.store import (
     SUCCEEDED,
     TERMINAL,
     JobStore,
+    job_sources,
 )
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.stitch import stitch_segments
@@ -147,7 +148,7 @@ class _ModelCache:
         self._ready = threading.Event()
         self._loaded: LoadedModels | None = None
         self._error: BaseException | None = None
-        self._source: tuple[str, float] | None = None
+        self._sources: tuple[tuple[str, float], ...] = ()
         self._thread: threading.Thread | None = None
 
     def start(self, settings: Settings) -> None:
@@ -180,17 +181,19 @@ class _ModelCache:
             return error
         return TransientError(f"the models could not be started on this worker: {error}")
 
-    def get(self, settings: Settings, source: Path) -> LoadedModels:
-        """The loaded models with `source` set as the identity (re-embedded only if it changed)."""
+    def get(self, settings: Settings, sources: Sequence[Path]) -> LoadedModels:
+        """The loaded models with the identity of `sources` set (re-embedded only when the
+        images, or one's modification time, changed)."""
         self.start(settings)
         self._ready.wait()
         if self._error is not None:
             raise self._failed()
         assert self._loaded is not None
-        key = (str(source), source.stat().st_mtime)
-        if self._source != key:
-            self._loaded.engine.set_source(source)
-            self._source = key
+        key = tuple((str(path), path.stat().st_mtime) for path in sources)
+        if self._sources != key:
+            self._sources = ()  # a failed embedding must not leave a stale key behind
+            self._loaded.engine.set_sources(sources)
+            self._sources = key
         return self._loaded
 
 
@@ -250,13 +253,13 @@ def run_chunk(
         return None, False
     chunk = store.chunk_plan(job_id, index)
     target = confine(job["target"], settings, what="target")
-    source = confine(job["source"], settings, what="source image")
+    sources = tuple(confine(s, settings, what="source image") for s in job_sources(job))
     reference = (
         confine(job["reference"], settings, what="reference image")
         if job.get("reference")
         else None
     )
-    loaded = MODELS.get(settings, source)
+    loaded = MODELS.get(settings, sources)
     # The face selection belongs to the job (the producer chose it), not to this worker's
     # settings; the cached engine is re-aimed for every chunk.
     engine = loaded.engine
@@ -269,7 +272,7 @@ def run_chunk(
         return None, False  # the job ended meanwhile
     swap = _swap_image_job if is_image_target(target) else _swap_chunk
     try:
-        return swap(store, settings, job_id, chunk, loaded, source, target, reference)
+        return swap(store, settings, job_id, chunk, loaded, sources, target, reference)
     finally:
         if store.chunk_left(job_id, index):
             # Cancelled, and this was the last chunk executing: its segments go.
@@ -282,7 +285,7 @@ def _swap_chunk(
     job_id: str,
     chunk: Chunk,
     loaded: LoadedModels,
-    source: Path,
+    sources: tuple[Path, ...],
     target: Path,
     reference: Path | None,
 ) -> tuple[SwapResult | None, bool]:
@@ -295,7 +298,7 @@ def _swap_chunk(
         # before it replaces a previous attempt's).
         result = run_swap(
             SwapJob(
-                source=source,
+                sources=sources,
                 target=target,
                 output=output,
                 reference=reference,
@@ -325,7 +328,7 @@ def _swap_image_job(
     job_id: str,
     chunk: Chunk,
     loaded: LoadedModels,
-    source: Path,
+    sources: tuple[Path, ...],
     target: Path,
     reference: Path | None,
 ) -> tuple[SwapResult | None, bool]:
@@ -337,7 +340,7 @@ def _swap_image_job(
     output = confine(store.get(job_id)["output"], settings, what="output")
     try:
         result, staged = swap_image(
-            SwapJob(source=source, target=target, output=output, reference=reference, frames=1),
+            SwapJob(sources=sources, target=target, output=output, reference=reference, frames=1),
             loaded.engine,
             settings,
             progress=watch.advance,

@@ -57,6 +57,15 @@ def write_turned_photo(path: Path, upright: np.ndarray) -> Path:
     return path
 
 
+def write_second_face(path: Path) -> Path:
+    """A source of "another photo": a smaller face off centre in a wider image, which the
+    stand-in embedder tells apart from write_source_face's (cosine similarity about 0.5)."""
+    image = background(240, 200, 0)
+    draw_face(image, 120, 100, 60)
+    cv2.imwrite(str(path), image)
+    return path
+
+
 def storage_root(base: Path, clips: Mapping[str, Mapping[str, Any]]) -> Path:
     """`base` as a storage root: source.png, each named sample clip (make_sample_video's
     options), and an empty out/ folder for the outputs."""

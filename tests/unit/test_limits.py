@@ -128,7 +128,7 @@ def test_a_swap_refuses_a_stored_probe_over_the_limit(settings: Settings, tmp_pa
         start_pts=0, has_audio=False, audio_codec=None, video_codec="h264", pix_fmt="yuv420p",
         variable_frame_rate=False, stored_width=8192, stored_height=8192,
     )  # fmt: skip
-    job = SwapJob(source=tmp_path / "s.png", target=info.path, output=tmp_path / "out.mp4")
+    job = SwapJob(sources=(tmp_path / "s.png",), target=info.path, output=tmp_path / "out.mp4")
     with pytest.raises(InputError, match="exceed the limit"):
         run_swap(job, None, settings, info=info)  # type: ignore[arg-type]
 
