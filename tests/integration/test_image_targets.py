@@ -23,7 +23,13 @@ from facefusion_tasks.faces.loader import load_models
 from facefusion_tasks.inputs import read_image
 from facefusion_tasks.store import FAILED, SUCCEEDED
 from tests.cluster import cluster
-from tests.media import ORIENTATION_TAG, face_photo, write_source_face, write_turned_photo
+from tests.media import (
+    ORIENTATION_TAG,
+    face_photo,
+    write_second_face,
+    write_source_face,
+    write_turned_photo,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -118,6 +124,29 @@ def test_an_image_target_comes_out_in_its_own_format_with_its_faces_swapped(
     else:
         assert _psnr(after, expected) > 35  # the same frame through a lossy encoder
     assert _leftovers(tmp_path) == []
+
+
+def test_an_image_target_takes_the_mean_identity_of_several_sources(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    write_second_face(tmp_path / "second.png")
+    settings = Settings.from_env(
+        {}, models_dir=models_dir, execution_provider="cpu", allow_standin_models=True
+    )
+    engine = load_models(settings).engine
+    engine.set_sources([root / "source.png", tmp_path / "second.png"])
+    expected = swapped_frame(engine, root / "photo.png")
+    out = tmp_path / "both.png"
+    done = run_cli(
+        "swap", "--source", root / "source.png", "--source", tmp_path / "second.png",
+        root / "photo.png", "-o", out, models=models_dir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(read_image(out), expected)
+    alone = tmp_path / "alone.png"
+    assert run_cli("swap", root / "source.png", root / "photo.png", "-o", alone,
+                   models=models_dir).returncode == 0  # fmt: skip
+    assert not np.array_equal(read_image(alone), expected)
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".webp"])
