@@ -54,8 +54,10 @@ class Settings:
     detector_score: float = 0.5
     #: ffmpeg executable; empty = PATH, then the imageio-ffmpeg wheel's binary.
     ffmpeg: str = ""
-    #: libx264 | libx265 | h264_nvenc | hevc_nvenc | auto (nvenc when present).
-    video_encoder: str = "libx264"
+    #: Unset = the output container's default (libx264; libvpx-vp9 for WebM) | auto (its nvenc
+    #: when a trial encode works) | libx264 | libx265 | h264_nvenc | hevc_nvenc | libvpx-vp9 |
+    #: libsvtav1 | libaom-av1 | av1_nvenc. One the container cannot hold is refused.
+    video_encoder: str = ""
     #: x264/x265 preset (nvenc presets are mapped).
     video_preset: str = "veryfast"
     #: Constant quality (crf for x264/x265, cq for nvenc).

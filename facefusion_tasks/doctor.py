@@ -47,6 +47,7 @@ def _installed(distribution: str) -> str | None:
 
 def _ffmpeg(settings: Settings) -> dict[str, Any]:
     from facefusion_tasks.video import ffbin
+    from facefusion_tasks.video.codecs import ENCODERS
 
     try:
         exe = ffbin.ffmpeg_exe(settings.ffmpeg)
@@ -55,7 +56,7 @@ def _ffmpeg(settings: Settings) -> dict[str, Any]:
         version = ".".join(map(str, ffbin.ffmpeg_version(exe)))
     except Exception as exc:
         return {"ok": False, "error": str(exc)}
-    wanted = ["libx264", "libx265", "h264_nvenc", "hevc_nvenc"]
+    wanted = ENCODERS
     return {
         "ok": "libx264" in encoders,
         "path": exe,

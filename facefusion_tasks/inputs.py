@@ -13,9 +13,10 @@ from facefusion_tasks.config import DEFAULT_MAX_IMAGE_PIXELS
 from facefusion_tasks.errors import InputError, OutputError
 from facefusion_tasks.images import FORMAT_NAMES, FORMAT_SUFFIXES, check_image
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.video.codecs import MUXERS
 
-#: Output containers we can mux video (and usually the source audio) into.
-OUTPUT_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".m4v"})
+#: Output containers we can mux video (and the source audio, copied or transcoded) into.
+OUTPUT_SUFFIXES = frozenset(MUXERS)
 
 
 #: One source image, or several photos of the same person (their identities are averaged).

@@ -16,6 +16,8 @@ from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Sources, check_output, read_image, source_paths
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.still import swap_image
+from facefusion_tasks.video.argv import muxer_for
+from facefusion_tasks.video.codecs import check_encoder
 from facefusion_tasks.video.probe import VideoInfo, probe
 
 
@@ -40,6 +42,9 @@ def run_local(
     else:
         info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
         check_output(output, target, inputs=(*sources, reference))
+        check_encoder(
+            settings.video_encoder, muxer_for(output), width=info.width, height=info.height
+        )
     for path in sources:
         read_image(path, max_pixels=settings.max_image_pixels)
     if reference is not None:

@@ -32,6 +32,8 @@ from facefusion_tasks.store import (
     JobStore,
 )
 from facefusion_tasks.tasks import enqueue
+from facefusion_tasks.video.argv import muxer_for
+from facefusion_tasks.video.codecs import check_encoder
 from facefusion_tasks.video.probe import probe
 from facefusion_tasks.workspace import segment_dir
 
@@ -102,6 +104,11 @@ class Producer:
                 max_chunks=limits.max_chunks,
             )
             check_output(output, target, inputs=(*sources, reference))
+            # The job carries its encoder choice to the workers; one its container (or frame
+            # size) cannot take is refused here, before anything is recorded or enqueued.
+            check_encoder(
+                limits.video_encoder, muxer_for(output), width=info.width, height=info.height
+            )
             frames_total = info.frame_count
         job_id = self.store.create(
             {
@@ -117,6 +124,7 @@ class Producer:
                 "priority": priority,
                 "chunk_seconds": chunk_seconds or self.settings.chunk_seconds,
                 "frames_total": frames_total,
+                "video_encoder": limits.video_encoder,
             }
         )
         self._send(TASK_PLAN, [job_id], priority=priority)

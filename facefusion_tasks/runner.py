@@ -38,6 +38,8 @@ from facefusion_tasks.store import (
     JobStore,
     job_sources,
 )
+from facefusion_tasks.video.argv import muxer_for
+from facefusion_tasks.video.codecs import fleet_encoder
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import segment_dir, segment_path
@@ -290,8 +292,20 @@ def _swap_chunk(
     reference: Path | None,
 ) -> tuple[SwapResult | None, bool]:
     index = chunk.index
+    job = store.get(job_id)
+    info = _video_info(store, settings, job_id, target)
+    # Every segment of a job is written in the codec its output container holds: the job's
+    # own encoder choice, else this worker's when it fits, else the container's default.
+    muxer = muxer_for(job["output"])
+    encoder = fleet_encoder(
+        job.get("video_encoder", ""),
+        settings.video_encoder,
+        muxer,
+        width=info.width,
+        height=info.height,
+    )
     watch = _Watch(store, job_id, index, heartbeat_seconds=settings.heartbeat_seconds)
-    output = segment_path(settings, job_id, index)
+    output = segment_path(settings, job_id, index, muxer=muxer)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         # The segment must hold exactly its planned frames (checked, with the file re-counted,
@@ -308,8 +322,8 @@ def _swap_chunk(
                 frames=chunk.frames,
             ),
             loaded.engine,
-            settings,
-            info=_video_info(store, settings, job_id, target),
+            settings.replace(video_encoder=encoder),
+            info=info,
             progress=watch.advance,
             cancel=watch.cancel,
         )
@@ -394,7 +408,8 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
     if is_image_target(target):
         return _finish_image_job(store, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
-    segments = [(segment_path(settings, job_id, c.index), c.span) for c in chunks]
+    muxer = muxer_for(output)
+    segments = [(segment_path(settings, job_id, c.index, muxer=muxer), c.span) for c in chunks]
     with _alive(store, settings, job_id):
         staged = stitch_segments(
             segments,

@@ -101,8 +101,20 @@ def streams(path: Path) -> list[dict]:
 
 
 def audio_duration(path: Path) -> float | None:
+    """The first audio stream's duration; Matroska/WebM keep it only as a DURATION tag."""
     audio = [s for s in streams(path) if s["codec_type"] == "audio"]
-    return float(audio[0]["duration"]) if audio else None
+    if not audio:
+        return None
+    if "duration" in audio[0]:
+        return float(audio[0]["duration"])
+    hours, minutes, secs = audio[0]["tags"]["DURATION"].split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(secs)
+
+
+def audio_codec(path: Path) -> str | None:
+    """The first audio stream's codec name (None without audio)."""
+    audio = [s for s in streams(path) if s["codec_type"] == "audio"]
+    return str(audio[0]["codec_name"]) if audio else None
 
 
 def decode_frames(path: Path) -> list[np.ndarray]:

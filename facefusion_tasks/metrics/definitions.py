@@ -8,6 +8,7 @@ from facefusion_tasks import __version__
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.oom import OOM_KINDS
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.video.codecs import ENCODERS
 
 # Safe in worker processes in multiprocess mode: only Counter, Histogram and Gauge with an
 # explicit multiprocess_mode (no Info, Enum, set_function or custom collectors here).
@@ -302,7 +303,7 @@ worker_info = Gauge(
 )
 
 #: The `encoder` label of facefusion_video_encodes_total (anything else counts as "other").
-VIDEO_ENCODERS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc", "other")
+VIDEO_ENCODERS = (*ENCODERS, "other")
 
 video_encodes_total = Counter(
     "facefusion_video_encodes_total",

@@ -7,6 +7,14 @@ from pathlib import Path
 
 import ffmpeg as ffmpeg_python
 
+from facefusion_tasks.video.codecs import (
+    ENCODERS,
+    MUXERS,
+    OPUS_LAYOUTS,
+    audio_encoder,
+    audio_is_copied,
+)
+
 #: Decoder logging: showinfo prints each frame's pts at info level; the level prefix lets the
 #: reader pick out [error]/[fatal] lines; no banner, no progress line, never read the terminal.
 DECODE_GLOBAL_ARGS = ["-loglevel", "level+info", "-nostats", "-hide_banner", "-nostdin"]
@@ -35,28 +43,8 @@ PLAIN_DEMUXERS = (
     "yuv4mpegpipe",
 )
 
-#: Output muxer by file extension; -f is always explicit so a temp file name cannot mislead it.
-MUXERS = {
-    ".mp4": "mp4",
-    ".m4v": "mp4",
-    ".mov": "mov",
-    ".mkv": "matroska",
-    ".webm": "webm",
-    ".avi": "avi",
-}
 #: Muxers whose track timescale we pin to the source time base (-video_track_timescale).
 MOV_FAMILY = {"mp4", "mov"}
-#: Audio codecs each muxer takes as-is (stream copy); None = any codec.
-AUDIO_COPY_CODECS: dict[str, frozenset[str] | None] = {
-    "mp4": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus"}),
-    "mov": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le"}),
-    "matroska": None,
-    "webm": frozenset({"opus", "vorbis"}),
-    "avi": frozenset({"mp3", "ac3", "pcm_s16le"}),
-}
-#: Video codecs each muxer can hold (webm takes neither h264 nor hevc).
-VIDEO_MUXERS = {"mp4", "mov", "matroska", "avi"}
-ENCODERS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc")
 #: x264/x265 preset names mapped onto nvenc's p1 (fastest) … p7 (best).
 NVENC_PRESETS = {
     "ultrafast": "p1",
@@ -70,14 +58,54 @@ NVENC_PRESETS = {
     "veryslow": "p7",
     "placebo": "p7",
 }
+#: x264 preset names mapped onto libvpx-vp9's (-deadline, -cpu-used): realtime 8 is about
+#: x264 veryfast's speed here, "good" is several times slower.
+VP9_SPEEDS = {
+    "ultrafast": ("realtime", 8),
+    "superfast": ("realtime", 8),
+    "veryfast": ("realtime", 7),
+    "faster": ("realtime", 6),
+    "fast": ("realtime", 5),
+    "medium": ("good", 4),
+    "slow": ("good", 3),
+    "slower": ("good", 2),
+    "veryslow": ("good", 1),
+    "placebo": ("good", 0),
+}
+#: x264 preset names mapped onto libsvtav1's -preset (13 fastest … 0 slowest).
+SVTAV1_PRESETS = {
+    "ultrafast": 12,
+    "superfast": 12,
+    "veryfast": 11,
+    "faster": 10,
+    "fast": 9,
+    "medium": 8,
+    "slow": 6,
+    "slower": 4,
+    "veryslow": 2,
+    "placebo": 0,
+}
+#: x264 preset names mapped onto libaom-av1's (-usage, -cpu-used).
+AOM_SPEEDS = {
+    "ultrafast": ("realtime", 8),
+    "superfast": ("realtime", 8),
+    "veryfast": ("realtime", 7),
+    "faster": ("realtime", 6),
+    "fast": ("good", 6),
+    "medium": ("good", 5),
+    "slow": ("good", 4),
+    "slower": ("good", 3),
+    "veryslow": ("good", 2),
+    "placebo": ("good", 1),
+}
 
 
 def muxer_for(path: str | Path) -> str:
     """The ffmpeg muxer for a destination, from its extension (ValueError if unsupported)."""
     suffix = Path(path).suffix.lower()
     muxer = MUXERS.get(suffix)
-    if muxer is None or muxer not in VIDEO_MUXERS:
-        supported = ", ".join(s for s, m in MUXERS.items() if m in VIDEO_MUXERS)
+    if muxer is None:
+        supported = ", ".join(MUXERS)
         raise ValueError(f"unsupported output container {suffix or '(none)'!r} (use {supported})")
     return muxer
 
@@ -156,14 +184,22 @@ def decode_argv(
     return [ffmpeg, *DECODE_GLOBAL_ARGS, "-copyts", *stream.get_args()]
 
 
+def _known_preset(preset: str) -> str:
+    if preset not in NVENC_PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (use one of {', '.join(NVENC_PRESETS)})")
+    return preset
+
+
 def video_codec_args(encoder: str, *, preset: str, quality: int) -> list[str]:
-    """Encoder, speed preset and constant-quality flags (crf for x264/x265, cq for nvenc)."""
+    """Encoder, speed and constant-quality flags: crf for the software encoders (x264/x265
+    0–51, VP9/AV1 0–63), cq for nvenc; x264's preset names are mapped onto each encoder's
+    own speed settings."""
     if encoder in {"libx264", "libx265"}:
         args = ["-c:v", encoder, "-preset", preset, "-crf", str(quality)]
         if encoder == "libx265":
             args += ["-x265-params", "log-level=error"]
         return args
-    if encoder in {"h264_nvenc", "hevc_nvenc"}:
+    if encoder in {"h264_nvenc", "hevc_nvenc", "av1_nvenc"}:
         nv_preset = NVENC_PRESETS.get(preset, preset)
         # -b:v 0 lets -cq alone decide the bitrate in vbr mode.
         return [
@@ -178,15 +214,34 @@ def video_codec_args(encoder: str, *, preset: str, quality: int) -> list[str]:
             "-b:v",
             "0",
         ]
+    if encoder in {"libvpx-vp9", "libaom-av1"}:
+        # -b:v 0 with -crf is constant quality (a bitrate would make crf a mere floor);
+        # row-mt lets both use every core on one frame.
+        table = VP9_SPEEDS if encoder == "libvpx-vp9" else AOM_SPEEDS
+        mode, cpu_used = table[_known_preset(preset)]
+        mode_flag = "-deadline" if encoder == "libvpx-vp9" else "-usage"
+        return [
+            "-c:v", encoder, mode_flag, mode, "-cpu-used", str(cpu_used),
+            "-crf", str(quality), "-b:v", "0", "-row-mt", "1",
+        ]  # fmt: skip
+    if encoder == "libsvtav1":
+        speed = SVTAV1_PRESETS[_known_preset(preset)]
+        return ["-c:v", encoder, "-preset", str(speed), "-crf", str(quality)]
     raise ValueError(f"unknown video encoder {encoder!r} (use one of {', '.join(ENCODERS)})")
 
 
 def audio_codec_args(muxer: str, source_codec: str | None) -> list[str]:
-    """Copy the source audio when the container takes its codec, else re-encode it."""
-    allowed = AUDIO_COPY_CODECS.get(muxer, frozenset())
-    if source_codec and (allowed is None or source_codec in allowed):
+    """Copy the source audio when the container takes its codec, else transcode it (Opus for
+    WebM, AAC elsewhere): audio is never dropped for not fitting."""
+    if audio_is_copied(muxer, source_codec):
         return ["-c:a", "copy"]
-    return ["-c:a", "libopus" if muxer == "webm" else "aac", "-b:a", "192k"]
+    encoder = audio_encoder(muxer)
+    args = ["-c:a", encoder, "-b:a", "192k"]
+    if encoder == "libopus":
+        # libopus refuses layouts outside its Vorbis mapping (2.1, 4.0, 7.1(wide), …);
+        # aformat lets ffmpeg remix those to the nearest one it takes.
+        args += ["-af", f"aformat=channel_layouts={'|'.join(OPUS_LAYOUTS)}"]
+    return args
 
 
 def encode_argv(

@@ -16,13 +16,14 @@ import numpy as np
 
 from facefusion_tasks.errors import MediaError
 from facefusion_tasks.faces.synthetic import background, draw_face
-from facefusion_tasks.video import ffbin
+from facefusion_tasks.video import codecs, ffbin
 from facefusion_tasks.video.argv import (
     ENCODE_GLOBAL_ARGS,
     MOV_FAMILY,
     muxer_for,
     pix_fmt_for,
     ratio,
+    video_codec_args,
 )
 from facefusion_tasks.video.argv import seconds as format_seconds
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
@@ -109,6 +110,8 @@ def _encode_argv(
     faststart: bool,
     muxer: str,
     keyframe_interval: int | None = None,
+    video_encoder: str = "libx264",
+    audio_encoder: str = "aac",
 ) -> list[str]:
     args = [exe, *ENCODE_GLOBAL_ARGS, "-y", "-f", "matroska", "-i", "pipe:0"]
     if audio_seconds is not None:
@@ -116,8 +119,8 @@ def _encode_argv(
         args += ["-f", "lavfi", "-i", sine]
     args += ["-map", "0:v:0"]
     if audio_seconds is not None:
-        args += ["-map", "1:a:0", "-c:a", "aac", "-b:a", "96k"]
-    args += ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18"]
+        args += ["-map", "1:a:0", "-c:a", audio_encoder, "-b:a", "96k"]
+    args += video_codec_args(video_encoder, preset="ultrafast", quality=18)
     if keyframe_interval:
         args += ["-g", str(keyframe_interval)]
     args += ["-pix_fmt", pix_fmt_for(width, height), "-fps_mode", "passthrough"]
@@ -201,10 +204,13 @@ def _write_clip(
     rotation: int = 0,
     faststart: bool = True,
     keyframe_interval: int | None = None,
+    audio_codec: str | None = None,
     ffmpeg: str = "",
 ) -> Path:
     exe = ffbin.ffmpeg_exe(ffmpeg)
     muxer = muxer_for(path)
+    video_encoder = codecs.default_encoder(muxer)
+    audio_encoder = audio_codec or codecs.audio_encoder(muxer)
     if rotation % 90:
         raise ValueError(f"rotation must be a multiple of 90, not {rotation}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +219,8 @@ def _write_clip(
         argv = _encode_argv(
             exe, destination, width=width, height=height, time_base=time_base,
             audio_seconds=audio_seconds, faststart=faststart, muxer=muxer,
-            keyframe_interval=keyframe_interval,
+            keyframe_interval=keyframe_interval, video_encoder=video_encoder,
+            audio_encoder=audio_encoder,
         )  # fmt: skip
         _pipe_frames(argv, frames, pts, time_base, width, height)
 
@@ -249,9 +256,12 @@ def make_sample_video(
     rotation: int = 0,
     faststart: bool = True,
     keyframe_interval: int | None = None,
+    audio_codec: str | None = None,
     ffmpeg: str = "",
 ) -> Path:
-    """Write a clip of synthetic faces (libx264 ultrafast; mp4, mov or mkv by extension).
+    """Write a clip of synthetic faces in the container its extension names, with that
+    container's default codecs at their fastest: libx264 and AAC (mp4, mov, mkv), or
+    libvpx-vp9 and Opus (webm). `audio_codec` names another audio encoder (libvorbis, …).
 
     width×height is the stored (coded) size; `rotation` adds a display matrix that turns it
     that many degrees counter-clockwise when shown, so 90/270 swap the display size.
@@ -273,6 +283,7 @@ def make_sample_video(
         rotation=rotation,
         faststart=faststart,
         keyframe_interval=keyframe_interval,
+        audio_codec=audio_codec,
         ffmpeg=ffmpeg,
     )
 

@@ -15,8 +15,9 @@ import numpy as np
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError
-from facefusion_tasks.video import ffbin, process, staging
-from facefusion_tasks.video.argv import ENCODERS, encode_argv, muxer_for
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.video import codecs, ffbin, process, staging
+from facefusion_tasks.video.argv import encode_argv, muxer_for
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
 from facefusion_tasks.video.probe import VideoInfo
 
@@ -26,27 +27,37 @@ log = logging.getLogger(__name__)
 FLUSH_TIMEOUT = 600.0
 
 
-def choose_encoder(requested: str, exe: str) -> str:
-    """The encoder to use: `auto` = h264_nvenc when a trial encode works here, else libx264;
-    an explicit nvenc that cannot encode here is refused up front, not mid-job. Logs and counts
-    (facefusion_video_encodes_total{encoder}) what each writer really uses."""
+def choose_encoder(
+    requested: str,
+    exe: str,
+    muxer: str = "mp4",
+    *,
+    width: int | None = None,
+    height: int | None = None,
+) -> str:
+    """The encoder to use for this container: unset = the container's default (libx264, or
+    libvpx-vp9 for WebM); `auto` = its NVENC encoder (h264_nvenc, or av1_nvenc for WebM) when
+    a trial encode works here, else that default; an explicit one the container cannot hold,
+    this ffmpeg lacks, or an nvenc that cannot encode here is refused up front, not mid-job.
+    Logs and counts (facefusion_video_encodes_total{encoder}) what each writer really uses."""
+    codecs.check_encoder(requested, muxer, width=width, height=height)
     if requested == "auto":
         # Debian's ffmpeg lists nvenc without a GPU, and H100/H200/A100 have no NVENC at all,
         # so a one-frame trial decides.
-        chosen = "h264_nvenc" if ffbin.encoder_works(exe, "h264_nvenc") else "libx264"
-    elif requested not in ENCODERS:
-        raise InputError(f"unknown video encoder {requested!r} (use auto, {', '.join(ENCODERS)})")
-    elif requested not in ffbin.encoders(exe):
-        raise InputError(f"video encoder {requested} is not available in {exe}")
-    elif requested.endswith("_nvenc") and not ffbin.encoder_works(exe, requested):
-        raise InputError(
-            f"video encoder {requested} is listed by {exe} but cannot encode here (no NVENC: "
-            "no NVIDIA GPU, or one without a video encoder such as H100/H200/A100); use "
-            "libx264 or auto"
-        )
+        nvenc = codecs.auto_nvenc(muxer)
+        chosen = nvenc if ffbin.encoder_works(exe, nvenc) else codecs.default_encoder(muxer)
     else:
-        chosen = requested
-    log.info("video encoder %s -> %s", requested, chosen)
+        chosen = requested or codecs.default_encoder(muxer)
+    if chosen not in ffbin.encoders(exe):
+        raise InputError(f"video encoder {chosen} is not available in {exe}", reason=Reason.CONFIG)
+    if chosen.endswith("_nvenc") and not ffbin.encoder_works(exe, chosen):
+        raise InputError(
+            f"video encoder {chosen} is listed by {exe} but cannot encode here (no NVENC: "
+            "no NVIDIA GPU, or one without a video encoder such as H100/H200/A100); use "
+            f"{codecs.default_encoder(muxer)} or auto",
+            reason=Reason.CONFIG,
+        )
+    log.info("video encoder %s -> %s", requested or "(unset)", chosen)
     from facefusion_tasks import observe
 
     observe.video_encode(chosen)
@@ -105,7 +116,10 @@ class FrameWriter:
         self._done = False
 
         exe = ffbin.ffmpeg_exe(settings.ffmpeg)
-        self.encoder = choose_encoder(settings.video_encoder, exe)
+        muxer = muxer_for(self.destination)
+        self.encoder = choose_encoder(
+            settings.video_encoder, exe, muxer, width=width, height=height
+        )
         audio = audio_source if audio_source is not None and audio_source.has_audio else None
         self.temp = staging.create_temp(self.destination)
         try:
@@ -117,6 +131,7 @@ class FrameWriter:
                 encoder=self.encoder,
                 preset=settings.video_preset,
                 quality=settings.video_quality,
+                muxer=muxer,
                 audio_source=audio.path if audio else None,
                 audio_codec=audio.audio_codec if audio else None,
                 audio_seconds=audio.duration if audio and audio.duration > 0 else None,

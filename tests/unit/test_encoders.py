@@ -44,9 +44,30 @@ def test_explicit_nvenc_that_cannot_encode_is_refused_before_the_job(exe: str) -
         choose_encoder("h264_nvenc", exe)
 
 
+def test_unset_is_the_containers_default_and_auto_falls_back_to_it(exe: str) -> None:
+    # CI's apt ffmpeg 5.1 has every software encoder a WebM output may use, and Opus.
+    assert {"libvpx-vp9", "libsvtav1", "libaom-av1", "libopus", "aac"} <= ffbin.encoders(exe)
+    assert choose_encoder("", exe, "mp4") == "libx264"
+    assert choose_encoder("", exe, "matroska") == "libx264"
+    assert choose_encoder("", exe, "webm") == "libvpx-vp9"
+    # auto tries av1_nvenc for WebM: absent from 5.1, and without NVENC it could not encode.
+    assert choose_encoder("auto", exe, "webm") == "libvpx-vp9"
+    assert choose_encoder("libsvtav1", exe, "webm") == "libsvtav1"
+
+
+def test_an_encoder_that_cannot_serve_the_container_is_refused_before_any_encode(exe: str) -> None:
+    with pytest.raises(InputError, match="libx264 writes h264, which a webm file cannot hold"):
+        choose_encoder("libx264", exe, "webm")
+    with pytest.raises(InputError, match="av1_nvenc (is not available|is listed by .* but)"):
+        choose_encoder("av1_nvenc", exe, "webm")
+    with pytest.raises(InputError, match="libsvtav1 needs even frame sizes"):
+        choose_encoder("libsvtav1", exe, "webm", width=321, height=240)
+
+
 def test_an_unknown_encoder_counts_as_other() -> None:
     assert observe.metrics().bounded_encoder("h264_vaapi") == "other"
     assert observe.metrics().bounded_encoder("libx265") == "libx265"
+    assert observe.metrics().bounded_encoder("libvpx-vp9") == "libvpx-vp9"
 
 
 def test_hwaccel_cuda_is_not_claimed_when_ffmpeg_cannot_decode_on_the_gpu(exe: str) -> None:

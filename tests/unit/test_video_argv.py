@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from facefusion_tasks.video.argv import (
     pix_fmt_for,
 )
 from facefusion_tasks.video.ffbin import parse_encoders, parse_hwaccels, parse_version
+from facefusion_tasks.video.stitch import stitch_argv
 
 
 def option(argv: list[str], flag: str) -> str:
@@ -144,7 +146,15 @@ def test_encode_adds_source_audio_copied_when_it_fits_and_cut_to_the_video() -> 
         ("mov", "pcm_s16le", "copy"),
         ("matroska", "pcm_s16le", "copy"),
         ("matroska", "vorbis", "copy"),
+        ("matroska", "opus", "copy"),
         ("webm", "aac", "libopus"),
+        ("webm", "opus", "copy"),
+        ("webm", "vorbis", "copy"),
+        ("webm", "pcm_s16le", "libopus"),
+        # mp4 could hold Opus, but many players cannot play it there: AAC plays everywhere.
+        ("mp4", "opus", "aac"),
+        ("mov", "opus", "aac"),
+        ("mov", "vorbis", "aac"),
         ("mp4", None, "aac"),
     ],
 )
@@ -179,7 +189,8 @@ def test_muxer_for_extensions() -> None:
     assert muxer_for("b.m4v") == "mp4"
     assert muxer_for("b.mov") == "mov"
     assert muxer_for("b.mkv") == "matroska"
-    for bad in ("b.webm", "b.gif", "b"):
+    assert muxer_for("b.WebM") == "webm"
+    for bad in ("b.avi", "b.gif", "b"):
         with pytest.raises(ValueError, match="unsupported output container"):
             muxer_for(bad)
 
@@ -200,3 +211,54 @@ def test_parse_ffmpeg_capabilities() -> None:
     assert parse_version("ffmpeg version n9.0.2-17-g2a571b6068-20260930") == (9, 0)
     assert parse_version("ffmpeg version N-118000-gabcdef Copyright") == (99, 0)
     assert parse_version("not ffmpeg") is None
+
+
+def test_opus_transcode_remixes_layouts_libopus_refuses() -> None:
+    argv = audio_codec_args("webm", "aac")
+    assert option(argv, "-c:a") == "libopus"
+    # 2.1 or 4.0 audio would make libopus fail to open: aformat remixes it to one it takes.
+    assert option(argv, "-af") == "aformat=channel_layouts=mono|stereo|3.0|quad|5.0|5.1|6.1|7.1"
+    assert "-af" not in audio_codec_args("mp4", "opus")
+    assert "-af" not in audio_codec_args("webm", "opus")
+
+
+def test_vp9_and_av1_quality_and_speed_flags() -> None:
+    def build(encoder: str, preset: str = "veryfast") -> list[str]:
+        return encode_argv(
+            "o.webm", width=64, height=64, time_base=Fraction(1, 1000),
+            encoder=encoder, preset=preset, quality=30,
+        )  # fmt: skip
+
+    vp9 = build("libvpx-vp9", "ultrafast")
+    assert option(vp9, "-c:v") == "libvpx-vp9" and option(vp9, "-crf") == "30"
+    # Constant quality: -b:v 0, or libvpx reads crf as a floor under a default bitrate.
+    assert option(vp9, "-b:v") == "0" and option(vp9, "-row-mt") == "1"
+    assert (option(vp9, "-deadline"), option(vp9, "-cpu-used")) == ("realtime", "8")
+    assert (option(build("libvpx-vp9", "slow"), "-deadline")) == "good"
+    svt = build("libsvtav1")
+    assert option(svt, "-c:v") == "libsvtav1" and option(svt, "-crf") == "30"
+    assert (
+        option(svt, "-preset") == "11"
+        and option(build("libsvtav1", "ultrafast"), "-preset") == "12"
+    )
+    aom = build("libaom-av1", "ultrafast")
+    assert (option(aom, "-usage"), option(aom, "-cpu-used")) == ("realtime", "8")
+    assert option(aom, "-b:v") == "0"
+    nvenc = build("av1_nvenc")
+    assert option(nvenc, "-cq") == "30" and option(nvenc, "-preset") == "p2"
+    # WebM is Matroska: no mp4 track options, and the muxer is named.
+    assert "-movflags" not in vp9 and "-video_track_timescale" not in vp9
+    assert vp9[-3:-1] == ["-f", "webm"]
+    with pytest.raises(ValueError, match="unknown preset 'p4'"):
+        build("libvpx-vp9", "p4")
+
+
+def test_stitching_into_webm_copies_the_video_and_transcodes_aac_to_opus() -> None:
+    argv = stitch_argv(
+        Path("/work/j/concat.ffconcat"), Path("/out/.o.partial.webm"), time_base=Fraction(1, 1000),
+        muxer="webm", audio_source=Path("/in/t.mp4"), audio_codec="aac", audio_seconds=2.0,
+    )  # fmt: skip
+    assert option(argv, "-c:v") == "copy"
+    assert option(argv, "-c:a") == "libopus"
+    assert argv[-3:] == ["-f", "webm", "/out/.o.partial.webm"]
+    assert "-movflags" not in argv

@@ -1,0 +1,136 @@
+"""Which codecs each output container holds, and the encoder and audio choices that follow (pure)."""
+
+from __future__ import annotations
+
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.reasons import Reason
+
+#: Output muxer by file extension; -f is always explicit so a temp file name cannot mislead it.
+MUXERS = {
+    ".mp4": "mp4",
+    ".m4v": "mp4",
+    ".mov": "mov",
+    ".mkv": "matroska",
+    ".webm": "webm",
+}
+#: The codec each offered video encoder writes.
+ENCODER_CODECS = {
+    "libx264": "h264",
+    "libx265": "hevc",
+    "h264_nvenc": "h264",
+    "hevc_nvenc": "hevc",
+    "libvpx-vp9": "vp9",
+    "libsvtav1": "av1",
+    "libaom-av1": "av1",
+    "av1_nvenc": "av1",
+}
+#: Every encoder --video-encoder accepts (besides `auto` and unset).
+ENCODERS = tuple(ENCODER_CODECS)
+#: Video codecs each output muxer holds in ffmpeg 5.1: WebM only VP9 and AV1 (of ours), mov
+#: neither of those ("vp9 only supported in MP4"), mp4 and Matroska all four.
+MUXER_VIDEO_CODECS: dict[str, frozenset[str]] = {
+    "mp4": frozenset({"h264", "hevc", "vp9", "av1"}),
+    "mov": frozenset({"h264", "hevc"}),
+    "matroska": frozenset({"h264", "hevc", "vp9", "av1"}),
+    "webm": frozenset({"vp9", "av1"}),
+}
+#: The encoder used when none is chosen, by muxer (libx264 elsewhere).
+DEFAULT_ENCODERS = {"webm": "libvpx-vp9"}
+#: The NVENC encoder `auto` tries first, by muxer (a one-frame trial decides; h264_nvenc
+#: elsewhere); without it `auto` is the muxer's default.
+AUTO_NVENC = {"webm": "av1_nvenc"}
+#: Audio codecs each muxer takes as they are (stream copy); None = any codec. mp4 could hold
+#: Opus, but many players cannot play it there: mp4 gets AAC, which plays everywhere.
+AUDIO_COPY_CODECS: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"aac", "mp3", "alac", "ac3", "eac3"}),
+    "mov": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le"}),
+    "matroska": None,
+    "webm": frozenset({"opus", "vorbis"}),
+}
+#: The audio encoder for a codec that cannot be copied, by muxer (aac elsewhere).
+AUDIO_ENCODERS = {"webm": "libopus"}
+#: Channel layouts libopus takes (its Vorbis mapping): any other layout (2.1, 4.0, 7.1(wide),
+#: …) makes it fail to open, so the transcode remixes to the nearest of these first.
+OPUS_LAYOUTS = ("mono", "stereo", "3.0", "quad", "5.0", "5.1", "6.1", "7.1")
+#: libsvtav1 takes only yuv420p, so even sizes, and at least 64 pixels each way.
+SVTAV1_MIN_SIDE = 64
+
+
+def default_encoder(muxer: str) -> str:
+    """The encoder a muxer gets when none is chosen."""
+    return DEFAULT_ENCODERS.get(muxer, "libx264")
+
+
+def auto_nvenc(muxer: str) -> str:
+    """The NVENC encoder `auto` tries for this muxer before falling back to the default."""
+    return AUTO_NVENC.get(muxer, "h264_nvenc")
+
+
+def segment_muxer(muxer: str) -> str:
+    """The container of a distributed job's chunk segments: WebM for a WebM output (joined by
+    a plain Matroska-to-Matroska stream copy), else mp4 (exact ticks in any time base, and it
+    holds every codec mp4, mov and Matroska outputs may carry)."""
+    return "webm" if muxer == "webm" else "mp4"
+
+
+def encoder_refusal(
+    requested: str, muxer: str, *, width: int | None = None, height: int | None = None
+) -> str | None:
+    """Why `requested` cannot write this container (and frame size), in one line; None when it
+    can. Unset ("") and `auto` always fit: they resolve per container."""
+    if requested in {"", "auto"}:
+        return None
+    codec = ENCODER_CODECS.get(requested)
+    if codec is None:
+        return f"unknown video encoder {requested!r} (use auto, {', '.join(ENCODERS)})"
+    holds = MUXER_VIDEO_CODECS.get(muxer, frozenset())
+    if codec not in holds:
+        fitting = [e for e in ENCODERS if ENCODER_CODECS[e] in holds]
+        return (
+            f"video encoder {requested} writes {codec}, which a {muxer} file cannot hold "
+            f"(use {', '.join(fitting)} or leave it unset)"
+        )
+    if requested == "libsvtav1" and width and height and not _svtav1_fits(width, height):
+        return (
+            f"video encoder libsvtav1 needs even frame sizes of at least {SVTAV1_MIN_SIDE} "
+            f"pixels, this video is {width}x{height} (use libaom-av1 or libvpx-vp9)"
+        )
+    return None
+
+
+def _svtav1_fits(width: int, height: int) -> bool:
+    return width % 2 == 0 and height % 2 == 0 and min(width, height) >= SVTAV1_MIN_SIDE
+
+
+def check_encoder(
+    requested: str, muxer: str, *, width: int | None = None, height: int | None = None
+) -> None:
+    """InputError (reason config, one line) for an encoder this container or frame size
+    cannot take: checked before any model loads or anything is enqueued."""
+    refusal = encoder_refusal(requested, muxer, width=width, height=height)
+    if refusal is not None:
+        raise InputError(refusal, reason=Reason.CONFIG)
+
+
+def fleet_encoder(
+    job_choice: str, worker_choice: str, muxer: str, *, width: int, height: int
+) -> str:
+    """The encoder a distributed chunk asks for: the job's own choice (checked at submit) when
+    it made one; else the worker's configured one when it fits this job; else unset (the
+    container's default). A fleet set to libx265 still writes a WebM job, in VP9."""
+    if job_choice:
+        return job_choice
+    if encoder_refusal(worker_choice, muxer, width=width, height=height) is None:
+        return worker_choice
+    return ""
+
+
+def audio_is_copied(muxer: str, source_codec: str | None) -> bool:
+    """Whether the source audio goes in as it is (the container takes its codec)."""
+    allowed = AUDIO_COPY_CODECS.get(muxer, frozenset())
+    return bool(source_codec) and (allowed is None or source_codec in allowed)
+
+
+def audio_encoder(muxer: str) -> str:
+    """What audio this container cannot take as it is becomes: Opus in WebM, else AAC."""
+    return AUDIO_ENCODERS.get(muxer, "aac")
