@@ -1,0 +1,236 @@
+"""Outputs in WebM (VP9, AV1) and audio that changes codec to fit its container, with real
+ffmpeg: local swaps, the writer's staging, a refusal before any work, and a distributed job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import redis
+
+from facefusion_tasks.config import Settings
+from facefusion_tasks.producer import Producer
+from facefusion_tasks.store import SUCCEEDED
+from facefusion_tasks.video.samples import synthetic_frame
+from facefusion_tasks.video.writer import FrameWriter
+from tests.cluster import Cluster, cluster
+from tests.integration.test_swap_cli import run_cli
+from tests.media import (
+    audio_codec,
+    audio_duration,
+    decode_frames,
+    storage_root,
+    streams,
+    video_times,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+#: The clips these tests swap into: VP9/Opus WebM (one at a variable frame rate), AAC mp4,
+#: Vorbis Matroska, each two seconds of one small face.
+CLIPS = {
+    "vfr.webm": {"seconds": 2, "faces": 1, "audio": True, "variable_frame_rate": True},
+    "cfr.webm": {"seconds": 2, "faces": 1, "audio": True},
+    "aac.mp4": {"seconds": 2, "faces": 1, "audio": True},
+    "vorbis.mkv": {"seconds": 2, "faces": 1, "audio": True, "audio_codec": "libvorbis"},
+}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A storage root with source.png, the clips and an empty out/."""
+    return storage_root(tmp_path_factory.mktemp("containers"), CLIPS)
+
+
+def video_codec(path: Path) -> str:
+    return str(next(s["codec_name"] for s in streams(path) if s["codec_type"] == "video"))
+
+
+def swap(root: Path, models: Path, target: str, output: Path, *flags: str) -> dict:
+    """`swap` in local mode; its JSON summary."""
+    done = run_cli(
+        "swap", root / "source.png", root / target, "-o", output, "--json", *flags, models=models
+    )
+    assert done.returncode == 0, done.stderr
+    summary: dict = json.loads(done.stdout)
+    return summary
+
+
+def test_the_clips_are_what_they_claim(root: Path) -> None:
+    assert (video_codec(root / "vfr.webm"), audio_codec(root / "vfr.webm")) == ("vp9", "opus")
+    assert (video_codec(root / "aac.mp4"), audio_codec(root / "aac.mp4")) == ("h264", "aac")
+    assert audio_codec(root / "vorbis.mkv") == "vorbis"
+    times = video_times(root / "vfr.webm")
+    steps = {b - a for a, b in zip(times, times[1:], strict=False)}
+    assert len(steps) > 2  # really a variable frame rate
+
+
+@pytest.mark.parametrize("clip", ["vfr.webm", "cfr.webm"])
+def test_vp9_opus_webm_in_gives_webm_out_with_exact_frames_and_timestamps(
+    root: Path, models_dir: Path, tmp_path: Path, clip: str
+) -> None:
+    output = tmp_path / "out.webm"
+    summary = swap(root, models_dir, clip, output)
+    assert summary["encoder"] == "libvpx-vp9" and summary["faces_swapped"] > 0
+    assert video_codec(output) == "vp9"
+    # Every frame, at exactly its own time (WebM ticks in ms, as the source does).
+    assert video_times(output) == video_times(root / clip)
+    assert summary["frames"] == len(decode_frames(output)) == len(video_times(root / clip))
+    # Opus fits WebM: copied, its length kept.
+    assert audio_codec(output) == "opus"
+    source_audio, output_audio = audio_duration(root / clip), audio_duration(output)
+    assert source_audio is not None and output_audio == pytest.approx(source_audio, abs=0.05)
+
+
+def test_aac_audio_written_to_webm_becomes_opus_and_keeps_its_length(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "from-mp4.webm"
+    summary = swap(root, models_dir, "aac.mp4", output)
+    assert summary["encoder"] == "libvpx-vp9"
+    assert (video_codec(output), audio_codec(output)) == ("vp9", "opus")
+    source_audio, output_audio = audio_duration(root / "aac.mp4"), audio_duration(output)
+    assert source_audio is not None and output_audio == pytest.approx(source_audio, abs=0.05)
+    # The mp4's 1/12800 s ticks land on WebM's milliseconds: every frame, each within half a ms.
+    got, want = video_times(output), video_times(root / "aac.mp4")
+    assert len(got) == len(want) == 50
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= Fraction(1, 2000)
+
+
+@pytest.mark.parametrize("clip", ["cfr.webm", "vorbis.mkv"])
+def test_opus_or_vorbis_audio_written_to_mp4_becomes_aac(
+    root: Path, models_dir: Path, tmp_path: Path, clip: str
+) -> None:
+    output = tmp_path / "out.mp4"
+    summary = swap(root, models_dir, clip, output)
+    assert summary["encoder"] == "libx264"
+    assert (video_codec(output), audio_codec(output)) == ("h264", "aac")
+    assert video_times(output) == video_times(root / clip)
+    source_audio, output_audio = audio_duration(root / clip), audio_duration(output)
+    assert source_audio is not None and output_audio == pytest.approx(source_audio, abs=0.05)
+
+
+@pytest.mark.parametrize("encoder", ["libsvtav1", "libaom-av1"])
+def test_av1_webm_output_keeps_frames_and_timestamps(
+    root: Path, models_dir: Path, tmp_path: Path, encoder: str
+) -> None:
+    output = tmp_path / f"{encoder}.webm"
+    summary = swap(root, models_dir, "vfr.webm", output, "--video-encoder", encoder)
+    assert summary["encoder"] == encoder
+    assert (video_codec(output), audio_codec(output)) == ("av1", "opus")
+    assert video_times(output) == video_times(root / "vfr.webm")
+    assert len(decode_frames(output)) == summary["frames"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--video-encoder", "libx264"], {}, "libx264 writes h264, which a webm file cannot hold"),
+        ([], {"FACEFUSION_VIDEO_ENCODER": "hevc_nvenc"}, "hevc_nvenc writes hevc"),
+    ],
+)
+def test_an_encoder_webm_cannot_hold_is_refused_before_any_work(
+    root: Path, tmp_path: Path, flags: list[str], env: dict[str, str], message: str
+) -> None:
+    output = tmp_path / "out.webm"
+    # No models at all: the refusal comes before they would be loaded (else: "models missing").
+    done = run_cli(
+        "swap", root / "source.png", root / "vfr.webm", "-o", output, "--no-progress", *flags,
+        models=tmp_path / "no-models", env=env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_submit_refuses_an_encoder_webm_cannot_hold_and_enqueues_nothing(
+    root: Path, redis_url: str
+) -> None:
+    env = {"FACEFUSION_BROKER_URL": redis_url, "FACEFUSION_STORAGE_ROOTS": str(root)}
+    done = run_cli(
+        "submit", root / "source.png", root / "vfr.webm", "-o", root / "out" / "never.webm",
+        "--video-encoder", "libx265", models=root / "no-models", env=env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "libx265 writes hevc, which a webm file cannot hold" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert redis.Redis.from_url(redis_url).keys("*") == []
+    assert not (root / "out" / "never.webm").exists()
+
+
+def test_a_webm_writer_stages_a_hidden_webm_and_verifies_it_before_the_rename(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(video_preset="ultrafast")
+    destination = tmp_path / "out.webm"
+    steps = [0, 33, 83, 117, 167, 200]  # irregular, in ms
+    writer = FrameWriter(
+        destination, width=160, height=120, time_base=Fraction(1, 1000),
+        audio_source=None, settings=settings,
+    )  # fmt: skip
+    for i, pts in enumerate(steps):
+        writer.write(synthetic_frame(160, 120, 1, i), pts)
+        (temp,) = tmp_path.iterdir()
+        assert temp.name.startswith(".out.") and temp.name.endswith(".partial.webm")
+    assert writer.commit() == destination
+    assert [p.name for p in tmp_path.iterdir()] == ["out.webm"]
+    assert writer.encoder == "libvpx-vp9" and video_codec(destination) == "vp9"
+    assert video_times(destination) == [Fraction(s, 1000) for s in steps]
+
+
+# --- distributed ------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def fleet(root: Path, models_dir: Path) -> Iterator[Cluster]:
+    # The fleet's own encoder is HEVC: a WebM job still gets VP9 (its container's default).
+    with cluster(
+        root, models_dir, visibility_timeout="12", chunk_time_limit="10", video_encoder="libx265"
+    ) as c:
+        yield c
+
+
+def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
+    fleet: Cluster, root: Path, tmp_path: Path
+) -> None:
+    fleet.start_worker("w1")
+    # The producer chooses no encoder (its own FACEFUSION_VIDEO_ENCODER would be checked and
+    # carried by the job): each chunk asks the worker's, which WebM cannot hold.
+    producer = Producer(fleet.settings().replace(video_encoder=""))
+    outputs = {"vfr.webm": root / "out" / "vfr-distributed.webm",
+               "aac.mp4": root / "out" / "aac-distributed.webm"}  # fmt: skip
+    jobs = {
+        clip: producer.submit(root / "source.png", root / clip, output, chunk_seconds=0.5)
+        for clip, output in outputs.items()
+    }
+    for job_id in jobs.values():
+        status = producer.wait(job_id, timeout=150)
+        assert status.state == SUCCEEDED, (status.reason, status.error)
+        assert status.chunks_total >= 3 and status.frames_done == status.frames_total
+        assert not (root / ".facefusion-work" / job_id).exists()
+    vfr = outputs["vfr.webm"]
+    assert (video_codec(vfr), audio_codec(vfr)) == ("vp9", "opus")
+    # The stitched segments hold every frame at exactly the source's times: as local mode does.
+    assert video_times(vfr) == video_times(root / "vfr.webm")
+    local = tmp_path / "local.webm"
+    done = subprocess.run(
+        [sys.executable, "-m", "facefusion_tasks", "swap", str(root / "source.png"),
+         str(root / "vfr.webm"), "-o", str(local), "--no-progress"],
+        env=fleet.env | {"FACEFUSION_BROKER_URL": "", "FACEFUSION_VIDEO_ENCODER": ""},
+        capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert video_times(vfr) == video_times(local)
+    assert audio_duration(vfr) == pytest.approx(audio_duration(root / "vfr.webm"), abs=0.05)
+    # AAC cannot go into WebM: the stitch transcodes it to Opus and keeps its length.
+    from_mp4 = outputs["aac.mp4"]
+    assert (video_codec(from_mp4), audio_codec(from_mp4)) == ("vp9", "opus")
+    assert len(video_times(from_mp4)) == 50
+    assert audio_duration(from_mp4) == pytest.approx(audio_duration(root / "aac.mp4"), abs=0.05)
