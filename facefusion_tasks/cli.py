@@ -31,7 +31,11 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--face-selector", choices=["many", "one", "reference"])
     g.add_argument("--reference-distance", type=float, default=None)
-    g.add_argument("--video-encoder", default=None)
+    g.add_argument(
+        "--video-encoder",
+        default=None,
+        help="unset: fits the output (libx264; libvpx-vp9 for .webm); auto; or an encoder name",
+    )
     g.add_argument("--video-quality", type=int, default=None)
     g.add_argument("--hwaccel", choices=["none", "auto", "cuda"])
     g.add_argument("--ffmpeg", default=None, help="ffmpeg executable")

@@ -218,3 +218,22 @@ def test_every_source_is_checked_like_the_one_source(
     with pytest.raises(InputError, match="no source image"):
         producer.submit([], target, output)
     assert redis.Redis.from_url(redis_url).keys("*") == []
+
+
+def test_submit_records_the_encoder_choice_the_workers_will_use(
+    redis_url: str, tmp_path: Path
+) -> None:
+    from tests.media import write_source_face
+
+    write_source_face(tmp_path / "s.png")
+    make_sample_video(tmp_path / "t.webm", seconds=0.4, width=160, height=120, audio=False)
+    settings = Settings.from_env(
+        {}, broker_url=redis_url, storage_roots=str(tmp_path), video_encoder="libaom-av1"
+    )
+    producer = Producer(settings)
+    job_id = producer.submit(tmp_path / "s.png", tmp_path / "t.webm", tmp_path / "o.webm")
+    assert producer.store.get(job_id)["video_encoder"] == "libaom-av1"
+    # Unset, the job leaves the choice to each worker (fitted to the container there).
+    unset = Producer(settings.replace(video_encoder=""))
+    job_id = unset.submit(tmp_path / "s.png", tmp_path / "t.webm", tmp_path / "o.webm")
+    assert unset.store.get(job_id)["video_encoder"] == ""
