@@ -83,3 +83,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
     with start(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+@pytest.fixture()
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """This process's AWS settings point at the test S3 server (the project's client is built
+    afresh from them); the settings are returned for subprocesses."""
+    from facefusion_tasks import objects
+
+    env = s3_server.env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    objects._client.cache_clear()
+    yield env
+    objects._client.cache_clear()

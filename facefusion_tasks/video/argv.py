@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import ffmpeg as ffmpeg_python
 
@@ -97,16 +99,41 @@ def seconds(value: float) -> str:
     return f"{value:.6f}"
 
 
-def plain_input_options() -> dict[str, str]:
+class SignedUrl(str):
+    """A URL this project signed itself, for an object in an allowed bucket (objects.presign):
+    the one network input ffmpeg may open. Anything else, a user's http:// included, is a
+    path and gets the file protocol only. Its text carries a signature: never log it (redact)."""
+
+    def __repr__(self) -> str:
+        return f"SignedUrl({redact(self)!r})"
+
+
+#: A URL's query string: where a presigned URL keeps its signature and credential scope.
+_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every URL's query string removed (signatures, credential scopes), for
+    ffmpeg's messages and command lines before anything logs or stores them."""
+    return _QUERY.sub(r"\1", text)
+
+
+def plain_input_options(source: str | Path | None = None) -> dict[str, str]:
     """Input options that confine ffmpeg to the named local file: the file protocol only (no
     http, subfile, concat: or data: URLs) and only PLAIN_DEMUXERS, so a playlist sniffed from
-    the content is refused before it opens anything."""
-    return {"protocol_whitelist": "file", "format_whitelist": ",".join(PLAIN_DEMUXERS)}
+    the content is refused before it opens anything. A SignedUrl gets its own scheme's
+    protocols instead (http and tcp, or https, tls and tcp), the demuxers stay as narrow."""
+    protocols = "file"
+    if isinstance(source, SignedUrl):
+        scheme = urlsplit(source).scheme.lower()
+        protocols = "https,tls,tcp" if scheme == "https" else "http,tcp"
+    return {"protocol_whitelist": protocols, "format_whitelist": ",".join(PLAIN_DEMUXERS)}
 
 
-def plain_input_args() -> list[str]:
+def plain_input_args(source: str | Path | None = None) -> list[str]:
     """plain_input_options() as argv, to go right before an input's -i."""
-    return [arg for key, value in plain_input_options().items() for arg in (f"-{key}", value)]
+    options = plain_input_options(source)
+    return [arg for key, value in options.items() for arg in (f"-{key}", value)]
 
 
 def _fps_mode(version: tuple[int, int]) -> dict[str, str]:
@@ -133,7 +160,7 @@ def decode_argv(
     """
     if hwaccel not in {"none", "auto", "cuda"}:
         raise ValueError(f"unknown hwaccel {hwaccel!r}")
-    input_options: dict[str, object] = {**plain_input_options()}
+    input_options: dict[str, object] = {**plain_input_options(source)}
     if hwaccel != "none":
         input_options["hwaccel"] = hwaccel
     if seek_seconds is not None:
@@ -221,7 +248,7 @@ def encode_argv(
         # Audio is cut to the video's length where it is read (-t on that input), never with
         # -shortest: that would cut *video* frames whenever the audio track is the shorter one.
         limit = {} if audio_seconds is None else {"t": seconds(audio_seconds)}
-        audio = ffmpeg_python.input(str(audio_source), **plain_input_options(), **limit)
+        audio = ffmpeg_python.input(str(audio_source), **plain_input_options(audio_source), **limit)
         streams.append(audio["a:0?"])
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
     args = ffmpeg_python.output(*streams, str(destination)).get_args()

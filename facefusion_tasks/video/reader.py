@@ -17,7 +17,7 @@ import numpy as np
 from facefusion_tasks.errors import InputError, MediaError
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
-from facefusion_tasks.video.argv import decode_argv
+from facefusion_tasks.video.argv import decode_argv, redact
 from facefusion_tasks.video.probe import TRUNCATION_MARKERS, VideoInfo
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class FrameReader:
             seek_seconds=seek,
             version=ffbin.ffmpeg_version(exe),
         )
-        log.debug("decoding: %s", " ".join(argv))
+        log.debug("decoding: %s", redact(" ".join(argv)))
         self._ffmpeg = process.Process(
             argv,
             stdin=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ import numpy as np
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError
 from facefusion_tasks.video import ffbin, process, staging
-from facefusion_tasks.video.argv import ENCODERS, encode_argv, muxer_for
+from facefusion_tasks.video.argv import ENCODERS, encode_argv, muxer_for, redact
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
 from facefusion_tasks.video.probe import VideoInfo
 
@@ -123,7 +123,7 @@ class FrameWriter:
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),
             )
-            log.debug("encoding: %s", " ".join(argv))
+            log.debug("encoding: %s", redact(" ".join(argv)))
             self._ffmpeg = process.Process(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="ffmpeg-encode"
             )
