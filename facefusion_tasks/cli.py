@@ -57,6 +57,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
 
+def _where(text: str) -> str | Path:
+    """A path, or s3://bucket/key kept as text (a Path would fold its `//`); the commands
+    check it (a malformed or refused one is one error line and exit 2, as for a bad path)."""
+    return text if text.startswith("s3://") else Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="facefusion-tasks", description=__doc__)
@@ -66,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     swap = sub.add_parser("swap", help="swap the source face into every face of a video")
-    swap.add_argument("source", type=Path, help="image with the face to put in")
-    swap.add_argument("target", type=Path, help="video to change")
-    swap.add_argument("-o", "--output", type=Path, required=True)
-    swap.add_argument("--reference-face", type=Path, default=None)
+    swap.add_argument("source", type=_where, help="image with the face to put in")
+    swap.add_argument("target", type=_where, help="video to change")
+    swap.add_argument("-o", "--output", type=_where, required=True)
+    swap.add_argument("--reference-face", type=_where, default=None)
     swap.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     swap.add_argument("--no-progress", action="store_true")
     swap.add_argument("--local", action="store_true", help="run here even if a broker is set")
@@ -77,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_flags(swap)
 
     submit = sub.add_parser("submit", help="enqueue a job for the workers; prints its id")
-    submit.add_argument("source", type=Path)
-    submit.add_argument("target", type=Path)
-    submit.add_argument("-o", "--output", type=Path, required=True)
-    submit.add_argument("--reference-face", type=Path, default=None)
+    submit.add_argument("source", type=_where)
+    submit.add_argument("target", type=_where)
+    submit.add_argument("-o", "--output", type=_where, required=True)
+    submit.add_argument("--reference-face", type=_where, default=None)
     _job_flags(submit)
     _settings_flags(submit)
 

@@ -10,8 +10,10 @@ from typing import BinaryIO
 
 import numpy as np
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_IMAGE_PIXELS
 from facefusion_tasks.errors import InputError, OutputError
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 
 #: Output containers we can mux video (and usually the source audio) into.
@@ -110,17 +112,29 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def check_output(output: Path, target: Path, *, inputs: Sequence[Path | None] = ()) -> None:
+def _same(one: Location, other: Location) -> bool:
+    if isinstance(one, ObjectRef) or isinstance(other, ObjectRef):
+        return one == other
+    return one.resolve() == other.resolve()
+
+
+def check_output(
+    output: Location, target: Location, *, inputs: Sequence[Location | None] = ()
+) -> None:
     """Refuse destinations we could only fail on later, before any work starts; `inputs` (the
-    source and reference images) must not be overwritten either."""
+    source and reference images) must not be overwritten either. An object's bucket must
+    exist and take these credentials."""
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         allowed = ", ".join(sorted(OUTPUT_SUFFIXES))
         raise OutputError(f"{output}: unsupported output type (use {allowed})")
-    if output.resolve() == target.resolve():
+    if _same(output, target):
         raise OutputError(f"{output}: output would overwrite the target video")
     for other in inputs:
-        if other is not None and output.resolve() == Path(other).resolve():
+        if other is not None and _same(output, other):
             raise OutputError(f"{output}: output would overwrite an input image")
+    if isinstance(output, ObjectRef):
+        objects.check_bucket(output)
+        return
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
     parent = output.parent

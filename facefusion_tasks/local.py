@@ -8,35 +8,75 @@ from typing import Any
 
 import cv2
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, ModelError
 from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
 from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
-from facefusion_tasks.video.probe import probe
+from facefusion_tasks.video.probe import VideoInfo, probe
+from facefusion_tasks.workspace import local_copy, scratch
 
 
 def run_local(
-    source: Path,
-    target: Path,
-    output: Path,
+    source: str | Path | ObjectRef,
+    target: str | Path | ObjectRef,
+    output: str | Path | ObjectRef,
     *,
     settings: Settings,
-    reference: Path | None = None,
+    reference: str | Path | ObjectRef | None = None,
     show_progress: bool = False,
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
-    and stream the video through them."""
-    info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-    check_output(output, target, inputs=(source, reference))
-    read_image(source, max_pixels=settings.max_image_pixels)
-    if reference is not None:
-        # A reference face always means "only this person" (as for submitted jobs).
-        read_image(reference, max_pixels=settings.max_image_pixels)
-        settings = settings.replace(face_selector="reference")
-    elif settings.face_selector == "reference":
-        raise InputError("--face-selector reference needs --reference-face IMAGE")
+    and stream the video through them. Any location may be an s3://bucket/key object in an
+    allowed bucket: images are fetched, the video read through a signed URL, and an object
+    output is written and verified here, then uploaded whole."""
+    source_at = _locate(source, settings, what="source image")
+    target_at = _locate(target, settings, what="target video")
+    output_at = _locate(output, settings, what="output")
+    reference_at = None if reference is None else _locate(reference, settings, what="reference")
+    info = probe(target_at, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
+    check_output(output_at, target_at, inputs=(source_at, reference_at))
+    with scratch(settings, "local") as local:
+        source_file = local_copy(settings, source_at)
+        read_image(source_file, max_pixels=settings.max_image_pixels)
+        reference_file = None
+        if reference_at is not None:
+            # A reference face always means "only this person" (as for submitted jobs).
+            reference_file = local_copy(settings, reference_at)
+            read_image(reference_file, max_pixels=settings.max_image_pixels)
+            settings = settings.replace(face_selector="reference")
+        elif settings.face_selector == "reference":
+            raise InputError("--face-selector reference needs --reference-face IMAGE")
+        written = output_at if isinstance(output_at, Path) else local / output_at.name
+        result, loaded = _swap(
+            source_file, target_at, written, reference_file, info, settings, show_progress
+        )
+        if isinstance(output_at, ObjectRef):
+            objects.upload(written, output_at)
+            result.output = output_at
+    return result, loaded
+
+
+def _locate(value: str | Path | ObjectRef, settings: Settings, *, what: str) -> Location:
+    """Local mode takes any path; an object only in an allowed bucket."""
+    where = objects.location(value)
+    if isinstance(where, ObjectRef):
+        return objects.confine(where, settings, what=what)
+    return where
+
+
+def _swap(
+    source: Path,
+    target: Location,
+    output: Path,
+    reference: Path | None,
+    info: VideoInfo,
+    settings: Settings,
+    show_progress: bool,
+) -> tuple[SwapResult, LoadedModels]:
     loaded = load_models(settings)
     loaded.engine.set_source(source)
     if reference is not None:

@@ -24,7 +24,7 @@ from typing import Any
 from facefusion_tasks.config import SIGNED_URL_SECONDS, Settings
 from facefusion_tasks.errors import FaceFusionError, InputError, OutputError, TransientError
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.video.argv import SignedUrl
+from facefusion_tasks.video.signed import SignedUrl
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +15,9 @@ from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.inputs import check_output, read_image
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking
+from facefusion_tasks.objects import ObjectRef
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.storage import confine
+from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
     COMMITTING,
     FAILED,
@@ -32,7 +32,7 @@ from facefusion_tasks.store import (
 )
 from facefusion_tasks.tasks import enqueue
 from facefusion_tasks.video.probe import probe
-from facefusion_tasks.workspace import segment_dir
+from facefusion_tasks.workspace import local_copy, remove_segments
 
 
 class WaitTimeout(FaceFusionError):
@@ -59,29 +59,30 @@ class Producer:
 
     def submit(
         self,
-        source: Path,
-        target: Path,
-        output: Path,
+        source: str | Path | ObjectRef,
+        target: str | Path | ObjectRef,
+        output: str | Path | ObjectRef,
         *,
-        reference: Path | None = None,
+        reference: str | Path | ObjectRef | None = None,
         priority: int = 5,
         chunk_seconds: float | None = None,
     ) -> str:
         """Validate everything that can be checked here (so bad input enqueues nothing), record
-        the job and enqueue its planning. Returns the job id."""
+        the job and enqueue its planning. Returns the job id. Each location is a path inside
+        the storage roots or an s3://bucket/key object in an allowed bucket."""
         if not 0 <= priority <= 9:
             raise InputError("priority must be 0..9 (9 = most urgent)")
         if chunk_seconds is not None and not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
         limits = self.settings
-        source = confine(source, self.settings, what="source image")
-        target = confine(target, self.settings, what="target video")
-        output = confine(output, self.settings, what="output")
-        read_image(source, max_pixels=limits.max_image_pixels)
+        source = locate(source, self.settings, what="source image")
+        target = locate(target, self.settings, what="target video")
+        output = locate(output, self.settings, what="output")
+        read_image(local_copy(self.settings, source), max_pixels=limits.max_image_pixels)
         selector = self.settings.face_selector
         if reference is not None:
-            reference = confine(reference, self.settings, what="reference image")
-            read_image(reference, max_pixels=limits.max_image_pixels)
+            reference = locate(reference, self.settings, what="reference image")
+            read_image(local_copy(self.settings, reference), max_pixels=limits.max_image_pixels)
             selector = "reference"
         elif selector == "reference":
             raise InputError("--face-selector reference needs --reference-face IMAGE")
@@ -159,7 +160,8 @@ class Producer:
         self.status(job_id)
         cancelled, idle = self.store.cancel(job_id)
         if cancelled and idle:
-            shutil.rmtree(segment_dir(self.settings, job_id), ignore_errors=True)
+            output = self.store.get(job_id).get("output", "")
+            remove_segments(self.settings, job_id, output=output)
         return cancelled
 
     def retry(self, job_id: str) -> list[int]:

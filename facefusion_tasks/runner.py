@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -13,15 +12,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from facefusion_tasks import policy
+from facefusion_tasks import objects, policy
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import Cancelled, InputError, ModelError, TransientError
+from facefusion_tasks.errors import Cancelled, InputError, MediaError, ModelError, TransientError
 from facefusion_tasks.faces.loader import LoadedModels, load_models
 from facefusion_tasks.jobs import Chunk, plan_chunks
 from facefusion_tasks.metrics.oom import classify_oom
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.storage import confine
+from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
@@ -36,7 +36,7 @@ from facefusion_tasks.store import (
 )
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.stitch import stitch_segments
-from facefusion_tasks.workspace import segment_dir, segment_path
+from facefusion_tasks.workspace import local_copy, prepare, remove_segments, scratch, segment
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     if not store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING)):
         return []
     job = store.get(job_id)
-    target = confine(job["target"], settings, what="target video")
+    target = locate(job["target"], settings, what="target video")
     info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
     timestamps, time_base = frame_timestamps(target, ffmpeg=settings.ffmpeg)
     if not timestamps:
@@ -104,11 +104,11 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
         store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
         return []
-    segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
+    prepare(settings, job_id, output=job["output"])
     return [c.index for c in chunks]
 
 
-def _video_info(store: JobStore, settings: Settings, job_id: str, target: Path) -> VideoInfo:
+def _video_info(store: JobStore, settings: Settings, job_id: str, target: Location) -> VideoInfo:
     """The probe the plan stored (one probe per job, not one per chunk and stitch); probes
     afresh only for a job planned without one."""
     raw = store.get(job_id).get("video_info")
@@ -230,10 +230,12 @@ def run_chunk(
     if not job or job.get("state") in TERMINAL:
         return None, False
     chunk = store.chunk_plan(job_id, index)
-    target = confine(job["target"], settings, what="target video")
-    source = confine(job["source"], settings, what="source image")
+    target = locate(job["target"], settings, what="target video")
+    # Images are read whole, into this host's cache when they are objects; the video is read
+    # where it lies (an object through a signed URL: only this chunk's span is fetched).
+    source = local_copy(settings, locate(job["source"], settings, what="source image"))
     reference = (
-        confine(job["reference"], settings, what="reference image")
+        local_copy(settings, locate(job["reference"], settings, what="reference image"))
         if job.get("reference")
         else None
     )
@@ -248,12 +250,17 @@ def run_chunk(
         engine.set_reference(reference)
     if not store.chunk_started(job_id, index, worker):
         return None, False  # the job ended meanwhile
+    destination = segment(settings, job_id, index, output=job["output"])
     try:
-        return _swap_chunk(store, settings, job_id, chunk, loaded, source, target, reference)
+        with scratch(settings, job_id) as local:
+            return _swap_chunk(
+                store, settings, job_id, chunk, loaded, source, target, reference,
+                destination=destination, local=local,
+            )  # fmt: skip
     finally:
         if store.chunk_left(job_id, index):
             # Cancelled, and this was the last chunk executing: its segments go.
-            shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+            remove_segments(settings, job_id, output=job["output"])
 
 
 def _swap_chunk(
@@ -263,12 +270,16 @@ def _swap_chunk(
     chunk: Chunk,
     loaded: LoadedModels,
     source: Path,
-    target: Path,
+    target: Location,
     reference: Path | None,
+    *,
+    destination: Location,
+    local: Path,
 ) -> tuple[SwapResult | None, bool]:
     index = chunk.index
     watch = _Watch(store, job_id, index, heartbeat_seconds=settings.heartbeat_seconds)
-    output = segment_path(settings, job_id, index)
+    # A segment object is encoded here first: verified as a file, then uploaded whole.
+    output = destination if isinstance(destination, Path) else local / destination.name
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         # The segment must hold exactly its planned frames (checked, with the file re-counted,
@@ -290,6 +301,8 @@ def _swap_chunk(
             progress=watch.advance,
             cancel=watch.cancel,
         )
+        if isinstance(destination, ObjectRef):
+            objects.upload(output, destination)
     except Cancelled:
         store.chunk_cancelled(job_id, index)
         return None, False
@@ -299,40 +312,61 @@ def _swap_chunk(
     return result, last
 
 
-def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
+def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | None:
     """Join the segments without re-encoding, add the original audio, verify the result, then
     commit it: the job moves to COMMITTING (a cancel can no longer win) before the rename, so
     a cancel and a commit agree through the store. Idempotent: after success it does nothing."""
     job = store.get(job_id)
     if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
         return None  # ended (cancelled, failed, succeeded) or not ready
-    target = confine(job["target"], settings, what="target video")
-    output = confine(job["output"], settings, what="output")
+    target = locate(job["target"], settings, what="target video")
+    output = locate(job["output"], settings, what="output")
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
-    segments = [(segment_path(settings, job_id, c.index), c.span) for c in chunks]
-    with _alive(store, settings, job_id):
+    with scratch(settings, job_id) as local, _alive(store, settings, job_id):
+        segments = [
+            (_segment_file(settings, job_id, c.index, job["output"], local), c.span) for c in chunks
+        ]
+        # An object output is stitched and verified here, then uploaded at commit.
+        destination = output if isinstance(output, Path) else local / f"output{output.suffix}"
         staged = stitch_segments(
             segments,
-            output,
+            destination,
             audio_source=_video_info(store, settings, job_id, target),
             settings=settings,
             frames=sum(c.frames for c in chunks),
             timeout=float(settings.chunk_time_limit),
         )
-    if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
-        # Cancelled (or failed) while stitching: the user's file was never touched.
-        staged.discard()
-        if store.state(job_id) == CANCELLED:
-            shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
-        return None
-    try:
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+        if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
+            # Cancelled (or failed) while stitching: the user's file was never touched.
+            staged.discard()
+            if store.state(job_id) == CANCELLED:
+                remove_segments(settings, job_id, output=job["output"])
+            return None
+        try:
+            if isinstance(output, ObjectRef):
+                # Completed at the destination key only now, after verification; aborted on
+                # failure, so the key holds what it held before.
+                objects.upload(staged.temp, output)
+                staged.discard()
+            else:
+                staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
-    shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+    remove_segments(settings, job_id, output=job["output"])
     return output
+
+
+def _segment_file(settings: Settings, job_id: str, index: int, output: str, local: Path) -> Path:
+    """Chunk `index`'s segment as a file: on the shared storage, or fetched into `local`."""
+    where = segment(settings, job_id, index, output=output)
+    if isinstance(where, Path):
+        return where
+    try:
+        return objects.download(where, local / where.name)
+    except InputError:  # missing: the stitcher's problem, as for a missing file
+        raise MediaError(f"segments missing: {where.name}") from None
 
 
 def fail_job(store: JobStore, job_id: str, error: BaseException, *, index: int | None) -> Reason:

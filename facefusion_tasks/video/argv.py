@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import ffmpeg as ffmpeg_python
+
+from facefusion_tasks.video.signed import SignedUrl
 
 #: Decoder logging: showinfo prints each frame's pts at info level; the level prefix lets the
 #: reader pick out [error]/[fatal] lines; no banner, no progress line, never read the terminal.
@@ -97,25 +98,6 @@ def ratio(value: Fraction) -> str:
 def seconds(value: float) -> str:
     """Seconds with microsecond precision (ffmpeg's internal time unit)."""
     return f"{value:.6f}"
-
-
-class SignedUrl(str):
-    """A URL this project signed itself, for an object in an allowed bucket (objects.presign):
-    the one network input ffmpeg may open. Anything else, a user's http:// included, is a
-    path and gets the file protocol only. Its text carries a signature: never log it (redact)."""
-
-    def __repr__(self) -> str:
-        return f"SignedUrl({redact(self)!r})"
-
-
-#: A URL's query string: where a presigned URL keeps its signature and credential scope.
-_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """`text` with every URL's query string removed (signatures, credential scopes), for
-    ffmpeg's messages and command lines before anything logs or stores them."""
-    return _QUERY.sub(r"\1", text)
 
 
 def plain_input_options(source: str | Path | None = None) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import IO
 
 from facefusion_tasks.errors import MediaError
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.video.argv import redact
+from facefusion_tasks.video.signed import redact
 
 #: Lines of stderr kept per process (bounded memory however long ffmpeg talks).
 TAIL_LINES = 60

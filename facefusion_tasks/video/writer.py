@@ -13,12 +13,14 @@ from typing import IO
 
 import numpy as np
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError
 from facefusion_tasks.video import ffbin, process, staging
-from facefusion_tasks.video.argv import ENCODERS, encode_argv, muxer_for, redact
+from facefusion_tasks.video.argv import ENCODERS, encode_argv, muxer_for
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
 from facefusion_tasks.video.probe import VideoInfo
+from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ class FrameWriter:
                 encoder=self.encoder,
                 preset=settings.video_preset,
                 quality=settings.video_quality,
-                audio_source=audio.path if audio else None,
+                audio_source=objects.ffmpeg_input(audio.path) if audio else None,
                 audio_codec=audio.audio_codec if audio else None,
                 audio_seconds=audio.duration if audio and audio.duration > 0 else None,
                 ffmpeg=exe,

@@ -11,13 +11,8 @@ from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.video.argv import (
-    SignedUrl,
-    decode_argv,
-    encode_argv,
-    plain_input_args,
-    redact,
-)
+from facefusion_tasks.video.argv import decode_argv, encode_argv, plain_input_args
+from facefusion_tasks.video.signed import SignedUrl, redact
 
 SIGNED = SignedUrl(
     "https://s3.example.com/media/in.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
