@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import socketserver
 import subprocess
 import sys
@@ -172,6 +173,12 @@ class CountingProxy:
             def log_message(self, *_: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                # A small send buffer: what is counted has left for the reader, not waited in
+                # this process's kernel buffer (a server's own buffer is not the network).
+                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+                super().setup()
+
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
@@ -180,20 +187,26 @@ class CountingProxy:
                     headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
-                    payload = response.read()
+                    self.send_response(response.status, response.reason)
+                    for key, value in response.getheaders():
+                        if key.lower() not in {"transfer-encoding", "connection"}:
+                            self.send_header(key, value)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    with proxy._lock:
+                        proxy.requests += 1
+                    # Streamed, and counted as it goes: a reader that stops (ffmpeg at the end
+                    # of its span) stops the count, as it would stop a real server's sending.
+                    while self.command != "HEAD" and (block := response.read(64 * 1024)):
+                        try:
+                            self.wfile.write(block)
+                        except OSError:
+                            break
+                        with proxy._lock:
+                            proxy.bytes_sent += len(block)
                 finally:
                     upstream.close()
-                with proxy._lock:
-                    proxy.bytes_sent += len(payload)
-                    proxy.requests += 1
-                self.send_response(response.status, response.reason)
-                for key, value in response.getheaders():
-                    if key.lower() not in {"transfer-encoding", "connection", "content-length"}:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
+                    self.close_connection = True
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
 

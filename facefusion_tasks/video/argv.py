@@ -38,6 +38,9 @@ PLAIN_DEMUXERS = (
     "yuv4mpegpipe",
 )
 
+#: Socket receive buffer of a signed-URL input (the most a reader fetches past where it stops).
+RECV_BUFFER_BYTES = 256 * 1024
+
 #: Output muxer by file extension; -f is always explicit so a temp file name cannot mislead it.
 MUXERS = {
     ".mp4": "mp4",
@@ -105,11 +108,14 @@ def plain_input_options(source: str | Path | None = None) -> dict[str, str]:
     http, subfile, concat: or data: URLs) and only PLAIN_DEMUXERS, so a playlist sniffed from
     the content is refused before it opens anything. A SignedUrl gets its own scheme's
     protocols instead (http and tcp, or https, tls and tcp), the demuxers stay as narrow."""
-    protocols = "file"
+    options = {"protocol_whitelist": "file", "format_whitelist": ",".join(PLAIN_DEMUXERS)}
     if isinstance(source, SignedUrl):
         scheme = urlsplit(source).scheme.lower()
-        protocols = "https,tls,tcp" if scheme == "https" else "http,tcp"
-    return {"protocol_whitelist": protocols, "format_whitelist": ",".join(PLAIN_DEMUXERS)}
+        options["protocol_whitelist"] = "https,tls,tcp" if scheme == "https" else "http,tcp"
+        # TCP flow control keeps what is in flight within the receive window: a small one
+        # means a reader that stops at its span's end has fetched little past it.
+        options["recv_buffer_size"] = str(RECV_BUFFER_BYTES)
+    return options
 
 
 def plain_input_args(source: str | Path | None = None) -> list[str]:

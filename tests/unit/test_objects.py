@@ -52,6 +52,9 @@ def test_a_signed_url_alone_opens_the_network_and_only_its_scheme() -> None:
     # The same text from a user is a path: the file protocol only.
     assert plain_input_args(str(SIGNED))[:2] == ["-protocol_whitelist", "file"]
     assert plain_input_args(Path("/data/in.mp4"))[:2] == ["-protocol_whitelist", "file"]
+    # A signed read keeps little in flight past where the reader stops.
+    assert "-recv_buffer_size" in plain_input_args(SIGNED)
+    assert "-recv_buffer_size" not in plain_input_args(Path("/data/in.mp4"))
     argv = decode_argv(SIGNED, seek_seconds=10.0)
     assert argv[argv.index("-protocol_whitelist") + 1] == "https,tls,tcp"
     assert argv[argv.index("-format_whitelist") + 1].startswith("mov,")
