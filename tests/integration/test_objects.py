@@ -4,13 +4,17 @@ reads ffmpeg may open (and nothing else), errors without credentials in them."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from facefusion_tasks import objects
+from facefusion_tasks import liveness, objects
+from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, TransientError
+from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store import JobStore
 from facefusion_tasks.video.argv import plain_input_args
 from facefusion_tasks.video.samples import make_sample_video
 from tests.s3server import SECRET_KEY, client, keys, uploads
@@ -127,3 +131,29 @@ def test_delete_prefix_and_work_folders(bucket: str) -> None:
     assert set(objects.work_folders(bucket)) == {"job-a", "job-b"}
     assert objects.delete_prefix(bucket, ".facefusion-work/job-a/") == 2
     assert sorted(keys(s3, bucket)) == [".facefusion-work/job-b/seg-00000.mp4", "keep.mp4"]
+
+
+def test_the_retention_sweep_removes_segments_of_jobs_over_or_gone(
+    bucket: str, store: JobStore
+) -> None:
+    """After a crash nobody removed them: the sweep does, for jobs that are over or forgotten,
+    and leaves a live job's (and a failed one's, for retry) alone."""
+    from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
+
+    s3 = client(objects_env())
+    jobs = {}
+    for state in ("gone", SUCCEEDED, RUNNING, FAILED):
+        job_id = new_job_id()
+        if state != "gone":
+            store.r.hset(f"facefusion:job:{job_id}", mapping={"state": state})
+        s3.put_object(Bucket=bucket, Key=f".facefusion-work/{job_id}/seg-00000.mp4", Body=b"x")
+        jobs[state] = job_id
+    settings = Settings.from_env({}, s3_buckets=bucket)
+    young = liveness.sweep_work_dirs(store, settings, now=time.time())
+    assert young == []  # younger than stall_seconds: a job may be planning into it
+    removed = liveness.sweep_work_dirs(
+        store, settings, now=time.time() + 2 * settings.stall_seconds
+    )
+    assert sorted(removed) == sorted([jobs["gone"], jobs[SUCCEEDED]])
+    left = {key.split("/")[1] for key in keys(s3, bucket, ".facefusion-work/")}
+    assert left == {jobs[RUNNING], jobs[FAILED]}
