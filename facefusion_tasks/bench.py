@@ -202,7 +202,7 @@ def run_bench(
         source = _source_image(scratch)
         loaded = load_models(settings)
         loaded.engine.set_source(source)
-        job = SwapJob(source, clip, scratch / "out.mp4")
+        job = SwapJob((source,), clip, scratch / "out.mp4")
         frames = _decoded_frames(clip, settings)
         rounds = interleave(
             {
@@ -272,7 +272,7 @@ def run_ceiling(
                 faces=faces, audio=True,
             )  # fmt: skip
             info = probe(clip, ffmpeg=settings.ffmpeg)
-            job = SwapJob(source, clip, scratch / f"out-{height}p-{faces}.mp4")
+            job = SwapJob((source,), clip, scratch / f"out-{height}p-{faces}.mp4")
             measures[f"{name}|transcode"] = _pipeline_run(job, PassthroughEngine(), settings, info)
             measures[f"{name}|ceiling"] = _pipeline_run(job, loaded.engine, settings, info)
         rounds = interleave(measures, repeats=repeats)
@@ -321,7 +321,7 @@ def _child(clip: str, source: str, settings: Settings, ready: Any, go: Any, out:
     output = Path(clip).with_name(f"{Path(clip).stem}-{mp.current_process().pid}.mp4")
     ready.put(True)
     go.wait()
-    result = run_swap(SwapJob(Path(source), Path(clip), output), models.engine, settings)
+    result = run_swap(SwapJob((Path(source),), Path(clip), output), models.engine, settings)
     output.unlink(missing_ok=True)
     out.put({"frames": result.frames, "seconds": result.seconds, "peak_rss_bytes": peak_rss()})
 

@@ -48,6 +48,52 @@ def _job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-seconds", type=float, default=None)
 
 
+def _where(text: str) -> str | Path:
+    """A path, or s3://bucket/key kept as text (a Path would fold its `//`); the commands
+    check it (a malformed or refused one is one error line and exit 2, as for a bad path)."""
+    return text if text.startswith("s3://") else Path(text)
+
+
+#: The two forms of swap and submit (argparse cannot say "either a positional or --source").
+_SOURCES_USAGE = (
+    "%(prog)s [options] SOURCE TARGET -o OUTPUT\n"
+    "       %(prog)s [options] --source IMAGE [--source IMAGE ...] TARGET -o OUTPUT"
+)
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    """SOURCE TARGET, or --source IMAGE (repeatable) TARGET: the paths are sorted out after
+    parsing (_split_sources), where both forms, or neither, are refused."""
+    parser.add_argument(
+        "paths", nargs="+", type=_where, metavar="SOURCE TARGET",
+        help="the image with the face to put in (or use --source), then the video to change",
+    )  # fmt: skip
+    parser.add_argument(
+        "--source", dest="sources", action="append", type=_where, default=None, metavar="IMAGE",
+        help="a source image; repeat for several photos of the same person (their identities "
+        "are averaged)",
+    )  # fmt: skip
+    parser.set_defaults(command_parser=parser)  # its usage goes with a usage error
+
+
+def _split_sources(args: argparse.Namespace) -> None:
+    """Set args.sources and args.target from the two forms, or exit 2 with the usage."""
+    parser: argparse.ArgumentParser = args.command_parser
+    paths: list[str | Path] = args.paths
+    if args.sources:
+        if len(paths) != 1:
+            parser.error(
+                "give the source images either with --source or as the first argument, not both"
+            )
+        args.target = paths[0]
+        return
+    if len(paths) == 1:
+        parser.error("no source image: give SOURCE TARGET, or --source IMAGE [--source …] TARGET")
+    if len(paths) > 2:
+        parser.error("too many arguments: for several source images, repeat --source IMAGE")
+    args.sources, args.target = [paths[0]], paths[1]
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     names = [
         "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
@@ -55,12 +101,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         "cpu_threads", "detector_batch", "precision", "io_binding",
     ]  # fmt: skip
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
-
-
-def _where(text: str) -> str | Path:
-    """A path, or s3://bucket/key kept as text (a Path would fold its `//`); the commands
-    check it (a malformed or refused one is one error line and exit 2, as for a bad path)."""
-    return text if text.startswith("s3://") else Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    swap = sub.add_parser("swap", help="swap the source face into every face of a video")
-    swap.add_argument("source", type=_where, help="image with the face to put in")
-    swap.add_argument("target", type=_where, help="video to change")
+    swap = sub.add_parser(
+        "swap",
+        help="swap the source face into every face of a video or still image",
+        usage=_SOURCES_USAGE,
+    )
+    _source_arguments(swap)
     swap.add_argument("-o", "--output", type=_where, required=True)
     swap.add_argument("--reference-face", type=_where, default=None)
     swap.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
@@ -82,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     _job_flags(swap)
     _settings_flags(swap)
 
-    submit = sub.add_parser("submit", help="enqueue a job for the workers; prints its id")
-    submit.add_argument("source", type=_where)
-    submit.add_argument("target", type=_where)
+    submit = sub.add_parser(
+        "submit", help="enqueue a job for the workers; prints its id", usage=_SOURCES_USAGE
+    )
+    _source_arguments(submit)
     submit.add_argument("-o", "--output", type=_where, required=True)
     submit.add_argument("--reference-face", type=_where, default=None)
     _job_flags(submit)
@@ -143,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vf = msub.add_parser("verify", help="check the model files against their digests")
     vf.add_argument("--dir", type=Path, default=None)
+    tr = msub.add_parser(
+        "trust",
+        help="check your own model files' inputs and outputs, then trust their sha256",
+        description="Each FILE's name says its role (det_10g.onnx, w600k_r50.onnx, "
+        "inswapper_128.onnx). Its inputs, outputs (and the swapper's emap) are checked against "
+        "that role; then it is copied into the models dir under that name (unless it is "
+        "there already) and its sha256 is recorded as trusted in digests.json.",
+    )
+    tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    tr.add_argument("--dir", type=Path, default=None)
 
     metrics = sub.add_parser(
         "metrics",
@@ -183,7 +237,7 @@ def _cmd_swap(args: argparse.Namespace) -> int:
         print(f"submitted {job_id}", file=sys.stderr)
         return _follow(settings, job_id, as_json=args.json, progress=not args.no_progress)
     result, loaded = run_local(
-        args.source,
+        args.sources,
         args.target,
         args.output,
         settings=settings,
@@ -227,16 +281,30 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(path)
         print("note: stand-in models for tests and demos; they do not really swap faces")
         return EXIT_OK
-    from facefusion_tasks.models.download import download_models, verify_models
+    if args.models_command == "trust":
+        from facefusion_tasks.models.trust import roles_of, trust_file
+
+        for path, role in roles_of(args.files):
+            print(trust_file(path, role, directory).line())
+        return EXIT_OK
+    from facefusion_tasks.models.digests import GOOD_STATUSES, trusted_digests, verify_models
 
     if args.models_command == "download":
+        from facefusion_tasks.models.download import download_models
+
         for path in download_models(directory, progress=not args.no_progress, force=args.force):
             print(path)
         return EXIT_OK
     states = verify_models(directory)
     for name, state in states.items():
         print(f"{name}: {state}")
-    bad = [s for s in states.values() if s not in {"ok", "unpinned (recorded)"}]
+    trusted = trusted_digests(directory)
+    if trusted:
+        # Apart from the published files: these digests are the user's own decision.
+        print("trusted on purpose (`models trust`), not the published files:")
+        for name, digest in sorted(trusted.items()):
+            print(f"  {name}: sha256 {digest}")
+    bad = [s for s in states.values() if s not in GOOD_STATUSES]
     return EXIT_BAD_INPUT if bad else EXIT_OK
 
 
@@ -281,7 +349,7 @@ def _producer(settings: Settings) -> Any:
 def _submit(args: argparse.Namespace, settings: Settings) -> str:
     return str(
         _producer(settings).submit(
-            args.source,
+            args.sources,
             args.target,
             args.output,
             reference=args.reference_face,
@@ -448,7 +516,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return exporter_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command in {"swap", "submit"}:
+        # A path after --source (`swap a.jpg --source b.jpg clip.mp4`) ends up here: join it
+        # to the others, so mixing both forms gets the clear message, not "unrecognized".
+        if not any(arg.startswith("-") for arg in extra):
+            args.paths += [_where(arg) for arg in extra]
+            extra = []
+        if not extra:
+            _split_sources(args)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -162,13 +162,20 @@ def _gpus() -> dict[str, Any]:
 
 def _models(settings: Settings) -> dict[str, Any]:
     try:
-        from facefusion_tasks.models.download import verify_models
+        from facefusion_tasks.models.digests import (
+            GOOD_STATUSES,
+            TRUSTED,
+            trusted_digests,
+            verify_models,
+        )
         from facefusion_tasks.models.standin import is_standin
     except ImportError as exc:
         return {"ok": False, "dir": str(settings.models_dir), "files": {}, "error": str(exc)}
 
     states = verify_models(settings.models_dir)
-    standin = [n for n in states if is_standin(settings.models_dir / n)]
+    trusted = trusted_digests(settings.models_dir)
+    # A file trusted on purpose is judged by that record, even a stand-in.
+    standin = [n for n, s in states.items() if s != TRUSTED and is_standin(settings.models_dir / n)]
     allowed = settings.allow_standin_models
     for name in standin:
         # Stand-ins never match the real digests; that is what they are, not corruption. They
@@ -179,13 +186,12 @@ def _models(settings: Settings) -> dict[str, Any]:
             else "stand-in: refused (FACEFUSION_ALLOW_STANDIN_MODELS=1 is for tests and demos)"
         )
     return {
-        "ok": all(
-            s in {"ok", "unpinned (recorded)"} or (n in standin and allowed)
-            for n, s in states.items()
-        ),
+        "ok": all(s in GOOD_STATUSES or (n in standin and allowed) for n, s in states.items()),
         "dir": str(settings.models_dir),
         "files": states,
         "standin": standin,
+        # Apart from the pinned files: digests the user chose with `models trust`.
+        "trusted": trusted,
     }
 
 
@@ -332,6 +338,9 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"[{mark[models['ok']]}] models in {models['dir']}:")
     for name, state in models["files"].items():
         lines.append(f"      {name}: {state}")
+    for name, digest in sorted(models.get("trusted", {}).items()):
+        lines.append(f"      trusted on purpose (`models trust`), not the published file: {name}")
+        lines.append(f"        sha256 {digest}")
     if "error" in models:
         lines.append(f"      {models['error']}")
     return "\n".join(lines)

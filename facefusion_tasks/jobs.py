@@ -118,3 +118,8 @@ def plan_chunks(
         span = (end_pts - pts[first]) * time_base if end_pts is not None else None
         chunks.append(Chunk(n, pts[first], end_pts, last - first, span))
     return chunks
+
+
+def image_plan() -> list[Chunk]:
+    """A still image's plan: one chunk of one frame (nothing to cut, nothing to stitch)."""
+    return [Chunk(0, 0, None, 1, None)]

@@ -13,35 +13,49 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, ModelError
 from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
-from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.images import check_image_target, is_image_target
+from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
+from facefusion_tasks.still import swap_image
 from facefusion_tasks.video.probe import VideoInfo, probe
 from facefusion_tasks.workspace import local_copy, scratch
 
 
 def run_local(
-    source: str | Path | ObjectRef,
-    target: str | Path | ObjectRef,
-    output: str | Path | ObjectRef,
+    source: Sources,
+    target: Source,
+    output: Source,
     *,
     settings: Settings,
-    reference: str | Path | ObjectRef | None = None,
+    reference: Source | None = None,
     show_progress: bool = False,
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
-    and stream the video through them. Any location may be an s3://bucket/key object in an
-    allowed bucket: images are fetched, the video read through a signed URL, and an object
-    output is written and verified here, then uploaded whole."""
-    source_at = _locate(source, settings, what="source image")
-    target_at = _locate(target, settings, what="target video")
+    and stream the video through them; a still-image target is one frame, written in its own
+    format. `source`: one image, or several photos of the same person, whose identities are
+    averaged. Any location may be an s3://bucket/key object in an allowed bucket: images (a
+    still target too) are fetched, a video is read through a signed URL, and an object output
+    is written and verified here, then uploaded whole."""
+    sources_at = tuple(_locate(s, settings, what="source image") for s in source_paths(source))
+    target_at = _locate(target, settings, what="target")
     output_at = _locate(output, settings, what="output")
     reference_at = None if reference is None else _locate(reference, settings, what="reference")
-    info = probe(target_at, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-    check_output(output_at, target_at, inputs=(source_at, reference_at))
+    info: VideoInfo | None = None
+    target_file = target_at
+    if is_image_target(target_at):
+        target_file = local_copy(settings, target_at)
+        header = check_image_target(target_file, max_pixels=settings.max_image_pixels)
+        check_output(
+            output_at, target_at, inputs=(*sources_at, reference_at), image_format=header.format
+        )
+    else:
+        info = probe(target_at, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
+        check_output(output_at, target_at, inputs=(*sources_at, reference_at))
     with scratch(settings, "local") as local:
-        source_file = local_copy(settings, source_at)
-        read_image(source_file, max_pixels=settings.max_image_pixels)
+        sources = tuple(local_copy(settings, at) for at in sources_at)
+        for path in sources:
+            read_image(path, max_pixels=settings.max_image_pixels)
         reference_file = None
         if reference_at is not None:
             # A reference face always means "only this person" (as for submitted jobs).
@@ -51,16 +65,22 @@ def run_local(
         elif settings.face_selector == "reference":
             raise InputError("--face-selector reference needs --reference-face IMAGE")
         written = output_at if isinstance(output_at, Path) else local / output_at.name
-        result, loaded = _swap(
-            source_file, target_at, written, reference_file, info, settings, show_progress
+        job = SwapJob(
+            sources=sources,
+            target=target_file,
+            output=written,
+            reference=reference_file,
+            frames=1 if info is None else info.frame_count,
         )
+        result, loaded = _swap(job, info, settings, show_progress)
         if isinstance(output_at, ObjectRef):
+            # Verified as a file above (an image or a video alike), only then uploaded.
             objects.upload(written, output_at)
             result.output = output_at
     return result, loaded
 
 
-def _locate(value: str | Path | ObjectRef, settings: Settings, *, what: str) -> Location:
+def _locate(value: Source, settings: Settings, *, what: str) -> Location:
     """Local mode takes any path; an object only in an allowed bucket."""
     where = objects.location(value)
     if isinstance(where, ObjectRef):
@@ -69,18 +89,17 @@ def _locate(value: str | Path | ObjectRef, settings: Settings, *, what: str) -> 
 
 
 def _swap(
-    source: Path,
-    target: Location,
-    output: Path,
-    reference: Path | None,
-    info: VideoInfo,
-    settings: Settings,
-    show_progress: bool,
+    job: SwapJob, info: VideoInfo | None, settings: Settings, show_progress: bool
 ) -> tuple[SwapResult, LoadedModels]:
+    """Load the models and swap: a still image (no `info`) at once, a video streamed."""
     loaded = load_models(settings)
-    loaded.engine.set_source(source)
-    if reference is not None:
-        loaded.engine.set_reference(reference)
+    loaded.engine.set_sources(job.sources)
+    if job.reference is not None:
+        loaded.engine.set_reference(job.reference)
+    if info is None:
+        result, staged = swap_image(job, loaded.engine, settings)
+        staged.commit()
+        return result, loaded
     bar = None
     if show_progress:
         from tqdm import tqdm
@@ -88,13 +107,7 @@ def _swap(
         bar = tqdm(total=info.frame_count or None, unit="frame", file=sys.stderr, leave=False)
     try:
         result = run_swap(
-            SwapJob(
-                source=source,
-                target=target,
-                output=output,
-                reference=reference,
-                frames=info.frame_count,
-            ),
+            job,
             loaded.engine,
             settings,
             info=info,

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timezone
+from os import PathLike
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -90,7 +91,7 @@ def parse(text: str) -> ObjectRef:
     return ObjectRef(bucket, key)
 
 
-def location(value: str | Path | ObjectRef) -> Location:
+def location(value: str | PathLike[str] | ObjectRef) -> Location:
     """A path or an object from what a user gave: s3://… text is an object, the rest paths."""
     if isinstance(value, ObjectRef):
         return value

@@ -38,8 +38,10 @@ _POLL_SECONDS = 0.2
 class SwapJob:
     """One swap over a target video (or one span of it, for a chunk)."""
 
-    source: Path
-    #: The video: a file, or an object read through a URL the reader signs (ranged reads).
+    #: The source images (one identity: their embeddings averaged).
+    sources: tuple[Path, ...]
+    #: The video: a file, or an object read through a URL the reader signs (ranged reads); a
+    #: still image is always a file (an object one is fetched first).
     target: Location
     output: Path
     reference: Path | None = None
@@ -64,7 +66,8 @@ class SwapResult:
     frames_with_faces: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    #: The video encoder this run really used (after `auto` and the nvenc trial).
+    #: The video encoder this run really used (after `auto` and the nvenc trial); for a still
+    #: image, its format.
     encoder: str = ""
     #: The -hwaccel really passed to the decoder ("none" unless a GPU trial decode proved it).
     hwaccel: str = "none"
@@ -295,7 +298,7 @@ def run_swap(
             result.frames_with_faces += sum(1 for c in counts if c)
             now = dict(clock.seconds)
             observe.batch(
-                _metric_stages({k: v - seen.get(k, 0.0) for k, v in now.items()}),
+                metric_stages({k: v - seen.get(k, 0.0) for k, v in now.items()}),
                 frames=len(batch),
                 faces=sum(counts),
                 seconds=time.perf_counter() - begun,
@@ -356,7 +359,8 @@ def run_swap(
 _METRIC_STAGE = {"letterbox": "detect", "boxes": "detect", "align": "swap"}
 
 
-def _metric_stages(seconds: dict[str, float]) -> dict[str, float]:
+def metric_stages(seconds: dict[str, float]) -> dict[str, float]:
+    """Clock seconds per metric stage label (video batches and still images alike)."""
     folded: dict[str, float] = {}
     for stage, spent in seconds.items():
         name = _METRIC_STAGE.get(stage, stage)

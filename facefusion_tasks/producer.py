@@ -5,17 +5,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from facefusion_tasks import broker
 from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
-from facefusion_tasks.inputs import check_output, read_image
+from facefusion_tasks.images import check_image_target, is_image_target
+from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking
-from facefusion_tasks.objects import ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
@@ -59,52 +58,69 @@ class Producer:
 
     def submit(
         self,
-        source: str | Path | ObjectRef,
-        target: str | Path | ObjectRef,
-        output: str | Path | ObjectRef,
+        source: Sources,
+        target: Source,
+        output: Source,
         *,
-        reference: str | Path | ObjectRef | None = None,
+        reference: Source | None = None,
         priority: int = 5,
         chunk_seconds: float | None = None,
     ) -> str:
         """Validate everything that can be checked here (so bad input enqueues nothing), record
-        the job and enqueue its planning. Returns the job id. Each location is a path inside
-        the storage roots or an s3://bucket/key object in an allowed bucket."""
+        the job and enqueue its planning. Returns the job id. `source`: one image, or several
+        photos of the same person (the workers average their identities). Each location is a
+        path inside the storage roots or an s3://bucket/key object in an allowed bucket."""
         if not 0 <= priority <= 9:
             raise InputError("priority must be 0..9 (9 = most urgent)")
         if chunk_seconds is not None and not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
         limits = self.settings
-        source = locate(source, self.settings, what="source image")
-        target = locate(target, self.settings, what="target video")
-        output = locate(output, self.settings, what="output")
-        read_image(local_copy(self.settings, source), max_pixels=limits.max_image_pixels)
+        sources = [locate(s, self.settings, what="source image") for s in source_paths(source)]
+        target_at = locate(target, self.settings, what="target")
+        output_at = locate(output, self.settings, what="output")
+        for where in sources:
+            read_image(local_copy(self.settings, where), max_pixels=limits.max_image_pixels)
         selector = self.settings.face_selector
+        reference_at = None
         if reference is not None:
-            reference = locate(reference, self.settings, what="reference image")
-            read_image(local_copy(self.settings, reference), max_pixels=limits.max_image_pixels)
+            reference_at = locate(reference, self.settings, what="reference image")
+            read_image(local_copy(self.settings, reference_at), max_pixels=limits.max_image_pixels)
             selector = "reference"
         elif selector == "reference":
             raise InputError("--face-selector reference needs --reference-face IMAGE")
-        info = probe(target, ffmpeg=limits.ffmpeg, max_frame_pixels=limits.max_frame_pixels)
-        check_chunking(
-            info.duration,
-            chunk_seconds or limits.chunk_seconds,
-            min_chunk_seconds=limits.min_chunk_seconds,
-            max_chunks=limits.max_chunks,
-        )
-        check_output(output, target, inputs=(source, reference))
+        if is_image_target(target_at):
+            # One chunk of one frame: nothing to probe or cut (an object is fetched whole).
+            header = check_image_target(
+                local_copy(self.settings, target_at), max_pixels=limits.max_image_pixels
+            )
+            check_output(
+                output_at, target_at, inputs=(*sources, reference_at), image_format=header.format
+            )
+            frames_total = 1
+        else:
+            info = probe(target_at, ffmpeg=limits.ffmpeg, max_frame_pixels=limits.max_frame_pixels)
+            check_chunking(
+                info.duration,
+                chunk_seconds or limits.chunk_seconds,
+                min_chunk_seconds=limits.min_chunk_seconds,
+                max_chunks=limits.max_chunks,
+            )
+            check_output(output_at, target_at, inputs=(*sources, reference_at))
+            frames_total = info.frame_count
         job_id = self.store.create(
             {
-                "source": str(source),
-                "target": str(target),
-                "output": str(output),
-                "reference": str(reference) if reference else "",
+                # `source` stays the first image: records and readers from before several
+                # sources keep their meaning; `sources` (see store.job_sources) has them all.
+                "source": str(sources[0]),
+                "sources": [str(where) for where in sources],
+                "target": str(target_at),
+                "output": str(output_at),
+                "reference": str(reference_at) if reference_at else "",
                 "face_selector": selector,
                 "reference_distance": self.settings.reference_distance,
                 "priority": priority,
                 "chunk_seconds": chunk_seconds or self.settings.chunk_seconds,
-                "frames_total": info.frame_count,
+                "frames_total": frames_total,
             }
         )
         self._send(TASK_PLAN, [job_id], priority=priority)

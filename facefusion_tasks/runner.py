@@ -7,20 +7,23 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from facefusion_tasks import objects, policy
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled, InputError, MediaError, ModelError, TransientError
 from facefusion_tasks.faces.loader import LoadedModels, load_models
-from facefusion_tasks.jobs import Chunk, plan_chunks
+from facefusion_tasks.images import check_image_target, is_image_target, read_header
+from facefusion_tasks.jobs import Chunk, image_plan, plan_chunks
 from facefusion_tasks.metrics.oom import classify_oom
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.still import swap_image
 from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
     CANCELLED,
@@ -33,8 +36,10 @@ from facefusion_tasks.store import (
     SUCCEEDED,
     TERMINAL,
     JobStore,
+    job_sources,
 )
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
+from facefusion_tasks.video.staging import StagedOutput
 from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import local_copy, prepare, remove_segments, scratch, segment
 
@@ -83,7 +88,30 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     if not store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING)):
         return []
     job = store.get(job_id)
-    target = locate(job["target"], settings, what="target video")
+    target = locate(job["target"], settings, what="target")
+    image = is_image_target(target)
+    info: dict[str, Any] = {}
+    if image:
+        # A still image is one chunk of one frame: no probe, no timestamps, no segments.
+        check_image_target(local_copy(settings, target), max_pixels=settings.max_image_pixels)
+        chunks, frames = image_plan(), 1
+    else:
+        chunks, frames, info = _plan_video(job, target, settings)
+    if store.state(job_id) != PLANNING:
+        return []  # cancelled (or failed by the sweep) while reading the video
+    store.set_plan(job_id, chunks, frames, info)
+    if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
+        store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
+        return []
+    if not image:
+        prepare(settings, job_id, output=job["output"])
+    return [c.index for c in chunks]
+
+
+def _plan_video(
+    job: dict[str, str], target: Location, settings: Settings
+) -> tuple[list[Chunk], int, dict[str, Any]]:
+    """Chunks cut on the video's own timestamps, its frame count and its stored probe."""
     info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
     timestamps, time_base = frame_timestamps(target, ffmpeg=settings.ffmpeg)
     if not timestamps:
@@ -98,14 +126,7 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         min_chunk_seconds=settings.min_chunk_seconds,
         max_chunks=settings.max_chunks,
     )
-    if store.state(job_id) != PLANNING:
-        return []  # cancelled (or failed by the sweep) while reading the video
-    store.set_plan(job_id, chunks, len(timestamps), info.to_json())
-    if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
-        store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
-        return []
-    prepare(settings, job_id, output=job["output"])
-    return [c.index for c in chunks]
+    return chunks, len(timestamps), info.to_json()
 
 
 def _video_info(store: JobStore, settings: Settings, job_id: str, target: Location) -> VideoInfo:
@@ -128,7 +149,7 @@ class _ModelCache:
         self._ready = threading.Event()
         self._loaded: LoadedModels | None = None
         self._error: BaseException | None = None
-        self._source: tuple[str, float] | None = None
+        self._sources: tuple[tuple[str, float], ...] = ()
         self._thread: threading.Thread | None = None
 
     def start(self, settings: Settings) -> None:
@@ -161,17 +182,19 @@ class _ModelCache:
             return error
         return TransientError(f"the models could not be started on this worker: {error}")
 
-    def get(self, settings: Settings, source: Path) -> LoadedModels:
-        """The loaded models with `source` set as the identity (re-embedded only if it changed)."""
+    def get(self, settings: Settings, sources: Sequence[Path]) -> LoadedModels:
+        """The loaded models with the identity of `sources` set (re-embedded only when the
+        images, or one's modification time, changed)."""
         self.start(settings)
         self._ready.wait()
         if self._error is not None:
             raise self._failed()
         assert self._loaded is not None
-        key = (str(source), source.stat().st_mtime)
-        if self._source != key:
-            self._loaded.engine.set_source(source)
-            self._source = key
+        key = tuple((str(path), path.stat().st_mtime) for path in sources)
+        if self._sources != key:
+            self._sources = ()  # a failed embedding must not leave a stale key behind
+            self._loaded.engine.set_sources(sources)
+            self._sources = key
         return self._loaded
 
 
@@ -230,16 +253,20 @@ def run_chunk(
     if not job or job.get("state") in TERMINAL:
         return None, False
     chunk = store.chunk_plan(job_id, index)
-    target = locate(job["target"], settings, what="target video")
-    # Images are read whole, into this host's cache when they are objects; the video is read
-    # where it lies (an object through a signed URL: only this chunk's span is fetched).
-    source = local_copy(settings, locate(job["source"], settings, what="source image"))
+    target = locate(job["target"], settings, what="target")
+    image = is_image_target(target)
+    # Images (a still target too) are read whole, into this host's cache when they are
+    # objects; a video is read where it lies (an object through a signed URL: only this
+    # chunk's span is fetched).
+    sources = tuple(
+        local_copy(settings, locate(s, settings, what="source image")) for s in job_sources(job)
+    )
     reference = (
         local_copy(settings, locate(job["reference"], settings, what="reference image"))
         if job.get("reference")
         else None
     )
-    loaded = MODELS.get(settings, source)
+    loaded = MODELS.get(settings, sources)
     # The face selection belongs to the job (the producer chose it), not to this worker's
     # settings; the cached engine is re-aimed for every chunk.
     engine = loaded.engine
@@ -250,11 +277,17 @@ def run_chunk(
         engine.set_reference(reference)
     if not store.chunk_started(job_id, index, worker):
         return None, False  # the job ended meanwhile
-    destination = segment(settings, job_id, index, output=job["output"])
+    output = locate(job["output"], settings, what="output")
+    destination = output if image else segment(settings, job_id, index, output=job["output"])
     try:
         with scratch(settings, job_id) as local:
+            if image:
+                return _swap_image_job(
+                    store, settings, job_id, chunk, loaded, sources,
+                    local_copy(settings, target), reference, destination=destination, local=local,
+                )  # fmt: skip
             return _swap_chunk(
-                store, settings, job_id, chunk, loaded, source, target, reference,
+                store, settings, job_id, chunk, loaded, sources, target, reference,
                 destination=destination, local=local,
             )  # fmt: skip
     finally:
@@ -269,7 +302,7 @@ def _swap_chunk(
     job_id: str,
     chunk: Chunk,
     loaded: LoadedModels,
-    source: Path,
+    sources: tuple[Path, ...],
     target: Location,
     reference: Path | None,
     *,
@@ -286,7 +319,7 @@ def _swap_chunk(
         # before it replaces a previous attempt's).
         result = run_swap(
             SwapJob(
-                source=source,
+                sources=sources,
                 target=target,
                 output=output,
                 reference=reference,
@@ -312,6 +345,88 @@ def _swap_chunk(
     return result, last
 
 
+def _swap_image_job(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    chunk: Chunk,
+    loaded: LoadedModels,
+    sources: tuple[Path, ...],
+    target: Path,
+    reference: Path | None,
+    *,
+    destination: Location,
+    local: Path,
+) -> tuple[SwapResult | None, bool]:
+    """An image job's one chunk swaps the image into a verified temp beside the output (an
+    object output: beside a file in `local`) and commits it itself, through COMMITTING as a
+    stitch does (a cancel before that wins; none after). The chunk is marked done only once
+    the output is in place, so a job whose chunk is done has its output; there is nothing to
+    stitch: (result, False)."""
+    watch = _Watch(store, job_id, chunk.index, heartbeat_seconds=settings.heartbeat_seconds)
+    output = destination if isinstance(destination, Path) else local / destination.name
+    try:
+        result, staged = swap_image(
+            SwapJob(sources=sources, target=target, output=output, reference=reference, frames=1),
+            loaded.engine,
+            settings,
+            progress=watch.advance,
+            cancel=watch.cancel,
+        )
+    except Cancelled:
+        store.chunk_cancelled(job_id, chunk.index)
+        return None, False
+    finally:
+        watch.close()
+    # COMMITTING already: an earlier delivery of this chunk got there and stopped (a Redis
+    # error after it); no cancel can have landed since, so this one commits.
+    if not store.set_state(job_id, COMMITTING, only_from=(RUNNING, COMMITTING)):
+        staged.discard()  # cancelled (or failed) meanwhile: the user's file was never touched
+        store.chunk_cancelled(job_id, chunk.index)
+        return None, False
+    _commit(staged, destination)
+    result.output = destination
+    store.chunk_done(job_id, chunk.index, result.frames)
+    store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
+    return result, False
+
+
+def _commit(staged: StagedOutput, output: Location) -> None:
+    """Put a verified output in place: renamed onto a file, or uploaded to an object (completed
+    at the key only now, aborted on failure, so the key holds what it held before)."""
+    try:
+        if isinstance(output, ObjectRef):
+            objects.upload(staged.temp, output)
+            staged.discard()
+        else:
+            staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def _finish_image_job(
+    store: JobStore, settings: Settings, job_id: str, output: Location
+) -> Location | None:
+    """A stitch sent for an image job (by the stall sweep, or `retry`, once its one chunk is
+    done): the chunk committed the output before it was marked done, so check the output
+    (an object fetched to look at) and record the success the chunk's worker did not live to
+    record."""
+    try:
+        if isinstance(output, ObjectRef):
+            with scratch(settings, job_id) as local:
+                complete = read_header(objects.download(output, local / output.name)).complete
+        else:
+            complete = read_header(output).complete
+    except (InputError, OSError):
+        complete = False
+    if not complete:
+        raise MediaError(f"{output.name}: the committed image is gone; submit the job again")
+    if store.set_state(job_id, SUCCEEDED, only_from=(RUNNING, STITCHING, COMMITTING)):
+        return output
+    return None
+
+
 def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | None:
     """Join the segments without re-encoding, add the original audio, verify the result, then
     commit it: the job moves to COMMITTING (a cancel can no longer win) before the rename, so
@@ -319,8 +434,10 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
     job = store.get(job_id)
     if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
         return None  # ended (cancelled, failed, succeeded) or not ready
-    target = locate(job["target"], settings, what="target video")
+    target = locate(job["target"], settings, what="target")
     output = locate(job["output"], settings, what="output")
+    if is_image_target(target):
+        return _finish_image_job(store, settings, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
     with scratch(settings, job_id) as local, _alive(store, settings, job_id):
         segments = [
@@ -342,17 +459,7 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
             if store.state(job_id) == CANCELLED:
                 remove_segments(settings, job_id, output=job["output"])
             return None
-        try:
-            if isinstance(output, ObjectRef):
-                # Completed at the destination key only now, after verification; aborted on
-                # failure, so the key holds what it held before.
-                objects.upload(staged.temp, output)
-                staged.discard()
-            else:
-                staged.commit()
-        except BaseException:
-            staged.discard()
-            raise
+        _commit(staged, output)
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
     remove_segments(settings, job_id, output=job["output"])
     return output

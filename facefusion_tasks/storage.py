@@ -3,6 +3,7 @@ allowed bucket."""
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 
 from facefusion_tasks import objects
@@ -31,7 +32,7 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
     return resolved
 
 
-def locate(value: str | Path | ObjectRef, settings: Settings, *, what: str) -> Location:
+def locate(value: str | PathLike[str] | ObjectRef, settings: Settings, *, what: str) -> Location:
     """A job's file confined by the one rule for its kind: an object (s3://bucket/key) must be
     in an allowed bucket, a path inside the storage roots."""
     where = objects.location(value)

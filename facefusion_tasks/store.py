@@ -200,6 +200,7 @@ class JobStatus:
 
     id: str
     state: str
+    #: The first source image (all of them are in `sources`).
     source: str
     target: str
     output: str
@@ -212,6 +213,8 @@ class JobStatus:
     created_at: float = 0.0
     finished_at: float = 0.0
     chunks: list[dict[str, Any]] = field(default_factory=list)
+    #: Every source image, in the order given.
+    sources: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -690,6 +693,7 @@ class JobStore:
             created_at=float(job.get("created_at", 0) or 0),
             finished_at=float(job.get("finished_at", 0) or 0),
             chunks=shown,
+            sources=job_sources(job),
         )
 
     def job_alive(self, job_id: str, *, now: float | None = None) -> None:
@@ -733,6 +737,16 @@ class JobStore:
     def undone_chunks(self, job_id: str) -> list[int]:
         """Chunks that failed or never finished (what `retry` re-runs)."""
         return [i for i, c in enumerate(self.chunks(job_id)) if c.get("state") != DONE]
+
+
+def job_sources(job: dict[str, str]) -> list[str]:
+    """A job's source images: its `sources` list (JSON), or the single `source` of a job
+    recorded before several sources were possible (such a record, or its queued message,
+    still runs)."""
+    raw = job.get("sources")
+    if raw:
+        return [str(path) for path in json.loads(raw)]
+    return [job["source"]] if job.get("source") else []
 
 
 def _encode(value: Any) -> str | int | float:

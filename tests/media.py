@@ -30,6 +30,42 @@ def write_source_face(path: Path) -> Path:
     return path
 
 
+def face_photo(width: int, height: int) -> np.ndarray:
+    """A still target: two drawn faces, side by side, on the textured background."""
+    image = background(width, height, 1)
+    side = min(width, height)
+    draw_face(image, width * 3 // 10, height // 2, side * 9 // 40)
+    draw_face(image, width * 7 // 10, height // 2, side * 6 // 40)
+    return image
+
+
+#: EXIF orientation 6: turn the stored picture 90 degrees clockwise to show it (a phone held
+#: upright stores its sensor's landscape picture and this tag).
+ORIENTATION_TAG, TURN_CLOCKWISE = 0x0112, 6
+
+
+def write_turned_photo(path: Path, upright: np.ndarray) -> Path:
+    """`upright` stored as a phone does: turned a quarter counter-clockwise, with EXIF
+    orientation 6 (written by Pillow, not by the code under test) to turn it back."""
+    from PIL import Image
+
+    stored = cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = TURN_CLOCKWISE
+    picture = Image.fromarray(cv2.cvtColor(stored, cv2.COLOR_BGR2RGB))
+    picture.save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+def write_second_face(path: Path) -> Path:
+    """A source of "another photo": a smaller face off centre in a wider image, which the
+    stand-in embedder tells apart from write_source_face's (cosine similarity about 0.5)."""
+    image = background(240, 200, 0)
+    draw_face(image, 120, 100, 60)
+    cv2.imwrite(str(path), image)
+    return path
+
+
 def storage_root(base: Path, clips: Mapping[str, Mapping[str, Any]]) -> Path:
     """`base` as a storage root: source.png, each named sample clip (make_sample_video's
     options), and an empty out/ folder for the outputs."""

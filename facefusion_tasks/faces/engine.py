@@ -67,6 +67,14 @@ class StageClock:
             self.cpu_seconds.clear()
 
 
+def mean_identity(embeddings: np.ndarray) -> np.ndarray:
+    """The identity of (N, 512) unit embeddings of one person: their mean, L2-normalised, as
+    FaceFusion's get_average_face averages insightface's normed embeddings; the swapper takes a
+    unit vector. One embedding comes back unchanged."""
+    mean = np.asarray(embeddings, np.float32).reshape(-1, embeddings.shape[-1]).mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
 class FaceEngine:
     """Holds the models and the source identity; swaps faces in frame batches in place."""
 
@@ -98,9 +106,18 @@ class FaceEngine:
 
     def set_source(self, path: Path) -> None:
         """Embed the source identity once; every swapped face gets it."""
-        image = read_image(path)
-        face = self._largest_face(image, "source", path)
-        self.set_source_embedding(self.embedder.embed([(image, face)])[0])
+        self.set_sources([path])
+
+    def set_sources(self, paths: Sequence[Path]) -> None:
+        """One identity from several photos of the same person: the largest face of each,
+        embedded in one model call, averaged (mean_identity). A photo without a face is named."""
+        if not paths:
+            raise InputError("no source image given")
+        pairs = []
+        for path in paths:
+            image = read_image(path)
+            pairs.append((image, self._largest_face(image, "source", path)))
+        self.set_source_embedding(mean_identity(self.embedder.embed(pairs)))
 
     def set_source_embedding(self, embedding: np.ndarray) -> None:
         """Use an identity embedding computed elsewhere (e.g. once by the job planner)."""

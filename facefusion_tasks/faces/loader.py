@@ -115,16 +115,17 @@ def _private_dir(path: Path) -> bool:
 
 
 def _verified(paths: dict[str, Path], settings: Settings) -> None:
-    """Check model files against their pinned (or first-use recorded) digests, so a truncated
-    or swapped file fails here with a clear message instead of mid-job. A stand-in is let
-    through only when settings ask for stand-ins: its own metadata is no proof of anything."""
-    for key, path in paths.items():
-        if settings.allow_standin_models and is_standin(path):
-            continue
-        # Imported only for real files: stand-ins need no download code (nor tqdm).
-        from facefusion_tasks.models.download import trusted_model_path
-        from facefusion_tasks.models.registry import spec_for
+    """Check model files against their trusted, pinned or first-use recorded digests, so a
+    truncated or swapped file fails here with a clear message instead of mid-job. A stand-in
+    is let through only when settings ask for stand-ins (its own metadata is no proof of
+    anything), and never once it was trusted on purpose: that record is always checked."""
+    from facefusion_tasks.models.digests import trusted_digests, trusted_model_path
+    from facefusion_tasks.models.registry import spec_for
 
+    trusted = trusted_digests(settings.models_dir)
+    for key, path in paths.items():
+        if settings.allow_standin_models and path.name not in trusted and is_standin(path):
+            continue
         trusted_model_path(settings.models_dir, spec_for(key))
 
 

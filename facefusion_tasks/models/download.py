@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -18,77 +16,27 @@ from typing import IO
 
 from tqdm import tqdm
 
-from facefusion_tasks.errors import DownloadError, ModelError
+from facefusion_tasks.errors import DownloadError
+from facefusion_tasks.models.digests import (
+    CHUNK_BYTES,
+    GOOD_STATUSES,
+    UNRECORDED,
+    expected_digest,
+    file_status,
+    forget_trusted,
+    mismatch_message,
+    record_digest,
+    recorded_digests,
+    temp_file,
+    trusted_digests,
+    trusted_model_path,
+)
 from facefusion_tasks.models.registry import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
 
-#: Digests of unpinned files, recorded at first download (trust on first use).
-DIGESTS_FILE = "digests.json"
 #: Seconds a socket may stay silent (connect or read) before the download is abandoned.
 SOCKET_TIMEOUT_S = 30.0
-#: Bytes read per chunk: big enough to keep syscalls cheap, small enough for a smooth bar.
-CHUNK_BYTES = 1 << 20
-
-#: verify_models statuses. The first two mean the file can be used.
-OK = "ok"
-RECORDED = "unpinned (recorded)"
-MISSING = "missing"
-MISMATCH = "digest mismatch"
-UNRECORDED = "unpinned (not recorded)"
-GOOD_STATUSES = frozenset({OK, RECORDED})
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (the models are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def recorded_digests(models_dir: Path) -> dict[str, str]:
-    """filename → sha256 recorded on first download of each unpinned file."""
-    try:
-        data = json.loads((models_dir / DIGESTS_FILE).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        # A damaged record must not silently reset trust: refuse until someone looks at it.
-        raise ModelError(f"{models_dir / DIGESTS_FILE} is unreadable: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{models_dir / DIGESTS_FILE} is not a JSON object")
-    return {str(name): str(value) for name, value in data.items()}
-
-
-def verify_models(models_dir: Path, *, specs: Sequence[ModelSpec] = MODELS) -> dict[str, str]:
-    """filename → ok | unpinned (recorded) | missing | digest mismatch | unpinned (not recorded).
-
-    Read-only: an unpinned file that was never recorded (copied in by hand) is reported, not
-    trusted; `trusted_model_path` records it at first load.
-    """
-    recorded = recorded_digests(models_dir)
-    return {spec.filename: _status(models_dir / spec.filename, spec, recorded) for spec in specs}
-
-
-def trusted_model_path(models_dir: Path, spec: ModelSpec) -> Path:
-    """The path of a model about to be loaded, after checking its digest.
-
-    Raises ModelError when the file is missing or does not match its pin or recorded digest.
-    An unpinned, unrecorded file is trusted now and its digest recorded for later checks.
-    """
-    path = models_dir / spec.filename
-    if not path.is_file():
-        raise ModelError(f"{path} is missing; run `facefusion-tasks models download`")
-    actual = sha256_file(path)
-    expected = spec.sha256 or recorded_digests(models_dir).get(spec.filename)
-    if expected is None:
-        log.warning("%s is unpinned: trusting it on first use (sha256 %s)", path, actual)
-        _record_digest(models_dir, spec.filename, actual)
-    elif actual != expected:
-        raise ModelError(_mismatch_message(spec, models_dir, expected, actual))
-    return path
 
 
 def download_models(
@@ -107,12 +55,12 @@ def download_models(
     network or digest failure; the final filenames only ever hold verified bytes.
     """
     models_dir.mkdir(parents=True, exist_ok=True)
-    recorded = recorded_digests(models_dir)
+    recorded, trusted = recorded_digests(models_dir), trusted_digests(models_dir)
     pending: dict[str, list[ModelSpec]] = {}
     for spec in specs:
         path = models_dir / spec.filename
         if not force and path.is_file():
-            status = _status(path, spec, recorded)
+            status = file_status(path, spec, recorded, trusted)
             if status in GOOD_STATUSES:
                 log.info("%s: present, %s", spec.filename, status)
                 continue
@@ -142,42 +90,25 @@ def download_models(
     return [models_dir / spec.filename for spec in specs]
 
 
-def _status(path: Path, spec: ModelSpec, recorded: dict[str, str]) -> str:
-    if not path.is_file():
-        return MISSING
-    expected = spec.sha256 or recorded.get(spec.filename)
-    if expected is None:
-        return UNRECORDED
-    if sha256_file(path) != expected:
-        return MISMATCH
-    return OK if spec.sha256 else RECORDED
-
-
 def _check(spec: ModelSpec, models_dir: Path, recorded: dict[str, str], got: str) -> None:
-    """Refuse bytes that differ from the pin, or from the digest recorded at first download."""
-    expected = spec.sha256 or recorded.get(spec.filename)
+    """Refuse bytes that differ from the pin, or from the digest recorded at first download.
+    A download fetches the published file: what `models trust` recorded is not its measure."""
+    expected, origin = expected_digest(spec, recorded, trusted={})
     if expected is not None and got != expected:
-        raise DownloadError(_mismatch_message(spec, models_dir, expected, got))
-
-
-def _mismatch_message(spec: ModelSpec, models_dir: Path, expected: str, got: str) -> str:
-    message = f"{spec.filename}: sha256 mismatch (expected {expected}, got {got})"
-    if spec.sha256 is None:
-        # Upstream may have republished the file on purpose (FaceFusion did): say how to re-trust.
-        message += f"; recorded at first download in {models_dir / DIGESTS_FILE}"
-        message += ", delete that entry to trust the new file"
-    return message
+        raise DownloadError(mismatch_message(spec, models_dir, expected, got, origin=origin))
 
 
 def _install(
     tmp: Path, spec: ModelSpec, models_dir: Path, recorded: dict[str, str], digest: str
 ) -> None:
-    """Move verified bytes into place, recording the digest first if the file is unpinned."""
+    """Move verified bytes into place, recording the digest first if the file is unpinned; the
+    published file replaces one trusted on purpose, so that trust is withdrawn."""
     if spec.sha256 is None and spec.filename not in recorded:
-        _record_digest(models_dir, spec.filename, digest)
+        record_digest(models_dir, spec.filename, digest)
         recorded[spec.filename] = digest
         log.warning("%s: unpinned, recorded sha256 %s (trust on first use)", spec.filename, digest)
     os.replace(tmp, models_dir / spec.filename)
+    forget_trusted(models_dir, spec.filename)
     log.info("%s: downloaded, sha256 %s", spec.filename, digest)
 
 
@@ -199,7 +130,7 @@ def _extract(
 def _copy_verified(
     source: IO[bytes], spec: ModelSpec, models_dir: Path, recorded: dict[str, str]
 ) -> None:
-    with _temp_file(models_dir, spec.filename) as (tmp, out):
+    with temp_file(models_dir, spec.filename) as (tmp, out):
         digest = hashlib.sha256()
         while chunk := source.read(CHUNK_BYTES):
             digest.update(chunk)
@@ -222,19 +153,6 @@ def _find_member(zf: zipfile.ZipFile, wanted: str, archive_name: str) -> str:
 
 
 @contextlib.contextmanager
-def _temp_file(directory: Path, name: str) -> Iterator[tuple[Path, IO[bytes]]]:
-    """A hidden temp file next to the target (same filesystem, so os.replace is atomic),
-    removed on any failure, including Cancelled and KeyboardInterrupt."""
-    fd, raw = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
-    tmp = Path(raw)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield tmp, out
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
 def _fetch(
     url: str, directory: Path, name: str, timeout: float, progress: bool
 ) -> Iterator[tuple[Path, str]]:
@@ -243,7 +161,7 @@ def _fetch(
     The temp file is deleted when the block exits, whether or not it was moved into place.
     """
     request = urllib.request.Request(url, headers={"User-Agent": "facefusion-tasks"})
-    with _temp_file(directory, name) as (tmp, out):
+    with temp_file(directory, name) as (tmp, out):
         digest = hashlib.sha256()
         received = 0
         try:
@@ -276,29 +194,3 @@ def _fetch(
             raise DownloadError(f"{name}: truncated download ({received} of {total} bytes)")
         out.close()
         yield tmp, digest.hexdigest()
-
-
-def _record_digest(models_dir: Path, filename: str, digest: str) -> None:
-    """Add one entry to digests.json, atomically and under a lock (workers share the dir)."""
-    with _locked(models_dir / f".{DIGESTS_FILE}.lock"):
-        data = recorded_digests(models_dir)
-        data[filename] = digest
-        with _temp_file(models_dir, DIGESTS_FILE) as (tmp, out):
-            out.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-            out.close()
-            os.replace(tmp, models_dir / DIGESTS_FILE)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent first downloads are rare there.
-        yield
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

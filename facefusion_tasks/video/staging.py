@@ -19,6 +19,7 @@ import re
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from facefusion_tasks.errors import MediaError, OutputError
@@ -120,3 +121,36 @@ def commit(temp: Path, destination: Path) -> Path:
         temp.unlink(missing_ok=True)
         raise OutputError(f"{destination}: cannot move into place ({exc.strerror})") from None
     return destination
+
+
+def write_temp(destination: Path, data: bytes) -> Path:
+    """A new temp beside `destination` holding `data` (an encoded image); a full disk is
+    no_space, any other failure to write there an OutputError. Nothing is left on failure."""
+    temp = create_temp(destination)
+    try:
+        with temp.open("wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise MediaError(f"{destination}: no space left", reason=Reason.NO_SPACE) from None
+        raise OutputError(f"{destination}: cannot write there ({exc.strerror})") from None
+    return temp
+
+
+@dataclass(frozen=True)
+class StagedOutput:
+    """A verified file waiting beside its destination (a stitched video, a swapped image):
+    commit() renames it into place, discard() removes it. The caller decides in between (the
+    job store's COMMITTING state), so a cancel and a commit can never both win."""
+
+    temp: Path
+    destination: Path
+
+    def commit(self) -> Path:
+        """Move it into place (atomic)."""
+        return commit(self.temp, self.destination)
+
+    def discard(self) -> None:
+        """Remove it; the destination is untouched."""
+        self.temp.unlink(missing_ok=True)

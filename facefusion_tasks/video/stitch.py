@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from facefusion_tasks.video.argv import (
     seconds,
 )
 from facefusion_tasks.video.probe import VideoInfo
+from facefusion_tasks.video.staging import StagedOutput
 
 _MICROS = 1_000_000
 
@@ -70,24 +70,6 @@ def stitch_argv(
     if muxer in MOV_FAMILY:
         argv += ["-video_track_timescale", str(time_base.denominator), "-movflags", "+faststart"]
     return [*argv, "-f", muxer, str(destination)]
-
-
-@dataclass(frozen=True)
-class StagedOutput:
-    """A stitched, verified file waiting beside its destination: commit() renames it into
-    place, discard() removes it. The caller decides in between (the job store's COMMITTING
-    state), so a cancel and a commit can never both win."""
-
-    temp: Path
-    destination: Path
-
-    def commit(self) -> Path:
-        """Move it into place (atomic)."""
-        return staging.commit(self.temp, self.destination)
-
-    def discard(self) -> None:
-        """Remove it; the destination is untouched."""
-        self.temp.unlink(missing_ok=True)
 
 
 def stitch_segments(

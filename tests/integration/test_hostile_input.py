@@ -164,6 +164,7 @@ def test_swap_exits_2_on_a_playlist(hostile: dict[str, Path], name: str) -> None
     [
         ("source", "big", "exceed the limit of 33177600 pixels"),
         ("huge_png", "secret", "exceeds the limit of 50000000 pixels"),
+        ("source", "huge_png", "exceeds the limit of 50000000 pixels"),  # a target image
     ],
 )
 def test_swap_refuses_oversized_input_fast_and_small(
@@ -184,6 +185,7 @@ def test_swap_refuses_oversized_input_fast_and_small(
         ("source", "ffconcat", "not a plain video file"),
         ("source", "big", "exceed the limit of 33177600 pixels"),
         ("huge_png", "secret", "exceeds the limit of 50000000 pixels"),
+        ("source", "huge_png", "exceeds the limit of 50000000 pixels"),
     ],
 )
 def test_submit_refuses_hostile_input_before_anything_is_queued(

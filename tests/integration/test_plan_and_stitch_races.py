@@ -144,7 +144,7 @@ def test_a_writer_that_cannot_start_leaves_no_decoder_behind(media: Path, models
     engine = load_models(settings.replace(video_encoder="libx264")).engine
     engine.set_source(media / "source.png")
     before = _children()
-    job = SwapJob(media / "source.png", media / "clip.mp4", media / "never.mp4")
+    job = SwapJob((media / "source.png",), media / "clip.mp4", media / "never.mp4")
     with pytest.raises(FaceFusionError):
         run_swap(job, engine, settings)
     deadline = time.monotonic() + 5

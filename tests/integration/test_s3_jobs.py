@@ -182,7 +182,7 @@ def test_a_refused_bucket_exits_2_and_enqueues_nothing(fleet: Cluster, s3: Any) 
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip() == (
             f"facefusion-tasks: error: s3://elsewhere/{'in/vfr.mov' if 'elsewhere/in' in target else 'out/x.mp4'}: "
-            f"{'target video' if 'elsewhere/in' in target else 'output'} is outside the allowed "
+            f"{'target' if 'elsewhere/in' in target else 'output'} is outside the allowed "
             f"buckets ({BUCKET})"
         )
     assert not r.keys("facefusion:job:*")

@@ -169,7 +169,9 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         target = tmp_path / "notes.mp4"
         target.write_text("this is not a video\n" * 100)
     elif case == "image":
-        target = media["source"]
+        # A photo named .png is an image target; one named like a video is not a video.
+        target = tmp_path / "still.mp4"
+        target.write_bytes(media["source"].read_bytes())
     elif case == "truncated":
         data = media["faces"].read_bytes()
         target = tmp_path / "cut.mp4"

@@ -110,3 +110,35 @@ def test_settings_refuse_nonsense_as_the_users_input(env: dict[str, str]) -> Non
         Settings.from_env(env)
     assert policy.exit_code(caught.value.reason) == 2
     assert not math.isnan(Settings.from_env({}).chunk_seconds)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["a.png", "--source", "b.png", "t.mp4"], "either with --source or as the first"),
+        (["--source", "b.png", "a.png", "t.mp4"], "either with --source or as the first"),
+        (["t.mp4"], "no source image"),
+        (["a.png", "b.png", "t.mp4"], "repeat --source"),
+    ],
+)
+@pytest.mark.parametrize("command", ["swap", "submit"])
+def test_both_source_forms_or_neither_is_a_usage_error(
+    command: str, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main([command, *argv, "-o", "o.mp4"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and f"{command} [options] --source IMAGE" in err
+
+
+def test_the_positional_and_the_repeated_source_forms_name_the_same_paths() -> None:
+    parser = cli.build_parser()
+    for argv, sources in (
+        (["swap", "a.png", "t.mp4", "-o", "o.mp4"], [Path("a.png")]),
+        (["swap", "--source", "a.png", "t.mp4", "--source", "b.png", "-o", "o.mp4"],
+         [Path("a.png"), Path("b.png")]),
+    ):  # fmt: skip
+        args = parser.parse_args(argv)
+        cli._split_sources(args)
+        assert (args.sources, args.target) == (sources, Path("t.mp4"))

@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from facefusion_tasks.errors import DownloadError, ModelError
-from facefusion_tasks.models.download import (
+from facefusion_tasks.models.digests import (
     DIGESTS_FILE,
-    download_models,
+    record_trusted,
+    trusted_digests,
     trusted_model_path,
     verify_models,
 )
+from facefusion_tasks.models.download import download_models
 from facefusion_tasks.models.registry import MIRROR_ENV, MODELS, ModelSpec, spec_for
 
 SWAPPER = b"swapper weights " * 1000
@@ -316,3 +318,22 @@ def test_the_registry_names_the_three_real_models() -> None:
     assert (
         spec_for("swapper").source_url("http://mirror/m/") == "http://mirror/m/inswapper_128.onnx"
     )
+
+
+def test_a_download_puts_the_published_file_back_and_withdraws_its_trust(
+    served: Served, models_dir: Path
+) -> None:
+    url = served.put("inswapper_128.onnx", SWAPPER)
+    specs = (ModelSpec("swapper", "inswapper_128.onnx", url, sha(SWAPPER)),)
+    models_dir.mkdir()
+    mine = b"my own export " * 100
+    (models_dir / "inswapper_128.onnx").write_bytes(mine)
+    record_trusted(models_dir, "inswapper_128.onnx", sha(mine), source=Path("/elsewhere"))
+    assert verify_models(models_dir, specs=specs) == {"inswapper_128.onnx": "trusted"}
+
+    download_models(models_dir, specs=specs, progress=False)  # trusted and intact: kept
+    assert served.requests == []
+    download_models(models_dir, specs=specs, progress=False, force=True)
+    assert (models_dir / "inswapper_128.onnx").read_bytes() == SWAPPER
+    assert trusted_digests(models_dir) == {}
+    assert verify_models(models_dir, specs=specs) == {"inswapper_128.onnx": "ok"}

@@ -13,9 +13,11 @@ from insightface import model_zoo
 from facefusion_tasks.config import Settings
 from facefusion_tasks.faces import align
 from facefusion_tasks.faces.detector import Detector
+from facefusion_tasks.faces.engine import mean_identity
 from facefusion_tasks.faces.loader import load_models
 from facefusion_tasks.faces.paste import feather_mask, paste_back
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
+from tests.media import write_second_face, write_source_face
 
 CPU = ["CPUExecutionProvider"]
 
@@ -170,3 +172,48 @@ def test_converted_detector_batches_frames_with_identical_results(
         assert len(one) == len(alone)
         for a, b in zip(one, alone, strict=True):
             assert np.allclose(a.bbox, b.bbox) and np.allclose(a.kps, b.kps)
+
+
+def test_the_identity_of_several_embeddings_is_their_normalised_mean() -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((3, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    total = vectors.sum(axis=0)
+    identity = mean_identity(vectors)
+    assert np.allclose(identity, total / np.linalg.norm(total), atol=1e-6)
+    assert np.linalg.norm(identity) == pytest.approx(1.0, abs=1e-6)
+    assert np.allclose(mean_identity(vectors[:1]), vectors[0], atol=1e-6)
+
+
+def test_several_sources_swap_in_the_mean_of_their_embeddings(
+    settings: Settings, tmp_path: Path
+) -> None:
+    first, second = write_source_face(tmp_path / "a.png"), write_second_face(tmp_path / "b.png")
+    engine = load_models(settings).engine
+    embeddings = []
+    for path in (first, second):
+        image = cv2.imread(str(path))
+        face = max(engine.detector.detect([image])[0], key=lambda f: f.area)
+        embeddings.append(engine.embedder.embed([(image, face)])[0])
+    singles = []
+    for path in (first, second):
+        engine.set_sources([path])
+        assert engine.latent is not None
+        singles.append(engine.latent)
+    engine.set_sources([first, second])
+    mean = (embeddings[0] + embeddings[1]) / np.linalg.norm(embeddings[0] + embeddings[1])
+    assert engine.latent is not None
+    assert np.allclose(engine.latent, engine.swapper.latent(mean), atol=1e-6)
+    assert all(not np.allclose(engine.latent, single, atol=1e-3) for single in singles)
+
+
+def test_a_source_without_a_face_among_several_is_named(settings: Settings, tmp_path: Path) -> None:
+    from facefusion_tasks.errors import InputError
+    from facefusion_tasks.reasons import Reason
+
+    noface = tmp_path / "holiday.png"
+    cv2.imwrite(str(noface), background(200, 200, 0))
+    engine = load_models(settings).engine
+    with pytest.raises(InputError, match="holiday.png: no face found") as caught:
+        engine.set_sources([write_source_face(tmp_path / "a.png"), noface])
+    assert caught.value.reason is Reason.NO_SOURCE_FACE

@@ -12,7 +12,8 @@ import pytest
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
-from facefusion_tasks.inputs import image_size, read_image
+from facefusion_tasks.images import image_size
+from facefusion_tasks.inputs import read_image
 from facefusion_tasks.jobs import check_chunking, plan_chunks
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.argv import decode_argv, encode_argv, plain_input_args
@@ -127,7 +128,7 @@ def test_a_swap_refuses_a_stored_probe_over_the_limit(settings: Settings, tmp_pa
         start_pts=0, has_audio=False, audio_codec=None, video_codec="h264", pix_fmt="yuv420p",
         variable_frame_rate=False, stored_width=8192, stored_height=8192,
     )  # fmt: skip
-    job = SwapJob(source=tmp_path / "s.png", target=info.path, output=tmp_path / "out.mp4")
+    job = SwapJob(sources=(tmp_path / "s.png",), target=info.path, output=tmp_path / "out.mp4")
     with pytest.raises(InputError, match="exceed the limit"):
         run_swap(job, None, settings, info=info)  # type: ignore[arg-type]
 

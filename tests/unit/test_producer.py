@@ -27,6 +27,7 @@ from facefusion_tasks.store import (
     RUNNING,
     STITCHING,
 )
+from facefusion_tasks.video.samples import make_sample_video
 from facefusion_tasks.workspace import segment_dir
 
 
@@ -184,3 +185,36 @@ def test_retry_of_a_job_stitching_right_now_is_refused(producer: Producer) -> No
     job_id = _job(producer, STITCHING, chunks=1)
     with pytest.raises(InputError, match="only failed, stuck or stalled"):
         producer.retry(job_id)  # a second stitch beside the running one would race it
+
+
+def test_submit_records_every_source_image(producer: Producer, tmp_path: Path) -> None:
+    from tests.media import TINY, write_second_face, write_source_face
+
+    first = write_source_face(tmp_path / "a.png")
+    second = write_second_face(tmp_path / "b.png")
+    target = make_sample_video(tmp_path / "t.mp4", **TINY)
+    job_id = producer.submit([first, second], target, tmp_path / "o.mp4")
+    status = producer.status(job_id)
+    assert status.sources == [str(first), str(second)]
+    assert status.source == str(first)  # what a reader of one source still finds
+
+
+def test_every_source_is_checked_like_the_one_source(
+    producer: Producer, redis_url: str, tmp_path: Path
+) -> None:
+    from tests.media import write_source_face
+
+    first = write_source_face(tmp_path / "a.png")
+    outside = write_source_face(tmp_path.parent / f"{tmp_path.name}-outside.png")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    target, output = tmp_path / "t.mp4", tmp_path / "o.mp4"
+    with pytest.raises(InputError, match="outside.png: source image is outside") as caught:
+        producer.submit([first, outside], target, output)
+    assert caught.value.reason is Reason.PATH
+    with pytest.raises(InputError, match="notes.png: not a PNG") as caught:
+        producer.submit([first, not_an_image], target, output)
+    assert caught.value.reason is Reason.NOT_AN_IMAGE
+    with pytest.raises(InputError, match="no source image"):
+        producer.submit([], target, output)
+    assert redis.Redis.from_url(redis_url).keys("*") == []

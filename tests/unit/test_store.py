@@ -20,6 +20,7 @@ from facefusion_tasks.store import (
     STITCHING,
     SUCCEEDED,
     JobStore,
+    job_sources,
 )
 
 
@@ -172,3 +173,17 @@ def test_stalled_means_no_change_for_the_setting(store: JobStore) -> None:
     assert store.stalled(job_id, seconds=300, now=now + 301)
     store.set_state(job_id, FAILED, reason=Reason.INTERNAL)
     assert not store.stalled(job_id, seconds=300, now=now + 301)  # ended, not stalled
+
+
+def test_a_job_recorded_before_several_sources_still_names_its_one_source(
+    store: JobStore,
+) -> None:
+    old = store.create({"source": "/data/s.png", "target": "t.mp4", "output": "o.mp4"})
+    new = store.create(
+        {"source": "/data/a.png", "sources": ["/data/a.png", "/data/b.png"], "target": "t.mp4"}
+    )
+    assert job_sources(store.get(old)) == ["/data/s.png"]
+    assert job_sources(store.get(new)) == ["/data/a.png", "/data/b.png"]
+    status = store.status(new)
+    assert status is not None and status.sources == ["/data/a.png", "/data/b.png"]
+    assert status.source == "/data/a.png"

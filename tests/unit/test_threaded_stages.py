@@ -150,9 +150,9 @@ def test_the_pool_runs_work_on_its_threads_and_inline_without_them() -> None:
 
 def test_finer_stages_fold_into_the_metric_stage_labels() -> None:
     from facefusion_tasks.metrics.definitions import STAGES
-    from facefusion_tasks.pipeline import _metric_stages
+    from facefusion_tasks.pipeline import metric_stages
 
-    folded = _metric_stages(
+    folded = metric_stages(
         {"letterbox": 1.0, "detect": 2.0, "boxes": 0.5, "align": 0.25, "swap": 1.0, "paste": 3.0}
     )
     assert folded == {"detect": 3.5, "swap": 1.25, "paste": 3.0}
