@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 import redis
 
@@ -18,7 +19,14 @@ from facefusion_tasks.metrics.queues import priority_keys
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
 from facefusion_tasks.video.samples import make_sample_video
 from tests.cluster import SHARED_REDIS, Cluster, cluster, wait_for
-from tests.media import LONG, audio_duration, video_times, write_source_face
+from tests.media import (
+    LONG,
+    audio_duration,
+    face_photo,
+    video_times,
+    write_second_face,
+    write_source_face,
+)
 from tests.s3server import client, keys, uploads
 
 pytestmark = pytest.mark.timeout(240)
@@ -216,3 +224,70 @@ def test_a_failed_stitch_leaves_the_destination_as_it_was(
     body = s3.get_object(Bucket=BUCKET, Key="out/failed.mp4")["Body"].read()
     assert body == b"the previous output"
     assert uploads(s3, BUCKET) == []
+
+
+def _still_inputs(s3: Any, inputs: Path) -> None:
+    """Two source photos and a still jpg target, in the bucket only for the tests that use them
+    (the other tests check the bucket's exact keys)."""
+    write_second_face(inputs / "second.png")
+    assert cv2.imwrite(str(inputs / "photo.jpg"), face_photo(320, 240))
+    for name in ("second.png", "photo.jpg"):
+        s3.upload_file(str(inputs / name), BUCKET, f"in/{name}")
+
+
+def _local_swap(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "facefusion_tasks", "swap", *map(str, args), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_several_object_sources_swap_a_still_object_as_files_do(
+    fleet: Cluster, s3: Any, s3_env: dict[str, str], inputs: Path, models_dir: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Two s3:// source photos and an s3:// jpg target, written to an s3:// jpg: in local mode
+    and on a worker sharing no directory, the object holds exactly the bytes a swap of the
+    same files writes locally; a wrongly named image output is refused before any work."""
+    _still_inputs(s3, inputs)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")} | s3_env
+    env |= {
+        "FACEFUSION_S3_BUCKETS": BUCKET, "FACEFUSION_MODELS_DIR": str(models_dir),
+        "FACEFUSION_ALLOW_STANDIN_MODELS": "1", "FACEFUSION_EXECUTION_PROVIDER": "cpu",
+        "FACEFUSION_SCRATCH_DIR": str(tmp_path / "scratch"),
+    }  # fmt: skip
+    expected = tmp_path / "expected.jpg"
+    done = _local_swap(env, "--source", inputs / "face.png", "--source", inputs / "second.png",
+                       inputs / "photo.jpg", "-o", expected)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sources = ["--source", f"s3://{BUCKET}/in/face.png", "--source", f"s3://{BUCKET}/in/second.png"]
+    done = _local_swap(env, *sources, f"s3://{BUCKET}/in/photo.jpg", "-o",
+                       f"s3://{BUCKET}/out/local.jpg")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"wrote s3://{BUCKET}/out/local.jpg" in done.stdout
+    body = s3.get_object(Bucket=BUCKET, Key="out/local.jpg")["Body"].read()
+    assert body == expected.read_bytes()
+    assert _task_dirs(tmp_path / "scratch") == []
+    refused = _local_swap(env, *sources, f"s3://{BUCKET}/in/photo.jpg", "-o",
+                          f"s3://{BUCKET}/out/wrong.png")  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"facefusion-tasks: error: s3://{BUCKET}/out/wrong.png: the target is a JPEG image, so "
+        "the output is one too (name it .jpg or .jpeg)"
+    )
+
+    scratch = _start(fleet, tmp_path, "w1")
+    producer = fleet.producer()
+    job_id = producer.submit(
+        [f"s3://{BUCKET}/in/face.png", f"s3://{BUCKET}/in/second.png"],
+        f"s3://{BUCKET}/in/photo.jpg",
+        f"s3://{BUCKET}/out/fleet.jpg",
+    )
+    status = producer.wait(job_id, timeout=150)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.sources == [f"s3://{BUCKET}/in/face.png", f"s3://{BUCKET}/in/second.png"]
+    assert s3.get_object(Bucket=BUCKET, Key="out/fleet.jpg")["Body"].read() == body
+    assert not keys(s3, BUCKET, ".facefusion-work/")
+    assert "out/wrong.png" not in keys(s3, BUCKET)
+    assert uploads(s3, BUCKET) == []
+    assert _task_dirs(scratch) == []
