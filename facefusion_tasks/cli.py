@@ -52,6 +52,12 @@ def _job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-seconds", type=float, default=None)
 
 
+def _where(text: str) -> str | Path:
+    """A path, or s3://bucket/key kept as text (a Path would fold its `//`); the commands
+    check it (a malformed or refused one is one error line and exit 2, as for a bad path)."""
+    return text if text.startswith("s3://") else Path(text)
+
+
 #: The two forms of swap and submit (argparse cannot say "either a positional or --source").
 _SOURCES_USAGE = (
     "%(prog)s [options] SOURCE TARGET -o OUTPUT\n"
@@ -63,11 +69,11 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
     """SOURCE TARGET, or --source IMAGE (repeatable) TARGET: the paths are sorted out after
     parsing (_split_sources), where both forms, or neither, are refused."""
     parser.add_argument(
-        "paths", nargs="+", type=Path, metavar="SOURCE TARGET",
+        "paths", nargs="+", type=_where, metavar="SOURCE TARGET",
         help="the image with the face to put in (or use --source), then the video to change",
     )  # fmt: skip
     parser.add_argument(
-        "--source", dest="sources", action="append", type=Path, default=None, metavar="IMAGE",
+        "--source", dest="sources", action="append", type=_where, default=None, metavar="IMAGE",
         help="a source image; repeat for several photos of the same person (their identities "
         "are averaged)",
     )  # fmt: skip
@@ -77,7 +83,7 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 def _split_sources(args: argparse.Namespace) -> None:
     """Set args.sources and args.target from the two forms, or exit 2 with the usage."""
     parser: argparse.ArgumentParser = args.command_parser
-    paths: list[Path] = args.paths
+    paths: list[str | Path] = args.paths
     if args.sources:
         if len(paths) != 1:
             parser.error(
@@ -115,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage=_SOURCES_USAGE,
     )
     _source_arguments(swap)
-    swap.add_argument("-o", "--output", type=Path, required=True)
-    swap.add_argument("--reference-face", type=Path, default=None)
+    swap.add_argument("-o", "--output", type=_where, required=True)
+    swap.add_argument("--reference-face", type=_where, default=None)
     swap.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     swap.add_argument("--no-progress", action="store_true")
     swap.add_argument("--local", action="store_true", help="run here even if a broker is set")
@@ -127,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="enqueue a job for the workers; prints its id", usage=_SOURCES_USAGE
     )
     _source_arguments(submit)
-    submit.add_argument("-o", "--output", type=Path, required=True)
-    submit.add_argument("--reference-face", type=Path, default=None)
+    submit.add_argument("-o", "--output", type=_where, required=True)
+    submit.add_argument("--reference-face", type=_where, default=None)
     _job_flags(submit)
     _settings_flags(submit)
 
@@ -519,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A path after --source (`swap a.jpg --source b.jpg clip.mp4`) ends up here: join it
         # to the others, so mixing both forms gets the clear message, not "unrecognized".
         if not any(arg.startswith("-") for arg in extra):
-            args.paths += [Path(arg) for arg in extra]
+            args.paths += [_where(arg) for arg in extra]
             extra = []
         if not extra:
             _split_sources(args)

@@ -19,6 +19,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 DEFAULT_MIN_CHUNK_SECONDS = 0.5
 #: Most chunks one job may be cut into (each is a task message and a Redis record).
 DEFAULT_MAX_CHUNKS = 10_000
+#: Seconds a URL a worker signs for ffmpeg stays valid (ffmpeg asks again on every seek): past
+#: any task's time limit, which validate() keeps below it.
+SIGNED_URL_SECONDS = 6 * 3600
 
 
 def default_models_dir() -> Path:
@@ -75,6 +78,12 @@ class Settings:
     storage_roots: str = ""
     #: Where chunk segments are written (shared); default: .facefusion-work in the first root.
     work_dir: str = ""
+    #: Comma-separated buckets whose objects (s3://bucket/key) jobs may read and write: the
+    #: storage roots' counterpart for object storage.
+    s3_buckets: str = ""
+    #: This host's own scratch directory (not shared): objects a task reads whole (images,
+    #: segments to stitch) and files it writes before uploading them. Default: <tmp>/facefusion-scratch.
+    scratch_dir: str = ""
     #: Target chunk length in seconds of video.
     chunk_seconds: float = 10.0
     #: Redis redelivers an unacknowledged task after this long, even if it still runs.
@@ -201,12 +210,29 @@ class Settings:
             raise InputError("cpu threads and detector batch cannot be negative")
         if self.precision not in {"fp32", "fp16"}:
             raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
+        if self.s3_buckets and self.chunk_time_limit >= SIGNED_URL_SECONDS:
+            raise InputError(
+                f"chunk time limit must be below {SIGNED_URL_SECONDS} s with object storage: "
+                "the URLs workers sign for their reads expire then"
+            )
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://")):
             raise InputError("broker URL must be redis:// or rediss://")
 
     def roots(self) -> list[Path]:
         """The allowed storage roots, resolved."""
         return [Path(r).expanduser().resolve() for r in self.storage_roots.split(":") if r]
+
+    def buckets(self) -> list[str]:
+        """The allowed buckets (FACEFUSION_S3_BUCKETS)."""
+        return [b.strip() for b in self.s3_buckets.split(",") if b.strip()]
+
+    def scratch(self) -> Path:
+        """This host's scratch directory (created on first use by whoever writes there)."""
+        if self.scratch_dir:
+            return Path(self.scratch_dir).expanduser().resolve()
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "facefusion-scratch"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

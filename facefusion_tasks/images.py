@@ -7,10 +7,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.reasons import Reason
+
+if TYPE_CHECKING:
+    from facefusion_tasks.objects import ObjectRef
 
 #: Image types whose size the header gives before any decoding; nothing else is read.
 IMAGE_TYPES = "PNG, JPEG or WebP"
@@ -56,10 +59,11 @@ class ImageHeader:
         return FORMAT_NAMES[self.format]
 
 
-def is_image_target(path: Path) -> bool:
-    """A target named .png, .jpg, .jpeg or .webp is a still image, whatever else it holds
-    (then it is refused as not an image: such a name never reaches the video probe)."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+def is_image_target(path: Path | ObjectRef) -> bool:
+    """A target named .png, .jpg, .jpeg or .webp (a file or an object's key) is a still image,
+    whatever else it holds (then it is refused as not an image: such a name never reaches the
+    video probe)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def read_header(path: Path) -> ImageHeader:

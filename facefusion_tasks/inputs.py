@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_IMAGE_PIXELS
 from facefusion_tasks.errors import InputError, OutputError
 from facefusion_tasks.images import FORMAT_NAMES, FORMAT_SUFFIXES, check_image
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.codecs import MUXERS
 
@@ -19,15 +21,18 @@ from facefusion_tasks.video.codecs import MUXERS
 OUTPUT_SUFFIXES = frozenset(MUXERS)
 
 
-#: One source image, or several photos of the same person (their identities are averaged).
-Sources = str | PathLike[str] | Sequence[str | PathLike[str]]
+#: One source image, or several photos of the same person (their identities are averaged);
+#: each a path or an s3://bucket/key object.
+Source = str | PathLike[str] | ObjectRef
+Sources = Source | Sequence[Source]
 
 
-def source_paths(sources: Sources) -> tuple[Path, ...]:
-    """The source images as paths: one path, or a sequence of them; InputError when none."""
-    if isinstance(sources, (str, PathLike)):
-        return (Path(sources),)
-    paths = tuple(Path(s) for s in sources)
+def source_paths(sources: Sources) -> tuple[Location, ...]:
+    """The source images as locations (s3://… text stays an object, as Path would fold its
+    `//`): one, or a sequence of them; InputError when none."""
+    if isinstance(sources, (str, PathLike, ObjectRef)):
+        return (objects.location(sources),)
+    paths = tuple(objects.location(s) for s in sources)
     if not paths:
         raise InputError("no source image given")
     return paths
@@ -54,16 +59,23 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
     return image
 
 
+def _same(one: Location, other: Location) -> bool:
+    if isinstance(one, ObjectRef) or isinstance(other, ObjectRef):
+        return one == other
+    return one.resolve() == other.resolve()
+
+
 def check_output(
-    output: Path,
-    target: Path,
+    output: Location,
+    target: Location,
     *,
-    inputs: Sequence[Path | None] = (),
+    inputs: Sequence[Location | None] = (),
     image_format: str | None = None,
 ) -> None:
     """Refuse destinations we could only fail on later, before any work starts; `inputs` (the
     source and reference images) must not be overwritten either. An image target
-    (`image_format`, from its header) is written in its own format: the output is named so."""
+    (`image_format`, from its header) is written in its own format: the output is named so.
+    An object's bucket must exist and take these credentials."""
     if image_format is not None:
         suffixes = FORMAT_SUFFIXES[image_format]
         if output.suffix.lower() not in suffixes:
@@ -74,11 +86,14 @@ def check_output(
     elif output.suffix.lower() not in OUTPUT_SUFFIXES:
         allowed = ", ".join(sorted(OUTPUT_SUFFIXES))
         raise OutputError(f"{output}: unsupported output type (use {allowed})")
-    if output.resolve() == target.resolve():
+    if _same(output, target):
         raise OutputError(f"{output}: output would overwrite the target")
     for other in inputs:
-        if other is not None and output.resolve() == Path(other).resolve():
+        if other is not None and _same(output, other):
             raise OutputError(f"{output}: output would overwrite an input image")
+    if isinstance(output, ObjectRef):
+        objects.check_bucket(output)
+        return
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
     parent = output.parent

@@ -13,8 +13,9 @@ from typing import Any
 
 import redis
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError
+from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.jobids import JOB_ID
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import work_dir
@@ -28,6 +29,7 @@ from facefusion_tasks.store import (
     SUCCEEDED,
     JobStore,
 )
+from facefusion_tasks.workspace import work_prefix
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,12 @@ def sweep_work_dirs(store: JobStore, settings: Settings, *, now: float) -> list[
     """Remove segment folders nothing will use again: their job succeeded or was cancelled,
     or its records are gone (expired, or Redis lost them in a restart without AOF). A failed
     job's segments stay while its record does, for `retry`. Folders younger than stall_seconds
-    are left alone: a job may be planning into one right now."""
+    are left alone: a job may be planning into one right now. Both kinds: directories on the
+    shared storage, and job prefixes in every allowed bucket."""
+    return _sweep_directories(store, settings, now=now) + _sweep_buckets(store, settings, now=now)
+
+
+def _sweep_directories(store: JobStore, settings: Settings, *, now: float) -> list[str]:
     try:
         base = work_dir(settings)
     except InputError:  # no storage roots configured: no shared work directory to sweep
@@ -108,6 +115,29 @@ def sweep_work_dirs(store: JobStore, settings: Settings, *, now: float) -> list[
         shutil.rmtree(entry, ignore_errors=True)
         log.info("removed the work directory of job %s (its job is over or gone)", entry.name)
         removed.append(entry.name)
+    return removed
+
+
+def _sweep_buckets(store: JobStore, settings: Settings, *, now: float) -> list[str]:
+    removed: list[str] = []
+    for bucket in settings.buckets():
+        try:
+            folders = objects.work_folders(bucket)
+        except FaceFusionError as exc:  # storage away: the next sweep tries again
+            log.warning("cannot list the work folders in bucket %s: %s", bucket, exc)
+            continue
+        for name, newest in folders.items():
+            if not JOB_ID.fullmatch(name) or now - newest < settings.stall_seconds:
+                continue
+            if store.state(name) not in _DONE_WITH:
+                continue
+            try:
+                objects.delete_prefix(bucket, work_prefix(name))
+            except FaceFusionError as exc:
+                log.warning("cannot remove the segments of job %s: %s", name, exc)
+                continue
+            log.info("removed the segments of job %s from bucket %s", name, bucket)
+            removed.append(name)
     return removed
 
 

@@ -8,57 +8,99 @@ from typing import Any
 
 import cv2
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, ModelError
 from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
 from facefusion_tasks.images import check_image_target, is_image_target
-from facefusion_tasks.inputs import Sources, check_output, read_image, source_paths
+from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.still import swap_image
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import check_encoder
 from facefusion_tasks.video.probe import VideoInfo, probe
+from facefusion_tasks.workspace import local_copy, scratch
 
 
 def run_local(
     source: Sources,
-    target: Path,
-    output: Path,
+    target: Source,
+    output: Source,
     *,
     settings: Settings,
-    reference: Path | None = None,
+    reference: Source | None = None,
     show_progress: bool = False,
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
     and stream the video through them; a still-image target is one frame, written in its own
     format. `source`: one image, or several photos of the same person, whose identities are
-    averaged."""
-    sources = source_paths(source)
+    averaged. Any location may be an s3://bucket/key object in an allowed bucket: images (a
+    still target too) are fetched, a video is read through a signed URL, and an object output
+    is written and verified here, then uploaded whole."""
+    sources_at = tuple(_locate(s, settings, what="source image") for s in source_paths(source))
+    target_at = _locate(target, settings, what="target")
+    output_at = _locate(output, settings, what="output")
+    reference_at = None if reference is None else _locate(reference, settings, what="reference")
     info: VideoInfo | None = None
-    if is_image_target(target):
-        header = check_image_target(target, max_pixels=settings.max_image_pixels)
-        check_output(output, target, inputs=(*sources, reference), image_format=header.format)
-    else:
-        info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-        check_output(output, target, inputs=(*sources, reference))
-        check_encoder(
-            settings.video_encoder, muxer_for(output), width=info.width, height=info.height
+    target_file = target_at
+    if is_image_target(target_at):
+        target_file = local_copy(settings, target_at)
+        header = check_image_target(target_file, max_pixels=settings.max_image_pixels)
+        check_output(
+            output_at, target_at, inputs=(*sources_at, reference_at), image_format=header.format
         )
-    for path in sources:
-        read_image(path, max_pixels=settings.max_image_pixels)
-    if reference is not None:
-        # A reference face always means "only this person" (as for submitted jobs).
-        read_image(reference, max_pixels=settings.max_image_pixels)
-        settings = settings.replace(face_selector="reference")
-    elif settings.face_selector == "reference":
-        raise InputError("--face-selector reference needs --reference-face IMAGE")
+    else:
+        info = probe(target_at, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
+        check_output(output_at, target_at, inputs=(*sources_at, reference_at))
+        check_encoder(
+            settings.video_encoder, muxer_for(str(output_at)), width=info.width, height=info.height
+        )
+    with scratch(settings, "local") as local:
+        sources = tuple(local_copy(settings, at) for at in sources_at)
+        for path in sources:
+            read_image(path, max_pixels=settings.max_image_pixels)
+        reference_file = None
+        if reference_at is not None:
+            # A reference face always means "only this person" (as for submitted jobs).
+            reference_file = local_copy(settings, reference_at)
+            read_image(reference_file, max_pixels=settings.max_image_pixels)
+            settings = settings.replace(face_selector="reference")
+        elif settings.face_selector == "reference":
+            raise InputError("--face-selector reference needs --reference-face IMAGE")
+        written = output_at if isinstance(output_at, Path) else local / output_at.name
+        job = SwapJob(
+            sources=sources,
+            target=target_file,
+            output=written,
+            reference=reference_file,
+            frames=1 if info is None else info.frame_count,
+        )
+        result, loaded = _swap(job, info, settings, show_progress)
+        if isinstance(output_at, ObjectRef):
+            # Verified as a file above (an image or a video alike), only then uploaded.
+            objects.upload(written, output_at)
+            result.output = output_at
+    return result, loaded
+
+
+def _locate(value: Source, settings: Settings, *, what: str) -> Location:
+    """Local mode takes any path; an object only in an allowed bucket."""
+    where = objects.location(value)
+    if isinstance(where, ObjectRef):
+        return objects.confine(where, settings, what=what)
+    return where
+
+
+def _swap(
+    job: SwapJob, info: VideoInfo | None, settings: Settings, show_progress: bool
+) -> tuple[SwapResult, LoadedModels]:
+    """Load the models and swap: a still image (no `info`) at once, a video streamed."""
     loaded = load_models(settings)
-    loaded.engine.set_sources(sources)
-    if reference is not None:
-        loaded.engine.set_reference(reference)
-    frames = 1 if info is None else info.frame_count
-    job = SwapJob(sources=sources, target=target, output=output, reference=reference, frames=frames)
+    loaded.engine.set_sources(job.sources)
+    if job.reference is not None:
+        loaded.engine.set_reference(job.reference)
     if info is None:
         result, staged = swap_image(job, loaded.engine, settings)
         staged.commit()

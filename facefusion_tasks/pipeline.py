@@ -21,6 +21,7 @@ from facefusion_tasks.errors import Cancelled, InputError
 from facefusion_tasks.faces.engine import FaceEngine, StageClock, mark
 from facefusion_tasks.faces.pool import CpuPool
 from facefusion_tasks.inputs import check_output
+from facefusion_tasks.objects import Location
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.probe import VideoInfo, check_frame_size, probe
 from facefusion_tasks.video.reader import FrameReader
@@ -39,7 +40,9 @@ class SwapJob:
 
     #: The source images (one identity: their embeddings averaged).
     sources: tuple[Path, ...]
-    target: Path
+    #: The video: a file, or an object read through a URL the reader signs (ranged reads); a
+    #: still image is always a file (an object one is fetched first).
+    target: Location
     output: Path
     reference: Path | None = None
     #: Decode only frames with start_pts <= pts < end_pts (a chunk); None = whole video.
@@ -56,7 +59,8 @@ class SwapJob:
 class SwapResult:
     """What a run did, for the CLI summary and for metrics."""
 
-    output: Path
+    #: Where the result went: a file, or the object it was uploaded to.
+    output: Location
     frames: int = 0
     faces_swapped: int = 0
     frames_with_faces: int = 0

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from facefusion_tasks import broker
@@ -14,11 +12,11 @@ from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.images import check_image_target, is_image_target
-from facefusion_tasks.inputs import Sources, check_output, read_image, source_paths
+from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.storage import confine
+from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
     COMMITTING,
     FAILED,
@@ -35,7 +33,7 @@ from facefusion_tasks.tasks import enqueue
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import check_encoder
 from facefusion_tasks.video.probe import probe
-from facefusion_tasks.workspace import segment_dir
+from facefusion_tasks.workspace import local_copy, remove_segments
 
 
 class WaitTimeout(FaceFusionError):
@@ -63,51 +61,60 @@ class Producer:
     def submit(
         self,
         source: Sources,
-        target: Path,
-        output: Path,
+        target: Source,
+        output: Source,
         *,
-        reference: Path | None = None,
+        reference: Source | None = None,
         priority: int = 5,
         chunk_seconds: float | None = None,
     ) -> str:
         """Validate everything that can be checked here (so bad input enqueues nothing), record
         the job and enqueue its planning. Returns the job id. `source`: one image, or several
-        photos of the same person (the workers average their identities)."""
+        photos of the same person (the workers average their identities). Each location is a
+        path inside the storage roots or an s3://bucket/key object in an allowed bucket."""
         if not 0 <= priority <= 9:
             raise InputError("priority must be 0..9 (9 = most urgent)")
         if chunk_seconds is not None and not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
         limits = self.settings
-        sources = [confine(s, self.settings, what="source image") for s in source_paths(source)]
-        target = confine(target, self.settings, what="target")
-        output = confine(output, self.settings, what="output")
-        for path in sources:
-            read_image(path, max_pixels=limits.max_image_pixels)
+        sources = [locate(s, self.settings, what="source image") for s in source_paths(source)]
+        target_at = locate(target, self.settings, what="target")
+        output_at = locate(output, self.settings, what="output")
+        for where in sources:
+            read_image(local_copy(self.settings, where), max_pixels=limits.max_image_pixels)
         selector = self.settings.face_selector
+        reference_at = None
         if reference is not None:
-            reference = confine(reference, self.settings, what="reference image")
-            read_image(reference, max_pixels=limits.max_image_pixels)
+            reference_at = locate(reference, self.settings, what="reference image")
+            read_image(local_copy(self.settings, reference_at), max_pixels=limits.max_image_pixels)
             selector = "reference"
         elif selector == "reference":
             raise InputError("--face-selector reference needs --reference-face IMAGE")
-        if is_image_target(target):
-            # One chunk of one frame: nothing to probe or cut.
-            header = check_image_target(target, max_pixels=limits.max_image_pixels)
-            check_output(output, target, inputs=(*sources, reference), image_format=header.format)
+        if is_image_target(target_at):
+            # One chunk of one frame: nothing to probe or cut (an object is fetched whole).
+            header = check_image_target(
+                local_copy(self.settings, target_at), max_pixels=limits.max_image_pixels
+            )
+            check_output(
+                output_at, target_at, inputs=(*sources, reference_at), image_format=header.format
+            )
             frames_total = 1
         else:
-            info = probe(target, ffmpeg=limits.ffmpeg, max_frame_pixels=limits.max_frame_pixels)
+            info = probe(target_at, ffmpeg=limits.ffmpeg, max_frame_pixels=limits.max_frame_pixels)
             check_chunking(
                 info.duration,
                 chunk_seconds or limits.chunk_seconds,
                 min_chunk_seconds=limits.min_chunk_seconds,
                 max_chunks=limits.max_chunks,
             )
-            check_output(output, target, inputs=(*sources, reference))
+            check_output(output_at, target_at, inputs=(*sources, reference_at))
             # The job carries its encoder choice to the workers; one its container (or frame
             # size) cannot take is refused here, before anything is recorded or enqueued.
             check_encoder(
-                limits.video_encoder, muxer_for(output), width=info.width, height=info.height
+                limits.video_encoder,
+                muxer_for(str(output_at)),
+                width=info.width,
+                height=info.height,
             )
             frames_total = info.frame_count
         job_id = self.store.create(
@@ -115,10 +122,10 @@ class Producer:
                 # `source` stays the first image: records and readers from before several
                 # sources keep their meaning; `sources` (see store.job_sources) has them all.
                 "source": str(sources[0]),
-                "sources": [str(path) for path in sources],
-                "target": str(target),
-                "output": str(output),
-                "reference": str(reference) if reference else "",
+                "sources": [str(where) for where in sources],
+                "target": str(target_at),
+                "output": str(output_at),
+                "reference": str(reference_at) if reference_at else "",
                 "face_selector": selector,
                 "reference_distance": self.settings.reference_distance,
                 "priority": priority,
@@ -180,7 +187,8 @@ class Producer:
         self.status(job_id)
         cancelled, idle = self.store.cancel(job_id)
         if cancelled and idle:
-            shutil.rmtree(segment_dir(self.settings, job_id), ignore_errors=True)
+            output = self.store.get(job_id).get("output", "")
+            remove_segments(self.settings, job_id, output=output)
         return cancelled
 
     def retry(self, job_id: str) -> list[int]:

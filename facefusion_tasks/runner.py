@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -14,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facefusion_tasks import policy
+from facefusion_tasks import objects, policy
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled, InputError, MediaError, ModelError, TransientError
 from facefusion_tasks.faces.loader import LoadedModels, load_models
 from facefusion_tasks.images import check_image_target, is_image_target, read_header
 from facefusion_tasks.jobs import Chunk, image_plan, plan_chunks
 from facefusion_tasks.metrics.oom import classify_oom
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.still import swap_image
-from facefusion_tasks.storage import confine
+from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
@@ -41,8 +41,9 @@ from facefusion_tasks.store import (
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import fleet_encoder
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
+from facefusion_tasks.video.staging import StagedOutput
 from facefusion_tasks.video.stitch import stitch_segments
-from facefusion_tasks.workspace import segment_dir, segment_path
+from facefusion_tasks.workspace import local_copy, prepare, remove_segments, scratch, segment
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,12 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     if not store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING)):
         return []
     job = store.get(job_id)
-    target = confine(job["target"], settings, what="target")
+    target = locate(job["target"], settings, what="target")
     image = is_image_target(target)
     info: dict[str, Any] = {}
     if image:
         # A still image is one chunk of one frame: no probe, no timestamps, no segments.
-        check_image_target(target, max_pixels=settings.max_image_pixels)
+        check_image_target(local_copy(settings, target), max_pixels=settings.max_image_pixels)
         chunks, frames = image_plan(), 1
     else:
         chunks, frames, info = _plan_video(job, target, settings)
@@ -105,12 +106,12 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
         return []
     if not image:
-        segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
+        prepare(settings, job_id, output=job["output"])
     return [c.index for c in chunks]
 
 
 def _plan_video(
-    job: dict[str, str], target: Path, settings: Settings
+    job: dict[str, str], target: Location, settings: Settings
 ) -> tuple[list[Chunk], int, dict[str, Any]]:
     """Chunks cut on the video's own timestamps, its frame count and its stored probe."""
     info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
@@ -130,7 +131,7 @@ def _plan_video(
     return chunks, len(timestamps), info.to_json()
 
 
-def _video_info(store: JobStore, settings: Settings, job_id: str, target: Path) -> VideoInfo:
+def _video_info(store: JobStore, settings: Settings, job_id: str, target: Location) -> VideoInfo:
     """The probe the plan stored (one probe per job, not one per chunk and stitch); probes
     afresh only for a job planned without one."""
     raw = store.get(job_id).get("video_info")
@@ -254,10 +255,16 @@ def run_chunk(
     if not job or job.get("state") in TERMINAL:
         return None, False
     chunk = store.chunk_plan(job_id, index)
-    target = confine(job["target"], settings, what="target")
-    sources = tuple(confine(s, settings, what="source image") for s in job_sources(job))
+    target = locate(job["target"], settings, what="target")
+    image = is_image_target(target)
+    # Images (a still target too) are read whole, into this host's cache when they are
+    # objects; a video is read where it lies (an object through a signed URL: only this
+    # chunk's span is fetched).
+    sources = tuple(
+        local_copy(settings, locate(s, settings, what="source image")) for s in job_sources(job)
+    )
     reference = (
-        confine(job["reference"], settings, what="reference image")
+        local_copy(settings, locate(job["reference"], settings, what="reference image"))
         if job.get("reference")
         else None
     )
@@ -272,13 +279,23 @@ def run_chunk(
         engine.set_reference(reference)
     if not store.chunk_started(job_id, index, worker):
         return None, False  # the job ended meanwhile
-    swap = _swap_image_job if is_image_target(target) else _swap_chunk
+    output = locate(job["output"], settings, what="output")
+    destination = output if image else segment(settings, job_id, index, output=job["output"])
     try:
-        return swap(store, settings, job_id, chunk, loaded, sources, target, reference)
+        with scratch(settings, job_id) as local:
+            if image:
+                return _swap_image_job(
+                    store, settings, job_id, chunk, loaded, sources,
+                    local_copy(settings, target), reference, destination=destination, local=local,
+                )  # fmt: skip
+            return _swap_chunk(
+                store, settings, job_id, chunk, loaded, sources, target, reference,
+                destination=destination, local=local,
+            )  # fmt: skip
     finally:
         if store.chunk_left(job_id, index):
             # Cancelled, and this was the last chunk executing: its segments go.
-            shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+            remove_segments(settings, job_id, output=job["output"])
 
 
 def _swap_chunk(
@@ -288,8 +305,11 @@ def _swap_chunk(
     chunk: Chunk,
     loaded: LoadedModels,
     sources: tuple[Path, ...],
-    target: Path,
+    target: Location,
     reference: Path | None,
+    *,
+    destination: Location,
+    local: Path,
 ) -> tuple[SwapResult | None, bool]:
     index = chunk.index
     job = store.get(job_id)
@@ -305,7 +325,8 @@ def _swap_chunk(
         height=info.height,
     )
     watch = _Watch(store, job_id, index, heartbeat_seconds=settings.heartbeat_seconds)
-    output = segment_path(settings, job_id, index, muxer=muxer)
+    # A segment object is encoded here first: verified as a file, then uploaded whole.
+    output = destination if isinstance(destination, Path) else local / destination.name
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         # The segment must hold exactly its planned frames (checked, with the file re-counted,
@@ -327,6 +348,8 @@ def _swap_chunk(
             progress=watch.advance,
             cancel=watch.cancel,
         )
+        if isinstance(destination, ObjectRef):
+            objects.upload(output, destination)
     except Cancelled:
         store.chunk_cancelled(job_id, index)
         return None, False
@@ -345,13 +368,17 @@ def _swap_image_job(
     sources: tuple[Path, ...],
     target: Path,
     reference: Path | None,
+    *,
+    destination: Location,
+    local: Path,
 ) -> tuple[SwapResult | None, bool]:
-    """An image job's one chunk swaps the image into a verified temp beside the output and
-    commits it itself, through COMMITTING as a stitch does (a cancel before that wins; none
-    after). The chunk is marked done only once the output is in place, so a job whose chunk
-    is done has its output; there is nothing to stitch: (result, False)."""
+    """An image job's one chunk swaps the image into a verified temp beside the output (an
+    object output: beside a file in `local`) and commits it itself, through COMMITTING as a
+    stitch does (a cancel before that wins; none after). The chunk is marked done only once
+    the output is in place, so a job whose chunk is done has its output; there is nothing to
+    stitch: (result, False)."""
     watch = _Watch(store, job_id, chunk.index, heartbeat_seconds=settings.heartbeat_seconds)
-    output = confine(store.get(job_id)["output"], settings, what="output")
+    output = destination if isinstance(destination, Path) else local / destination.name
     try:
         result, staged = swap_image(
             SwapJob(sources=sources, target=target, output=output, reference=reference, frames=1),
@@ -371,22 +398,40 @@ def _swap_image_job(
         staged.discard()  # cancelled (or failed) meanwhile: the user's file was never touched
         store.chunk_cancelled(job_id, chunk.index)
         return None, False
-    try:
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+    _commit(staged, destination)
+    result.output = destination
     store.chunk_done(job_id, chunk.index, result.frames)
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
     return result, False
 
 
-def _finish_image_job(store: JobStore, job_id: str, output: Path) -> Path | None:
+def _commit(staged: StagedOutput, output: Location) -> None:
+    """Put a verified output in place: renamed onto a file, or uploaded to an object (completed
+    at the key only now, aborted on failure, so the key holds what it held before)."""
+    try:
+        if isinstance(output, ObjectRef):
+            objects.upload(staged.temp, output)
+            staged.discard()
+        else:
+            staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def _finish_image_job(
+    store: JobStore, settings: Settings, job_id: str, output: Location
+) -> Location | None:
     """A stitch sent for an image job (by the stall sweep, or `retry`, once its one chunk is
     done): the chunk committed the output before it was marked done, so check the output
-    and record the success the chunk's worker did not live to record."""
+    (an object fetched to look at) and record the success the chunk's worker did not live to
+    record."""
     try:
-        complete = read_header(output).complete
+        if isinstance(output, ObjectRef):
+            with scratch(settings, job_id) as local:
+                complete = read_header(objects.download(output, local / output.name)).complete
+        else:
+            complete = read_header(output).complete
     except (InputError, OSError):
         complete = False
     if not complete:
@@ -396,43 +441,53 @@ def _finish_image_job(store: JobStore, job_id: str, output: Path) -> Path | None
     return None
 
 
-def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Path | None:
+def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | None:
     """Join the segments without re-encoding, add the original audio, verify the result, then
     commit it: the job moves to COMMITTING (a cancel can no longer win) before the rename, so
     a cancel and a commit agree through the store. Idempotent: after success it does nothing."""
     job = store.get(job_id)
     if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
         return None  # ended (cancelled, failed, succeeded) or not ready
-    target = confine(job["target"], settings, what="target")
-    output = confine(job["output"], settings, what="output")
+    target = locate(job["target"], settings, what="target")
+    output = locate(job["output"], settings, what="output")
     if is_image_target(target):
-        return _finish_image_job(store, job_id, output)
+        return _finish_image_job(store, settings, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
-    muxer = muxer_for(output)
-    segments = [(segment_path(settings, job_id, c.index, muxer=muxer), c.span) for c in chunks]
-    with _alive(store, settings, job_id):
+    with scratch(settings, job_id) as local, _alive(store, settings, job_id):
+        segments = [
+            (_segment_file(settings, job_id, c.index, job["output"], local), c.span) for c in chunks
+        ]
+        # An object output is stitched and verified here, then uploaded at commit.
+        destination = output if isinstance(output, Path) else local / f"output{output.suffix}"
         staged = stitch_segments(
             segments,
-            output,
+            destination,
             audio_source=_video_info(store, settings, job_id, target),
             settings=settings,
             frames=sum(c.frames for c in chunks),
             timeout=float(settings.chunk_time_limit),
         )
-    if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
-        # Cancelled (or failed) while stitching: the user's file was never touched.
-        staged.discard()
-        if store.state(job_id) == CANCELLED:
-            shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
-        return None
-    try:
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+        if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
+            # Cancelled (or failed) while stitching: the user's file was never touched.
+            staged.discard()
+            if store.state(job_id) == CANCELLED:
+                remove_segments(settings, job_id, output=job["output"])
+            return None
+        _commit(staged, output)
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
-    shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+    remove_segments(settings, job_id, output=job["output"])
     return output
+
+
+def _segment_file(settings: Settings, job_id: str, index: int, output: str, local: Path) -> Path:
+    """Chunk `index`'s segment as a file: on the shared storage, or fetched into `local`."""
+    where = segment(settings, job_id, index, output=output)
+    if isinstance(where, Path):
+        return where
+    try:
+        return objects.download(where, local / where.name)
+    except InputError:  # missing: the stitcher's problem, as for a missing file
+        raise MediaError(f"segments missing: {where.name}") from None
 
 
 def fail_job(store: JobStore, job_id: str, error: BaseException, *, index: int | None) -> Reason:

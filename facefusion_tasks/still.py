@@ -88,14 +88,17 @@ def swap_image(
     frame gets (prepare → infer → paste, engine.process), encoded in the target's own format
     into a verified temp beside the output. The caller commits it (local mode at once, a
     distributed job through COMMITTING)."""
+    target = job.target
+    if not isinstance(target, Path):  # the callers fetch an object target first
+        raise TypeError(f"{target}: a still image is swapped from a local copy")
     started = time.perf_counter()
     clock = engine.clock
     clock.clear()
     try:
-        header = check_image_target(job.target, max_pixels=settings.max_image_pixels)
-        check_output(job.output, job.target, image_format=header.format)
+        header = check_image_target(target, max_pixels=settings.max_image_pixels)
+        check_output(job.output, target, image_format=header.format)
         with clock.stage("decode"):
-            frame = read_image(job.target, max_pixels=settings.max_image_pixels)
+            frame = read_image(target, max_pixels=settings.max_image_pixels)
         faces = engine.process([frame])[0]
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")

@@ -1,11 +1,15 @@
-"""Shared storage: every job path must resolve inside a configured root."""
+"""Shared storage: every job path must resolve inside a configured root, every object lie in an
+allowed bucket."""
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 
 
@@ -26,6 +30,15 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
             f"{path}: {what} is outside the storage roots ({shown})", reason=Reason.PATH
         )
     return resolved
+
+
+def locate(value: str | PathLike[str] | ObjectRef, settings: Settings, *, what: str) -> Location:
+    """A job's file confined by the one rule for its kind: an object (s3://bucket/key) must be
+    in an allowed bucket, a path inside the storage roots."""
+    where = objects.location(value)
+    if isinstance(where, ObjectRef):
+        return objects.confine(where, settings, what=what)
+    return confine(where, settings, what=what)
 
 
 def work_dir(settings: Settings) -> Path:

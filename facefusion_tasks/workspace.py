@@ -1,12 +1,32 @@
-"""Where a distributed job's temporary segments live on the shared storage."""
+"""Where a distributed job's segments live (the shared storage, or a job prefix in its output's
+bucket), and the host-local scratch a task uses for what it reads whole or writes before upload."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import FaceFusionError
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.storage import work_dir
+from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import segment_muxer
+
+log = logging.getLogger(__name__)
+
+#: A scratch entry untouched this long was left by a task killed outright: removed.
+STALE_SCRATCH_SECONDS = 24 * 3600.0
+#: The host's cache of objects read whole (source and reference images), inside the scratch.
+IMAGE_CACHE = "objects"
 
 
 def segment_dir(settings: Settings, job_id: str) -> Path:
@@ -17,5 +37,91 @@ def segment_dir(settings: Settings, job_id: str) -> Path:
 def segment_path(settings: Settings, job_id: str, index: int, *, muxer: str = "mp4") -> Path:
     """Where chunk `index` of a job whose output uses `muxer` writes its encoded frames
     (replaced atomically on a rerun), in the container segment_muxer() picks for it."""
+    return segment_dir(settings, job_id) / _segment_name(index, muxer)
+
+
+def _segment_name(index: int, muxer: str) -> str:
     suffix = "webm" if segment_muxer(muxer) == "webm" else "mp4"
-    return segment_dir(settings, job_id) / f"seg-{index:05d}.{suffix}"
+    return f"seg-{index:05d}.{suffix}"
+
+
+def work_bucket(output: str) -> str | None:
+    """The bucket holding a job's segments: its output's, when the output is an object (the
+    workers then need no shared directory); None for a job on the shared storage."""
+    return objects.parse(output).bucket if objects.is_uri(output) else None
+
+
+def work_prefix(job_id: str) -> str:
+    """The key prefix of a job's segments in its work bucket."""
+    return f"{objects.WORK_PREFIX}{job_id}/"
+
+
+def segment(settings: Settings, job_id: str, index: int, *, output: str) -> Location:
+    """Where chunk `index` of the job whose output is `output` keeps its segment, in the
+    container segment_muxer() picks for that output."""
+    muxer = muxer_for(output)
+    bucket = work_bucket(output)
+    if bucket is None:
+        return segment_path(settings, job_id, index, muxer=muxer)
+    return ObjectRef(bucket, f"{work_prefix(job_id)}{_segment_name(index, muxer)}")
+
+
+def prepare(settings: Settings, job_id: str, *, output: str) -> None:
+    """Make the job's segment folder where one is needed (a key prefix needs nothing)."""
+    if work_bucket(output) is None:
+        segment_dir(settings, job_id).mkdir(parents=True, exist_ok=True)
+
+
+def remove_segments(settings: Settings, job_id: str, *, output: str) -> None:
+    """Remove the job's segments; for objects a failure is logged and left to the retention
+    sweep (liveness.sweep_work_dirs), which removes them once the job is over."""
+    bucket = work_bucket(output)
+    if bucket is None:
+        shutil.rmtree(segment_dir(settings, job_id), ignore_errors=True)
+        return
+    try:
+        objects.delete_prefix(bucket, work_prefix(job_id))
+    except FaceFusionError as exc:
+        log.warning("job %s: segments left for the sweep: %s", job_id, exc)
+
+
+@contextlib.contextmanager
+def scratch(settings: Settings, job_id: str) -> Iterator[Path]:
+    """A fresh directory of this host's own for one task, removed when it ends. A task killed
+    outright leaves one: the next task on this host removes it after a day."""
+    base = settings.scratch()
+    base.mkdir(parents=True, exist_ok=True)
+    _sweep(base)
+    path = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def local_copy(settings: Settings, where: Location) -> Path:
+    """A path to read `where` from: itself, or the object fetched into this host's cache, kept
+    by its ETag so every chunk of a job reads the same file (and reuses its face embedding)."""
+    if isinstance(where, Path):
+        return where
+    etag = str(objects.head(where).get("ETag", ""))
+    digest = hashlib.sha1(f"{where}\n{etag}".encode()).hexdigest()[:20]
+    folder = settings.scratch() / IMAGE_CACHE / digest
+    path = folder / (where.name or "object")
+    if path.is_file():
+        os.utime(folder)  # in use: not stale
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    return objects.download(where, path)
+
+
+def _sweep(base: Path, *, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    for parent in (base, base / IMAGE_CACHE):
+        with contextlib.suppress(OSError):
+            for entry in parent.iterdir():
+                if entry.name == IMAGE_CACHE:
+                    continue
+                with contextlib.suppress(OSError):
+                    if now - entry.stat().st_mtime > STALE_SCRATCH_SECONDS:
+                        shutil.rmtree(entry, ignore_errors=True)

@@ -193,13 +193,20 @@ class Cluster:
         return Producer(self.settings())
 
     def start_worker(
-        self, name: str, *, queues: str = "gpu,light", gpus: str = "none", concurrency: int = 1
+        self,
+        name: str,
+        *,
+        queues: str = "gpu,light",
+        gpus: str = "none",
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """A launcher whose node names are prefixed with `name`, started and ready. Its
-        metrics directory is its own unless the test set one."""
+        """A launcher whose node names are prefixed with `name`, started and ready (`env`
+        adds to the cluster's environment). Its metrics directory is its own unless the test
+        set one."""
         metrics_dir = Path(self.env.get("FACEFUSION_METRICS_DIR") or self.logs / f"metrics-{name}")
         self.workers[name] = start_launcher(
-            self.env, self.logs / f"{name}.log", metrics_dir=metrics_dir, name=name,
+            self.env | (env or {}), self.logs / f"{name}.log", metrics_dir=metrics_dir, name=name,
             queues=queues, gpus=gpus, light_concurrency=concurrency,
         )  # fmt: skip
         gpu_processes = len(gpus.split(",")) if gpus not in {"none", "auto"} else 1

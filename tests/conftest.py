@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -11,6 +12,9 @@ import redis
 from facefusion_tasks.config import Settings
 from facefusion_tasks.models.standin import make_test_models
 from facefusion_tasks.store import JobStore, connect
+
+if TYPE_CHECKING:
+    from tests.s3server import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +74,26 @@ def redis_url() -> Iterator[str]:
 def store(redis_url: str) -> JobStore:
     """The job store on that database."""
     return JobStore(connect(redis_url))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3 server (SeaweedFS) for the session, with SigV4 credentials."""
+    from tests.s3server import s3_server as start
+
+    with start(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture()
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """This process's AWS settings point at the test S3 server (the project's client is built
+    afresh from them); the settings are returned for subprocesses."""
+    from facefusion_tasks import objects
+
+    env = s3_server.env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    objects._client.cache_clear()
+    yield env
+    objects._client.cache_clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import ffmpeg as ffmpeg_python
 
@@ -14,6 +15,7 @@ from facefusion_tasks.video.codecs import (
     audio_encoder,
     audio_is_copied,
 )
+from facefusion_tasks.video.signed import SignedUrl
 
 #: Decoder logging: showinfo prints each frame's pts at info level; the level prefix lets the
 #: reader pick out [error]/[fatal] lines; no banner, no progress line, never read the terminal.
@@ -42,6 +44,9 @@ PLAIN_DEMUXERS = (
     "m4v",
     "yuv4mpegpipe",
 )
+
+#: Socket receive buffer of a signed-URL input (the most a reader fetches past where it stops).
+RECV_BUFFER_BYTES = 256 * 1024
 
 #: Muxers whose track timescale we pin to the source time base (-video_track_timescale).
 MOV_FAMILY = {"mp4", "mov"}
@@ -125,16 +130,25 @@ def seconds(value: float) -> str:
     return f"{value:.6f}"
 
 
-def plain_input_options() -> dict[str, str]:
+def plain_input_options(source: str | Path | None = None) -> dict[str, str]:
     """Input options that confine ffmpeg to the named local file: the file protocol only (no
     http, subfile, concat: or data: URLs) and only PLAIN_DEMUXERS, so a playlist sniffed from
-    the content is refused before it opens anything."""
-    return {"protocol_whitelist": "file", "format_whitelist": ",".join(PLAIN_DEMUXERS)}
+    the content is refused before it opens anything. A SignedUrl gets its own scheme's
+    protocols instead (http and tcp, or https, tls and tcp), the demuxers stay as narrow."""
+    options = {"protocol_whitelist": "file", "format_whitelist": ",".join(PLAIN_DEMUXERS)}
+    if isinstance(source, SignedUrl):
+        scheme = urlsplit(source).scheme.lower()
+        options["protocol_whitelist"] = "https,tls,tcp" if scheme == "https" else "http,tcp"
+        # TCP flow control keeps what is in flight within the receive window: a small one
+        # means a reader that stops at its span's end has fetched little past it.
+        options["recv_buffer_size"] = str(RECV_BUFFER_BYTES)
+    return options
 
 
-def plain_input_args() -> list[str]:
+def plain_input_args(source: str | Path | None = None) -> list[str]:
     """plain_input_options() as argv, to go right before an input's -i."""
-    return [arg for key, value in plain_input_options().items() for arg in (f"-{key}", value)]
+    options = plain_input_options(source)
+    return [arg for key, value in options.items() for arg in (f"-{key}", value)]
 
 
 def _fps_mode(version: tuple[int, int]) -> dict[str, str]:
@@ -161,7 +175,7 @@ def decode_argv(
     """
     if hwaccel not in {"none", "auto", "cuda"}:
         raise ValueError(f"unknown hwaccel {hwaccel!r}")
-    input_options: dict[str, object] = {**plain_input_options()}
+    input_options: dict[str, object] = {**plain_input_options(source)}
     if hwaccel != "none":
         input_options["hwaccel"] = hwaccel
     if seek_seconds is not None:
@@ -276,7 +290,7 @@ def encode_argv(
         # Audio is cut to the video's length where it is read (-t on that input), never with
         # -shortest: that would cut *video* frames whenever the audio track is the shorter one.
         limit = {} if audio_seconds is None else {"t": seconds(audio_seconds)}
-        audio = ffmpeg_python.input(str(audio_source), **plain_input_options(), **limit)
+        audio = ffmpeg_python.input(str(audio_source), **plain_input_options(audio_source), **limit)
         streams.append(audio["a:0?"])
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
     args = ffmpeg_python.output(*streams, str(destination)).get_args()

@@ -12,11 +12,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_FRAME_PIXELS
 from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.argv import PLAIN_DEMUXERS, plain_input_args
+from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ DISCARD_FLAG = 0x4
 class VideoInfo:
     """A probed video. Sizes are as displayed (after rotation); pts count in time_base."""
 
-    path: Path
+    #: The file, or the object (ffmpeg reads it through a URL each reader signs for itself).
+    path: Location
     #: Display size: the decoded size turned by `rotation`.
     width: int
     height: int
@@ -84,14 +88,17 @@ class VideoInfo:
     def from_json(cls, data: dict[str, Any]) -> VideoInfo:
         """Inverse of to_json."""
         values = dict(data)
-        values["path"] = Path(values["path"])
+        values["path"] = objects.location(values["path"])
         values["frame_rate"] = Fraction(values["frame_rate"])
         values["time_base"] = Fraction(values["time_base"])
         return cls(**values)
 
 
 def probe(
-    path: str | Path, *, ffmpeg: str = "", max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    path: str | Path | ObjectRef,
+    *,
+    ffmpeg: str = "",
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
 ) -> VideoInfo:
     """Probe a video with ffprobe, or by parsing `ffmpeg -i` when there is
     no ffprobe. Raises InputError, one line naming the file, for anything that is not a
@@ -118,7 +125,9 @@ def probe(
     return info
 
 
-def frame_timestamps(path: str | Path, *, ffmpeg: str = "") -> tuple[list[int], Fraction]:
+def frame_timestamps(
+    path: str | Path | ObjectRef, *, ffmpeg: str = ""
+) -> tuple[list[int], Fraction]:
     """Every video frame's pts in presentation order, and the stream time base.
 
     A demux-only pass (stream copy into framecrc, nothing decoded): packets the decoder would
@@ -143,8 +152,19 @@ def check_frame_size(info: VideoInfo, *, max_frame_pixels: int) -> None:
 # --- checks shared by both probes -------------------------------------------------------------
 
 
-def _check_file(path: str | Path) -> Path:
-    source = Path(path).expanduser().absolute()
+def _input(source: Location) -> list[str]:
+    """An input's confinement options and its name for ffmpeg: the path, or a URL signed now."""
+    target = objects.ffmpeg_input(source)
+    return [*plain_input_args(target), str(target)]
+
+
+def _check_file(path: str | Path | ObjectRef) -> Location:
+    where = objects.location(path) if isinstance(path, str) else path
+    if isinstance(where, ObjectRef):
+        if int(objects.head(where).get("ContentLength") or 0) == 0:
+            raise InputError(f"{where.name}: empty file")
+        return where
+    source = where.expanduser().absolute()
     name = source.name or str(source)
     if not source.exists():
         raise InputError(f"{name}: no such file")
@@ -159,21 +179,24 @@ def _check_file(path: str | Path) -> Path:
     return source
 
 
-def _looks_like_video_container(source: Path) -> bool:
-    with source.open("rb") as handle:
-        head = handle.read(2 * TS_PACKET + 1)
+def _looks_like_video_container(source: Location) -> bool:
+    if isinstance(source, ObjectRef):
+        head = objects.read_range(source, 0, 2 * TS_PACKET + 1)
+    else:
+        with source.open("rb") as handle:
+            head = handle.read(2 * TS_PACKET + 1)
     transport_stream = len(head) > 2 * TS_PACKET and head[::TS_PACKET] == b"GGG"
     return head[4:8] in MP4_BOXES or head.startswith(VIDEO_MAGIC) or transport_stream
 
 
-def _check_plain(source: Path, container: str) -> None:
+def _check_plain(source: Location, container: str) -> None:
     # The whitelist already kept ffmpeg from opening anything else; this guards the decision
     # should a probe path ever run without it.
     if not set(container.split(",")) & set(PLAIN_DEMUXERS):
         raise _not_plain(source, container)
 
 
-def _not_plain(source: Path, container: str) -> InputError:
+def _not_plain(source: Location, container: str) -> InputError:
     if _still_image(container):
         return InputError(
             f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
@@ -185,7 +208,7 @@ def _not_plain(source: Path, container: str) -> InputError:
     )
 
 
-def _open_failure(source: Path, stderr: str) -> InputError:
+def _open_failure(source: Location, stderr: str) -> InputError:
     """One line for a file no demuxer would open."""
     refused = _NOT_WHITELISTED.search(stderr)
     if refused is not None:
@@ -219,9 +242,10 @@ def _truncation(stderr: str) -> str | None:
     return None
 
 
-def _check_tail(source: Path, exe: str, duration: float) -> None:
+def _check_tail(source: Location, exe: str, duration: float) -> None:
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning"]
-    argv += [*plain_input_args(), "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", str(source)]
+    *options, target = _input(source)
+    argv += [*options, "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", target]
     argv += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     done = _run(argv)
     marker = _truncation(done.stderr)
@@ -232,7 +256,8 @@ def _check_tail(source: Path, exe: str, duration: float) -> None:
 
 
 def _run(argv: list[str]) -> process.Completed:
-    return process.run(argv, timeout=PROBE_TIMEOUT, what=f"{Path(argv[0]).name} on {argv[-1]}")
+    what = f"{Path(argv[0]).name} on {redact(argv[-1])}"
+    return process.run(argv, timeout=PROBE_TIMEOUT, what=what)
 
 
 def _parse_ratio(text: str | None) -> Fraction:
@@ -264,20 +289,11 @@ def _still_image(container: str) -> bool:
 # --- ffprobe ----------------------------------------------------------------------------------
 
 
-def _probe_with_ffprobe(source: Path, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
+def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
     """VideoInfo and whether frame_count came from a demux pass (True) or the index."""
+    *options, target = _input(source)
     done = _run(
-        [
-            ffprobe,
-            "-v",
-            "error",
-            *plain_input_args(),
-            "-show_format",
-            "-show_streams",
-            "-of",
-            "json",
-            str(source),
-        ]
+        [ffprobe, "-v", "error", *options, "-show_format", "-show_streams", "-of", "json", target]
     )
     if done.returncode != 0:
         raise _open_failure(source, done.stderr)
@@ -397,14 +413,15 @@ _TB_LINE = re.compile(r"^#tb 0:\s*(\d+)/(\d+)")
 _NOPTS = -(2**63)
 
 
-def _demux_pass(source: Path, exe: str) -> _Packets:
+def _demux_pass(source: Location, exe: str) -> _Packets:
     """Stream-copy the first video stream into framecrc: one line per packet with its pts,
     duration and flags. -copyts keeps the file's own timestamps."""
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info", "-copyts"]
+    *options, target = _input(source)
     argv += [
-        *plain_input_args(),
+        *options,
         "-i",
-        str(source),
+        target,
         "-map",
         "0:v:0",
         "-c",
@@ -466,7 +483,7 @@ _LEGACY_ROTATE = re.compile(r"^\s*rotate\s*:\s*(-?\d+)")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 
 
-def _probe_with_ffmpeg(source: Path, exe: str) -> tuple[VideoInfo, bool]:
+def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
     """Parse the input description ffmpeg prints, and count packets in the same pass."""
     packets = _demux_pass(source, exe)
     lines = [process.strip_level(line) for line in packets.stderr.splitlines()]

@@ -15,6 +15,7 @@ from typing import IO
 
 from facefusion_tasks.errors import MediaError
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.video.signed import redact
 
 #: Lines of stderr kept per process (bounded memory however long ffmpeg talks).
 TAIL_LINES = 60
@@ -50,7 +51,8 @@ class StderrLog:
         self.no_space = False
 
     def add(self, line: str) -> None:
-        """Record one line."""
+        """Record one line (a URL's signature removed: ffmpeg names its input in errors)."""
+        line = redact(line)
         self.tail.append(line)
         if level_of(line) in ERROR_LEVELS:
             self.errors.append(strip_level(line))
@@ -189,7 +191,7 @@ def run(argv: list[str], *, timeout: float, what: str) -> Completed:
         raise MediaError(f"{what}: took over {timeout:.0f} s", reason=Reason.TIMEOUT) from None
     except OSError as exc:
         raise MediaError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
-    return Completed(done.returncode, done.stdout, done.stderr)
+    return Completed(done.returncode, done.stdout, redact(done.stderr))
 
 
 # --- verifying a written file -------------------------------------------------------------------

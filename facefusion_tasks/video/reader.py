@@ -14,11 +14,13 @@ from typing import IO
 
 import numpy as np
 
+from facefusion_tasks import objects
 from facefusion_tasks.errors import InputError, MediaError
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.argv import decode_argv
 from facefusion_tasks.video.probe import TRUNCATION_MARKERS, VideoInfo
+from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +89,15 @@ class FrameReader:
         if start_pts is not None and start_pts > info.start_pts:
             seek = max(float(start_pts * info.time_base) - SEEK_MARGIN, 0.0)
         argv = decode_argv(
-            info.path,
+            # An object is read through a URL signed here: ffmpeg seeks with ranged reads, so
+            # a chunk fetches about its own span, never the whole file.
+            objects.ffmpeg_input(info.path),
             ffmpeg=exe,
             hwaccel=hwaccel,
             seek_seconds=seek,
             version=ffbin.ffmpeg_version(exe),
         )
-        log.debug("decoding: %s", " ".join(argv))
+        log.debug("decoding: %s", redact(" ".join(argv)))
         self._ffmpeg = process.Process(
             argv,
             stdin=subprocess.DEVNULL,

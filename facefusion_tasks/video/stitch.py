@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import MediaError
 from facefusion_tasks.video import ffbin, process, staging
@@ -49,7 +50,7 @@ def stitch_argv(
     *,
     time_base: Fraction,
     muxer: str,
-    audio_source: Path | None = None,
+    audio_source: str | Path | None = None,
     audio_codec: str | None = None,
     audio_seconds: float | None = None,
     ffmpeg: str = "ffmpeg",
@@ -60,8 +61,9 @@ def stitch_argv(
     if audio_source is not None:
         if audio_seconds is not None:
             argv += ["-t", seconds(audio_seconds)]
-        # The user's file: confined like every other read of it (no playlists, file: only).
-        argv += [*plain_input_args(), "-i", str(audio_source)]
+        # The user's file: confined like every other read of it (no playlists, file: only, or
+        # the one URL a worker signed for its object).
+        argv += [*plain_input_args(audio_source), "-i", str(audio_source)]
     argv += ["-map", "0:v:0", "-c:v", "copy"]
     if audio_source is not None:
         argv += ["-map", "1:a:0?", *audio_codec_args(muxer, audio_codec)]
@@ -99,7 +101,7 @@ def stitch_segments(
         temp,
         time_base=audio_source.time_base,
         muxer=muxer,
-        audio_source=audio_source.path if audio_source.has_audio else None,
+        audio_source=objects.ffmpeg_input(audio_source.path) if audio_source.has_audio else None,
         audio_codec=audio_source.audio_codec,
         audio_seconds=audio_source.duration if audio_source.has_audio else None,
         ffmpeg=exe,

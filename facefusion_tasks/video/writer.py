@@ -13,6 +13,7 @@ from typing import IO
 
 import numpy as np
 
+from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError
 from facefusion_tasks.reasons import Reason
@@ -20,6 +21,7 @@ from facefusion_tasks.video import codecs, ffbin, process, staging
 from facefusion_tasks.video.argv import encode_argv, muxer_for
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
 from facefusion_tasks.video.probe import VideoInfo
+from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +134,13 @@ class FrameWriter:
                 preset=settings.video_preset,
                 quality=settings.video_quality,
                 muxer=muxer,
-                audio_source=audio.path if audio else None,
+                audio_source=objects.ffmpeg_input(audio.path) if audio else None,
                 audio_codec=audio.audio_codec if audio else None,
                 audio_seconds=audio.duration if audio and audio.duration > 0 else None,
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),
             )
-            log.debug("encoding: %s", " ".join(argv))
+            log.debug("encoding: %s", redact(" ".join(argv)))
             self._ffmpeg = process.Process(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="ffmpeg-encode"
             )

@@ -239,11 +239,14 @@ def test_bad_submissions_exit_2_and_enqueue_nothing(
     with cluster(root, models_dir) as fleet:
         target = {
             "outside": tmp_path / "elsewhere.mp4",
-            "not_video": root / "source.png",
+            # A picture named as a video (one named .png is an image target, and runs).
+            "not_video": root / "still.mp4",
             "missing": root / "missing.mp4",
         }[case]
         if case == "outside":
             target.write_bytes((root / "tiny.mp4").read_bytes())
+        if case == "not_video":
+            target.write_bytes((root / "source.png").read_bytes())
         proc = subprocess.run(
             [sys.executable, "-m", "facefusion_tasks", "submit", str(root / "source.png"),
              str(target), "-o", str(root / "out" / "bad.mp4")],
