@@ -9,10 +9,10 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from facefusion_tasks import __version__, policy
+from facefusion_tasks import policy
+from facefusion_tasks.cli_args import build_parser, location_arg, settings_from, split_sources
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError
 
@@ -22,220 +22,10 @@ log = logging.getLogger("facefusion_tasks")
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = policy.EXIT_OK, policy.EXIT_INTERNAL, policy.EXIT_BAD_INPUT
 
 
-def _settings_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags that override FACEFUSION_* settings (None = keep the environment's value)."""
-    g = parser.add_argument_group("settings (override FACEFUSION_* variables)")
-    g.add_argument("--models-dir", type=Path, default=None)
-    g.add_argument("--execution-provider", choices=["auto", "cuda", "cpu"])
-    g.add_argument("--inference-threads", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--face-selector", choices=["many", "one", "reference"])
-    g.add_argument("--reference-distance", type=float, default=None)
-    g.add_argument(
-        "--video-encoder",
-        default=None,
-        help="unset: fits the output (libx264; libvpx-vp9 for .webm); auto; or an encoder name",
-    )
-    g.add_argument("--video-quality", type=int, default=None)
-    g.add_argument("--hwaccel", choices=["none", "auto", "cuda"])
-    g.add_argument("--ffmpeg", default=None, help="ffmpeg executable")
-    g.add_argument("--cpu-threads", type=int, default=None, help="threads for per-frame CPU work")
-    g.add_argument("--detector-batch", type=int, default=None, help="0 = 1 on CPU, batch on GPU")
-    g.add_argument("--precision", choices=["fp32", "fp16"])
-    g.add_argument(
-        "--io-binding", action="store_const", const=True, default=None, help="bind model outputs"
-    )
-
-
-def _job_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--priority", type=int, default=5, help="0..9, 9 = most urgent")
-    parser.add_argument("--chunk-seconds", type=float, default=None)
-
-
-def _where(text: str) -> str | Path:
-    """A path, or s3://bucket/key kept as text (a Path would fold its `//`); the commands
-    check it (a malformed or refused one is one error line and exit 2, as for a bad path)."""
-    return text if text.startswith("s3://") else Path(text)
-
-
-#: The two forms of swap and submit (argparse cannot say "either a positional or --source").
-_SOURCES_USAGE = (
-    "%(prog)s [options] SOURCE TARGET -o OUTPUT\n"
-    "       %(prog)s [options] --source IMAGE [--source IMAGE ...] TARGET -o OUTPUT"
-)
-
-
-def _source_arguments(parser: argparse.ArgumentParser) -> None:
-    """SOURCE TARGET, or --source IMAGE (repeatable) TARGET: the paths are sorted out after
-    parsing (_split_sources), where both forms, or neither, are refused."""
-    parser.add_argument(
-        "paths", nargs="+", type=_where, metavar="SOURCE TARGET",
-        help="the image with the face to put in (or use --source), then the video to change",
-    )  # fmt: skip
-    parser.add_argument(
-        "--source", dest="sources", action="append", type=_where, default=None, metavar="IMAGE",
-        help="a source image; repeat for several photos of the same person (their identities "
-        "are averaged)",
-    )  # fmt: skip
-    parser.set_defaults(command_parser=parser)  # its usage goes with a usage error
-
-
-def _split_sources(args: argparse.Namespace) -> None:
-    """Set args.sources and args.target from the two forms, or exit 2 with the usage."""
-    parser: argparse.ArgumentParser = args.command_parser
-    paths: list[str | Path] = args.paths
-    if args.sources:
-        if len(paths) != 1:
-            parser.error(
-                "give the source images either with --source or as the first argument, not both"
-            )
-        args.target = paths[0]
-        return
-    if len(paths) == 1:
-        parser.error("no source image: give SOURCE TARGET, or --source IMAGE [--source …] TARGET")
-    if len(paths) > 2:
-        parser.error("too many arguments: for several source images, repeat --source IMAGE")
-    args.sources, args.target = [paths[0]], paths[1]
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    names = [
-        "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
-        "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
-        "cpu_threads", "detector_batch", "precision", "io_binding",
-    ]  # fmt: skip
-    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="facefusion-tasks", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    swap = sub.add_parser(
-        "swap",
-        help="swap the source face into every face of a video or still image",
-        usage=_SOURCES_USAGE,
-    )
-    _source_arguments(swap)
-    swap.add_argument("-o", "--output", type=_where, required=True)
-    swap.add_argument("--reference-face", type=_where, default=None)
-    swap.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
-    swap.add_argument("--no-progress", action="store_true")
-    swap.add_argument("--local", action="store_true", help="run here even if a broker is set")
-    _job_flags(swap)
-    _settings_flags(swap)
-
-    submit = sub.add_parser(
-        "submit", help="enqueue a job for the workers; prints its id", usage=_SOURCES_USAGE
-    )
-    _source_arguments(submit)
-    submit.add_argument("-o", "--output", type=_where, required=True)
-    submit.add_argument("--reference-face", type=_where, default=None)
-    _job_flags(submit)
-    _settings_flags(submit)
-
-    for name, text in (
-        ("status", "a job's state, progress and workers"),
-        ("wait", "follow a job until it ends (exit code as for swap)"),
-        ("cancel", "stop a job and remove its temporaries"),
-        ("retry", "re-run only a job's failed or unfinished chunks"),
-    ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("job")
-        cmd.add_argument("--json", action="store_true")
-        if name == "wait":
-            cmd.add_argument("--timeout", type=float, default=None)
-            cmd.add_argument("--no-progress", action="store_true")
-        _settings_flags(cmd)
-    jobs = sub.add_parser("list", help="recent jobs")
-    jobs.add_argument("--limit", type=int, default=20)
-    jobs.add_argument("--json", action="store_true")
-    _settings_flags(jobs)
-
-    worker = sub.add_parser(
-        "worker", help="start Celery workers: one process per GPU + a light one"
-    )
-    worker.add_argument("--gpus", default="auto", help="auto | none | comma-separated indexes")
-    worker.add_argument("--queues", default="gpu,light", help="which of gpu,light to serve")
-    worker.add_argument("--light-concurrency", type=int, default=2)
-    worker.add_argument("--max-tasks-per-child", type=int, default=0)
-    worker.add_argument("--loglevel", default="info")
-    worker.add_argument("--metrics-port", type=int, default=9808, help="0 = no exporter")
-    worker.add_argument("--metrics-dir", type=Path, default=None)
-    worker.add_argument("--name", default="", help="prefix for the Celery node names")
-    _settings_flags(worker)
-
-    demo = sub.add_parser("demo", help="make a sample clip and run a swap on it end to end")
-    demo.add_argument("--dir", type=Path, default=Path("demo-output"))
-    demo.add_argument("--seconds", type=float, default=6.0)
-    demo.add_argument("--json", action="store_true")
-    _settings_flags(demo)
-
-    models = sub.add_parser("models", help="download, verify or fake the model files")
-    msub = models.add_subparsers(dest="models_command", required=True)
-    dl = msub.add_parser("download", help="fetch the real models and verify their digests")
-    dl.add_argument("--dir", type=Path, default=None)
-    dl.add_argument("--force", action="store_true")
-    dl.add_argument("--no-progress", action="store_true")
-    mt = msub.add_parser("make-test", help="write stand-in models with the real I/O contracts")
-    mt.add_argument("--dir", type=Path, default=None)
-    mt.add_argument(
-        "--detector-gflops",
-        type=float,
-        default=0.0,
-        help="add result-neutral compute to the detector (det_10g: ~10) for realistic benchmarks",
-    )
-    vf = msub.add_parser("verify", help="check the model files against their digests")
-    vf.add_argument("--dir", type=Path, default=None)
-    tr = msub.add_parser(
-        "trust",
-        help="check your own model files' inputs and outputs, then trust their sha256",
-        description="Each FILE's name says its role (det_10g.onnx, w600k_r50.onnx, "
-        "inswapper_128.onnx). Its inputs, outputs (and the swapper's emap) are checked against "
-        "that role; then it is copied into the models dir under that name (unless it is "
-        "there already) and its sha256 is recorded as trusted in digests.json.",
-    )
-    tr.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    tr.add_argument("--dir", type=Path, default=None)
-
-    metrics = sub.add_parser(
-        "metrics",
-        help="serve /metrics for this host's workers (see `metrics --help`)",
-        add_help=False,
-    )
-    metrics.add_argument("exporter_args", nargs=argparse.REMAINDER)
-
-    doctor = sub.add_parser("doctor", help="report ffmpeg, onnxruntime, GPUs and models")
-    doctor.add_argument("--json", action="store_true")
-    _settings_flags(doctor)
-
-    bench = sub.add_parser("bench", help="measure end-to-end vs transcode-only vs inference-only")
-    bench.add_argument("--seconds", type=float, default=None, help="clip length (20; ceiling 4)")
-    bench.add_argument("--width", type=int, default=640)
-    bench.add_argument("--height", type=int, default=360)
-    bench.add_argument("--faces", type=int, default=2, help="faces per frame")
-    bench.add_argument("--repeats", type=int, default=3, help="interleaved rounds (at least 3)")
-    bench.add_argument(
-        "--ceiling", action="store_true", help="free models vs transcode-only at 720p and 1080p"
-    )
-    bench.add_argument("--processes", type=int, default=0, help="also N pipelines vs 1")
-    bench.add_argument(
-        "--memory", action="store_true", help="also peak RSS, light vs heavy detector"
-    )
-    bench.add_argument("--growth", action="store_true", help="also peak RSS, 1 vs 6 min clip")
-    bench.add_argument("--json", action="store_true")
-    _settings_flags(bench)
-    return parser
-
-
 def _cmd_swap(args: argparse.Namespace) -> int:
     from facefusion_tasks.local import run_local
 
-    settings = _settings(args)
+    settings = settings_from(args)
     if settings.broker_url and not args.local:
         job_id = _submit(args, settings)
         print(f"submitted {job_id}", file=sys.stderr)
@@ -269,7 +59,9 @@ def _report(summary: dict[str, Any], *, as_json: bool) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from facefusion_tasks.local import run_demo
 
-    summary = run_demo(args.dir, settings=_settings(args), seconds=args.seconds, quiet=args.json)
+    summary = run_demo(
+        args.dir, settings=settings_from(args), seconds=args.seconds, quiet=args.json
+    )
     _report(summary, as_json=args.json)
     return EXIT_OK
 
@@ -315,7 +107,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from facefusion_tasks.doctor import diagnose, render
 
-    report = diagnose(_settings(args))
+    report = diagnose(settings_from(args))
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
     return EXIT_OK if report["ok"] else EXIT_INTERNAL
 
@@ -327,10 +119,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.repeats < 3:
         raise InputError("--repeats must be at least 3: one noisy round proves nothing")
     if args.ceiling:
-        report = run_ceiling(_settings(args), seconds=args.seconds or 4.0, repeats=args.repeats)
+        report = run_ceiling(settings_from(args), seconds=args.seconds or 4.0, repeats=args.repeats)
     else:
         report = run_bench(
-            _settings(args),
+            settings_from(args),
             seconds=args.seconds or 20.0,
             width=args.width,
             height=args.height,
@@ -364,7 +156,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    print(_submit(args, _settings(args)))
+    print(_submit(args, settings_from(args)))
     return EXIT_OK
 
 
@@ -427,13 +219,13 @@ def _follow(
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    _print_status(_producer(_settings(args)).status(args.job), as_json=args.json)
+    _print_status(_producer(settings_from(args)).status(args.job), as_json=args.json)
     return EXIT_OK
 
 
 def _cmd_wait(args: argparse.Namespace) -> int:
     return _follow(
-        _settings(args),
+        settings_from(args),
         args.job,
         as_json=args.json,
         progress=not args.no_progress,
@@ -442,13 +234,13 @@ def _cmd_wait(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    changed = _producer(_settings(args)).cancel(args.job)
+    changed = _producer(settings_from(args)).cancel(args.job)
     print(f"{args.job}: {'cancelled' if changed else 'already finished'}")
     return EXIT_OK
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
-    chunks = _producer(_settings(args)).retry(args.job)
+    chunks = _producer(settings_from(args)).retry(args.job)
     print(
         json.dumps({"job": args.job, "chunks": chunks})
         if args.json
@@ -458,7 +250,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    for status in _producer(_settings(args)).list(args.limit):
+    for status in _producer(settings_from(args)).list(args.limit):
         if args.json:
             _print_status(status, as_json=True)
             continue
@@ -471,7 +263,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from facefusion_tasks.worker import run_workers
 
     return run_workers(
-        _settings(args),
+        settings_from(args),
         gpus=args.gpus,
         queues=[q for q in args.queues.split(",") if q],
         light_concurrency=args.light_concurrency,
@@ -525,10 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A path after --source (`swap a.jpg --source b.jpg clip.mp4`) ends up here: join it
         # to the others, so mixing both forms gets the clear message, not "unrecognized".
         if not any(arg.startswith("-") for arg in extra):
-            args.paths += [_where(arg) for arg in extra]
+            args.paths += [location_arg(arg) for arg in extra]
             extra = []
         if not extra:
-            _split_sources(args)
+            split_sources(args)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.WARNING - 10 * min(args.verbose, 2)

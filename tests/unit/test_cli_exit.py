@@ -140,5 +140,5 @@ def test_the_positional_and_the_repeated_source_forms_name_the_same_paths() -> N
          [Path("a.png"), Path("b.png")]),
     ):  # fmt: skip
         args = parser.parse_args(argv)
-        cli._split_sources(args)
+        cli.split_sources(args)
         assert (args.sources, args.target) == (sources, Path("t.mp4"))
