@@ -191,14 +191,10 @@ def _recover_job(
         message = f"stuck in {state} after {recoveries - 1} recoveries"
         _fail(store, job_id, None, Reason.STALLED, message, report)
         return
-    if state == COMMITTING:
-        # The stitch died between verifying its file and recording success: no task can pick
-        # that up again, so the job ends with a reason (`retry` stitches it anew).
-        message = f"stitch stopped while committing the output ({settings.stall_seconds} s ago)"
-        _fail(store, job_id, None, Reason.STALLED, message, report)
-        return
-    # RUNNING here means every chunk is done and no stitch has started (its message was lost).
-    task = "stitch" if state in {STITCHING, RUNNING} else "plan"
+    # RUNNING here means every chunk is done and no stitch has started (its message was lost);
+    # COMMITTING, that the stitcher died after verifying its output: a stitch sent now finishes
+    # that commit from the job's commit mark, or fails the job as stalled.
+    task = "stitch" if state in {STITCHING, RUNNING, COMMITTING} else "plan"
     log.warning(
         "job %s stuck in %s for %d s; %s sent again", job_id, state, settings.stall_seconds, task
     )

@@ -227,7 +227,7 @@ def check_bucket(ref: ObjectRef) -> None:
         client().head_bucket(Bucket=ref.bucket)
 
 
-def upload(path: Path, ref: ObjectRef) -> None:
+def upload(path: Path, ref: ObjectRef, *, metadata: dict[str, str] | None = None) -> None:
     """Put a complete, verified local file at `ref` with a multipart upload. Nothing appears at
     the key until the upload completes (S3's complete is atomic, and an object already there
     stays whole until then); on any failure the upload is aborted, so a failure leaves the key
@@ -238,7 +238,9 @@ def upload(path: Path, ref: ObjectRef) -> None:
     s3 = client()
     with _calls(ref, writing=True):
         _abort_stale(ref)
-        upload_id = s3.create_multipart_upload(Bucket=ref.bucket, Key=ref.key)["UploadId"]
+        upload_id = s3.create_multipart_upload(
+            Bucket=ref.bucket, Key=ref.key, Metadata=metadata or {}
+        )["UploadId"]
     try:
         with _calls(ref, writing=True), ThreadPoolExecutor(UPLOAD_THREADS) as pool:
             futures = [

@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
+    DONE,
     FAILED,
     PLANNING,
     QUEUED,
@@ -46,6 +48,9 @@ from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import local_copy, prepare, remove_segments, scratch, segment
 
 log = logging.getLogger(__name__)
+
+#: The object metadata key carrying a stitch's commit token (S3 lower-cases it).
+COMMIT_METADATA = "facefusion-commit"
 
 #: How often a running chunk publishes progress and looks for a cancel.
 WATCH_SECONDS = 0.5
@@ -405,12 +410,14 @@ def _swap_image_job(
     return result, False
 
 
-def _commit(staged: StagedOutput, output: Location) -> None:
+def _commit(staged: StagedOutput, output: Location, *, token: str | None = None) -> None:
     """Put a verified output in place: renamed onto a file, or uploaded to an object (completed
-    at the key only now, aborted on failure, so the key holds what it held before)."""
+    at the key only now, aborted on failure, so the key holds what it held before), carrying
+    the commit's `token` in its metadata."""
     try:
         if isinstance(output, ObjectRef):
-            objects.upload(staged.temp, output)
+            metadata = {COMMIT_METADATA: token} if token else None
+            objects.upload(staged.temp, output, metadata=metadata)
             staged.discard()
         else:
             staged.commit()
@@ -444,8 +451,11 @@ def _finish_image_job(
 def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | None:
     """Join the segments without re-encoding, add the original audio, verify the result, then
     commit it: the job moves to COMMITTING (a cancel can no longer win) before the rename, so
-    a cancel and a commit agree through the store. Idempotent: after success it does nothing."""
+    a cancel and a commit agree through the store. Idempotent: after success it does nothing.
+    Sent for a job stuck in COMMITTING (its stitcher died there), it finishes that commit."""
     job = store.get(job_id)
+    if job.get("state") == COMMITTING:
+        return _resume_commit(store, settings, job_id, job)
     if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
         return None  # ended (cancelled, failed, succeeded) or not ready
     target = locate(job["target"], settings, what="target")
@@ -467,14 +477,76 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
             frames=sum(c.frames for c in chunks),
             timeout=float(settings.chunk_time_limit),
         )
+        # What is about to be put in place, recorded before COMMITTING: a stitcher that dies
+        # after this point leaves a job whose output a later stitch can recognise or finish.
+        mark = _commit_mark(staged, output)
+        store.set_commit(job_id, json.dumps(mark))
         if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
             # Cancelled (or failed) while stitching: the user's file was never touched.
             staged.discard()
             if store.state(job_id) == CANCELLED:
                 remove_segments(settings, job_id, output=job["output"])
             return None
-        _commit(staged, output)
+        _commit(staged, output, token=mark.get("token"))
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
+    remove_segments(settings, job_id, output=job["output"])
+    return output
+
+
+def _commit_mark(staged: StagedOutput, output: Location) -> dict[str, Any]:
+    """How a later stitch tells this commit apart from anything else at the output: a file
+    keeps its inode, size and mtime through the rename; an object carries a token in its
+    metadata."""
+    if isinstance(output, ObjectRef):
+        return {"token": uuid.uuid4().hex}
+    st = staged.temp.stat()
+    return {"temp": staged.temp.name, "ino": st.st_ino, "size": st.st_size, "mtime": st.st_mtime_ns}
+
+
+def _marked(path: Path, mark: dict[str, Any]) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return (st.st_ino, st.st_size, st.st_mtime_ns) == (
+        mark.get("ino"),
+        mark.get("size"),
+        mark.get("mtime"),
+    )
+
+
+def _resume_commit(
+    store: JobStore, settings: Settings, job_id: str, job: dict[str, str]
+) -> Location | None:
+    """The stitcher died in COMMITTING, after verifying its output (the sweep saw no heartbeat
+    for stall_seconds, so it is not still working). Its output is in place, or its verified
+    temp still waits beside the destination: finish and record the success. Otherwise the
+    job fails as stalled, and `retry` stitches it again from the segments."""
+    output = locate(job["output"], settings, what="output")
+    if is_image_target(locate(job["target"], settings, what="target")):
+        # An image chunk marks itself done only once its output is in place.
+        if store.chunks(job_id)[0].get("state") == DONE:
+            return _finish_image_job(store, settings, job_id, output)
+        raise MediaError("the swap stopped while committing its image", reason=Reason.STALLED)
+    mark = json.loads(job.get("commit") or "{}")
+    if isinstance(output, ObjectRef):
+        try:
+            committed = objects.head(output).get("Metadata", {}).get(COMMIT_METADATA)
+        except InputError:  # no object there
+            committed = None
+        if not mark.get("token") or committed != mark["token"]:
+            raise MediaError("the stitch stopped while uploading its output", reason=Reason.STALLED)
+    elif not _marked(output, mark):
+        temp = output.with_name(str(mark.get("temp") or ".missing"))
+        if not _marked(temp, mark):
+            raise MediaError(
+                "the stitch stopped while committing its output, and its verified file is gone",
+                reason=Reason.STALLED,
+            )
+        StagedOutput(temp, output).commit()
+    log.warning("job %s: the commit its stitcher began is finished", job_id)
+    if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
+        return None
     remove_segments(settings, job_id, output=job["output"])
     return output
 

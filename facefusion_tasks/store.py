@@ -286,6 +286,11 @@ class JobStore:
         """The set of chunk indexes a worker is executing right now."""
         return f"{self._job(job_id)}:running"
 
+    def set_commit(self, job_id: str, mark: str) -> None:
+        """Record what the stitch is about to put in place (runner's commit mark), so a stitch
+        that dies while committing can be told apart from one that finished. Idempotent."""
+        self.r.hset(self._job(job_id), "commit", mark)
+
     def set_state(
         self,
         job_id: str,

@@ -37,10 +37,12 @@ def test_an_upload_of_many_parts_arrives_whole(
     local = tmp_path / "big.bin"
     local.write_bytes(data)
     ref = objects.ObjectRef(bucket, "out/big.bin")
-    objects.upload(local, ref)
+    objects.upload(local, ref, metadata={"facefusion-commit": "f00d"})
     s3 = client(objects_env())
     assert s3.get_object(Bucket=bucket, Key="out/big.bin")["Body"].read() == data
     assert uploads(s3, bucket) == []
+    # The commit token a stitch that resumes a commit recognises its upload by.
+    assert objects.head(ref)["Metadata"] == {"facefusion-commit": "f00d"}
 
 
 def objects_env() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -12,11 +13,22 @@ import pytest
 
 from facefusion_tasks import runner
 from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import MediaError
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.liveness import sweep
 from facefusion_tasks.metrics.keys import LIVE_KEY
 from facefusion_tasks.pipeline import SwapJob, run_swap
-from facefusion_tasks.store import CANCELLED, PLANNING, RUNNING, STITCHING, JobStore
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store import (
+    CANCELLED,
+    COMMITTING,
+    PLANNING,
+    RUNNING,
+    STITCHING,
+    SUCCEEDED,
+    JobStore,
+)
+from facefusion_tasks.video.probe import probe
 from facefusion_tasks.video.samples import make_sample_video
 
 
@@ -153,3 +165,86 @@ def test_a_writer_that_cannot_start_leaves_no_decoder_behind(media: Path, models
     assert _children() - before == set()
     assert not (media / "never.mp4").exists()
     assert threading.active_count() < 50
+
+
+def _stitchable(store: JobStore, settings: Settings, media: Path, name: str) -> str:
+    """A job whose every chunk is swapped into its segment, waiting for its stitch."""
+    job_id = store.create(
+        {
+            "source": str(media / "source.png"),
+            "target": str(media / "clip.mp4"),
+            "output": str(media / name),
+        }
+    )
+    for index in runner.plan_job(store, settings, job_id):
+        runner.run_chunk(store, settings, job_id, index, worker="w")
+    assert store.state(job_id) == RUNNING and not store.undone_chunks(job_id)
+    return job_id
+
+
+def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
+    store: JobStore, media: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stitcher killed after its rename, or between COMMITTING and the rename, leaves a job
+    in COMMITTING; the sweep sends a stitch, which recognises the committed file (or renames
+    the verified temp still waiting beside it) by the job's commit mark and records the
+    success. The kill is injected at the two points a SIGKILL cannot be timed to hit."""
+    settings = _settings(media, models_dir, stall_seconds=10)
+    frames = probe(media / "clip.mp4").frame_count
+    real_set_state = store.set_state
+
+    def die_before_success(job: str, state: str, **kwargs: object) -> bool:
+        if state == SUCCEEDED:
+            raise SystemExit("killed after the rename")
+        return real_set_state(job, state, **kwargs)  # type: ignore[arg-type]
+
+    def die_before_rename(*_args: object, **_kwargs: object) -> None:
+        raise SystemExit("killed before the rename")
+
+    # Killed after the rename: the file in place is the one the mark names.
+    after = _stitchable(store, settings, media, "after.mp4")
+    monkeypatch.setattr(store, "set_state", die_before_success)
+    with pytest.raises(SystemExit):
+        runner.stitch_job(store, settings, after)
+    monkeypatch.undo()
+    assert store.state(after) == COMMITTING
+    committed = (media / "after.mp4").stat()
+    sent: list[object] = []
+    sweep(
+        store,
+        settings,
+        enqueue=lambda *c: sent.append(c),
+        light_waiting=lambda: 0,
+        now=time.time() + 60,
+    )
+    assert sent == [("stitch", [after], 9)]
+    assert runner.stitch_job(store, settings, after) == media / "after.mp4"
+    assert store.state(after) == SUCCEEDED
+    assert (media / "after.mp4").stat().st_ino == committed.st_ino
+    assert probe(media / "after.mp4").frame_count == frames
+
+    # Killed between COMMITTING and the rename: the verified temp waits beside the output.
+    before = _stitchable(store, settings, media, "before.mp4")
+    monkeypatch.setattr(runner, "_commit", die_before_rename)
+    with pytest.raises(SystemExit):
+        runner.stitch_job(store, settings, before)
+    monkeypatch.undo()
+    temp = media / json.loads(store.get(before)["commit"])["temp"]
+    assert store.state(before) == COMMITTING and temp.exists()
+    assert not (media / "before.mp4").exists()
+    assert runner.stitch_job(store, settings, before) == media / "before.mp4"
+    assert store.state(before) == SUCCEEDED and not temp.exists()
+    assert probe(media / "before.mp4").frame_count == frames
+
+    # Neither in place nor waiting (an older file at the output is not mistaken for it): the
+    # job fails as stalled, with the segments kept for `retry`.
+    gone = _stitchable(store, settings, media, "after.mp4")
+    monkeypatch.setattr(runner, "_commit", die_before_rename)
+    with pytest.raises(SystemExit):
+        runner.stitch_job(store, settings, gone)
+    monkeypatch.undo()
+    (media / json.loads(store.get(gone)["commit"])["temp"]).unlink()
+    with pytest.raises(MediaError) as failed:
+        runner.stitch_job(store, settings, gone)
+    assert failed.value.reason == Reason.STALLED
+    assert (media / "after.mp4").stat().st_ino == committed.st_ino

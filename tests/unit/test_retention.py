@@ -90,9 +90,10 @@ def test_work_dirs_go_when_nothing_will_read_them(store: JobStore, tmp_path: Pat
     assert sorted(p.name for p in base.iterdir()) == sorted([running, failed, fresh, "not-a-job"])
 
 
-def test_a_job_stuck_committing_fails_as_stalled_and_retry_takes_it(store: JobStore) -> None:
-    """The stitch died between verifying its file and recording success: no task moves the job
-    on, so the sweep ends it with a reason, and `retry` may take it back."""
+def test_a_job_stuck_committing_gets_a_stitch_to_finish_its_commit(store: JobStore) -> None:
+    """The stitcher died between verifying its file and recording success: the sweep sends a
+    stitch, which finishes the commit from the job's commit mark or fails the job as stalled
+    (both in test_plan_and_stitch_races); past max_deliveries recoveries the sweep fails it."""
     from facefusion_tasks.liveness import sweep
     from facefusion_tasks.store import COMMITTING, STITCHING
 
@@ -100,14 +101,16 @@ def test_a_job_stuck_committing_fails_as_stalled_and_retry_takes_it(store: JobSt
     assert store.set_state(job_id, STITCHING) and store.set_state(job_id, COMMITTING)
     settings = Settings.from_env({}, stall_seconds=10)
     sent: list[tuple[str, list[object], int]] = []
-    report = sweep(
-        store,
-        settings,
-        enqueue=lambda *call: sent.append(call),
-        light_waiting=lambda: 0,
-        now=time.time() + 60,
-    )
+    later = time.time() + 60
+    for round_ in range(settings.max_deliveries + 1):
+        report = sweep(
+            store,
+            settings,
+            enqueue=lambda *call: sent.append(call),
+            light_waiting=lambda: 0,
+            now=later + 60 * round_,
+        )
+    assert sent == [("stitch", [job_id], 9)] * settings.max_deliveries
     assert report.failed_jobs == [(job_id, Reason.STALLED)]
-    assert sent == []  # nothing to send: a stitch cannot resume a commit
     assert store.state(job_id) == FAILED
     assert store.reopen(job_id, planned=True, from_states=(FAILED,))
