@@ -480,6 +480,8 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         # What is about to be put in place, recorded before COMMITTING: a stitcher that dies
         # after this point leaves a job whose output a later stitch can recognise or finish.
         mark = _commit_mark(staged, output)
+        # With the sweep's count of recoveries so far: only a later claim may resume it.
+        mark["recoveries"] = int(store.get(job_id).get("recoveries") or 0)
         store.set_commit(job_id, json.dumps(mark))
         if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
             # Cancelled (or failed) while stitching: the user's file was never touched.
@@ -518,17 +520,21 @@ def _marked(path: Path, mark: dict[str, Any]) -> bool:
 def _resume_commit(
     store: JobStore, settings: Settings, job_id: str, job: dict[str, str]
 ) -> Location | None:
-    """The stitcher died in COMMITTING, after verifying its output (the sweep saw no heartbeat
-    for stall_seconds, so it is not still working). Its output is in place, or its verified
+    """The stitcher died in COMMITTING, after verifying its output (a sweep claimed the job
+    after stall_seconds without a heartbeat, so it is not still working). Its output is in place, or its verified
     temp still waits beside the destination: finish and record the success. Otherwise the
     job fails as stalled, and `retry` stitches it again from the segments."""
+    mark = json.loads(job.get("commit") or "{}")
+    if int(job.get("recoveries") or 0) <= int(mark.get("recoveries", -1)):
+        # No sweep has found the stitcher silent since it began committing: a duplicate
+        # message (a redelivery) while it may still be uploading. It finishes on its own.
+        return None
     output = locate(job["output"], settings, what="output")
     if is_image_target(locate(job["target"], settings, what="target")):
         # An image chunk marks itself done only once its output is in place.
         if store.chunks(job_id)[0].get("state") == DONE:
             return _finish_image_job(store, settings, job_id, output)
         raise MediaError("the swap stopped while committing its image", reason=Reason.STALLED)
-    mark = json.loads(job.get("commit") or "{}")
     if isinstance(output, ObjectRef):
         try:
             committed = objects.head(output).get("Metadata", {}).get(COMMIT_METADATA)

@@ -182,6 +182,19 @@ def _stitchable(store: JobStore, settings: Settings, media: Path, name: str) -> 
     return job_id
 
 
+def _swept(store: JobStore, settings: Settings, job_id: str) -> None:
+    """A sweep, stall_seconds later, finds the job silent in COMMITTING and sends a stitch."""
+    sent: list[object] = []
+    sweep(
+        store,
+        settings,
+        enqueue=lambda *c: sent.append(c),
+        light_waiting=lambda: 0,
+        now=time.time() + 60,
+    )
+    assert sent == [("stitch", [job_id], 9)]
+
+
 def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
     store: JobStore, media: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -209,15 +222,11 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
     monkeypatch.undo()
     assert store.state(after) == COMMITTING
     committed = (media / "after.mp4").stat()
-    sent: list[object] = []
-    sweep(
-        store,
-        settings,
-        enqueue=lambda *c: sent.append(c),
-        light_waiting=lambda: 0,
-        now=time.time() + 60,
-    )
-    assert sent == [("stitch", [after], 9)]
+    # Before a sweep has found its stitcher silent, a duplicate stitch message leaves the
+    # commit alone (the stitcher may still be uploading).
+    assert runner.stitch_job(store, settings, after) is None
+    assert store.state(after) == COMMITTING
+    _swept(store, settings, after)
     assert runner.stitch_job(store, settings, after) == media / "after.mp4"
     assert store.state(after) == SUCCEEDED
     assert (media / "after.mp4").stat().st_ino == committed.st_ino
@@ -232,6 +241,7 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
     temp = media / json.loads(store.get(before)["commit"])["temp"]
     assert store.state(before) == COMMITTING and temp.exists()
     assert not (media / "before.mp4").exists()
+    _swept(store, settings, before)
     assert runner.stitch_job(store, settings, before) == media / "before.mp4"
     assert store.state(before) == SUCCEEDED and not temp.exists()
     assert probe(media / "before.mp4").frame_count == frames
@@ -244,6 +254,7 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
         runner.stitch_job(store, settings, gone)
     monkeypatch.undo()
     (media / json.loads(store.get(gone)["commit"])["temp"]).unlink()
+    _swept(store, settings, gone)
     with pytest.raises(MediaError) as failed:
         runner.stitch_job(store, settings, gone)
     assert failed.value.reason == Reason.STALLED
