@@ -64,7 +64,7 @@ def sweep(
     now: float | None = None,
 ) -> SweepReport:
     """Recover every chunk with no frame progress for `stall_seconds` and every job stuck in
-    QUEUED, PLANNING or STITCHING as long. Safe to run on many hosts at once, and idempotent:
+    QUEUED, PLANNING, STITCHING or COMMITTING as long. Safe to run on many hosts at once, and idempotent:
     each item is claimed by one atomic script before anything is sent or failed."""
     now = time.time() if now is None else now
     cutoff = now - settings.stall_seconds

@@ -644,8 +644,8 @@ class JobStore:
         return [(str(job_id), float(score)) for job_id, score in stale]
 
     def claim_stalled_job(self, job_id: str, *, cutoff: float) -> tuple[str, int] | None:
-        """Claim a job stuck in QUEUED, PLANNING or STITCHING since before `cutoff` (its clock
-        restarts); (state, recoveries so far) or None when another sweeper got it first."""
+        """Claim a job stuck in QUEUED, PLANNING, RUNNING (all chunks done, no stitch),
+        STITCHING or COMMITTING since before `cutoff` (its clock restarts); (state, recoveries so far) or None when another sweeper got it first."""
         claimed = self._claim_stalled_job(
             keys=[LIVE_KEY, self._job(job_id)], args=[job_id, cutoff, time.time()]
         )

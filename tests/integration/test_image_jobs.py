@@ -81,8 +81,8 @@ def test_a_worker_lost_between_commit_and_success_is_finished_by_the_stitch(
     store: JobStore, root: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The chunk renamed the output into place and marked itself done, then died before
-    recording success; the sweep fails the job (COMMITTING, stalled) and `retry` sends a
-    stitch, which finds the committed output and records the success."""
+    recording success; a stitch (sent by the sweep, or by `retry` as here) finds the
+    committed output and records the success."""
     settings = _settings(root, models_dir)
     job_id = _planned_job(store, settings, root)
     real = store.set_state

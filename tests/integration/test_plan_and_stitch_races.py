@@ -95,6 +95,20 @@ def test_a_cancel_while_planning_sends_nothing_and_leaves_nothing_forever(
     assert keys and all(store.r.ttl(k) > 0 for k in keys), {k: store.r.ttl(k) for k in keys}
 
 
+def _swept(store: JobStore, settings: Settings, job_id: str, *, later: float = 60) -> None:
+    """A sweep, `later` seconds from now (past stall_seconds), finds the job silent in
+    STITCHING or COMMITTING and sends it a stitch, and nothing else."""
+    sent: list[object] = []
+    sweep(
+        store,
+        settings,
+        enqueue=lambda *c: sent.append(c),
+        light_waiting=lambda: 0,
+        now=time.time() + later,
+    )
+    assert sent == [("stitch", [job_id], 9)]
+
+
 def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobStore) -> None:
     settings = Settings.from_env({}, stall_seconds=2, heartbeat_seconds=0.2, sweep_seconds=1)
     job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
@@ -107,14 +121,7 @@ def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobSt
     assert (sent, report.failed_jobs) == ([], [])
     assert store.state(job_id) == STITCHING
     # Once the stitch really stops, its clock runs out and the sweep steps in.
-    report = sweep(
-        store,
-        settings,
-        enqueue=lambda *c: sent.append(c),
-        light_waiting=lambda: 0,
-        now=time.time() + 5,
-    )
-    assert sent == [("stitch", [job_id], 9)]
+    _swept(store, settings, job_id, later=5)
 
 
 def test_a_chunk_that_finishes_after_a_cancel_stays_cancelled_and_expires(
@@ -180,19 +187,6 @@ def _stitchable(store: JobStore, settings: Settings, media: Path, name: str) -> 
         runner.run_chunk(store, settings, job_id, index, worker="w")
     assert store.state(job_id) == RUNNING and not store.undone_chunks(job_id)
     return job_id
-
-
-def _swept(store: JobStore, settings: Settings, job_id: str) -> None:
-    """A sweep, stall_seconds later, finds the job silent in COMMITTING and sends a stitch."""
-    sent: list[object] = []
-    sweep(
-        store,
-        settings,
-        enqueue=lambda *c: sent.append(c),
-        light_waiting=lambda: 0,
-        now=time.time() + 60,
-    )
-    assert sent == [("stitch", [job_id], 9)]
 
 
 def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(

@@ -120,19 +120,26 @@ def test_local_mode_swaps_objects_into_an_object(
     assert "X-Amz" not in done.stdout + done.stderr
 
 
-def test_two_workers_sharing_no_directory_swap_an_object_exactly(
-    fleet: Cluster, s3: Any, inputs: Path, tmp_path: Path
-) -> None:
-    scratches = [_start(fleet, tmp_path, "w1"), _start(fleet, tmp_path, "w2")]
+def _swap_vfr_clip(fleet: Cluster, output_key: str) -> tuple[str, Any]:
+    """Submit the VFR clip, media only in the bucket, in half-second chunks to `output_key`;
+    the job id and its final status, which must be SUCCEEDED."""
     producer = fleet.producer()
     job_id = producer.submit(
         f"s3://{BUCKET}/in/face.png",
         f"s3://{BUCKET}/in/vfr.mov",
-        f"s3://{BUCKET}/out/vfr.mov",
+        f"s3://{BUCKET}/{output_key}",
         chunk_seconds=0.5,
     )
     status = producer.wait(job_id, timeout=150)
     assert status.state == SUCCEEDED, (status.reason, status.error)
+    return job_id, status
+
+
+def test_two_workers_sharing_no_directory_swap_an_object_exactly(
+    fleet: Cluster, s3: Any, inputs: Path, tmp_path: Path
+) -> None:
+    scratches = [_start(fleet, tmp_path, "w1"), _start(fleet, tmp_path, "w2")]
+    job_id, status = _swap_vfr_clip(fleet, "out/vfr.mov")
     assert status.chunks_total >= 5 and status.chunks_done == status.chunks_total
     assert {c["worker"].split("-", 1)[0] for c in status.chunks} == {"w1", "w2"}
     output = _fetch(s3, "out/vfr.mov", tmp_path / "vfr.mov")
@@ -152,15 +159,7 @@ def test_a_webm_object_is_stitched_from_webm_segments_kept_in_the_bucket(
     fleet: Cluster, s3: Any, inputs: Path, tmp_path: Path
 ) -> None:
     _start(fleet, tmp_path, "w1")
-    producer = fleet.producer()
-    job_id = producer.submit(
-        f"s3://{BUCKET}/in/face.png",
-        f"s3://{BUCKET}/in/vfr.mov",
-        f"s3://{BUCKET}/out/vfr.webm",
-        chunk_seconds=0.5,
-    )
-    status = producer.wait(job_id, timeout=150)
-    assert status.state == SUCCEEDED, (status.reason, status.error)
+    _, status = _swap_vfr_clip(fleet, "out/vfr.webm")
     assert status.chunks_total >= 5
     output = _fetch(s3, "out/vfr.webm", tmp_path / "vfr.webm")
     codecs = {s["codec_type"]: s["codec_name"] for s in streams(output)}
