@@ -16,7 +16,7 @@ from facefusion_tasks.errors import InputError
 from facefusion_tasks.faces import align
 from facefusion_tasks.faces.detector import Detector, Letterboxed
 from facefusion_tasks.faces.embedder import Embedder
-from facefusion_tasks.faces.paste import feather_mask, paste_back
+from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.faces.swapper import SWAP_SIZE, Swapper
 from facefusion_tasks.faces.types import Face
@@ -94,7 +94,7 @@ class FaceEngine:
         self.reference_distance = reference_distance
         self.latent: np.ndarray | None = None
         self.reference: np.ndarray | None = None
-        self.mask = feather_mask(SWAP_SIZE)
+        self.feather = Feather.of(feather_mask(SWAP_SIZE))
         self.clock = StageClock()
 
     def _largest_face(self, image: np.ndarray, what: str, path: Path) -> Face:
@@ -196,7 +196,7 @@ class FaceEngine:
         so one frame's faces are never split across threads); returns how many."""
         with self.clock.stage("paste"):
             for face_crop, matrix in work.faces:
-                paste_back(work.frame, face_crop, matrix, self.mask)
+                paste_back(work.frame, face_crop, matrix, self.feather)
         return len(work.faces)
 
     def process(self, frames: Sequence[np.ndarray], pool: CpuPool = SERIAL) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -16,46 +18,64 @@ def feather_mask(size: int, *, border: float = 0.1, blur: float = 0.08) -> np.nd
     return cv2.GaussianBlur(mask, (0, 0), sigma)
 
 
-def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray) -> None:
-    """Blend `crop` (aligned with frame->crop affine `matrix`) into `frame` in place.
+@dataclass(frozen=True)
+class Feather:
+    """A feather mask as paste_back uses it: 8-bit, with a one-pixel frame of zeros, so that
+    warped as the crop's alpha channel it fades to 0 past the crop's edge as the float mask
+    warped with a zero border did."""
 
-    Only the face's bounding box in the frame is warped (not the whole frame three times, as
-    insightface does), which keeps paste-back cost proportional to the face, not the frame.
-    """
-    size = crop.shape[0]
+    alpha: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> Feather:
+        """The 8-bit, framed copy of a float mask in [0, 1]."""
+        alpha = np.clip(np.rint(mask * 255.0), 0, 255).astype(np.uint8)
+        return cls(cv2.copyMakeBorder(alpha, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0))
+
+
+def face_box(
+    matrix: np.ndarray, size: int, height: int, width: int
+) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1): the frame pixels a size×size crop aligned by frame->crop `matrix`
+    covers, clipped to the frame; None when it lies outside."""
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
     mapped = corners @ inverse.T
-    height, width = frame.shape[:2]
     x0 = max(int(np.floor(mapped[:, 0].min())), 0)
     y0 = max(int(np.floor(mapped[:, 1].min())), 0)
     x1 = min(int(np.ceil(mapped[:, 0].max())) + 1, width)
     y1 = min(int(np.ceil(mapped[:, 1].max())) + 1, height)
     if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, feather: Feather) -> None:
+    """Blend `crop` (aligned with frame->crop affine `matrix`) into `frame` in place.
+
+    Only the face's bounding box in the frame is warped (not the whole frame three times, as
+    insightface does), which keeps paste-back cost proportional to the face, not the frame.
+    """
+    box = face_box(matrix, crop.shape[0], *frame.shape[:2])
+    if box is None:
         return
-    local = inverse.copy()
-    local[:, 2] -= (x0, y0)
-    box = (x1 - x0, y1 - y0)
-    # Warped as BGRA: OpenCV's 4-channel bilinear warp is about twice as fast as its 3-channel
-    # one and gives the same B, G and R values (the equality test guards it).
-    face = cv2.cvtColor(
-        cv2.warpAffine(
-            cv2.cvtColor(crop, cv2.COLOR_BGR2BGRA), local, box,
-            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
-        ),
-        cv2.COLOR_BGRA2BGR,
+    x0, y0, x1, y1 = box
+    # One warp for colour and mask together: the crop as BGRA with the feather as its alpha
+    # (OpenCV's 4-channel bilinear warp costs what its 3-channel one does, so the mask rides
+    # free). Colour replicates past the edge as before; the framed alpha fades to 0 there.
+    source = cv2.merge((*cv2.split(cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_REPLICATE)),
+                        feather.alpha))  # fmt: skip
+    # Frame (x0 + x, y0 + y) -> crop, + 1 for the frame of padding.
+    local = np.asarray(matrix, np.float64).copy()
+    local[:, 2] += local[:, 0] * x0 + local[:, 1] * y0 + 1.0
+    warped = cv2.warpAffine(
+        source, local, (x1 - x0, y1 - y0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
     )  # fmt: skip
-    alpha = cv2.warpAffine(mask, local, box, flags=cv2.INTER_LINEAR, borderValue=0.0)
+    alpha = np.multiply(warped[..., 3], np.float32(1.0 / 255.0), dtype=np.float32)
     region = frame[y0:y1, x0:x1]
-    # region + alpha * (face - region), + 0.5, truncated to uint8: the same float32 operations
-    # as ever (each one exactly rounded, so OpenCV's and numpy's agree bit for bit), with the
-    # uint8 -> float32 widening folded into the subtraction and the addition instead of two
-    # more passes, and alpha widened to 3 channels rather than broadcast from a trailing axis
-    # of 1 (numpy's slow path). No clip to 0..255: rounding is monotonic, so with alpha in
-    # [0, 1] (give or take a rounding) the blend stays between region and face, and after
-    # + 0.5 truncation lands in 0..255 exactly where a clip first would have put it.
-    out = cv2.subtract(face, region, dtype=cv2.CV_32F)
-    cv2.multiply(out, cv2.merge((alpha, alpha, alpha)), dst=out)
-    out = cv2.add(region, out, dtype=cv2.CV_32F)
-    np.add(out, np.float32(0.5), out=out)
-    np.copyto(region, out, casting="unsafe")
+    # One rounding pass: face·a + region·(1 − a), straight into the frame. Against the float
+    # formula this replaces (float mask warped apart, float blend, + 0.5 truncated), 1.3 % of
+    # pixels differ by one grey level and none by more in the test's 2·10^8.
+    cv2.blendLinear(cv2.cvtColor(warped, cv2.COLOR_BGRA2BGR), region, alpha, 1.0 - alpha,
+                    dst=region)  # fmt: skip

@@ -15,7 +15,7 @@ from facefusion_tasks.faces import align
 from facefusion_tasks.faces.detector import Detector
 from facefusion_tasks.faces.engine import mean_identity
 from facefusion_tasks.faces.loader import load_models
-from facefusion_tasks.faces.paste import feather_mask, paste_back
+from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
 from tests.media import write_second_face, write_source_face
 
@@ -113,7 +113,7 @@ def test_paste_back_changes_only_the_face_box() -> None:
     matrix = align.estimate_norm(kps, 128)
     crop = np.full((128, 128, 3), 250, np.uint8)
     before = frame.copy()
-    paste_back(frame, crop, matrix, feather_mask(128))
+    paste_back(frame, crop, matrix, Feather.of(feather_mask(128)))
     changed = np.argwhere(np.any(frame != before, axis=2))
     corners = (
         np.c_[[[0, 0], [128, 0], [0, 128], [128, 128]], np.ones(4)]

@@ -1,5 +1,6 @@
 """The per-frame CPU work in a thread pool, and its vectorised and buffer-saving rewrites, give
-bit-identical results to the serial, per-face code they replaced."""
+bit-identical results to the serial, per-face code they replaced; paste-back's single warp
+stays within a grey level of the float formula."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.faces import align
 from facefusion_tasks.faces.detector import Detector
 from facefusion_tasks.faces.loader import load_models
-from facefusion_tasks.faces.paste import feather_mask, paste_back
+from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.video.samples import face_positions, synthetic_frame
@@ -36,6 +37,7 @@ def _letterbox_on_canvas(frame: np.ndarray, size: int) -> tuple[np.ndarray, floa
 def _paste_as_it_was(
     frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray
 ) -> None:
+    """The float formula: the float mask warped apart, region + alpha·(face − region), + 0.5."""
     size = crop.shape[0]
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
@@ -82,9 +84,11 @@ def test_alignment_of_many_faces_at_once_equals_one_by_one() -> None:
             assert np.array_equal(align.estimate_norm(one, 128), matrix)
 
 
-def test_paste_back_as_bgra_with_fused_widening_and_no_clip_equals_the_broadcast_formula() -> None:
+def test_paste_back_is_within_a_grey_level_of_the_float_formula_but_for_a_handful() -> None:
     rng = np.random.default_rng(1)
     mask = feather_mask(128)
+    feather = Feather.of(mask)
+    counts = np.zeros(256, np.int64)
     for trial in range(300):
         frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
         turn = rng.uniform(-np.pi, np.pi)  # any roll, so the warp samples at every phase
@@ -93,14 +97,19 @@ def test_paste_back_as_bgra_with_fused_widening_and_no_clip_equals_the_broadcast
         kps = kps + rng.uniform(-60, 600, 2)
         kps = (kps + rng.normal(0, 3, kps.shape)).astype(np.float32)
         crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        if trial % 3:  # the extremes, where a clip would act if anything went out of range
+        if trial % 3:  # the extremes: a black frame under a white face, or the other way round
             frame[...] = 255 * (trial % 3 == 1)
             crop[...] = 255 * (trial % 3 == 2)
         matrix = align.estimate_norm(kps, 128)
         expected, got = frame.copy(), frame.copy()
         _paste_as_it_was(expected, crop, matrix, mask)
-        paste_back(got, crop, matrix, mask)
-        assert np.array_equal(got, expected)
+        paste_back(got, crop, matrix, feather)
+        counts += np.bincount(np.abs(got.astype(int) - expected).ravel(), minlength=256)
+    total = counts.sum()
+    assert counts[3:].sum() == 0
+    assert counts[2] <= total * 1e-7
+    assert counts[1] <= total * 0.02
+    assert counts[1] > 0  # not vacuous: the pastes did land in the frames
 
 
 def _frames(count: int, faces: int) -> list[np.ndarray]:
