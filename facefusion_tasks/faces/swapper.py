@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -70,6 +71,19 @@ class Swapper:
             feeds = {self.target_name: blob[start:stop], self.source_name: source}
             return self.session.run([self.output_name], feeds)[0]
 
-        out = np.concatenate(self.backoff.run(len(blob), call))
-        pixels = np.clip(out.transpose(0, 2, 3, 1)[..., ::-1] * 255.0, 0, 255)
-        return np.ascontiguousarray(pixels.round().astype(np.uint8))
+        return to_bgr_crops(np.concatenate(self.backoff.run(len(blob), call)))
+
+
+def to_bgr_crops(out: np.ndarray) -> np.ndarray:
+    """The model's (N,3,H,W) RGB in [0, 1] -> (N,H,W,3) BGR uint8: ×255 in float32, rounded
+    half to even and clipped to 0..255, as numpy's clip, round and astype did, but contiguous:
+    numpy's pass over the transposed, reversed view cost 15× more (3 ms for 8 faces)."""
+    count, channels, height, width = out.shape
+    scaled = np.multiply(out, np.float32(255.0), dtype=np.float32)
+    # cv2's float -> uint8 conversion rounds half to even and saturates: numpy's round + clip.
+    planes = cv2.add(scaled.reshape(count * channels, -1), 0.0, dtype=cv2.CV_8U)
+    planes = planes.reshape(count, channels, height, width)
+    crops = np.empty((count, height, width, channels), np.uint8)
+    for plane, crop in zip(planes, crops, strict=True):
+        cv2.merge(tuple(plane[::-1]), dst=crop)
+    return crops

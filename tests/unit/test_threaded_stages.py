@@ -17,6 +17,7 @@ from facefusion_tasks.faces.detector import Detector
 from facefusion_tasks.faces.loader import load_models
 from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
+from facefusion_tasks.faces.swapper import to_bgr_crops
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.video.samples import face_positions, synthetic_frame
 
@@ -166,3 +167,18 @@ def test_finer_stages_fold_into_the_metric_stage_labels() -> None:
     )
     assert folded == {"detect": 3.5, "swap": 1.25, "paste": 3.0}
     assert set(folded) <= set(STAGES)
+
+
+def test_swapped_crops_convert_to_bgr_as_numpy_rounded_and_clipped_them() -> None:
+    rng = np.random.default_rng(2)
+    for count in (1, 5):
+        out = rng.uniform(-0.5, 1.5, (count, 3, 128, 128)).astype(np.float32)
+        # Exact halves after ×255 (k/510), where round-half-to-even and half-up would differ.
+        ties = out.reshape(-1)[::5]
+        ties[...] = rng.integers(-20, 530, ties.size) / np.float32(510.0)
+        out.reshape(-1)[::5] = ties
+        expected = np.clip(out.transpose(0, 2, 3, 1)[..., ::-1] * 255.0, 0, 255)
+        expected = np.ascontiguousarray(expected.round().astype(np.uint8))
+        got = to_bgr_crops(out)
+        assert got.flags.c_contiguous and got.shape == (count, 128, 128, 3)
+        assert np.array_equal(got, expected)
