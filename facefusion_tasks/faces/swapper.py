@@ -81,7 +81,8 @@ def to_bgr_crops(out: np.ndarray) -> np.ndarray:
     count, channels, height, width = out.shape
     scaled = np.multiply(out, np.float32(255.0), dtype=np.float32)
     # cv2's float -> uint8 conversion rounds half to even and saturates: numpy's round + clip.
-    planes = cv2.add(scaled.reshape(count * channels, -1), 0.0, dtype=cv2.CV_8U)
+    # (OpenCV's stubs list no scalar overload for add, though the binding takes one.)
+    planes = cv2.add(scaled.reshape(count * channels, -1), 0.0, dtype=cv2.CV_8U)  # type: ignore[call-overload]
     planes = planes.reshape(count, channels, height, width)
     crops = np.empty((count, height, width, channels), np.uint8)
     for plane, crop in zip(planes, crops, strict=True):
