@@ -9,11 +9,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from facefusion_tasks.config import Settings
-
-#: Chunk work (decode, models, encode): consumed by GPU workers.
-GPU_QUEUE = "gpu"
-#: Planning and stitching: cheap, no models; any worker with ffmpeg and the shared storage.
-LIGHT_QUEUE = "light"
+from facefusion_tasks.queue_names import GPU_QUEUE, LIGHT_QUEUE
 
 #: Set by `facefusion-tasks worker` for processes that serve the gpu queue (preload models).
 PRELOAD_ENV = "FACEFUSION_PRELOAD_MODELS"

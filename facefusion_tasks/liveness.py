@@ -61,16 +61,25 @@ def sweep(
     *,
     enqueue: Enqueue,
     light_waiting: Callable[[], int],
+    gpu_waiting: Callable[[], int],
     now: float | None = None,
 ) -> SweepReport:
-    """Recover every chunk with no frame progress for `stall_seconds` and every job stuck in
-    QUEUED, PLANNING, STITCHING or COMMITTING as long. Safe to run on many hosts at once, and idempotent:
-    each item is claimed by one atomic script before anything is sent or failed."""
+    """Recover every chunk with no frame progress for `stall_seconds`, every chunk whose
+    message has not reached a worker as long, and every job stuck in QUEUED, PLANNING,
+    STITCHING or COMMITTING as long. Safe to run on many hosts at once, and idempotent: each
+    item is claimed by one atomic script before anything is sent or failed. `light_waiting`
+    and `gpu_waiting` count the messages waiting in those queues."""
     now = time.time() if now is None else now
     cutoff = now - settings.stall_seconds
     report = SweepReport()
     for job_id, index, _beat in store.stale_chunks(cutoff):
         _recover_chunk(store, settings, job_id, index, cutoff, now, enqueue, report)
+    # A chunk's message may simply be waiting behind others: only a chunk still waiting while
+    # the gpu queue is empty has lost its message (Redis lost it, or someone purged the queue).
+    unsent = store.stale_pending(cutoff)
+    if unsent and gpu_waiting() == 0:
+        for job_id, index, _sent in unsent:
+            _resend_chunk(store, settings, job_id, index, cutoff, now, enqueue, report)
     stale_jobs = store.stale_jobs(cutoff)
     # A QUEUED job's plan message may simply be waiting behind others: only a job still QUEUED
     # while the light queue is empty has lost its message.
@@ -152,7 +161,7 @@ def _recover_chunk(
     report: SweepReport,
 ) -> None:
     claimed = store.claim_stalled_chunk(
-        job_id, index, cutoff=cutoff, error=f"no progress for {settings.stall_seconds} s"
+        job_id, index, cutoff=cutoff, error=f"no progress for {settings.stall_seconds} s", now=now
     )
     if claimed is None:
         return
@@ -171,6 +180,28 @@ def _recover_chunk(
         _fail(store, job_id, index, Reason.STALLED, message, report)
         return
     log.warning("chunk %s/%s made no progress since %.0f s; requeued", job_id, index, now - beat)
+    enqueue("chunk", [job_id, index], _priority(store, job_id))
+    report.requeued_chunks.append((job_id, index))
+
+
+def _resend_chunk(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    index: int,
+    cutoff: float,
+    now: float,
+    enqueue: Enqueue,
+    report: SweepReport,
+) -> None:
+    resent = store.claim_unsent_chunk(job_id, index, cutoff=cutoff, now=now)
+    if resent is None:
+        return
+    if resent > settings.max_deliveries:
+        message = f"chunk {index} was sent {resent} times and no worker took it"
+        _fail(store, job_id, index, Reason.STALLED, message, report)
+        return
+    log.warning("chunk %s/%s never reached a worker; sent again", job_id, index)
     enqueue("chunk", [job_id, index], _priority(store, job_id))
     report.requeued_chunks.append((job_id, index))
 
@@ -227,6 +258,7 @@ def run_periodically(
     *,
     enqueue: Enqueue,
     light_waiting: Callable[[], int],
+    gpu_waiting: Callable[[], int],
     on_report: Callable[[SweepReport], None],
     stop: threading.Event | None = None,
 ) -> threading.Thread:
@@ -239,7 +271,11 @@ def run_periodically(
             try:
                 ttl_ms = max(100, int(settings.sweep_seconds * 900))
                 if store.r.set(SWEEP_LOCK, os.getpid(), nx=True, px=ttl_ms):
-                    on_report(sweep(store, settings, enqueue=enqueue, light_waiting=light_waiting))
+                    report = sweep(
+                        store, settings, enqueue=enqueue, light_waiting=light_waiting,
+                        gpu_waiting=gpu_waiting,
+                    )  # fmt: skip
+                    on_report(report)
             except (redis.RedisError, OSError) as exc:  # try again next period
                 log.warning("stall sweep failed: %s", exc)
             except Exception:  # never let a bug end the thread: the sweep is the safety net

@@ -15,8 +15,17 @@ from redis.retry import Retry
 
 from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.jobs import Chunk
-from facefusion_tasks.metrics.keys import LIVE_KEY, RUNNING_KEY
+from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store_scripts import (
+    CHUNK_ATTEMPT_ENDED,
+    CHUNK_DELIVERED,
+    CHUNK_DONE,
+    CLAIM_METERING,
+    CLAIM_STALLED_CHUNK,
+    CLAIM_STALLED_JOB,
+    CLAIM_UNSENT_CHUNK,
+)
 
 PREFIX = "facefusion"
 
@@ -38,125 +47,12 @@ PENDING, DONE = "PENDING", "DONE"
 WATCHED = frozenset({QUEUED, PLANNING, STITCHING, COMMITTING})
 
 
-# Every script below answers the same when redis-py re-sends it after a timeout (the first
-# run may have happened while the client stopped waiting): the caller's token, recorded in the
-# same atomic step, tells "my earlier run did it" from "someone else did it".
-
-#: KEYS: chunk, done set, job, running set, live set. ARGV: index, frames, token, running
-#: member, job id, now. The job that completes its set enters the live index: if the stitch
-#: message is lost before the stitch starts, the sweep sends it again.
-_CHUNK_DONE = """
-local job_state = redis.call('HGET', KEYS[3], 'state')
-redis.call('ZREM', KEYS[4], ARGV[4])
-if not job_state or job_state == 'CANCELLED' or job_state == 'SUCCEEDED' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', 'DONE', 'frames_done', ARGV[2], 'error', '')
-redis.call('SADD', KEYS[2], ARGV[1])
-local ttl = redis.call('TTL', KEYS[3])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-local total = tonumber(redis.call('HGET', KEYS[3], 'chunks_total') or '0')
-if total == 0 or redis.call('SCARD', KEYS[2]) ~= total then
-  return 0
-end
-if redis.call('HSETNX', KEYS[3], 'stitch_token', ARGV[3]) == 1
-   and redis.call('HGET', KEYS[3], 'state') == 'RUNNING' then
-  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5])
-end
-if redis.call('HGET', KEYS[3], 'stitch_token') == ARGV[3] then
-  return 1
-end
-return 0
-"""
-
-#: KEYS: job. ARGV: token.
-_CLAIM_METERING = """
-redis.call('HSETNX', KEYS[1], 'metered', ARGV[1])
-if redis.call('HGET', KEYS[1], 'metered') == ARGV[1] then
-  return 1
-end
-return 0
-"""
-
-#: KEYS: chunk, running set. ARGV: token, now, worker, pid, member. Returns {deliveries,
-#: finished, state}; a re-sent call with the same token counts once. A chunk with no record (its
-#: job is gone) is not created.
-_CHUNK_DELIVERED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {1, 0, ''}
-end
-if redis.call('HGET', KEYS[1], 'delivery_token') ~= ARGV[1] then
-  redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-  redis.call('HSET', KEYS[1], 'delivery_token', ARGV[1], 'started_at', ARGV[2],
-             'heartbeat_at', ARGV[2], 'worker', ARGV[3], 'pid', ARGV[4])
-  if redis.call('HGET', KEYS[1], 'state') ~= 'DONE' then
-    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
-  end
-end
-return {tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'),
-        tonumber(redis.call('HGET', KEYS[1], 'finished') or '0'),
-        redis.call('HGET', KEYS[1], 'state') or ''}
-"""
-
-#: KEYS: chunk. ARGV: token (the delivery's). An attempt that ended in the task's own code
-#: (success, failure, retry) is not a lost delivery.
-_CHUNK_ATTEMPT_ENDED = """
-if redis.call('HGET', KEYS[1], 'ended_token') ~= ARGV[1] then
-  redis.call('HINCRBY', KEYS[1], 'finished', 1)
-  redis.call('HSET', KEYS[1], 'ended_token', ARGV[1])
-end
-return 1
-"""
-
-#: KEYS: chunk, running set, job. ARGV: member, cutoff, error. Takes a stale chunk (RUNNING, or
-#: still PENDING when it hung before its first frame, e.g. loading models) out of the running set (one sweeper wins) and puts it back to PENDING; returns
-#: {deliveries, finished, started_at, heartbeat_at} or false when there is nothing to do.
-_CLAIM_STALLED_CHUNK = """
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then
-  return false
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
-local job_state = redis.call('HGET', KEYS[3], 'state')
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'DONE' or state == 'FAILED' or state == 'CANCELLED' or not job_state
-   or job_state == 'SUCCEEDED' or job_state == 'FAILED' or job_state == 'CANCELLED' then
-  return false
-end
-redis.call('HSET', KEYS[1], 'state', 'PENDING', 'error', ARGV[3])
-return {redis.call('HGET', KEYS[1], 'deliveries') or '0',
-        redis.call('HGET', KEYS[1], 'finished') or '0',
-        redis.call('HGET', KEYS[1], 'started_at') or '0',
-        score}
-"""
-
-#: KEYS: live set, job. ARGV: job id, cutoff, now. Claims a job stuck in QUEUED, PLANNING or
-#: STITCHING, or RUNNING with every chunk done and no stitch started (one sweeper wins; the
-#: clock restarts); returns {state, recoveries} or false.
-_CLAIM_STALLED_JOB = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then
-  return false
-end
-local state = redis.call('HGET', KEYS[2], 'state')
-if state ~= 'QUEUED' and state ~= 'PLANNING' and state ~= 'STITCHING' and state ~= 'RUNNING'
-   and state ~= 'COMMITTING' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return false
-end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return {state, redis.call('HINCRBY', KEYS[2], 'recoveries', 1)}
-"""
-
-
 def _token() -> str:
     return uuid.uuid4().hex
 
 
 def running_member(job_id: str, index: int) -> str:
-    """A running chunk's member in the running set."""
+    """A chunk's member in the running and pending sets."""
     return f"{job_id}:{index}"
 
 
@@ -232,12 +128,13 @@ class JobStore:
     def __init__(self, client: redis.Redis, *, record_ttl: int = RECORD_TTL) -> None:
         self.r = client
         self.record_ttl = record_ttl
-        self._chunk_done = client.register_script(_CHUNK_DONE)
-        self._claim_metering = client.register_script(_CLAIM_METERING)
-        self._chunk_delivered = client.register_script(_CHUNK_DELIVERED)
-        self._chunk_attempt_ended = client.register_script(_CHUNK_ATTEMPT_ENDED)
-        self._claim_stalled_chunk = client.register_script(_CLAIM_STALLED_CHUNK)
-        self._claim_stalled_job = client.register_script(_CLAIM_STALLED_JOB)
+        self._chunk_done = client.register_script(CHUNK_DONE)
+        self._claim_metering = client.register_script(CLAIM_METERING)
+        self._chunk_delivered = client.register_script(CHUNK_DELIVERED)
+        self._chunk_attempt_ended = client.register_script(CHUNK_ATTEMPT_ENDED)
+        self._claim_stalled_chunk = client.register_script(CLAIM_STALLED_CHUNK)
+        self._claim_stalled_job = client.register_script(CLAIM_STALLED_JOB)
+        self._claim_unsent_chunk = client.register_script(CLAIM_UNSENT_CHUNK)
 
     @staticmethod
     def _job(job_id: str) -> str:
@@ -278,9 +175,12 @@ class JobStore:
         return [job, f"{job}:done", f"{job}:running", *chunks]
 
     def _expire(self, pipe: Any, job_id: str, chunks_total: int) -> None:
-        """Queue, on `pipe`, the retention TTL for every record of a job that has ended."""
+        """Queue, on `pipe`, what a job's end does to its records: the retention TTL on each,
+        and its chunks out of the pending index (no message is awaited any more)."""
         for record in self._records(job_id, chunks_total):
             pipe.expire(record, self.record_ttl)
+        if chunks_total:
+            pipe.zrem(PENDING_KEY, *(running_member(job_id, i) for i in range(chunks_total)))
 
     def _running(self, job_id: str) -> str:
         """The set of chunk indexes a worker is executing right now."""
@@ -403,6 +303,7 @@ class JobStore:
             pipe.hset(self._chunk(job_id, index), mapping=fields | {"deliveries": 0, "finished": 0})
             pipe.srem(f"{self._job(job_id)}:done", index)
             pipe.zrem(RUNNING_KEY, running_member(job_id, index))
+            pipe.zadd(PENDING_KEY, {running_member(job_id, index): time.time()})
             pipe.execute()
 
     def stalled(self, job_id: str, *, seconds: float, now: float | None = None) -> bool:
@@ -469,9 +370,14 @@ class JobStore:
     def set_plan(
         self, job_id: str, chunks: Sequence[Chunk], frames_total: int, video_info: dict[str, Any]
     ) -> None:
-        """Store the chunk plan (idempotent: a re-run of planning writes the same plan)."""
+        """Store the chunk plan (idempotent: a re-run of planning writes the same plan). Each
+        chunk waits in the pending index until a worker takes it, so the sweep can send again
+        one whose message never arrives."""
+        now = time.time()
         with self.r.pipeline() as pipe:
             pipe.delete(f"{self._job(job_id)}:done")
+            if chunks:
+                pipe.zadd(PENDING_KEY, {running_member(job_id, c.index): now for c in chunks})
             for chunk in chunks:
                 data = chunk.to_json()
                 pipe.hset(
@@ -564,7 +470,7 @@ class JobStore:
         token = _token()
         now = time.time() if now is None else now
         deliveries, finished, state = self._chunk_delivered(
-            keys=[self._chunk(job_id, index), RUNNING_KEY],
+            keys=[self._chunk(job_id, index), RUNNING_KEY, PENDING_KEY],
             args=[token, now, worker, pid, running_member(job_id, index)],
         )
         return Delivery(token, int(deliveries), int(finished), str(state))
@@ -579,6 +485,7 @@ class JobStore:
         with self.r.pipeline() as pipe:
             pipe.hset(self._chunk(job_id, index), mapping={"state": FAILED, "error": error[:500]})
             pipe.zrem(RUNNING_KEY, running_member(job_id, index))
+            pipe.zrem(PENDING_KEY, running_member(job_id, index))
             pipe.execute()
 
     def chunk_cancelled(self, job_id: str, index: int) -> None:
@@ -605,8 +512,13 @@ class JobStore:
 
     def stale_chunks(self, cutoff: float, *, limit: int = 1000) -> list[tuple[str, int, float]]:
         """Running chunks whose last progress is older than `cutoff`: (job, index, heartbeat)."""
+        return self._stale_members(RUNNING_KEY, cutoff, limit)
+
+    def _stale_members(self, key: str, cutoff: float, limit: int) -> list[tuple[str, int, float]]:
+        """(job, index, score) of the chunk members of `key` scored before `cutoff`; a member
+        that names no chunk is dropped."""
         stale: list[tuple[str, float]] = self.r.zrangebyscore(  # type: ignore[assignment]
-            RUNNING_KEY, "-inf", cutoff, start=0, num=limit, withscores=True
+            key, "-inf", cutoff, start=0, num=limit, withscores=True
         )
         found: list[tuple[str, int, float]] = []
         for member, score in stale:
@@ -614,17 +526,22 @@ class JobStore:
             if job_id and index.isdigit():
                 found.append((job_id, int(index), float(score)))
             else:
-                self.r.zrem(RUNNING_KEY, member)
+                self.r.zrem(key, member)
         return found
 
     def claim_stalled_chunk(
-        self, job_id: str, index: int, *, cutoff: float, error: str
+        self, job_id: str, index: int, *, cutoff: float, error: str, now: float | None = None
     ) -> dict[str, float] | None:
         """Take a chunk with no progress since `cutoff` out of the running set and back to
         PENDING; None when another sweeper got it first, or it moved on, or its job is over."""
         claimed = self._claim_stalled_chunk(
-            keys=[self._chunk(job_id, index), RUNNING_KEY, self._job(job_id)],
-            args=[running_member(job_id, index), cutoff, error[:500]],
+            keys=[self._chunk(job_id, index), RUNNING_KEY, self._job(job_id), PENDING_KEY],
+            args=[
+                running_member(job_id, index),
+                cutoff,
+                error[:500],
+                time.time() if now is None else now,
+            ],
         )
         if not claimed:
             return None
@@ -635,6 +552,22 @@ class JobStore:
             "started_at": float(started_at),
             "heartbeat_at": float(heartbeat_at),
         }
+
+    def stale_pending(self, cutoff: float, *, limit: int = 1000) -> list[tuple[str, int, float]]:
+        """Chunks waiting for their message since before `cutoff`: (job, index, sent at)."""
+        return self._stale_members(PENDING_KEY, cutoff, limit)
+
+    def claim_unsent_chunk(
+        self, job_id: str, index: int, *, cutoff: float, now: float | None = None
+    ) -> int | None:
+        """Claim a chunk whose message was sent before `cutoff` and never reached a worker (its
+        clock restarts: one sweeper wins); returns how often the sweep has sent it, this time
+        included, or None when there is nothing to do."""
+        resent = self._claim_unsent_chunk(
+            keys=[self._chunk(job_id, index), PENDING_KEY, self._job(job_id)],
+            args=[running_member(job_id, index), cutoff, time.time() if now is None else now],
+        )
+        return None if not resent else int(resent)
 
     def stale_jobs(self, cutoff: float, *, limit: int = 1000) -> list[tuple[str, float]]:
         """Jobs in QUEUED, PLANNING or STITCHING since before `cutoff`: (job, since)."""

@@ -147,8 +147,8 @@ def _start_sweep() -> None:
     def send(kind: str, args: list[Any], priority: int) -> None:
         enqueue(app, _SWEEP_TASKS[kind], args, priority=priority)
 
-    def light_waiting() -> int:
-        return sum(int(_store().r.llen(key)) for key in priority_keys(LIGHT_QUEUE))
+    def waiting(queue: str) -> Callable[[], int]:
+        return lambda: sum(int(_store().r.llen(key)) for key in priority_keys(queue))
 
     def report(result: liveness.SweepReport) -> None:
         for _ in result.requeued_chunks:
@@ -160,7 +160,12 @@ def _start_sweep() -> None:
             _meter_job_end(job_id)
 
     liveness.run_periodically(
-        _store(), _settings(), enqueue=send, light_waiting=light_waiting, on_report=report
+        _store(),
+        _settings(),
+        enqueue=send,
+        light_waiting=waiting(LIGHT_QUEUE),
+        gpu_waiting=waiting(GPU_QUEUE),
+        on_report=report,
     )
 
 

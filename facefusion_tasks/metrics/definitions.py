@@ -7,6 +7,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from facefusion_tasks import __version__
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.oom import OOM_KINDS
+from facefusion_tasks.queue_names import GPU_QUEUE, LIGHT_QUEUE
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.codecs import ENCODERS
 
@@ -21,7 +22,7 @@ STAGES = ("decode", "detect", "embed", "swap", "paste", "encode")
 #: Models (the `model` label): the registry's keys.
 MODELS = ("detector", "embedder", "swapper")
 #: Celery queues (the `queue` label).
-QUEUES = ("gpu", "light")
+QUEUES = (GPU_QUEUE, LIGHT_QUEUE)
 #: How a job ends.
 JOB_OUTCOMES = ("succeeded", "failed", "cancelled")
 #: How one chunk attempt ends: retried = failed but requeued, failed = given up.
@@ -229,7 +230,8 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "facefusion_jobs_stalled": (
         "gauge",
-        "Unfinished jobs with no progress for stall_seconds: a stalled chunk, or stuck queued, "
+        "Unfinished jobs with no progress for stall_seconds: a stalled chunk, a chunk whose "
+        "message was lost (waiting that long with the gpu queue empty), or stuck queued, "
         "planning or stitching.",
         (),
     ),

@@ -30,6 +30,9 @@ METRICS_DISABLED_KEY = "facefusion:metrics:disabled"
 RUNNING_KEY = "facefusion:running"
 #: The job store's jobs in QUEUED, PLANNING or STITCHING: sorted set job_id -> since when.
 LIVE_KEY = "facefusion:live"
+#: The job store's chunks waiting for their message to reach a worker: sorted set
+#: "job_id:index" -> when it was (last) sent.
+PENDING_KEY = "facefusion:pending"
 
 
 def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> list[str]:

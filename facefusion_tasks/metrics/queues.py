@@ -22,10 +22,12 @@ from facefusion_tasks.metrics.keys import (
     KOMBU_SEP,
     LIVE_KEY,
     METRICS_DISABLED_KEY,
+    PENDING_KEY,
     RUNNING_KEY,
     heartbeat,
     priority_keys,
 )
+from facefusion_tasks.queue_names import GPU_QUEUE
 
 __all__ = [
     "DEFAULT_PRIORITY_STEPS",
@@ -196,19 +198,25 @@ class Liveness:
 
 
 def read_liveness(
-    client: redis.Redis, *, stall_seconds: float, now: float, key_prefix: str = ""
-) -> Liveness:
+    client: redis.Redis, *, stall_seconds: float, now: float, gpu_waiting: int = 0,
+    key_prefix: str = "",
+) -> Liveness:  # fmt: skip
     """Count running chunks, those with no progress for `stall_seconds`, and the jobs they
-    belong to plus jobs stuck queued, planning or stitching as long."""
+    belong to, plus jobs stuck queued, planning or stitching as long, and jobs with a chunk
+    whose message has not reached a worker as long while `gpu_waiting` is 0 (lost: the sweep
+    sends it again, as it does for the rest)."""
     cutoff = now - stall_seconds
     pipe = client.pipeline(transaction=True)
     pipe.zcard(key_prefix + RUNNING_KEY)
     pipe.zrangebyscore(key_prefix + RUNNING_KEY, "-inf", cutoff, start=0, num=10000)
     pipe.zrange(key_prefix + RUNNING_KEY, 0, 0, withscores=True)
     pipe.zrangebyscore(key_prefix + LIVE_KEY, "-inf", cutoff, start=0, num=10000)
-    running, stale_chunks, oldest, stale_jobs = pipe.execute()
+    pipe.zrangebyscore(key_prefix + PENDING_KEY, "-inf", cutoff, start=0, num=10000)
+    running, stale_chunks, oldest, stale_jobs, unsent = pipe.execute()
     jobs = {_text(member).rpartition(":")[0] for member in stale_chunks}
     jobs |= {_text(member) for member in stale_jobs}
+    if not gpu_waiting:  # otherwise the messages may be waiting their turn
+        jobs |= {_text(member).rpartition(":")[0] for member in unsent}
     age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
     return Liveness(int(running), len(stale_chunks), len(jobs), age)
 
@@ -263,9 +271,11 @@ class QueueCollector:
             )
             workers = alive_workers(self.client, key_prefix=self.key_prefix)
             now = self.clock()
+            gpu = depths.get(GPU_QUEUE)
             liveness = read_liveness(
-                self.client, stall_seconds=self.stall_seconds, now=now, key_prefix=self.key_prefix
-            )
+                self.client, stall_seconds=self.stall_seconds, now=now,
+                gpu_waiting=gpu.waiting if gpu is not None else 0, key_prefix=self.key_prefix,
+            )  # fmt: skip
             disabled = self.client.hget(self.key_prefix + METRICS_DISABLED_KEY, self.host)
         except (redis.RedisError, OSError) as exc:
             if self._was_up is not False:  # log transitions, not every scrape

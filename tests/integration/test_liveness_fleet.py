@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY
+from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, priority_keys
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
 from tests.cluster import SHARED_REDIS, Launcher, free_port, launcher, wait_for
 from tests.media import TINY, storage_root, video_times
@@ -78,6 +78,38 @@ def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound
     assert detected <= stall + sweep + beat + 3  # + scheduling slack on a loaded machine
     redone = status.chunks[victim["index"]]
     assert redone["deliveries"] >= 2 and redone["pid"] != victim["pid"]
+    assert video_times(output) == video_times(root / "clip.mp4")  # nothing lost or doubled
+
+
+def test_chunk_messages_lost_from_the_queue_are_sent_again_and_the_job_completes(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # Redis lost the queue's last writes, or someone purged it, while the job's records
+    # stayed: the job is RUNNING with chunks no message will ever start.
+    stall, sweep = 4, 1
+    with launcher(
+        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port(),
+        stall_seconds=str(stall), sweep_seconds=str(sweep), heartbeat_seconds="0.5",
+        chunk_time_limit="60", visibility_timeout="120",
+    ) as fleet:  # fmt: skip
+        fleet.start(gpu_processes=1)
+        producer = fleet.producer()
+        output = root / "out" / "purged.mp4"
+        job_id = producer.submit(root / "source.png", root / "clip.mp4", output, chunk_seconds=2)
+        # One gpu process: while it runs the first chunk, the second waits in the queue.
+        wait_for(lambda: _running_chunk(fleet, job_id), timeout=90, interval=0.01)
+        broker = redis.Redis.from_url(SHARED_REDIS)
+        assert broker.delete(*priority_keys("gpu")) >= 1
+        purged_at = time.monotonic()
+        status = producer.wait(job_id, timeout=120)
+        finished_after = time.monotonic() - purged_at
+        resent = [
+            int(broker.hget(f"facefusion:job:{job_id}:chunk:{i}", "resent") or 0)
+            for i in range(status.chunks_total)
+        ]
+    print(f"purged queue: job finished {finished_after:.1f} s later, chunks sent again {resent}")
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert sum(resent) == 1  # the lost message, sent once more; the running chunk never
     assert video_times(output) == video_times(root / "clip.mp4")  # nothing lost or doubled
 
 

@@ -21,6 +21,7 @@ from facefusion_tasks.store import (
     FAILED,
     LIVE_KEY,
     PENDING,
+    PENDING_KEY,
     PLANNING,
     RUNNING,
     RUNNING_KEY,
@@ -204,11 +205,21 @@ def test_a_chunk_with_no_progress_is_requeued_once_whoever_sweeps(store: JobStor
     store.chunk_delivered(job_id, 1, worker="w2@h", pid=12, now=1000.0)
     store.chunk_heartbeat(job_id, 1, 4, now=1012.0)  # still moving
     sent = _Sent()
-    early = sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=1012.0)
+    early = sweep(
+        store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0, now=1012.0
+    )
     assert early.requeued_chunks == [] and sent.calls == []
     # Two sweepers on two hosts at once: one claim wins.
     reports = [
-        sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=1014.0) for _ in range(2)
+        sweep(
+            store,
+            settings,
+            enqueue=sent,
+            light_waiting=lambda: 0,
+            gpu_waiting=lambda: 0,
+            now=1014.0,
+        )
+        for _ in range(2)
     ]
     assert [r.requeued_chunks for r in reports] == [[(job_id, 0)], []]
     assert sent.calls == [("chunk", [job_id, 0], 5)]
@@ -224,7 +235,12 @@ def test_a_chunk_that_keeps_stalling_fails_its_job_as_stalled(store: JobStore) -
     for attempt in range(2):
         store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0 + 100 * attempt)
         report = sweep(
-            store, settings, enqueue=sent, light_waiting=lambda: 0, now=1050 + 100 * attempt
+            store,
+            settings,
+            enqueue=sent,
+            light_waiting=lambda: 0,
+            gpu_waiting=lambda: 0,
+            now=1050 + 100 * attempt,
         )
     assert len(sent.calls) == 1
     assert report.failed_jobs == [(job_id, Reason.STALLED)]
@@ -243,7 +259,9 @@ def test_a_chunk_killed_by_the_hard_time_limit_while_progressing_fails_as_timeou
     store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0)
     store.chunk_heartbeat(job_id, 0, 9, now=1059.0)
     sent = _Sent()
-    report = sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=1070.0)
+    report = sweep(
+        store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0, now=1070.0
+    )
     assert report.failed_jobs == [(job_id, Reason.TIMEOUT)] and sent.calls == []
     assert store.get(job_id)["reason"] == "timeout"
 
@@ -258,12 +276,19 @@ def test_jobs_stuck_planning_or_stitching_are_sent_again_then_failed(store: JobS
     store.r.zadd(LIVE_KEY, {planning: 100.0, stitching: 100.0, queued: 100.0})
     sent = _Sent()
     # The light queue has waiting work: the QUEUED job's plan may be among it.
-    sweep(store, settings, enqueue=sent, light_waiting=lambda: 3, now=200.0)
+    sweep(store, settings, enqueue=sent, light_waiting=lambda: 3, gpu_waiting=lambda: 0, now=200.0)
     assert sorted(sent.calls) == [("plan", [planning], 7), ("stitch", [stitching], 9)]
     sent.calls.clear()
-    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=205.0)
+    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0, now=205.0)
     assert sent.calls == [("plan", [queued], 5)]  # the others' clocks restarted at the claim
-    report = sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=time.time() + 60)
+    report = sweep(
+        store,
+        settings,
+        enqueue=sent,
+        light_waiting=lambda: 0,
+        gpu_waiting=lambda: 0,
+        now=time.time() + 60,
+    )
     assert sorted(report.failed_jobs) == sorted(
         [(planning, Reason.STALLED), (stitching, Reason.STALLED), (queued, Reason.STALLED)]
     )
@@ -275,17 +300,81 @@ def test_a_lost_stitch_message_is_sent_again(store: JobStore) -> None:
     job_id = _job(store, chunks=1)
     store.chunk_done(job_id, 0, 10)  # the completer died before it could enqueue the stitch
     sent = _Sent()
-    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, now=time.time() + 60)
+    sweep(
+        store,
+        settings,
+        enqueue=sent,
+        light_waiting=lambda: 0,
+        gpu_waiting=lambda: 0,
+        now=time.time() + 60,
+    )
     assert sent.calls == [("stitch", [job_id], 9)]
     store.set_state(job_id, STITCHING)
     store.set_state(job_id, "SUCCEEDED")
     assert store.r.zcard(LIVE_KEY) == 0
 
 
+def test_chunks_whose_messages_never_arrived_are_sent_again_once_the_gpu_queue_is_empty(
+    store: JobStore,
+) -> None:
+    # Planned and sent, then the messages were lost (Redis lost its last writes, or the queue
+    # was purged): nothing else would ever move this RUNNING job.
+    settings = _settings()
+    job_id = _job(store, chunks=3)
+    later = time.time() + 60
+    store.chunk_delivered(job_id, 2, worker="w1@h", pid=11, now=later)  # this one did arrive
+    sent = _Sent()
+    # Messages still waiting in the gpu queue may be these chunks': wait for them.
+    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 4, now=later)
+    assert sent.calls == []
+    # Two sweepers on two hosts at once: each chunk is sent once.
+    reports = [
+        sweep(
+            store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0, now=later
+        )
+        for _ in range(2)
+    ]
+    assert [sorted(r.requeued_chunks) for r in reports] == [[(job_id, 0), (job_id, 1)], []]
+    assert sorted(sent.calls) == [("chunk", [job_id, 0], 5), ("chunk", [job_id, 1], 5)]
+    assert store.state(job_id) == RUNNING
+    # One arrives this time; the other is sent again after another stall period.
+    store.chunk_delivered(job_id, 0, worker="w1@h", pid=12, now=later + 11)
+    store.chunk_heartbeat(job_id, 2, 5, now=later + 11)
+    sent.calls.clear()
+    sweep(
+        store,
+        settings,
+        enqueue=sent,
+        light_waiting=lambda: 0,
+        gpu_waiting=lambda: 0,
+        now=later + 11,
+    )
+    assert sent.calls == [("chunk", [job_id, 1], 5)]
+
+
+def test_a_chunk_no_worker_ever_takes_fails_its_job_as_stalled(store: JobStore) -> None:
+    settings = _settings(max_deliveries=2)
+    job_id = _job(store, chunks=1)
+    sent = _Sent()
+    for period in range(1, 4):
+        report = sweep(
+            store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0,
+            now=time.time() + 11 * period,
+        )  # fmt: skip
+    assert len(sent.calls) == 2
+    assert report.failed_jobs == [(job_id, Reason.STALLED)]
+    job = store.get(job_id)
+    assert (job["state"], job["reason"]) == (FAILED, "stalled")
+    assert "no worker took it" in job["error"]
+    assert store.r.zcard(PENDING_KEY) == 0  # an ended job's chunks wait for nothing
+
+
 def test_finished_work_leaves_the_indexes(store: JobStore) -> None:
     job_id = _job(store, chunks=1)
     assert store.r.zscore(LIVE_KEY, job_id) is None  # RUNNING is watched through its chunks
+    assert store.r.zscore(PENDING_KEY, f"{job_id}:0") is not None  # until a worker takes it
     delivery = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)
+    assert store.r.zcard(PENDING_KEY) == 0
     assert store.chunk_done(job_id, 0, 10) is True
     assert store.r.zcard(RUNNING_KEY) == 0
     assert store.r.zscore(LIVE_KEY, job_id) is not None  # until its stitch starts
@@ -304,8 +393,10 @@ def test_a_retry_counts_deliveries_anew(store: JobStore) -> None:
     store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)  # died
     assert store.chunk_delivered(job_id, 0, worker="w1@h", pid=12).lost >= settings.max_deliveries
     store.set_state(job_id, FAILED, reason=Reason.WORKER_LOST)
+    assert store.r.zcard(PENDING_KEY) == 0  # chunk 1 waited for a message no longer expected
     store.reopen(job_id, planned=True, from_states=(FAILED,))
     store.reset_chunk(job_id, 0)
+    assert store.r.zscore(PENDING_KEY, f"{job_id}:0") is not None  # its new message is awaited
     again = store.chunk_delivered(job_id, 0, worker="w2@h", pid=13)
     assert (again.deliveries, again.lost) == (1, 0)
     assert store.state(job_id) == RUNNING

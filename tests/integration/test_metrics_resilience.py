@@ -19,7 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.exporter import make_server, start_in_thread
-from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, QueueCollector, heartbeat
+from facefusion_tasks.metrics.keys import PENDING_KEY
+from facefusion_tasks.metrics.queues import (
+    METRICS_DISABLED_KEY,
+    QueueCollector,
+    heartbeat,
+    read_liveness,
+)
 from facefusion_tasks.store import JobStore
 from tests.cluster import free_port
 from tests.integration.test_metrics_exporter import (
@@ -167,3 +173,25 @@ def test_stalled_work_and_workers_per_queue_are_gauged(broker: redis.Redis, redi
     assert values[("facefusion_queue_workers", "light")] == 2
     assert values[("facefusion_workers_alive", None)] == 3
     assert values[("facefusion_metrics_disabled_processes_total", None)] == 2
+
+
+def test_a_chunk_whose_message_was_lost_counts_its_job_stalled_once_the_gpu_queue_is_empty(
+    broker: redis.Redis,  # noqa: F811
+    redis_url: str,  # noqa: F811
+) -> None:
+    store = JobStore(broker)
+    job = store.create({})
+    store.set_plan(job, [Chunk(index=0, start_pts=0, end_pts=1, frames=1, span=None)], 1, {})
+    store.set_state(job, "RUNNING")
+    broker.zadd(PENDING_KEY, {f"{job}:0": 900.0})  # sent at 900, never taken
+    collector = QueueCollector(redis_url, stall_seconds=60, clock=lambda: 1100.0)
+    values = {
+        (s.name, s.labels.get("queue")): s.value for m in collector.collect() for s in m.samples
+    }
+    assert values[("facefusion_queue_length", "gpu")] == 0
+    assert values[("facefusion_jobs_stalled", None)] == 1
+    # With messages waiting in the gpu queue, its own may be among them: not stalled yet.
+    waiting = read_liveness(broker, stall_seconds=60, now=1100.0, gpu_waiting=3)
+    assert waiting.stalled_jobs == 0
+    store.chunk_delivered(job, 0, worker="w@h", pid=1, now=1099.0)
+    assert read_liveness(broker, stall_seconds=60, now=1100.0).stalled_jobs == 0

@@ -104,6 +104,7 @@ def _swept(store: JobStore, settings: Settings, job_id: str, *, later: float = 6
         settings,
         enqueue=lambda *c: sent.append(c),
         light_waiting=lambda: 0,
+        gpu_waiting=lambda: 0,
         now=time.time() + later,
     )
     assert sent == [("stitch", [job_id], 9)]
@@ -117,7 +118,13 @@ def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobSt
     sent: list[object] = []
     with runner._alive(store, settings, job_id):
         time.sleep(0.6)  # the stitch's ffmpeg is working
-        report = sweep(store, settings, enqueue=lambda *c: sent.append(c), light_waiting=lambda: 0)
+        report = sweep(
+            store,
+            settings,
+            enqueue=lambda *c: sent.append(c),
+            light_waiting=lambda: 0,
+            gpu_waiting=lambda: 0,
+        )
     assert (sent, report.failed_jobs) == ([], [])
     assert store.state(job_id) == STITCHING
     # Once the stitch really stops, its clock runs out and the sweep steps in.

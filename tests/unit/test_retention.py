@@ -108,6 +108,7 @@ def test_a_job_stuck_committing_gets_a_stitch_to_finish_its_commit(store: JobSto
             settings,
             enqueue=lambda *call: sent.append(call),
             light_waiting=lambda: 0,
+            gpu_waiting=lambda: 0,
             now=later + 60 * round_,
         )
     assert sent == [("stitch", [job_id], 9)] * settings.max_deliveries

@@ -1,0 +1,141 @@
+"""The job store's Lua scripts: each is one atomic step in the life of a job or a chunk."""
+
+from __future__ import annotations
+
+# Every script below answers the same when redis-py re-sends it after a timeout (the first
+# run may have happened while the client stopped waiting): the caller's token, recorded in the
+# same atomic step, tells "my earlier run did it" from "someone else did it".
+
+#: KEYS: chunk, done set, job, running set, live set. ARGV: index, frames, token, running
+#: member, job id, now. The job that completes its set enters the live index: if the stitch
+#: message is lost before the stitch starts, the sweep sends it again.
+CHUNK_DONE = """
+local job_state = redis.call('HGET', KEYS[3], 'state')
+redis.call('ZREM', KEYS[4], ARGV[4])
+if not job_state or job_state == 'CANCELLED' or job_state == 'SUCCEEDED' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'DONE', 'frames_done', ARGV[2], 'error', '')
+redis.call('SADD', KEYS[2], ARGV[1])
+local ttl = redis.call('TTL', KEYS[3])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+local total = tonumber(redis.call('HGET', KEYS[3], 'chunks_total') or '0')
+if total == 0 or redis.call('SCARD', KEYS[2]) ~= total then
+  return 0
+end
+if redis.call('HSETNX', KEYS[3], 'stitch_token', ARGV[3]) == 1
+   and redis.call('HGET', KEYS[3], 'state') == 'RUNNING' then
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5])
+end
+if redis.call('HGET', KEYS[3], 'stitch_token') == ARGV[3] then
+  return 1
+end
+return 0
+"""
+
+#: KEYS: job. ARGV: token.
+CLAIM_METERING = """
+redis.call('HSETNX', KEYS[1], 'metered', ARGV[1])
+if redis.call('HGET', KEYS[1], 'metered') == ARGV[1] then
+  return 1
+end
+return 0
+"""
+
+#: KEYS: chunk, running set, pending set. ARGV: token, now, worker, pid, member. Returns
+#: {deliveries, finished, state}; a re-sent call with the same token counts once. A chunk with
+#: no record (its job is gone) is not created. Its message arrived: it waits no longer.
+CHUNK_DELIVERED = """
+redis.call('ZREM', KEYS[3], ARGV[5])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {1, 0, ''}
+end
+if redis.call('HGET', KEYS[1], 'delivery_token') ~= ARGV[1] then
+  redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+  redis.call('HSET', KEYS[1], 'delivery_token', ARGV[1], 'started_at', ARGV[2],
+             'heartbeat_at', ARGV[2], 'worker', ARGV[3], 'pid', ARGV[4])
+  if redis.call('HGET', KEYS[1], 'state') ~= 'DONE' then
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+  end
+end
+return {tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'),
+        tonumber(redis.call('HGET', KEYS[1], 'finished') or '0'),
+        redis.call('HGET', KEYS[1], 'state') or ''}
+"""
+
+#: KEYS: chunk. ARGV: token (the delivery's). An attempt that ended in the task's own code
+#: (success, failure, retry) is not a lost delivery.
+CHUNK_ATTEMPT_ENDED = """
+if redis.call('HGET', KEYS[1], 'ended_token') ~= ARGV[1] then
+  redis.call('HINCRBY', KEYS[1], 'finished', 1)
+  redis.call('HSET', KEYS[1], 'ended_token', ARGV[1])
+end
+return 1
+"""
+
+#: KEYS: chunk, running set, job, pending set. ARGV: member, cutoff, error, now. Takes a stale
+#: chunk (RUNNING, or still PENDING when it hung before its first frame, e.g. loading models)
+#: out of the running set (one sweeper wins) and puts it back to PENDING, waiting for the
+#: message the sweep sends; returns {deliveries, finished, started_at, heartbeat_at} or false
+#: when there is nothing to do.
+CLAIM_STALLED_CHUNK = """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then
+  return false
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local job_state = redis.call('HGET', KEYS[3], 'state')
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'DONE' or state == 'FAILED' or state == 'CANCELLED' or not job_state
+   or job_state == 'SUCCEEDED' or job_state == 'FAILED' or job_state == 'CANCELLED' then
+  return false
+end
+redis.call('HSET', KEYS[1], 'state', 'PENDING', 'error', ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+return {redis.call('HGET', KEYS[1], 'deliveries') or '0',
+        redis.call('HGET', KEYS[1], 'finished') or '0',
+        redis.call('HGET', KEYS[1], 'started_at') or '0',
+        score}
+"""
+
+#: KEYS: live set, job. ARGV: job id, cutoff, now. Claims a job stuck in QUEUED, PLANNING or
+#: STITCHING, or RUNNING with every chunk done and no stitch started (one sweeper wins; the
+#: clock restarts); returns {state, recoveries} or false.
+CLAIM_STALLED_JOB = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then
+  return false
+end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= 'QUEUED' and state ~= 'PLANNING' and state ~= 'STITCHING' and state ~= 'RUNNING'
+   and state ~= 'COMMITTING' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return false
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return {state, redis.call('HINCRBY', KEYS[2], 'recoveries', 1)}
+"""
+
+#: KEYS: chunk, pending set, job. ARGV: member, cutoff, now. Claims a chunk whose message was
+#: sent before `cutoff` and never arrived (one sweeper wins; its clock restarts) and returns how
+#: often the sweep has sent it again, this time included; false when another sweeper got it, or
+#: it has started or ended since (then it leaves the index). A job not RUNNING yet keeps it.
+CLAIM_UNSENT_CHUNK = """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then
+  return false
+end
+local job_state = redis.call('HGET', KEYS[3], 'state')
+if redis.call('HGET', KEYS[1], 'state') ~= 'PENDING' or not job_state
+   or job_state == 'SUCCEEDED' or job_state == 'FAILED' or job_state == 'CANCELLED' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return false
+end
+if job_state ~= 'RUNNING' then
+  return false
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'resent', 1)
+"""
