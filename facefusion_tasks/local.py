@@ -19,8 +19,9 @@ from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.still import swap_image
 from facefusion_tasks.video.argv import muxer_for
-from facefusion_tasks.video.codecs import check_encoder
+from facefusion_tasks.video.ffbin import ffmpeg_exe
 from facefusion_tasks.video.probe import VideoInfo, probe
+from facefusion_tasks.video.writer import resolve_encoder
 from facefusion_tasks.workspace import local_copy, scratch
 
 
@@ -54,9 +55,11 @@ def run_local(
     else:
         info = probe(target_at, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
         check_output(output_at, target_at, inputs=(*sources_at, reference_at))
-        check_encoder(
-            settings.video_encoder, muxer_for(str(output_at)), width=info.width, height=info.height
-        )
+        # The encoder this ffmpeg will really use, before any model loads.
+        resolve_encoder(
+            settings.video_encoder, ffmpeg_exe(settings.ffmpeg), muxer_for(str(output_at)),
+            width=info.width, height=info.height,
+        )  # fmt: skip
     with scratch(settings, "local") as local:
         sources = tuple(local_copy(settings, at) for at in sources_at)
         for path in sources:

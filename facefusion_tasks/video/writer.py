@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FLUSH_TIMEOUT = 600.0
 
 
-def choose_encoder(
+def resolve_encoder(
     requested: str,
     exe: str,
     muxer: str = "mp4",
@@ -40,8 +40,9 @@ def choose_encoder(
     """The encoder to use for this container: unset = the container's default (libx264, or
     libvpx-vp9 for WebM); `auto` = its NVENC encoder (h264_nvenc, or av1_nvenc for WebM) when
     a trial encode works here, else that default; an explicit one the container cannot hold,
-    this ffmpeg lacks, or an nvenc that cannot encode here is refused up front, not mid-job.
-    Logs and counts (facefusion_video_encodes_total{encoder}) what each writer really uses."""
+    this ffmpeg lacks, or an nvenc that cannot encode here is refused (InputError, one line).
+    Cheap after the first call (ffmpeg's answers are cached): local mode asks before any model
+    loads, the writer again when it starts."""
     codecs.check_encoder(requested, muxer, width=width, height=height)
     if requested == "auto":
         # Debian's ffmpeg lists nvenc without a GPU, and H100/H200/A100 have no NVENC at all,
@@ -59,6 +60,20 @@ def choose_encoder(
             f"{codecs.default_encoder(muxer)} or auto",
             reason=Reason.CONFIG,
         )
+    return chosen
+
+
+def choose_encoder(
+    requested: str,
+    exe: str,
+    muxer: str = "mp4",
+    *,
+    width: int | None = None,
+    height: int | None = None,
+) -> str:
+    """resolve_encoder() for a writer that is starting: logs and counts
+    (facefusion_video_encodes_total{encoder}) what it really uses."""
+    chosen = resolve_encoder(requested, exe, muxer, width=width, height=height)
     log.info("video encoder %s -> %s", requested or "(unset)", chosen)
     from facefusion_tasks import observe
 

@@ -132,9 +132,11 @@ def test_av1_webm_output_keeps_frames_and_timestamps(
     [
         (["--video-encoder", "libx264"], {}, "libx264 writes h264, which a webm file cannot hold"),
         ([], {"FACEFUSION_VIDEO_ENCODER": "hevc_nvenc"}, "hevc_nvenc writes hevc"),
+        # Fits WebM, but this ffmpeg (5.1) has no av1_nvenc, and this box no NVENC.
+        (["--video-encoder", "av1_nvenc"], {}, "av1_nvenc"),
     ],
 )
-def test_an_encoder_webm_cannot_hold_is_refused_before_any_work(
+def test_an_encoder_webm_cannot_hold_or_this_ffmpeg_lacks_is_refused_before_any_work(
     root: Path, tmp_path: Path, flags: list[str], env: dict[str, str], message: str
 ) -> None:
     output = tmp_path / "out.webm"
