@@ -78,10 +78,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print("note: stand-in models for tests and demos; they do not really swap faces")
         return EXIT_OK
     if args.models_command == "trust":
-        from facefusion_tasks.models.trust import roles_of, trust_file
+        from facefusion_tasks.models.trust import trust_files
 
-        for path, role in roles_of(args.files):
-            print(trust_file(path, role, directory).line())
+        for one in trust_files(args.files, directory):
+            print(one.line())
         return EXIT_OK
     from facefusion_tasks.models.digests import GOOD_STATUSES, trusted_digests, verify_models
 

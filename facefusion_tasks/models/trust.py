@@ -59,22 +59,45 @@ def roles_of(files: Sequence[Path]) -> list[tuple[Path, Role]]:
     return chosen
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A file that fits its role's contract, and the digest of the bytes that were checked."""
+
+    role: Role
+    path: Path
+    sha256: str
+
+
+def trust_files(files: Sequence[Path], models_dir: Path) -> list[Trusted]:
+    """Trust several files at once, all or none for what the user can fix: every file's name,
+    size and contract is checked before any is installed or recorded."""
+    checked = [check_file(path, role) for path, role in roles_of(files)]
+    return [install(one, models_dir) for one in checked]
+
+
 def trust_file(path: Path, role: Role, models_dir: Path) -> Trusted:
-    """Check `path` against `role`'s contract and record its sha256 as trusted in `models_dir`,
-    copying it there under the role's file name when it is elsewhere. The bytes checked are the
-    bytes hashed and the bytes installed: the file is read once. InputError names every
-    mismatch and leaves the models dir untouched."""
-    size = path.stat().st_size
-    if size > MAX_MODEL_BYTES:
-        raise InputError(
-            f"{path}: {size} bytes, more than one ONNX file can hold (2 GiB)",
-            reason=Reason.TOO_LARGE,
-        )
-    data = path.read_bytes()
+    """Check `path` against `role`'s contract, then install and record it (install)."""
+    return install(check_file(path, role), models_dir)
+
+
+def check_file(path: Path, role: Role) -> Checked:
+    """`path` checked against `role`'s contract; InputError names every mismatch."""
+    data = _read(path)
     found = _check(data, role, path)
     if found:
         raise InputError(f"{path}: refused as the {role.key} ({role.filename}): {'; '.join(found)}")
+    return Checked(role, path, hashlib.sha256(data).hexdigest())
+
+
+def install(checked: Checked, models_dir: Path) -> Trusted:
+    """Record a checked file's sha256 as trusted in `models_dir`, copying it there under its
+    role's file name when it is elsewhere. The bytes hashed and installed are read again in one
+    go and must be the bytes that were checked (else InputError: the file changed meanwhile)."""
+    path, role = checked.path, checked.role
+    data = _read(path)
     digest = hashlib.sha256(data).hexdigest()
+    if digest != checked.sha256:
+        raise InputError(f"{path}: changed while it was being checked; run models trust again")
     models_dir.mkdir(parents=True, exist_ok=True)
     destination = models_dir / role.filename
     in_place = destination.exists() and destination.resolve() == path.resolve()
@@ -87,6 +110,17 @@ def trust_file(path: Path, role: Role, models_dir: Path) -> Trusted:
             os.replace(tmp, destination)
     record_trusted(models_dir, role.filename, digest, source=path.resolve())
     return Trusted(role, destination, digest, None if in_place else path)
+
+
+def _read(path: Path) -> bytes:
+    """The whole file; InputError for one larger than an ONNX file can be."""
+    size = path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise InputError(
+            f"{path}: {size} bytes, more than one ONNX file can hold (2 GiB)",
+            reason=Reason.TOO_LARGE,
+        )
+    return path.read_bytes()
 
 
 def _check(data: bytes, role: Role, path: Path) -> list[str]:

@@ -30,7 +30,7 @@ from facefusion_tasks.models.digests import (
     verify_models,
 )
 from facefusion_tasks.models.standin import make_test_models
-from facefusion_tasks.models.trust import Trusted, roles_of, trust_file
+from facefusion_tasks.models.trust import Trusted, roles_of, trust_file, trust_files
 from facefusion_tasks.reasons import Reason
 from tests.models import reexport_all, renamed_copy, without_emap
 
@@ -218,6 +218,25 @@ def test_a_file_with_the_wrong_contract_is_refused_and_nothing_is_recorded(
     assert policy.exit_code(caught.value.reason) == 2
     assert str(caught.value).startswith(f"{wrong}: refused as the ")
     assert not (models / wrong.name).exists() and not (models / DIGESTS_FILE).exists()
+
+
+def test_several_files_are_trusted_all_or_none(models_dir: Path, tmp_path: Path) -> None:
+    mine = reexport_all(models_dir, tmp_path / "mine")
+    wrong = without_emap(
+        models_dir / "inswapper_128.onnx", tmp_path / "wrong" / "inswapper_128.onnx"
+    )
+    models = tmp_path / "models"
+    # The good embedder and detector come first; the swapper without emap is refused.
+    files = [mine / "w600k_r50.onnx", mine / "det_10g.onnx", wrong]
+    with pytest.raises(InputError, match="no 512×512 emap"):
+        trust_files(files, models)
+    assert not models.exists()  # nothing copied, nothing recorded
+    done = trust_files([mine / "w600k_r50.onnx", mine / "det_10g.onnx"], models)
+    assert [t.path.name for t in done] == ["w600k_r50.onnx", "det_10g.onnx"]
+    assert set(json.loads((models / DIGESTS_FILE).read_text())["trusted"]) == {
+        "w600k_r50.onnx",
+        "det_10g.onnx",
+    }
 
 
 def test_the_contract_names_every_mismatch(models_dir: Path) -> None:
