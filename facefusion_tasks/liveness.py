@@ -22,7 +22,6 @@ from facefusion_tasks.storage import work_dir
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
-    FAILED,
     QUEUED,
     RUNNING,
     STITCHING,
@@ -241,9 +240,7 @@ def _fail(
     message: str,
     report: SweepReport,
 ) -> None:
-    if index is not None:
-        store.chunk_failed(job_id, index, message)
-    if store.set_state(job_id, FAILED, reason=reason, error=message):
+    if store.fail(job_id, reason, message, index=index):
         log.error("job %s failed: %s (%s)", job_id, message, reason.value)
         report.failed_jobs.append((job_id, reason))
 

@@ -30,7 +30,6 @@ from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
     DONE,
-    FAILED,
     PLANNING,
     QUEUED,
     RUNNING,
@@ -573,7 +572,5 @@ def fail_job(store: JobStore, job_id: str, error: BaseException, *, index: int |
     chunks stop on their next watch. Returns the reason."""
     reason = policy.reason_of(error)
     message = str(error) or type(error).__name__
-    if index is not None:
-        store.chunk_failed(job_id, index, message)
-    store.set_state(job_id, FAILED, reason=reason, error=message)
+    store.fail(job_id, reason, message, index=index)
     return reason

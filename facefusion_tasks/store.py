@@ -480,8 +480,17 @@ class JobStore:
         self._chunk_attempt_ended(keys=[self._chunk(job_id, index)], args=[token])
         self.r.zrem(RUNNING_KEY, running_member(job_id, index))
 
+    def fail(self, job_id: str, reason: Reason, error: str, *, index: int | None = None) -> bool:
+        """The job ends FAILED with its reason, and the chunk that gave up (if one did) with it;
+        True when this call ended the job. The job first: a process killed between the two
+        writes leaves a FAILED job with its reason, never a FAILED chunk under a RUNNING job."""
+        failed = self.set_state(job_id, FAILED, reason=reason, error=error)
+        if index is not None:
+            self.chunk_failed(job_id, index, error)
+        return failed
+
     def chunk_failed(self, job_id: str, index: int, error: str) -> None:
-        """The chunk gave up (after its retries, or on bad input)."""
+        """The chunk gave up (after its retries, or on bad input); see fail()."""
         with self.r.pipeline() as pipe:
             pipe.hset(self._chunk(job_id, index), mapping={"state": FAILED, "error": error[:500]})
             pipe.zrem(RUNNING_KEY, running_member(job_id, index))

@@ -27,7 +27,7 @@ from facefusion_tasks.app import (
 )
 from facefusion_tasks.config import Settings
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import DONE, FAILED, TERMINAL, Delivery, JobStore, connect
+from facefusion_tasks.store import DONE, TERMINAL, Delivery, JobStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ def _count_delivery(task: Task, job_id: str, index: int) -> tuple[Delivery, dict
             "deliveries never finished (worker killed or hung)"
         )
         log.error("job %s: %s", job_id, error)
-        store.chunk_failed(job_id, index, error)
-        store.set_state(job_id, FAILED, reason=Reason.WORKER_LOST, error=error)
+        store.fail(job_id, Reason.WORKER_LOST, error, index=index)
         return delivery, {"state": "FAILED", "reason": Reason.WORKER_LOST.value}
     return delivery, None
 

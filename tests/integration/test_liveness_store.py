@@ -400,3 +400,19 @@ def test_a_retry_counts_deliveries_anew(store: JobStore) -> None:
     again = store.chunk_delivered(job_id, 0, worker="w2@h", pid=13)
     assert (again.deliveries, again.lost) == (1, 0)
     assert store.state(job_id) == RUNNING
+
+
+def test_a_failure_is_recorded_on_the_job_before_its_chunk(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process killed between the two writes: the job must already say FAILED and why.
+    job_id = _job(store)
+
+    def killed(*_args: Any) -> None:
+        raise SystemExit("killed between the two writes")
+
+    monkeypatch.setattr(store, "chunk_failed", killed)
+    with pytest.raises(SystemExit):
+        store.fail(job_id, Reason.TIMEOUT, "chunk hit the time limit", index=0)
+    job = store.get(job_id)
+    assert (job["state"], job["reason"]) == (FAILED, "timeout")
