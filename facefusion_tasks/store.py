@@ -497,6 +497,16 @@ class JobStore:
             pipe.zrem(PENDING_KEY, running_member(job_id, index))
             pipe.execute()
 
+    def chunk_retrying(self, job_id: str, index: int, *, now: float | None = None) -> None:
+        """The chunk's task is about to be sent again (a retry after a passing error): PENDING,
+        and waiting in the pending index for that message, so the sweep resends it if the
+        message is lost (a retry waits out its countdown in a worker's memory)."""
+        now = time.time() if now is None else now
+        with self.r.pipeline() as pipe:
+            pipe.hset(self._chunk(job_id, index), "state", PENDING)
+            pipe.zadd(PENDING_KEY, {running_member(job_id, index): now})
+            pipe.execute()
+
     def chunk_cancelled(self, job_id: str, index: int) -> None:
         """The chunk stopped because its job ended (cancel, or another chunk failed it)."""
         self.r.hset(self._chunk(job_id, index), "state", CANCELLED)

@@ -244,6 +244,8 @@ def _settle(task: Task, job_id: str, index: int | None, error: Exception) -> Rea
     if outcome.retry:
         where = job_id if index is None else f"{job_id}/{index}"
         log.warning("%s %s failed (%s); retrying", task.name, where, outcome.message)
+        if index is not None:
+            _store().chunk_retrying(job_id, index)
         raise task.retry(exc=error, countdown=1) from error
     if outcome.reason is Reason.INTERNAL:
         log.error("%s %s: unexpected error", task.name, job_id, exc_info=error)

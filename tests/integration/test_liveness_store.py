@@ -416,3 +416,23 @@ def test_a_failure_is_recorded_on_the_job_before_its_chunk(
         store.fail(job_id, Reason.TIMEOUT, "chunk hit the time limit", index=0)
     job = store.get(job_id)
     assert (job["state"], job["reason"]) == (FAILED, "timeout")
+
+
+def test_a_chunk_waiting_for_its_retry_is_sent_again_if_that_message_is_lost(
+    store: JobStore,
+) -> None:
+    settings = _settings()
+    job_id = _job(store, chunks=1)
+    later = time.time() + 60
+    delivery = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=later)
+    store.chunk_started(job_id, 0, "w1@h")
+    store.chunk_retrying(job_id, 0, now=later)  # a passing error: Celery sends a retry
+    store.chunk_attempt_ended(job_id, 0, delivery.token)
+    assert store.status(job_id).chunks[0]["state"] == PENDING  # type: ignore[union-attr]
+    sent = _Sent()
+    # The retry's message never comes (its worker died holding it for the countdown).
+    sweep(
+        store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0,
+        now=later + 11,
+    )  # fmt: skip
+    assert sent.calls == [("chunk", [job_id, 0], 5)]
