@@ -211,12 +211,13 @@ def read_liveness(
     pipe.zrangebyscore(key_prefix + RUNNING_KEY, "-inf", cutoff, start=0, num=10000)
     pipe.zrange(key_prefix + RUNNING_KEY, 0, 0, withscores=True)
     pipe.zrangebyscore(key_prefix + LIVE_KEY, "-inf", cutoff, start=0, num=10000)
-    pipe.zrangebyscore(key_prefix + PENDING_KEY, "-inf", cutoff, start=0, num=10000)
-    running, stale_chunks, oldest, stale_jobs, unsent = pipe.execute()
+    if not gpu_waiting:  # otherwise their messages may be waiting their turn
+        pipe.zrangebyscore(key_prefix + PENDING_KEY, "-inf", cutoff, start=0, num=10000)
+    running, stale_chunks, oldest, stale_jobs, *unsent = pipe.execute()
     jobs = {_text(member).rpartition(":")[0] for member in stale_chunks}
     jobs |= {_text(member) for member in stale_jobs}
-    if not gpu_waiting:  # otherwise the messages may be waiting their turn
-        jobs |= {_text(member).rpartition(":")[0] for member in unsent}
+    for members in unsent:
+        jobs |= {_text(member).rpartition(":")[0] for member in members}
     age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
     return Liveness(int(running), len(stale_chunks), len(jobs), age)
 
