@@ -7,20 +7,20 @@ import logging
 import math
 import threading
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from facefusion_tasks import objects, policy
+from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, marked
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import Cancelled, InputError, MediaError, ModelError, TransientError
-from facefusion_tasks.faces.loader import LoadedModels, load_models
+from facefusion_tasks.errors import Cancelled, InputError, MediaError
+from facefusion_tasks.faces.loader import LoadedModels
 from facefusion_tasks.images import check_image_target, is_image_target, read_header
 from facefusion_tasks.jobs import Chunk, image_plan, plan_chunks
-from facefusion_tasks.metrics.oom import classify_oom
+from facefusion_tasks.model_cache import MODELS
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
@@ -47,9 +47,6 @@ from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import local_copy, prepare, remove_segments, scratch, segment
 
 log = logging.getLogger(__name__)
-
-#: The object metadata key carrying a stitch's commit token (S3 lower-cases it).
-COMMIT_METADATA = "facefusion-commit"
 
 #: How often a running chunk publishes progress and looks for a cancel.
 WATCH_SECONDS = 0.5
@@ -144,67 +141,6 @@ def _video_info(store: JobStore, settings: Settings, job_id: str, target: Locati
         if info.path == target:
             return info
     return probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-
-
-class _ModelCache:
-    """Models load once per worker process, in the background, so Celery's start-up handshake
-    is never blocked (a worker_process_init handler that takes > 4 s gets the child killed)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._loaded: LoadedModels | None = None
-        self._error: BaseException | None = None
-        self._sources: tuple[tuple[str, float], ...] = ()
-        self._thread: threading.Thread | None = None
-
-    def start(self, settings: Settings) -> None:
-        """Begin loading in a daemon thread (idempotent)."""
-        with self._lock:
-            if self._thread is not None:  # loading, or loaded
-                return
-            self._thread = threading.Thread(target=self._load, args=(settings,), daemon=True)
-            self._thread.start()
-
-    def _load(self, settings: Settings) -> None:
-        try:
-            self._loaded = load_models(settings)
-        except BaseException as exc:  # noqa: BLE001 - reported to the first task that waits
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    def _failed(self) -> BaseException:
-        """The load's error, for this task; the next task loads again, so a passing problem
-        (GPU memory another tenant held, a blip of a network mount) does not fail every job
-        this worker ever takes. A missing or corrupt model file stays the job's failure; out
-        of memory, or any other trouble starting the models, is this worker's: transient, so
-        the chunk is tried again (the delivery and retry bounds still apply)."""
-        error = self._error
-        assert error is not None
-        with self._lock:
-            self._thread, self._error, self._ready = None, None, threading.Event()
-        if isinstance(error, ModelError) and classify_oom(error) is None:
-            return error
-        return TransientError(f"the models could not be started on this worker: {error}")
-
-    def get(self, settings: Settings, sources: Sequence[Path]) -> LoadedModels:
-        """The loaded models with the identity of `sources` set (re-embedded only when the
-        images, or one's modification time, changed)."""
-        self.start(settings)
-        self._ready.wait()
-        if self._error is not None:
-            raise self._failed()
-        assert self._loaded is not None
-        key = tuple((str(path), path.stat().st_mtime) for path in sources)
-        if self._sources != key:
-            self._sources = ()  # a failed embedding must not leave a stale key behind
-            self._loaded.engine.set_sources(sources)
-            self._sources = key
-        return self._loaded
-
-
-MODELS = _ModelCache()
 
 
 @dataclass
@@ -402,27 +338,11 @@ def _swap_image_job(
         staged.discard()  # cancelled (or failed) meanwhile: the user's file was never touched
         store.chunk_cancelled(job_id, chunk.index)
         return None, False
-    _commit(staged, destination)
+    commit(staged, destination)
     result.output = destination
     store.chunk_done(job_id, chunk.index, result.frames)
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
     return result, False
-
-
-def _commit(staged: StagedOutput, output: Location, *, token: str | None = None) -> None:
-    """Put a verified output in place: renamed onto a file, or uploaded to an object (completed
-    at the key only now, aborted on failure, so the key holds what it held before), carrying
-    the commit's `token` in its metadata."""
-    try:
-        if isinstance(output, ObjectRef):
-            metadata = {COMMIT_METADATA: token} if token else None
-            objects.upload(staged.temp, output, metadata=metadata)
-            staged.discard()
-        else:
-            staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
 
 
 def _finish_image_job(
@@ -478,7 +398,7 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         )
         # What is about to be put in place, recorded before COMMITTING: a stitcher that dies
         # after this point leaves a job whose output a later stitch can recognise or finish.
-        mark = _commit_mark(staged, output)
+        mark = commit_mark(staged, output)
         # With the sweep's count of recoveries so far: only a later claim may resume it.
         mark["recoveries"] = int(store.get(job_id).get("recoveries") or 0)
         store.set_commit(job_id, json.dumps(mark))
@@ -488,32 +408,10 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
             if store.state(job_id) == CANCELLED:
                 remove_segments(settings, job_id, output=job["output"])
             return None
-        _commit(staged, output, token=mark.get("token"))
+        commit(staged, output, token=mark.get("token"))
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
     remove_segments(settings, job_id, output=job["output"])
     return output
-
-
-def _commit_mark(staged: StagedOutput, output: Location) -> dict[str, Any]:
-    """How a later stitch tells this commit apart from anything else at the output: a file
-    keeps its inode, size and mtime through the rename; an object carries a token in its
-    metadata."""
-    if isinstance(output, ObjectRef):
-        return {"token": uuid.uuid4().hex}
-    st = staged.temp.stat()
-    return {"temp": staged.temp.name, "ino": st.st_ino, "size": st.st_size, "mtime": st.st_mtime_ns}
-
-
-def _marked(path: Path, mark: dict[str, Any]) -> bool:
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return (st.st_ino, st.st_size, st.st_mtime_ns) == (
-        mark.get("ino"),
-        mark.get("size"),
-        mark.get("mtime"),
-    )
 
 
 def _resume_commit(
@@ -541,9 +439,9 @@ def _resume_commit(
             committed = None
         if not mark.get("token") or committed != mark["token"]:
             raise MediaError("the stitch stopped while uploading its output", reason=Reason.STALLED)
-    elif not _marked(output, mark):
+    elif not marked(output, mark):
         temp = output.with_name(str(mark.get("temp") or ".missing"))
-        if not _marked(temp, mark):
+        if not marked(temp, mark):
             raise MediaError(
                 "the stitch stopped while committing its output, and its verified file is gone",
                 reason=Reason.STALLED,

@@ -110,7 +110,7 @@ def _on_child_start(**_: Any) -> None:
     for queue in _worker_queues():
         observe.busy(False, queue)
     if os.environ.get(PRELOAD_ENV) == "1":
-        from facefusion_tasks.runner import MODELS
+        from facefusion_tasks.model_cache import MODELS
 
         MODELS.start(_settings())
     name = f"{socket.gethostname()}:{os.getpid()}"

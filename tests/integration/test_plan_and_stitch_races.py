@@ -235,7 +235,7 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
 
     # Killed between COMMITTING and the rename: the verified temp waits beside the output.
     before = _stitchable(store, settings, media, "before.mp4")
-    monkeypatch.setattr(runner, "_commit", die_before_rename)
+    monkeypatch.setattr(runner, "commit", die_before_rename)
     with pytest.raises(SystemExit):
         runner.stitch_job(store, settings, before)
     monkeypatch.undo()
@@ -250,7 +250,7 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
     # Neither in place nor waiting (an older file at the output is not mistaken for it): the
     # job fails as stalled, with the segments kept for `retry`.
     gone = _stitchable(store, settings, media, "after.mp4")
-    monkeypatch.setattr(runner, "_commit", die_before_rename)
+    monkeypatch.setattr(runner, "commit", die_before_rename)
     with pytest.raises(SystemExit):
         runner.stitch_job(store, settings, gone)
     monkeypatch.undo()
