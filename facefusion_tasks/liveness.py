@@ -69,17 +69,16 @@ def sweep(
     item is claimed by one atomic script before anything is sent or failed. `light_waiting`
     and `gpu_waiting` count the messages waiting in those queues."""
     now = time.time() if now is None else now
-    cutoff = now - settings.stall_seconds
-    report = SweepReport()
-    for job_id, index, _beat in store.stale_chunks(cutoff):
-        _recover_chunk(store, settings, job_id, index, cutoff, now, enqueue, report)
+    one = _Sweep(store, settings, enqueue, now, now - settings.stall_seconds)
+    for job_id, index, _beat in store.stale_chunks(one.cutoff):
+        one.recover_chunk(job_id, index)
     # A chunk's message may simply be waiting behind others: only a chunk still waiting while
     # the gpu queue is empty has lost its message (Redis lost it, or someone purged the queue).
-    unsent = store.stale_pending(cutoff)
+    unsent = store.stale_pending(one.cutoff)
     if unsent and gpu_waiting() == 0:
         for job_id, index, _sent in unsent:
-            _resend_chunk(store, settings, job_id, index, cutoff, now, enqueue, report)
-    stale_jobs = store.stale_jobs(cutoff)
+            one.resend_chunk(job_id, index)
+    stale_jobs = store.stale_jobs(one.cutoff)
     # A QUEUED job's plan message may simply be waiting behind others: only a job still QUEUED
     # while the light queue is empty has lost its message.
     light_busy = bool(stale_jobs) and light_waiting() > 0
@@ -88,7 +87,8 @@ def sweep(
         # that runs beats its clock, so a stale PLANNING or STITCHING job has really stopped.)
         if light_busy and store.state(job_id) in (QUEUED, RUNNING):
             continue
-        _recover_job(store, settings, job_id, cutoff, enqueue, report)
+        one.recover_job(job_id)
+    report = one.report
     report.removed_work_dirs = sweep_work_dirs(store, settings, now=now)
     report.forgotten_jobs = store.forget_expired(now=now)
     return report
@@ -149,104 +149,94 @@ def _sweep_buckets(store: JobStore, settings: Settings, *, now: float) -> list[s
     return removed
 
 
-def _recover_chunk(
-    store: JobStore,
-    settings: Settings,
-    job_id: str,
-    index: int,
-    cutoff: float,
-    now: float,
-    enqueue: Enqueue,
-    report: SweepReport,
-) -> None:
-    claimed = store.claim_stalled_chunk(
-        job_id, index, cutoff=cutoff, error=f"no progress for {settings.stall_seconds} s", now=now
-    )
-    if claimed is None:
-        return
-    started, beat = claimed["started_at"], claimed["heartbeat_at"]
-    # Still making progress when the hard time limit ran out (Celery SIGKILLed the process and
-    # acknowledged the message): too slow, and another attempt would be as slow. A chunk
-    # whose progress stopped well before the limit hung instead: that one is worth redoing.
-    limit = settings.chunk_time_limit
-    margin = max(2 * settings.heartbeat_seconds, 0.1 * limit)
-    if now - started >= limit and beat - started >= limit - margin:
-        _fail(store, job_id, index, Reason.TIMEOUT, "chunk hit the time limit", report)
-        return
-    lost = int(claimed["deliveries"] - claimed["finished"])
-    if lost >= settings.max_deliveries:
-        message = f"chunk {index} made no progress in {lost} deliveries"
-        _fail(store, job_id, index, Reason.STALLED, message, report)
-        return
-    log.warning("chunk %s/%s made no progress since %.0f s; requeued", job_id, index, now - beat)
-    enqueue("chunk", [job_id, index], _priority(store, job_id))
-    report.requeued_chunks.append((job_id, index))
+@dataclass
+class _Sweep:
+    """One sweep's claims: what each stale item becomes (sent again, or its job failed)."""
 
+    store: JobStore
+    settings: Settings
+    enqueue: Enqueue
+    now: float
+    #: Work with no progress since before this is stale.
+    cutoff: float
+    report: SweepReport = field(default_factory=SweepReport)
 
-def _resend_chunk(
-    store: JobStore,
-    settings: Settings,
-    job_id: str,
-    index: int,
-    cutoff: float,
-    now: float,
-    enqueue: Enqueue,
-    report: SweepReport,
-) -> None:
-    resent = store.claim_unsent_chunk(job_id, index, cutoff=cutoff, now=now)
-    if resent is None:
-        return
-    if resent > settings.max_deliveries:
-        message = f"chunk {index} was sent {resent} times and no worker took it"
-        _fail(store, job_id, index, Reason.STALLED, message, report)
-        return
-    log.warning("chunk %s/%s never reached a worker; sent again", job_id, index)
-    enqueue("chunk", [job_id, index], _priority(store, job_id))
-    report.requeued_chunks.append((job_id, index))
+    def recover_chunk(self, job_id: str, index: int) -> None:
+        """A running chunk with no progress: sent again, or its job fails."""
+        settings = self.settings
+        claimed = self.store.claim_stalled_chunk(
+            job_id, index, cutoff=self.cutoff, now=self.now,
+            error=f"no progress for {settings.stall_seconds} s",
+        )  # fmt: skip
+        if claimed is None:
+            return
+        started, beat = claimed["started_at"], claimed["heartbeat_at"]
+        # Still making progress when the hard time limit ran out (Celery SIGKILLed the process
+        # and acknowledged the message): too slow, and another attempt would be as slow. A
+        # chunk whose progress stopped well before the limit hung instead: worth redoing.
+        limit = settings.chunk_time_limit
+        margin = max(2 * settings.heartbeat_seconds, 0.1 * limit)
+        if self.now - started >= limit and beat - started >= limit - margin:
+            self._fail(job_id, index, Reason.TIMEOUT, "chunk hit the time limit")
+            return
+        lost = int(claimed["deliveries"] - claimed["finished"])
+        if lost >= settings.max_deliveries:
+            self._fail(
+                job_id,
+                index,
+                Reason.STALLED,
+                f"chunk {index} made no progress in {lost} deliveries",
+            )
+            return
+        log.warning(
+            "chunk %s/%s made no progress since %.0f s; requeued", job_id, index, self.now - beat
+        )
+        self._send_chunk(job_id, index)
 
+    def resend_chunk(self, job_id: str, index: int) -> None:
+        """A chunk whose message never reached a worker: sent again, or its job fails."""
+        resent = self.store.claim_unsent_chunk(job_id, index, cutoff=self.cutoff, now=self.now)
+        if resent is None:
+            return
+        if resent > self.settings.max_deliveries:
+            message = f"chunk {index} was sent {resent} times and no worker took it"
+            self._fail(job_id, index, Reason.STALLED, message)
+            return
+        log.warning("chunk %s/%s never reached a worker; sent again", job_id, index)
+        self._send_chunk(job_id, index)
 
-def _recover_job(
-    store: JobStore,
-    settings: Settings,
-    job_id: str,
-    cutoff: float,
-    enqueue: Enqueue,
-    report: SweepReport,
-) -> None:
-    claimed = store.claim_stalled_job(job_id, cutoff=cutoff)
-    if claimed is None:
-        return
-    state, recoveries = claimed
-    if recoveries > settings.max_deliveries:
-        message = f"stuck in {state} after {recoveries - 1} recoveries"
-        _fail(store, job_id, None, Reason.STALLED, message, report)
-        return
-    # RUNNING here means every chunk is done and no stitch has started (its message was lost);
-    # COMMITTING, that the stitcher died after verifying its output: a stitch sent now finishes
-    # that commit from the job's commit mark, or fails the job as stalled.
-    task = "stitch" if state in {STITCHING, RUNNING, COMMITTING} else "plan"
-    log.warning(
-        "job %s stuck in %s for %d s; %s sent again", job_id, state, settings.stall_seconds, task
-    )
-    enqueue(task, [job_id], 9 if task == "stitch" else _priority(store, job_id))
-    report.requeued_jobs.append((job_id, task))
+    def recover_job(self, job_id: str) -> None:
+        """A job stuck in a state only a plan or stitch moves: that task sent again, or fail."""
+        claimed = self.store.claim_stalled_job(job_id, cutoff=self.cutoff)
+        if claimed is None:
+            return
+        state, recoveries = claimed
+        if recoveries > self.settings.max_deliveries:
+            message = f"stuck in {state} after {recoveries - 1} recoveries"
+            self._fail(job_id, None, Reason.STALLED, message)
+            return
+        # RUNNING here means every chunk is done and no stitch has started (its message was
+        # lost); COMMITTING, that the stitcher died after verifying its output: a stitch sent
+        # now finishes that commit from the job's commit mark, or fails the job as stalled.
+        task = "stitch" if state in {STITCHING, RUNNING, COMMITTING} else "plan"
+        log.warning(
+            "job %s stuck in %s for %d s; %s sent again",
+            job_id, state, self.settings.stall_seconds, task,
+        )  # fmt: skip
+        self.enqueue(task, [job_id], 9 if task == "stitch" else self._priority(job_id))
+        self.report.requeued_jobs.append((job_id, task))
 
+    def _send_chunk(self, job_id: str, index: int) -> None:
+        self.enqueue("chunk", [job_id, index], self._priority(job_id))
+        self.report.requeued_chunks.append((job_id, index))
 
-def _fail(
-    store: JobStore,
-    job_id: str,
-    index: int | None,
-    reason: Reason,
-    message: str,
-    report: SweepReport,
-) -> None:
-    if store.fail(job_id, reason, message, index=index):
-        log.error("job %s failed: %s (%s)", job_id, message, reason.value)
-        report.failed_jobs.append((job_id, reason))
+    def _fail(self, job_id: str, index: int | None, reason: Reason, message: str) -> None:
+        if self.store.fail(job_id, reason, message, index=index):
+            log.error("job %s failed: %s (%s)", job_id, message, reason.value)
+            self.report.failed_jobs.append((job_id, reason))
 
-
-def _priority(store: JobStore, job_id: str) -> int:
-    return int(store.get(job_id).get("priority") or 5)
+    def _priority(self, job_id: str) -> int:
+        return int(self.store.get(job_id).get("priority") or 5)
 
 
 def run_periodically(

@@ -15,7 +15,7 @@ import redis
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.jobs import Chunk
-from facefusion_tasks.liveness import sweep
+from facefusion_tasks.liveness import SweepReport, sweep
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import (
     FAILED,
@@ -67,6 +67,15 @@ class _Sent:
 
     def __call__(self, kind: str, args: list[Any], priority: int) -> None:
         self.calls.append((kind, args, priority))
+
+
+def _sweep(
+    store: JobStore, settings: Settings, sent: _Sent, now: float, *, light: int = 0, gpu: int = 0
+) -> SweepReport:
+    """One sweep at `now`, with `light` and `gpu` messages waiting in those queues."""
+    return sweep(
+        store, settings, enqueue=sent, light_waiting=lambda: light, gpu_waiting=lambda: gpu, now=now
+    )
 
 
 def test_the_last_chunk_done_across_a_redis_pause_queues_the_stitch_exactly_once(
@@ -205,22 +214,10 @@ def test_a_chunk_with_no_progress_is_requeued_once_whoever_sweeps(store: JobStor
     store.chunk_delivered(job_id, 1, worker="w2@h", pid=12, now=1000.0)
     store.chunk_heartbeat(job_id, 1, 4, now=1012.0)  # still moving
     sent = _Sent()
-    early = sweep(
-        store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0, now=1012.0
-    )
+    early = _sweep(store, settings, sent, 1012.0)
     assert early.requeued_chunks == [] and sent.calls == []
     # Two sweepers on two hosts at once: one claim wins.
-    reports = [
-        sweep(
-            store,
-            settings,
-            enqueue=sent,
-            light_waiting=lambda: 0,
-            gpu_waiting=lambda: 0,
-            now=1014.0,
-        )
-        for _ in range(2)
-    ]
+    reports = [_sweep(store, settings, sent, 1014.0) for _ in range(2)]
     assert [r.requeued_chunks for r in reports] == [[(job_id, 0)], []]
     assert sent.calls == [("chunk", [job_id, 0], 5)]
     chunk = store.status(job_id).chunks[0]  # type: ignore[union-attr]
@@ -234,14 +231,7 @@ def test_a_chunk_that_keeps_stalling_fails_its_job_as_stalled(store: JobStore) -
     sent = _Sent()
     for attempt in range(2):
         store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0 + 100 * attempt)
-        report = sweep(
-            store,
-            settings,
-            enqueue=sent,
-            light_waiting=lambda: 0,
-            gpu_waiting=lambda: 0,
-            now=1050 + 100 * attempt,
-        )
+        report = _sweep(store, settings, sent, 1050 + 100 * attempt)
     assert len(sent.calls) == 1
     assert report.failed_jobs == [(job_id, Reason.STALLED)]
     job = store.get(job_id)
@@ -259,9 +249,7 @@ def test_a_chunk_killed_by_the_hard_time_limit_while_progressing_fails_as_timeou
     store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0)
     store.chunk_heartbeat(job_id, 0, 9, now=1059.0)
     sent = _Sent()
-    report = sweep(
-        store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0, now=1070.0
-    )
+    report = _sweep(store, settings, sent, 1070.0)
     assert report.failed_jobs == [(job_id, Reason.TIMEOUT)] and sent.calls == []
     assert store.get(job_id)["reason"] == "timeout"
 
@@ -276,18 +264,16 @@ def test_jobs_stuck_planning_or_stitching_are_sent_again_then_failed(store: JobS
     store.r.zadd(LIVE_KEY, {planning: 100.0, stitching: 100.0, queued: 100.0})
     sent = _Sent()
     # The light queue has waiting work: the QUEUED job's plan may be among it.
-    sweep(store, settings, enqueue=sent, light_waiting=lambda: 3, gpu_waiting=lambda: 0, now=200.0)
+    _sweep(store, settings, sent, 200.0, light=3)
     assert sorted(sent.calls) == [("plan", [planning], 7), ("stitch", [stitching], 9)]
     sent.calls.clear()
-    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0, now=205.0)
+    _sweep(store, settings, sent, 205.0)
     assert sent.calls == [("plan", [queued], 5)]  # the others' clocks restarted at the claim
-    report = sweep(
+    report = _sweep(
         store,
         settings,
-        enqueue=sent,
-        light_waiting=lambda: 0,
-        gpu_waiting=lambda: 0,
-        now=time.time() + 60,
+        sent,
+        time.time() + 60,
     )
     assert sorted(report.failed_jobs) == sorted(
         [(planning, Reason.STALLED), (stitching, Reason.STALLED), (queued, Reason.STALLED)]
@@ -300,13 +286,11 @@ def test_a_lost_stitch_message_is_sent_again(store: JobStore) -> None:
     job_id = _job(store, chunks=1)
     store.chunk_done(job_id, 0, 10)  # the completer died before it could enqueue the stitch
     sent = _Sent()
-    sweep(
+    _sweep(
         store,
         settings,
-        enqueue=sent,
-        light_waiting=lambda: 0,
-        gpu_waiting=lambda: 0,
-        now=time.time() + 60,
+        sent,
+        time.time() + 60,
     )
     assert sent.calls == [("stitch", [job_id], 9)]
     store.set_state(job_id, STITCHING)
@@ -325,15 +309,10 @@ def test_chunks_whose_messages_never_arrived_are_sent_again_once_the_gpu_queue_i
     store.chunk_delivered(job_id, 2, worker="w1@h", pid=11, now=later)  # this one did arrive
     sent = _Sent()
     # Messages still waiting in the gpu queue may be these chunks': wait for them.
-    sweep(store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 4, now=later)
+    _sweep(store, settings, sent, later, gpu=4)
     assert sent.calls == []
     # Two sweepers on two hosts at once: each chunk is sent once.
-    reports = [
-        sweep(
-            store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0, now=later
-        )
-        for _ in range(2)
-    ]
+    reports = [_sweep(store, settings, sent, later) for _ in range(2)]
     assert [sorted(r.requeued_chunks) for r in reports] == [[(job_id, 0), (job_id, 1)], []]
     assert sorted(sent.calls) == [("chunk", [job_id, 0], 5), ("chunk", [job_id, 1], 5)]
     assert store.state(job_id) == RUNNING
@@ -341,14 +320,7 @@ def test_chunks_whose_messages_never_arrived_are_sent_again_once_the_gpu_queue_i
     store.chunk_delivered(job_id, 0, worker="w1@h", pid=12, now=later + 11)
     store.chunk_heartbeat(job_id, 2, 5, now=later + 11)
     sent.calls.clear()
-    sweep(
-        store,
-        settings,
-        enqueue=sent,
-        light_waiting=lambda: 0,
-        gpu_waiting=lambda: 0,
-        now=later + 11,
-    )
+    _sweep(store, settings, sent, later + 11)
     assert sent.calls == [("chunk", [job_id, 1], 5)]
 
 
@@ -357,9 +329,7 @@ def test_a_chunk_no_worker_ever_takes_fails_its_job_as_stalled(store: JobStore) 
     job_id = _job(store, chunks=1)
     sent = _Sent()
     for period in range(1, 4):
-        report = sweep(
-            store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0,
-            now=time.time() + 11 * period,
+        report = _sweep(store, settings, sent, time.time() + 11 * period,
         )  # fmt: skip
     assert len(sent.calls) == 2
     assert report.failed_jobs == [(job_id, Reason.STALLED)]
@@ -431,8 +401,5 @@ def test_a_chunk_waiting_for_its_retry_is_sent_again_if_that_message_is_lost(
     assert store.status(job_id).chunks[0]["state"] == PENDING  # type: ignore[union-attr]
     sent = _Sent()
     # The retry's message never comes (its worker died holding it for the countdown).
-    sweep(
-        store, settings, enqueue=sent, light_waiting=lambda: 0, gpu_waiting=lambda: 0,
-        now=later + 11,
-    )  # fmt: skip
+    _sweep(store, settings, sent, later + 11)
     assert sent.calls == [("chunk", [job_id, 0], 5)]
