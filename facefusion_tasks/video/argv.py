@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -244,17 +245,30 @@ def video_codec_args(encoder: str, *, preset: str, quality: int) -> list[str]:
     raise ValueError(f"unknown video encoder {encoder!r} (use one of {', '.join(ENCODERS)})")
 
 
-def audio_codec_args(muxer: str, source_codec: str | None) -> list[str]:
-    """Copy the source audio when the container takes its codec, else transcode it (Opus for
-    WebM, AAC elsewhere): audio is never dropped for not fitting."""
-    if audio_is_copied(muxer, source_codec):
+def audio_codec_args(muxer: str, source_codecs: Sequence[str | None]) -> list[str]:
+    """For each audio stream of the source, in order: copied when the container takes its
+    codec, else transcoded (Opus for WebM, AAC elsewhere). No stream is dropped for not
+    fitting. One set of options for all streams when they agree, else one per stream."""
+    copied = [audio_is_copied(muxer, codec) for codec in source_codecs] or [False]
+    if all(copied):
         return ["-c:a", "copy"]
+    if not any(copied):
+        return _audio_transcode_args(muxer, "")
+    args: list[str] = []
+    for index, copy in enumerate(copied):
+        args += [f"-c:a:{index}", "copy"] if copy else _audio_transcode_args(muxer, f":{index}")
+    return args
+
+
+def _audio_transcode_args(muxer: str, stream: str) -> list[str]:
+    """Transcode options for the audio streams `stream` selects ("" = all, ":1" = the second)."""
     encoder = audio_encoder(muxer)
-    args = ["-c:a", encoder, "-b:a", "192k"]
+    args = [f"-c:a{stream}", encoder, f"-b:a{stream}", "192k"]
     if encoder == "libopus":
         # libopus refuses layouts outside its Vorbis mapping (2.1, 4.0, 7.1(wide), …);
         # aformat lets ffmpeg remix those to the nearest one it takes.
-        args += ["-af", f"aformat=channel_layouts={'|'.join(OPUS_LAYOUTS)}"]
+        layouts = f"aformat=channel_layouts={'|'.join(OPUS_LAYOUTS)}"
+        args += ["-af", layouts] if not stream else [f"-filter:a{stream}", layouts]
     return args
 
 
@@ -269,13 +283,14 @@ def encode_argv(
     quality: int = 18,
     muxer: str | None = None,
     audio_source: str | Path | None = None,
-    audio_codec: str | None = None,
+    audio_codecs: Sequence[str | None] = (),
     audio_seconds: float | None = None,
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
-    """Encode Matroska-wrapped bgr24 frames read from stdin (input 0), optionally muxing the
-    first audio stream of audio_source (input 1, cut to the video's length).
+    """Encode Matroska-wrapped bgr24 frames read from stdin (input 0), optionally muxing every
+    audio stream of audio_source (input 1, cut to the video's length; `audio_codecs` are
+    theirs, in order).
 
     Each frame keeps its own timestamp: passthrough never drops or duplicates, the encoder
     ticks in the source time base, and mp4/mov tracks use its denominator as timescale.
@@ -291,7 +306,7 @@ def encode_argv(
         # -shortest: that would cut *video* frames whenever the audio track is the shorter one.
         limit = {} if audio_seconds is None else {"t": seconds(audio_seconds)}
         audio = ffmpeg_python.input(str(audio_source), **plain_input_options(audio_source), **limit)
-        streams.append(audio["a:0?"])
+        streams.append(audio["a?"])
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
     args = ffmpeg_python.output(*streams, str(destination)).get_args()
     options = video_codec_args(encoder, preset=preset, quality=quality)
@@ -303,6 +318,6 @@ def encode_argv(
         options += ["-video_track_timescale", str(time_base.denominator)]
         options += ["-movflags", "+faststart"]
     if audio_source is not None:
-        options += audio_codec_args(muxer, audio_codec)
+        options += audio_codec_args(muxer, audio_codecs)
     # -y: the writer's temp file already exists (created race-free before ffmpeg starts).
     return [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", *args[:-1], *options, "-f", muxer, args[-1]]

@@ -75,6 +75,13 @@ class VideoInfo:
     stored_height: int = 0
     #: ffmpeg's name for the container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", …).
     container: str = ""
+    #: Every audio stream's codec, in stream order (audio_codec is the first): all are kept.
+    audio_codecs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A record from before audio_codecs existed knew only the first stream.
+        if not self.audio_codecs and self.audio_codec:
+            object.__setattr__(self, "audio_codecs", (self.audio_codec,))
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form, so a job probes its video once and every chunk reuses the result."""
@@ -91,6 +98,7 @@ class VideoInfo:
         values["path"] = objects.location(values["path"])
         values["frame_rate"] = Fraction(values["frame_rate"])
         values["time_base"] = Fraction(values["time_base"])
+        values["audio_codecs"] = tuple(values.get("audio_codecs") or ())
         return cls(**values)
 
 
@@ -358,6 +366,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         start_pts=_int(video.get("start_pts")) or 0,
         has_audio=bool(audios),
         audio_codec=str(audios[0].get("codec_name")) if audios else None,
+        audio_codecs=tuple(str(a.get("codec_name")) for a in audios),
         video_codec=str(video.get("codec_name", "")),
         pix_fmt=str(video.get("pix_fmt", "")),
         # r_frame_rate is the finest regular rate; avg differs when steps vary.
@@ -489,7 +498,7 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
     lines = [process.strip_level(line) for line in packets.stderr.splitlines()]
     container = ""
     video_line = ""
-    audio_codec: str | None = None
+    audio_codecs: list[str] = []
     rotation_text: str | None = None
     legacy_rotate: str | None = None
     duration = 0.0
@@ -512,8 +521,8 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         if "Stream #" in line:
             in_video = False
             audio = _AUDIO_LINE.search(line)
-            if audio and audio_codec is None:
-                audio_codec = audio.group(1)
+            if audio:
+                audio_codecs.append(audio.group(1))
             continue
         if in_video:
             match = _ROTATION.search(line)
@@ -555,8 +564,9 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         frame_count=len(ordered),
         duration=duration,
         start_pts=ordered[0] if ordered else 0,
-        has_audio=audio_codec is not None,
-        audio_codec=audio_codec,
+        has_audio=bool(audio_codecs),
+        audio_codec=audio_codecs[0] if audio_codecs else None,
+        audio_codecs=tuple(audio_codecs),
         video_codec=codec,
         pix_fmt=pix_fmt,
         variable_frame_rate=packets.variable(),

@@ -51,12 +51,12 @@ def stitch_argv(
     time_base: Fraction,
     muxer: str,
     audio_source: str | Path | None = None,
-    audio_codec: str | None = None,
+    audio_codecs: Sequence[str | None] = (),
     audio_seconds: float | None = None,
     ffmpeg: str = "ffmpeg",
 ) -> list[str]:
-    """ffmpeg argv: concat demuxer → stream copy of the video, plus the source's first audio
-    stream (copied when the container takes it), limited to the video's length."""
+    """ffmpeg argv: concat demuxer → stream copy of the video, plus every audio stream of the
+    source (each copied when the container takes it), limited to the video's length."""
     argv = [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", "-f", "concat", "-safe", "0", "-i", str(concat_file)]
     if audio_source is not None:
         if audio_seconds is not None:
@@ -66,7 +66,7 @@ def stitch_argv(
         argv += [*plain_input_args(audio_source), "-i", str(audio_source)]
     argv += ["-map", "0:v:0", "-c:v", "copy"]
     if audio_source is not None:
-        argv += ["-map", "1:a:0?", *audio_codec_args(muxer, audio_codec)]
+        argv += ["-map", "1:a?", *audio_codec_args(muxer, audio_codecs)]
     if muxer in MOV_FAMILY:
         argv += ["-video_track_timescale", str(time_base.denominator), "-movflags", "+faststart"]
     return [*argv, "-f", muxer, str(destination)]
@@ -102,7 +102,7 @@ def stitch_segments(
         time_base=audio_source.time_base,
         muxer=muxer,
         audio_source=objects.ffmpeg_input(audio_source.path) if audio_source.has_audio else None,
-        audio_codec=audio_source.audio_codec,
+        audio_codecs=audio_source.audio_codecs,
         audio_seconds=audio_source.duration if audio_source.has_audio else None,
         ffmpeg=exe,
     )

@@ -150,7 +150,7 @@ class FrameWriter:
                 quality=settings.video_quality,
                 muxer=muxer,
                 audio_source=objects.ffmpeg_input(audio.path) if audio else None,
-                audio_codec=audio.audio_codec if audio else None,
+                audio_codecs=audio.audio_codecs if audio else (),
                 audio_seconds=audio.duration if audio and audio.duration > 0 else None,
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),

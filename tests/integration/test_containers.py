@@ -43,8 +43,33 @@ CLIPS = {
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A storage root with source.png, the clips and an empty out/."""
-    return storage_root(tmp_path_factory.mktemp("containers"), CLIPS)
+    """A storage root with source.png, the clips and an empty out/; two-audio.mkv is aac.mp4's
+    video with two audio tracks, AAC (eng) and Vorbis (fra), as a film with two languages."""
+    root = storage_root(tmp_path_factory.mktemp("containers"), CLIPS)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "aac.mp4"), "-i", str(root / "vorbis.mkv"),
+         "-map", "0:v", "-map", "0:a", "-map", "1:a", "-c", "copy",
+         "-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fra",
+         str(root / "two-audio.mkv")],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return root
+
+
+def audio_tracks(path: Path) -> list[tuple[str, str, float]]:
+    """(codec, language, duration) of every audio stream, in order."""
+    found = []
+    for stream in streams(path):
+        if stream["codec_type"] != "audio":
+            continue
+        tags = {key.lower(): value for key, value in stream.get("tags", {}).items()}
+        if "duration" in stream:
+            length = float(stream["duration"])
+        else:  # Matroska keeps it only as a tag
+            hours, minutes, secs = tags["duration"].split(":")
+            length = int(hours) * 3600 + int(minutes) * 60 + float(secs)
+        found.append((str(stream["codec_name"]), str(tags.get("language", "")), length))
+    return found
 
 
 def video_codec(path: Path) -> str:
@@ -113,6 +138,25 @@ def test_opus_or_vorbis_audio_written_to_mp4_becomes_aac(
     assert video_times(output) == video_times(root / clip)
     source_audio, output_audio = audio_duration(root / clip), audio_duration(output)
     assert source_audio is not None and output_audio == pytest.approx(source_audio, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("output", "codecs"),
+    [("two.mkv", ["aac", "vorbis"]), ("two.mp4", ["aac", "aac"]), ("two.webm", ["opus", "vorbis"])],
+)
+def test_every_audio_track_is_kept_copied_where_it_fits_and_transcoded_where_not(
+    root: Path, models_dir: Path, tmp_path: Path, output: str, codecs: list[str]
+) -> None:
+    # Matroska takes both as they are; mp4 takes the AAC and gets the Vorbis as AAC; WebM
+    # takes the Vorbis and gets the AAC as Opus. Order, languages and lengths are kept.
+    source = audio_tracks(root / "two-audio.mkv")
+    assert [(c, lang) for c, lang, _ in source] == [("aac", "eng"), ("vorbis", "fra")]
+    swap(root, models_dir, "two-audio.mkv", tmp_path / output)
+    kept = audio_tracks(tmp_path / output)
+    assert [(c, lang) for c, lang, _ in kept] == list(zip(codecs, ["eng", "fra"], strict=True))
+    for (_, _, want), (_, _, got) in zip(source, kept, strict=True):
+        assert got == pytest.approx(want, abs=0.05)
+    assert video_times(tmp_path / output) == video_times(root / "two-audio.mkv")
 
 
 @pytest.mark.parametrize("encoder", ["libsvtav1", "libaom-av1"])
@@ -206,7 +250,8 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     # carried by the job): each chunk asks the worker's, which WebM cannot hold.
     producer = Producer(fleet.settings().replace(video_encoder=""))
     outputs = {"vfr.webm": root / "out" / "vfr-distributed.webm",
-               "aac.mp4": root / "out" / "aac-distributed.webm"}  # fmt: skip
+               "aac.mp4": root / "out" / "aac-distributed.webm",
+               "two-audio.mkv": root / "out" / "two-distributed.webm"}  # fmt: skip
     jobs = {
         clip: producer.submit(root / "source.png", root / clip, output, chunk_seconds=0.5)
         for clip, output in outputs.items()
@@ -236,3 +281,10 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     assert (video_codec(from_mp4), audio_codec(from_mp4)) == ("vp9", "opus")
     assert len(video_times(from_mp4)) == 50
     assert audio_duration(from_mp4) == pytest.approx(audio_duration(root / "aac.mp4"), abs=0.05)
+    # Two audio tracks: the stitch keeps both, the Vorbis copied, the AAC as Opus.
+    two = outputs["two-audio.mkv"]
+    kept = audio_tracks(two)
+    assert [(c, lang) for c, lang, _ in kept] == [("opus", "eng"), ("vorbis", "fra")]
+    for (_, _, want), (_, _, got) in zip(audio_tracks(root / "two-audio.mkv"), kept, strict=True):
+        assert got == pytest.approx(want, abs=0.05)
+    assert video_times(two) == video_times(root / "aac.mp4")

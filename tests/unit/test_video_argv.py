@@ -124,12 +124,12 @@ def test_encode_explicit_muxer_wins_over_the_file_name() -> None:
 def test_encode_adds_source_audio_copied_when_it_fits_and_cut_to_the_video() -> None:
     argv = encode_argv(
         "o.mp4", width=64, height=64, time_base=Fraction(1, 25),
-        audio_source="/videos/in.mp4", audio_codec="aac", audio_seconds=4.5,
+        audio_source="/videos/in.mp4", audio_codecs=("aac",), audio_seconds=4.5,
     )  # fmt: skip
     inputs = [argv[i + 1] for i, a in enumerate(argv) if a == "-i"]
     assert inputs == ["pipe:0", "/videos/in.mp4"]
     maps = [argv[i + 1] for i, a in enumerate(argv) if a == "-map"]
-    assert maps == ["0:v:0", "1:a:0?"]
+    assert maps == ["0:v:0", "1:a?"]  # every audio stream
     assert option(argv, "-c:a") == "copy"
     # The audio input is limited to the video's length; -shortest could drop video frames.
     assert "-shortest" not in argv
@@ -159,7 +159,24 @@ def test_encode_adds_source_audio_copied_when_it_fits_and_cut_to_the_video() -> 
     ],
 )
 def test_audio_codec_choice(muxer: str, codec: str | None, expected: str) -> None:
-    assert option(audio_codec_args(muxer, codec), "-c:a") == expected
+    assert option(audio_codec_args(muxer, [codec]), "-c:a") == expected
+
+
+def test_every_audio_stream_is_kept_each_copied_or_transcoded_as_it_fits() -> None:
+    # Two tracks the container takes: one copy for all.
+    assert audio_codec_args("matroska", ["aac", "opus"]) == ["-c:a", "copy"]
+    # None fits: one transcode for all.
+    assert option(audio_codec_args("webm", ["aac", "pcm_s16le"]), "-c:a") == "libopus"
+    # Some fit: per stream, so the one that fits is not re-encoded.
+    mixed = audio_codec_args("webm", ["opus", "aac"])
+    assert option(mixed, "-c:a:0") == "copy" and option(mixed, "-c:a:1") == "libopus"
+    assert option(mixed, "-b:a:1") == "192k" and option(mixed, "-filter:a:1").startswith("aformat=")
+    assert "-af" not in mixed and "-c:a" not in mixed  # nothing applies to the copied stream
+    argv = encode_argv(
+        "o.mkv", width=64, height=64, time_base=Fraction(1, 25), audio_source="/in/t.mkv",
+        audio_codecs=("aac", "opus"), audio_seconds=2.0,
+    )  # fmt: skip
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-map"] == ["0:v:0", "1:a?"]
 
 
 def test_encoder_quality_flags() -> None:
@@ -214,12 +231,12 @@ def test_parse_ffmpeg_capabilities() -> None:
 
 
 def test_opus_transcode_remixes_layouts_libopus_refuses() -> None:
-    argv = audio_codec_args("webm", "aac")
+    argv = audio_codec_args("webm", ["aac"])
     assert option(argv, "-c:a") == "libopus"
     # 2.1 or 4.0 audio would make libopus fail to open: aformat remixes it to one it takes.
     assert option(argv, "-af") == "aformat=channel_layouts=mono|stereo|3.0|quad|5.0|5.1|6.1|7.1"
-    assert "-af" not in audio_codec_args("mp4", "opus")
-    assert "-af" not in audio_codec_args("webm", "opus")
+    assert "-af" not in audio_codec_args("mp4", ["opus"])
+    assert "-af" not in audio_codec_args("webm", ["opus"])
 
 
 def test_vp9_and_av1_quality_and_speed_flags() -> None:
@@ -256,7 +273,7 @@ def test_vp9_and_av1_quality_and_speed_flags() -> None:
 def test_stitching_into_webm_copies_the_video_and_transcodes_aac_to_opus() -> None:
     argv = stitch_argv(
         Path("/work/j/concat.ffconcat"), Path("/out/.o.partial.webm"), time_base=Fraction(1, 1000),
-        muxer="webm", audio_source=Path("/in/t.mp4"), audio_codec="aac", audio_seconds=2.0,
+        muxer="webm", audio_source=Path("/in/t.mp4"), audio_codecs=("aac",), audio_seconds=2.0,
     )  # fmt: skip
     assert option(argv, "-c:v") == "copy"
     assert option(argv, "-c:a") == "libopus"
