@@ -228,6 +228,7 @@ def run_swap(
             audio_source=info if job.audio else None,
             settings=settings,
             frame_rate=info.frame_rate,
+            colour=info.colour,
         )
     except BaseException:
         # The decoder is already running: a writer that cannot start (a full disk, a refused

@@ -16,6 +16,13 @@ from facefusion_tasks.video.codecs import (
     audio_encoder,
     audio_is_copied,
 )
+from facefusion_tasks.video.colour import (
+    DECODE_SWS_FLAGS,
+    UNTAGGED,
+    Colour,
+    colour_tags,
+    encode_filter,
+)
 from facefusion_tasks.video.signed import SignedUrl
 
 #: Decoder logging: showinfo prints each frame's pts at info level; the level prefix lets the
@@ -189,6 +196,9 @@ def decode_argv(
         "vf": "showinfo=checksum=0",
         "f": "rawvideo",
         "pix_fmt": "bgr24",
+        # The source's own matrix and range (swscale reads the frames' tags), rounded so that
+        # the encoder's conversion back gives the same luma.
+        "sws_flags": DECODE_SWS_FLAGS,
         **_fps_mode(version),
     }
     if max_frames is not None:
@@ -285,12 +295,14 @@ def encode_argv(
     audio_source: str | Path | None = None,
     audio_codecs: Sequence[str | None] = (),
     audio_seconds: float | None = None,
+    colour: Colour = UNTAGGED,
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
     """Encode Matroska-wrapped bgr24 frames read from stdin (input 0), optionally muxing every
     audio stream of audio_source (input 1, cut to the video's length; `audio_codecs` are
-    theirs, in order).
+    theirs, in order). BGR goes back to YUV with the source's `colour` matrix and range, and
+    the output carries its colour tags.
 
     Each frame keeps its own timestamp: passthrough never drops or duplicates, the encoder
     ticks in the source time base, and mp4/mov tracks use its denominator as timescale.
@@ -310,7 +322,8 @@ def encode_argv(
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
     args = ffmpeg_python.output(*streams, str(destination)).get_args()
     options = video_codec_args(encoder, preset=preset, quality=quality)
-    options += ["-pix_fmt", pix_fmt_for(width, height)]
+    options += ["-vf", encode_filter(colour), "-pix_fmt", pix_fmt_for(width, height)]
+    options += colour_tags(colour)
     for key, value in _fps_mode(version).items():
         options += [f"-{key}", value]
     options += ["-enc_time_base", ratio(time_base)]

@@ -19,6 +19,7 @@ from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.argv import PLAIN_DEMUXERS, plain_input_args
+from facefusion_tasks.video.colour import UNTAGGED, Colour
 from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class VideoInfo:
     container: str = ""
     #: Every audio stream's codec, in stream order (audio_codec is the first): all are kept.
     audio_codecs: tuple[str, ...] = ()
+    #: The video stream's colour description, which the output keeps.
+    colour: Colour = UNTAGGED
 
     def __post_init__(self) -> None:
         # A record from before audio_codecs existed knew only the first stream.
@@ -99,6 +102,7 @@ class VideoInfo:
         values["frame_rate"] = Fraction(values["frame_rate"])
         values["time_base"] = Fraction(values["time_base"])
         values["audio_codecs"] = tuple(values.get("audio_codecs") or ())
+        values["colour"] = Colour(**(values.get("colour") or {}))
         return cls(**values)
 
 
@@ -367,6 +371,12 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         has_audio=bool(audios),
         audio_codec=str(audios[0].get("codec_name")) if audios else None,
         audio_codecs=tuple(str(a.get("codec_name")) for a in audios),
+        colour=Colour.of(
+            video.get("color_space"),
+            video.get("color_primaries"),
+            video.get("color_transfer"),
+            video.get("color_range"),
+        ),  # fmt: skip
         video_codec=str(video.get("codec_name", "")),
         pix_fmt=str(video.get("pix_fmt", "")),
         # r_frame_rate is the finest regular rate; avg differs when steps vary.
@@ -567,6 +577,7 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         has_audio=bool(audio_codecs),
         audio_codec=audio_codecs[0] if audio_codecs else None,
         audio_codecs=tuple(audio_codecs),
+        colour=Colour.from_stream_line(rest[pix.end() :] if pix else ""),
         video_codec=codec,
         pix_fmt=pix_fmt,
         variable_frame_rate=packets.variable(),

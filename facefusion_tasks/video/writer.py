@@ -19,6 +19,7 @@ from facefusion_tasks.errors import InputError, MediaError, OutputError
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import codecs, ffbin, process, staging
 from facefusion_tasks.video.argv import encode_argv, muxer_for
+from facefusion_tasks.video.colour import UNTAGGED, Colour
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
 from facefusion_tasks.video.probe import VideoInfo
 from facefusion_tasks.video.signed import redact
@@ -118,6 +119,7 @@ class FrameWriter:
         audio_source: VideoInfo | None,
         settings: Settings,
         frame_rate: Fraction | None = None,
+        colour: Colour = UNTAGGED,
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"bad frame size {width}x{height}")
@@ -152,6 +154,7 @@ class FrameWriter:
                 audio_source=objects.ffmpeg_input(audio.path) if audio else None,
                 audio_codecs=audio.audio_codecs if audio else (),
                 audio_seconds=audio.duration if audio and audio.duration > 0 else None,
+                colour=colour,
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),
             )

@@ -99,7 +99,9 @@ def test_encode_keeps_odd_sizes_with_full_chroma() -> None:
     for width, height in [(321, 240), (320, 241), (321, 241)]:
         argv = encode_argv("o.mp4", width=width, height=height, time_base=Fraction(1, 25))
         assert option(argv, "-pix_fmt") == "yuv444p"
-        assert not any(a.startswith(("scale", "pad", "crop")) for a in argv)
+        # The one filter converts to YUV and gives no size: nothing is scaled, padded or cut.
+        assert option(argv, "-vf") == "scale=flags=accurate_rnd"
+        assert not any(a.startswith(("pad", "crop")) for a in argv)
     assert pix_fmt_for(2, 2) == "yuv420p"
 
 

@@ -1,0 +1,109 @@
+"""Outside the faces a swap gives back the source's pixels: the trip through BGR keeps the luma
+exactly and the colour tags as they were (real ffmpeg, lossless encoder settings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facefusion_tasks.video.samples import make_sample_video
+from tests.integration.test_swap_cli import run_cli
+from tests.media import streams, write_source_face
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+WIDTH, HEIGHT = 320, 240
+
+#: How each source is tagged: (scale filter for its YUV, its output tags).
+SOURCES = {
+    "untagged": ("", []),
+    "bt709-tv": (
+        "scale=out_color_matrix=bt709:out_range=tv",
+        [
+            "-colorspace",
+            "bt709",
+            "-color_primaries",
+            "bt709",
+            "-color_trc",
+            "bt709",
+            "-color_range",
+            "tv",
+        ],
+    ),  # fmt: skip
+    "bt601-full": (
+        "scale=out_color_matrix=bt601:out_range=pc",
+        [
+            "-colorspace",
+            "bt470bg",
+            "-color_primaries",
+            "bt470bg",
+            "-color_trc",
+            "smpte170m",
+            "-color_range",
+            "pc",
+        ],
+    ),  # fmt: skip
+}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A faceless clip, re-encoded losslessly as each SOURCES entry says."""
+    root = tmp_path_factory.mktemp("colour")
+    write_source_face(root / "source.png")
+    base = make_sample_video(
+        root / "base.mp4", seconds=1, width=WIDTH, height=HEIGHT, faces=0, audio=False
+    )
+    for name, (scale, tags) in SOURCES.items():
+        vf = ["-vf", f"{scale}:flags=accurate_rnd+full_chroma_int"] if scale else []
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(base), *vf, "-c:v", "libx264", "-qp", "0",
+             "-pix_fmt", "yuv420p", *tags, str(root / f"{name}.mp4")],
+            check=True, timeout=60,
+        )  # fmt: skip
+    return root
+
+
+def _planes(path: Path) -> np.ndarray:
+    """Every frame's stored Y, U and V bytes, as the file holds them (no conversion)."""
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"],
+        check=True, capture_output=True, timeout=60,
+    ).stdout  # fmt: skip
+    return np.frombuffer(raw, np.uint8).reshape(-1, WIDTH * HEIGHT * 3 // 2).astype(int)
+
+
+def _tags(path: Path) -> tuple[str, ...]:
+    video = next(s for s in streams(path) if s["codec_type"] == "video")
+    keys = ("color_space", "color_primaries", "color_transfer", "color_range")
+    return tuple(str(video.get(key, "unknown")) for key in keys)
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_a_swap_with_no_face_gives_back_the_sources_luma_and_tags(
+    clips: Path, models_dir: Path, tmp_path: Path, name: str
+) -> None:
+    output = tmp_path / "out.mp4"
+    done = run_cli(
+        "swap", clips / "source.png", clips / f"{name}.mp4", "-o", output, "--json",
+        models=models_dir, env={"FACEFUSION_VIDEO_QUALITY": "0"},  # crf 0: lossless x264
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["faces_swapped"] == 0
+    assert _tags(output) == _tags(clips / f"{name}.mp4")
+    source, swapped = _planes(clips / f"{name}.mp4"), _planes(output)
+    assert source.shape == swapped.shape
+    luma = WIDTH * HEIGHT
+    # swscale's default rounding made every pixel about 1.9 levels darker, and a BT.709 source
+    # written back with BT.601 was off by more. Now luma comes back exactly (full range: but
+    # for a few pixels in 10^5, by one level).
+    luma_moved = swapped[:, :luma] - source[:, :luma]
+    assert np.abs(luma_moved).max() <= 1 and np.count_nonzero(luma_moved) <= luma_moved.size * 1e-4
+    if name != "bt601-full":
+        assert not luma_moved.any()
+    chroma = np.abs(swapped[:, luma:] - source[:, luma:])
+    assert chroma.mean() < 0.2 and abs((swapped[:, luma:] - source[:, luma:]).mean()) < 0.05
