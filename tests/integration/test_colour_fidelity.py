@@ -97,13 +97,6 @@ def test_a_swap_with_no_face_gives_back_the_sources_luma_and_tags(
     assert _tags(output) == _tags(clips / f"{name}.mp4")
     source, swapped = _planes(clips / f"{name}.mp4"), _planes(output)
     assert source.shape == swapped.shape
-    luma = WIDTH * HEIGHT
     # swscale's default rounding made every pixel about 1.9 levels darker, and a BT.709 source
-    # written back with BT.601 was off by more. Now luma comes back exactly (full range: but
-    # for a few pixels in 10^5, by one level).
-    luma_moved = swapped[:, :luma] - source[:, :luma]
-    assert np.abs(luma_moved).max() <= 1 and np.count_nonzero(luma_moved) <= luma_moved.size * 1e-4
-    if name != "bt601-full":
-        assert not luma_moved.any()
-    chroma = np.abs(swapped[:, luma:] - source[:, luma:])
-    assert chroma.mean() < 0.2 and abs((swapped[:, luma:] - source[:, luma:]).mean()) < 0.05
+    # was written back with BT.601. Now what no face touched comes back exactly: Y, U and V.
+    assert np.array_equal(swapped, source)

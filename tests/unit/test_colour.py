@@ -32,18 +32,22 @@ def test_colour_from_ffmpeg_stream_lines() -> None:
 
 def test_bgr_goes_back_to_yuv_with_the_sources_matrix_and_range() -> None:
     hd = Colour("bt709", "bt709", "bt709", "tv")
-    assert encode_filter(hd) == "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd"
+    assert encode_filter(hd) == "scale=out_color_matrix=bt709:out_range=tv:flags=area+accurate_rnd"
     assert colour_tags(hd) == [
         "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
         "-color_range", "tv",
     ]  # fmt: skip
     phone = Colour("bt470bg", "bt470bg", "smpte170m", "pc")  # full range, BT.601
-    assert encode_filter(phone) == "scale=out_color_matrix=bt470:out_range=pc:flags=accurate_rnd"
+    assert (
+        encode_filter(phone) == "scale=out_color_matrix=bt470:out_range=pc:flags=area+accurate_rnd"
+    )
     hdr = Colour("bt2020nc", "bt2020", "smpte2084", "tv")
     assert "out_color_matrix=bt2020" in encode_filter(hdr)
     assert _option(colour_tags(hdr), "-color_trc") == "smpte2084"
     # Untagged: swscale's defaults, as on decode, and no tags the source did not have.
-    assert encode_filter(UNTAGGED) == "scale=flags=accurate_rnd" and colour_tags(UNTAGGED) == []
+    assert (
+        encode_filter(UNTAGGED) == "scale=flags=area+accurate_rnd" and colour_tags(UNTAGGED) == []
+    )
     # An RGB source becomes YUV here: its "gbr" matrix tag would be a lie.
     rgb = Colour("gbr", "bt709", "iec61966-2-1", "pc")
     assert "-colorspace" not in colour_tags(rgb) and "out_color_matrix" not in encode_filter(rgb)
@@ -51,7 +55,7 @@ def test_bgr_goes_back_to_yuv_with_the_sources_matrix_and_range() -> None:
 
 
 def test_decode_and_encode_argv_carry_the_conversion() -> None:
-    assert _option(decode_argv("in.mp4"), "-sws_flags") == "accurate_rnd+full_chroma_int"
+    assert _option(decode_argv("in.mp4"), "-sws_flags") == "neighbor+accurate_rnd+full_chroma_int"
     hd = Colour("bt709", "bt709", "bt709", "tv")
     argv = encode_argv("o.mp4", width=64, height=64, time_base=Fraction(1, 25), colour=hd)
     assert _option(argv, "-vf") == encode_filter(hd)

@@ -100,7 +100,7 @@ def test_encode_keeps_odd_sizes_with_full_chroma() -> None:
         argv = encode_argv("o.mp4", width=width, height=height, time_base=Fraction(1, 25))
         assert option(argv, "-pix_fmt") == "yuv444p"
         # The one filter converts to YUV and gives no size: nothing is scaled, padded or cut.
-        assert option(argv, "-vf") == "scale=flags=accurate_rnd"
+        assert option(argv, "-vf") == "scale=flags=area+accurate_rnd"
         assert not any(a.startswith(("pad", "crop")) for a in argv)
     assert pix_fmt_for(2, 2) == "yuv420p"
 
