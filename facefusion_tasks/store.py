@@ -502,6 +502,8 @@ class JobStore:
         and waiting in the pending index for that message, so the sweep resends it if the
         message is lost (a retry waits out its countdown in a worker's memory)."""
         now = time.time() if now is None else now
+        if self.state(job_id) in TERMINAL:  # cancelled or failed meanwhile: no retry comes
+            return
         with self.r.pipeline() as pipe:
             pipe.hset(self._chunk(job_id, index), "state", PENDING)
             pipe.zadd(PENDING_KEY, {running_member(job_id, index): now})

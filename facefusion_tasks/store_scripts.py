@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-# Every script below answers the same when redis-py re-sends it after a timeout (the first
-# run may have happened while the client stopped waiting): the caller's token, recorded in the
-# same atomic step, tells "my earlier run did it" from "someone else did it".
+# The scripts that record an outcome (a chunk done, a job metered, a delivery counted) answer
+# the same when redis-py re-sends them after a timeout (the first run may have happened while
+# the client stopped waiting): the caller's token, recorded in the same atomic step, tells "my
+# earlier run did it" from "someone else did it". The sweep's claims (CLAIM_*) need no token: a
+# claim whose answer was lost that way restarts its item's clock, and a later sweep claims it
+# again one stall period on.
 
 #: KEYS: chunk, done set, job, running set, live set. ARGV: index, frames, token, running
 #: member, job id, now. The job that completes its set enters the live index: if the stitch
