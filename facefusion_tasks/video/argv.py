@@ -196,8 +196,8 @@ def decode_argv(
         "vf": "showinfo=checksum=0",
         "f": "rawvideo",
         "pix_fmt": "bgr24",
-        # The source's own matrix and range (swscale reads the frames' tags), rounded so that
-        # the encoder's conversion back gives the same luma.
+        # The source's own matrix and range (swscale reads the frames' tags), converted so
+        # that the encoder's way back gives the same YUV where no face was pasted.
         "sws_flags": DECODE_SWS_FLAGS,
         **_fps_mode(version),
     }
