@@ -111,6 +111,18 @@ def audio_duration(path: Path) -> float | None:
     return int(hours) * 3600 + int(minutes) * 60 + float(secs)
 
 
+def decoded_audio_seconds(path: Path, stream: int = 0) -> float:
+    """How long an audio stream really plays: its samples decoded, not its container's duration
+    (Opus packets encoded in a millisecond time base once kept their length and decoded to
+    almost nothing)."""
+    pcm = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-map", f"0:a:{stream}", "-ac", "1",
+         "-ar", "48000", "-f", "s16le", "-"],
+        check=True, capture_output=True, timeout=60,
+    ).stdout  # fmt: skip
+    return len(pcm) / 2 / 48000
+
+
 def audio_codec(path: Path) -> str | None:
     """The first audio stream's codec name (None without audio)."""
     audio = [s for s in streams(path) if s["codec_type"] == "audio"]

@@ -15,6 +15,7 @@ from facefusion_tasks.video.codecs import (
     OPUS_LAYOUTS,
     audio_encoder,
     audio_is_copied,
+    subtitle_plan,
 )
 from facefusion_tasks.video.colour import (
     DECODE_SWS_FLAGS,
@@ -270,6 +271,24 @@ def audio_codec_args(muxer: str, source_codecs: Sequence[str | None]) -> list[st
     return args
 
 
+def extras_window(skip: float, length: float | None) -> dict[str, str]:
+    """Input options that read a source's audio and subtitles from `skip` seconds after its
+    start (its first video frame, where the output starts: what comes before would play ahead
+    of the picture) for `length` seconds (the video's), so they stay in sync and end with it."""
+    window = {"ss": seconds(skip)} if skip > 0 else {}
+    if length is not None:
+        window["t"] = seconds(length)
+    return window
+
+
+def subtitle_args(muxer: str, source_codecs: Sequence[str], *, source: int = 1) -> list[str]:
+    """-map and codec options for the subtitle streams of input `source` that this container
+    can carry (codecs.subtitle_plan), each copied or converted to the container's own."""
+    plan = subtitle_plan(muxer, source_codecs)
+    maps = [arg for index, _ in plan for arg in ("-map", f"{source}:s:{index}")]
+    return maps + [arg for k, (_, how) in enumerate(plan) for arg in (f"-c:s:{k}", how)]
+
+
 def _audio_transcode_args(muxer: str, stream: str) -> list[str]:
     """Transcode options for the audio streams `stream` selects ("" = all, ":1" = the second)."""
     encoder = audio_encoder(muxer)
@@ -295,14 +314,17 @@ def encode_argv(
     audio_source: str | Path | None = None,
     audio_codecs: Sequence[str | None] = (),
     audio_seconds: float | None = None,
+    audio_skip: float = 0.0,
+    subtitle_codecs: Sequence[str] = (),
     colour: Colour = UNTAGGED,
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
     """Encode Matroska-wrapped bgr24 frames read from stdin (input 0), optionally muxing every
     audio stream of audio_source (input 1, cut to the video's length; `audio_codecs` are
-    theirs, in order). BGR goes back to YUV with the source's `colour` matrix and range, and
-    the output carries its colour tags.
+    theirs, in order) and the subtitle streams the container can carry, from `audio_skip`
+    seconds into it (where the video's first frame is). BGR goes back to YUV with
+    the source's `colour` matrix and range, and the output carries its colour tags.
 
     Each frame keeps its own timestamp: passthrough never drops or duplicates, the encoder
     ticks in the source time base, and mp4/mov tracks use its denominator as timescale.
@@ -316,8 +338,10 @@ def encode_argv(
         # The trailing "?" keeps a source without audio from being an error.
         # Audio is cut to the video's length where it is read (-t on that input), never with
         # -shortest: that would cut *video* frames whenever the audio track is the shorter one.
-        limit = {} if audio_seconds is None else {"t": seconds(audio_seconds)}
-        audio = ffmpeg_python.input(str(audio_source), **plain_input_options(audio_source), **limit)
+        audio = ffmpeg_python.input(
+            str(audio_source), **plain_input_options(audio_source),
+            **extras_window(audio_skip, audio_seconds),
+        )  # fmt: skip
         streams.append(audio["a?"])
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
     args = ffmpeg_python.output(*streams, str(destination)).get_args()
@@ -326,11 +350,14 @@ def encode_argv(
     options += colour_tags(colour)
     for key, value in _fps_mode(version).items():
         options += [f"-{key}", value]
-    options += ["-enc_time_base", ratio(time_base)]
+    # Video only: given to every stream, it broke libopus (Opus packets that decode to a few ms).
+    options += ["-enc_time_base:v", ratio(time_base)]
     if muxer in MOV_FAMILY:
         options += ["-video_track_timescale", str(time_base.denominator)]
         options += ["-movflags", "+faststart"]
-    if audio_source is not None:
+    if audio_source is not None and audio_codecs:
         options += audio_codec_args(muxer, audio_codecs)
+    if audio_source is not None:
+        options += subtitle_args(muxer, subtitle_codecs)
     # -y: the writer's temp file already exists (created race-free before ffmpeg starts).
     return [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", *args[:-1], *options, "-f", muxer, args[-1]]

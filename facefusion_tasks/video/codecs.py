@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.reasons import Reason
 
@@ -52,6 +54,12 @@ AUDIO_ENCODERS = {"webm": "libopus"}
 #: Channel layouts libopus takes (its Vorbis mapping): any other layout (2.1, 4.0, 7.1(wide),
 #: …) makes it fail to open, so the transcode remixes to the nearest of these first.
 OPUS_LAYOUTS = ("mono", "stereo", "3.0", "quad", "5.0", "5.1", "6.1", "7.1")
+#: Text subtitle codecs, which ffmpeg converts between; bitmap ones (PGS, DVD, DVB) cannot
+#: become text.
+TEXT_SUBTITLES = frozenset({"subrip", "ass", "ssa", "webvtt", "mov_text", "text"})
+#: The one subtitle codec each muxer holds, which text subtitles are converted to; Matroska
+#: (absent here) holds every subtitle codec as it is.
+SUBTITLE_CODECS = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}
 #: libsvtav1 takes only yuv420p, so even sizes, and at least 64 pixels each way.
 SVTAV1_MIN_SIDE = 64
 
@@ -129,6 +137,21 @@ def audio_is_copied(muxer: str, source_codec: str | None) -> bool:
     """Whether the source audio goes in as it is (the container takes its codec)."""
     allowed = AUDIO_COPY_CODECS.get(muxer, frozenset())
     return bool(source_codec) and (allowed is None or source_codec in allowed)
+
+
+def subtitle_plan(muxer: str, source_codecs: Sequence[str]) -> list[tuple[int, str]]:
+    """(index among the source's subtitle streams, "copy" or the encoder) for every subtitle
+    stream this container can carry: Matroska all of them as they are; mp4, mov and WebM their
+    own text codec, converted from any text one. Bitmap subtitles they cannot hold are left
+    out."""
+    target = SUBTITLE_CODECS.get(muxer)
+    plan: list[tuple[int, str]] = []
+    for index, codec in enumerate(source_codecs):
+        if target is None or codec == target:
+            plan.append((index, "copy"))
+        elif codec in TEXT_SUBTITLES:
+            plan.append((index, target))
+    return plan
 
 
 def audio_encoder(muxer: str) -> str:

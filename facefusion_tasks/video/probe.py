@@ -80,6 +80,11 @@ class VideoInfo:
     audio_codecs: tuple[str, ...] = ()
     #: The video stream's colour description, which the output keeps.
     colour: Colour = UNTAGGED
+    #: Every subtitle stream's codec, in stream order (carried where the output can hold them).
+    subtitle_codecs: tuple[str, ...] = ()
+    #: Seconds from the file's start (its earliest stream) to its first video frame. The output
+    #: starts at that frame, so the audio and subtitles before it are left out to stay in sync.
+    video_delay: float = 0.0
 
     def __post_init__(self) -> None:
         # A record from before audio_codecs existed knew only the first stream.
@@ -103,6 +108,7 @@ class VideoInfo:
         values["time_base"] = Fraction(values["time_base"])
         values["audio_codecs"] = tuple(values.get("audio_codecs") or ())
         values["colour"] = Colour(**(values.get("colour") or {}))
+        values["subtitle_codecs"] = tuple(values.get("subtitle_codecs") or ())
         return cls(**values)
 
 
@@ -344,7 +350,12 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     time_base = _parse_ratio(video.get("time_base"))
     avg = _parse_ratio(video.get("avg_frame_rate"))
     real = _parse_ratio(video.get("r_frame_rate"))
-    duration = _float(video.get("duration")) or _float(data.get("format", {}).get("duration"))
+    delay = _delay(video.get("start_time"), data.get("format", {}).get("start_time"))
+    # The video's own length, from its first frame: Matroska and WebM keep no stream duration,
+    # and the file's counts from its earliest stream, which may start before the picture.
+    duration = _float(video.get("duration")) or max(
+        0.0, _float(data.get("format", {}).get("duration")) - delay
+    )
     frame_rate = avg or real
 
     counted = False
@@ -371,6 +382,10 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         has_audio=bool(audios),
         audio_codec=str(audios[0].get("codec_name")) if audios else None,
         audio_codecs=tuple(str(a.get("codec_name")) for a in audios),
+        subtitle_codecs=tuple(
+            str(s.get("codec_name")) for s in streams if s.get("codec_type") == "subtitle"
+        ),
+        video_delay=delay,
         colour=Colour.of(
             video.get("color_space"),
             video.get("color_primaries"),
@@ -495,11 +510,21 @@ def _demux_pass(source: Location, exe: str) -> _Packets:
 _INPUT_START = re.compile(r"Input #0, ([^ ]+), from")
 _VIDEO_LINE = re.compile(r"Stream #0:\d+\S*: Video: (\w+)(.*)$")
 _AUDIO_LINE = re.compile(r"Stream #0:\d+\S*: Audio: (\w+)")
+_SUBTITLE_LINE = re.compile(r"Stream #0:\d+\S*: Subtitle: (\w+)")
 _SIZE = re.compile(r", (\d{1,5})x(\d{1,5})\b")
 _PIX_FMT = re.compile(r"^[^,]*\), ([a-z0-9_]+)|^[^,]*, ([a-z0-9_]+)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 _LEGACY_ROTATE = re.compile(r"^\s*rotate\s*:\s*(-?\d+)")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_START = re.compile(r"Duration: .*, start: (-?\d+(?:\.\d+)?)")
+
+
+def _delay(video_start: object, file_start: object) -> float:
+    """Seconds the first video frame comes after the file's start (0 when either is unknown)."""
+    try:
+        return max(0.0, float(video_start) - float(file_start))  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # absent, or "N/A"
+        return 0.0
 
 
 def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
@@ -509,6 +534,8 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
     container = ""
     video_line = ""
     audio_codecs: list[str] = []
+    subtitle_codecs: list[str] = []
+    file_start: str | None = None
     rotation_text: str | None = None
     legacy_rotate: str | None = None
     duration = 0.0
@@ -520,6 +547,9 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         if match:
             container = match.group(1).rstrip(",")
             continue
+        match = _START.search(line)
+        if match and file_start is None:
+            file_start = match.group(1)
         match = _DURATION.search(line)
         if match and not duration:
             h, m, s = match.groups()
@@ -533,6 +563,9 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
             audio = _AUDIO_LINE.search(line)
             if audio:
                 audio_codecs.append(audio.group(1))
+            subtitle = _SUBTITLE_LINE.search(line)
+            if subtitle:
+                subtitle_codecs.append(subtitle.group(1))
             continue
         if in_video:
             match = _ROTATION.search(line)
@@ -561,9 +594,12 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         rotation = _normal_rotation(-float(legacy_rotate))
     width, height = _display(stored_w, stored_h, rotation)
     ordered = sorted(packets.pts)
+    delay = _delay(ordered[0] * packets.time_base, file_start) if ordered else 0.0
     if packets.span > 0 and packets.time_base:
         # Summed packet durations are exact; the header's Duration line has 10 ms steps.
         duration = float(packets.span * packets.time_base)
+    else:  # the file's length, less what comes before the picture
+        duration = max(0.0, duration - delay)
     return VideoInfo(
         path=source,
         width=width,
@@ -577,6 +613,8 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         has_audio=bool(audio_codecs),
         audio_codec=audio_codecs[0] if audio_codecs else None,
         audio_codecs=tuple(audio_codecs),
+        subtitle_codecs=tuple(subtitle_codecs),
+        video_delay=delay,
         colour=Colour.from_stream_line(rest[pix.end() :] if pix else ""),
         video_codec=codec,
         pix_fmt=pix_fmt,

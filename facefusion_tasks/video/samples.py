@@ -124,7 +124,7 @@ def _encode_argv(
     if keyframe_interval:
         args += ["-g", str(keyframe_interval)]
     args += ["-pix_fmt", pix_fmt_for(width, height), "-fps_mode", "passthrough"]
-    args += ["-enc_time_base", ratio(time_base)]
+    args += ["-enc_time_base:v", ratio(time_base)]
     if muxer in MOV_FAMILY:
         args += ["-video_track_timescale", str(time_base.denominator)]
         if faststart:

@@ -14,9 +14,10 @@ from facefusion_tasks.video.argv import (
     ENCODE_GLOBAL_ARGS,
     MOV_FAMILY,
     audio_codec_args,
+    extras_window,
     muxer_for,
     plain_input_args,
-    seconds,
+    subtitle_args,
 )
 from facefusion_tasks.video.probe import VideoInfo
 from facefusion_tasks.video.staging import StagedOutput
@@ -53,20 +54,26 @@ def stitch_argv(
     audio_source: str | Path | None = None,
     audio_codecs: Sequence[str | None] = (),
     audio_seconds: float | None = None,
+    audio_skip: float = 0.0,
+    subtitle_codecs: Sequence[str] = (),
     ffmpeg: str = "ffmpeg",
 ) -> list[str]:
     """ffmpeg argv: concat demuxer → stream copy of the video, plus every audio stream of the
-    source (each copied when the container takes it), limited to the video's length."""
+    source (each copied when the container takes it) and the subtitle streams the container can
+    carry, limited to the video's length."""
     argv = [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", "-f", "concat", "-safe", "0", "-i", str(concat_file)]
     if audio_source is not None:
-        if audio_seconds is not None:
-            argv += ["-t", seconds(audio_seconds)]
+        for option, value in extras_window(audio_skip, audio_seconds).items():
+            argv += [f"-{option}", value]
         # The user's file: confined like every other read of it (no playlists, file: only, or
         # the one URL a worker signed for its object).
         argv += [*plain_input_args(audio_source), "-i", str(audio_source)]
     argv += ["-map", "0:v:0", "-c:v", "copy"]
     if audio_source is not None:
-        argv += ["-map", "1:a?", *audio_codec_args(muxer, audio_codecs)]
+        argv += ["-map", "1:a?"]
+        if audio_codecs:
+            argv += audio_codec_args(muxer, audio_codecs)
+        argv += subtitle_args(muxer, subtitle_codecs)
     if muxer in MOV_FAMILY:
         argv += ["-video_track_timescale", str(time_base.denominator), "-movflags", "+faststart"]
     return [*argv, "-f", muxer, str(destination)]
@@ -96,14 +103,18 @@ def stitch_segments(
     list_file = segments[0][0].parent / "concat.ffconcat"
     list_file.write_text(concat_list(segments))
     temp = staging.create_temp(output)
+    # The source's audio and subtitles, if it has any, cut to the video's length.
+    extras = audio_source.has_audio or bool(audio_source.subtitle_codecs)
     argv = stitch_argv(
         list_file,
         temp,
         time_base=audio_source.time_base,
         muxer=muxer,
-        audio_source=objects.ffmpeg_input(audio_source.path) if audio_source.has_audio else None,
+        audio_source=objects.ffmpeg_input(audio_source.path) if extras else None,
         audio_codecs=audio_source.audio_codecs,
-        audio_seconds=audio_source.duration if audio_source.has_audio else None,
+        audio_seconds=float(duration) if extras else None,  # the stitched picture's length
+        audio_skip=audio_source.video_delay,
+        subtitle_codecs=audio_source.subtitle_codecs,
         ffmpeg=exe,
     )
     try:

@@ -139,7 +139,12 @@ class FrameWriter:
         self.encoder = choose_encoder(
             settings.video_encoder, exe, muxer, width=width, height=height
         )
-        audio = audio_source if audio_source is not None and audio_source.has_audio else None
+        # The source's audio and subtitles are muxed in, if it has any.
+        audio = (
+            audio_source
+            if audio_source is not None and (audio_source.has_audio or audio_source.subtitle_codecs)
+            else None
+        )
         self.temp = staging.create_temp(self.destination)
         try:
             argv = encode_argv(
@@ -153,7 +158,9 @@ class FrameWriter:
                 muxer=muxer,
                 audio_source=objects.ffmpeg_input(audio.path) if audio else None,
                 audio_codecs=audio.audio_codecs if audio else (),
+                subtitle_codecs=audio.subtitle_codecs if audio else (),
                 audio_seconds=audio.duration if audio and audio.duration > 0 else None,
+                audio_skip=audio.video_delay if audio else 0.0,
                 colour=colour,
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
@@ -24,6 +25,8 @@ from tests.media import (
     audio_codec,
     audio_duration,
     decode_frames,
+    decoded_audio_seconds,
+    ffprobe_json,
     storage_root,
     streams,
     video_times,
@@ -53,7 +56,73 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
          str(root / "two-audio.mkv")],
         check=True, timeout=60,
     )  # fmt: skip
+    # subs.mkv: aac.mp4 with an English SubRip track.
+    (root / "subs.srt").write_text(
+        "1\n00:00:00,200 --> 00:00:00,900\nHello there\n\n2\n00:00:01,000 --> 00:00:01,800\n"
+        "General Kenobi\n"
+    )
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "aac.mp4"), "-i", str(root / "subs.srt"),
+         "-map", "0", "-map", "1", "-c", "copy", "-c:s", "srt", "-metadata:s:s:0", "language=eng",
+         str(root / "subs.mkv")],
+        check=True, timeout=60,
+    )  # fmt: skip
+    # delayed.mkv: the picture starts 0.5 s after the sound, which is silent until a tone at
+    # 1.0 s (so the tone belongs 0.5 s into the picture), and a subtitle cue at 0.8 s.
+    (root / "delayed.srt").write_text("1\n00:00:00,800 --> 00:00:01,200\nNow\n")
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-itsoffset", "0.5", "-i", str(root / "aac.mp4"),
+         "-f", "lavfi", "-i", "aevalsrc=if(gte(t\\,1)\\,0.5*sin(2*PI*440*t)\\,0):s=48000:d=2.5",
+         "-i", str(root / "delayed.srt"),
+         "-map", "0:v", "-map", "1:a", "-map", "2", "-c:v", "copy", "-c:a", "aac", "-c:s", "srt",
+         str(root / "delayed.mkv")],
+        check=True, timeout=60,
+    )  # fmt: skip
     return root
+
+
+def first_frame(path: Path) -> float:
+    """The first video frame's time in the file."""
+    video = ffprobe_json(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time")
+    return min(float(p["pts_time"]) for p in video["packets"])
+
+
+def cues(path: Path) -> list[tuple[float, str]]:
+    """(seconds from the first video frame, text) of each cue of the first subtitle stream:
+    times from the packets themselves (`ffmpeg -f srt` would count from the file's start)."""
+    packets = ffprobe_json(path, "-select_streams", "s:0", "-show_entries", "packet=pts_time,size")
+    # mov_text also stores the gaps between cues, as empty (2-byte) samples.
+    starts = sorted(float(p["pts_time"]) for p in packets["packets"] if int(p["size"]) > 2)
+    srt = subtitles(path)[0][2]
+    texts = [" ".join(block.splitlines()[2:]) for block in srt.strip().split("\n\n")]
+    offset = first_frame(path)
+    return [(round(t - offset, 3), text) for t, text in zip(starts, texts, strict=True)]
+
+
+def tone_onset(path: Path) -> float:
+    """Seconds from the first video frame to the first loud audio sample (the tone)."""
+    audio = ffprobe_json(path, "-select_streams", "a:0", "-show_entries", "stream=start_time")
+    audio_start = float(audio["streams"][0]["start_time"])
+    pcm = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", "48000",
+         "-f", "s16le", "-"],
+        check=True, capture_output=True, timeout=60,
+    ).stdout  # fmt: skip
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, np.int16)) > 2000)
+    return audio_start + loud[0] / 48000 - first_frame(path)
+
+
+def subtitles(path: Path) -> list[tuple[str, str, str]]:
+    """(codec, language, the text as SubRip) of every subtitle stream, in order."""
+    found = []
+    for k, stream in enumerate(s for s in streams(path) if s["codec_type"] == "subtitle"):
+        text = subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(path), "-map", f"0:s:{k}", "-f", "srt", "-"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+        tags = {key.lower(): value for key, value in stream.get("tags", {}).items()}
+        found.append((str(stream["codec_name"]), str(tags.get("language", "")), text))
+    return found
 
 
 def audio_tracks(path: Path) -> list[tuple[str, str, float]]:
@@ -109,6 +178,10 @@ def test_vp9_opus_webm_in_gives_webm_out_with_exact_frames_and_timestamps(
     # Opus fits WebM: copied, its length kept.
     assert audio_codec(output) == "opus"
     source_audio, output_audio = audio_duration(root / clip), audio_duration(output)
+    # Decoded, not only as the container says: every sample is there.
+    assert decoded_audio_seconds(output) == pytest.approx(
+        decoded_audio_seconds(root / clip), abs=0.05
+    )
     assert source_audio is not None and output_audio == pytest.approx(source_audio, abs=0.05)
 
 
@@ -120,6 +193,10 @@ def test_aac_audio_written_to_webm_becomes_opus_and_keeps_its_length(
     assert summary["encoder"] == "libvpx-vp9"
     assert (video_codec(output), audio_codec(output)) == ("vp9", "opus")
     source_audio, output_audio = audio_duration(root / "aac.mp4"), audio_duration(output)
+    # Decoded, not only as the container says: every sample is there.
+    assert decoded_audio_seconds(output) == pytest.approx(
+        decoded_audio_seconds(root / "aac.mp4"), abs=0.05
+    )
     assert source_audio is not None and output_audio == pytest.approx(source_audio, abs=0.05)
     # The mp4's 1/12800 s ticks land on WebM's milliseconds: every frame, each within half a ms.
     got, want = video_times(output), video_times(root / "aac.mp4")
@@ -137,6 +214,10 @@ def test_opus_or_vorbis_audio_written_to_mp4_becomes_aac(
     assert (video_codec(output), audio_codec(output)) == ("h264", "aac")
     assert video_times(output) == video_times(root / clip)
     source_audio, output_audio = audio_duration(root / clip), audio_duration(output)
+    # Decoded, not only as the container says: every sample is there.
+    assert decoded_audio_seconds(output) == pytest.approx(
+        decoded_audio_seconds(root / clip), abs=0.05
+    )
     assert source_audio is not None and output_audio == pytest.approx(source_audio, abs=0.05)
 
 
@@ -156,7 +237,42 @@ def test_every_audio_track_is_kept_copied_where_it_fits_and_transcoded_where_not
     assert [(c, lang) for c, lang, _ in kept] == list(zip(codecs, ["eng", "fra"], strict=True))
     for (_, _, want), (_, _, got) in zip(source, kept, strict=True):
         assert got == pytest.approx(want, abs=0.05)
+    for stream in range(2):  # decoded: every sample of both tracks is there
+        assert decoded_audio_seconds(tmp_path / output, stream) == pytest.approx(
+            decoded_audio_seconds(root / "two-audio.mkv", stream), abs=0.05
+        )
     assert video_times(tmp_path / output) == video_times(root / "two-audio.mkv")
+
+
+@pytest.mark.parametrize(
+    ("output", "codec"), [("subs.mkv", "subrip"), ("subs.mp4", "mov_text"), ("subs.webm", "webvtt")]
+)
+def test_text_subtitles_are_kept_in_the_containers_own_subtitle_codec(
+    root: Path, models_dir: Path, tmp_path: Path, output: str, codec: str
+) -> None:
+    [(source_codec, _, source_text)] = subtitles(root / "subs.mkv")
+    assert source_codec == "subrip" and "General Kenobi" in source_text
+    swap(root, models_dir, "subs.mkv", tmp_path / output)
+    [(kept_codec, language, text)] = subtitles(tmp_path / output)
+    assert (kept_codec, language) == (codec, "eng")
+    # Every cue, at its time from the first frame (which starts 23 ms into the source).
+    want = cues(root / "subs.mkv")
+    assert cues(tmp_path / output) == want
+    assert [t for _, t in want] == ["Hello there", "General Kenobi"]
+    assert audio_tracks(tmp_path / output)[0][0] in {"aac", "opus"}  # the audio is still there
+
+
+@pytest.mark.parametrize("output", ["delayed.mkv", "delayed.mp4", "delayed.webm"])
+def test_sound_and_subtitles_stay_in_sync_when_the_picture_starts_late(
+    root: Path, models_dir: Path, tmp_path: Path, output: str
+) -> None:
+    # The output starts at the first frame: the sound before it is left out, not played ahead.
+    assert tone_onset(root / "delayed.mkv") == pytest.approx(0.5, abs=0.005)
+    swap(root, models_dir, "delayed.mkv", tmp_path / output)
+    assert tone_onset(tmp_path / output) == pytest.approx(0.5, abs=0.025)  # one AAC packet
+    # Ending with the picture too: 2 s of sound, not the file's 2.5.
+    assert decoded_audio_seconds(tmp_path / output) == pytest.approx(2.0, abs=0.05)
+    assert cues(tmp_path / output) == [(0.3, "Now")]  # 0.8 s − 0.5 s
 
 
 @pytest.mark.parametrize("encoder", ["libsvtav1", "libaom-av1"])
@@ -251,7 +367,9 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     producer = Producer(fleet.settings().replace(video_encoder=""))
     outputs = {"vfr.webm": root / "out" / "vfr-distributed.webm",
                "aac.mp4": root / "out" / "aac-distributed.webm",
-               "two-audio.mkv": root / "out" / "two-distributed.webm"}  # fmt: skip
+               "two-audio.mkv": root / "out" / "two-distributed.webm",
+               "subs.mkv": root / "out" / "subs-distributed.webm",
+               "delayed.mkv": root / "out" / "delayed-distributed.mp4"}  # fmt: skip
     jobs = {
         clip: producer.submit(root / "source.png", root / clip, output, chunk_seconds=0.5)
         for clip, output in outputs.items()
@@ -276,11 +394,17 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     assert done.returncode == 0, done.stderr
     assert video_times(vfr) == video_times(local)
     assert audio_duration(vfr) == pytest.approx(audio_duration(root / "vfr.webm"), abs=0.05)
+    assert decoded_audio_seconds(vfr) == pytest.approx(
+        decoded_audio_seconds(root / "vfr.webm"), abs=0.05
+    )
     # AAC cannot go into WebM: the stitch transcodes it to Opus and keeps its length.
     from_mp4 = outputs["aac.mp4"]
     assert (video_codec(from_mp4), audio_codec(from_mp4)) == ("vp9", "opus")
     assert len(video_times(from_mp4)) == 50
     assert audio_duration(from_mp4) == pytest.approx(audio_duration(root / "aac.mp4"), abs=0.05)
+    assert decoded_audio_seconds(from_mp4) == pytest.approx(
+        decoded_audio_seconds(root / "aac.mp4"), abs=0.05
+    )
     # Two audio tracks: the stitch keeps both, the Vorbis copied, the AAC as Opus.
     two = outputs["two-audio.mkv"]
     kept = audio_tracks(two)
@@ -288,3 +412,12 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     for (_, _, want), (_, _, got) in zip(audio_tracks(root / "two-audio.mkv"), kept, strict=True):
         assert got == pytest.approx(want, abs=0.05)
     assert video_times(two) == video_times(root / "aac.mp4")
+    # Subtitles: the stitch converts the SubRip track to WebVTT, every cue at its time.
+    [(codec, language, text)] = subtitles(outputs["subs.mkv"])
+    assert (codec, language) == ("webvtt", "eng")
+    assert cues(outputs["subs.mkv"]) == cues(root / "subs.mkv")
+    # A picture that starts 0.5 s into its file: the stitch leaves the sound before it out.
+    delayed = outputs["delayed.mkv"]
+    assert tone_onset(delayed) == pytest.approx(0.5, abs=0.025)
+    assert decoded_audio_seconds(delayed) == pytest.approx(2.0, abs=0.05)
+    assert cues(delayed) == [(0.3, "Now")]

@@ -13,7 +13,9 @@ from facefusion_tasks.video.argv import (
     encode_argv,
     muxer_for,
     pix_fmt_for,
+    subtitle_args,
 )
+from facefusion_tasks.video.codecs import subtitle_plan
 from facefusion_tasks.video.ffbin import parse_encoders, parse_hwaccels, parse_version
 from facefusion_tasks.video.stitch import stitch_argv
 
@@ -86,7 +88,7 @@ def test_encode_reads_matroska_from_stdin_and_keeps_source_ticks() -> None:
     assert option(argv, "-preset") == "veryfast"
     assert option(argv, "-pix_fmt") == "yuv420p"
     assert option(argv, "-fps_mode") == "passthrough"
-    assert option(argv, "-enc_time_base") == "1/12800"
+    assert option(argv, "-enc_time_base:v") == "1/12800"
     assert option(argv, "-video_track_timescale") == "12800"
     assert option(argv, "-movflags") == "+faststart"
     assert "-y" in argv
@@ -107,7 +109,7 @@ def test_encode_keeps_odd_sizes_with_full_chroma() -> None:
 
 def test_encode_time_base_with_a_numerator() -> None:
     argv = encode_argv("o.mov", width=64, height=64, time_base=Fraction(1001, 30000))
-    assert option(argv, "-enc_time_base") == "1001/30000"
+    assert option(argv, "-enc_time_base:v") == "1001/30000"
     assert option(argv, "-video_track_timescale") == "30000"
     assert argv[-3:-1] == ["-f", "mov"]
 
@@ -281,3 +283,23 @@ def test_stitching_into_webm_copies_the_video_and_transcodes_aac_to_opus() -> No
     assert option(argv, "-c:a") == "libopus"
     assert argv[-3:] == ["-f", "webm", "/out/.o.partial.webm"]
     assert "-movflags" not in argv
+
+
+def test_subtitles_are_carried_where_the_container_can_hold_them() -> None:
+    # Matroska holds every subtitle codec as it is, bitmap (PGS) included.
+    assert subtitle_plan("matroska", ["subrip", "hdmv_pgs_subtitle"]) == [(0, "copy"), (1, "copy")]
+    # mp4 and mov hold mov_text, WebM WebVTT: text converts, bitmap cannot and is left out.
+    assert subtitle_plan("mp4", ["subrip", "hdmv_pgs_subtitle", "mov_text"]) == [
+        (0, "mov_text"),
+        (2, "copy"),
+    ]
+    assert subtitle_plan("webm", ["ass", "webvtt", "dvd_subtitle"]) == [(0, "webvtt"), (1, "copy")]
+    assert subtitle_args("mp4", ["hdmv_pgs_subtitle", "subrip"]) == [
+        "-map", "1:s:1", "-c:s:0", "mov_text",
+    ]  # fmt: skip
+    argv = stitch_argv(
+        Path("list.ffconcat"), Path("o.webm"), time_base=Fraction(1, 1000), muxer="webm",
+        audio_source=Path("/in/t.mkv"), subtitle_codecs=("subrip",), audio_seconds=2.0,
+    )  # fmt: skip
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-map"] == ["0:v:0", "1:a?", "1:s:0"]
+    assert option(argv, "-c:s:0") == "webvtt" and "-c:a" not in argv  # no audio: no audio options
