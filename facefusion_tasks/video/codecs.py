@@ -57,9 +57,26 @@ OPUS_LAYOUTS = ("mono", "stereo", "3.0", "quad", "5.0", "5.1", "6.1", "7.1")
 #: Text subtitle codecs, which ffmpeg converts between; bitmap ones (PGS, DVD, DVB) cannot
 #: become text.
 TEXT_SUBTITLES = frozenset({"subrip", "ass", "ssa", "webvtt", "mov_text", "text"})
-#: The one subtitle codec each muxer holds, which text subtitles are converted to; Matroska
-#: (absent here) holds every subtitle codec as it is.
-SUBTITLE_CODECS = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}
+#: Subtitle codecs each muxer takes as they are (ffmpeg 5.1's Matroska refuses mov_text, for one).
+SUBTITLE_COPY_CODECS: dict[str, frozenset[str]] = {
+    "matroska": frozenset(
+        {
+            "subrip",
+            "ass",
+            "ssa",
+            "webvtt",
+            "text",
+            "dvd_subtitle",
+            "hdmv_pgs_subtitle",
+            "dvb_subtitle",
+        }
+    ),  # fmt: skip
+    "mp4": frozenset({"mov_text"}),
+    "mov": frozenset({"mov_text"}),
+    "webm": frozenset({"webvtt"}),
+}
+#: The encoder other text subtitles go through, by muxer.
+SUBTITLE_ENCODERS = {"matroska": "srt", "mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}
 #: libsvtav1 takes only yuv420p, so even sizes, and at least 64 pixels each way.
 SVTAV1_MIN_SIDE = 64
 
@@ -141,16 +158,17 @@ def audio_is_copied(muxer: str, source_codec: str | None) -> bool:
 
 def subtitle_plan(muxer: str, source_codecs: Sequence[str]) -> list[tuple[int, str]]:
     """(index among the source's subtitle streams, "copy" or the encoder) for every subtitle
-    stream this container can carry: Matroska all of them as they are; mp4, mov and WebM their
-    own text codec, converted from any text one. Bitmap subtitles they cannot hold are left
-    out."""
-    target = SUBTITLE_CODECS.get(muxer)
+    stream this container can carry: as it is where it takes the codec (Matroska: text and
+    bitmap ones), else converted when it is text (to SubRip, mov_text or WebVTT). The rest
+    (bitmap subtitles outside Matroska, closed captions, teletext) is left out."""
+    copied = SUBTITLE_COPY_CODECS.get(muxer, frozenset())
+    encoder = SUBTITLE_ENCODERS.get(muxer)
     plan: list[tuple[int, str]] = []
     for index, codec in enumerate(source_codecs):
-        if target is None or codec == target:
+        if codec in copied:
             plan.append((index, "copy"))
-        elif codec in TEXT_SUBTITLES:
-            plan.append((index, target))
+        elif codec in TEXT_SUBTITLES and encoder:
+            plan.append((index, encoder))
     return plan
 
 

@@ -286,8 +286,13 @@ def test_stitching_into_webm_copies_the_video_and_transcodes_aac_to_opus() -> No
 
 
 def test_subtitles_are_carried_where_the_container_can_hold_them() -> None:
-    # Matroska holds every subtitle codec as it is, bitmap (PGS) included.
-    assert subtitle_plan("matroska", ["subrip", "hdmv_pgs_subtitle"]) == [(0, "copy"), (1, "copy")]
+    # Matroska holds text and bitmap (PGS) subtitles as they are, but not mov_text (SubRip then);
+    # closed captions nowhere.
+    assert subtitle_plan("matroska", ["subrip", "hdmv_pgs_subtitle", "mov_text", "eia_608"]) == [
+        (0, "copy"),
+        (1, "copy"),
+        (2, "srt"),
+    ]
     # mp4 and mov hold mov_text, WebM WebVTT: text converts, bitmap cannot and is left out.
     assert subtitle_plan("mp4", ["subrip", "hdmv_pgs_subtitle", "mov_text"]) == [
         (0, "mov_text"),
