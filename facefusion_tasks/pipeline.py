@@ -229,6 +229,7 @@ def run_swap(
             settings=settings,
             frame_rate=info.frame_rate,
             colour=info.colour,
+            sample_aspect=info.sample_aspect,
         )
     except BaseException:
         # The decoder is already running: a writer that cannot start (a full disk, a refused

@@ -317,6 +317,7 @@ def encode_argv(
     audio_skip: float = 0.0,
     subtitle_codecs: Sequence[str] = (),
     colour: Colour = UNTAGGED,
+    sample_aspect: str = "",
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
@@ -324,7 +325,8 @@ def encode_argv(
     audio stream of audio_source (input 1, cut to the video's length; `audio_codecs` are
     theirs, in order) and the subtitle streams the container can carry, from `audio_skip`
     seconds into it (where the video's first frame is). BGR goes back to YUV with
-    the source's `colour` matrix and range, and the output carries its colour tags.
+    the source's `colour` matrix and range, and the output carries its colour tags and its
+    pixels' shape (`sample_aspect`, "num:den"; "" = square).
 
     Each frame keeps its own timestamp: passthrough never drops or duplicates, the encoder
     ticks in the source time base, and mp4/mov tracks use its denominator as timescale.
@@ -346,7 +348,10 @@ def encode_argv(
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
     args = ffmpeg_python.output(*streams, str(destination)).get_args()
     options = video_codec_args(encoder, preset=preset, quality=quality)
-    options += ["-vf", encode_filter(colour), "-pix_fmt", pix_fmt_for(width, height)]
+    video_filter = encode_filter(colour)
+    if sample_aspect:  # anamorphic: shown as wide as the source is
+        video_filter += ",setsar=" + sample_aspect.replace(":", "/")
+    options += ["-vf", video_filter, "-pix_fmt", pix_fmt_for(width, height)]
     options += colour_tags(colour)
     for key, value in _fps_mode(version).items():
         options += [f"-{key}", value]

@@ -85,6 +85,9 @@ class VideoInfo:
     #: Seconds from the file's start (its earliest stream) to its first video frame. The output
     #: starts at that frame, so the audio and subtitles before it are left out to stay in sync.
     video_delay: float = 0.0
+    #: The shape of a decoded pixel, "num:den" ("" = square): anamorphic video (DVD, some
+    #: broadcast) is stored narrower or wider than it is shown, and the output says so too.
+    sample_aspect: str = ""
 
     def __post_init__(self) -> None:
         # A record from before audio_codecs existed knew only the first stream.
@@ -292,6 +295,19 @@ def _display(width: int, height: int, rotation: int) -> tuple[int, int]:
     return (height, width) if rotation in (90, 270) else (width, height)
 
 
+def sample_aspect(text: object, rotation: int) -> str:
+    """The "num:den" shape of a non-square pixel as decoded (a quarter turn swaps its sides),
+    or "" for a square or unknown one."""
+    try:
+        num, den = (int(part) for part in str(text).split(":"))
+    except ValueError:  # absent, or "N/A"
+        return ""
+    if num <= 0 or den <= 0 or num == den:  # 0:1 is ffmpeg's "unknown"
+        return ""
+    ratio = Fraction(den, num) if rotation in (90, 270) else Fraction(num, den)
+    return f"{ratio.numerator}:{ratio.denominator}"
+
+
 def _normal_rotation(degrees: float) -> int:
     # Display matrices can hold any angle; the pipeline only turns by quarter turns.
     return (round(degrees / 90) * 90) % 360
@@ -386,6 +402,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
             str(s.get("codec_name")) for s in streams if s.get("codec_type") == "subtitle"
         ),
         video_delay=delay,
+        sample_aspect=sample_aspect(video.get("sample_aspect_ratio"), rotation),
         colour=Colour.of(
             video.get("color_space"),
             video.get("color_primaries"),
@@ -512,6 +529,7 @@ _VIDEO_LINE = re.compile(r"Stream #0:\d+\S*: Video: (\w+)(.*)$")
 _AUDIO_LINE = re.compile(r"Stream #0:\d+\S*: Audio: (\w+)")
 _SUBTITLE_LINE = re.compile(r"Stream #0:\d+\S*: Subtitle: (\w+)")
 _SIZE = re.compile(r", (\d{1,5})x(\d{1,5})\b")
+_SAR = re.compile(r"\[SAR (\d+:\d+) DAR")
 _PIX_FMT = re.compile(r"^[^,]*\), ([a-z0-9_]+)|^[^,]*, ([a-z0-9_]+)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 _LEGACY_ROTATE = re.compile(r"^\s*rotate\s*:\s*(-?\d+)")
@@ -615,6 +633,7 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         audio_codecs=tuple(audio_codecs),
         subtitle_codecs=tuple(subtitle_codecs),
         video_delay=delay,
+        sample_aspect=sample_aspect(sar.group(1) if (sar := _SAR.search(rest)) else "", rotation),
         colour=Colour.from_stream_line(rest[pix.end() :] if pix else ""),
         video_codec=codec,
         pix_fmt=pix_fmt,

@@ -120,6 +120,7 @@ class FrameWriter:
         settings: Settings,
         frame_rate: Fraction | None = None,
         colour: Colour = UNTAGGED,
+        sample_aspect: str = "",
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"bad frame size {width}x{height}")
@@ -162,6 +163,7 @@ class FrameWriter:
                 audio_seconds=audio.duration if audio and audio.duration > 0 else None,
                 audio_skip=audio.video_delay if audio else 0.0,
                 colour=colour,
+                sample_aspect=sample_aspect,
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),
             )

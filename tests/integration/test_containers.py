@@ -67,6 +67,17 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
          str(root / "subs.mkv")],
         check=True, timeout=60,
     )  # fmt: skip
+    # anamorphic.mp4: pixels 4:3 wide (shown 64:27); its turned copy is shown upright, 27:64.
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "aac.mp4"), "-vf", "setsar=4/3",
+         "-c:v", "libx264", "-c:a", "copy", str(root / "anamorphic.mp4")],
+        check=True, timeout=60,
+    )  # fmt: skip
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "anamorphic.mp4"), "-c", "copy",
+         "-metadata:s:v", "rotate=90", str(root / "anamorphic-turned.mp4")],
+        check=True, timeout=60,
+    )  # fmt: skip
     # movtext.mp4: the same as mp4's own timed text, which Matroska cannot take as it is.
     subprocess.run(
         ["ffmpeg", "-v", "error", "-i", str(root / "subs.mkv"), "-map", "0", "-c", "copy",
@@ -287,6 +298,32 @@ def test_sound_and_subtitles_stay_in_sync_when_the_picture_starts_late(
     assert cues(tmp_path / output) == [(0.3, "Now")]  # 0.8 s − 0.5 s
 
 
+def shape(path: Path) -> tuple[int, int, str, str]:
+    """Stored size, pixel shape and display shape of the video stream."""
+    video = next(s for s in streams(path) if s["codec_type"] == "video")
+    return (video["width"], video["height"], video["sample_aspect_ratio"],
+            video["display_aspect_ratio"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("source", "output", "expected"),
+    [
+        ("anamorphic.mp4", "wide.mp4", (320, 240, "4:3", "16:9")),
+        ("anamorphic.mp4", "wide.mkv", (320, 240, "4:3", "16:9")),
+        ("anamorphic-turned.mp4", "turned.mp4", (240, 320, "3:4", "9:16")),
+    ],
+)
+def test_anamorphic_video_is_shown_as_wide_as_its_source(
+    root: Path, models_dir: Path, tmp_path: Path, source: str, output: str,
+    expected: tuple[int, int, str, str],
+) -> None:  # fmt: skip
+    # Decoded frames are stored pixels; the output says how wide each one is, as the source did
+    # (before: square pixels, so a 16:9 picture came out 4:3).
+    assert shape(root / "anamorphic.mp4")[2:] == ("4:3", "16:9")
+    swap(root, models_dir, source, tmp_path / output)
+    assert shape(tmp_path / output) == expected
+
+
 @pytest.mark.parametrize("encoder", ["libsvtav1", "libaom-av1"])
 def test_av1_webm_output_keeps_frames_and_timestamps(
     root: Path, models_dir: Path, tmp_path: Path, encoder: str
@@ -381,7 +418,8 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
                "aac.mp4": root / "out" / "aac-distributed.webm",
                "two-audio.mkv": root / "out" / "two-distributed.webm",
                "subs.mkv": root / "out" / "subs-distributed.webm",
-               "delayed.mkv": root / "out" / "delayed-distributed.mp4"}  # fmt: skip
+               "delayed.mkv": root / "out" / "delayed-distributed.mp4",
+               "anamorphic.mp4": root / "out" / "anamorphic-distributed.mp4"}  # fmt: skip
     jobs = {
         clip: producer.submit(root / "source.png", root / clip, output, chunk_seconds=0.5)
         for clip, output in outputs.items()
@@ -433,3 +471,5 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     assert tone_onset(delayed) == pytest.approx(0.5, abs=0.025)
     assert decoded_audio_seconds(delayed) == pytest.approx(2.0, abs=0.05)
     assert cues(delayed) == [(0.3, "Now")]
+    # Segments and the stitched file keep the source's pixel shape.
+    assert shape(outputs["anamorphic.mp4"]) == (320, 240, "4:3", "16:9")

@@ -1,4 +1,4 @@
-"""A video's colour description survives the trip through BGR: parsed, converted back, tagged."""
+"""Colour and pixel shape survive the trip through BGR: parsed, converted back, tagged."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from fractions import Fraction
 
 from facefusion_tasks.video.argv import decode_argv, encode_argv
 from facefusion_tasks.video.colour import UNTAGGED, Colour, colour_tags, encode_filter
+from facefusion_tasks.video.probe import sample_aspect
 
 
 def _option(argv: list[str], flag: str) -> str:
@@ -60,3 +61,14 @@ def test_decode_and_encode_argv_carry_the_conversion() -> None:
     argv = encode_argv("o.mp4", width=64, height=64, time_base=Fraction(1, 25), colour=hd)
     assert _option(argv, "-vf") == encode_filter(hd)
     assert _option(argv, "-colorspace") == "bt709" and _option(argv, "-color_range") == "tv"
+
+
+def test_a_non_square_pixel_shape_is_kept_and_turned_with_the_picture() -> None:
+    assert sample_aspect("4:3", 0) == "4:3" and sample_aspect("64:45", 180) == "64:45"
+    assert sample_aspect("4:3", 90) == "3:4"  # decoded upright: the pixel turned too
+    for square_or_unknown in ("1:1", "0:1", "N/A", None, ""):
+        assert sample_aspect(square_or_unknown, 0) == ""
+    argv = encode_argv("o.mp4", width=64, height=64, time_base=Fraction(1, 25), sample_aspect="4:3")
+    assert _option(argv, "-vf").endswith(",setsar=4/3")
+    square = encode_argv("o.mp4", width=64, height=64, time_base=Fraction(1, 25))
+    assert "setsar" not in _option(square, "-vf")
