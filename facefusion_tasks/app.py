@@ -60,6 +60,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # soon after the visibility timeout, not ~100 s later (kombu's default cadence).
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
             "unacked_restore_throttle": 1,
+            # A worker SIGKILLed while it restores holds kombu's restore lock until it expires
+            # (300 s by default): no other worker could restore anything meanwhile.
+            "unacked_mutex_expire": max(5, min(300, settings.visibility_timeout // 4)),
         },
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "task_time_limit": settings.chunk_time_limit,

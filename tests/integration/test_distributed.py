@@ -20,6 +20,7 @@ import redis
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.metrics.queues import priority_keys
+from facefusion_tasks.producer import WaitTimeout
 from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from tests.cluster import SHARED_REDIS, Cluster, RedisServer, cluster, wait_for
 from tests.media import LONG, TINY, audio_duration, storage_root, video_times
@@ -97,8 +98,19 @@ def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root:
     output = root / "out" / "killed.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=4)
     victim = wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
-    fleet.kill(_launcher(victim["worker"]))
-    status = producer.wait(job_id, timeout=150)
+    killed = _launcher(victim["worker"])
+    fleet.kill(killed)
+    try:
+        status = producer.wait(job_id, timeout=150)
+    except WaitTimeout:  # say what each worker saw, and where every chunk stands
+        chunks = [
+            (c["state"], c["worker"], c["deliveries"]) for c in producer.status(job_id).chunks
+        ]
+        survivor = "w2" if killed == "w1" else "w1"
+        raise AssertionError(
+            f"killed {killed}; chunks {chunks}\n--- {killed}:\n{fleet.log(killed)[-3000:]}"
+            f"\n--- {survivor}:\n{fleet.log(survivor)[-6000:]}"
+        ) from None
     assert status.state == SUCCEEDED, (status.reason, status.error)
     redone = status.chunks[victim["index"]]
     assert redone["attempts"] >= 2 and redone["worker"] != victim["worker"]

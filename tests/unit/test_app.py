@@ -30,6 +30,15 @@ def test_celery_is_json_only_late_ack_and_one_prefetch() -> None:
     assert config["worker_send_task_events"] and config["task_send_sent_event"]
 
 
+def test_a_worker_killed_while_restoring_does_not_stop_restores_for_long() -> None:
+    # kombu's restore lock outlives a SIGKILLed holder until it expires: a quarter of the
+    # visibility timeout (the time a lost message waits anyway), 5 s to 5 min.
+    quick = celery_config(_settings(visibility_timeout=12, chunk_time_limit=10))
+    assert quick["broker_transport_options"]["unacked_mutex_expire"] == 5
+    default = celery_config(_settings())["broker_transport_options"]
+    assert default["unacked_mutex_expire"] == 300 <= default["visibility_timeout"]
+
+
 def test_rediss_gets_certificate_checks() -> None:
     config = celery_config(
         Settings.from_env({"FACEFUSION_BROKER_URL": "rediss://:pw@redis:6380/0"})
