@@ -48,12 +48,11 @@ class Colour:
         end = details.find(")")
         if not details.startswith("(") or end < 0:
             return cls()
-        start = 0
         range_, space, primaries, transfer = "", "", "", ""
-        for item in (part.strip() for part in details[start + 1 : end].split(",")):
+        for item in (part.strip() for part in details[1:end].split(",")):
             if item in {"tv", "pc"}:
                 range_ = item
-            elif "/" in item and item.count("/") == 2:
+            elif item.count("/") == 2:
                 space, primaries, transfer = item.split("/")
             elif item in _MATRICES:
                 space = primaries = transfer = item

@@ -66,8 +66,8 @@ class VideoInfo:
     frame_count: int
     duration: float
     start_pts: int
-    has_audio: bool
-    audio_codec: str | None
+    #: Every audio stream's codec, in stream order: all are kept.
+    audio_codecs: tuple[str, ...]
     video_codec: str
     pix_fmt: str
     variable_frame_rate: bool
@@ -76,8 +76,6 @@ class VideoInfo:
     stored_height: int = 0
     #: ffmpeg's name for the container ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", …).
     container: str = ""
-    #: Every audio stream's codec, in stream order (audio_codec is the first): all are kept.
-    audio_codecs: tuple[str, ...] = ()
     #: The video stream's colour description, which the output keeps.
     colour: Colour = UNTAGGED
     #: Every subtitle stream's codec, in stream order (carried where the output can hold them).
@@ -89,10 +87,16 @@ class VideoInfo:
     #: broadcast) is stored narrower or wider than it is shown, and the output says so too.
     sample_aspect: str = ""
 
-    def __post_init__(self) -> None:
-        # A record from before audio_codecs existed knew only the first stream.
-        if not self.audio_codecs and self.audio_codec:
-            object.__setattr__(self, "audio_codecs", (self.audio_codec,))
+    @property
+    def has_audio(self) -> bool:
+        """Whether the file has sound."""
+        return bool(self.audio_codecs)
+
+    @property
+    def carries_streams(self) -> bool:
+        """Whether the output takes streams from this file besides the picture (audio or
+        subtitles), so a writer or stitch reads it as a second input."""
+        return bool(self.audio_codecs or self.subtitle_codecs)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form, so a job probes its video once and every chunk reuses the result."""
@@ -109,7 +113,10 @@ class VideoInfo:
         values["path"] = objects.location(values["path"])
         values["frame_rate"] = Fraction(values["frame_rate"])
         values["time_base"] = Fraction(values["time_base"])
-        values["audio_codecs"] = tuple(values.get("audio_codecs") or ())
+        # A record from before audio_codecs existed knew only the first stream.
+        first = values.pop("audio_codec", None)
+        values.pop("has_audio", None)
+        values["audio_codecs"] = tuple(values.get("audio_codecs") or ([first] if first else ()))
         values["colour"] = Colour(**(values.get("colour") or {}))
         values["subtitle_codecs"] = tuple(values.get("subtitle_codecs") or ())
         return cls(**values)
@@ -395,8 +402,6 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         frame_count=frame_count,
         duration=duration,
         start_pts=_int(video.get("start_pts")) or 0,
-        has_audio=bool(audios),
-        audio_codec=str(audios[0].get("codec_name")) if audios else None,
         audio_codecs=tuple(str(a.get("codec_name")) for a in audios),
         subtitle_codecs=tuple(
             str(s.get("codec_name")) for s in streams if s.get("codec_type") == "subtitle"
@@ -628,8 +633,6 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         frame_count=len(ordered),
         duration=duration,
         start_pts=ordered[0] if ordered else 0,
-        has_audio=bool(audio_codecs),
-        audio_codec=audio_codecs[0] if audio_codecs else None,
         audio_codecs=tuple(audio_codecs),
         subtitle_codecs=tuple(subtitle_codecs),
         video_delay=delay,

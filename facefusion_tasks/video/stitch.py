@@ -104,7 +104,7 @@ def stitch_segments(
     list_file.write_text(concat_list(segments))
     temp = staging.create_temp(output)
     # The source's audio and subtitles, if it has any, cut to the video's length.
-    extras = audio_source.has_audio or bool(audio_source.subtitle_codecs)
+    extras = audio_source.carries_streams
     argv = stitch_argv(
         list_file,
         temp,

@@ -141,11 +141,7 @@ class FrameWriter:
             settings.video_encoder, exe, muxer, width=width, height=height
         )
         # The source's audio and subtitles are muxed in, if it has any.
-        audio = (
-            audio_source
-            if audio_source is not None and (audio_source.has_audio or audio_source.subtitle_codecs)
-            else None
-        )
+        audio = audio_source if audio_source is not None and audio_source.carries_streams else None
         self.temp = staging.create_temp(self.destination)
         try:
             argv = encode_argv(

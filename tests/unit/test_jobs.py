@@ -66,9 +66,15 @@ def test_a_probe_survives_the_job_record() -> None:
     info = VideoInfo(
         path=Path("/data/in.mp4"), width=321, height=241, rotation=90,
         frame_rate=Fraction(30000, 1001), time_base=Fraction(1, 90000), frame_count=7,
-        duration=0.25, start_pts=0, has_audio=True, audio_codec="aac", video_codec="h264",
+        duration=0.25, start_pts=0, audio_codecs=("aac",), video_codec="h264",
         pix_fmt="yuv420p", variable_frame_rate=True, stored_width=241, stored_height=321,
     )  # fmt: skip
     import json
 
     assert VideoInfo.from_json(json.loads(json.dumps(info.to_json()))) == info
+    assert info.has_audio and info.carries_streams
+    # A record written before every audio track was kept: its first stream, and its flag.
+    older = info.to_json()
+    del older["audio_codecs"], older["colour"], older["subtitle_codecs"]
+    older |= {"has_audio": True, "audio_codec": "aac"}
+    assert VideoInfo.from_json(older) == info

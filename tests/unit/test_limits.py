@@ -60,7 +60,7 @@ def test_a_frame_over_the_limit_is_refused() -> None:
     info = VideoInfo(
         path=Path("/v/big.mp4"), width=8192, height=8192, rotation=0,
         frame_rate=Fraction(25), time_base=Fraction(1, 25), frame_count=1, duration=0.04,
-        start_pts=0, has_audio=False, audio_codec=None, video_codec="h264", pix_fmt="yuv420p",
+        start_pts=0, audio_codecs=(), video_codec="h264", pix_fmt="yuv420p",
         variable_frame_rate=False, stored_width=8192, stored_height=8192,
     )  # fmt: skip
     with pytest.raises(InputError, match="8192x8192 exceed") as caught:
@@ -125,7 +125,7 @@ def test_a_swap_refuses_a_stored_probe_over_the_limit(settings: Settings, tmp_pa
     info = VideoInfo(
         path=tmp_path / "big.mp4", width=8192, height=8192, rotation=0,
         frame_rate=Fraction(25), time_base=Fraction(1, 25), frame_count=1, duration=0.04,
-        start_pts=0, has_audio=False, audio_codec=None, video_codec="h264", pix_fmt="yuv420p",
+        start_pts=0, audio_codecs=(), video_codec="h264", pix_fmt="yuv420p",
         variable_frame_rate=False, stored_width=8192, stored_height=8192,
     )  # fmt: skip
     job = SwapJob(sources=(tmp_path / "s.png",), target=info.path, output=tmp_path / "out.mp4")
