@@ -93,11 +93,13 @@ class Detector:
         blob[:, :, new_h:, :] = _BLACK
         # Normalised straight into the blob, a plane at a time (BGR planes into RGB channels):
         # no float copy of the picture and no second copy into the canvas, as blobFromImage
-        # needs. 1.9 -> 1.1 ms of CPU for a 720p frame.
+        # needs, and one pass per plane (plane·scale + plane·0 − shift, every step exact).
+        # 1.9 -> 1.1 ms of CPU for a 720p frame with numpy's two passes.
         for channel, plane in zip((2, 1, 0), cv2.split(resized), strict=True):
             picture = blob[0, channel, :new_h, :new_w]
-            np.multiply(plane, _SCALE, out=picture)
-            np.subtract(picture, _SHIFT, out=picture)
+            cv2.addWeighted(
+                plane, float(_SCALE), plane, 0.0, -float(_SHIFT), dst=picture, dtype=cv2.CV_32F
+            )
         return Letterboxed(blob, new_h / height)
 
     def infer(self, prepared: Sequence[Letterboxed]) -> list[list[np.ndarray]]:

@@ -15,7 +15,7 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.faces import align
 from facefusion_tasks.faces.detector import Detector
 from facefusion_tasks.faces.loader import load_models
-from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
+from facefusion_tasks.faces.paste import Feather, face_box, feather_mask, paste_back
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.faces.swapper import to_bgr_crops
 from facefusion_tasks.faces.synthetic import background, draw_face
@@ -111,6 +111,57 @@ def test_paste_back_is_within_a_grey_level_of_the_float_formula_but_for_a_handfu
     assert counts[2] <= total * 1e-7
     assert counts[1] <= total * 0.02
     assert counts[1] > 0  # not vacuous: the pastes did land in the frames
+
+
+def _blend_by_8_bit_alpha(
+    frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, feather: Feather
+) -> None:
+    """The float formula over the same BGRA warp paste_back makes, in float64, + 0.5 floored."""
+    height, width = frame.shape[:2]
+    box = face_box(matrix, crop.shape[0], height, width)
+    if box is None:
+        return
+    x0, y0, x1, y1 = box
+    padded = cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+    source = np.dstack([padded, feather.alpha])
+    local = matrix.astype(np.float64)
+    local[:, 2] += local[:, 0] * x0 + local[:, 1] * y0 + 1.0
+    warped = cv2.warpAffine(
+        source, local, (x1 - x0, y1 - y0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+    )  # fmt: skip
+    alpha = warped[..., 3:].astype(np.float64) / 255.0
+    region = frame[y0:y1, x0:x1]
+    region[...] = np.floor(region + alpha * (warped[..., :3] - region.astype(np.float64)) + 0.5)
+
+
+@pytest.mark.parametrize("keep_bytes", [20 << 20, 50_000])
+def test_paste_back_blends_exactly_by_its_8_bit_alpha_in_kept_scratch_or_not(
+    keep_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facefusion_tasks.faces import paste
+
+    # Boxes over the cap get arrays of their own: same result, and the kept buffer stays small.
+    monkeypatch.setattr(paste, "_KEEP_BYTES", keep_bytes)
+    monkeypatch.setattr(paste, "_SCRATCH", paste._Scratch())
+    rng = np.random.default_rng(3)
+    feather = Feather.of(feather_mask(128))
+    for trial in range(60):
+        frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+        turn = rng.uniform(-np.pi, np.pi)
+        rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+        kps = (align.ARCFACE_TEMPLATE - 64) @ rotation.T * rng.uniform(0.3, 3.0) + 64
+        kps = (kps + rng.uniform(-60, 600, 2)).astype(np.float32)
+        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        if trial % 3:  # the extremes: a black frame under a white face, or the other way round
+            frame[...] = 255 * (trial % 3 == 1)
+            crop[...] = 255 * (trial % 3 == 2)
+        matrix = align.estimate_norm(kps, 128)
+        expected, got = frame.copy(), frame.copy()
+        _blend_by_8_bit_alpha(expected, crop, matrix, feather)
+        paste_back(got, crop, matrix, feather)
+        assert np.array_equal(got, expected), trial
+    assert 0 < paste._SCRATCH.buffer.size <= keep_bytes
 
 
 def _frames(count: int, faces: int) -> list[np.ndarray]:
