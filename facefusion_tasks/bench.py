@@ -37,13 +37,23 @@ CEILING_CASES = ((1280, 720, 2), (1280, 720, 8), (1920, 1080, 2), (1920, 1080, 8
 HEAVY_DETECTOR_GFLOPS = 10.0
 
 
+class _NoRing:
+    """No detector inputs to hold."""
+
+    def slot(self, index: int) -> None:
+        return None
+
+
 class PassthroughEngine:
     """Same interface as FaceEngine, no models: measures the plumbing alone."""
 
     def __init__(self) -> None:
         self.clock = StageClock()
 
-    def prepare(self, frame: np.ndarray) -> None:
+    def blob_ring(self, batch: int, depth: int) -> _NoRing:
+        return _NoRing()
+
+    def prepare(self, frame: np.ndarray, slot: object = None) -> None:
         return None
 
     def infer(

@@ -30,6 +30,9 @@ from facefusion_tasks.video.writer import FrameWriter
 log = logging.getLogger(__name__)
 
 _END = object()
+#: Batches of letterboxed frames that may wait for the model: the ring's buffers, and the
+#: look-ahead semaphore's permits in batches (the ring is safe only while the two are equal).
+_AHEAD_BATCHES = 2
 #: How often blocked queue operations wake up to notice a failure or cancellation elsewhere.
 _POLL_SECONDS = 0.2
 
@@ -239,16 +242,20 @@ def run_swap(
     result.encoder = writer.encoder
 
     pool = CpuPool(settings.cpu_threads)
-    # Letterboxed detector inputs (4.9 MB each at 640 px) wait for the model: at most two
-    # batches of them exist, whatever the queue length, so memory stays bounded.
-    ahead = threading.Semaphore(2 * settings.batch_size)
+    # Letterboxed detector inputs (4.9 MB each at 640 px) wait for the model: at most
+    # _AHEAD_BATCHES batches of them, whatever the queue length, so memory stays bounded. They
+    # live in the ring's buffers: a frame takes its permit before it is letterboxed, and a
+    # batch gives its permits back only once inferred, so no frame overwrites a waiting batch.
+    ahead = threading.Semaphore(_AHEAD_BATCHES * settings.batch_size)
+    ring = engine.blob_ring(settings.batch_size, _AHEAD_BATCHES)
 
     def decode() -> None:
         try:
-            for frame in _timed(iter(reader), clock, "decode"):
+            for index, frame in enumerate(_timed(iter(reader), clock, "decode")):
                 stages.acquire(ahead)
                 image = _writable(frame.image)
-                stages.put(decoded, (image, frame.pts, pool.submit(engine.prepare, image)))
+                prepared = pool.submit(engine.prepare, image, ring.slot(index))
+                stages.put(decoded, (image, frame.pts, prepared))
             stages.put(decoded, _END)
         except _Stop:
             pass

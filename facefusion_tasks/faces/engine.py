@@ -14,7 +14,7 @@ import numpy as np
 
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.faces import align
-from facefusion_tasks.faces.detector import Detector, Letterboxed
+from facefusion_tasks.faces.detector import BlobRing, Detector, Letterboxed, Slot
 from facefusion_tasks.faces.embedder import Embedder
 from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
@@ -148,10 +148,15 @@ class FaceEngine:
             return chosen
         return found
 
-    def prepare(self, frame: np.ndarray) -> Letterboxed:
-        """The detector input for one frame (runs in the CPU pool, ahead of the model)."""
+    def blob_ring(self, batch: int, depth: int) -> BlobRing:
+        """Reusable detector input buffers for prepare's `slot` (see BlobRing)."""
+        return self.detector.ring(batch, depth)
+
+    def prepare(self, frame: np.ndarray, slot: Slot | None = None) -> Letterboxed:
+        """The detector input for one frame (runs in the CPU pool, ahead of the model), into
+        `slot` of a blob_ring when given."""
         with self.clock.stage("letterbox"):
-            return self.detector.letterbox(frame)
+            return self.detector.letterbox(frame, slot)
 
     def infer(
         self,

@@ -5,6 +5,7 @@ stays within a grey level of the float formula."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,7 @@ import pytest
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.faces import align
-from facefusion_tasks.faces.detector import Detector
+from facefusion_tasks.faces.detector import Detector, batch_of
 from facefusion_tasks.faces.loader import load_models
 from facefusion_tasks.faces.paste import Feather, face_box, feather_mask, paste_back
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
@@ -71,6 +72,34 @@ def test_letterbox_without_a_canvas_is_the_same_blob(height: int, width: int) ->
     got = detector.letterbox(frame)
     assert got.blob.dtype == np.float32 and got.scale == scale
     assert np.array_equal(got.blob, expected)
+
+
+def test_a_blob_ring_hands_a_batch_to_the_model_as_one_view_of_the_same_blobs() -> None:
+    detector = Detector.__new__(Detector)
+    detector.size = 640
+    ring = detector.ring(batch=3, depth=2)
+    frames = [
+        np.random.default_rng(i).integers(0, 256, (600 - 40 * i, 640, 3), dtype=np.uint8)
+        for i in range(7)
+    ]
+    own = [detector.letterbox(frame) for frame in frames]
+    ringed = [detector.letterbox(frame, ring.slot(i)) for i, frame in enumerate(frames[:6])]
+    for mine, theirs in zip(ringed, own[:6], strict=True):
+        assert np.array_equal(mine.blob, theirs.blob) and mine.scale == theirs.scale
+    # Frames 0-2 and 3-5 are the two buffers' rows: each batch is a view, not a copy.
+    for first in (0, 3):
+        batch = batch_of(ringed[first : first + 3])
+        assert np.shares_memory(batch, ringed[first].blob) and batch.shape == (3, 3, 640, 640)
+        assert np.array_equal(batch, np.concatenate([b.blob for b in own[first : first + 3]]))
+    assert np.shares_memory(batch_of(ringed[4:6]), ringed[4].blob)  # a backed-off slice too
+    # Out-of-order rows, or blobs of their own, are concatenated.
+    for items in ([ringed[1], ringed[0]], [ringed[2], ringed[3]], [own[0], own[1]]):
+        joined = batch_of(items)
+        assert not np.shares_memory(joined, items[0].blob)
+        assert np.array_equal(joined, np.concatenate([item.blob for item in items]))
+    # Frame 6 reuses buffer 0, row 0: its shorter picture pads over frame 0's taller one.
+    assert ring.slot(6)[0] is ringed[0].batch and ring.slot(6)[1] == 0
+    assert np.array_equal(detector.letterbox(frames[6], ring.slot(6)).blob, own[6].blob)
 
 
 def test_alignment_of_many_faces_at_once_equals_one_by_one() -> None:
@@ -189,6 +218,40 @@ def test_engine_in_a_pool_equals_the_engine_inline(settings: Settings, tmp_path:
     for a, b in zip(serial, threaded, strict=True):
         assert np.array_equal(a, b)
     assert {"letterbox", "detect", "boxes", "align", "swap", "paste"} <= set(engine.clock.seconds)
+
+
+def test_every_batch_the_pipeline_infers_holds_exactly_its_frames_letterboxes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The pipeline letterboxes into two reused batch buffers while earlier batches infer: a
+    slow model gives the decoder every chance to run ahead, and still each batch the model gets
+    is its own frames' letterboxes, as one view, never a neighbour's rows."""
+    from facefusion_tasks.pipeline import SwapJob, run_swap
+    from facefusion_tasks.video.samples import make_sample_video
+
+    clip = make_sample_video(tmp_path / "clip.mp4", seconds=1.2, width=320, height=240, faces=2)
+    source = tmp_path / "source.png"
+    image = background(256, 256, 0)
+    draw_face(image, 128, 128, 90)
+    cv2.imwrite(str(source), image)
+    engine = load_models(settings).engine
+    engine.set_source(source)
+    real_infer = engine.infer
+    checked: list[int] = []
+
+    def slow_checked_infer(frames, prepared, pool=SERIAL):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        batch = batch_of(prepared)
+        assert all(np.shares_memory(batch, item.blob) for item in prepared)
+        fresh = np.concatenate([engine.detector.letterbox(frame).blob for frame in frames])
+        assert np.array_equal(batch, fresh)
+        checked.append(len(frames))
+        return real_infer(frames, prepared, pool)
+
+    engine.infer = slow_checked_infer  # type: ignore[method-assign]
+    result = run_swap(SwapJob((source,), clip, tmp_path / "out.mp4"), engine, settings)
+    assert sum(checked) == result.frames == 30 and len(checked) == 8  # batches of 4
+    assert result.faces_swapped > 0
 
 
 def test_the_pool_runs_work_on_its_threads_and_inline_without_them() -> None:
