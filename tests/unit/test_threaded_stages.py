@@ -1,6 +1,6 @@
 """The per-frame CPU work in a thread pool, and its vectorised and buffer-saving rewrites, give
-bit-identical results to the serial, per-face code they replaced; paste-back's single warp
-stays within a grey level of the float formula."""
+bit-identical results to the serial, per-face code they replaced; paste-back blends exactly by
+its 8-bit alpha, within a grey level of the float mask's formula."""
 
 from __future__ import annotations
 
