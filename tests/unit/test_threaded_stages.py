@@ -1,6 +1,4 @@
-"""The per-frame CPU work in a thread pool, and its vectorised and buffer-saving rewrites, give
-bit-identical results to the serial, per-face code they replaced; paste-back blends exactly by
-its 8-bit alpha, within a grey level of the float mask's formula."""
+"""Pooled and rewritten per-frame stages equal the serial code; paste-back blends by its 8-bit alpha."""
 
 from __future__ import annotations
 
