@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -303,6 +304,27 @@ def _broker_error(exc: BaseException) -> FaceFusionError | None:
     return broker.explain(exc, os.environ.get("FACEFUSION_BROKER_URL", ""))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C's KeyboardInterrupt is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _end_like_ctrl_c() -> None:
+    """SIGTERM (a `timeout`, a service manager) and SIGHUP (a closed terminal) end a command as
+    Ctrl-C does: through the same unwinding, which stops ffmpeg and removes the half-written
+    output. Their default, dying on the spot, left the encoder finishing a hidden partial file
+    beside the destination."""
+
+    def raise_terminated(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_terminated)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one clear line on stderr for bad input (exit 2), never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -328,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     debug = args.debug or os.environ.get("FACEFUSION_DEBUG") == "1"
+    if args.command != "worker":  # the worker supervisor passes signals on to its processes
+        _end_like_ctrl_c()
     try:
         return _COMMANDS[args.command](args)
     except FaceFusionError as exc:
@@ -337,9 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug and code != EXIT_BAD_INPUT:
             traceback.print_exc()
         return code
-    except KeyboardInterrupt:
-        print("facefusion-tasks: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"facefusion-tasks: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:  # an internal error: say so plainly, details on request
         unavailable = _broker_error(exc)
         if unavailable is not None:

@@ -227,12 +227,14 @@ class Settings:
         return [b.strip() for b in self.s3_buckets.split(",") if b.strip()]
 
     def scratch(self) -> Path:
-        """This host's scratch directory (created on first use by whoever writes there)."""
+        """This host's scratch directory (created on first use by whoever writes there): the
+        configured one, or one per user in the temp directory (a shared name there would be
+        another user's to create, and to plant as a symlink)."""
         if self.scratch_dir:
             return Path(self.scratch_dir).expanduser().resolve()
         import tempfile
 
-        return Path(tempfile.gettempdir()) / "facefusion-scratch"
+        return Path(tempfile.gettempdir()) / f"facefusion-scratch-{os.getuid()}"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

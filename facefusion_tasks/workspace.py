@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import FaceFusionError
+from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.objects import Location, ObjectRef
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import work_dir
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import segment_muxer
@@ -85,12 +87,37 @@ def remove_segments(settings: Settings, job_id: str, *, output: str) -> None:
         log.warning("job %s: segments left for the sweep: %s", job_id, exc)
 
 
+def scratch_base(settings: Settings) -> Path:
+    """The scratch directory, made if missing. The default one lies in the shared temp
+    directory, so it must be this user's own: a real directory (not a symlink someone planted,
+    through which the stale sweep would empty another directory), owned by this user and
+    writable by no one else."""
+    base = settings.scratch()
+    try:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(base)
+    except OSError as exc:
+        raise InputError(
+            f"scratch directory {base}: {exc.strerror or exc}", reason=Reason.CONFIG
+        ) from exc
+    if not settings.scratch_dir and (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise InputError(
+            f"scratch directory {base} is not this user's own directory (a symlink, another "
+            "owner, or writable by others): remove it or set FACEFUSION_SCRATCH_DIR",
+            reason=Reason.CONFIG,
+        )
+    return base
+
+
 @contextlib.contextmanager
 def scratch(settings: Settings, job_id: str) -> Iterator[Path]:
     """A fresh directory of this host's own for one task, removed when it ends. A task killed
     outright leaves one: the next task on this host removes it after a day."""
-    base = settings.scratch()
-    base.mkdir(parents=True, exist_ok=True)
+    base = scratch_base(settings)
     _sweep(base)
     path = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=base))
     try:
@@ -106,7 +133,7 @@ def local_copy(settings: Settings, where: Location) -> Path:
         return where
     etag = str(objects.head(where).get("ETag", ""))
     digest = hashlib.sha1(f"{where}\n{etag}".encode()).hexdigest()[:20]
-    folder = settings.scratch() / IMAGE_CACHE / digest
+    folder = scratch_base(settings) / IMAGE_CACHE / digest
     path = folder / (where.name or "object")
     if path.is_file():
         os.utime(folder)  # in use: not stale
@@ -123,5 +150,10 @@ def _sweep(base: Path, *, now: float | None = None) -> None:
                 if entry.name == IMAGE_CACHE:
                     continue
                 with contextlib.suppress(OSError):
-                    if now - entry.stat().st_mtime > STALE_SCRATCH_SECONDS:
+                    # lstat: a symlink is removed itself, never followed.
+                    if now - entry.lstat().st_mtime <= STALE_SCRATCH_SECONDS:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
                         shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()

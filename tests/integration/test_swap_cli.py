@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -249,3 +251,46 @@ def test_threaded_stages_write_the_same_video_as_inline_ones(
     assert len(outputs["0"]) == len(outputs["3"]) > 0
     for inline, threaded in zip(outputs["0"], outputs["3"], strict=True):
         assert np.array_equal(inline, threaded)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_swap_stops_ffmpeg_and_leaves_nothing(
+    signum: int, media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    """`timeout`, a service manager or a closed terminal ends a swap as Ctrl-C does: its
+    ffmpeg processes stop and no hidden partial file is left to grow beside the destination."""
+    clip = make_sample_video(tmp_path / "long.mp4", seconds=8, width=960, height=540, faces=2)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+    environment |= {"FACEFUSION_MODELS_DIR": str(models_dir), "FACEFUSION_ALLOW_STANDIN_MODELS": "1",
+                    "FACEFUSION_EXECUTION_PROVIDER": "cpu"}  # fmt: skip
+    argv = [sys.executable, "-m", "facefusion_tasks", "swap", "--no-progress"]
+    proc = subprocess.Popen(
+        [*argv, str(media["source"]), str(clip), "-o", str(out_dir / "x.mp4")],
+        stderr=subprocess.PIPE, text=True, env=environment,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 0 for p in out_dir.iterdir()):  # the encoder is writing
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    assert stderr.strip().splitlines() == [
+        f"facefusion-tasks: interrupted ({signal.Signals(signum).name})"
+    ]
+    time.sleep(1.0)  # an orphaned encoder would still be writing now
+    assert list(out_dir.iterdir()) == []
+    assert not [pid for pid in _pids() if str(out_dir) in _cmdline(pid)]
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
