@@ -26,13 +26,16 @@ log = logging.getLogger(__name__)
 
 #: Seconds a probe or a demux-only pass may take (a pass reads the file, nothing is decoded).
 PROBE_TIMEOUT = 600.0
-#: Demuxer messages that mean the file ends before its index says it should.
+#: Demuxer messages that mean the file ends before its index says it should, or that its
+#: bytes are damaged (lowercase; matched in ffmpeg's stderr).
 TRUNCATION_MARKERS = (
     "partial file",
     "truncat",
     "corrupt input packet",
     "packet corrupt",
     "moov atom not found",
+    "file ended prematurely",  # Matroska/WebM cut short
+    "invalid as first byte of an ebml number",  # Matroska/WebM bytes damaged
 )
 #: Demuxers that read one still image; a single picture is not a video.
 IMAGE_FORMATS = {"image2", "image2pipe"}
@@ -262,12 +265,21 @@ def _open_failure(source: Location, stderr: str) -> InputError:
     return InputError(f"{source.name}: not a video file", reason=Reason.NOT_VIDEO)
 
 
-def _truncation(stderr: str) -> str | None:
-    lowered = stderr.lower()
-    for marker in TRUNCATION_MARKERS:
-        if marker in lowered:
-            return marker
+def damage_line(stderr: str) -> str | None:
+    """ffmpeg's first line that says the file is cut short or damaged (its level prefix off,
+    shortened), or None."""
+    for line in stderr.splitlines():
+        lowered = line.lower()
+        if any(marker in lowered for marker in TRUNCATION_MARKERS):
+            text = " ".join(redact(process.strip_level(line)).split())
+            return text if len(text) <= 120 else text[:119] + "…"
     return None
+
+
+def _corrupt(source: Location, detail: str) -> InputError:
+    return InputError(
+        f"{source.name}: truncated or corrupt video ({detail})", reason=Reason.CORRUPT_VIDEO
+    )
 
 
 def _check_tail(source: Location, exe: str, duration: float) -> None:
@@ -276,11 +288,9 @@ def _check_tail(source: Location, exe: str, duration: float) -> None:
     argv += [*options, "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", target]
     argv += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     done = _run(argv)
-    marker = _truncation(done.stderr)
-    if marker is not None:
-        raise InputError(
-            f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
-        )
+    damage = damage_line(done.stderr)
+    if damage is not None:
+        raise _corrupt(source, damage)
 
 
 def _run(argv: list[str]) -> process.Completed:
@@ -328,6 +338,10 @@ def _still_image(container: str) -> bool:
 
 
 # --- ffprobe ----------------------------------------------------------------------------------
+
+#: Containers whose frame count in the header can promise frames no decoder returns: an AVI
+#: index lists dropped frames as empty entries. Their frames are counted by a demux pass.
+_INDEX_OVERCOUNTS = frozenset({"avi"})
 
 
 def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
@@ -387,11 +401,16 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     # then disagrees with duration × average rate, and only a demux pass, which sees the
     # packets' discard flags, is exact.
     edited = bool(frame_count and duration and avg and abs(frame_count - duration * avg) > 1.5)
-    if not frame_count or edited or time_base == 0:
+    indexed = container not in _INDEX_OVERCOUNTS
+    if not frame_count or edited or time_base == 0 or not indexed:
         packets = _demux_pass(source, exe)
         frame_count, time_base, counted = len(packets.pts), packets.time_base, True
         if not frame_rate:
             frame_rate = packets.frame_rate()
+        if not _float(video.get("duration")):
+            # No stream duration (Matroska, WebM): the file's length is its longest stream's,
+            # and audio running on past the picture would be muxed in past its end.
+            duration = packets.length(frame_rate) or duration
     return VideoInfo(
         path=source,
         width=width,
@@ -460,6 +479,16 @@ class _Packets:
             return Fraction(0)
         return Fraction(len(ordered)) / (self.span * self.time_base)
 
+    def length(self, frame_rate: Fraction) -> float:
+        """Seconds from the first packet to the end of the last: their summed durations, or
+        (when the file gives none) the pts span plus one frame at `frame_rate`; 0 unknown."""
+        if not self.pts or not self.time_base:
+            return 0.0
+        if self.span > 0:
+            return float(self.span * self.time_base)
+        step = 1 / frame_rate if frame_rate else Fraction(0)
+        return float((max(self.pts) - min(self.pts)) * self.time_base + step)
+
     def variable(self) -> bool:
         ordered = sorted(self.pts)
         return len({b - a for a, b in zip(ordered, ordered[1:], strict=False)}) > 1
@@ -492,19 +521,15 @@ def _demux_pass(source: Location, exe: str) -> _Packets:
             raise _open_failure(source, done.stderr)
         if "matches no streams" in done.stderr:
             raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
-        marker = _truncation(done.stderr)
-        if marker is not None:
-            raise InputError(
-                f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
-            )
+        damage = damage_line(done.stderr)
+        if damage is not None:
+            raise _corrupt(source, damage)
         raise MediaError(
             f"{source.name}: ffmpeg could not demux the video stream", stderr=done.stderr[-4000:]
         )
-    marker = _truncation(done.stderr)
-    if marker is not None:
-        raise InputError(
-            f"{source.name}: truncated or corrupt video ({marker})", reason=Reason.CORRUPT_VIDEO
-        )
+    damage = damage_line(done.stderr)
+    if damage is not None:
+        raise _corrupt(source, damage)
     time_base = Fraction(0)
     pts: list[int] = []
     span = 0
@@ -526,6 +551,15 @@ def _demux_pass(source: Location, exe: str) -> _Packets:
         stamp = int(fields[2])
         pts.append(int(fields[1]) if stamp == _NOPTS else stamp)
         span += max(int(fields[3]), 0)
+    repeated = len(pts) - len(set(pts))
+    if repeated:
+        # The pipeline keeps every frame's own time; made-up times would not be the file's.
+        raise InputError(
+            f"{source.name}: {repeated} of {len(pts)} frames repeat another's timestamp (a raw "
+            "stream without timestamps, or a frame rate finer than its container's clock); "
+            "remux it with a frame rate, e.g. ffmpeg -r 25 -i IN -c copy OUT.mkv",
+            reason=Reason.BAD_INPUT,
+        )
     return _Packets(pts=pts, time_base=time_base, span=span, stderr=done.stderr)
 
 
@@ -618,11 +652,9 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
     width, height = _display(stored_w, stored_h, rotation)
     ordered = sorted(packets.pts)
     delay = _delay(ordered[0] * packets.time_base, file_start) if ordered else 0.0
-    if packets.span > 0 and packets.time_base:
-        # Summed packet durations are exact; the header's Duration line has 10 ms steps.
-        duration = float(packets.span * packets.time_base)
-    else:  # the file's length, less what comes before the picture
-        duration = max(0.0, duration - delay)
+    # Summed packet durations are exact; the header's Duration line has 10 ms steps, and is
+    # the longest stream's. Failing both, the file's length less what comes before the picture.
+    duration = packets.length(packets.frame_rate()) or max(0.0, duration - delay)
     return VideoInfo(
         path=source,
         width=width,

@@ -19,7 +19,7 @@ from facefusion_tasks.errors import InputError, MediaError
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.argv import decode_argv
-from facefusion_tasks.video.probe import TRUNCATION_MARKERS, VideoInfo
+from facefusion_tasks.video.probe import VideoInfo, damage_line
 from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
@@ -251,9 +251,7 @@ class FrameReader:
                 reason=Reason.CORRUPT_VIDEO,
             )
         if errors and self._came_short():
-            marker = next(
-                (m for m in TRUNCATION_MARKERS if m in " ".join(errors).lower()), _short(detail)
-            )
+            marker = damage_line("\n".join(errors)) or _short(detail)
             if self.start_pts is None and self.end_pts is None:
                 got = f"decoded {self._decoded} of {self.info.frame_count} frames"
             else:

@@ -21,7 +21,7 @@ from facefusion_tasks.video import codecs, ffbin, process, staging
 from facefusion_tasks.video.argv import encode_argv, muxer_for
 from facefusion_tasks.video.colour import UNTAGGED, Colour
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
-from facefusion_tasks.video.probe import VideoInfo
+from facefusion_tasks.video.probe import VideoInfo, damage_line
 from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,8 @@ class FrameWriter:
             self.temp.unlink(missing_ok=True)
             raise
         self._exe = exe
+        #: The source whose audio and subtitles this encoder reads, for blaming its damage.
+        self._extras = audio.path if audio else None
         self._proc = self._ffmpeg.proc
         assert self._proc.stdin is not None
         self._stdin: IO[bytes] = self._proc.stdin
@@ -219,7 +221,7 @@ class FrameWriter:
             code = self._ffmpeg.wait(FLUSH_TIMEOUT, what=f"encoding {self.destination.name}")
             failure = self._ffmpeg.log.failure(f"encoding {self.destination.name}", code)
             if failure is not None:
-                raise failure
+                raise self._source_damage() or failure
             self._verify()
         except BaseException:
             self.abort()
@@ -261,9 +263,22 @@ class FrameWriter:
         self._ffmpeg.close_pipes()
         self.temp.unlink(missing_ok=True)
 
+    def _source_damage(self) -> InputError | None:
+        """The source's own damage, when that is what stopped the encoder: its audio or
+        subtitles cut short or corrupt (the probe reads only the video stream)."""
+        damage = damage_line("\n".join(self._ffmpeg.log.errors))
+        if damage is None or self._extras is None:
+            return None
+        return InputError(
+            f"{self._extras.name}: truncated or corrupt audio or subtitles ({damage})",
+            reason=Reason.CORRUPT_VIDEO,
+        )
+
     def _fail(self, what: str) -> None:
         self.abort()
-        failure = self._ffmpeg.log.failure(f"{self.destination.name}: {what}", None)
+        failure = self._source_damage() or self._ffmpeg.log.failure(
+            f"{self.destination.name}: {what}", None
+        )
         raise failure or MediaError(
             f"{self.destination.name}: {what}: {self._ffmpeg.log.last_error()}",
             stderr=self.stderr_tail(),

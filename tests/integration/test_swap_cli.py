@@ -153,6 +153,7 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("text", "not a video"),
         ("image", "not a video"),
         ("truncated", "truncated"),
+        ("audio_cut", "truncated or corrupt audio or subtitles (stream 1, offset"),
         ("noface", "no face found in the source image"),
         ("unwritable", "does not exist"),
         ("bad_suffix", "unsupported output type"),
@@ -178,6 +179,12 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         data = media["faces"].read_bytes()
         target = tmp_path / "cut.mp4"
         target.write_bytes(data[: len(data) // 2])
+    elif case == "audio_cut":
+        # Only the last audio samples are missing: the probe reads the video stream alone, so
+        # the encoder, which copies the audio, is the one to find it.
+        data = media["faces"].read_bytes()
+        target = tmp_path / "audio_cut.mp4"
+        target.write_bytes(data[:-200])
     elif case == "noface":
         source = media["noface_source"]
     elif case == "unwritable":

@@ -303,6 +303,25 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "-c:v", "libx264", str(paths["zero_frames_mp4"])],
         check=True,
     )  # fmt: skip
+    whole_mkv = make_sample_video(d / "whole.mkv", seconds=2, audio=True)
+    data = whole_mkv.read_bytes()
+    paths["cut_mkv"] = d / "cut.mkv"
+    paths["cut_mkv"].write_bytes(data[: len(data) // 2])
+    paths["damaged_mkv"] = d / "damaged.mkv"
+    start = len(data) * 2 // 5
+    paths["damaged_mkv"].write_bytes(data[:start] + bytes(20000) + data[start + 20000 :])
+    paths["raw_h264"] = d / "raw.h264"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(whole_mkv), "-an", "-c:v", "copy",
+         "-bsf:v", "h264_mp4toannexb", str(paths["raw_h264"])],
+        check=True,
+    )  # fmt: skip
+    paths["fine_ticks_mkv"] = d / "fine_ticks.mkv"  # 1500 fps on Matroska's 1 ms clock
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=160x120:r=1500:d=0.1",
+         "-c:v", "libx264", "-bf", "0", str(paths["fine_ticks_mkv"])],
+        check=True,
+    )  # fmt: skip
     paths["audio_only"] = d / "tone.m4a"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", str(paths["audio_only"])],
@@ -322,6 +341,10 @@ BAD_INPUTS = {
     "cut_moov_last": "truncated or corrupt video (moov atom not found)",
     "cut_faststart": "truncated or corrupt video",
     "audio_only": "no video stream",
+    "cut_mkv": "truncated or corrupt video (File ended prematurely",
+    "damaged_mkv": "truncated or corrupt video (",
+    "raw_h264": "49 of 50 frames repeat another's timestamp",
+    "fine_ticks_mkv": "50 of 150 frames repeat another's timestamp",
     "no_frames": "video stream has no frames",
     "zero_frames_mp4": "no video stream",  # the mp4 muxer drops a track without samples
 }
@@ -345,6 +368,31 @@ def test_bad_input_is_one_clear_line(
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"{path.name}: {BAD_INPUTS[kind]}")
+
+
+def test_an_avi_index_entry_for_a_dropped_frame_is_not_counted(tmp_path: Path) -> None:
+    # A gap in the timestamps is an empty entry in an AVI index: the header then says 25
+    # frames, and 24 decode.
+    clip = tmp_path / "gap.avi"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=160x120:r=25:d=1",
+         "-vf", "select='not(eq(n,10))'", "-fps_mode", "passthrough", "-c:v", "mpeg4", str(clip)],
+        check=True,
+    )  # fmt: skip
+    info = probe(clip)
+    with FrameReader(info) as reader:
+        assert info.frame_count == sum(1 for _ in reader) == 24
+
+
+def test_a_matroska_video_lasts_its_own_frames_not_its_longer_audio(tmp_path: Path) -> None:
+    video = make_sample_video(tmp_path / "one.mkv", seconds=1, audio=False)
+    clip = tmp_path / "long_audio.mkv"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(video), "-f", "lavfi", "-t", "3", "-i", "sine",
+         "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "libvorbis", str(clip)],
+        check=True,
+    )  # fmt: skip
+    assert probe(clip).duration == pytest.approx(1.0, abs=0.001)
 
 
 def test_truncation_the_index_hides_is_caught_by_every_reader(bad_inputs: dict[str, Path]) -> None:
