@@ -357,7 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FaceFusionError as exc:
         # The reason decides the exit code, as it does for a job's failure in `wait`.
         code = policy.exit_code(exc.reason)
-        print(f"facefusion-tasks: error: {exc}", file=sys.stderr)
+        # One line, whatever a path in it holds.
+        print(
+            f"facefusion-tasks: error: {str(exc).replace(chr(10), chr(92) + 'n')}", file=sys.stderr
+        )
         if debug and code != EXIT_BAD_INPUT:
             traceback.print_exc()
         return code
@@ -365,6 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         print(f"facefusion-tasks: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
+    except OSError as exc:
+        # A path the user named that the OS refuses (too long, a symlink loop, no permission
+        # to reach it) is their input; any other OSError is internal, as below.
+        code = policy.exit_code(policy.reason_of(exc))
+        if code == EXIT_INTERNAL:
+            print(f"facefusion-tasks: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        else:
+            print(f"facefusion-tasks: error: {policy.describe(exc)}", file=sys.stderr)
+        if debug and code != EXIT_BAD_INPUT:
+            traceback.print_exc()
+        return code
     except Exception as exc:  # an internal error: say so plainly, details on request
         unavailable = _broker_error(exc)
         if unavailable is not None:

@@ -19,6 +19,24 @@ EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 69
 _TIME_LIMIT_NAMES = frozenset({"SoftTimeLimitExceeded", "TimeLimitExceeded"})
 
 
+#: What the OS says of a path the user named, wherever it is first touched: too long, a
+#: symlink loop, a folder in the way, or no permission to reach it. Another try cannot help.
+_PATH_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EACCES, errno.EPERM}
+)
+
+
+def describe(error: BaseException, *, limit: int = 80) -> str:
+    """One line for an error: an OSError as "path: what the OS said" (a long path's middle
+    cut out, a newline in it shown as \\n), anything else as its text."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        name = str(error.filename).replace("\n", "\\n")
+        if len(name) > limit:
+            name = name[: limit // 2] + "…" + name[-(limit // 2) :]
+        return f"{name}: {error.strerror}"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one failed attempt ends: retried, or the job fails with `reason`."""
@@ -47,6 +65,8 @@ def reason_of(error: BaseException) -> Reason:
         return Reason.TIMEOUT
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return Reason.NO_SPACE
+    if isinstance(error, OSError) and error.errno in _PATH_ERRNOS:
+        return Reason.PATH
     if isinstance(error, _redis_errors()):
         return Reason.TRANSIENT
     return Reason.INTERNAL

@@ -47,10 +47,30 @@ def _host() -> str:
     return f"{name}_{hashlib.sha1(f'{boot}{namespace}'.encode()).hexdigest()[:8]}"
 
 
+#: Longest file name most filesystems take (bytes).
+NAME_MAX = 255
+
+
+def _temp_stem(destination: Path) -> str:
+    """The destination's stem as its temps carry it: whole, or (when a temp's name would pass
+    NAME_MAX, as for a 250-byte name that is itself fine) cut and tagged with its digest, the
+    same way every time, so the sweep finds them."""
+    # "." stem "." host "-" pid (at most 10 digits) "-" token MARKER suffix
+    overhead = (
+        1 + 1 + len(_host()) + 1 + 10 + 1 + 8 + len(MARKER) + len(destination.suffix.encode())
+    )
+    stem = destination.stem
+    if len(stem.encode()) + overhead <= NAME_MAX:
+        return stem
+    tag = "~" + hashlib.sha1(stem.encode()).hexdigest()[:8]
+    room = NAME_MAX - overhead - len(tag)
+    return stem.encode()[: max(room, 0)].decode(errors="ignore") + tag
+
+
 def _pattern(destination: Path) -> re.Pattern[str]:
     return re.compile(
-        rf"^\.{re.escape(destination.stem)}\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9a-f]{{8}}"
-        rf"{re.escape(MARKER)}{re.escape(destination.suffix)}$"
+        rf"^\.{re.escape(_temp_stem(destination))}\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-"
+        rf"[0-9a-f]{{8}}{re.escape(MARKER)}{re.escape(destination.suffix)}$"
     )
 
 
@@ -97,7 +117,7 @@ def create_temp(destination: Path) -> Path:
     the umask gives (0644 typically; mkstemp would give 0600). Abandoned temps of the same
     destination are swept first."""
     sweep(destination)
-    stem = f".{destination.stem}.{_host()}-{os.getpid()}"
+    stem = f".{_temp_stem(destination)}.{_host()}-{os.getpid()}"
     for _ in range(100):
         temp = destination.with_name(f"{stem}-{secrets.token_hex(4)}{MARKER}{destination.suffix}")
         try:

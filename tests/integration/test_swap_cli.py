@@ -154,6 +154,7 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("image", "not a video"),
         ("truncated", "truncated"),
         ("audio_cut", "truncated or corrupt audio or subtitles (stream 1, offset"),
+        ("long_name", "aaaa.mp4: File name too long"),
         ("noface", "no face found in the source image"),
         ("unwritable", "does not exist"),
         ("bad_suffix", "unsupported output type"),
@@ -185,6 +186,8 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         data = media["faces"].read_bytes()
         target = tmp_path / "audio_cut.mp4"
         target.write_bytes(data[:-200])
+    elif case == "long_name":
+        out = tmp_path / ("a" * 300 + ".mp4")
     elif case == "noface":
         source = media["noface_source"]
     elif case == "unwritable":
@@ -202,6 +205,16 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         if out.parent.exists()
         else True
     )
+
+
+def test_an_output_name_near_the_limit_is_written(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / ("b" * 250 + ".mp4")  # its temp's name would pass 255 bytes uncut
+    proc = run_cli("swap", media["source"], media["none"], "-o", out, "--no-progress",
+                   models=models_dir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
 def test_missing_models_is_a_clear_internal_error(media: dict[str, Path], tmp_path: Path) -> None:

@@ -130,3 +130,18 @@ def test_abandoned_temps_are_swept_live_ones_kept(tmp_path: Path) -> None:
     removed = staging.sweep(destination)
     assert sorted(removed) == sorted([abandoned, ancient])
     assert live.exists() and elsewhere.exists() and unrelated.exists()
+
+
+def test_a_name_near_the_limit_gets_temps_within_it_that_the_sweep_still_finds(
+    tmp_path: Path,
+) -> None:
+    destination = tmp_path / ("é" * 120 + "x" * 10 + ".mp4")  # 254 bytes: a valid name
+    temp = staging.create_temp(destination)
+    assert len(temp.name.encode()) <= staging.NAME_MAX and temp.name.endswith(".partial.mp4")
+    assert staging.create_temp(destination).name[:40] == temp.name[:40]  # cut the same way
+    host = temp.name.split(".")[2].rsplit("-", 2)[0]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = temp.with_name(temp.name.replace(f"{host}-{os.getpid()}-", f"{host}-{dead.pid}-"))
+    temp.rename(abandoned)
+    assert staging.sweep(destination) == [abandoned]

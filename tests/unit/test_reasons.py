@@ -102,6 +102,10 @@ def test_the_users_input_reasons_are_the_ones_a_user_can_fix() -> None:
         (errors.InputError("bad", reason=Reason.CORRUPT_VIDEO), Reason.CORRUPT_VIDEO, False),
         (errors.MediaError("full", reason=Reason.NO_SPACE), Reason.NO_SPACE, False),
         (OSError(errno.ENOSPC, "No space left on device"), Reason.NO_SPACE, False),
+        (OSError(errno.ENAMETOOLONG, "File name too long", "a" * 300), Reason.PATH, False),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/x.mp4"), Reason.PATH, False),
+        (OSError(errno.ELOOP, "Too many levels of symbolic links"), Reason.PATH, False),
+        (OSError(errno.EIO, "Input/output error"), Reason.INTERNAL, False),
         (SoftTimeLimitExceeded(), Reason.TIMEOUT, False),
         (TimeLimitExceeded(10), Reason.TIMEOUT, False),
         (subprocess.TimeoutExpired("ffmpeg", 5), Reason.TIMEOUT, False),
@@ -116,3 +120,12 @@ def test_one_policy_decides_retry_or_failure(
     assert outcome.message
     # Retries are bounded: the last attempt fails with the same reason.
     assert policy.decide(error, attempt=2, max_retries=2).retry is False
+
+
+def test_an_os_error_on_a_path_is_described_in_one_short_line() -> None:
+    long = OSError(errno.ENAMETOOLONG, "File name too long", "/in/" + "a" * 300 + ".mp4")
+    line = policy.describe(long)
+    assert line.endswith(": File name too long") and len(line) < 110 and "…" in line
+    odd = PermissionError(errno.EACCES, "Permission denied", "/in/new\nline.mp4")
+    assert policy.describe(odd) == "/in/new\\nline.mp4: Permission denied"
+    assert policy.describe(ValueError("two\nlines")) == "two lines"
