@@ -177,6 +177,17 @@ class Settings:
             raise InputError("gpu_mem_limit must be 0 (no cap) or a number of bytes")
         if self.face_selector not in {"many", "one", "reference"}:
             raise InputError(f"unknown face selector {self.face_selector!r}")
+        # Cosine distance between unit embeddings lies in [0, 2]; NaN would match no face.
+        if not 0 < self.reference_distance <= 2:
+            raise InputError("reference distance must be above 0 and at most 2")
+        from facefusion_tasks.video.codecs import PRESET_NAMES, QUALITY_MAX
+
+        if self.video_preset not in PRESET_NAMES:
+            raise InputError(
+                f"unknown video preset {self.video_preset!r} (one of {', '.join(PRESET_NAMES)})"
+            )
+        if not 0 <= self.video_quality <= max(QUALITY_MAX.values()):
+            raise InputError(f"video quality must be 0 to {max(QUALITY_MAX.values())}")
         if self.batch_size < 1:
             raise InputError("batch size must be at least 1")
         if self.detector_size % 32 or self.detector_size < 64:

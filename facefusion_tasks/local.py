@@ -58,7 +58,7 @@ def run_local(
         # The encoder this ffmpeg will really use, before any model loads.
         resolve_encoder(
             settings.video_encoder, ffmpeg_exe(settings.ffmpeg), muxer_for(str(output_at)),
-            width=info.width, height=info.height,
+            width=info.width, height=info.height, quality=settings.video_quality,
         )  # fmt: skip
     with scratch(settings, "local") as local:
         sources = tuple(local_copy(settings, at) for at in sources_at)

@@ -127,6 +127,25 @@ def _svtav1_fits(width: int, height: int) -> bool:
     return width % 2 == 0 and height % 2 == 0 and min(width, height) >= SVTAV1_MIN_SIDE
 
 
+#: x264's preset names, which every encoder's speed setting is mapped from (argv.py).
+PRESET_NAMES = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow", "placebo")  # fmt: skip
+#: The highest constant-quality value each encoder takes (crf, or cq for nvenc); 51 for any
+#: other.
+QUALITY_MAX = {"libvpx-vp9": 63, "libsvtav1": 63, "libaom-av1": 63}
+
+
+def check_quality(encoder: str, quality: int) -> None:
+    """InputError (reason config) for a quality this encoder refuses: ffmpeg would only say so
+    once the run has started."""
+    highest = QUALITY_MAX.get(encoder, 51)
+    if not 0 <= quality <= highest:
+        raise InputError(
+            f"video quality {quality} is out of range for {encoder} (0 to {highest})",
+            reason=Reason.CONFIG,
+        )
+
+
 def check_encoder(
     requested: str, muxer: str, *, width: int | None = None, height: int | None = None
 ) -> None:

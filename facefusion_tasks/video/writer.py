@@ -37,6 +37,7 @@ def resolve_encoder(
     *,
     width: int | None = None,
     height: int | None = None,
+    quality: int | None = None,
 ) -> str:
     """The encoder to use for this container: unset = the container's default (libx264, or
     libvpx-vp9 for WebM); `auto` = its NVENC encoder (h264_nvenc, or av1_nvenc for WebM) when
@@ -54,6 +55,8 @@ def resolve_encoder(
         chosen = requested or codecs.default_encoder(muxer)
     if chosen not in ffbin.encoders(exe):
         raise InputError(f"video encoder {chosen} is not available in {exe}", reason=Reason.CONFIG)
+    if quality is not None:
+        codecs.check_quality(chosen, quality)
     if chosen.endswith("_nvenc") and not ffbin.encoder_works(exe, chosen):
         raise InputError(
             f"video encoder {chosen} is listed by {exe} but cannot encode here (no NVENC: "
@@ -71,10 +74,11 @@ def choose_encoder(
     *,
     width: int | None = None,
     height: int | None = None,
+    quality: int | None = None,
 ) -> str:
     """resolve_encoder() for a writer that is starting: logs and counts
     (facefusion_video_encodes_total{encoder}) what it really uses."""
-    chosen = resolve_encoder(requested, exe, muxer, width=width, height=height)
+    chosen = resolve_encoder(requested, exe, muxer, width=width, height=height, quality=quality)
     log.info("video encoder %s -> %s", requested or "(unset)", chosen)
     from facefusion_tasks import observe
 
@@ -138,8 +142,9 @@ class FrameWriter:
         exe = ffbin.ffmpeg_exe(settings.ffmpeg)
         muxer = muxer_for(self.destination)
         self.encoder = choose_encoder(
-            settings.video_encoder, exe, muxer, width=width, height=height
-        )
+            settings.video_encoder, exe, muxer, width=width, height=height,
+            quality=settings.video_quality,
+        )  # fmt: skip
         # The source's audio and subtitles are muxed in, if it has any.
         audio = audio_source if audio_source is not None and audio_source.carries_streams else None
         self.temp = staging.create_temp(self.destination)

@@ -103,6 +103,11 @@ def test_settings_precedence_flag_over_environment_over_default() -> None:
         {"FACEFUSION_STALL_SECONDS": "0"},
         {"FACEFUSION_BATCH_SIZE": "eight"},
         {"FACEFUSION_CHUNK_TIME_LIMIT": "4000"},
+        {"FACEFUSION_VIDEO_PRESET": "bogus"},
+        {"FACEFUSION_VIDEO_QUALITY": "-5"},
+        {"FACEFUSION_VIDEO_QUALITY": "64"},
+        {"FACEFUSION_REFERENCE_DISTANCE": "nan"},
+        {"FACEFUSION_REFERENCE_DISTANCE": "0"},
     ],
 )
 def test_settings_refuse_nonsense_as_the_users_input(env: dict[str, str]) -> None:
@@ -142,3 +147,19 @@ def test_the_positional_and_the_repeated_source_forms_name_the_same_paths() -> N
         args = parser.parse_args(argv)
         cli.split_sources(args)
         assert (args.sources, args.target) == (sources, Path("t.mp4"))
+
+
+def test_every_encoders_speed_table_maps_every_preset_name() -> None:
+    from facefusion_tasks.video import argv, codecs
+
+    for table in (argv.NVENC_PRESETS, argv.VP9_SPEEDS, argv.SVTAV1_PRESETS, argv.AOM_SPEEDS):
+        assert set(table) == set(codecs.PRESET_NAMES)
+
+
+def test_a_quality_the_encoder_refuses_is_config_before_anything_runs() -> None:
+    from facefusion_tasks.video import codecs
+
+    codecs.check_quality("libvpx-vp9", 63)
+    with pytest.raises(InputError, match="out of range for libx264") as caught:
+        codecs.check_quality("libx264", 52)
+    assert caught.value.reason is Reason.CONFIG
