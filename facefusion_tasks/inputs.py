@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from os import PathLike
@@ -15,8 +16,17 @@ from facefusion_tasks.errors import InputError, OutputError
 from facefusion_tasks.images import FORMAT_NAMES, FORMAT_SUFFIXES, check_image
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.stderr_capture import captured_stderr, release
 from facefusion_tasks.video.codecs import MUXERS
 
+log = logging.getLogger(__name__)
+
+#: How libjpeg's, libpng's and OpenCV's own messages begin, as printed straight to stderr while
+#: an image decodes (kept out of the CLI's one line, logged instead).
+_DECODER_PREFIXES = ("Corrupt JPEG data", "Premature end of JPEG file", "libpng ", "Warning:",
+                     "Invalid SOS", "Unsupported marker", "Not a JPEG file", "[ WARN", "[ERROR")  # fmt: skip
+#: What libjpeg says of a file whose data stops early: the rest of the picture comes out grey.
+_DAMAGE = "premature end"
 #: Output containers we can mux video (and the source audio, copied or transcoded) into.
 OUTPUT_SUFFIXES = frozenset(MUXERS)
 
@@ -48,9 +58,25 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
     import cv2
 
     header = check_image(path, max_pixels=max_pixels)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    with captured_stderr() as said:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    theirs = [line for line in said if not line.startswith(_DECODER_PREFIXES)]
+    release(theirs)
+    ours = [line.strip() for line in said if line.startswith(_DECODER_PREFIXES)]
+    for line in ours:
+        log.info("%s: %s", path.name, line)
+    damage = next((line for line in ours if _DAMAGE in line.lower()), None)
+    if damage is not None:
+        # libjpeg fills what it could not read with grey and still returns the image.
+        raise InputError(
+            f"{path}: corrupt {header.name} image ({damage})", reason=Reason.NOT_AN_IMAGE
+        )
     if image is None:
-        raise InputError(f"{path}: not an image opencv can read", reason=Reason.NOT_AN_IMAGE)
+        why = next((line for line in ours if "error" in line.lower()), "")
+        raise InputError(
+            f"{path}: not an image opencv can read{f' ({why})' if why else ''}",
+            reason=Reason.NOT_AN_IMAGE,
+        )
     if image.shape[1] * image.shape[0] > header.width * header.height:
         # The decoder and the header disagree: never trust more than the header promised.
         raise InputError(

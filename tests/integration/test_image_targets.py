@@ -176,6 +176,8 @@ def test_an_exif_turned_photo_is_swapped_upright_and_stored_upright(
         ("truncated.png", "truncated PNG image"),
         ("truncated.jpg", "truncated JPEG image"),
         ("truncated.webp", "truncated WebP image"),
+        ("cut_data.jpg", "corrupt JPEG image (Corrupt JPEG data: premature end of data segment)"),
+        ("bad_data.png", "not an image opencv can read"),
         ("text.png", "not a PNG, JPEG or WebP image"),
         ("empty.png", "empty file"),
         ("missing.jpg", "no such file"),
@@ -192,6 +194,17 @@ def test_a_bad_image_exits_2_with_one_line_and_writes_nothing(
     if case.startswith("truncated"):
         target = tmp_path / case
         target.write_bytes(data[: len(data) * 3 // 4])
+    elif case == "cut_data.jpg":
+        # Its end marker put back: complete by its bytes, and libjpeg would paint the missing
+        # half grey, saying so only on stderr.
+        target = tmp_path / case
+        target.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    elif case == "bad_data.png":
+        # Every chunk present, IEND included, but the pixel data cut: libpng errors out.
+        target = tmp_path / case
+        start = data.index(b"IDAT") + 4
+        end = data.index(b"IEND") - 4
+        target.write_bytes(data[:start] + data[start : start + 64] + data[end:])
     elif case == "text.png":
         target = tmp_path / case
         target.write_text("this is not an image\n" * 50)

@@ -3,6 +3,7 @@ verified write of an image target."""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -196,3 +197,16 @@ def test_an_exif_orientation_is_applied_on_decode(tmp_path: Path, name: str) -> 
     decoded = read_image(path)
     assert decoded.shape == upright.shape
     assert np.abs(decoded.astype(int) - upright).mean() < 4  # lossy, but the same picture
+
+
+def test_what_c_code_prints_on_stderr_is_caught_and_can_be_handed_back(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from facefusion_tasks.stderr_capture import captured_stderr, release
+
+    with captured_stderr() as said:
+        os.write(2, b"Corrupt JPEG data: premature end of data segment\nsomeone else's\n")
+    assert said == ["Corrupt JPEG data: premature end of data segment", "someone else's"]
+    assert capfd.readouterr().err == ""
+    release(said[1:])
+    assert capfd.readouterr().err == "someone else's\n"
