@@ -46,6 +46,12 @@ MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uu
 VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV")
 #: MPEG-TS: a 0x47 sync byte every 188 bytes (one alone could be the letter G).
 TS_PACKET = 188
+#: Demuxers that read other files or URLs a file names (playlists, lists, references).
+_OPENS_OTHER_FILES = frozenset({"hls", "applehttp", "concat", "dash", "mov_ref", "ffmetadata",
+                                "sdp", "rtsp", "image2", "tee", "data", "subfile", "imf"})  # fmt: skip
+#: Audio-only formats, named so that such a file is called what it is.
+_AUDIO_FORMATS = frozenset({"mp3", "wav", "flac", "aac", "ac3", "eac3", "w64", "aiff", "amr",
+                            "ape", "dts", "tta", "wv", "mpc", "mpc8", "caf", "au", "opus"})  # fmt: skip
 #: What ffmpeg says when the demuxer it sniffed is not one of PLAIN_DEMUXERS.
 _NOT_WHITELISTED = re.compile(r"\[([\w,]+) @ 0x[0-9a-f]+\] (?:\[\w+\] )?Format not on whitelist")
 #: Frame flag that marks a packet the decoder drops (e.g. before an mp4 edit list's start).
@@ -232,10 +238,18 @@ def _not_plain(source: Location, container: str) -> InputError:
         return InputError(
             f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
         )
+    names = set(container.split(","))
+    if names & _OPENS_OTHER_FILES:
+        return InputError(
+            f"{source.name}: not a plain video file (format {container.split(',')[0]!r} is "
+            "refused: it can make ffmpeg open other files)",
+            reason=Reason.NOT_PLAIN_FILE,
+        )
+    if names & _AUDIO_FORMATS:
+        return InputError(f"{source.name}: no video stream (an audio file)", reason=Reason.NO_VIDEO)
     return InputError(
-        f"{source.name}: not a plain video file (format {container.split(',')[0]!r} is refused: "
-        "it can make ffmpeg open other files)",
-        reason=Reason.NOT_PLAIN_FILE,
+        f"{source.name}: not a video file this accepts (format {container.split(',')[0]!r})",
+        reason=Reason.NOT_VIDEO,
     )
 
 

@@ -322,6 +322,11 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "-c:v", "libx264", "-bf", "0", str(paths["fine_ticks_mkv"])],
         check=True,
     )  # fmt: skip
+    paths["mp3"] = d / "tone.mp3"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", str(paths["mp3"])],
+        check=True,
+    )
     paths["audio_only"] = d / "tone.m4a"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", str(paths["audio_only"])],
@@ -341,6 +346,7 @@ BAD_INPUTS = {
     "cut_moov_last": "truncated or corrupt video (moov atom not found)",
     "cut_faststart": "truncated or corrupt video",
     "audio_only": "no video stream",
+    "mp3": "no video stream (an audio file)",
     "cut_mkv": "truncated or corrupt video (File ended prematurely",
     "damaged_mkv": "truncated or corrupt video (",
     "raw_h264": "49 of 50 frames repeat another's timestamp",
