@@ -13,6 +13,7 @@ import numpy as np
 from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_IMAGE_PIXELS
 from facefusion_tasks.errors import InputError, OutputError
+from facefusion_tasks.filekind import existing_non_file
 from facefusion_tasks.images import FORMAT_NAMES, FORMAT_SUFFIXES, check_image
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
@@ -120,8 +121,10 @@ def check_output(
     if isinstance(output, ObjectRef):
         objects.check_bucket(output)
         return
-    if output.is_dir():
-        raise OutputError(f"{output}: is a directory")
+    there = existing_non_file(output)
+    if there is not None:
+        # A pipe or device there would be replaced by the finished file, not written to.
+        raise OutputError(f"{output}: {there}")
     parent = output.parent
     if not parent.is_dir():
         raise OutputError(f"{output}: directory {parent} does not exist")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import threading
 import time
@@ -277,6 +278,10 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bad")
     paths = {"missing": d / "missing.mp4", "folder": d / "folder.mp4"}
     paths["folder"].mkdir()
+    paths["fifo"] = d / "fifo.mp4"
+    os.mkfifo(paths["fifo"])
+    paths["loop"] = d / "loop.mp4"
+    paths["loop"].symlink_to(paths["loop"])
     paths["empty"] = d / "empty.mp4"
     paths["empty"].write_bytes(b"")
     paths["text"] = d / "notes.mp4"
@@ -338,6 +343,8 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 BAD_INPUTS = {
     "missing": "no such file",
     "folder": "is a directory",
+    "fifo": "is a pipe (FIFO), not a regular file",
+    "loop": "is a symlink loop",
     "empty": "empty file",
     "text": "not a video file",
     "png": "not a video file",

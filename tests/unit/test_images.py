@@ -210,3 +210,18 @@ def test_what_c_code_prints_on_stderr_is_caught_and_can_be_handed_back(
     assert capfd.readouterr().err == ""
     release(said[1:])
     assert capfd.readouterr().err == "someone else's\n"
+
+
+def test_a_pipe_or_a_link_loop_is_named_for_what_it_is_in_or_out(tmp_path: Path) -> None:
+    fifo = tmp_path / "face.png"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(InputError, match="face.png: is a pipe"):
+        check_image(fifo, max_pixels=10**6)
+    with pytest.raises(InputError, match="loop.png: is a symlink loop"):
+        check_image(loop, max_pixels=10**6)
+    # An output that is a pipe would be replaced by the finished file, not written to.
+    with pytest.raises(OutputError, match="out.mp4: is a pipe"):
+        os.mkfifo(tmp_path / "out.mp4")
+        check_output(tmp_path / "out.mp4", tmp_path / "in.mp4")

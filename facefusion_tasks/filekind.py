@@ -1,0 +1,44 @@
+"""What a path names when it is not a regular file, in the words of a one-line error."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+#: File types that are not regular files, as a message names them.
+_KINDS = (
+    (stat.S_ISDIR, "is a directory"),
+    (stat.S_ISFIFO, "is a pipe (FIFO), not a regular file"),
+    (stat.S_ISCHR, "is a device, not a regular file"),
+    (stat.S_ISBLK, "is a device, not a regular file"),
+    (stat.S_ISSOCK, "is a socket, not a regular file"),
+)
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` is not a regular file to read ("no such file", "is a symlink loop", "is a
+    pipe (FIFO), …"), or None when it is one. Permission and name-length errors propagate as
+    OSError (policy calls them the user's path)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if exc.errno == errno.ENOTDIR:
+            return "no such file (a parent is not a directory)"
+        raise
+    return next((what for test, what in _KINDS if test(mode)), None)
+
+
+def existing_non_file(path: Path) -> str | None:
+    """Why an existing `path` may not be replaced by a regular file (a directory, a pipe, a
+    device), or None when nothing is there or a regular file (or a link to one) is."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return next((what for test, what in _KINDS if test(mode)), None)
