@@ -149,6 +149,11 @@ def load_models(settings: Settings) -> LoadedModels:
     paths = model_paths(settings.models_dir)
     _verified(paths, settings)
     choice = choose_providers(settings.execution_provider)
+    if choice.reason and settings.allow_cpu_fallback:
+        log.warning(
+            "execution provider %s unavailable (%s): running on the CPU, as allowed",
+            settings.execution_provider, choice.reason,
+        )  # fmt: skip
     cache = batch_cache(settings.models_dir)
     threads = settings.inference_threads
 

@@ -99,7 +99,9 @@ def choose_providers(requested: str) -> ProviderChoice:
         reason = "no NVIDIA GPU device on this host"
         usable = [CPU]
     if reason:
-        log.warning("execution provider %s unavailable: %s", requested, reason)
+        # Only a note: load_models either refuses to start (one error line) or, when running
+        # on the CPU is allowed, warns that it does.
+        log.info("execution provider %s unavailable: %s", requested, reason)
     return ProviderChoice(requested, tuple(usable or [CPU]), reason)
 
 
