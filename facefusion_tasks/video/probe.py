@@ -479,9 +479,11 @@ def _float(value: Any) -> float:
 class _Packets:
     pts: list[int]
     time_base: Fraction
-    #: Sum of packet durations (ticks), for a duration when the header lacks one.
+    #: Sum of packet durations (ticks), for the frame rate of a variable-rate video.
     span: int
     stderr: str
+    #: The duration (ticks) of the packet shown last; 0 when the file gives none.
+    last_duration: int = 0
 
     def frame_rate(self) -> Fraction:
         """The rate for a regular step; else frames per second of duration, as ffprobe's
@@ -495,13 +497,14 @@ class _Packets:
         return Fraction(len(ordered)) / (self.span * self.time_base)
 
     def length(self, frame_rate: Fraction) -> float:
-        """Seconds from the first packet to the end of the last: their summed durations, or
-        (when the file gives none) the pts span plus one frame at `frame_rate`; 0 unknown."""
+        """Seconds from the first frame to the end of the last: the pts span plus the last
+        frame's own duration (else one frame at `frame_rate`); 0 when unknown. Not the summed
+        durations: a Matroska track's default duration gives every packet of a variable-rate
+        video the same one."""
         if not self.pts or not self.time_base:
             return 0.0
-        if self.span > 0:
-            return float(self.span * self.time_base)
-        step = 1 / frame_rate if frame_rate else Fraction(0)
+        last = self.last_duration * self.time_base
+        step = last if last > 0 else (1 / frame_rate if frame_rate else Fraction(0))
         return float((max(self.pts) - min(self.pts)) * self.time_base + step)
 
     def variable(self) -> bool:
@@ -548,6 +551,7 @@ def _demux_pass(source: Location, exe: str) -> _Packets:
     time_base = Fraction(0)
     pts: list[int] = []
     span = 0
+    max_pts, last_duration = _NOPTS, 0
     for line in done.stdout.splitlines():
         if line.startswith("#"):
             match = _TB_LINE.match(line)
@@ -566,6 +570,8 @@ def _demux_pass(source: Location, exe: str) -> _Packets:
         stamp = int(fields[2])
         pts.append(int(fields[1]) if stamp == _NOPTS else stamp)
         span += max(int(fields[3]), 0)
+        if pts[-1] >= max_pts:
+            max_pts, last_duration = pts[-1], max(int(fields[3]), 0)
     repeated = len(pts) - len(set(pts))
     if repeated:
         # The pipeline keeps every frame's own time; made-up times would not be the file's.
@@ -575,7 +581,9 @@ def _demux_pass(source: Location, exe: str) -> _Packets:
             "remux it with a frame rate, e.g. ffmpeg -r 25 -i IN -c copy OUT.mkv",
             reason=Reason.BAD_INPUT,
         )
-    return _Packets(pts=pts, time_base=time_base, span=span, stderr=done.stderr)
+    return _Packets(
+        pts=pts, time_base=time_base, span=span, stderr=done.stderr, last_duration=last_duration
+    )
 
 
 _INPUT_START = re.compile(r"Input #0, ([^ ]+), from")
