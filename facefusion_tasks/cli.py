@@ -368,22 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         print(f"facefusion-tasks: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
-    except OSError as exc:
-        # A path the user named that the OS refuses (too long, a symlink loop, no permission
-        # to reach it) is their input; any other OSError is internal, as below.
-        code = policy.exit_code(policy.reason_of(exc))
-        if code == EXIT_INTERNAL:
-            print(f"facefusion-tasks: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        else:
-            print(f"facefusion-tasks: error: {policy.describe(exc)}", file=sys.stderr)
-        if debug and code != EXIT_BAD_INPUT:
-            traceback.print_exc()
-        return code
     except Exception as exc:  # an internal error: say so plainly, details on request
         unavailable = _broker_error(exc)
         if unavailable is not None:
             print(f"facefusion-tasks: error: {unavailable}", file=sys.stderr)
             return policy.exit_code(unavailable.reason)
+        if isinstance(exc, OSError) and policy.exit_code(policy.reason_of(exc)) == EXIT_BAD_INPUT:
+            # A path the user named that the OS refuses (too long, a symlink loop, no
+            # permission to reach it) is their input.
+            print(f"facefusion-tasks: error: {policy.describe(exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(f"facefusion-tasks: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if debug:
             traceback.print_exc()
