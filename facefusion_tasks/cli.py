@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -368,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         print(f"facefusion-tasks: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
+    except BrokenPipeError:
+        # stdout's reader went away (`list | head -1`): end quietly, as a shell tool does
+        # (ffmpeg's pipes never get here: the video code turns theirs into MediaError).
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as exc:  # an internal error: say so plainly, details on request
         unavailable = _broker_error(exc)
         if unavailable is not None:

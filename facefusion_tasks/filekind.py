@@ -7,6 +7,9 @@ import os
 import stat
 from pathlib import Path
 
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.reasons import Reason
+
 #: File types that are not regular files, as a message names them.
 _KINDS = (
     (stat.S_ISDIR, "is a directory"),
@@ -42,3 +45,15 @@ def existing_non_file(path: Path) -> str | None:
     except OSError:
         return None
     return next((what for test, what in _KINDS if test(mode)), None)
+
+
+def require_file(path: object) -> None:
+    """InputError unless a local `path` is still a regular file (objects pass): checked again
+    right before ffmpeg opens a job's target, which may have changed since it was probed. A
+    pipe swapped in would block the open for the whole chunk time limit."""
+    if not isinstance(path, Path):
+        return
+    why = not_a_file(path)
+    if why is not None:
+        reason = Reason.MISSING_FILE if why.startswith("no such") else Reason.NOT_PLAIN_FILE
+        raise InputError(f"{path.name}: {why}", reason=reason)

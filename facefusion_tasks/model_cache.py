@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import ModelError, TransientError
+from facefusion_tasks.errors import InputError, ModelError, TransientError
 from facefusion_tasks.faces.loader import LoadedModels, load_models
 from facefusion_tasks.metrics.oom import classify_oom
+from facefusion_tasks.reasons import Reason
 
 
 class _ModelCache:
@@ -62,12 +63,21 @@ class _ModelCache:
         if self._error is not None:
             raise self._failed()
         assert self._loaded is not None
-        key = tuple((str(path), path.stat().st_mtime) for path in sources)
+        key = tuple((str(path), _modified(path)) for path in sources)
         if self._sources != key:
             self._sources = ()  # a failed embedding must not leave a stale key behind
             self._loaded.engine.set_sources(sources)
             self._sources = key
         return self._loaded
+
+
+def _modified(path: Path) -> float:
+    """A source image's modification time; one gone since the job was submitted is the
+    user's missing file, as check_image would call it."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file", reason=Reason.MISSING_FILE) from None
 
 
 MODELS = _ModelCache()

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -36,7 +37,9 @@ TRUNCATION_MARKERS = (
     "packet corrupt",
     "moov atom not found",
     "file ended prematurely",  # Matroska/WebM cut short
-    "invalid as first byte of an ebml number",  # Matroska/WebM bytes damaged
+    "invalid as first byte of an ebml number",  # Matroska/WebM bytes damaged:
+    "indicated by an ebml number",  # a size that cannot be,
+    "exceeds containing master element",  # or an element larger than what holds it
 )
 #: Demuxers that read one still image; a single picture is not a video.
 IMAGE_FORMATS = {"image2", "image2pipe"}
@@ -289,6 +292,19 @@ def damage_line(stderr: str) -> str | None:
             text = " ".join(redact(process.strip_level(line)).split())
             return text if len(text) <= 120 else text[:119] + "…"
     return None
+
+
+def extras_damage(errors: Sequence[str], source: Location | None) -> InputError | None:
+    """The source's own damage, when that is what stopped an ffmpeg that muxes in its audio
+    and subtitles (the writer, the stitch): those streams cut short or corrupt, which the
+    probe, reading only the video stream, cannot see. None when `errors` say otherwise."""
+    damage = damage_line("\n".join(errors))
+    if damage is None or source is None:
+        return None
+    return InputError(
+        f"{source.name}: truncated or corrupt audio or subtitles ({damage})",
+        reason=Reason.CORRUPT_VIDEO,
+    )
 
 
 def _corrupt(source: Location, detail: str) -> InputError:

@@ -16,6 +16,7 @@ import numpy as np
 
 from facefusion_tasks import objects
 from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.filekind import require_file
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.argv import decode_argv
@@ -84,6 +85,7 @@ class FrameReader:
         self._filter_tb: Fraction | None = None
         self._size_error: str | None = None
 
+        require_file(info.path)
         exe = ffbin.ffmpeg_exe(ffmpeg)
         seek: float | None = None
         if start_pts is not None and start_pts > info.start_pts:

@@ -9,6 +9,7 @@ from pathlib import Path
 from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import MediaError
+from facefusion_tasks.filekind import require_file
 from facefusion_tasks.video import ffbin, process, staging
 from facefusion_tasks.video.argv import (
     ENCODE_GLOBAL_ARGS,
@@ -19,7 +20,7 @@ from facefusion_tasks.video.argv import (
     plain_input_args,
     subtitle_args,
 )
-from facefusion_tasks.video.probe import VideoInfo
+from facefusion_tasks.video.probe import VideoInfo, extras_damage
 from facefusion_tasks.video.staging import StagedOutput
 
 _MICROS = 1_000_000
@@ -94,6 +95,8 @@ def stitch_segments(
     missing = [str(p) for p, _ in segments if not p.is_file()]
     if missing:
         raise MediaError(f"segments missing: {', '.join(missing[:3])}")
+    if audio_source.carries_streams:  # read again for its audio: still a plain file?
+        require_file(audio_source.path)
     exe = ffbin.ffmpeg_exe(settings.ffmpeg)
     muxer = muxer_for(output)
     # The last segment has no planned span (it runs to the end): its own length counts.
@@ -119,9 +122,11 @@ def stitch_segments(
     )
     try:
         done = process.run(argv, timeout=timeout, what=f"stitching {output.name}")
-        failure = done.log().failure(f"stitching {output.name}", done.returncode)
+        log = done.log()
+        failure = log.failure(f"stitching {output.name}", done.returncode)
         if failure is not None:
-            raise failure
+            # Damage in the source's audio shows first here: chunks copy no audio.
+            raise extras_damage(list(log.errors), audio_source.path if extras else None) or failure
         frame = 1 / audio_source.frame_rate if audio_source.frame_rate else Fraction(1, 25)
         process.verify_video(
             temp,

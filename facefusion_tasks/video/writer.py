@@ -21,7 +21,7 @@ from facefusion_tasks.video import codecs, ffbin, process, staging
 from facefusion_tasks.video.argv import encode_argv, muxer_for
 from facefusion_tasks.video.colour import UNTAGGED, Colour
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
-from facefusion_tasks.video.probe import VideoInfo, damage_line
+from facefusion_tasks.video.probe import VideoInfo, extras_damage
 from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
@@ -269,15 +269,8 @@ class FrameWriter:
         self.temp.unlink(missing_ok=True)
 
     def _source_damage(self) -> InputError | None:
-        """The source's own damage, when that is what stopped the encoder: its audio or
-        subtitles cut short or corrupt (the probe reads only the video stream)."""
-        damage = damage_line("\n".join(self._ffmpeg.log.errors))
-        if damage is None or self._extras is None:
-            return None
-        return InputError(
-            f"{self._extras.name}: truncated or corrupt audio or subtitles ({damage})",
-            reason=Reason.CORRUPT_VIDEO,
-        )
+        """The source's audio or subtitles damaged, when that is what stopped the encoder."""
+        return extras_damage(list(self._ffmpeg.log.errors), self._extras)
 
     def _fail(self, what: str) -> None:
         self.abort()

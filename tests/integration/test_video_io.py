@@ -315,6 +315,14 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["damaged_mkv"] = d / "damaged.mkv"
     start = len(data) * 2 // 5
     paths["damaged_mkv"].write_bytes(data[:start] + bytes(20000) + data[start + 20000 :])
+    # Garbage written over the middle: ffmpeg stops at a size that cannot be, or an element
+    # larger than the one holding it (and the rest of the video was silently dropped).
+    long_mkv = make_sample_video(d / "long.mkv", seconds=4, audio=False).read_bytes()
+    for offset in (50000, 100000):
+        damaged = bytearray(long_mkv)
+        damaged[offset : offset + 2048] = bytes(range(256)) * 8
+        paths[f"garbled_mkv_{offset}"] = d / f"garbled_{offset}.mkv"
+        paths[f"garbled_mkv_{offset}"].write_bytes(bytes(damaged))
     paths["raw_h264"] = d / "raw.h264"
     subprocess.run(
         ["ffmpeg", "-v", "error", "-i", str(whole_mkv), "-an", "-c:v", "copy",
@@ -356,6 +364,8 @@ BAD_INPUTS = {
     "mp3": "no video stream (an audio file)",
     "cut_mkv": "truncated or corrupt video (File ended prematurely",
     "damaged_mkv": "truncated or corrupt video (",
+    "garbled_mkv_50000": "truncated or corrupt video (",
+    "garbled_mkv_100000": "truncated or corrupt video (",
     "raw_h264": "49 of 50 frames repeat another's timestamp",
     "fine_ticks_mkv": "50 of 150 frames repeat another's timestamp",
     "no_frames": "video stream has no frames",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,55 @@ def test_a_quality_the_encoder_refuses_is_config_before_anything_runs() -> None:
     with pytest.raises(InputError, match="out of range for libx264") as caught:
         codecs.check_quality("libx264", 52)
     assert caught.value.reason is Reason.CONFIG
+
+
+def test_a_closed_stdout_ends_a_command_quietly_as_a_shell_tool_does(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # `facefusion-tasks doctor --json | head -c 1`: the reader is gone before the output.
+    code = (
+        "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+        "from facefusion_tasks import cli; sys.exit(cli.main(['doctor', '--json']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "FACEFUSION_MODELS_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_source_image_gone_since_submit_is_the_users_missing_file(tmp_path: Path) -> None:
+    from facefusion_tasks.model_cache import _modified
+
+    with pytest.raises(InputError, match="gone.png: no such file") as caught:
+        _modified(tmp_path / "gone.png")
+    assert caught.value.reason is Reason.MISSING_FILE
+
+
+def test_a_target_that_became_a_pipe_is_refused_before_ffmpeg_would_block_on_it(
+    tmp_path: Path,
+) -> None:
+    from facefusion_tasks.filekind import require_file
+
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="clip.mp4: is a pipe") as caught:
+        require_file(fifo)
+    assert caught.value.reason is Reason.NOT_PLAIN_FILE
+    with pytest.raises(InputError, match="no such file"):
+        require_file(tmp_path / "gone.mp4")
+    require_file("s3://bucket/key.mp4")  # objects are not local files: nothing to check
+
+
+def test_damage_in_the_sources_audio_is_the_sources_fault_wherever_ffmpeg_meets_it() -> None:
+    from facefusion_tasks.video.probe import extras_damage
+
+    errors = ["[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55] [error] stream 1, offset 0x8acbb: partial file"]
+    damage = extras_damage(errors, Path("/data/in.mp4"))
+    assert damage is not None and damage.reason is Reason.CORRUPT_VIDEO
+    assert str(damage) == (
+        "in.mp4: truncated or corrupt audio or subtitles (stream 1, offset 0x8acbb: partial file)"
+    )
+    assert extras_damage(["No space left on device"], Path("/data/in.mp4")) is None
+    assert extras_damage(errors, None) is None  # nothing muxed in from a source
