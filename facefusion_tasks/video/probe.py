@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,25 +21,13 @@ from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.argv import PLAIN_DEMUXERS, plain_input_args
 from facefusion_tasks.video.colour import UNTAGGED, Colour
+from facefusion_tasks.video.damage import corrupt, damage_line
 from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)
 
 #: Seconds a probe or a demux-only pass may take (a pass reads the file, nothing is decoded).
 PROBE_TIMEOUT = 600.0
-#: Demuxer messages that mean the file ends before its index says it should, or that its
-#: bytes are damaged (lowercase; matched in ffmpeg's stderr).
-TRUNCATION_MARKERS = (
-    "partial file",
-    "truncat",
-    "corrupt input packet",
-    "packet corrupt",
-    "moov atom not found",
-    "file ended prematurely",  # Matroska/WebM cut short
-    "invalid as first byte of an ebml number",  # Matroska/WebM bytes damaged:
-    "indicated by an ebml number",  # a size that cannot be,
-    "exceeds containing master element",  # or an element larger than what holds it
-)
 #: Demuxers that read one still image; a single picture is not a video.
 IMAGE_FORMATS = {"image2", "image2pipe"}
 #: Box types an ISO-BMFF (mp4/mov) file can begin with: such a file that no demuxer accepts
@@ -283,36 +270,6 @@ def _open_failure(source: Location, stderr: str) -> InputError:
     return InputError(f"{source.name}: not a video file", reason=Reason.NOT_VIDEO)
 
 
-def damage_line(stderr: str) -> str | None:
-    """ffmpeg's first line that says the file is cut short or damaged (its level prefix off,
-    shortened), or None."""
-    for line in stderr.splitlines():
-        lowered = line.lower()
-        if any(marker in lowered for marker in TRUNCATION_MARKERS):
-            text = " ".join(redact(process.strip_level(line)).split())
-            return text if len(text) <= 120 else text[:119] + "…"
-    return None
-
-
-def extras_damage(errors: Sequence[str], source: Location | None) -> InputError | None:
-    """The source's own damage, when that is what stopped an ffmpeg that muxes in its audio
-    and subtitles (the writer, the stitch): those streams cut short or corrupt, which the
-    probe, reading only the video stream, cannot see. None when `errors` say otherwise."""
-    damage = damage_line("\n".join(errors))
-    if damage is None or source is None:
-        return None
-    return InputError(
-        f"{source.name}: truncated or corrupt audio or subtitles ({damage})",
-        reason=Reason.CORRUPT_VIDEO,
-    )
-
-
-def _corrupt(source: Location, detail: str) -> InputError:
-    return InputError(
-        f"{source.name}: truncated or corrupt video ({detail})", reason=Reason.CORRUPT_VIDEO
-    )
-
-
 def _check_tail(source: Location, exe: str, duration: float) -> None:
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning"]
     *options, target = _input(source)
@@ -321,7 +278,7 @@ def _check_tail(source: Location, exe: str, duration: float) -> None:
     done = _run(argv)
     damage = damage_line(done.stderr)
     if damage is not None:
-        raise _corrupt(source, damage)
+        raise corrupt(source, damage)
 
 
 def _run(argv: list[str]) -> process.Completed:
@@ -557,13 +514,13 @@ def _demux_pass(source: Location, exe: str) -> _Packets:
             raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
         damage = damage_line(done.stderr)
         if damage is not None:
-            raise _corrupt(source, damage)
+            raise corrupt(source, damage)
         raise MediaError(
             f"{source.name}: ffmpeg could not demux the video stream", stderr=done.stderr[-4000:]
         )
     damage = damage_line(done.stderr)
     if damage is not None:
-        raise _corrupt(source, damage)
+        raise corrupt(source, damage)
     time_base = Fraction(0)
     pts: list[int] = []
     span = 0

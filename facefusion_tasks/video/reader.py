@@ -20,7 +20,8 @@ from facefusion_tasks.filekind import require_file
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.argv import decode_argv
-from facefusion_tasks.video.probe import VideoInfo, damage_line
+from facefusion_tasks.video.damage import damage_line
+from facefusion_tasks.video.probe import VideoInfo
 from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from facefusion_tasks.video.argv import (
     plain_input_args,
     subtitle_args,
 )
-from facefusion_tasks.video.probe import VideoInfo, extras_damage
+from facefusion_tasks.video.damage import extras_damage
+from facefusion_tasks.video.probe import VideoInfo
 from facefusion_tasks.video.staging import StagedOutput
 
 _MICROS = 1_000_000

@@ -20,8 +20,9 @@ from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import codecs, ffbin, process, staging
 from facefusion_tasks.video.argv import encode_argv, muxer_for
 from facefusion_tasks.video.colour import UNTAGGED, Colour
+from facefusion_tasks.video.damage import extras_damage
 from facefusion_tasks.video.mkv import MatroskaRawWriter, pts_to_ns
-from facefusion_tasks.video.probe import VideoInfo, extras_damage
+from facefusion_tasks.video.probe import VideoInfo
 from facefusion_tasks.video.signed import redact
 
 log = logging.getLogger(__name__)

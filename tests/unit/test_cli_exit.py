@@ -206,7 +206,7 @@ def test_a_target_that_became_a_pipe_is_refused_before_ffmpeg_would_block_on_it(
 
 
 def test_damage_in_the_sources_audio_is_the_sources_fault_wherever_ffmpeg_meets_it() -> None:
-    from facefusion_tasks.video.probe import extras_damage
+    from facefusion_tasks.video.damage import extras_damage
 
     errors = ["[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55] [error] stream 1, offset 0x8acbb: partial file"]
     damage = extras_damage(errors, Path("/data/in.mp4"))
