@@ -112,23 +112,30 @@ def test_alignment_of_many_faces_at_once_equals_one_by_one() -> None:
             assert np.array_equal(align.estimate_norm(one, 128), matrix)
 
 
+def _paste_case(rng: np.random.Generator, trial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame, a swapped crop and its frame->crop matrix: a face at any roll (so the warp
+    samples at every phase), scale and place, partly outside the frame; every third a black
+    frame under a white face, or the other way round."""
+    frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    turn = rng.uniform(-np.pi, np.pi)
+    rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    kps = (align.ARCFACE_TEMPLATE - 64) @ rotation.T * rng.uniform(0.3, 3.0) + 64
+    kps = kps + rng.uniform(-60, 600, 2)
+    kps = (kps + rng.normal(0, 3, kps.shape)).astype(np.float32)
+    crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    if trial % 3:
+        frame[...] = 255 * (trial % 3 == 1)
+        crop[...] = 255 * (trial % 3 == 2)
+    return frame, crop, align.estimate_norm(kps, 128)
+
+
 def test_paste_back_is_within_a_grey_level_of_the_float_formula_but_for_a_handful() -> None:
     rng = np.random.default_rng(1)
     mask = feather_mask(128)
     feather = Feather.of(mask)
     counts = np.zeros(256, np.int64)
     for trial in range(300):
-        frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
-        turn = rng.uniform(-np.pi, np.pi)  # any roll, so the warp samples at every phase
-        rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
-        kps = (align.ARCFACE_TEMPLATE - 64) @ rotation.T * rng.uniform(0.3, 3.0) + 64
-        kps = kps + rng.uniform(-60, 600, 2)
-        kps = (kps + rng.normal(0, 3, kps.shape)).astype(np.float32)
-        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        if trial % 3:  # the extremes: a black frame under a white face, or the other way round
-            frame[...] = 255 * (trial % 3 == 1)
-            crop[...] = 255 * (trial % 3 == 2)
-        matrix = align.estimate_norm(kps, 128)
+        frame, crop, matrix = _paste_case(rng, trial)
         expected, got = frame.copy(), frame.copy()
         _paste_as_it_was(expected, crop, matrix, mask)
         paste_back(got, crop, matrix, feather)
@@ -174,21 +181,13 @@ def test_paste_back_blends_exactly_by_its_8_bit_alpha_in_kept_scratch_or_not(
     rng = np.random.default_rng(3)
     feather = Feather.of(feather_mask(128))
     for trial in range(60):
-        frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
-        turn = rng.uniform(-np.pi, np.pi)
-        rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
-        kps = (align.ARCFACE_TEMPLATE - 64) @ rotation.T * rng.uniform(0.3, 3.0) + 64
-        kps = (kps + rng.uniform(-60, 600, 2)).astype(np.float32)
-        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        if trial % 3:  # the extremes: a black frame under a white face, or the other way round
-            frame[...] = 255 * (trial % 3 == 1)
-            crop[...] = 255 * (trial % 3 == 2)
-        matrix = align.estimate_norm(kps, 128)
+        frame, crop, matrix = _paste_case(rng, trial)
         expected, got = frame.copy(), frame.copy()
         _blend_by_8_bit_alpha(expected, crop, matrix, feather)
         paste_back(got, crop, matrix, feather)
         assert np.array_equal(got, expected), trial
-    assert 0 < paste._SCRATCH.buffer.size <= keep_bytes
+    kept = paste._SCRATCH.buffer.size
+    assert kept <= keep_bytes and (kept > 0 or keep_bytes < 20 << 20)  # used when it fits
 
 
 def _frames(count: int, faces: int) -> list[np.ndarray]:
@@ -201,13 +200,17 @@ def _frames(count: int, faces: int) -> list[np.ndarray]:
     return frames
 
 
-def test_engine_in_a_pool_equals_the_engine_inline(settings: Settings, tmp_path: Path) -> None:
-    source = tmp_path / "source.png"
+def _source_image(folder: Path) -> Path:
+    source = folder / "source.png"
     image = background(256, 256, 0)
     draw_face(image, 128, 128, 90)
     cv2.imwrite(str(source), image)
+    return source
+
+
+def test_engine_in_a_pool_equals_the_engine_inline(settings: Settings, tmp_path: Path) -> None:
     engine = load_models(settings).engine
-    engine.set_source(source)
+    engine.set_source(_source_image(tmp_path))
     serial, threaded = _frames(6, 4), _frames(6, 4)
     counts_serial = engine.process(serial, SERIAL)
     with CpuPool(3) as pool:
@@ -228,10 +231,7 @@ def test_every_batch_the_pipeline_infers_holds_exactly_its_frames_letterboxes(
     from facefusion_tasks.video.samples import make_sample_video
 
     clip = make_sample_video(tmp_path / "clip.mp4", seconds=1.2, width=320, height=240, faces=2)
-    source = tmp_path / "source.png"
-    image = background(256, 256, 0)
-    draw_face(image, 128, 128, 90)
-    cv2.imwrite(str(source), image)
+    source = _source_image(tmp_path)
     engine = load_models(settings).engine
     engine.set_source(source)
     real_infer = engine.infer
