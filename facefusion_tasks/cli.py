@@ -358,10 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FaceFusionError as exc:
         # The reason decides the exit code, as it does for a job's failure in `wait`.
         code = policy.exit_code(exc.reason)
-        # One line, whatever a path in it holds.
-        print(
-            f"facefusion-tasks: error: {str(exc).replace(chr(10), chr(92) + 'n')}", file=sys.stderr
-        )
+        print(f"facefusion-tasks: error: {policy.one_line(str(exc))}", file=sys.stderr)
         if debug and code != EXIT_BAD_INPUT:
             traceback.print_exc()
         return code

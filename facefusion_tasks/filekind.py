@@ -10,6 +10,7 @@ from pathlib import Path
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.reasons import Reason
 
+_MISSING = "no such file"
 #: File types that are not regular files, as a message names them.
 _KINDS = (
     (stat.S_ISDIR, "is a directory"),
@@ -27,14 +28,14 @@ def not_a_file(path: Path) -> str | None:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        return "no such file"
+        return _MISSING
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "is a symlink loop"
         if exc.errno == errno.ENOTDIR:
-            return "no such file (a parent is not a directory)"
+            return f"{_MISSING} (a parent is not a directory)"
         raise
-    return next((what for test, what in _KINDS if test(mode)), None)
+    return _kind(mode)
 
 
 def existing_non_file(path: Path) -> str | None:
@@ -44,16 +45,25 @@ def existing_non_file(path: Path) -> str | None:
         mode = os.stat(path).st_mode
     except OSError:
         return None
-    return next((what for test, what in _KINDS if test(mode)), None)
+    return _kind(mode)
 
 
-def require_file(path: object) -> None:
-    """InputError unless a local `path` is still a regular file (objects pass): checked again
-    right before ffmpeg opens a job's target, which may have changed since it was probed. A
-    pipe swapped in would block the open for the whole chunk time limit."""
+def require_file(
+    path: object, *, shown: str | None = None, reason: Reason = Reason.NOT_PLAIN_FILE
+) -> None:
+    """InputError unless a local `path` is a regular file (objects pass), named `shown` (its
+    name by default), with reason missing_file or `reason`. Also checked again right before
+    ffmpeg opens a job's target, which may have changed since it was probed: a pipe swapped in
+    would block the open for the whole chunk time limit."""
     if not isinstance(path, Path):
         return
     why = not_a_file(path)
     if why is not None:
-        reason = Reason.MISSING_FILE if why.startswith("no such") else Reason.NOT_PLAIN_FILE
-        raise InputError(f"{path.name}: {why}", reason=reason)
+        missing = why.startswith(_MISSING)
+        raise InputError(
+            f"{shown or path.name}: {why}", reason=Reason.MISSING_FILE if missing else reason
+        )
+
+
+def _kind(mode: int) -> str | None:
+    return next((what for test, what in _KINDS if test(mode)), None)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from facefusion_tasks.errors import InputError
-from facefusion_tasks.filekind import not_a_file
+from facefusion_tasks.filekind import require_file
 from facefusion_tasks.reasons import Reason
 
 if TYPE_CHECKING:
@@ -93,10 +93,7 @@ def image_size(path: Path) -> tuple[int, int]:
 def check_image(path: Path, *, max_pixels: int) -> ImageHeader:
     """Refuse, with one line, a missing, empty, unknown, cut-short or oversized image before
     anything decodes it (a 2.7 MB PNG of 30000² pixels would take gigabytes)."""
-    why = not_a_file(path)
-    if why is not None:
-        reason = Reason.MISSING_FILE if why.startswith("no such") else Reason.NOT_AN_IMAGE
-        raise InputError(f"{path}: {why}", reason=reason)
+    require_file(path, shown=str(path), reason=Reason.NOT_AN_IMAGE)
     try:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: empty file", reason=Reason.NOT_AN_IMAGE)

@@ -26,11 +26,17 @@ _PATH_ERRNOS = frozenset(
 )
 
 
+def one_line(text: str) -> str:
+    """`text` with its newlines shown as \\n: a message stays one line whatever a path in it
+    holds."""
+    return text.replace("\n", "\\n")
+
+
 def describe(error: BaseException, *, limit: int = 80) -> str:
     """One line for an error: an OSError as "path: what the OS said" (a long path's middle
     cut out, a newline in it shown as \\n), anything else as its text."""
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        name = str(error.filename).replace("\n", "\\n")
+        name = one_line(str(error.filename))
         if len(name) > limit:
             name = name[: limit // 2] + "…" + name[-(limit // 2) :]
         return f"{name}: {error.strerror}"

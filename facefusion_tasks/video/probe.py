@@ -15,7 +15,7 @@ from typing import Any
 from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_FRAME_PIXELS
 from facefusion_tasks.errors import InputError, MediaError
-from facefusion_tasks.filekind import not_a_file
+from facefusion_tasks.filekind import require_file
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
@@ -194,12 +194,9 @@ def _check_file(path: str | Path | ObjectRef) -> Location:
         return where
     source = where.expanduser().absolute()
     name = source.name or str(source)
-    why = not_a_file(source)
-    if why == "is a directory":
+    if source.is_dir():
         raise InputError(f"{name}: is a directory, not a video file")
-    if why is not None:
-        reason = Reason.MISSING_FILE if why.startswith("no such") else Reason.NOT_PLAIN_FILE
-        raise InputError(f"{name}: {why}", reason=reason)
+    require_file(source, shown=name)
     if source.stat().st_size == 0:
         raise InputError(f"{name}: empty file")
     if not os.access(source, os.R_OK):

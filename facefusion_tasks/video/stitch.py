@@ -96,7 +96,9 @@ def stitch_segments(
     missing = [str(p) for p, _ in segments if not p.is_file()]
     if missing:
         raise MediaError(f"segments missing: {', '.join(missing[:3])}")
-    if audio_source.carries_streams:  # read again for its audio: still a plain file?
+    # The source's audio and subtitles, if it has any, cut to the video's length.
+    extras = audio_source.carries_streams
+    if extras:  # read again for them: still a plain file?
         require_file(audio_source.path)
     exe = ffbin.ffmpeg_exe(settings.ffmpeg)
     muxer = muxer_for(output)
@@ -107,8 +109,6 @@ def stitch_segments(
     list_file = segments[0][0].parent / "concat.ffconcat"
     list_file.write_text(concat_list(segments))
     temp = staging.create_temp(output)
-    # The source's audio and subtitles, if it has any, cut to the video's length.
-    extras = audio_source.carries_streams
     argv = stitch_argv(
         list_file,
         temp,
