@@ -101,7 +101,11 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, feather:
     x0, y0, x1, y1 = box
     # One warp for colour and mask together: the crop as BGRA with the feather as its alpha
     # (OpenCV's 4-channel bilinear warp costs what its 3-channel one does, so the mask rides
-    # free). Colour replicates past the edge as before; the framed alpha fades to 0 there.
+    # free). Colour replicates one pixel past the crop's edge; the framed alpha fades to 0
+    # there. Beyond that frame every sample's alpha is 0 whatever the border, so the blend
+    # leaves those pixels as they were: a zero constant border gives the same frame as a
+    # replicated one, and OpenCV warps the pixels that fall outside its source ~3x faster with
+    # it (a face turned 0.4 rad: 712 -> 274 µs a 426×426 box).
     source = cv2.merge((*cv2.split(cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_REPLICATE)),
                         feather.alpha))  # fmt: skip
     warped, colour, alpha, alpha3, difference, weight = _SCRATCH.arrays(y1 - y0, x1 - x0)
@@ -110,7 +114,8 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, feather:
     local[:, 2] += local[:, 0] * x0 + local[:, 1] * y0 + 1.0
     cv2.warpAffine(
         source, local, (x1 - x0, y1 - y0), dst=warped,
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
     )  # fmt: skip
     region = frame[y0:y1, x0:x1]
     # region + round((face − region)·a / 255) in int16, one rounding: exactly the float formula
