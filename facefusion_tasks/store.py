@@ -17,6 +17,7 @@ from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.store_outputs import release, take, watch_free
 from facefusion_tasks.store_scripts import (
     CHUNK_ATTEMPT_ENDED,
     CHUNK_DELIVERED,
@@ -144,21 +145,32 @@ class JobStore:
         return f"{self._job(job_id)}:chunk:{index}"
 
     def create(self, fields: dict[str, Any]) -> str:
-        """Record a new job (state QUEUED); returns its id."""
+        """Record a new job (state QUEUED); returns its id. The job claims its `output` in the
+        same transaction: OutputBusy (and nothing recorded) while another job writes there."""
         job_id = new_job_id()
-        now = time.time()
-        record: dict[Any, Any] = {k: _encode(v) for k, v in fields.items()} | {
-            "id": job_id,
-            "state": QUEUED,
-            "created_at": now,
-            "updated_at": now,
-        }
-        with self.r.pipeline() as pipe:
-            pipe.hset(self._job(job_id), mapping=record)
-            pipe.zadd(f"{PREFIX}:jobs", {job_id: now})
-            pipe.zadd(LIVE_KEY, {job_id: now})
-            pipe.execute()
-        return job_id
+        output = str(fields.get("output") or "")
+        while True:
+            with self.r.pipeline() as pipe:
+                try:
+                    if output:
+                        watch_free(pipe, PREFIX, output, job_id, ended=TERMINAL)
+                    now = time.time()
+                    record: dict[Any, Any] = {k: _encode(v) for k, v in fields.items()} | {
+                        "id": job_id,
+                        "state": QUEUED,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    pipe.multi()
+                    pipe.hset(self._job(job_id), mapping=record)
+                    pipe.zadd(f"{PREFIX}:jobs", {job_id: now})
+                    pipe.zadd(LIVE_KEY, {job_id: now})
+                    if output:
+                        take(pipe, PREFIX, output, job_id)
+                    pipe.execute()
+                    return job_id
+                except redis.WatchError:
+                    continue
 
     def get(self, job_id: str) -> dict[str, str]:
         """The raw job hash ({} when unknown)."""
@@ -174,11 +186,13 @@ class JobStore:
         chunks = [self._chunk(job_id, i) for i in range(chunks_total)]
         return [job, f"{job}:done", f"{job}:running", *chunks]
 
-    def _expire(self, pipe: Any, job_id: str, chunks_total: int) -> None:
-        """Queue, on `pipe`, what a job's end does to its records: the retention TTL on each,
-        and its chunks out of the pending index (no message is awaited any more)."""
+    def _expire(self, pipe: Any, job_id: str, chunks_total: int, output: str) -> None:
+        """Queue, on `pipe`, what a job's end does to its records: the retention TTL on each
+        and on its output claim, and its chunks out of the pending index (no message is
+        awaited any more)."""
         for record in self._records(job_id, chunks_total):
             pipe.expire(record, self.record_ttl)
+        release(pipe, PREFIX, output, job_id, self.record_ttl)
         if chunks_total:
             pipe.zrem(PENDING_KEY, *(running_member(job_id, i) for i in range(chunks_total)))
 
@@ -211,8 +225,8 @@ class JobStore:
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current, applied, total = pipe.hmget(
-                        key, ["state", "state_token", "chunks_total"]
+                    current, applied, total, output = pipe.hmget(
+                        key, ["state", "state_token", "chunks_total", "output"]
                     )
                     if current == state and applied == token:
                         pipe.unwatch()
@@ -239,7 +253,7 @@ class JobStore:
                     pipe.multi()
                     pipe.hset(key, mapping=fields)
                     if state in TERMINAL:  # retention: finished records go after a while
-                        self._expire(pipe, job_id, int(total or 0))
+                        self._expire(pipe, job_id, int(total or 0), str(output or ""))
                     if state in WATCHED:  # the stall sweep's index (liveness.py)
                         pipe.zadd(LIVE_KEY, {job_id: now})
                     else:
@@ -264,7 +278,8 @@ class JobStore:
     def reopen(self, job_id: str, *, planned: bool, from_states: Sequence[str]) -> bool:
         """For `retry`: from one of `from_states` back to RUNNING, or to QUEUED when the job
         has no plan yet. Its end is counted anew. WATCHed, so a job that moved meanwhile (a
-        late stitch succeeded, a cancel landed) is left alone: returns whether it reopened."""
+        late stitch succeeded, a cancel landed) is left alone: returns whether it reopened.
+        The job takes its output back: OutputBusy while another job has since claimed it."""
         key = self._job(job_id)
         fields: dict[Any, Any] = {
             "state": RUNNING if planned else QUEUED,
@@ -276,11 +291,17 @@ class JobStore:
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current, total = pipe.hmget(key, ["state", "chunks_total"])
+                    current, total, output = pipe.hmget(
+                        key, ["state", "chunks_total", "output"]
+                    )
                     if current not in from_states:
                         pipe.unwatch()
                         return False
+                    if output:
+                        watch_free(pipe, PREFIX, str(output), job_id, ended=TERMINAL)
                     pipe.multi()
+                    if output:
+                        take(pipe, PREFIX, str(output), job_id)
                     for record in self._records(job_id, int(total or 0)):
                         pipe.persist(record)  # running again: kept until it ends anew
                     now = time.time()
@@ -341,6 +362,7 @@ class JobStore:
                         pipe.unwatch()
                         return False, False
                     total = int(pipe.hget(key, "chunks_total") or 0)
+                    output = pipe.hget(key, "output") or ""
                     chunk_keys = [self._chunk(job_id, i) for i in range(total)]
                     if chunk_keys:
                         pipe.watch(*chunk_keys)
@@ -361,7 +383,7 @@ class JobStore:
                         if state != DONE:
                             pipe.hset(chunk_key, "state", CANCELLED)
                     pipe.zrem(LIVE_KEY, job_id)
-                    self._expire(pipe, job_id, total)
+                    self._expire(pipe, job_id, total, str(output))
                     pipe.execute()
                     return True, idle
                 except redis.WatchError:
@@ -663,9 +685,9 @@ class JobStore:
     def expire_job(self, job_id: str) -> None:
         """Give every record of a job that has ended the retention TTL (records written after
         the job ended, e.g. a plan that lost the race with a cancel, would otherwise stay)."""
-        total = int(self.r.hget(self._job(job_id), "chunks_total") or 0)
+        total, output = self.r.hmget(self._job(job_id), ["chunks_total", "output"])
         with self.r.pipeline() as pipe:
-            self._expire(pipe, job_id, total)
+            self._expire(pipe, job_id, int(total or 0), str(output or ""))
             pipe.execute()
 
     def unsent_chunks(self, job_id: str) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,6 +30,11 @@ from facefusion_tasks.store import (
 )
 from facefusion_tasks.video.samples import make_sample_video
 from facefusion_tasks.workspace import segment_dir
+
+
+def _output() -> str:
+    """An output of its own: unfinished jobs may not share one."""
+    return f"o-{uuid.uuid4().hex}.mp4"
 
 
 @pytest.fixture()
@@ -57,7 +63,7 @@ def _body(message: dict) -> str:
 
 def _job(producer: Producer, state: str, *, chunks: int = 0) -> str:
     store = producer.store
-    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": _output()})
     if chunks:
         plan = [Chunk(i, i * 10, (i + 1) * 10, 10, Fraction(1, 2)) for i in range(chunks)]
         store.set_plan(job_id, plan, 10 * chunks, {})
@@ -235,5 +241,26 @@ def test_submit_records_the_encoder_choice_the_workers_will_use(
     assert producer.store.get(job_id)["video_encoder"] == "libaom-av1"
     # Unset, the job leaves the choice to each worker (fitted to the container there).
     unset = Producer(settings.replace(video_encoder=""))
-    job_id = unset.submit(tmp_path / "s.png", tmp_path / "t.webm", tmp_path / "o.webm")
+    job_id = unset.submit(tmp_path / "s.png", tmp_path / "t.webm", tmp_path / "o2.webm")
     assert unset.store.get(job_id)["video_encoder"] == ""
+
+
+def test_a_second_job_for_an_output_still_being_written_is_refused_and_sends_nothing(
+    producer: Producer, redis_url: str, tmp_path: Path
+) -> None:
+    from tests.media import TINY, write_source_face
+
+    source = write_source_face(tmp_path / "s.png")
+    target = make_sample_video(tmp_path / "t.mp4", **TINY)
+    # The same output spelled another way resolves to the same claim.
+    first = producer.submit(source, target, tmp_path / "o.mp4")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(InputError, match=f"already being written by job {first}") as refused:
+        producer.submit(source, target, tmp_path / "sub" / ".." / "o.mp4")
+    assert refused.value.reason is Reason.BAD_OUTPUT and "\n" not in str(refused.value)
+    assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [first])]
+    assert producer.cancel(first)
+    second = producer.submit(source, target, tmp_path / "o.mp4")
+    assert sorted(_messages(redis_url, LIGHT_QUEUE)) == sorted(
+        [(TASK_PLAN, [first]), (TASK_PLAN, [second])]
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,9 +17,14 @@ from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED, JobStore
 TTL = 3600
 
 
+def _output() -> str:
+    """An output of its own: unfinished jobs may not share one."""
+    return f"o-{uuid.uuid4().hex}.mp4"
+
+
 def _planned(store: JobStore, chunks: int = 2) -> tuple[JobStore, str]:
     store = JobStore(store.r, record_ttl=TTL)
-    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": _output()})
     plan = [Chunk(i, i * 10, (i + 1) * 10, 10, Fraction(1, 2)) for i in range(chunks)]
     store.set_plan(job_id, plan, 10 * chunks, {})
     assert store.set_state(job_id, RUNNING)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from fractions import Fraction
+
+import pytest
 
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.reasons import Reason
@@ -22,10 +25,16 @@ from facefusion_tasks.store import (
     JobStore,
     job_sources,
 )
+from facefusion_tasks.store_outputs import OutputBusy
+
+
+def _output() -> str:
+    """An output of its own: unfinished jobs may not share one."""
+    return f"o-{uuid.uuid4().hex}.mp4"
 
 
 def _planned(store: JobStore, chunks: int = 3) -> str:
-    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": _output()})
     plan = [Chunk(i, i * 10, (i + 1) * 10, 10, Fraction(1, 2)) for i in range(chunks)]
     store.set_plan(job_id, plan, 10 * chunks, {})
     assert store.set_state(job_id, RUNNING)
@@ -100,7 +109,7 @@ def test_cancel_ends_the_job_and_every_unfinished_chunk(store: JobStore) -> None
 
 
 def test_cancel_with_nothing_executing_is_idle(store: JobStore) -> None:
-    job_id = store.create({"output": "o.mp4"})
+    job_id = store.create({"output": _output()})
     assert store.cancel(job_id) == (True, True)
 
 
@@ -147,7 +156,7 @@ def test_reopen_only_from_the_states_given(store: JobStore) -> None:
     job = store.get(job_id)
     assert (job["state"], job["reason"], job["error"]) == (RUNNING, "", "")
     assert store.claim_metering(job_id)  # its end is counted anew
-    fresh = store.create({"output": "o.mp4"})
+    fresh = store.create({"output": _output()})
     store.set_state(fresh, PLANNING)
     assert store.reopen(fresh, planned=False, from_states=(PLANNING,))
     assert store.state(fresh) == QUEUED
@@ -166,7 +175,7 @@ def test_reset_chunk_returns_it_to_pending(store: JobStore) -> None:
 
 
 def test_stalled_means_no_change_for_the_setting(store: JobStore) -> None:
-    job_id = store.create({"output": "o.mp4"})
+    job_id = store.create({"output": _output()})
     store.set_state(job_id, PLANNING)
     now = time.time()
     assert not store.stalled(job_id, seconds=300, now=now)
@@ -178,7 +187,7 @@ def test_stalled_means_no_change_for_the_setting(store: JobStore) -> None:
 def test_a_job_recorded_before_several_sources_still_names_its_one_source(
     store: JobStore,
 ) -> None:
-    old = store.create({"source": "/data/s.png", "target": "t.mp4", "output": "o.mp4"})
+    old = store.create({"source": "/data/s.png", "target": "t.mp4", "output": _output()})
     new = store.create(
         {"source": "/data/a.png", "sources": ["/data/a.png", "/data/b.png"], "target": "t.mp4"}
     )
@@ -187,3 +196,60 @@ def test_a_job_recorded_before_several_sources_still_names_its_one_source(
     status = store.status(new)
     assert status is not None and status.sources == ["/data/a.png", "/data/b.png"]
     assert status.source == "/data/a.png"
+
+
+def test_an_unfinished_job_keeps_its_output_from_every_other_job(store: JobStore) -> None:
+    first = store.create({"output": "/data/out.mp4"})
+    for state in (RUNNING, STITCHING, COMMITTING):
+        store.set_state(first, state)
+        with pytest.raises(OutputBusy, match=f"job {first} \\({state}\\)") as refused:
+            store.create({"output": "/data/out.mp4"})
+        assert refused.value.reason is Reason.BAD_OUTPUT
+    assert store.recent() == [first]  # the refused jobs recorded nothing
+    assert store.create({"output": "/data/other.mp4"})  # another output is free
+    claim = "facefusion:output:/data/out.mp4"
+    assert store.r.ttl(claim) == -1  # held while the job runs, however long
+    store.set_state(first, SUCCEEDED)
+    assert 0 < store.r.ttl(claim) <= store.record_ttl  # let go with the job's records
+    second = store.create({"output": "/data/out.mp4"})
+    assert store.r.get(claim) == second and store.r.ttl(claim) == -1
+
+
+def test_failed_and_cancelled_jobs_let_their_output_go(store: JobStore) -> None:
+    failed = store.create({"output": "/data/a.mp4"})
+    store.fail(failed, Reason.MEDIA, "boom")
+    cancelled = store.create({"output": "/data/b.mp4"})
+    assert store.cancel(cancelled) == (True, True)
+    store.create({"output": "/data/a.mp4"})
+    store.create({"output": "/data/b.mp4"})
+    # A holder whose records expired has let go too.
+    gone = store.create({"output": "/data/c.mp4"})
+    store.r.delete(f"facefusion:job:{gone}")
+    store.create({"output": "/data/c.mp4"})
+
+
+def test_racing_submits_to_one_output_record_one_job(store: JobStore) -> None:
+    def submit(i: int) -> str | None:
+        try:
+            return store.create({"output": "/data/raced.mp4"})
+        except OutputBusy:
+            return None
+
+    made = [job for job in _race(6, submit) if job]
+    assert len(made) == 1 and store.r.get("facefusion:output:/data/raced.mp4") == made[0]
+
+
+def test_a_retried_job_takes_its_output_back_unless_another_job_holds_it(
+    store: JobStore,
+) -> None:
+    old = _planned(store)
+    output = store.get(old)["output"]
+    store.set_state(old, FAILED, reason=Reason.MEDIA)
+    newer = store.create({"output": output})
+    with pytest.raises(OutputBusy, match=newer):
+        store.reopen(old, planned=True, from_states=(FAILED,))
+    assert store.state(old) == FAILED  # left as it was
+    store.set_state(newer, FAILED, reason=Reason.MEDIA)
+    assert store.reopen(old, planned=True, from_states=(FAILED,))
+    assert store.r.get(f"facefusion:output:{output}") == old
+    assert store.r.ttl(f"facefusion:output:{output}") == -1
