@@ -242,11 +242,24 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
-    chunks = _producer(settings_from(args)).retry(args.job)
+    from facefusion_tasks.store import QUEUED, SUCCEEDED
+
+    producer = _producer(settings_from(args))
+    chunks = producer.retry(args.job)
+    # No chunk to re-run means one of three things; the state retry left says which.
+    state = "" if chunks else producer.status(args.job).state
+    if chunks:
+        action, said = "chunks", f"re-running chunks {chunks}"
+    elif state == SUCCEEDED:
+        action, said = "none", "already succeeded, nothing to retry"
+    elif state == QUEUED:
+        action, said = "plan", "planning again"
+    else:
+        action, said = "stitch", "every chunk is done, stitching again"
     print(
-        json.dumps({"job": args.job, "chunks": chunks})
+        json.dumps({"job": args.job, "action": action, "chunks": chunks})
         if args.json
-        else f"{args.job}: re-running chunks {chunks}"
+        else f"{args.job}: {said}"
     )
     return EXIT_OK
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -216,3 +217,26 @@ def test_damage_in_the_sources_audio_is_the_sources_fault_wherever_ffmpeg_meets_
     )
     assert extras_damage(["No space left on device"], Path("/data/in.mp4")) is None
     assert extras_damage(errors, None) is None  # nothing muxed in from a source
+
+
+def test_retry_says_what_it_did_when_no_chunk_runs_again(
+    broker: str, store: JobStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fractions import Fraction
+
+    from facefusion_tasks.jobs import Chunk
+
+    done = _ended(store, SUCCEEDED, None)
+    assert cli.main(["retry", done]) == 0
+    assert capsys.readouterr().out == f"{done}: already succeeded, nothing to retry\n"
+    unplanned = _ended(store, FAILED, Reason.MEDIA)
+    assert cli.main(["retry", unplanned]) == 0
+    assert capsys.readouterr().out == f"{unplanned}: planning again\n"
+    stitched = store.create({"output": "s.mp4"})
+    store.set_plan(stitched, [Chunk(0, 0, 10, 10, Fraction(1, 2))], 10, {})
+    store.chunk_done(stitched, 0, 10)
+    store.set_state(stitched, FAILED, reason=Reason.MEDIA)
+    assert cli.main(["retry", stitched, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "job": stitched, "action": "stitch", "chunks": []
+    }  # fmt: skip
