@@ -18,6 +18,7 @@ from typing import Any
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV, QUEUES_ENV
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
+from facefusion_tasks.lifeline import launcher_env
 from facefusion_tasks.reasons import Reason
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class _Child:
 
     def start(self) -> None:
         log.info("starting %s: %s", self.name, " ".join(self.argv))
-        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.proc = subprocess.Popen(self.argv, env=self.env | launcher_env())
         self.started_at = time.monotonic()
 
     def exited(self) -> int | None:

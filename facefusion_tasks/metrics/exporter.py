@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from facefusion_tasks.config import broker_url_from_env
+from facefusion_tasks.lifeline import follow_launcher
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.compaction import CompactingCollector
 from facefusion_tasks.metrics.definitions import EXPORTER_METRICS, QUEUES
@@ -324,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    follow_launcher()  # a launcher's exporter goes with it (its successor starts its own)
     serve(
         args.port,
         args.addr,

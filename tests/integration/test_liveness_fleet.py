@@ -205,6 +205,30 @@ def test_the_launcher_keeps_serving_through_a_taken_port_a_dead_exporter_and_a_d
         assert launcher_proc.pid and not Path(f"/proc/{launcher_proc.pid}").exists()
 
 
+def test_a_sigkilled_launcher_takes_its_workers_and_exporter_with_it(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    with launcher(
+        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port()
+    ) as fleet:
+        fleet.start(gpu_processes=1)
+        assert fleet.proc is not None
+        pids = set(fleet.children())
+        assert len(pids) == 3  # the exporter, a gpu-queue worker and a light one
+        os.kill(fleet.proc.pid, signal.SIGKILL)  # no chance to pass anything on
+        fleet.proc.wait(10)
+        # Each child had the kernel promise it SIGTERM (Celery's warm shutdown) on that death.
+        wait_for(lambda: not any(_running(pid) for pid in pids), timeout=60)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (not gone, and not a zombie nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def _full_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
     """A tiny tmpfs, filled to the last byte; always unmounted."""
