@@ -24,6 +24,7 @@ from facefusion_tasks.bench_rounds import (
     spread,
 )
 from facefusion_tasks.config import Settings
+from facefusion_tasks.cores import pool_threads
 from facefusion_tasks.faces.engine import FrameSwap, StageClock
 from facefusion_tasks.faces.loader import LoadedModels, load_models
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
@@ -164,7 +165,7 @@ def _inference_run(engine: Any, frames: list[np.ndarray], settings: Settings) ->
         batch_frames = [f.copy() for f in frames]
 
         def go() -> int:
-            with CpuPool(settings.cpu_threads) as pool:
+            with CpuPool(pool_threads(settings.cpu_threads)) as pool:
                 for i in range(0, len(batch_frames), settings.batch_size):
                     engine.process(batch_frames[i : i + settings.batch_size], pool)
             return len(batch_frames)
@@ -186,7 +187,7 @@ def _settings_facts(settings: Settings, loaded: LoadedModels) -> dict[str, Any]:
         "detector_batched": loaded.detector_batched,
         "precision": settings.precision,
         "io_binding": settings.io_binding,
-        "cpu_threads": settings.cpu_threads,
+        "cpu_threads": pool_threads(settings.cpu_threads),
         "inference_threads": settings.inference_threads,
     }
 

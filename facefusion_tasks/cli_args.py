@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from facefusion_tasks import __version__
-from facefusion_tasks.config import Settings
+from facefusion_tasks.config import AUTO_CPU_THREADS, Settings
 
 #: What `--help` says the command is.
 DESCRIPTION = "The `facefusion-tasks` command: swap, demo, models, doctor, bench."
+
+
+def _int_or_auto(auto: int) -> Callable[[str], int]:
+    """An int flag that also takes "auto" (meaning `auto`), as its environment variable does."""
+
+    def parse(raw: str) -> int:
+        if raw.strip().lower() == "auto":
+            return auto
+        try:
+            return int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number or auto: {raw!r}") from None
+
+    return parse
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +44,14 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--video-quality", type=int, default=None)
     g.add_argument("--hwaccel", choices=["none", "auto", "cuda"])
     g.add_argument("--ffmpeg", default=None, help="ffmpeg executable")
-    g.add_argument("--cpu-threads", type=int, default=None, help="threads for per-frame CPU work")
-    g.add_argument("--detector-batch", type=int, default=None, help="0 = 1 on CPU, batch on GPU")
+    g.add_argument(
+        "--cpu-threads", type=_int_or_auto(AUTO_CPU_THREADS), default=None,
+        help="threads for per-frame CPU work (auto: from the usable cores)",
+    )  # fmt: skip
+    g.add_argument(
+        "--detector-batch", type=_int_or_auto(0), default=None,
+        help="frames per detector call (auto or 0: 1 on CPU, the batch on a GPU)",
+    )  # fmt: skip
     g.add_argument("--precision", choices=["fp32", "fp16"])
     g.add_argument(
         "--io-binding", action="store_const", const=True, default=None, help="bind model outputs"

@@ -22,6 +22,10 @@ DEFAULT_MAX_CHUNKS = 10_000
 #: Seconds a URL a worker signs for ffmpeg stays valid (ffmpeg asks again on every seek): past
 #: any task's time limit, which validate() keeps below it.
 SIGNED_URL_SECONDS = 6 * 3600
+#: cpu_threads' "auto".
+AUTO_CPU_THREADS = -1
+#: What "auto" means for the int settings that take it.
+_AUTO_VALUES = {"cpu_threads": AUTO_CPU_THREADS, "detector_batch": 0}
 
 
 def default_models_dir() -> Path:
@@ -127,8 +131,9 @@ class Settings:
     #: removes the job's leftover work directory too. A failed job can be retried until then.
     record_ttl_seconds: int = 7 * 24 * 3600
     #: Threads for the per-frame CPU work beside inference (letterbox, box decoding, alignment
-    #: warps, paste-back); 0 = all of it on the inference thread, in order.
-    cpu_threads: int = 2
+    #: warps, paste-back); 0 = all of it on the inference thread, in order; -1 ("auto") = from
+    #: the cores this host lets the process use, shared by its pipelines (faces.pool).
+    cpu_threads: int = AUTO_CPU_THREADS
     #: Frames per detector call; 0 = auto: 1 on the CPU provider (batching buys no speed there
     #: and multiplies the activation memory), batch_size on a GPU (with the OOM back-off).
     detector_batch: int = 0
@@ -217,8 +222,10 @@ class Settings:
             raise InputError("the stall time must be at least two heartbeat periods")
         if self.max_deliveries < 1 or self.gpu_processes < 1:
             raise InputError("max deliveries and gpu processes must be at least 1")
-        if self.cpu_threads < 0 or self.detector_batch < 0:
-            raise InputError("cpu threads and detector batch cannot be negative")
+        if self.cpu_threads < AUTO_CPU_THREADS or self.detector_batch < 0:
+            raise InputError(
+                "cpu threads must be auto, 0 or more; detector batch cannot be negative"
+            )
         if self.precision not in {"fp32", "fp16"}:
             raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
         if self.s3_buckets and self.chunk_time_limit >= SIGNED_URL_SECONDS:
@@ -296,6 +303,8 @@ def _coerce(annotation: Any, raw: str, name: str) -> Any:
     kind = str(annotation)
     try:
         if kind == "int":
+            if name in _AUTO_VALUES and raw.strip().lower() == "auto":
+                return _AUTO_VALUES[name]
             return int(raw)
         if kind == "float":
             return float(raw)

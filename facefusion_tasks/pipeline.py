@@ -17,6 +17,7 @@ import numpy as np
 
 from facefusion_tasks import heap, observe
 from facefusion_tasks.config import Settings
+from facefusion_tasks.cores import pool_threads
 from facefusion_tasks.errors import Cancelled, InputError
 from facefusion_tasks.faces.engine import FaceEngine, StageClock, mark
 from facefusion_tasks.faces.pool import CpuPool
@@ -241,7 +242,7 @@ def run_swap(
         raise
     result.encoder = writer.encoder
 
-    pool = CpuPool(settings.cpu_threads)
+    pool = CpuPool(pool_threads(settings.cpu_threads))
     # Letterboxed detector inputs (4.9 MB each at 640 px) wait for the model: at most
     # _AHEAD_BATCHES batches of them, whatever the queue length, so memory stays bounded. They
     # live in the ring's buffers: a frame takes its permit before it is letterboxed, and a

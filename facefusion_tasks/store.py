@@ -291,9 +291,7 @@ class JobStore:
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current, total, output = pipe.hmget(
-                        key, ["state", "chunks_total", "output"]
-                    )
+                    current, total, output = pipe.hmget(key, ["state", "chunks_total", "output"])
                     if current not in from_states:
                         pipe.unwatch()
                         return False

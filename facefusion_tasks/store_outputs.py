@@ -27,9 +27,7 @@ def claim_key(prefix: str, output: str) -> str:
     return f"{prefix}:output:{output}"
 
 
-def watch_free(
-    pipe: Any, prefix: str, output: str, job_id: str, *, ended: Collection[str]
-) -> None:
+def watch_free(pipe: Any, prefix: str, output: str, job_id: str, *, ended: Collection[str]) -> None:
     """WATCH `output`'s claim and its holder's state on `pipe` (before MULTI); OutputBusy when
     a job other than `job_id` holds it and is in no `ended` state (a holder whose record
     expired, or that ended, has let it go)."""

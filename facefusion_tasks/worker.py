@@ -17,6 +17,7 @@ from typing import Any
 # be prepared before the first import anywhere in this process tree.
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV, QUEUES_ENV
 from facefusion_tasks.config import Settings
+from facefusion_tasks.cores import pool_threads
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.lifeline import launcher_env
 from facefusion_tasks.reasons import Reason
@@ -83,8 +84,11 @@ def plan_workers(
         slots = [(d, k) for d in devices for k in range(settings.gpu_processes)] or [
             ("", k) for k in range(settings.gpu_processes)
         ]
+        # "auto" pool threads are shared out here, where the host's pipelines are counted.
+        threads = pool_threads(settings.cpu_threads, pipelines=len(slots))
         for device, k in slots:
             env = {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device, QUEUES_ENV: GPU_QUEUE}
+            env["FACEFUSION_CPU_THREADS"] = str(threads)
             node = f"gpu{device}" if device else f"cpu{k}"
             if device and settings.gpu_processes > 1:
                 node += f"x{k}"

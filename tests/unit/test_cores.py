@@ -1,0 +1,70 @@
+"""Pool threads: a number as set, or "auto" from the usable cores, shared out by the launcher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from facefusion_tasks import cores
+from facefusion_tasks.cli_args import build_parser
+from facefusion_tasks.config import AUTO_CPU_THREADS, Settings
+from facefusion_tasks.cores import auto_threads, pool_threads, usable_cores
+from facefusion_tasks.errors import InputError
+from facefusion_tasks.worker import plan_workers
+
+
+@pytest.mark.parametrize(
+    ("host_cores", "pipelines", "threads"),
+    [(1, 1, 2), (2, 1, 2), (4, 1, 2), (8, 1, 4), (16, 1, 6), (16, 2, 4), (64, 8, 4), (128, 1, 6)],
+)
+def test_auto_gives_half_the_cores_split_among_pipelines_within_2_to_6(
+    host_cores: int, pipelines: int, threads: int
+) -> None:
+    assert auto_threads(host_cores, pipelines) == threads
+
+
+def test_a_containers_cpu_quota_caps_the_cores(tmp_path: Path) -> None:
+    affinity = usable_cores(tmp_path / "absent")
+    limited = tmp_path / "cpu.max"
+    limited.write_text("150000 100000\n")  # 1.5 CPUs: two threads may run at a time
+    assert usable_cores(limited) == min(affinity, 2)
+    limited.write_text("max 100000\n")
+    assert usable_cores(limited) == affinity
+
+
+def test_a_number_is_kept_and_auto_is_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cores, "usable_cores", lambda: 16)
+    assert (pool_threads(0), pool_threads(3), pool_threads(AUTO_CPU_THREADS)) == (0, 3, 6)
+    assert pool_threads(AUTO_CPU_THREADS, pipelines=4) == 2
+
+
+def test_auto_is_the_default_and_reads_from_the_environment_and_the_flag() -> None:
+    assert Settings().cpu_threads == AUTO_CPU_THREADS
+    env = {"FACEFUSION_CPU_THREADS": "Auto", "FACEFUSION_DETECTOR_BATCH": "auto"}
+    settings = Settings.from_env(env)
+    assert (settings.cpu_threads, settings.detector_batch) == (AUTO_CPU_THREADS, 0)
+    args = build_parser().parse_args(
+        ["swap", "a.png", "t.mp4", "-o", "o.mp4", "--cpu-threads", "auto"]
+    )
+    assert args.cpu_threads == AUTO_CPU_THREADS
+    with pytest.raises(InputError, match="cpu threads must be auto, 0 or more"):
+        Settings.from_env({"FACEFUSION_CPU_THREADS": "-2"})
+    with pytest.raises(InputError, match="FACEFUSION_BATCH_SIZE='auto' is not a valid int"):
+        Settings.from_env({"FACEFUSION_BATCH_SIZE": "auto"})  # only where auto means something
+
+
+def test_the_launcher_shares_auto_threads_among_the_hosts_pipelines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cores, "usable_cores", lambda: 16)
+    options: dict[str, Any] = {
+        "queues": ["gpu", "light"], "light_concurrency": 1, "max_tasks_per_child": 0,
+        "loglevel": "info",
+    }  # fmt: skip
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0", gpu_processes=2)
+    plans = plan_workers(settings, gpus="0", **options)
+    assert [env.get("FACEFUSION_CPU_THREADS") for _, env in plans] == ["4", "4", None]
+    plans = plan_workers(settings.replace(cpu_threads=3), gpus="0,1", **options)
+    assert [env.get("FACEFUSION_CPU_THREADS") for _, env in plans[:4]] == ["3"] * 4
