@@ -158,7 +158,9 @@ def test_planning_failures_end_the_job_failed_never_stranded(fleet: Cluster, roo
     fields = {"source": str(root / "source.png"), "target": str(root / "tiny.mp4"),
               "output": str(root / "out" / "plan.mp4"), "priority": 5}  # fmt: skip
     nan = producer.store.create(fields | {"chunk_seconds": "nan"})
-    garbage = producer.store.create(fields | {"chunk_seconds": "ten"})
+    garbage = producer.store.create(
+        fields | {"chunk_seconds": "ten", "output": str(root / "out" / "plan-2.mp4")}
+    )
     for job_id in (nan, garbage):
         enqueue(producer.app, TASK_PLAN, [job_id])
     bad = producer.wait(nan, timeout=60)

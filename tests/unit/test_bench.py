@@ -52,7 +52,7 @@ def test_bench_uses_the_stand_ins_in_the_models_dir_with_their_compute(tmp_path:
     assert made and "light detector" in describe_models(settings.models_dir)
 
 
-def test_ceiling_detector_gives_the_light_stand_ins_exact_outputs(tmp_path: Path) -> None:
+def test_ceiling_detector_gives_the_light_stand_ins_detections(tmp_path: Path) -> None:
     make_test_models(tmp_path / "light")
     make_ceiling_models(tmp_path / "ceiling")
     cpu = ["CPUExecutionProvider"]
@@ -66,7 +66,11 @@ def test_ceiling_detector_gives_the_light_stand_ins_exact_outputs(tmp_path: Path
     for blob in blobs:
         want = light.run(None, {"input.1": blob})
         got = ceiling.run(None, {"input.1": blob})
-        assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))
+        # Scores within float rounding (warmth averaged per colour first), the same anchors
+        # fire, and the box and landmark distances are the same constants.
+        for a, b in zip(want[:3], got[:3], strict=True):
+            assert np.allclose(a, b, rtol=0, atol=1e-5) and np.array_equal(a > 0.5, b > 0.5)
+        assert all(np.array_equal(a, b) for a, b in zip(want[3:], got[3:], strict=True))
         fired += int((want[2] > 0.5).sum())
     assert fired == 3 * 8 * 2  # 8 faces in each synthetic frame, 2 anchors per cell
 
