@@ -96,8 +96,29 @@ def test_a_blob_ring_hands_a_batch_to_the_model_as_one_view_of_the_same_blobs() 
         assert not np.shares_memory(joined, items[0].blob)
         assert np.array_equal(joined, np.concatenate([item.blob for item in items]))
     # Frame 6 reuses buffer 0, row 0: its shorter picture pads over frame 0's taller one.
-    assert ring.slot(6)[0] is ringed[0].batch and ring.slot(6)[1] == 0
+    assert ring.slot(6).batch is ringed[0].batch and ring.slot(6).row == 0
     assert np.array_equal(detector.letterbox(frames[6], ring.slot(6)).blob, own[6].blob)
+
+
+def test_a_ring_row_paints_its_padding_only_when_the_picture_changes_size() -> None:
+    detector = Detector.__new__(Detector)
+    detector.size = 640
+    ring = detector.ring(batch=1, depth=1)
+    rng = np.random.default_rng(5)
+    shapes = [(720, 1280), (720, 1280), (1280, 720), (720, 1280), (480, 640), (480, 640)]
+    for height, width in shapes:
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        got = detector.letterbox(frame, ring.slot(0)).blob
+        assert np.array_equal(got, detector.letterbox(frame).blob), (height, width)
+    assert ring.painted == [[(480, 640)]]
+    # A same-size frame leaves the padding as it found it (marked here); another size paints.
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    ring.buffers[0][0, :, 480:, :] = 7.0  # type: ignore[index]
+    assert (detector.letterbox(frame, ring.slot(0)).blob[0, :, 480:, :] == 7.0).all()
+    frame = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    assert np.array_equal(
+        detector.letterbox(frame, ring.slot(0)).blob, detector.letterbox(frame).blob
+    )
 
 
 def test_alignment_of_many_faces_at_once_equals_one_by_one() -> None:
