@@ -342,6 +342,8 @@ def _spawned(settings: Settings, clip: Path, source: Path, count: int) -> tuple[
     models; returns the wall seconds until all finished and each one's report."""
     ctx = mp.get_context("spawn")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    # "auto" pool threads shared among the pipelines, as the launcher shares them.
+    settings = settings.replace(cpu_threads=pool_threads(settings.cpu_threads, pipelines=count))
     children = [
         ctx.Process(target=_child, args=(str(clip), str(source), settings, ready, go, out))
         for _ in range(count)

@@ -241,23 +241,20 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_retry(args: argparse.Namespace) -> int:
-    from facefusion_tasks.store import QUEUED, SUCCEEDED
+#: What `retry` prints for each thing it can do.
+_RETRIED = {
+    "none": "already succeeded, nothing to retry",
+    "plan": "planning again",
+    "stitch": "every chunk is done, stitching again",
+    "running": "every unfinished chunk is still running on its worker, nothing sent",
+}
 
-    producer = _producer(settings_from(args))
-    chunks = producer.retry(args.job)
-    # No chunk to re-run means one of three things; the state retry left says which.
-    state = "" if chunks else producer.status(args.job).state
-    if chunks:
-        action, said = "chunks", f"re-running chunks {chunks}"
-    elif state == SUCCEEDED:
-        action, said = "none", "already succeeded, nothing to retry"
-    elif state == QUEUED:
-        action, said = "plan", "planning again"
-    else:
-        action, said = "stitch", "every chunk is done, stitching again"
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    retried = _producer(settings_from(args)).retry(args.job)
+    said = _RETRIED.get(retried.action) or f"re-running chunks {retried.chunks}"
     print(
-        json.dumps({"job": args.job, "action": action, "chunks": chunks})
+        json.dumps({"job": args.job, "action": retried.action, "chunks": retried.chunks})
         if args.json
         else f"{args.job}: {said}"
     )

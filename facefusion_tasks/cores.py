@@ -19,17 +19,36 @@ def auto_threads(cores: int, pipelines: int = 1) -> int:
     return max(2, min(MOST_AUTO_THREADS, cores // (2 * max(1, pipelines))))
 
 
-def usable_cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a
-    container's CPU limit, which the affinity does not show)."""
-    cores = len(os.sched_getaffinity(0))
-    try:
-        quota, period = cgroup.read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may run on: its CPU affinity (the CPU count where there is none),
+    capped by the tightest cgroup v2 CPU quota on its cgroup's path (a container's or a
+    systemd service's CPU limit, which the affinity does not show)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+    for limit in _cpu_max_files(cgroup_root):
+        try:
+            quota, period = limit.read_text().split()[:2]
+            if quota != "max":
+                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError):
+            continue
     return cores
+
+
+def _cpu_max_files(cgroup_root: Path) -> list[Path]:
+    """cpu.max of this process's cgroup v2 and of each cgroup above it (a limit anywhere on
+    the path applies)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return [cgroup_root / "cpu.max"]
+    own = next((line[3:] for line in lines if line.startswith("0::")), "/")
+    folder = cgroup_root / own.strip("/")
+    files = [folder / "cpu.max"]
+    while folder != cgroup_root and cgroup_root in folder.parents:
+        folder = folder.parent
+        files.append(folder / "cpu.max")
+    return files
 
 
 def pool_threads(requested: int, pipelines: int = 1) -> int:

@@ -33,7 +33,14 @@ def follow_launcher(environ: MutableMapping[str, str] | None = None) -> bool:
     if not raw.isdigit() or not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    libc.prctl.argtypes = [
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
         log.warning("cannot follow the launcher: prctl errno %d", ctypes.get_errno())
         return False
     if os.getppid() != int(raw):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from facefusion_tasks import broker
@@ -34,6 +36,19 @@ from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import check_encoder
 from facefusion_tasks.video.probe import probe
 from facefusion_tasks.workspace import local_copy, remove_segments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Retried:
+    """What `retry` did."""
+
+    #: chunks: `chunks` sent again; plan: planning again; stitch: every chunk was done, the
+    #: stitch sent again; running: every unfinished chunk is still running, nothing sent;
+    #: none: the job had already succeeded.
+    action: str
+    chunks: list[int] = field(default_factory=list)
 
 
 class WaitTimeout(FaceFusionError):
@@ -134,8 +149,21 @@ class Producer:
                 "video_encoder": limits.video_encoder,
             }
         )
-        self._send(TASK_PLAN, [job_id], priority=priority)
+        try:
+            self._send(TASK_PLAN, [job_id], priority=priority)
+        except BaseException:
+            # Not submitted, as the error will say: the record must not go on holding the
+            # output (a resubmit would be refused) nor be planned later by the stall sweep.
+            self._abandon(job_id)
+            raise
         return job_id
+
+    def _abandon(self, job_id: str) -> None:
+        """Fail a job whose plan could not be sent; best effort (Redis may be what failed)."""
+        try:
+            self.store.fail(job_id, Reason.BROKER_UNAVAILABLE, "its plan could not be sent")
+        except Exception as exc:  # the send's error is the one to report
+            log.warning("job %s could not be marked failed: %s", job_id, exc)
 
     def _send(self, name: str, args: list[Any], *, priority: int) -> None:
         """Enqueue through Celery; a broker that goes away after the first PING is the same one
@@ -191,14 +219,14 @@ class Producer:
             remove_segments(self.settings, job_id, output=output)
         return cancelled
 
-    def retry(self, job_id: str) -> list[int]:
-        """Re-run only the chunks that failed or never finished; returns their indexes.
+    def retry(self, job_id: str) -> Retried:
+        """Re-run only the chunks that failed or never finished; says what it sent.
         Retries a FAILED job, a RUNNING one (its chunks that are not running right now: a
         chunk with a fresh heartbeat is left to its worker), and a QUEUED/PLANNING/STITCHING/
         COMMITTING one that has stalled (no change, and no heartbeat, for `stall_seconds`)."""
         status = self.status(job_id)
         if status.state == SUCCEEDED:
-            return []
+            return Retried("none")
         stalled = self.store.stalled(job_id, seconds=self.settings.stall_seconds)
         retryable = {FAILED, RUNNING} | (
             {QUEUED, PLANNING, STITCHING, COMMITTING} if stalled else set()
@@ -213,7 +241,7 @@ class Producer:
             if not self.store.reopen(job_id, planned=False, from_states=(status.state,)):
                 raise InputError(f"job {job_id} changed state meanwhile; look again")
             self._send(TASK_PLAN, [job_id], priority=priority)
-            return []
+            return Retried("plan")
         if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
         undone = self.store.undone_chunks(job_id)
@@ -230,7 +258,8 @@ class Producer:
             self._send(TASK_CHUNK, [job_id, index], priority=priority)
         if not undone:
             self._send(TASK_STITCH, [job_id], priority=9)
-        return rerun
+            return Retried("stitch")
+        return Retried("chunks", rerun) if rerun else Retried("running")
 
     def list(self, limit: int = 20) -> list[JobStatus]:
         """Most recent jobs first."""

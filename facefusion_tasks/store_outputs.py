@@ -43,7 +43,7 @@ def watch_free(pipe: Any, prefix: str, output: str, job_id: str, *, ended: Colle
         pipe.unwatch()
         raise OutputBusy(
             f"output {output} is already being written by job {holder} ({state}): wait for "
-            "it, cancel it, or choose another output"
+            "that job or cancel it first"
         )
 
 

@@ -202,7 +202,7 @@ def test_retry_reruns_only_unfinished_chunks(fleet: Cluster, root: Path) -> None
     assert failed.chunks[0]["state"] == "DONE" and failed.chunks[1]["state"] == FAILED
     assert not output.exists()
     blocker.rmdir()
-    rerun = producer.retry(job_id)
+    rerun = producer.retry(job_id).chunks
     assert 0 not in rerun and 1 in rerun
     status = producer.wait(job_id, timeout=120)
     assert status.state == SUCCEEDED, (status.reason, status.error)

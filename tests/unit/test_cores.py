@@ -25,13 +25,16 @@ def test_auto_gives_half_the_cores_split_among_pipelines_within_2_to_6(
     assert auto_threads(host_cores, pipelines) == threads
 
 
-def test_a_containers_cpu_quota_caps_the_cores(tmp_path: Path) -> None:
+def test_a_cpu_quota_on_the_cgroup_path_caps_the_cores(tmp_path: Path) -> None:
     affinity = usable_cores(tmp_path / "absent")
+    # The root's limit applies whatever cgroup below it this process is in.
     limited = tmp_path / "cpu.max"
     limited.write_text("150000 100000\n")  # 1.5 CPUs: two threads may run at a time
-    assert usable_cores(limited) == min(affinity, 2)
+    assert usable_cores(tmp_path) == min(affinity, 2)
     limited.write_text("max 100000\n")
-    assert usable_cores(limited) == affinity
+    assert usable_cores(tmp_path) == affinity
+    limited.write_text("garbage\n")
+    assert usable_cores(tmp_path) == affinity
 
 
 def test_a_number_is_kept_and_auto_is_resolved(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,10 +13,10 @@ import redis
 
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, TASK_PLAN
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError
+from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics.queues import priority_keys
-from facefusion_tasks.producer import Producer
+from facefusion_tasks.producer import Producer, Retried
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import confine
 from facefusion_tasks.store import (
@@ -79,7 +79,7 @@ def test_retry_of_a_failed_job_reruns_only_unfinished_chunks(
     producer.store.chunk_done(job_id, 0, 10)
     producer.store.chunk_failed(job_id, 1, "no space")
     producer.store.set_state(job_id, FAILED, reason=Reason.NO_SPACE)
-    assert producer.retry(job_id) == [1, 2]
+    assert producer.retry(job_id).chunks == [1, 2]
     assert producer.store.state(job_id) == RUNNING
     assert sorted(_messages(redis_url, GPU_QUEUE)) == [
         (TASK_CHUNK, [job_id, 1]),
@@ -94,7 +94,7 @@ def test_retry_takes_back_a_job_stalled_in_planning(producer: Producer, redis_ur
     producer.store.r.hset(f"facefusion:job:{job_id}", "updated_at", time.time() - 61)
     # Its clock in the stall index too (a running plan would have beaten it since).
     producer.store.r.zadd("facefusion:live", {job_id: time.time() - 61})
-    assert producer.retry(job_id) == []
+    assert producer.retry(job_id).action == "plan"
     assert producer.store.state(job_id) == QUEUED
     assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [job_id])]
 
@@ -182,9 +182,14 @@ def test_retry_of_a_running_job_leaves_chunks_that_are_running_to_their_worker(
     store.chunk_done(job_id, 0, 10)
     assert store.chunk_started(job_id, 1, "w1@host")
     store.chunk_heartbeat(job_id, 1, 4)  # chunk 1 is running: a fresh heartbeat
-    assert producer.retry(job_id) == [2]  # chunk 2's message was lost: only it goes again
+    assert producer.retry(job_id).chunks == [2]  # chunk 2's message was lost: only it goes again
     assert _messages(redis_url, GPU_QUEUE) == [(TASK_CHUNK, [job_id, 2])]
     assert store.chunks(job_id)[1]["state"] == RUNNING
+    # Again, now that chunk 2 is running too: nothing is sent, and retry says so.
+    assert store.chunk_started(job_id, 2, "w2@host")
+    store.chunk_heartbeat(job_id, 2, 1)
+    assert producer.retry(job_id) == Retried("running")
+    assert _messages(redis_url, GPU_QUEUE) == [(TASK_CHUNK, [job_id, 2])]
 
 
 def test_retry_of_a_job_stitching_right_now_is_refused(producer: Producer) -> None:
@@ -264,3 +269,27 @@ def test_a_second_job_for_an_output_still_being_written_is_refused_and_sends_not
     assert sorted(_messages(redis_url, LIGHT_QUEUE)) == sorted(
         [(TASK_PLAN, [first]), (TASK_PLAN, [second])]
     )
+
+
+def test_a_job_whose_plan_could_not_be_sent_ends_failed_and_lets_its_output_go(
+    producer: Producer, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facefusion_tasks import producer as producer_module
+    from tests.media import TINY, write_source_face
+
+    source = write_source_face(tmp_path / "s.png")
+    target = make_sample_video(tmp_path / "t.mp4", **TINY)
+
+    def lost(*_args: object, **_kwargs: object) -> None:  # the broker going away mid-submit
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(producer_module, "enqueue", lost)
+    with pytest.raises(FaceFusionError) as caught:
+        producer.submit(source, target, tmp_path / "o.mp4")
+    assert caught.value.reason is Reason.BROKER_UNAVAILABLE
+    (orphan,) = producer.store.recent()
+    job = producer.store.get(orphan)
+    assert (job["state"], job["reason"]) == (FAILED, Reason.BROKER_UNAVAILABLE.value)
+    monkeypatch.undo()
+    again = producer.submit(source, target, tmp_path / "o.mp4")  # not refused as busy
+    assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [again])]

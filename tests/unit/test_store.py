@@ -253,3 +253,12 @@ def test_a_retried_job_takes_its_output_back_unless_another_job_holds_it(
     assert store.reopen(old, planned=True, from_states=(FAILED,))
     assert store.r.get(f"facefusion:output:{output}") == old
     assert store.r.ttl(f"facefusion:output:{output}") == -1
+
+
+def test_an_ended_jobs_late_release_leaves_the_next_holders_claim_alone(store: JobStore) -> None:
+    old = store.create({"output": "/data/late.mp4"})
+    store.fail(old, Reason.MEDIA, "boom")
+    newer = store.create({"output": "/data/late.mp4"})
+    store.expire_job(old)  # e.g. a plan that lost a race, tidying after the old job
+    claim = "facefusion:output:/data/late.mp4"
+    assert store.r.get(claim) == newer and store.r.ttl(claim) == -1
