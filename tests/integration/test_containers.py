@@ -19,7 +19,7 @@ from facefusion_tasks.producer import Producer
 from facefusion_tasks.store import SUCCEEDED
 from facefusion_tasks.video.samples import synthetic_frame
 from facefusion_tasks.video.writer import FrameWriter
-from tests.cluster import Cluster, cluster
+from tests.cluster import Cluster, cluster, wait_for
 from tests.integration.test_swap_cli import run_cli
 from tests.media import (
     audio_codec,
@@ -428,7 +428,8 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
         status = producer.wait(job_id, timeout=150)
         assert status.state == SUCCEEDED, (status.reason, status.error)
         assert status.chunks_total >= 3 and status.frames_done == status.frames_total
-        assert not (root / ".facefusion-work" / job_id).exists()
+        work = root / ".facefusion-work" / job_id
+        wait_for(lambda work=work: not work.exists(), timeout=15)
     vfr = outputs["vfr.webm"]
     assert (video_codec(vfr), audio_codec(vfr)) == ("vp9", "opus")
     # The stitched segments hold every frame at exactly the source's times: as local mode does.

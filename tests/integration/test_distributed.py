@@ -87,7 +87,7 @@ def test_two_workers_share_a_job_and_the_output_is_frame_exact(
     assert proc.returncode == 0, proc.stderr
     assert video_times(output) == video_times(local)
     assert audio_duration(output) == pytest.approx(audio_duration(root / "vfr.mov"), abs=0.05)
-    assert not (root / ".facefusion-work" / job_id).exists()
+    wait_for(lambda: not (root / ".facefusion-work" / job_id).exists(), timeout=15)
 
 
 def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root: Path) -> None:
@@ -181,7 +181,7 @@ def test_cancel_stops_a_running_job_and_cleans_up(slow_fleet: Cluster, root: Pat
     )
     assert producer.wait(other, timeout=60).state == SUCCEEDED
     assert not output.exists()
-    assert not (root / ".facefusion-work" / job_id).exists()
+    wait_for(lambda: not (root / ".facefusion-work" / job_id).exists(), timeout=15)
     assert not [p for p in (root / "out").iterdir() if p.name.startswith(".cancelled")]
     assert producer.status(job_id).state == CANCELLED
     assert {c["state"] for c in producer.status(job_id).chunks} <= {CANCELLED, "DONE"}

@@ -22,7 +22,7 @@ from facefusion_tasks.faces.engine import FaceEngine
 from facefusion_tasks.faces.loader import load_models
 from facefusion_tasks.inputs import read_image
 from facefusion_tasks.store import FAILED, SUCCEEDED
-from tests.cluster import cluster
+from tests.cluster import cluster, wait_for
 from tests.media import (
     ORIENTATION_TAG,
     face_photo,
@@ -289,7 +289,7 @@ def test_a_distributed_image_job_is_one_chunk_and_ends_with_a_verified_output(
         # What the worker wrote is what the pipeline makes of the same frame, exactly.
         assert np.array_equal(read_image(output), swapped_frame(engine, fleet_root / "photo.png"))
         assert _leftovers(fleet_root / "out") == []
-        assert not (fleet_root / ".facefusion-work" / job_id).exists()
+        wait_for(lambda: not (fleet_root / ".facefusion-work" / job_id).exists(), timeout=15)
         samples = _samples(fleet.logs / "metrics-w1")
         assert samples[("facefusion_frames_processed_total", ())] == 1
         assert samples[("facefusion_faces_swapped_total", ())] >= 2
