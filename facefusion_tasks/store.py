@@ -22,6 +22,7 @@ from facefusion_tasks.store_scripts import (
     CHUNK_ATTEMPT_ENDED,
     CHUNK_DELIVERED,
     CHUNK_DONE,
+    CHUNK_UPDATE,
     CLAIM_METERING,
     CLAIM_STALLED_CHUNK,
     CLAIM_STALLED_JOB,
@@ -130,6 +131,7 @@ class JobStore:
         self.r = client
         self.record_ttl = record_ttl
         self._chunk_done = client.register_script(CHUNK_DONE)
+        self._chunk_update = client.register_script(CHUNK_UPDATE)
         self._claim_metering = client.register_script(CLAIM_METERING)
         self._chunk_delivered = client.register_script(CHUNK_DELIVERED)
         self._chunk_attempt_ended = client.register_script(CHUNK_ATTEMPT_ENDED)
@@ -464,9 +466,22 @@ class JobStore:
             _, left, state = pipe.execute()
         return int(left) == 0 and state == CANCELLED
 
+    def _update_chunk(
+        self, job_id: str, index: int, fields: dict[str, Any], *, beat: float | None = None
+    ) -> bool:
+        """Write a chunk's fields (and with `beat`, its clock in the running index) only if its
+        record still exists; returns whether it did."""
+        pairs = [item for pair in fields.items() for item in pair]
+        return bool(
+            self._chunk_update(
+                keys=[self._chunk(job_id, index), RUNNING_KEY],
+                args=[running_member(job_id, index), "" if beat is None else beat, *pairs],
+            )
+        )
+
     def chunk_progress(self, job_id: str, index: int, frames_done: int) -> None:
         """Frames of this chunk encoded so far (no heartbeat: see chunk_heartbeat)."""
-        self.r.hset(self._chunk(job_id, index), "frames_done", frames_done)
+        self._update_chunk(job_id, index, {"frames_done": frames_done})
 
     def chunk_heartbeat(
         self, job_id: str, index: int, frames_done: int, *, now: float | None = None
@@ -474,13 +489,9 @@ class JobStore:
         """The chunk made progress: frames done so far and the time, which the stall sweep
         reads. Sent only when frames advance, so a hung process stops it by itself."""
         now = time.time() if now is None else now
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                self._chunk(job_id, index),
-                mapping={"frames_done": frames_done, "heartbeat_at": now},
-            )
-            pipe.zadd(RUNNING_KEY, {running_member(job_id, index): now})
-            pipe.execute()
+        self._update_chunk(
+            job_id, index, {"frames_done": frames_done, "heartbeat_at": now}, beat=now
+        )
 
     def chunk_delivered(
         self, job_id: str, index: int, *, worker: str, pid: int, now: float | None = None
@@ -511,8 +522,8 @@ class JobStore:
 
     def chunk_failed(self, job_id: str, index: int, error: str) -> None:
         """The chunk gave up (after its retries, or on bad input); see fail()."""
+        self._update_chunk(job_id, index, {"state": FAILED, "error": error[:500]})
         with self.r.pipeline() as pipe:
-            pipe.hset(self._chunk(job_id, index), mapping={"state": FAILED, "error": error[:500]})
             pipe.zrem(RUNNING_KEY, running_member(job_id, index))
             pipe.zrem(PENDING_KEY, running_member(job_id, index))
             pipe.execute()
@@ -531,7 +542,7 @@ class JobStore:
 
     def chunk_cancelled(self, job_id: str, index: int) -> None:
         """The chunk stopped because its job ended (cancel, or another chunk failed it)."""
-        self.r.hset(self._chunk(job_id, index), "state", CANCELLED)
+        self._update_chunk(job_id, index, {"state": CANCELLED})
 
     def chunk_done(self, job_id: str, index: int, frames: int) -> bool:
         """Mark a chunk done; True for exactly one caller: the one that completed the set.

@@ -68,9 +68,27 @@ return {tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'),
         redis.call('HGET', KEYS[1], 'state') or ''}
 """
 
+#: KEYS: chunk, running index. ARGV: running member, heartbeat time ('' for none), then field,
+#: value pairs. A chunk's fields are written only while its record exists: a worker still
+#: running after Redis lost the job (restarted without persistence, or the record expired)
+#: would otherwise make a record with no TTL that nothing ever reads or removes.
+CHUNK_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+return 1
+"""
+
 #: KEYS: chunk. ARGV: token (the delivery's). An attempt that ended in the task's own code
 #: (success, failure, retry) is not a lost delivery.
 CHUNK_ATTEMPT_ENDED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
 if redis.call('HGET', KEYS[1], 'ended_token') ~= ARGV[1] then
   redis.call('HINCRBY', KEYS[1], 'finished', 1)
   redis.call('HSET', KEYS[1], 'ended_token', ARGV[1])

@@ -262,3 +262,20 @@ def test_an_ended_jobs_late_release_leaves_the_next_holders_claim_alone(store: J
     store.expire_job(old)  # e.g. a plan that lost a race, tidying after the old job
     claim = "facefusion:output:/data/late.mp4"
     assert store.r.get(claim) == newer and store.r.ttl(claim) == -1
+
+
+def test_a_worker_still_running_after_redis_lost_the_job_recreates_no_record(
+    store: JobStore,
+) -> None:
+    job_id = _planned(store, chunks=2)
+    assert store.chunk_started(job_id, 0, "w1")
+    delivery = store.chunk_delivered(job_id, 0, worker="w1", pid=1)
+    store.r.flushdb()  # Redis restarted without its data (no AOF), the worker goes on
+    store.chunk_progress(job_id, 0, 5)
+    store.chunk_heartbeat(job_id, 0, 6)
+    store.chunk_attempt_ended(job_id, 0, delivery.token)
+    store.chunk_failed(job_id, 0, "boom")
+    store.chunk_cancelled(job_id, 1)
+    assert store.chunk_done(job_id, 0, 10) is False
+    # Nothing left that no TTL would ever remove, and nothing in the running index to sweep.
+    assert store.r.keys("*") == []
