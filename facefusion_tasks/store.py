@@ -283,17 +283,26 @@ class JobStore:
         late stitch succeeded, a cancel landed) is left alone: returns whether it reopened.
         The job takes its output back: OutputBusy while another job has since claimed it."""
         key = self._job(job_id)
+        # As in set_state: when a lost EXEC reply (a WatchError from redis-py) hides that Redis
+        # ran the reopen, the next round finds its own token and answers True.
+        token = _token()
         fields: dict[Any, Any] = {
             "state": RUNNING if planned else QUEUED,
             "reason": "",
             "error": "",
             "finished_at": 0,
+            "state_token": token,
         }
         while True:
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current, total, output = pipe.hmget(key, ["state", "chunks_total", "output"])
+                    current, total, output, applied = pipe.hmget(
+                        key, ["state", "chunks_total", "output", "state_token"]
+                    )
+                    if current == fields["state"] and applied == token:
+                        pipe.unwatch()
+                        return True
                     if current not in from_states:
                         pipe.unwatch()
                         return False

@@ -279,3 +279,26 @@ def test_a_worker_still_running_after_redis_lost_the_job_recreates_no_record(
     assert store.chunk_done(job_id, 0, 10) is False
     # Nothing left that no TTL would ever remove, and nothing in the running index to sweep.
     assert store.r.keys("*") == []
+
+
+def test_a_reopen_whose_exec_reply_was_lost_still_answers_that_it_reopened(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    job_id = _planned(store)
+    store.set_state(job_id, FAILED, reason=Reason.MEDIA)
+    execute = redis.client.Pipeline.execute
+    lost: list[bool] = []
+
+    def ran_then_lost(self, raise_on_error=True):  # type: ignore[no-untyped-def]
+        transaction = self.explicit_transaction  # execute() resets the pipeline
+        result = execute(self, raise_on_error)
+        if transaction and not lost:
+            lost.append(True)  # Redis ran it; the reply never came (redis-py: WatchError)
+            raise redis.WatchError("connection lost while watching")
+        return result
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", ran_then_lost)
+    assert store.reopen(job_id, planned=True, from_states=(FAILED,))
+    assert lost and store.state(job_id) == RUNNING
