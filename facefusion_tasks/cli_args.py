@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from facefusion_tasks import __version__
 from facefusion_tasks.config import AUTO_CPU_THREADS, Settings
 
 #: What `--help` says the command is.
 DESCRIPTION = "The `facefusion-tasks` command: swap, demo, models, doctor, bench."
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, as every other refusal is (the
+    usage it would print first is one `--help` away), with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_or_auto(auto: int) -> Callable[[str], int]:
@@ -121,7 +130,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="facefusion-tasks", description=DESCRIPTION)
+    parser = _Parser(prog="facefusion-tasks", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")

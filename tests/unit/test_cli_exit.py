@@ -136,7 +136,9 @@ def test_both_source_forms_or_neither_is_a_usage_error(
         cli.main([command, *argv, "-o", "o.mp4"])
     assert caught.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and f"{command} [options] --source IMAGE" in err
+    # One line, as every refusal is; the usage with both source forms is one --help away.
+    assert err.count("\n") == 1 and message in err
+    assert err.endswith(f"(see facefusion-tasks {command} --help)\n")
 
 
 def test_the_positional_and_the_repeated_source_forms_name_the_same_paths() -> None:
@@ -240,3 +242,18 @@ def test_retry_says_what_it_did_when_no_chunk_runs_again(
     assert json.loads(capsys.readouterr().out) == {
         "job": stitched, "action": "stitch", "chunks": []
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["swap"], ["wait"], ["swap", "a.png", "t.mp4", "-o", "o.mp4", "--bogus"],
+     ["swap", "a.png", "t.mp4", "-o", "o.mp4", "--cpu-threads", "many"]],
+)  # fmt: skip
+def test_usage_errors_are_one_line_and_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ": error: " in err and "--help)" in err
