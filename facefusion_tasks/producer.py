@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facefusion_tasks import broker
-from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
+from facefusion_tasks.app import GPU_QUEUE, TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking
+from facefusion_tasks.metrics.keys import messages_waiting
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
@@ -245,13 +246,15 @@ class Producer:
         if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
         undone = self.store.undone_chunks(job_id)
-        # In a RUNNING job a chunk with a fresh heartbeat is running: leave it to its worker. A
-        # FAILED job's chunks have all stopped (or are stopping): each undone one runs again.
-        busy = (
-            self.store.busy_chunks(job_id, seconds=self.settings.stall_seconds)
-            if status.state == RUNNING
-            else set()
-        )
+        # In a RUNNING job a chunk with a fresh heartbeat is running: leave it to its worker;
+        # one sent and not yet taken waits in line while the gpu queue holds messages (sent
+        # again it would run twice; the sweep re-sends it if its message was lost). A FAILED
+        # job's chunks have all stopped (or are stopping): each undone one runs again.
+        busy: set[int] = set()
+        if status.state == RUNNING:
+            busy = self.store.busy_chunks(job_id, seconds=self.settings.stall_seconds)
+            if messages_waiting(self.store.r, GPU_QUEUE):
+                busy |= self.store.waiting_chunks(job_id, status.chunks_total)
         rerun = [index for index in undone if index not in busy]
         for index in rerun:
             self.store.reset_chunk(job_id, index)

@@ -443,14 +443,15 @@ class JobStore:
     def chunk_started(self, job_id: str, index: int, worker: str) -> bool:
         """A worker takes the chunk (again, after a redelivery): progress restarts at 0 and the
         chunk joins the job's running set. False, and nothing changes, when the job has ended
-        (WATCHed: a cancel either lands first and the chunk is skipped, or sees it running)."""
+        (WATCHed: a cancel either lands first and the chunk is skipped, or sees it running) or
+        the chunk is DONE (a duplicate delivery that another one finished meanwhile)."""
         key = self._job(job_id)
         chunk = self._chunk(job_id, index)
         while True:
             with self.r.pipeline() as pipe:
                 try:
-                    pipe.watch(key)
-                    if pipe.hget(key, "state") in TERMINAL:
+                    pipe.watch(key, chunk)
+                    if pipe.hget(key, "state") in TERMINAL or pipe.hget(chunk, "state") == DONE:
                         pipe.unwatch()
                         return False
                     pipe.multi()
@@ -732,6 +733,15 @@ class JobStore:
     def recent(self, limit: int = 50) -> list[str]:
         """Most recent job ids first."""
         return list(self.r.zrevrange(f"{PREFIX}:jobs", 0, limit - 1))  # type: ignore[arg-type]
+
+    def waiting_chunks(self, job_id: str, chunks_total: int) -> set[int]:
+        """Chunks sent and not yet taken by a worker (in the pending index): their messages
+        may still be in line."""
+        members = [running_member(job_id, i) for i in range(chunks_total)]
+        if not members:
+            return set()
+        scores = self.r.zmscore(PENDING_KEY, members)
+        return {i for i, score in enumerate(scores) if score is not None}
 
     def undone_chunks(self, job_id: str) -> list[int]:
         """Chunks that failed or never finished (what `retry` re-runs)."""

@@ -71,9 +71,11 @@ return {tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'),
 #: KEYS: chunk, running index. ARGV: running member, heartbeat time ('' for none), then field,
 #: value pairs. A chunk's fields are written only while its record exists: a worker still
 #: running after Redis lost the job (restarted without persistence, or the record expired)
-#: would otherwise make a record with no TTL that nothing ever reads or removes.
+#: would otherwise make a record with no TTL that nothing ever reads or removes. A DONE chunk
+#: keeps its record: a duplicate delivery still running (or failing, or cancelled with its
+#: job) must not turn a finished chunk's frames or state back.
 CHUNK_UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'state') == 'DONE' then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))

@@ -138,7 +138,7 @@ def _start_sweep() -> None:
     """The stall sweep, in a thread of each light-queue process (one sweep per period runs
     fleet-wide): it lives where no chunk runs, so a hung GPU process cannot stop it."""
     from facefusion_tasks import liveness
-    from facefusion_tasks.metrics.keys import priority_keys
+    from facefusion_tasks.metrics.keys import messages_waiting
 
     app = _APP
     if app is None:
@@ -148,7 +148,7 @@ def _start_sweep() -> None:
         enqueue(app, _SWEEP_TASKS[kind], args, priority=priority)
 
     def waiting(queue: str) -> Callable[[], int]:
-        return lambda: sum(int(_store().r.llen(key)) for key in priority_keys(queue))
+        return lambda: messages_waiting(_store().r, queue)
 
     def report(result: liveness.SweepReport) -> None:
         for _ in result.requeued_chunks:

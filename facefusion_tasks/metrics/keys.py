@@ -40,6 +40,11 @@ def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> 
     return [f"{queue}{KOMBU_SEP}{step}" if step else queue for step in steps]
 
 
+def messages_waiting(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in `queue`, over all its priority lists."""
+    return sum(int(client.llen(key)) for key in priority_keys(queue))
+
+
 def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int = 30) -> None:
     """Say `name` is alive for `ttl` seconds (workers call this every ttl/3 or so)."""
     payload = {**info, "ts": time.time()}

@@ -293,3 +293,18 @@ def test_a_job_whose_plan_could_not_be_sent_ends_failed_and_lets_its_output_go(
     monkeypatch.undo()
     again = producer.submit(source, target, tmp_path / "o.mp4")  # not refused as busy
     assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [again])]
+
+
+def test_retry_of_a_running_job_leaves_chunks_whose_messages_wait_in_line(
+    producer: Producer, redis_url: str
+) -> None:
+    job_id = _job(producer, RUNNING, chunks=3)
+    for index in range(3):  # as the plan sends them: the messages wait for a gpu worker
+        producer._send(TASK_CHUNK, [job_id, index], priority=5)
+    assert producer.retry(job_id) == Retried("running")  # sent again they would run twice
+    assert len(_messages(redis_url, GPU_QUEUE)) == 3
+    # The queue lost them (purged, or Redis lost its last writes): now they go again.
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*priority_keys(GPU_QUEUE))
+    assert producer.retry(job_id).chunks == [0, 1, 2]
+    assert len(_messages(redis_url, GPU_QUEUE)) == 3

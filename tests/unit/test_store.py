@@ -302,3 +302,21 @@ def test_a_reopen_whose_exec_reply_was_lost_still_answers_that_it_reopened(
     monkeypatch.setattr(redis.client.Pipeline, "execute", ran_then_lost)
     assert store.reopen(job_id, planned=True, from_states=(FAILED,))
     assert lost and store.state(job_id) == RUNNING
+
+
+def test_a_done_chunk_keeps_its_record_whatever_a_duplicate_delivery_does(
+    store: JobStore,
+) -> None:
+    job_id = _planned(store, chunks=2)
+    assert store.chunk_started(job_id, 0, "w1")
+    store.chunk_done(job_id, 0, 10)
+    done = store.chunks(job_id)[0]
+    # A second copy of chunk 0 (re-sent, redelivered) that starts, reports, fails or stops:
+    assert not store.chunk_started(job_id, 0, "w2")
+    store.chunk_progress(job_id, 0, 3)
+    store.chunk_heartbeat(job_id, 0, 4)
+    store.chunk_failed(job_id, 0, "Error writing trailer")
+    store.chunk_cancelled(job_id, 0)
+    assert store.chunks(job_id)[0] == done
+    assert done["state"] == DONE and done["frames_done"] == "10"
+    assert store.r.zscore("facefusion:running", f"{job_id}:0") is None
