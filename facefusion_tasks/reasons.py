@@ -33,6 +33,7 @@ class Reason(str, enum.Enum):
     CONFIG = ("config", True)
     UNKNOWN_JOB = ("unknown_job", True)
     NOT_PLAIN_FILE = ("not_plain_file", True)
+    INPUT_CHANGED = ("input_changed", True)
     TOO_LARGE = ("too_large", True)
     # The system (exit 1): another attempt, another worker or an operator may fix it.
     INTERNAL = ("internal", False)

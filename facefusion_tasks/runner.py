@@ -18,6 +18,7 @@ from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, marke
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import Cancelled, InputError, MediaError
 from facefusion_tasks.faces.loader import LoadedModels
+from facefusion_tasks.fingerprints import check_unchanged, fingerprints
 from facefusion_tasks.images import check_image_target, is_image_target, read_header
 from facefusion_tasks.jobs import Chunk, image_plan, plan_chunks
 from facefusion_tasks.model_cache import MODELS
@@ -93,6 +94,9 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     job = store.get(job_id)
     target = locate(job["target"], settings, what="target")
     image = is_image_target(target)
+    # Taken before anything is read: a file that changes from here on fails the job where
+    # a chunk or the stitch finds it, instead of mixing two videos.
+    prints = fingerprints(_inputs(settings, job))
     info: dict[str, Any] = {}
     if image:
         # A still image is one chunk of one frame: no probe, no timestamps, no segments.
@@ -102,13 +106,22 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         chunks, frames, info = _plan_video(job, target, settings)
     if store.state(job_id) != PLANNING:
         return []  # cancelled (or failed by the sweep) while reading the video
-    store.set_plan(job_id, chunks, frames, info)
+    store.set_plan(job_id, chunks, frames, info, fingerprints=prints)
     if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
         store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
         return []
     if not image:
         prepare(settings, job_id, output=job["output"])
     return [c.index for c in chunks]
+
+
+def _inputs(settings: Settings, job: dict[str, str]) -> list[Location]:
+    """Everything a job reads: its target, source images and reference image."""
+    inputs = [locate(job["target"], settings, what="target")]
+    inputs += [locate(s, settings, what="source image") for s in job_sources(job)]
+    if job.get("reference"):
+        inputs.append(locate(job["reference"], settings, what="reference image"))
+    return inputs
 
 
 def _plan_video(
@@ -197,6 +210,7 @@ def run_chunk(
     chunk = store.chunk_plan(job_id, index)
     target = locate(job["target"], settings, what="target")
     image = is_image_target(target)
+    check_unchanged(job.get("fingerprints", ""), _inputs(settings, job))
     # Images (a still target too) are read whole, into this host's cache when they are
     # objects; a video is read where it lies (an object through a signed URL: only this
     # chunk's span is fetched).
@@ -295,6 +309,8 @@ def _swap_chunk(
         return None, False
     finally:
         watch.close()
+    # Replaced while this span was decoded: the segment may hold frames of two files.
+    check_unchanged(job.get("fingerprints", ""), [target])
     last = store.chunk_done(job_id, index, result.frames)
     return result, last
 
@@ -382,6 +398,8 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
     if is_image_target(target):
         return _finish_image_job(store, settings, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
+    # The stitch reads the target's audio and subtitles: they must be the planned file's.
+    check_unchanged(job.get("fingerprints", ""), [target])
     with scratch(settings, job_id) as local, _alive(store, settings, job_id):
         segments = [
             (_segment_file(settings, job_id, c.index, job["output"], local), c.span) for c in chunks
@@ -396,6 +414,11 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
             frames=sum(c.frames for c in chunks),
             timeout=float(settings.chunk_time_limit),
         )
+        try:
+            check_unchanged(job.get("fingerprints", ""), [target])
+        except InputError:
+            staged.discard()
+            raise
         # What is about to be put in place, recorded before COMMITTING: a stitcher that dies
         # after this point leaves a job whose output a later stitch can recognise or finish.
         mark = commit_mark(staged, output)

@@ -399,11 +399,17 @@ class JobStore:
                     continue
 
     def set_plan(
-        self, job_id: str, chunks: Sequence[Chunk], frames_total: int, video_info: dict[str, Any]
+        self,
+        job_id: str,
+        chunks: Sequence[Chunk],
+        frames_total: int,
+        video_info: dict[str, Any],
+        *,
+        fingerprints: str = "",
     ) -> None:
-        """Store the chunk plan (idempotent: a re-run of planning writes the same plan). Each
-        chunk waits in the pending index until a worker takes it, so the sweep can send again
-        one whose message never arrives."""
+        """Store the chunk plan (idempotent: a re-run of planning writes the same plan), with
+        the inputs' fingerprints the plan read. Each chunk waits in the pending index until a
+        worker takes it, so the sweep can send again one whose message never arrives."""
         now = time.time()
         with self.r.pipeline() as pipe:
             pipe.delete(f"{self._job(job_id)}:done")
@@ -429,6 +435,7 @@ class JobStore:
                     "chunks_total": len(chunks),
                     "frames_total": frames_total,
                     "video_info": json.dumps(video_info),
+                    "fingerprints": fingerprints,
                 },
             )
             pipe.execute()

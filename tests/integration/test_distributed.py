@@ -187,6 +187,30 @@ def test_cancel_stops_a_running_job_and_cleans_up(slow_fleet: Cluster, root: Pat
     assert {c["state"] for c in producer.status(job_id).chunks} <= {CANCELLED, "DONE"}
 
 
+def test_a_target_replaced_after_planning_fails_the_job_instead_of_mixing_two_videos(
+    fleet: Cluster, root: Path
+) -> None:
+    """Another job's output (or the user's re-export) renamed over the target while this job
+    waits for its chunks: each chunk would cut its span from the new file."""
+    target = root / "replaced-after-plan.mp4"
+    target.write_bytes((root / "long.mp4").read_bytes())
+    fleet.start_worker("planner", queues=LIGHT_QUEUE)
+    producer = fleet.producer()
+    output = root / "out" / "replaced-after-plan.mp4"
+    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=2.5)
+    wait_for(lambda: producer.status(job_id).chunks_total == 4, timeout=30)
+    newer = root / "newer.mp4"
+    newer.write_bytes((root / "long.mp4").read_bytes())  # the same bytes, another file
+    newer.replace(target)
+    fleet.start_worker("gpu", queues=GPU_QUEUE)
+    failed = producer.wait(job_id, timeout=120)
+    assert (failed.state, failed.reason) == (FAILED, "input_changed"), failed.error
+    assert f"{target} changed after the job was planned" in failed.error
+    assert not output.exists()
+    assert producer.retry(job_id).action == "chunks"  # a retry meets the same change
+    assert producer.wait(job_id, timeout=120).reason == "input_changed"
+
+
 def test_retry_reruns_only_unfinished_chunks(fleet: Cluster, root: Path) -> None:
     fleet.start_worker("planner", queues=LIGHT_QUEUE)
     producer = fleet.producer()
