@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from facefusion_tasks import __version__
-from facefusion_tasks.config import AUTO_CPU_THREADS, Settings
+from facefusion_tasks.config import AUTO_CPU_THREADS, FLAG_SETTINGS, Settings
 
 #: What `--help` says the command is.
 DESCRIPTION = "The `facefusion-tasks` command: swap, demo, models, doctor, bench."
@@ -120,12 +120,7 @@ def split_sources(args: argparse.Namespace) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with the flags given overriding them (CLI > env > default)."""
-    names = [
-        "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
-        "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
-        "cpu_threads", "detector_batch", "precision", "io_binding",
-    ]  # fmt: skip
-    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+    return Settings.from_env(**{n: getattr(args, n, None) for n in FLAG_SETTINGS})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,13 @@ DEFAULT_MAX_CHUNKS = 10_000
 #: Seconds a URL a worker signs for ffmpeg stays valid (ffmpeg asks again on every seek): past
 #: any task's time limit, which validate() keeps below it.
 SIGNED_URL_SECONDS = 6 * 3600
+#: The settings a command-line flag may set. The worker launcher passes their values on to
+#: the processes it starts, which read only their environment.
+FLAG_SETTINGS = (
+    "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
+    "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
+    "cpu_threads", "detector_batch", "precision", "io_binding",
+)  # fmt: skip
 #: cpu_threads' "auto".
 AUTO_CPU_THREADS = -1
 #: What "auto" means for the int settings that take it.
@@ -253,6 +260,15 @@ class Settings:
         import tempfile
 
         return Path(tempfile.gettempdir()) / f"facefusion-scratch-{os.getuid()}"
+
+    def as_env(self, names: Sequence[str]) -> dict[str, str]:
+        """FACEFUSION_* variables that give a process started with them these settings."""
+        env = {}
+        for name in names:
+            value = getattr(self, name)
+            text = ("1" if value else "0") if isinstance(value, bool) else str(value)
+            env[ENV_PREFIX + name.upper()] = text
+        return env
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

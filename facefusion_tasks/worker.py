@@ -16,7 +16,7 @@ from typing import Any
 # Nothing here may import prometheus_client (or anything that does): the metrics directory must
 # be prepared before the first import anywhere in this process tree.
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, PRELOAD_ENV, QUEUES_ENV
-from facefusion_tasks.config import Settings
+from facefusion_tasks.config import FLAG_SETTINGS, Settings
 from facefusion_tasks.cores import pool_threads
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.lifeline import launcher_env
@@ -77,6 +77,8 @@ def plan_workers(
         raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason=Reason.CONFIG)
     plans: list[tuple[list[str], dict[str, str]]] = []
     launcher = os.getpid()
+    # The workers read their settings from the environment: the launcher's flags go with it.
+    flags = settings.as_env(FLAG_SETTINGS)
     if GPU_QUEUE in queues:
         devices = detect_gpus() if gpus == "auto" else [] if gpus == "none" else gpus.split(",")
         # No GPU: gpu_processes CPU workers serve the gpu queue (the CPU profile); with GPUs,
@@ -87,7 +89,7 @@ def plan_workers(
         # "auto" pool threads are shared out here, where the host's pipelines are counted.
         threads = pool_threads(settings.cpu_threads, pipelines=len(slots))
         for device, k in slots:
-            env = {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device, QUEUES_ENV: GPU_QUEUE}
+            env = flags | {PRELOAD_ENV: "1", "CUDA_VISIBLE_DEVICES": device, QUEUES_ENV: GPU_QUEUE}
             env["FACEFUSION_CPU_THREADS"] = str(threads)
             node = f"gpu{device}" if device else f"cpu{k}"
             if device and settings.gpu_processes > 1:
@@ -108,7 +110,7 @@ def plan_workers(
             max_tasks_per_child=max_tasks_per_child,
             loglevel=loglevel,
         )
-        plans.append((argv, {PRELOAD_ENV: "0", QUEUES_ENV: LIGHT_QUEUE}))
+        plans.append((argv, flags | {PRELOAD_ENV: "0", QUEUES_ENV: LIGHT_QUEUE}))
     return plans
 
 

@@ -68,6 +68,21 @@ def test_the_launcher_shares_auto_threads_among_the_hosts_pipelines(
     }  # fmt: skip
     settings = Settings(broker_url="redis://127.0.0.1:6379/0", gpu_processes=2)
     plans = plan_workers(settings, gpus="0", **options)
-    assert [env.get("FACEFUSION_CPU_THREADS") for _, env in plans] == ["4", "4", None]
+    # The light worker runs no pipeline: it keeps the setting as it was.
+    assert [env.get("FACEFUSION_CPU_THREADS") for _, env in plans] == ["4", "4", "-1"]
     plans = plan_workers(settings.replace(cpu_threads=3), gpus="0,1", **options)
     assert [env.get("FACEFUSION_CPU_THREADS") for _, env in plans[:4]] == ["3"] * 4
+
+
+def test_the_launchers_flags_reach_every_worker_it_starts(tmp_path: Path) -> None:
+    options: dict[str, Any] = {
+        "queues": ["gpu", "light"], "light_concurrency": 1, "max_tasks_per_child": 0,
+        "loglevel": "info",
+    }  # fmt: skip
+    flags = {"models_dir": tmp_path / "models", "video_quality": 51, "io_binding": True,
+             "execution_provider": "cpu", "batch_size": 3}  # fmt: skip
+    settings = Settings.from_env({"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/0"}, **flags)
+    for _, env in plan_workers(settings, gpus="none", **options):
+        # A worker reads only its environment (worker_app): it must come out with the flags.
+        seen = Settings.from_env(env | {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/0"})
+        assert {name: getattr(seen, name) for name in flags} == flags
