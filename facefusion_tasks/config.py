@@ -229,10 +229,10 @@ class Settings:
             raise InputError("the stall time must be at least two heartbeat periods")
         if self.max_deliveries < 1 or self.gpu_processes < 1:
             raise InputError("max deliveries and gpu processes must be at least 1")
-        if self.cpu_threads < AUTO_CPU_THREADS or self.detector_batch < 0:
-            raise InputError(
-                "cpu threads must be auto, 0 or more; detector batch cannot be negative"
-            )
+        if self.cpu_threads < AUTO_CPU_THREADS:
+            raise InputError("cpu threads must be auto, 0 or more")
+        if self.detector_batch < 0:
+            raise InputError("detector batch must be auto, 0 or more")
         if self.precision not in {"fp32", "fp16"}:
             raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
         if self.s3_buckets and self.chunk_time_limit >= SIGNED_URL_SECONDS:
@@ -329,5 +329,8 @@ def _coerce(annotation: Any, raw: str, name: str) -> Any:
         if kind == "Path":
             return Path(raw)
     except ValueError:
-        raise InputError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+        also = " or auto" if name in _AUTO_VALUES else ""
+        raise InputError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}{also}"
+        ) from None
     return raw
