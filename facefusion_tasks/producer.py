@@ -36,7 +36,7 @@ from facefusion_tasks.tasks import enqueue
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import check_encoder
 from facefusion_tasks.video.probe import probe
-from facefusion_tasks.workspace import local_copy, remove_segments
+from facefusion_tasks.workspace import local_copy, remove_segments, segment_present
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,16 @@ class Producer:
         if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
         undone = self.store.undone_chunks(job_id)
+        # A done chunk whose segment is gone (deleted, a wiped disk) runs again: the stitch
+        # would only fail on it once more.
+        output = self.store.get(job_id).get("output", "")
+        lost = [
+            index
+            for index in range(status.chunks_total)
+            if index not in undone
+            and not segment_present(self.settings, job_id, index, output=output)
+        ]
+        undone = sorted(undone + lost)
         # In a RUNNING job a chunk with a fresh heartbeat is running: leave it to its worker;
         # one sent and not yet taken waits in line while the gpu queue holds messages (sent
         # again it would run twice; the sweep re-sends it if its message was lost). A FAILED

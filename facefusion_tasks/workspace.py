@@ -68,6 +68,19 @@ def segment(settings: Settings, job_id: str, index: int, *, output: str) -> Loca
     return ObjectRef(bucket, f"{work_prefix(job_id)}{_segment_name(index, muxer)}")
 
 
+def segment_present(settings: Settings, job_id: str, index: int, *, output: str) -> bool:
+    """Whether chunk `index`'s segment is still where its chunk wrote it (a file, or an
+    object)."""
+    where = segment(settings, job_id, index, output=output)
+    if isinstance(where, Path):
+        return where.is_file()
+    try:
+        objects.head(where)
+    except InputError:  # missing
+        return False
+    return True
+
+
 def prepare(settings: Settings, job_id: str, *, output: str) -> None:
     """Make the job's segment folder where one is needed (a key prefix needs nothing)."""
     if work_bucket(output) is None:

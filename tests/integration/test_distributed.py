@@ -20,7 +20,7 @@ import redis
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.metrics.queues import priority_keys
-from facefusion_tasks.producer import WaitTimeout
+from facefusion_tasks.producer import Retried, WaitTimeout
 from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from tests.cluster import SHARED_REDIS, Cluster, RedisServer, cluster, wait_for
 from tests.media import LONG, TINY, audio_duration, storage_root, video_times
@@ -209,6 +209,28 @@ def test_a_target_replaced_after_planning_fails_the_job_instead_of_mixing_two_vi
     assert not output.exists()
     assert producer.retry(job_id).action == "chunks"  # a retry meets the same change
     assert producer.wait(job_id, timeout=120).reason == "input_changed"
+
+
+def test_retry_runs_again_a_finished_chunk_whose_segment_was_deleted(
+    fleet: Cluster, root: Path
+) -> None:
+    fleet.start_worker("planner", queues=LIGHT_QUEUE)
+    producer = fleet.producer()
+    output = root / "out" / "lost-segment.mp4"
+    job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2.5)
+    wait_for(lambda: producer.status(job_id).chunks_total == 4, timeout=30)
+    fleet.kill("planner")  # no stitch until every chunk is done and one segment is gone
+    fleet.start_worker("gpu", queues=GPU_QUEUE)
+    wait_for(lambda: producer.status(job_id).chunks_done == 4, timeout=120)
+    (root / ".facefusion-work" / job_id / "seg-00002.mp4").unlink()
+    fleet.start_worker("stitcher", queues=LIGHT_QUEUE)
+    failed = producer.wait(job_id, timeout=60)
+    assert failed.state == FAILED and "segments missing" in failed.error, failed.error
+    assert producer.retry(job_id) == Retried("chunks", [2])  # not a stitch that fails again
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert [c["attempts"] for c in status.chunks] == [1, 1, 2, 1]
+    assert video_times(output) == video_times(root / "long.mp4")
 
 
 def test_retry_reruns_only_unfinished_chunks(fleet: Cluster, root: Path) -> None:

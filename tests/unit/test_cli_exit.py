@@ -227,6 +227,7 @@ def test_retry_says_what_it_did_when_no_chunk_runs_again(
     from fractions import Fraction
 
     from facefusion_tasks.jobs import Chunk
+    from facefusion_tasks.workspace import segment
 
     done = _ended(store, SUCCEEDED, None)
     assert cli.main(["retry", done]) == 0
@@ -236,6 +237,10 @@ def test_retry_says_what_it_did_when_no_chunk_runs_again(
     assert capsys.readouterr().out == f"{unplanned}: planning again\n"
     stitched = store.create({"output": "s.mp4"})
     store.set_plan(stitched, [Chunk(0, 0, 10, 10, Fraction(1, 2))], 10, {})
+    where = segment(Settings.from_env(), stitched, 0, output="s.mp4")  # its segment is there
+    assert isinstance(where, Path)
+    where.parent.mkdir(parents=True)
+    where.write_bytes(b"a verified segment")
     store.chunk_done(stitched, 0, 10)
     store.set_state(stitched, FAILED, reason=Reason.MEDIA)
     assert cli.main(["retry", stitched, "--json"]) == 0

@@ -22,14 +22,16 @@ from facefusion_tasks.storage import confine
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
+    DONE,
     FAILED,
+    PENDING,
     PLANNING,
     QUEUED,
     RUNNING,
     STITCHING,
 )
 from facefusion_tasks.video.samples import make_sample_video
-from facefusion_tasks.workspace import segment_dir
+from facefusion_tasks.workspace import segment, segment_dir
 
 
 def _output() -> str:
@@ -72,11 +74,20 @@ def _job(producer: Producer, state: str, *, chunks: int = 0) -> str:
     return job_id
 
 
+def _done(producer: Producer, job_id: str, index: int) -> None:
+    """Chunk `index` finished: its segment written where the stitch will look, and DONE."""
+    where = segment(producer.settings, job_id, index, output=producer.store.get(job_id)["output"])
+    assert isinstance(where, Path)
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_bytes(b"a verified segment")
+    producer.store.chunk_done(job_id, index, 10)
+
+
 def test_retry_of_a_failed_job_reruns_only_unfinished_chunks(
     producer: Producer, redis_url: str
 ) -> None:
     job_id = _job(producer, RUNNING, chunks=3)
-    producer.store.chunk_done(job_id, 0, 10)
+    _done(producer, job_id, 0)
     producer.store.chunk_failed(job_id, 1, "no space")
     producer.store.set_state(job_id, FAILED, reason=Reason.NO_SPACE)
     assert producer.retry(job_id).chunks == [1, 2]
@@ -179,7 +190,7 @@ def test_retry_of_a_running_job_leaves_chunks_that_are_running_to_their_worker(
 ) -> None:
     job_id = _job(producer, RUNNING, chunks=3)
     store = producer.store
-    store.chunk_done(job_id, 0, 10)
+    _done(producer, job_id, 0)
     assert store.chunk_started(job_id, 1, "w1@host")
     store.chunk_heartbeat(job_id, 1, 4)  # chunk 1 is running: a fresh heartbeat
     assert producer.retry(job_id).chunks == [2]  # chunk 2's message was lost: only it goes again
@@ -308,3 +319,19 @@ def test_retry_of_a_running_job_leaves_chunks_whose_messages_wait_in_line(
     client.delete(*priority_keys(GPU_QUEUE))
     assert producer.retry(job_id).chunks == [0, 1, 2]
     assert len(_messages(redis_url, GPU_QUEUE)) == 3
+
+
+def test_retry_runs_a_done_chunk_again_when_its_segment_is_gone(
+    producer: Producer, redis_url: str
+) -> None:
+    job_id = _job(producer, RUNNING, chunks=3)
+    for index in range(3):
+        _done(producer, job_id, index)
+    output = producer.store.get(job_id)["output"]
+    lost = segment(producer.settings, job_id, 1, output=output)
+    assert isinstance(lost, Path)
+    lost.unlink()  # deleted after its chunk finished: the stitch fails on it
+    producer.store.set_state(job_id, FAILED, reason=Reason.MEDIA, error="segments missing")
+    assert producer.retry(job_id) == Retried("chunks", [1])
+    assert _messages(redis_url, GPU_QUEUE) == [(TASK_CHUNK, [job_id, 1])]
+    assert [c["state"] for c in producer.store.chunks(job_id)] == [DONE, PENDING, DONE]
