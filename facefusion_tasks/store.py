@@ -17,7 +17,7 @@ from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store_outputs import release, take, watch_free
+from facefusion_tasks.store_outputs import read, release, take, watch_crossings, watch_free
 from facefusion_tasks.store_scripts import (
     CHUNK_ATTEMPT_ENDED,
     CHUNK_DELIVERED,
@@ -147,15 +147,19 @@ class JobStore:
         return f"{self._job(job_id)}:chunk:{index}"
 
     def create(self, fields: dict[str, Any]) -> str:
-        """Record a new job (state QUEUED); returns its id. The job claims its `output` in the
-        same transaction: OutputBusy (and nothing recorded) while another job writes there."""
+        """Record a new job (state QUEUED); returns its id. The job claims its `output` and
+        joins the readers of its inputs in the same transaction: OutputBusy (and nothing
+        recorded) while another unfinished job writes to that output or reads it, InputError
+        while one writes to an input."""
         job_id = new_job_id()
         output = str(fields.get("output") or "")
+        inputs = sorted(set(_job_inputs(fields)))
         while True:
             with self.r.pipeline() as pipe:
                 try:
                     if output:
                         watch_free(pipe, PREFIX, output, job_id, ended=TERMINAL)
+                    watch_crossings(pipe, PREFIX, output, inputs, job_id, ended=TERMINAL)
                     now = time.time()
                     record: dict[Any, Any] = {k: _encode(v) for k, v in fields.items()} | {
                         "id": job_id,
@@ -169,6 +173,7 @@ class JobStore:
                     pipe.zadd(LIVE_KEY, {job_id: now})
                     if output:
                         take(pipe, PREFIX, output, job_id)
+                    read(pipe, PREFIX, inputs, job_id, self.record_ttl)
                     pipe.execute()
                     return job_id
                 except redis.WatchError:
@@ -753,6 +758,13 @@ class JobStore:
     def undone_chunks(self, job_id: str) -> list[int]:
         """Chunks that failed or never finished (what `retry` re-runs)."""
         return [i for i, c in enumerate(self.chunks(job_id)) if c.get("state") != DONE]
+
+
+def _job_inputs(fields: dict[str, Any]) -> list[str]:
+    """What a job being recorded reads: its target, sources and reference."""
+    sources = fields.get("sources") or [fields.get("source") or ""]
+    named = [fields.get("target"), *sources, fields.get("reference")]
+    return [str(path) for path in named if path]
 
 
 def job_sources(job: dict[str, str]) -> list[str]:

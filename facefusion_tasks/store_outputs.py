@@ -1,11 +1,11 @@
-"""Output claims: one unfinished job per output, taken and let go inside the job store's transactions."""
+"""Output claims: one unfinished job per output, and none writing what another reads, checked inside the job store's transactions."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any
 
-from facefusion_tasks.errors import OutputError
+from facefusion_tasks.errors import InputError, OutputError
 
 #: Let the claim go with the job's other records, unless a later job holds it by then.
 #: KEYS: the claim. ARGV: job id, seconds.
@@ -45,6 +45,63 @@ def watch_free(pipe: Any, prefix: str, output: str, job_id: str, *, ended: Colle
             f"output {output} is already being written by job {holder} ({state}): wait for "
             "that job or cancel it first"
         )
+
+
+def _readers_key(prefix: str, path: str) -> str:
+    return f"{prefix}:readers:{path}"
+
+
+def _unfinished(pipe: Any, prefix: str, job_id: str, ended: Collection[str]) -> str | None:
+    """WATCH `job_id`'s record and return its state while it has not ended (None after)."""
+    key = f"{prefix}:job:{job_id}"
+    pipe.watch(key)
+    state = pipe.hget(key, "state")
+    return state if state is not None and state not in ended else None
+
+
+def watch_crossings(
+    pipe: Any,
+    prefix: str,
+    output: str,
+    inputs: Collection[str],
+    job_id: str,
+    *,
+    ended: Collection[str],
+) -> None:
+    """WATCH what makes a new job's output another unfinished job's input, or one of its
+    inputs another unfinished job's output, and refuse either (before MULTI): the job reading
+    would find its file replaced under it (its fingerprints would fail it, late)."""
+    if output:
+        readers_key = _readers_key(prefix, output)
+        pipe.watch(readers_key)
+        for reader in sorted(pipe.smembers(readers_key)):
+            state = _unfinished(pipe, prefix, reader, ended) if reader != job_id else None
+            if state is not None:
+                pipe.unwatch()
+                raise OutputBusy(
+                    f"output {output} is an input of job {reader} ({state}): wait for that "
+                    "job or cancel it first"
+                )
+    for path in inputs:
+        key = claim_key(prefix, path)
+        pipe.watch(key)
+        writer = pipe.get(key)
+        state = _unfinished(pipe, prefix, writer, ended) if writer and writer != job_id else None
+        if state is not None:
+            pipe.unwatch()
+            raise InputError(
+                f"{path} is the output of job {writer} ({state}), still being written: wait "
+                "for that job or cancel it first"
+            )
+
+
+def read(pipe: Any, prefix: str, inputs: Collection[str], job_id: str, ttl: int) -> None:
+    """Queue, inside MULTI, `job_id` among the readers of each input. The sets last `ttl`
+    from the latest reader; members that have ended are ignored when checked, and a reader
+    that outlives its set is still protected by its fingerprints."""
+    for path in inputs:
+        pipe.sadd(_readers_key(prefix, path), job_id)
+        pipe.expire(_readers_key(prefix, path), ttl)
 
 
 def take(pipe: Any, prefix: str, output: str, job_id: str) -> None:

@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import pytest
 
+from facefusion_tasks.errors import InputError
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import (
@@ -320,3 +321,24 @@ def test_a_done_chunk_keeps_its_record_whatever_a_duplicate_delivery_does(
     assert store.chunks(job_id)[0] == done
     assert done["state"] == DONE and done["frames_done"] == "10"
     assert store.r.zscore("facefusion:running", f"{job_id}:0") is None
+
+
+def test_no_job_writes_what_another_unfinished_job_reads(store: JobStore) -> None:
+    reader = store.create({"target": "/data/a.mp4", "sources": ["/data/face.png"],
+                           "output": "/data/a-out.mp4"})  # fmt: skip
+    for written in ("/data/a.mp4", "/data/face.png"):
+        with pytest.raises(OutputBusy, match=f"is an input of job {reader} \\(QUEUED\\)"):
+            store.create({"target": "/data/b.mp4", "output": written})
+    # Nor does a job read what another unfinished job writes.
+    with pytest.raises(InputError, match=f"is the output of job {reader}") as caught:
+        store.create({"target": "/data/a-out.mp4", "output": "/data/c.mp4"})
+    assert caught.value.reason is Reason.BAD_INPUT
+    assert store.recent() == [reader]  # the refused jobs recorded nothing
+    # Readers share an input; once the reader ends, its input may be written.
+    other = store.create({"target": "/data/a.mp4", "output": "/data/d.mp4"})
+    store.set_state(reader, SUCCEEDED)
+    with pytest.raises(OutputBusy, match=f"is an input of job {other}"):
+        store.create({"target": "/data/b.mp4", "output": "/data/a.mp4"})
+    store.cancel(other)
+    writer = store.create({"target": "/data/b.mp4", "output": "/data/a.mp4"})
+    assert store.state(writer) == QUEUED
