@@ -27,6 +27,14 @@ def claim_key(prefix: str, output: str) -> str:
     return f"{prefix}:output:{output}"
 
 
+def _unfinished(pipe: Any, prefix: str, job_id: str, ended: Collection[str]) -> str | None:
+    """WATCH `job_id`'s record and return its state while it has not ended (None after)."""
+    key = f"{prefix}:job:{job_id}"
+    pipe.watch(key)
+    state = pipe.hget(key, "state")
+    return state if state is not None and state not in ended else None
+
+
 def watch_free(pipe: Any, prefix: str, output: str, job_id: str, *, ended: Collection[str]) -> None:
     """WATCH `output`'s claim and its holder's state on `pipe` (before MULTI); OutputBusy when
     a job other than `job_id` holds it and is in no `ended` state (a holder whose record
@@ -34,12 +42,8 @@ def watch_free(pipe: Any, prefix: str, output: str, job_id: str, *, ended: Colle
     key = claim_key(prefix, output)
     pipe.watch(key)
     holder = pipe.get(key)
-    if not holder or holder == job_id:
-        return
-    holder_key = f"{prefix}:job:{holder}"
-    pipe.watch(holder_key)
-    state = pipe.hget(holder_key, "state")
-    if state is not None and state not in ended:
+    state = _unfinished(pipe, prefix, holder, ended) if holder and holder != job_id else None
+    if state is not None:
         pipe.unwatch()
         raise OutputBusy(
             f"output {output} is already being written by job {holder} ({state}): wait for "
@@ -49,14 +53,6 @@ def watch_free(pipe: Any, prefix: str, output: str, job_id: str, *, ended: Colle
 
 def _readers_key(prefix: str, path: str) -> str:
     return f"{prefix}:readers:{path}"
-
-
-def _unfinished(pipe: Any, prefix: str, job_id: str, ended: Collection[str]) -> str | None:
-    """WATCH `job_id`'s record and return its state while it has not ended (None after)."""
-    key = f"{prefix}:job:{job_id}"
-    pipe.watch(key)
-    state = pipe.hget(key, "state")
-    return state if state is not None and state not in ended else None
 
 
 def watch_crossings(
