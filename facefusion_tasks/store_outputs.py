@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NoReturn
 
 from facefusion_tasks.errors import InputError, OutputError
 
@@ -39,16 +39,30 @@ def watch_free(pipe: Any, prefix: str, output: str, job_id: str, *, ended: Colle
     """WATCH `output`'s claim and its holder's state on `pipe` (before MULTI); OutputBusy when
     a job other than `job_id` holds it and is in no `ended` state (a holder whose record
     expired, or that ended, has let it go)."""
-    key = claim_key(prefix, output)
+    found = _writer(pipe, prefix, output, job_id, ended)
+    if found is not None:
+        _refuse(pipe, OutputBusy(
+            f"output {output} is already being written by job {found[0]} ({found[1]}): wait "
+            "for that job or cancel it first"
+        ))  # fmt: skip
+
+
+def _writer(
+    pipe: Any, prefix: str, path: str, job_id: str, ended: Collection[str]
+) -> tuple[str, str] | None:
+    """WATCH `path`'s claim: (the job, its state) when a job other than `job_id` holds it and
+    has not ended."""
+    key = claim_key(prefix, path)
     pipe.watch(key)
     holder = pipe.get(key)
     state = _unfinished(pipe, prefix, holder, ended) if holder and holder != job_id else None
-    if state is not None:
-        pipe.unwatch()
-        raise OutputBusy(
-            f"output {output} is already being written by job {holder} ({state}): wait for "
-            "that job or cancel it first"
-        )
+    return None if state is None else (holder, state)
+
+
+def _refuse(pipe: Any, error: Exception) -> NoReturn:
+    """Stop watching (nothing will be written) and raise `error`."""
+    pipe.unwatch()
+    raise error
 
 
 def _readers_key(prefix: str, path: str) -> str:
@@ -73,22 +87,17 @@ def watch_crossings(
         for reader in sorted(pipe.smembers(readers_key)):
             state = _unfinished(pipe, prefix, reader, ended) if reader != job_id else None
             if state is not None:
-                pipe.unwatch()
-                raise OutputBusy(
+                _refuse(pipe, OutputBusy(
                     f"output {output} is an input of job {reader} ({state}): wait for that "
                     "job or cancel it first"
-                )
+                ))  # fmt: skip
     for path in inputs:
-        key = claim_key(prefix, path)
-        pipe.watch(key)
-        writer = pipe.get(key)
-        state = _unfinished(pipe, prefix, writer, ended) if writer and writer != job_id else None
-        if state is not None:
-            pipe.unwatch()
-            raise InputError(
-                f"{path} is the output of job {writer} ({state}), still being written: wait "
-                "for that job or cancel it first"
-            )
+        found = _writer(pipe, prefix, path, job_id, ended)
+        if found is not None:
+            _refuse(pipe, InputError(
+                f"{path} is the output of job {found[0]} ({found[1]}), still being written: "
+                "wait for that job or cancel it first"
+            ))  # fmt: skip
 
 
 def read(pipe: Any, prefix: str, inputs: Collection[str], job_id: str, ttl: int) -> None:
