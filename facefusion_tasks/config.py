@@ -139,7 +139,7 @@ class Settings:
     record_ttl_seconds: int = 7 * 24 * 3600
     #: Threads for the per-frame CPU work beside inference (letterbox, box decoding, alignment
     #: warps, paste-back); 0 = all of it on the inference thread, in order; -1 ("auto") = from
-    #: the cores this host lets the process use, shared by its pipelines (faces.pool).
+    #: the cores this host lets the process use, shared by its pipelines (cores.py).
     cpu_threads: int = AUTO_CPU_THREADS
     #: Frames per detector call; 0 = auto: 1 on the CPU provider (batching buys no speed there
     #: and multiplies the activation memory), batch_size on a GPU (with the OOM back-off).
