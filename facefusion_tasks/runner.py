@@ -38,6 +38,7 @@ from facefusion_tasks.store import (
     SUCCEEDED,
     TERMINAL,
     JobStore,
+    job_inputs,
     job_sources,
 )
 from facefusion_tasks.video.argv import muxer_for
@@ -116,12 +117,8 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
 
 
 def _inputs(settings: Settings, job: dict[str, str]) -> list[Location]:
-    """Everything a job reads: its target, source images and reference image."""
-    inputs = [locate(job["target"], settings, what="target")]
-    inputs += [locate(s, settings, what="source image") for s in job_sources(job)]
-    if job.get("reference"):
-        inputs.append(locate(job["reference"], settings, what="reference image"))
-    return inputs
+    """Everything a job reads (store.job_inputs), located."""
+    return [locate(where, settings, what=what) for where, what in job_inputs(job)]
 
 
 def _plan_video(

@@ -153,7 +153,8 @@ class JobStore:
         while one writes to an input."""
         job_id = new_job_id()
         output = str(fields.get("output") or "")
-        inputs = sorted(set(_job_inputs(fields)))
+        encoded = {k: _encode(v) for k, v in fields.items()}
+        inputs = sorted({where for where, _ in job_inputs(encoded)})
         while True:
             with self.r.pipeline() as pipe:
                 try:
@@ -161,7 +162,7 @@ class JobStore:
                         watch_free(pipe, PREFIX, output, job_id, ended=TERMINAL)
                     watch_crossings(pipe, PREFIX, output, inputs, job_id, ended=TERMINAL)
                     now = time.time()
-                    record: dict[Any, Any] = {k: _encode(v) for k, v in fields.items()} | {
+                    record: dict[Any, Any] = encoded | {
                         "id": job_id,
                         "state": QUEUED,
                         "created_at": now,
@@ -760,14 +761,17 @@ class JobStore:
         return [i for i, c in enumerate(self.chunks(job_id)) if c.get("state") != DONE]
 
 
-def _job_inputs(fields: dict[str, Any]) -> list[str]:
-    """What a job being recorded reads: its target, sources and reference."""
-    sources = fields.get("sources") or [fields.get("source") or ""]
-    named = [fields.get("target"), *sources, fields.get("reference")]
-    return [str(path) for path in named if path]
+def job_inputs(job: dict[str, Any]) -> list[tuple[str, str]]:
+    """Everything a job reads, as (location, what it is): its target, source images and
+    reference image (a record as stored, or as create() encodes it)."""
+    inputs = [(str(job["target"]), "target")] if job.get("target") else []
+    inputs += [(source, "source image") for source in job_sources(job)]
+    if job.get("reference"):
+        inputs.append((str(job["reference"]), "reference image"))
+    return inputs
 
 
-def job_sources(job: dict[str, str]) -> list[str]:
+def job_sources(job: dict[str, Any]) -> list[str]:
     """A job's source images: its `sources` list (JSON), or the single `source` of a job
     recorded before several sources were possible (such a record, or its queued message,
     still runs)."""
