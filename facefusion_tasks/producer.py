@@ -248,7 +248,7 @@ class Producer:
         undone = self.store.undone_chunks(job_id)
         # A done chunk whose segment is gone (deleted, a wiped disk) runs again: the stitch
         # would only fail on it once more.
-        output = self.store.get(job_id).get("output", "")
+        output = status.output
         lost = [
             index
             for index in range(status.chunks_total)
