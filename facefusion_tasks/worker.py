@@ -192,8 +192,9 @@ def run_workers(
     on (Celery's warm shutdown lets a running chunk finish), and it returns once every child
     has exited.
 
-    The metrics directory is wiped and put in the environment *before* any child starts (the
-    fleet's start), and one exporter process serves every worker process's metrics."""
+    The metrics directory is claimed (another live launcher's is refused), wiped and put in the
+    environment *before* any child starts (the fleet's start), and one exporter process serves
+    every worker process's metrics."""
     from facefusion_tasks.metrics import multiproc
 
     plans = plan_workers(settings, **options)
@@ -207,6 +208,10 @@ def run_workers(
     )
     require_usable_gpus(settings, pins)
     directory = metrics_dir or multiproc.default_dir()
+    try:
+        owner = multiproc.claim_directory(directory)
+    except multiproc.DirectoryInUse as exc:
+        raise InputError(str(exc), reason=Reason.CONFIG) from None
     multiproc.prepare(directory, wipe=True)
     children: list[_Child] = []
     if metrics_port:
@@ -249,4 +254,5 @@ def run_workers(
     for child in children:
         if child.proc is not None:
             child.proc.wait()
+    os.close(owner)  # the directory is free once every child is gone
     return 0

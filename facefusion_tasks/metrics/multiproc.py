@@ -38,8 +38,17 @@ LOCK_WAIT_SECONDS = 1.0
 _LIVE_GAUGE_MODES = ("liveall", "livemin", "livemax", "livesum", "livemostrecent")
 
 
+#: The file a worker launcher holds (flock) for as long as it owns the directory; its pid inside.
+#: Not a wipe suffix: a second launcher must see it to refuse, not delete it.
+OWNER_FILE = "launcher.pid"
+
+
 class MetricsModeError(RuntimeError):
     """prometheus_client was imported before `prepare()`, or for a different directory."""
+
+
+class DirectoryInUse(RuntimeError):
+    """Another live launcher owns the metrics directory; the message names its pid."""
 
 
 def default_dir() -> Path:
@@ -63,6 +72,29 @@ def prepare(directory: Path, *, wipe: bool) -> None:
         _wipe(directory)
     os.environ[PROMETHEUS_ENV] = str(directory)
     register_process()
+
+
+def claim_directory(directory: Path) -> int:
+    """Own `directory` for this launcher's lifetime: the held lock's fd (never inherited by the
+    children, so it goes with the launcher, even SIGKILLed). A second launcher on the same
+    directory would wipe the first one's live files and merge both fleets into one exporter's
+    figures, so it is refused: DirectoryInUse."""
+    directory = Path(directory).expanduser().absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / OWNER_FILE
+    fd = acquire_lock(path, blocking=False)
+    if fd is None:
+        try:
+            holder = path.read_text(encoding="ascii", errors="replace").strip() or "?"
+        except OSError:
+            holder = "?"
+        raise DirectoryInUse(
+            f"metrics directory {directory} belongs to the worker launcher with pid {holder}; "
+            "give each launcher on a host its own --metrics-dir and --metrics-port"
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    return fd
 
 
 def _check_not_imported_elsewhere(directory: Path, *, wipe: bool) -> None:

@@ -208,17 +208,36 @@ def test_the_launcher_keeps_serving_through_a_taken_port_a_dead_exporter_and_a_d
 def test_a_sigkilled_launcher_takes_its_workers_and_exporter_with_it(
     root: Path, models_dir: Path, tmp_path: Path
 ) -> None:
+    metrics_dir = tmp_path / "mp"
     with launcher(
-        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port()
+        root, models_dir, SHARED_REDIS, metrics_dir=metrics_dir, port=free_port()
     ) as fleet:
         fleet.start(gpu_processes=1)
         assert fleet.proc is not None
         pids = set(fleet.children())
         assert len(pids) == 3  # the exporter, a gpu-queue worker and a light one
+
+        # A second launcher on the same metrics directory would wipe this fleet's live files:
+        # refused in one line, before it starts anything, and the files stay.
+        files = {p.name for p in metrics_dir.iterdir() if p.suffix == ".db"}
+        assert files
+        second = Launcher(root, models_dir, SHARED_REDIS, metrics_dir=metrics_dir, port=free_port())
+        second.start(wait=False)
+        assert second.proc is not None and second.proc.wait(60) == 2
+        said = second.log().strip().splitlines()
+        assert said == [
+            f"facefusion-tasks: error: metrics directory {metrics_dir} belongs to the worker launcher "
+            f"with pid {fleet.proc.pid}; give each launcher on a host its own --metrics-dir "
+            "and --metrics-port"
+        ], said
+        assert files <= {p.name for p in metrics_dir.iterdir()}
+
         os.kill(fleet.proc.pid, signal.SIGKILL)  # no chance to pass anything on
         fleet.proc.wait(10)
         # Each child had the kernel promise it SIGTERM (Celery's warm shutdown) on that death.
         wait_for(lambda: not any(_running(pid) for pid in pids), timeout=60)
+        # The dead launcher's claim went with it: a new one takes the directory over.
+        fleet.start(gpu_processes=1)
 
 
 def _running(pid: int) -> bool:

@@ -346,3 +346,30 @@ def test_names_outside_the_scheme_are_ignored(tmp_path: Path) -> None:
     assert compaction.parse_name("gauge_livesum_7.db") is not None
     assert compaction.parse_name("gauge_weird_7.db") is None
     assert compaction.parse_name("notes.txt") is None
+
+
+def _claim_in_child(directory: Path, result: Any) -> None:
+    try:
+        multiproc.claim_directory(directory)
+        result.put("claimed")
+    except multiproc.DirectoryInUse as exc:
+        result.put(str(exc))
+
+
+def test_one_launcher_owns_a_metrics_directory_until_it_is_gone(tmp_path: Path) -> None:
+    directory = tmp_path / "mp"
+    fd = multiproc.claim_directory(directory)
+    context = multiprocessing.get_context("spawn")
+    result = context.Queue()
+    child = context.Process(target=_claim_in_child, args=(directory, result))
+    child.start()
+    child.join(60)
+    said = result.get(timeout=5)
+    assert said.startswith(f"metrics directory {directory} belongs to the worker launcher with ")
+    assert f"pid {os.getpid()};" in said
+    os.close(fd)  # the owner exits: the next launcher takes the directory over
+    child = context.Process(target=_claim_in_child, args=(directory, result))
+    child.start()
+    child.join(60)
+    assert result.get(timeout=5) == "claimed"
+    assert (directory / multiproc.OWNER_FILE).read_text() == f"{child.pid}\n"
