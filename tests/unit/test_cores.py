@@ -37,6 +37,24 @@ def test_a_cpu_quota_on_the_cgroup_path_caps_the_cores(tmp_path: Path) -> None:
     assert usable_cores(tmp_path) == affinity
 
 
+@pytest.mark.parametrize("mount", ["cpu,cpuacct", "cpu"])
+def test_a_cgroup_v1_cfs_quota_on_the_path_caps_the_cores(tmp_path: Path, mount: str) -> None:
+    membership = tmp_path / "cgroup"
+    membership.write_text("9:memory:/kubepods/pod1/c1\n4:cpu,cpuacct:/kubepods/pod1/c1\n0::/\n")
+    affinity = usable_cores(tmp_path / "none", membership)
+    container = tmp_path / "root" / mount / "kubepods" / "pod1" / "c1"
+    container.mkdir(parents=True)
+    (container / "cpu.cfs_quota_us").write_text("-1\n")  # none on the container itself
+    (container / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(tmp_path / "root", membership) == affinity
+    pod = container.parent
+    (pod / "cpu.cfs_quota_us").write_text("250000\n")  # the pod's: 2.5 CPUs
+    (pod / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(tmp_path / "root", membership) == min(affinity, 3)
+    (pod / "cpu.cfs_period_us").write_text("garbage\n")
+    assert usable_cores(tmp_path / "root", membership) == affinity
+
+
 def test_a_number_is_kept_and_auto_is_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cores, "usable_cores", lambda: 16)
     assert (pool_threads(0), pool_threads(3), pool_threads(AUTO_CPU_THREADS)) == (0, 3, 6)
