@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -14,39 +13,23 @@ from typing import Any
 
 from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_FRAME_PIXELS
-from facefusion_tasks.errors import InputError, MediaError
-from facefusion_tasks.filekind import require_file
+from facefusion_tasks.errors import InputError
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
-from facefusion_tasks.video.argv import PLAIN_DEMUXERS, plain_input_args
 from facefusion_tasks.video.colour import UNTAGGED, Colour
 from facefusion_tasks.video.damage import corrupt, damage_line
-from facefusion_tasks.video.signed import redact
+from facefusion_tasks.video.packets import demux_pass
+from facefusion_tasks.video.plainfile import (
+    check_file,
+    check_plain,
+    input_args,
+    open_failure,
+    run_probe,
+    still_image,
+)
 
 log = logging.getLogger(__name__)
-
-#: Seconds a probe or a demux-only pass may take (a pass reads the file, nothing is decoded).
-PROBE_TIMEOUT = 600.0
-#: Demuxers that read one still image; a single picture is not a video.
-IMAGE_FORMATS = {"image2", "image2pipe"}
-#: Box types an ISO-BMFF (mp4/mov) file can begin with: such a file that no demuxer accepts
-#: is a damaged video, not some other kind of file.
-MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
-#: Magic numbers of other video containers (Matroska/WebM EBML, RIFF/AVI, FLV).
-VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV")
-#: MPEG-TS: a 0x47 sync byte every 188 bytes (one alone could be the letter G).
-TS_PACKET = 188
-#: Demuxers that read other files or URLs a file names (playlists, lists, references).
-_OPENS_OTHER_FILES = frozenset({"hls", "applehttp", "concat", "dash", "mov_ref", "ffmetadata",
-                                "sdp", "rtsp", "image2", "tee", "data", "subfile", "imf"})  # fmt: skip
-#: Audio-only formats, named so that such a file is called what it is.
-_AUDIO_FORMATS = frozenset({"mp3", "wav", "flac", "aac", "ac3", "eac3", "w64", "aiff", "amr",
-                            "ape", "dts", "tta", "wv", "mpc", "mpc8", "caf", "au", "opus"})  # fmt: skip
-#: What ffmpeg says when the demuxer it sniffed is not one of PLAIN_DEMUXERS.
-_NOT_WHITELISTED = re.compile(r"\[([\w,]+) @ 0x[0-9a-f]+\] (?:\[\w+\] )?Format not on whitelist")
-#: Frame flag that marks a packet the decoder drops (e.g. before an mp4 edit list's start).
-DISCARD_FLAG = 0x4
 
 
 @dataclass(frozen=True)
@@ -132,14 +115,14 @@ def probe(
     no ffprobe. Raises InputError, one line naming the file, for anything that is not a
     readable, complete video with at least one frame, that is not a plain file (a playlist or
     any demuxer that opens other files), or whose frames exceed max_frame_pixels."""
-    source = _check_file(path)
+    source = check_file(path)
     exe = ffbin.ffmpeg_exe(ffmpeg)
     ffprobe = ffbin.ffprobe_exe(ffmpeg)
     if ffprobe is not None:
         info, counted = _probe_with_ffprobe(source, ffprobe, exe)
     else:
         info, counted = _probe_with_ffmpeg(source, exe)
-    _check_plain(source, info.container)
+    check_plain(source, info.container)
     # Before anything decodes: memory is sized by the frame, not the file (a 199 KB 8192²
     # H.264 file took a swap past 7 GB), and the header's size is enough to know.
     check_frame_size(info, max_frame_pixels=max_frame_pixels)
@@ -161,8 +144,8 @@ def frame_timestamps(
     A demux-only pass (stream copy into framecrc, nothing decoded): packets the decoder would
     discard are left out, so the list has exactly one entry per frame the reader yields.
     """
-    source = _check_file(path)
-    packets = _demux_pass(source, ffbin.ffmpeg_exe(ffmpeg))
+    source = check_file(path)
+    packets = demux_pass(source, ffbin.ffmpeg_exe(ffmpeg))
     return sorted(packets.pts), packets.time_base
 
 
@@ -177,110 +160,15 @@ def check_frame_size(info: VideoInfo, *, max_frame_pixels: int) -> None:
         )
 
 
-# --- checks shared by both probes -------------------------------------------------------------
-
-
-def _input(source: Location) -> list[str]:
-    """An input's confinement options and its name for ffmpeg: the path, or a URL signed now."""
-    target = objects.ffmpeg_input(source)
-    return [*plain_input_args(target), str(target)]
-
-
-def _check_file(path: str | Path | ObjectRef) -> Location:
-    where = objects.location(path) if isinstance(path, str) else path
-    if isinstance(where, ObjectRef):
-        if int(objects.head(where).get("ContentLength") or 0) == 0:
-            raise InputError(f"{where.name}: empty file")
-        return where
-    source = where.expanduser().absolute()
-    name = source.name or str(source)
-    if source.is_dir():
-        raise InputError(f"{name}: is a directory, not a video file")
-    require_file(source, shown=name)
-    if source.stat().st_size == 0:
-        raise InputError(f"{name}: empty file")
-    if not os.access(source, os.R_OK):
-        raise InputError(f"{name}: not readable (permission denied)")
-    return source
-
-
-def _looks_like_video_container(source: Location) -> bool:
-    if isinstance(source, ObjectRef):
-        head = objects.read_range(source, 0, 2 * TS_PACKET + 1)
-    else:
-        with source.open("rb") as handle:
-            head = handle.read(2 * TS_PACKET + 1)
-    transport_stream = len(head) > 2 * TS_PACKET and head[::TS_PACKET] == b"GGG"
-    return head[4:8] in MP4_BOXES or head.startswith(VIDEO_MAGIC) or transport_stream
-
-
-def _check_plain(source: Location, container: str) -> None:
-    # The whitelist already kept ffmpeg from opening anything else; this guards the decision
-    # should a probe path ever run without it.
-    if not set(container.split(",")) & set(PLAIN_DEMUXERS):
-        raise _not_plain(source, container)
-
-
-def _not_plain(source: Location, container: str) -> InputError:
-    if _still_image(container):
-        return InputError(
-            f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
-        )
-    names = set(container.split(","))
-    if names & _OPENS_OTHER_FILES:
-        return InputError(
-            f"{source.name}: not a plain video file (format {container.split(',')[0]!r} is "
-            "refused: it can make ffmpeg open other files)",
-            reason=Reason.NOT_PLAIN_FILE,
-        )
-    if names & _AUDIO_FORMATS:
-        return InputError(f"{source.name}: no video stream (an audio file)", reason=Reason.NO_VIDEO)
-    return InputError(
-        f"{source.name}: not a video file this accepts (format {container.split(',')[0]!r})",
-        reason=Reason.NOT_VIDEO,
-    )
-
-
-def _open_failure(source: Location, stderr: str) -> InputError:
-    """One line for a file no demuxer would open."""
-    refused = _NOT_WHITELISTED.search(stderr)
-    if refused is not None:
-        return _not_plain(source, refused.group(1))
-    if "moov atom not found" in stderr:
-        # Text renamed .mp4 gets the same complaint from the mp4 demuxer: tell them apart.
-        if _looks_like_video_container(source):
-            return InputError(
-                f"{source.name}: truncated or corrupt video (moov atom not found)",
-                reason=Reason.CORRUPT_VIDEO,
-            )
-        return InputError(f"{source.name}: not a video file", reason=Reason.NOT_VIDEO)
-    if "End of file" in stderr and _looks_like_video_container(source):
-        # A header and no frame after it: the stream parameters never arrive.
-        return InputError(
-            f"{source.name}: video stream has no frames (the file ends before the first)",
-            reason=Reason.NO_FRAMES,
-        )
-    if "Invalid data found" in stderr and _looks_like_video_container(source):
-        return InputError(f"{source.name}: truncated or corrupt video", reason=Reason.CORRUPT_VIDEO)
-    if "Permission denied" in stderr:
-        return InputError(f"{source.name}: not readable (permission denied)")
-    return InputError(f"{source.name}: not a video file", reason=Reason.NOT_VIDEO)
-
-
 def _check_tail(source: Location, exe: str, duration: float) -> None:
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning"]
-    *options, target = _input(source)
+    *options, target = input_args(source)
     argv += [*options, "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", target]
     argv += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
-    done = _run(argv)
+    done = run_probe(argv)
     damage = damage_line(done.stderr)
     if damage is not None:
         raise corrupt(source, damage)
-
-
-def _run(argv: list[str]) -> process.Completed:
-    what = f"{Path(argv[0]).name} on {redact(argv[-1])}"
-    return process.run(argv, timeout=PROBE_TIMEOUT, what=what)
 
 
 def _parse_ratio(text: str | None) -> Fraction:
@@ -315,13 +203,6 @@ def _normal_rotation(degrees: float) -> int:
     return (round(degrees / 90) * 90) % 360
 
 
-def _still_image(container: str) -> bool:
-    # png_pipe, jpeg_pipe, webp_pipe, …: one picture read by an image demuxer. (An animated
-    # GIF has its own demuxer and counts as a video.)
-    names = set(container.split(","))
-    return bool(names & IMAGE_FORMATS) or any(name.endswith("_pipe") for name in names)
-
-
 # --- ffprobe ----------------------------------------------------------------------------------
 
 #: Containers whose frame count in the header can promise frames no decoder returns: an AVI
@@ -331,12 +212,12 @@ _INDEX_OVERCOUNTS = frozenset({"avi"})
 
 def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
     """VideoInfo and whether frame_count came from a demux pass (True) or the index."""
-    *options, target = _input(source)
-    done = _run(
+    *options, target = input_args(source)
+    done = run_probe(
         [ffprobe, "-v", "error", *options, "-show_format", "-show_streams", "-of", "json", target]
     )
     if done.returncode != 0:
-        raise _open_failure(source, done.stderr)
+        raise open_failure(source, done.stderr)
     data: dict[str, Any] = json.loads(done.stdout)
     container = str(data.get("format", {}).get("format_name", ""))
     streams: list[dict[str, Any]] = data.get("streams", [])
@@ -347,14 +228,14 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     ]
     audios = [s for s in streams if s.get("codec_type") == "audio"]
     if not videos:
-        if _still_image(container) or any(s.get("codec_type") == "video" for s in streams):
+        if still_image(container) or any(s.get("codec_type") == "video" for s in streams):
             raise InputError(
                 f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
             )
         raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
     video = videos[0]
     nb_frames = _int(video.get("nb_frames"))
-    if _still_image(container):
+    if still_image(container):
         raise InputError(
             f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
         )
@@ -388,7 +269,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     edited = bool(frame_count and duration and avg and abs(frame_count - duration * avg) > 1.5)
     indexed = container not in _INDEX_OVERCOUNTS
     if not frame_count or edited or time_base == 0 or not indexed:
-        packets = _demux_pass(source, exe)
+        packets = demux_pass(source, exe)
         frame_count, time_base, counted = len(packets.pts), packets.time_base, True
         if not frame_rate:
             frame_rate = packets.frame_rate()
@@ -442,120 +323,6 @@ def _float(value: Any) -> float:
         return 0.0
 
 
-# --- ffmpeg only (the imageio-ffmpeg wheel has no ffprobe) ------------------------------------
-
-
-@dataclass
-class _Packets:
-    pts: list[int]
-    time_base: Fraction
-    #: Sum of packet durations (ticks), for the frame rate of a variable-rate video.
-    span: int
-    stderr: str
-    #: The duration (ticks) of the packet shown last; 0 when the file gives none.
-    last_duration: int = 0
-
-    def frame_rate(self) -> Fraction:
-        """The rate for a regular step; else frames per second of duration, as ffprobe's
-        avg_frame_rate counts it."""
-        ordered = sorted(self.pts)
-        steps = {b - a for a, b in zip(ordered, ordered[1:], strict=False)}
-        if len(steps) == 1 and 0 not in steps:
-            return 1 / (steps.pop() * self.time_base)
-        if self.span <= 0 or not self.time_base:
-            return Fraction(0)
-        return Fraction(len(ordered)) / (self.span * self.time_base)
-
-    def length(self, frame_rate: Fraction) -> float:
-        """Seconds from the first frame to the end of the last: the pts span plus the last
-        frame's own duration (else one frame at `frame_rate`); 0 when unknown. Not the summed
-        durations: a Matroska track's default duration gives every packet of a variable-rate
-        video the same one."""
-        if not self.pts or not self.time_base:
-            return 0.0
-        last = self.last_duration * self.time_base
-        step = last if last > 0 else (1 / frame_rate if frame_rate else Fraction(0))
-        return float((max(self.pts) - min(self.pts)) * self.time_base + step)
-
-    def variable(self) -> bool:
-        ordered = sorted(self.pts)
-        return len({b - a for a, b in zip(ordered, ordered[1:], strict=False)}) > 1
-
-
-_TB_LINE = re.compile(r"^#tb 0:\s*(\d+)/(\d+)")
-_NOPTS = -(2**63)
-
-
-def _demux_pass(source: Location, exe: str) -> _Packets:
-    """Stream-copy the first video stream into framecrc: one line per packet with its pts,
-    duration and flags. -copyts keeps the file's own timestamps."""
-    argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info", "-copyts"]
-    *options, target = _input(source)
-    argv += [
-        *options,
-        "-i",
-        target,
-        "-map",
-        "0:v:0",
-        "-c",
-        "copy",
-        "-f",
-        "framecrc",
-        "-",
-    ]
-    done = _run(argv)
-    if done.returncode != 0:
-        if "Input #0" not in done.stderr:
-            raise _open_failure(source, done.stderr)
-        if "matches no streams" in done.stderr:
-            raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
-        damage = damage_line(done.stderr)
-        if damage is not None:
-            raise corrupt(source, damage)
-        raise MediaError(
-            f"{source.name}: ffmpeg could not demux the video stream", stderr=done.stderr[-4000:]
-        )
-    damage = damage_line(done.stderr)
-    if damage is not None:
-        raise corrupt(source, damage)
-    time_base = Fraction(0)
-    pts: list[int] = []
-    span = 0
-    max_pts, last_duration = _NOPTS, 0
-    for line in done.stdout.splitlines():
-        if line.startswith("#"):
-            match = _TB_LINE.match(line)
-            if match:
-                time_base = Fraction(int(match.group(1)), int(match.group(2)))
-            continue
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) < 6 or fields[0] != "0":
-            continue
-        flags = 0
-        for extra in fields[6:]:
-            if extra.startswith("F=0x"):
-                flags = int(extra[4:], 16)
-        if flags & DISCARD_FLAG:
-            continue
-        stamp = int(fields[2])
-        pts.append(int(fields[1]) if stamp == _NOPTS else stamp)
-        span += max(int(fields[3]), 0)
-        if pts[-1] >= max_pts:
-            max_pts, last_duration = pts[-1], max(int(fields[3]), 0)
-    repeated = len(pts) - len(set(pts))
-    if repeated:
-        # The pipeline keeps every frame's own time; made-up times would not be the file's.
-        raise InputError(
-            f"{source.name}: {repeated} of {len(pts)} frames repeat another's timestamp (a raw "
-            "stream without timestamps, or a frame rate finer than its container's clock); "
-            "remux it with a frame rate, e.g. ffmpeg -r 25 -i IN -c copy OUT.mkv",
-            reason=Reason.BAD_INPUT,
-        )
-    return _Packets(
-        pts=pts, time_base=time_base, span=span, stderr=done.stderr, last_duration=last_duration
-    )
-
-
 _INPUT_START = re.compile(r"Input #0, ([^ ]+), from")
 _VIDEO_LINE = re.compile(r"Stream #0:\d+\S*: Video: (\w+)(.*)$")
 _AUDIO_LINE = re.compile(r"Stream #0:\d+\S*: Audio: (\w+)")
@@ -579,7 +346,7 @@ def _delay(video_start: object, file_start: object) -> float:
 
 def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
     """Parse the input description ffmpeg prints, and count packets in the same pass."""
-    packets = _demux_pass(source, exe)
+    packets = demux_pass(source, exe)
     lines = [process.strip_level(line) for line in packets.stderr.splitlines()]
     container = ""
     video_line = ""
@@ -626,7 +393,7 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
                 legacy_rotate = match.group(1)
     if not video_line:
         raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
-    if _still_image(container):
+    if still_image(container):
         raise InputError(
             f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
         )
