@@ -115,7 +115,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from facefusion_tasks.bench import render, run_bench, run_ceiling
+    from facefusion_tasks.bench import run_bench, run_ceiling
+    from facefusion_tasks.bench_report import render
     from facefusion_tasks.errors import InputError
 
     if args.repeats < 3:

@@ -9,8 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from facefusion_tasks.bench import _models_for, describe_models, render, run_ceiling
+from facefusion_tasks.bench import _models_for, describe_models, run_ceiling
 from facefusion_tasks.bench_models import make_ceiling_models
+from facefusion_tasks.bench_report import render
 from facefusion_tasks.bench_rounds import Run, interleave, per_round
 from facefusion_tasks.config import Settings
 from facefusion_tasks.faces.detector import Detector
