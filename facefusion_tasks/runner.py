@@ -126,7 +126,9 @@ def _plan_video(
 ) -> tuple[list[Chunk], int, dict[str, Any]]:
     """Chunks cut on the video's own timestamps, its frame count and its stored probe."""
     info = probe(target, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
-    timestamps, time_base = frame_timestamps(target, ffmpeg=settings.ffmpeg)
+    timestamps, time_base = frame_timestamps(
+        target, ffmpeg=settings.ffmpeg, stream=info.video_stream
+    )
     if not timestamps:
         raise InputError(f"{target}: no video frames", reason=Reason.NO_FRAMES)
     chunk_seconds = float(job.get("chunk_seconds") or settings.chunk_seconds)

@@ -174,8 +174,9 @@ def decode_argv(
     duration_seconds: float | None = None,
     max_frames: int | None = None,
     version: tuple[int, int] = (5, 1),
+    stream: int = 0,
 ) -> list[str]:
-    """Decode the first video stream to bgr24 on stdout, one frame per decoded frame, with
+    """Decode video stream `stream` (ffmpeg's v:N) to bgr24 on stdout, one frame per decoded frame, with
     each frame's pts printed by showinfo on stderr.
 
     Timestamps stay those of the file (-copyts), so they match frame_timestamps(). A seek is
@@ -204,10 +205,10 @@ def decode_argv(
     }
     if max_frames is not None:
         output_options["frames:v"] = str(max_frames)
-    stream = ffmpeg_python.input(str(source), **input_options)["v:0"].output(
+    decoded = ffmpeg_python.input(str(source), **input_options)[f"v:{stream}"].output(
         "pipe:1", **output_options
     )
-    return [ffmpeg, *DECODE_GLOBAL_ARGS, "-copyts", *stream.get_args()]
+    return [ffmpeg, *DECODE_GLOBAL_ARGS, "-copyts", *decoded.get_args()]
 
 
 def _known_preset(preset: str) -> str:

@@ -59,9 +59,9 @@ _TB_LINE = re.compile(r"^#tb 0:\s*(\d+)/(\d+)")
 _NOPTS = -(2**63)
 
 
-def demux_pass(source: Location, exe: str) -> Packets:
-    """Stream-copy the first video stream into framecrc: one line per packet with its pts,
-    duration and flags. -copyts keeps the file's own timestamps."""
+def demux_pass(source: Location, exe: str, stream: int = 0) -> Packets:
+    """Stream-copy video stream `stream` (ffmpeg's v:N) into framecrc: one line per packet
+    with its pts, duration and flags. -copyts keeps the file's own timestamps."""
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info", "-copyts"]
     *options, target = input_args(source)
     argv += [
@@ -69,7 +69,7 @@ def demux_pass(source: Location, exe: str) -> Packets:
         "-i",
         target,
         "-map",
-        "0:v:0",
+        f"0:v:{stream}",
         "-c",
         "copy",
         "-f",

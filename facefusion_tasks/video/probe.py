@@ -69,6 +69,10 @@ class VideoInfo:
     #: The shape of a decoded pixel, "num:den" ("" = square): anamorphic video (DVD, some
     #: broadcast) is stored narrower or wider than it is shown, and the output says so too.
     sample_aspect: str = ""
+    #: The picture's stream as ffmpeg counts video streams (`0:v:N`, attached pictures
+    #: included): the one ffmpeg itself would pick, so a preview track or a cover picture
+    #: ahead of the main video is never the one swapped.
+    video_stream: int = 0
 
     @property
     def has_audio(self) -> bool:
@@ -131,13 +135,13 @@ def probe(
     if not counted:
         # The index may promise frames the file no longer holds (an mp4 with its moov first,
         # cut short): demux the last second, which reads through to the end of the data.
-        _check_tail(source, exe, info.duration)
+        _check_tail(source, exe, info.duration, info.video_stream)
     log.debug("probed %s: %s", source, info)
     return info
 
 
 def frame_timestamps(
-    path: str | Path | ObjectRef, *, ffmpeg: str = ""
+    path: str | Path | ObjectRef, *, ffmpeg: str = "", stream: int = 0
 ) -> tuple[list[int], Fraction]:
     """Every video frame's pts in presentation order, and the stream time base.
 
@@ -145,7 +149,7 @@ def frame_timestamps(
     discard are left out, so the list has exactly one entry per frame the reader yields.
     """
     source = check_file(path)
-    packets = demux_pass(source, ffbin.ffmpeg_exe(ffmpeg))
+    packets = demux_pass(source, ffbin.ffmpeg_exe(ffmpeg), stream)
     return sorted(packets.pts), packets.time_base
 
 
@@ -160,11 +164,11 @@ def check_frame_size(info: VideoInfo, *, max_frame_pixels: int) -> None:
         )
 
 
-def _check_tail(source: Location, exe: str, duration: float) -> None:
+def _check_tail(source: Location, exe: str, duration: float, stream: int) -> None:
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning"]
     *options, target = input_args(source)
     argv += [*options, "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", target]
-    argv += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    argv += ["-map", f"0:v:{stream}", "-c", "copy", "-f", "null", "-"]
     done = run_probe(argv)
     damage = damage_line(done.stderr)
     if damage is not None:
@@ -210,6 +214,32 @@ def _normal_rotation(degrees: float) -> int:
 _INDEX_OVERCOUNTS = frozenset({"avi"})
 
 
+@dataclass(frozen=True)
+class VideoStream:
+    """What choosing among a file's video streams looks at."""
+
+    pixels: int
+    default: bool
+    attached_pic: bool
+
+
+#: What the default disposition weighs against size, as ffmpeg's own automatic choice of a
+#: video stream scores them: the default stream wins unless another is far larger.
+_DEFAULT_BONUS = 5_000_000
+
+
+def pick_video_stream(streams: list[VideoStream]) -> int | None:
+    """The index (ffmpeg's `v:N`) of the stream that is the video, as ffmpeg picks one when
+    told nothing: never a cover picture, else the largest, the default one counting extra;
+    the first of equals. None when there is only pictures or nothing."""
+    scored = [
+        (stream.pixels + _DEFAULT_BONUS * stream.default, -index, index)
+        for index, stream in enumerate(streams)
+        if not stream.attached_pic
+    ]
+    return max(scored)[2] if scored else None
+
+
 def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
     """VideoInfo and whether frame_count came from a demux pass (True) or the index."""
     *options, target = input_args(source)
@@ -221,19 +251,25 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     data: dict[str, Any] = json.loads(done.stdout)
     container = str(data.get("format", {}).get("format_name", ""))
     streams: list[dict[str, Any]] = data.get("streams", [])
-    videos = [
-        s
-        for s in streams
-        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
-    ]
+    videos = [s for s in streams if s.get("codec_type") == "video"]
     audios = [s for s in streams if s.get("codec_type") == "audio"]
-    if not videos:
-        if still_image(container) or any(s.get("codec_type") == "video" for s in streams):
+    chosen = pick_video_stream(
+        [
+            VideoStream(
+                pixels=int(s.get("width") or 0) * int(s.get("height") or 0),
+                default=bool(s.get("disposition", {}).get("default")),
+                attached_pic=bool(s.get("disposition", {}).get("attached_pic")),
+            )
+            for s in videos
+        ]
+    )
+    if chosen is None:
+        if still_image(container) or videos:
             raise InputError(
                 f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
             )
         raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
-    video = videos[0]
+    video = videos[chosen]
     nb_frames = _int(video.get("nb_frames"))
     if still_image(container):
         raise InputError(
@@ -269,7 +305,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     edited = bool(frame_count and duration and avg and abs(frame_count - duration * avg) > 1.5)
     indexed = container not in _INDEX_OVERCOUNTS
     if not frame_count or edited or time_base == 0 or not indexed:
-        packets = demux_pass(source, exe)
+        packets = demux_pass(source, exe, chosen)
         frame_count, time_base, counted = len(packets.pts), packets.time_base, True
         if not frame_rate:
             frame_rate = packets.frame_rate()
@@ -306,6 +342,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         stored_width=stored_w,
         stored_height=stored_h,
         container=container,
+        video_stream=chosen,
     ), counted
 
 
@@ -349,12 +386,11 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
     packets = demux_pass(source, exe)
     lines = [process.strip_level(line) for line in packets.stderr.splitlines()]
     container = ""
-    video_line = ""
+    # Per video stream: its line, then the rotation it was given (display matrix, legacy tag).
+    video_lines: list[list[str | None]] = []
     audio_codecs: list[str] = []
     subtitle_codecs: list[str] = []
     file_start: str | None = None
-    rotation_text: str | None = None
-    legacy_rotate: str | None = None
     duration = 0.0
     in_video = False
     for line in lines:
@@ -371,9 +407,9 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         if match and not duration:
             h, m, s = match.groups()
             duration = int(h) * 3600 + int(m) * 60 + float(s)
-        video = _VIDEO_LINE.search(line)
-        if video and not video_line and "(attached pic)" not in line:
-            video_line, in_video = line, True
+        if _VIDEO_LINE.search(line):
+            video_lines.append([line, None, None])
+            in_video = True
             continue
         if "Stream #" in line:
             in_video = False
@@ -387,12 +423,17 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         if in_video:
             match = _ROTATION.search(line)
             if match:
-                rotation_text = match.group(1)
+                video_lines[-1][1] = match.group(1)
             match = _LEGACY_ROTATE.match(line)
             if match:
-                legacy_rotate = match.group(1)
-    if not video_line:
+                video_lines[-1][2] = match.group(1)
+    chosen = pick_video_stream([_stream_of(str(line)) for line, _, _ in video_lines])
+    if chosen is None:
         raise InputError(f"{source.name}: no video stream", reason=Reason.NO_VIDEO)
+    video_line, rotation_text, legacy_rotate = video_lines[chosen]
+    assert video_line is not None
+    if chosen:
+        packets = demux_pass(source, exe, chosen)  # the first pass read stream v:0
     if still_image(container):
         raise InputError(
             f"{source.name}: not a video file (a still image)", reason=Reason.NOT_VIDEO
@@ -436,4 +477,15 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         stored_width=stored_w,
         stored_height=stored_h,
         container=container,
+        video_stream=chosen,
     ), True
+
+
+def _stream_of(line: str) -> VideoStream:
+    """A video stream as `ffmpeg -i` describes it on one line."""
+    size = _SIZE.search(line)
+    return VideoStream(
+        pixels=int(size.group(1)) * int(size.group(2)) if size else 0,
+        default="(default)" in line,
+        attached_pic="(attached pic)" in line,
+    )

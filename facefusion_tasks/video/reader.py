@@ -99,6 +99,7 @@ class FrameReader:
             hwaccel=hwaccel,
             seek_seconds=seek,
             version=ffbin.ffmpeg_version(exe),
+            stream=info.video_stream,
         )
         log.debug("decoding: %s", redact(" ".join(argv)))
         self._ffmpeg = process.Process(

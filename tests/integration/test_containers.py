@@ -17,6 +17,8 @@ import redis
 from facefusion_tasks.config import Settings
 from facefusion_tasks.producer import Producer
 from facefusion_tasks.store import SUCCEEDED
+from facefusion_tasks.video import ffbin
+from facefusion_tasks.video.probe import frame_timestamps, probe
 from facefusion_tasks.video.samples import synthetic_frame
 from facefusion_tasks.video.writer import FrameWriter
 from tests.cluster import Cluster, cluster, wait_for
@@ -93,6 +95,25 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "-i", str(root / "delayed.srt"),
          "-map", "0:v", "-map", "1:a", "-map", "2", "-c:v", "copy", "-c:a", "aac", "-c:s", "srt",
          str(root / "delayed.mkv")],
+        check=True, timeout=60,
+    )  # fmt: skip
+    # preview-first.mkv: a 5-frame thumbnail track ahead of aac.mp4's picture, which is the
+    # default; cover-first.mkv: a cover picture ahead of it.
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "aac.mp4"), "-t", "0.2", "-vf", "scale=80:60",
+         "-c:v", "libx264", "-an", str(root / "preview.mp4")],
+        check=True, timeout=60,
+    )  # fmt: skip
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "preview.mp4"), "-i", str(root / "aac.mp4"),
+         "-map", "0:v", "-map", "1:v", "-map", "1:a", "-c", "copy",
+         "-disposition:v:0", "0", "-disposition:v:1", "default", str(root / "preview-first.mkv")],
+        check=True, timeout=60,
+    )  # fmt: skip
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "aac.mp4"), "-i", str(root / "source.png"),
+         "-map", "1", "-map", "0:v", "-map", "0:a", "-c", "copy", "-c:v:0", "mjpeg",
+         "-disposition:v:0", "attached_pic", str(root / "cover-first.mkv")],
         check=True, timeout=60,
     )  # fmt: skip
     return root
@@ -200,6 +221,34 @@ def test_vp9_opus_webm_in_gives_webm_out_with_exact_frames_and_timestamps(
         decoded_audio_seconds(root / clip), abs=0.05
     )
     assert source_audio is not None and output_audio == pytest.approx(source_audio, abs=0.05)
+
+
+@pytest.mark.parametrize("clip", ["preview-first.mkv", "cover-first.mkv"])
+@pytest.mark.parametrize("prober", ["ffprobe", "ffmpeg"])
+def test_the_picture_is_the_stream_ffmpeg_would_pick_not_a_preview_or_cover_ahead_of_it(
+    root: Path, monkeypatch: pytest.MonkeyPatch, clip: str, prober: str
+) -> None:
+    if prober == "ffmpeg":  # as with the imageio-ffmpeg wheel, which has no ffprobe
+        monkeypatch.setattr(ffbin, "ffprobe_exe", lambda ffmpeg="": None)
+    info = probe(root / clip)
+    main = probe(root / "aac.mp4")
+    assert info.video_stream == 1
+    assert (info.width, info.height, info.frame_count) == (main.width, main.height, 50)
+    assert info.duration == pytest.approx(main.duration, abs=0.01)
+    times, time_base = frame_timestamps(root / clip, stream=info.video_stream)
+    steps = {b - a for a, b in zip(times, times[1:], strict=False)}
+    assert len(times) == 50 and steps == {40} and time_base == Fraction(1, 1000)  # 25 fps
+
+
+@pytest.mark.parametrize("clip", ["preview-first.mkv", "cover-first.mkv"])
+def test_a_swap_keeps_the_main_picture_when_another_video_stream_comes_first(
+    root: Path, models_dir: Path, tmp_path: Path, clip: str
+) -> None:
+    output = tmp_path / "out.mkv"
+    summary = swap(root, models_dir, clip, output)
+    assert summary["frames"] == 50 and summary["faces_swapped"] > 0
+    assert video_times(output) == video_times(root / "aac.mp4")
+    assert audio_duration(output) == pytest.approx(audio_duration(root / "aac.mp4"), abs=0.05)
 
 
 def test_aac_audio_written_to_webm_becomes_opus_and_keeps_its_length(
@@ -419,7 +468,8 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
                "two-audio.mkv": root / "out" / "two-distributed.webm",
                "subs.mkv": root / "out" / "subs-distributed.webm",
                "delayed.mkv": root / "out" / "delayed-distributed.mp4",
-               "anamorphic.mp4": root / "out" / "anamorphic-distributed.mp4"}  # fmt: skip
+               "anamorphic.mp4": root / "out" / "anamorphic-distributed.mp4",
+               "preview-first.mkv": root / "out" / "preview-first-distributed.mkv"}  # fmt: skip
     jobs = {
         clip: producer.submit(root / "source.png", root / clip, output, chunk_seconds=0.5)
         for clip, output in outputs.items()
@@ -474,3 +524,5 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     assert cues(delayed) == [(0.3, "Now")]
     # Segments and the stitched file keep the source's pixel shape.
     assert shape(outputs["anamorphic.mp4"]) == (320, 240, "4:3", "16:9")
+    # Every chunk decodes the main picture, not the thumbnail track ahead of it.
+    assert video_times(outputs["preview-first.mkv"]) == video_times(root / "aac.mp4")
