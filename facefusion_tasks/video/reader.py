@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 #: Seek this many seconds before a span's start: the pts → seconds conversion must never land
 #: after the keyframe that precedes the first wanted frame.
 SEEK_MARGIN = 0.05
+#: Seconds before the span's start to seek again when a seek landed past it, each try further
+#: back, then from the file's start. A file with no index (MPEG-TS, MPEG program streams) is
+#: seeked by bisecting on timestamps, and decoding starts at the first keyframe after where
+#: that lands, which can be seconds past the span's start: its first frames would be lost.
+RESEEK_MARGINS = (2.0, 10.0, 60.0)
 #: How long to wait for a frame's showinfo line once its pixels arrived (it is printed first).
 PTS_TIMEOUT = 60.0
 #: Seconds ffmpeg may take to exit once its output has ended.
@@ -81,38 +86,75 @@ class FrameReader:
         self._finished = False
         self._closed = False
         self._close_lock = threading.Lock()
+        self._margins = list(RESEEK_MARGINS)
+
+        require_file(info.path)
+        self._exe = ffbin.ffmpeg_exe(ffmpeg)
+        self._seek: float | None = None
+        if start_pts is not None and start_pts > info.start_pts:
+            self._seek = max(float(start_pts * info.time_base) - SEEK_MARGIN, 0.0)
+        self._start()
+
+    def _start(self) -> None:
+        """Start ffmpeg at self._seek, with the per-process state fresh."""
         self._pts: queue.Queue[int | None] = queue.Queue()
         self._previous_pts = -1
         self._filter_tb: Fraction | None = None
         self._size_error: str | None = None
-
-        require_file(info.path)
-        exe = ffbin.ffmpeg_exe(ffmpeg)
-        seek: float | None = None
-        if start_pts is not None and start_pts > info.start_pts:
-            seek = max(float(start_pts * info.time_base) - SEEK_MARGIN, 0.0)
         argv = decode_argv(
             # An object is read through a URL signed here: ffmpeg seeks with ranged reads, so
             # a chunk fetches about its own span, never the whole file.
-            objects.ffmpeg_input(info.path),
-            ffmpeg=exe,
-            hwaccel=hwaccel,
-            seek_seconds=seek,
-            version=ffbin.ffmpeg_version(exe),
-            stream=info.video_stream,
+            objects.ffmpeg_input(self.info.path),
+            ffmpeg=self._exe,
+            hwaccel=self.hwaccel,
+            seek_seconds=self._seek,
+            version=ffbin.ffmpeg_version(self._exe),
+            stream=self.info.video_stream,
         )
         log.debug("decoding: %s", redact(" ".join(argv)))
+        ended = self._pts  # this process's queue: a later one's is not its to end
         self._ffmpeg = process.Process(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             name="ffmpeg-decode",
             on_line=self._on_line,
-            on_end=lambda: self._pts.put(None),
+            on_end=lambda: ended.put(None),
         )
         self._proc = self._ffmpeg.proc
         assert self._proc.stdout is not None
         self._stdout: IO[bytes] = self._proc.stdout
+
+    def _overshot(self, pts: int | None) -> bool:
+        """Whether the first frame after a seek comes after the span's start (frames lost), or
+        the stream ended before any (`pts` None)."""
+        return (
+            self._decoded == 0
+            and self._seek is not None
+            and self.start_pts is not None
+            and (pts is None or pts > self.start_pts)
+        )
+
+    def _seek_earlier(self) -> None:
+        """Start ffmpeg again further before the span (RESEEK_MARGINS), at last from the
+        file's start, which always reaches it."""
+        with self._close_lock:
+            if self._closed:
+                return
+            # kill() joins the stderr thread: nothing of this process reaches the next's state.
+            self._ffmpeg.kill()
+            self._ffmpeg.close_pipes()
+            assert self.start_pts is not None
+            start = float(self.start_pts * self.time_base)
+            margin = self._margins.pop(0) if self._margins else None
+            landed = self._seek
+            self._seek = None if margin is None or start - margin <= 0 else start - margin
+            log.info(
+                "%s: the seek to %.3f s began after the span's start (%.3f s); seeking %s",
+                self.info.path.name, landed, start,
+                "from the start" if self._seek is None else f"to {self._seek:.3f} s",
+            )  # fmt: skip
+            self._start()
 
     # --- iteration ------------------------------------------------------------------------
 
@@ -128,9 +170,15 @@ class FrameReader:
             if self._closed:
                 raise StopIteration  # close() from another thread (the consumer gave up)
             if got < self._frame_bytes:
+                if got == 0 and self._overshot(None):
+                    self._seek_earlier()  # no keyframe at all after where the seek landed
+                    continue
                 self._finish(partial_bytes=got)
                 raise StopIteration
             pts = self._next_pts()
+            if self._overshot(pts):
+                self._seek_earlier()
+                continue
             self._decoded += 1
             if self.start_pts is not None and pts < self.start_pts:
                 continue  # decoded from the keyframe before the span: not ours

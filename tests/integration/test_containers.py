@@ -116,6 +116,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "-disposition:v:0", "attached_pic", str(root / "cover-first.mkv")],
         check=True, timeout=60,
     )  # fmt: skip
+    # aac.ts: aac.mp4 in MPEG-TS, one keyframe at its start: every chunk but the first begins
+    # where a seek in a file with no index lands after the span (decoding starts at the next
+    # keyframe), so each must seek again further back.
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "aac.mp4"), "-c", "copy", str(root / "aac.ts")],
+        check=True, timeout=60,
+    )  # fmt: skip
     return root
 
 
@@ -469,7 +476,8 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
                "subs.mkv": root / "out" / "subs-distributed.webm",
                "delayed.mkv": root / "out" / "delayed-distributed.mp4",
                "anamorphic.mp4": root / "out" / "anamorphic-distributed.mp4",
-               "preview-first.mkv": root / "out" / "preview-first-distributed.mkv"}  # fmt: skip
+               "preview-first.mkv": root / "out" / "preview-first-distributed.mkv",
+               "aac.ts": root / "out" / "ts-distributed.mp4"}  # fmt: skip
     jobs = {
         clip: producer.submit(root / "source.png", root / clip, output, chunk_seconds=0.5)
         for clip, output in outputs.items()
@@ -526,3 +534,6 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     assert shape(outputs["anamorphic.mp4"]) == (320, 240, "4:3", "16:9")
     # Every chunk decodes the main picture, not the thumbnail track ahead of it.
     assert video_times(outputs["preview-first.mkv"]) == video_times(root / "aac.mp4")
+    # MPEG-TS cut into chunks: every frame once, at its time (90 kHz ticks, as the source's).
+    assert video_times(outputs["aac.ts"]) == video_times(root / "aac.ts")
+    assert len(video_times(outputs["aac.ts"])) == 50

@@ -48,7 +48,15 @@ CODEC_NOISE = 4.0
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small clips, built once: each exercises one thing timestamps or layout can break on."""
     d = tmp_path_factory.mktemp("clips")
+    # MPEG-TS has no index: ffmpeg seeks it by bisecting on timestamps and starts decoding at
+    # the next keyframe after where that lands (keyframes 2 s apart here, never near a span).
+    long_gop = make_sample_video(d / "gop50.mp4", seconds=4, keyframe_interval=50)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(long_gop), "-c", "copy", str(d / "gop50.ts")],
+        check=True, timeout=60,
+    )  # fmt: skip
     return {
+        "ts": d / "gop50.ts",
         "cfr25": make_sample_video(d / "cfr25.mp4", seconds=2),
         "ntsc": make_sample_video(d / "ntsc.mp4", seconds=2, fps="30000/1001", audio=False),
         "vfr": make_sample_video(d / "vfr.mp4", seconds=2, variable_frame_rate=True),
@@ -206,7 +214,7 @@ def test_writer_to_matroska_with_audio(clips: dict[str, Path], tmp_path: Path) -
 # --- spans (chunks) ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gop10", "vfr"])
+@pytest.mark.parametrize("name", ["gop10", "vfr", "ts"])
 def test_spans_yield_exactly_their_frames(clips: dict[str, Path], name: str) -> None:
     info = probe(clips[name])
     pts, time_base = frame_timestamps(info.path)
