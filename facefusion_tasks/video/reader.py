@@ -101,6 +101,8 @@ class FrameReader:
         self._previous_pts = -1
         self._filter_tb: Fraction | None = None
         self._size_error: str | None = None
+        #: Whether a frame came at the probed size: a change after one is the file's doing.
+        self._sized = False
         argv = decode_argv(
             # An object is read through a URL signed here: ffmpeg seeks with ranged reads, so
             # a chunk fetches about its own span, never the whole file.
@@ -217,6 +219,8 @@ class FrameReader:
         if pts is None or self._size_error is not None:
             self.close()
             problem = self._size_error or "ffmpeg sent a frame without its timestamp"
+            if self._size_error and self._sized:
+                raise InputError(f"{self.info.path.name}: {problem}", reason=Reason.BAD_INPUT)
             raise MediaError(f"{self.info.path.name}: {problem}", stderr=self.stderr_tail())
         return pts
 
@@ -243,12 +247,19 @@ class FrameReader:
         if size is None or self._size_error is not None:
             return
         width, height = int(size.group(1)), int(size.group(2))
-        if (width, height) != (self.info.width, self.info.height):
+        probed = f"{self.info.width}x{self.info.height}"
+        if (width, height) == (self.info.width, self.info.height):
+            self._sized = True
+        elif self._sized:
             # Reading on would slice the byte stream at the wrong places: stop at the first.
+            # Frames of the probed size came first, so the file itself changes size.
             self._size_error = (
-                f"ffmpeg decodes {width}x{height} frames, the probe said "
-                f"{self.info.width}x{self.info.height}"
+                f"the picture changes size mid-stream ({probed} to {width}x{height}); "
+                f"re-encode it at one size, e.g. ffmpeg -i IN -vf scale={self.info.width}:"
+                f"{self.info.height} OUT"
             )
+        else:
+            self._size_error = f"ffmpeg decodes {width}x{height} frames, the probe said {probed}"
 
     def _parse_pts(self, text: str, previous: int) -> int:
         if text == "NOPTS":

@@ -197,6 +197,34 @@ def test_swap_and_wait_exit_alike_for_the_same_bad_input(
     assert not (root / "out" / "noface.mp4").exists()
 
 
+def test_a_picture_that_changes_size_mid_stream_is_the_users_file_in_both_modes(
+    fleet: Cluster, root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # tiny.mp4's first half, then its second half at 1.5 times the size, joined as they are.
+    first, second = tmp_path / "first.mp4", tmp_path / "second.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(root / "tiny.mp4"), "-t", "0.6",
+                    "-c:v", "libx264", "-an", str(first)], check=True, timeout=60)  # fmt: skip
+    subprocess.run(["ffmpeg", "-v", "error", "-ss", "0.6", "-i", str(root / "tiny.mp4"),
+                    "-vf", "scale=iw*3/2:-2", "-c:v", "libx264", "-an", str(second)],
+                   check=True, timeout=60)  # fmt: skip
+    (tmp_path / "list.txt").write_text(f"file '{first}'\nfile '{second}'\n")
+    target = root / "resized.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i",
+                    str(tmp_path / "list.txt"), "-map", "0:v", "-c", "copy", str(target)],
+                   check=True, timeout=60)  # fmt: skip
+    fleet.start_worker("w1")
+    waited = run_cli("swap", root / "source.png", target, "-o", root / "out" / "resized.mp4",
+                     "--no-progress", env=fleet.env)  # fmt: skip
+    local = run_cli("swap", root / "source.png", target, "-o", root / "out" / "resized-local.mp4",
+                    "--no-progress", env=local_env(models_dir))  # fmt: skip
+    for done in (waited, local):
+        assert done.returncode == 2, done.stderr
+        errors = [line for line in done.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and "the picture changes size mid-stream" in errors[0], errors
+    assert not (root / "out" / "resized.mp4").exists()
+    assert not (root / "out" / "resized-local.mp4").exists()
+
+
 def test_a_missing_model_fails_the_job_without_retries(root: Path, tmp_path: Path) -> None:
     with cluster(root, tmp_path / "no-models") as fleet:
         fleet.start_worker("w1")
