@@ -99,6 +99,7 @@ class FrameReader:
         """Start ffmpeg at self._seek, with the per-process state fresh."""
         self._pts: queue.Queue[int | None] = queue.Queue()
         self._previous_pts = -1
+        self._decoded_pts: int | None = None  # the last frame's, dropped ones included
         self._filter_tb: Fraction | None = None
         self._size_error: str | None = None
         #: Whether a frame came at the probed size: a change after one is the file's doing.
@@ -222,6 +223,17 @@ class FrameReader:
             if self._size_error and self._sized:
                 raise InputError(f"{self.info.path.name}: {problem}", reason=Reason.BAD_INPUT)
             raise MediaError(f"{self.info.path.name}: {problem}", stderr=self.stderr_tail())
+        if self._decoded_pts is not None and pts <= self._decoded_pts:
+            # The decoder guessed times the container does not store (AVI or ASF holding
+            # B-frames): the pipeline keeps every frame's own time, and these are not the file's.
+            self.close()
+            raise InputError(
+                f"{self.info.path.name}: a frame's timestamp ({pts}) does not follow the one "
+                f"before ({self._decoded_pts}): the container stores no presentation times for "
+                "some frames; re-encode it, e.g. ffmpeg -i IN -c:v libx264 -c:a copy OUT.mkv",
+                reason=Reason.BAD_INPUT,
+            )
+        self._decoded_pts = pts
         return pts
 
     # --- stderr -----------------------------------------------------------------------------

@@ -225,6 +225,28 @@ def test_a_picture_that_changes_size_mid_stream_is_the_users_file_in_both_modes(
     assert not (root / "out" / "resized-local.mp4").exists()
 
 
+def test_frames_the_container_gives_no_times_are_the_users_file(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # H.264 with B-frames, as a swap writes it from an MPEG-TS source, stream-copied into AVI:
+    # AVI stores no presentation times, and the decoder's guesses repeat one near the end.
+    ts, swapped, avi = tmp_path / "in.ts", tmp_path / "swapped.mp4", tmp_path / "copied.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(root / "long.mp4"), "-t", "2",
+                    "-c:v", "libx264", "-c:a", "aac", str(ts)], check=True, timeout=60)  # fmt: skip
+    made = run_cli("swap", root / "source.png", ts, "-o", swapped, "--no-progress",
+                   env=local_env(models_dir))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(swapped), "-c", "copy", str(avi)],
+                   check=True, timeout=60)  # fmt: skip
+    done = run_cli("swap", root / "source.png", avi, "-o", tmp_path / "out.mp4", "--no-progress",
+                   env=local_env(models_dir))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "does not follow the one before" in line and "re-encode it" in line, line
+    assert not (tmp_path / "out.mp4").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_a_missing_model_fails_the_job_without_retries(root: Path, tmp_path: Path) -> None:
     with cluster(root, tmp_path / "no-models") as fleet:
         fleet.start_worker("w1")
