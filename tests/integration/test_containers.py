@@ -116,6 +116,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "-disposition:v:0", "attached_pic", str(root / "cover-first.mkv")],
         check=True, timeout=60,
     )  # fmt: skip
+    # anim.gif: aac.mp4's picture as an animated GIF at 10 fps (GIF ticks in 1/100 s).
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "aac.mp4"), "-vf", "fps=10", str(root / "anim.gif")],
+        check=True, timeout=60,
+    )  # fmt: skip
     # aac.ts: aac.mp4 in MPEG-TS, one keyframe at its start: every chunk but the first begins
     # where a seek in a file with no index lands after the span (decoding starts at the next
     # keyframe), so each must seek again further back.
@@ -477,7 +482,8 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
                "delayed.mkv": root / "out" / "delayed-distributed.mp4",
                "anamorphic.mp4": root / "out" / "anamorphic-distributed.mp4",
                "preview-first.mkv": root / "out" / "preview-first-distributed.mkv",
-               "aac.ts": root / "out" / "ts-distributed.mp4"}  # fmt: skip
+               "aac.ts": root / "out" / "ts-distributed.mp4",
+               "anim.gif": root / "out" / "gif-distributed.mp4"}  # fmt: skip
     jobs = {
         clip: producer.submit(root / "source.png", root / clip, output, chunk_seconds=0.5)
         for clip, output in outputs.items()
@@ -537,3 +543,6 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     # MPEG-TS cut into chunks: every frame once, at its time (90 kHz ticks, as the source's).
     assert video_times(outputs["aac.ts"]) == video_times(root / "aac.ts")
     assert len(video_times(outputs["aac.ts"])) == 50
+    # A GIF's last frame lasts as long as its others (0.1 s), as in local mode: 20 frames, 2 s.
+    gif = probe(outputs["anim.gif"])
+    assert gif.frame_count == 20 and gif.duration == pytest.approx(2.0, abs=0.005), gif
