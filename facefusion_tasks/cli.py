@@ -247,7 +247,7 @@ _RETRIED = {
     "none": "already succeeded, nothing to retry",
     "plan": "planning again",
     "stitch": "every chunk is done, stitching again",
-    "running": "every unfinished chunk is still running on its worker, nothing sent",
+    "running": "every unfinished chunk is running, or waiting in line for a worker; nothing sent",
 }
 
 

@@ -17,6 +17,7 @@ from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.jobids import JOB_ID
+from facefusion_tasks.metrics.keys import InLine
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import work_dir
 from facefusion_tasks.store import (
@@ -59,33 +60,35 @@ def sweep(
     settings: Settings,
     *,
     enqueue: Enqueue,
-    light_waiting: Callable[[], int],
-    gpu_waiting: Callable[[], int],
+    light_line: Callable[[], InLine],
+    gpu_line: Callable[[], InLine],
     now: float | None = None,
 ) -> SweepReport:
     """Recover every chunk with no frame progress for `stall_seconds`, every chunk whose
     message has not reached a worker as long, and every job stuck in QUEUED, PLANNING,
     STITCHING or COMMITTING as long. Safe to run on many hosts at once, and idempotent: each
-    item is claimed by one atomic script before anything is sent or failed. `light_waiting`
-    and `gpu_waiting` count the messages waiting in those queues."""
+    item is claimed by one atomic script before anything is sent or failed. `light_line` and
+    `gpu_line` read the messages in those queues (keys.messages_in_line), each only when
+    something has waited long enough to be looked for there."""
     now = time.time() if now is None else now
     one = _Sweep(store, settings, enqueue, now, now - settings.stall_seconds)
     for job_id, index, _beat in store.stale_chunks(one.cutoff):
         one.recover_chunk(job_id, index)
-    # A chunk's message may simply be waiting behind others: only a chunk still waiting while
-    # the gpu queue is empty has lost its message (Redis lost it, or someone purged the queue).
+    # A chunk's message may simply be waiting behind others, however long the line: only a
+    # chunk whose message is nowhere in it has lost it (Redis lost it, someone purged the
+    # queue). A line too long to read may hold them all: they wait.
     unsent = store.stale_pending(one.cutoff)
-    if unsent and gpu_waiting() == 0:
-        for job_id, index, _sent in unsent:
+    gpu = gpu_line() if unsent else frozenset()
+    for job_id, index, _sent in unsent:
+        if gpu is not None and (job_id, str(index)) not in gpu:
             one.resend_chunk(job_id, index)
     stale_jobs = store.stale_jobs(one.cutoff)
-    # A QUEUED job's plan message may simply be waiting behind others: only a job still QUEUED
-    # while the light queue is empty has lost its message.
-    light_busy = bool(stale_jobs) and light_waiting() > 0
+    light = light_line() if stale_jobs else frozenset()
     for job_id, _since in stale_jobs:
-        # Likewise a RUNNING job whose stitch message may be waiting in line. (A plan or stitch
-        # that runs beats its clock, so a stale PLANNING or STITCHING job has really stopped.)
-        if light_busy and store.state(job_id) in (QUEUED, RUNNING):
+        # Likewise a QUEUED job's plan, or a RUNNING job's stitch, may be waiting in line. (A
+        # plan or stitch that runs beats its clock, so a stale PLANNING or STITCHING job has
+        # really stopped.)
+        if store.state(job_id) in (QUEUED, RUNNING) and (light is None or (job_id,) in light):
             continue
         one.recover_job(job_id)
     report = one.report
@@ -244,8 +247,8 @@ def run_periodically(
     settings: Settings,
     *,
     enqueue: Enqueue,
-    light_waiting: Callable[[], int],
-    gpu_waiting: Callable[[], int],
+    light_line: Callable[[], InLine],
+    gpu_line: Callable[[], InLine],
     on_report: Callable[[SweepReport], None],
     stop: threading.Event | None = None,
 ) -> threading.Thread:
@@ -259,8 +262,8 @@ def run_periodically(
                 ttl_ms = max(100, int(settings.sweep_seconds * 900))
                 if store.r.set(SWEEP_LOCK, os.getpid(), nx=True, px=ttl_ms):
                     report = sweep(
-                        store, settings, enqueue=enqueue, light_waiting=light_waiting,
-                        gpu_waiting=gpu_waiting,
+                        store, settings, enqueue=enqueue, light_line=light_line,
+                        gpu_line=gpu_line,
                     )  # fmt: skip
                     on_report(report)
             except (redis.RedisError, OSError) as exc:  # try again next period

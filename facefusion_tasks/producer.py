@@ -17,7 +17,7 @@ from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking
-from facefusion_tasks.metrics.keys import messages_waiting
+from facefusion_tasks.metrics.keys import messages_in_line
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
@@ -257,14 +257,16 @@ class Producer:
         ]
         undone = sorted(undone + lost)
         # In a RUNNING job a chunk with a fresh heartbeat is running: leave it to its worker;
-        # one sent and not yet taken waits in line while the gpu queue holds messages (sent
-        # again it would run twice; the sweep re-sends it if its message was lost). A FAILED
-        # job's chunks have all stopped (or are stopping): each undone one runs again.
+        # so is one sent and not yet taken whose message is in line (sent again it would run
+        # twice), or may be (a line too long to read). One whose message is nowhere in line
+        # has lost it, and is sent. A FAILED job's chunks have all stopped (or are stopping):
+        # each undone one runs again.
         busy: set[int] = set()
         if status.state == RUNNING:
             busy = self.store.busy_chunks(job_id, seconds=self.settings.stall_seconds)
-            if messages_waiting(self.store.r, GPU_QUEUE):
-                busy |= self.store.waiting_chunks(job_id, status.chunks_total)
+            waiting = self.store.waiting_chunks(job_id, status.chunks_total)
+            line = messages_in_line(self.store.r, GPU_QUEUE) if waiting else frozenset()
+            busy |= {i for i in waiting if line is None or (job_id, str(i)) in line}
         rerun = [index for index in undone if index not in busy]
         for index in rerun:
             self.store.reset_chunk(job_id, index)

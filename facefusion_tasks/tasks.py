@@ -138,7 +138,7 @@ def _start_sweep() -> None:
     """The stall sweep, in a thread of each light-queue process (one sweep per period runs
     fleet-wide): it lives where no chunk runs, so a hung GPU process cannot stop it."""
     from facefusion_tasks import liveness
-    from facefusion_tasks.metrics.keys import messages_waiting
+    from facefusion_tasks.metrics.keys import InLine, messages_in_line
 
     app = _APP
     if app is None:
@@ -147,8 +147,8 @@ def _start_sweep() -> None:
     def send(kind: str, args: list[Any], priority: int) -> None:
         enqueue(app, _SWEEP_TASKS[kind], args, priority=priority)
 
-    def waiting(queue: str) -> Callable[[], int]:
-        return lambda: messages_waiting(_store().r, queue)
+    def line(queue: str) -> Callable[[], InLine]:
+        return lambda: messages_in_line(_store().r, queue)
 
     def report(result: liveness.SweepReport) -> None:
         for _ in result.requeued_chunks:
@@ -163,8 +163,8 @@ def _start_sweep() -> None:
         _store(),
         _settings(),
         enqueue=send,
-        light_waiting=waiting(LIGHT_QUEUE),
-        gpu_waiting=waiting(GPU_QUEUE),
+        light_line=line(LIGHT_QUEUE),
+        gpu_line=line(GPU_QUEUE),
         on_report=report,
     )
 

@@ -6,6 +6,8 @@ metrics filesystem turns the first write into a SIGBUS)."""
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +35,14 @@ LIVE_KEY = "facefusion:live"
 #: The job store's chunks waiting for their message to reach a worker: sorted set
 #: "job_id:index" -> when it was (last) sent.
 PENDING_KEY = "facefusion:pending"
+#: kombu's hash of the messages workers hold and have not acknowledged.
+UNACKED_KEY = "unacked"
+#: The most messages messages_in_line reads; a longer line is left unread.
+LINE_LIMIT = 10_000
+
+#: The arguments of every task message in a line, as strings (("job", "3") for a chunk, ("job",)
+#: for a plan or stitch); None when the line was too long to read.
+InLine = frozenset[tuple[str, ...]] | None
 
 
 def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> list[str]:
@@ -49,3 +59,51 @@ def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int 
     """Say `name` is alive for `ttl` seconds (workers call this every ttl/3 or so)."""
     payload = {**info, "ts": time.time()}
     client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))
+
+
+def messages_in_line(client: redis.Redis, queue: str, *, key_prefix: str = "") -> InLine:
+    """The arguments of every task message waiting in `queue`, or held by a worker and not
+    acknowledged (prefetched, or waiting out a retry's countdown): work whose message is not
+    among them has none that will ever start it. Read in one MULTI/EXEC; None when more than
+    LINE_LIMIT messages would have to be read."""
+    keys = [key_prefix + key for key in priority_keys(queue)]
+    pipe = client.pipeline(transaction=True)
+    for key in keys:
+        pipe.llen(key)
+    pipe.hlen(key_prefix + UNACKED_KEY)
+    if sum(int(n or 0) for n in pipe.execute()) > LINE_LIMIT:
+        return None
+    pipe = client.pipeline(transaction=True)
+    for key in keys:
+        pipe.lrange(key, 0, -1)
+    pipe.hvals(key_prefix + UNACKED_KEY)
+    *waiting, held = pipe.execute()
+    found: set[tuple[str, ...]] = set()
+    for raw in itertools.chain(*waiting):
+        found.add(_task_args(_json(raw)))
+    for raw in held:  # each [message, exchange, routing key]
+        entry = _json(raw)
+        found.add(_task_args(entry[0] if isinstance(entry, list) and entry else None))
+    found.discard(())
+    return frozenset(found)
+
+
+def _json(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+
+
+def _task_args(message: Any) -> tuple[str, ...]:
+    """A kombu message's task arguments as strings; () when it is not a readable task."""
+    try:
+        body: Any = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        payload = json.loads(body)
+        # Celery's message protocol 2: [args, kwargs, embed]; protocol 1: {"args": [...]}.
+        args: Any = payload.get("args") if isinstance(payload, dict) else payload[0]
+        return tuple(str(arg) for arg in args)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return ()

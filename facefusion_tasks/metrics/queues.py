@@ -24,7 +24,10 @@ from facefusion_tasks.metrics.keys import (
     METRICS_DISABLED_KEY,
     PENDING_KEY,
     RUNNING_KEY,
+    UNACKED_KEY,
+    InLine,
     heartbeat,
+    messages_in_line,
     priority_keys,
 )
 from facefusion_tasks.queue_names import GPU_QUEUE
@@ -43,7 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-UNACKED_KEY = "unacked"
 #: kombu's exchange binding table: a SET of "routing_key\x06\x16pattern\x06\x16queue".
 BINDING_KEY = "_kombu.binding.{exchange}"
 #: Header our producer puts on every task message (unix time, float).
@@ -198,26 +200,30 @@ class Liveness:
 
 
 def read_liveness(
-    client: redis.Redis, *, stall_seconds: float, now: float, gpu_waiting: int = 0,
-    key_prefix: str = "",
+    client: redis.Redis, *, stall_seconds: float, now: float,
+    gpu_line: Callable[[], InLine] = frozenset, key_prefix: str = "",
 ) -> Liveness:  # fmt: skip
     """Count running chunks, those with no progress for `stall_seconds`, and the jobs they
     belong to, plus jobs stuck queued, planning or stitching as long, and jobs with a chunk
-    whose message has not reached a worker as long while `gpu_waiting` is 0 (lost: the sweep
-    sends it again, as it does for the rest)."""
+    whose message has not reached a worker as long and is not in `gpu_line` either (lost: the
+    sweep sends it again, as it does for the rest). `gpu_line` is read only when such a chunk
+    exists."""
     cutoff = now - stall_seconds
     pipe = client.pipeline(transaction=True)
     pipe.zcard(key_prefix + RUNNING_KEY)
     pipe.zrangebyscore(key_prefix + RUNNING_KEY, "-inf", cutoff, start=0, num=10000)
     pipe.zrange(key_prefix + RUNNING_KEY, 0, 0, withscores=True)
     pipe.zrangebyscore(key_prefix + LIVE_KEY, "-inf", cutoff, start=0, num=10000)
-    if not gpu_waiting:  # otherwise their messages may be waiting their turn
-        pipe.zrangebyscore(key_prefix + PENDING_KEY, "-inf", cutoff, start=0, num=10000)
-    running, stale_chunks, oldest, stale_jobs, *unsent = pipe.execute()
+    pipe.zrangebyscore(key_prefix + PENDING_KEY, "-inf", cutoff, start=0, num=10000)
+    running, stale_chunks, oldest, stale_jobs, unsent = pipe.execute()
     jobs = {_text(member).rpartition(":")[0] for member in stale_chunks}
     jobs |= {_text(member) for member in stale_jobs}
-    for members in unsent:
-        jobs |= {_text(member).rpartition(":")[0] for member in members}
+    line = gpu_line() if unsent else frozenset()
+    if line is not None:  # an unread line may hold them all
+        for member in unsent:
+            job_id, _, index = _text(member).rpartition(":")
+            if (job_id, index) not in line:
+                jobs.add(job_id)
     age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
     return Liveness(int(running), len(stale_chunks), len(jobs), age)
 
@@ -272,10 +278,12 @@ class QueueCollector:
             )
             workers = alive_workers(self.client, key_prefix=self.key_prefix)
             now = self.clock()
-            gpu = depths.get(GPU_QUEUE)
             liveness = read_liveness(
                 self.client, stall_seconds=self.stall_seconds, now=now,
-                gpu_waiting=gpu.waiting if gpu is not None else 0, key_prefix=self.key_prefix,
+                gpu_line=lambda: messages_in_line(
+                    self.client, GPU_QUEUE, key_prefix=self.key_prefix
+                ),
+                key_prefix=self.key_prefix,
             )  # fmt: skip
             disabled = self.client.hget(self.key_prefix + METRICS_DISABLED_KEY, self.host)
         except (redis.RedisError, OSError) as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from facefusion_tasks.metrics.keys import messages_in_line
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, priority_keys
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
 from tests.cluster import SHARED_REDIS, Launcher, free_port, launcher, wait_for
@@ -111,6 +114,55 @@ def test_chunk_messages_lost_from_the_queue_are_sent_again_and_the_job_completes
     assert status.state == SUCCEEDED, (status.reason, status.error)
     assert sum(resent) == 1  # the lost message, sent once more; the running chunk never
     assert video_times(output) == video_times(root / "clip.mp4")  # nothing lost or doubled
+
+
+def test_a_chunk_message_lost_while_others_wait_in_line_is_sent_again_at_once(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # A busy fleet never sees an empty gpu queue: a lost message must be found by looking for
+    # it in the line, not by waiting for the line to empty.
+    stall, sweep = 4, 1
+    with launcher(
+        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port(),
+        stall_seconds=str(stall), sweep_seconds=str(sweep), heartbeat_seconds="0.5",
+        chunk_time_limit="60", visibility_timeout="120",
+    ) as fleet:  # fmt: skip
+        fleet.start(gpu_processes=1)
+        producer = fleet.producer()
+        busy = producer.submit(
+            root / "source.png", root / "clip.mp4", root / "out" / "busy.mp4", chunk_seconds=0.5
+        )
+        chunk = wait_for(lambda: _running_chunk(fleet, busy), timeout=90, interval=0.01)
+        broker = redis.Redis.from_url(SHARED_REDIS)
+        with _stopped(chunk["pid"]):  # the one gpu process, mid-chunk: the line stays long
+            lost = producer.submit(
+                root / "source.png", root / "tiny.mp4", root / "out" / "lost.mp4", priority=9
+            )
+            wait_for(lambda: (lost, "0") in (messages_in_line(broker, "gpu") or ()), timeout=30)
+            assert _drop_message(broker, (lost, "0")) == 1
+            record = f"facefusion:job:{lost}:chunk:0"
+            wait_for(lambda: broker.hget(record, "resent"), timeout=3 * stall + 5, interval=0.1)
+            # Sent again while the busy job's chunks still wait in line.
+            line = messages_in_line(broker, "gpu") or frozenset()
+            assert any(args[0] == busy for args in line), line
+        # The stopped process went with the context; its chunk is redone by a new one.
+        for job_id in (lost, busy):
+            status = producer.wait(job_id, timeout=150)
+            assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert video_times(root / "out" / "lost.mp4") == video_times(root / "tiny.mp4")
+
+
+def _drop_message(broker: redis.Redis, args: tuple[str, ...]) -> int:
+    """Remove the waiting messages with these task arguments from the gpu queue (as a failover
+    that lost writes would): how many went."""
+    dropped = 0
+    for key in priority_keys("gpu"):
+        for raw in broker.lrange(key, 0, -1):
+            message = json.loads(raw)
+            body = json.loads(base64.b64decode(message["body"]))
+            if tuple(str(a) for a in body[0]) == args:
+                dropped += int(broker.lrem(key, 1, raw))
+    return dropped
 
 
 def test_a_hard_time_limit_kill_or_a_dying_worker_fails_the_job_within_the_bound(

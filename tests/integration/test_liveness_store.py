@@ -16,6 +16,8 @@ import redis
 from facefusion_tasks.config import Settings
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.liveness import SweepReport, sweep
+from facefusion_tasks.metrics import keys
+from facefusion_tasks.metrics.keys import InLine, messages_in_line
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import (
     FAILED,
@@ -70,11 +72,17 @@ class _Sent:
 
 
 def _sweep(
-    store: JobStore, settings: Settings, sent: _Sent, now: float, *, light: int = 0, gpu: int = 0
+    store: JobStore,
+    settings: Settings,
+    sent: _Sent,
+    now: float,
+    *,
+    light: InLine = frozenset(),
+    gpu: InLine = frozenset(),
 ) -> SweepReport:
-    """One sweep at `now`, with `light` and `gpu` messages waiting in those queues."""
+    """One sweep at `now`, with the arguments of the messages in the light and gpu queues."""
     return sweep(
-        store, settings, enqueue=sent, light_waiting=lambda: light, gpu_waiting=lambda: gpu, now=now
+        store, settings, enqueue=sent, light_line=lambda: light, gpu_line=lambda: gpu, now=now
     )
 
 
@@ -263,8 +271,8 @@ def test_jobs_stuck_planning_or_stitching_are_sent_again_then_failed(store: JobS
     queued = store.create({})
     store.r.zadd(LIVE_KEY, {planning: 100.0, stitching: 100.0, queued: 100.0})
     sent = _Sent()
-    # The light queue has waiting work: the QUEUED job's plan may be among it.
-    _sweep(store, settings, sent, 200.0, light=3)
+    # The QUEUED job's plan waits in the light queue (behind other work): it is not lost.
+    _sweep(store, settings, sent, 200.0, light=frozenset({(queued,), ("other",)}))
     assert sorted(sent.calls) == [("plan", [planning], 7), ("stitch", [stitching], 9)]
     sent.calls.clear()
     _sweep(store, settings, sent, 205.0)
@@ -298,7 +306,7 @@ def test_a_lost_stitch_message_is_sent_again(store: JobStore) -> None:
     assert store.r.zcard(LIVE_KEY) == 0
 
 
-def test_chunks_whose_messages_never_arrived_are_sent_again_once_the_gpu_queue_is_empty(
+def test_chunks_whose_messages_are_nowhere_in_the_gpu_queue_are_sent_again(
     store: JobStore,
 ) -> None:
     # Planned and sent, then the messages were lost (Redis lost its last writes, or the queue
@@ -308,11 +316,17 @@ def test_chunks_whose_messages_never_arrived_are_sent_again_once_the_gpu_queue_i
     later = time.time() + 60
     store.chunk_delivered(job_id, 2, worker="w1@h", pid=11, now=later)  # this one did arrive
     sent = _Sent()
-    # Messages still waiting in the gpu queue may be these chunks': wait for them.
-    _sweep(store, settings, sent, later, gpu=4)
+    # Their messages are in line (waiting, or held by a worker): wait for them.
+    _sweep(store, settings, sent, later, gpu=frozenset({(job_id, "0"), (job_id, "1")}))
     assert sent.calls == []
+    # A line too long to read may hold them too.
+    _sweep(store, settings, sent, later, gpu=None)
+    assert sent.calls == []
+    # A busy queue, but holding other jobs' chunks only: these two are lost, not waiting.
+    sent.calls.clear()
+    busy = frozenset({("other", "0"), ("other", "1"), (job_id, "2")})
     # Two sweepers on two hosts at once: each chunk is sent once.
-    reports = [_sweep(store, settings, sent, later) for _ in range(2)]
+    reports = [_sweep(store, settings, sent, later, gpu=busy) for _ in range(2)]
     assert [sorted(r.requeued_chunks) for r in reports] == [[(job_id, 0), (job_id, 1)], []]
     assert sorted(sent.calls) == [("chunk", [job_id, 0], 5), ("chunk", [job_id, 1], 5)]
     assert store.state(job_id) == RUNNING
@@ -322,6 +336,32 @@ def test_chunks_whose_messages_never_arrived_are_sent_again_once_the_gpu_queue_i
     sent.calls.clear()
     _sweep(store, settings, sent, later + 11)
     assert sent.calls == [("chunk", [job_id, 1], 5)]
+
+
+def test_the_line_holds_every_waiting_message_and_those_a_worker_took_and_holds(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, make_app
+    from facefusion_tasks.tasks import enqueue
+
+    app = make_app(Settings.from_env({"FACEFUSION_BROKER_URL": SHARED_REDIS}))
+    # Real messages, as the producer sends them: two priorities (two kombu lists) and a plan.
+    enqueue(app, TASK_CHUNK, ["job1", 0], priority=9)
+    enqueue(app, TASK_CHUNK, ["job1", 1], priority=1)
+    enqueue(app, TASK_CHUNK, ["job1", 2], priority=5)
+    enqueue(app, TASK_PLAN, ["job2"])
+    with app.connection_for_write() as connection:
+        # A worker takes one and holds it unacknowledged (prefetched, or counting down a retry):
+        # kombu moves it from its list to the `unacked` hash.
+        held = connection.default_channel.basic_get("gpu", no_ack=False)
+        assert held is not None
+        assert store.r.hlen(keys.UNACKED_KEY) == 1
+        gpu, light = messages_in_line(store.r, "gpu"), messages_in_line(store.r, "light")
+        assert gpu is not None and light is not None
+        assert {("job1", "0"), ("job1", "1"), ("job1", "2")} <= gpu and ("job2",) not in gpu
+        assert ("job2",) in light
+        monkeypatch.setattr(keys, "LINE_LIMIT", 2)  # three in the gpu line: too many to read
+        assert messages_in_line(store.r, "gpu") is None
 
 
 def test_a_chunk_no_worker_ever_takes_fails_its_job_as_stalled(store: JobStore) -> None:

@@ -175,7 +175,7 @@ def test_stalled_work_and_workers_per_queue_are_gauged(broker: redis.Redis, redi
     assert values[("facefusion_metrics_disabled_processes_total", None)] == 2
 
 
-def test_a_chunk_whose_message_was_lost_counts_its_job_stalled_once_the_gpu_queue_is_empty(
+def test_a_chunk_whose_message_is_nowhere_in_the_gpu_queue_counts_its_job_stalled(
     broker: redis.Redis,  # noqa: F811
     redis_url: str,  # noqa: F811
 ) -> None:
@@ -190,8 +190,18 @@ def test_a_chunk_whose_message_was_lost_counts_its_job_stalled_once_the_gpu_queu
     }
     assert values[("facefusion_queue_length", "gpu")] == 0
     assert values[("facefusion_jobs_stalled", None)] == 1
-    # With messages waiting in the gpu queue, its own may be among them: not stalled yet.
-    waiting = read_liveness(broker, stall_seconds=60, now=1100.0, gpu_waiting=3)
+    # Its message waiting in the gpu queue (behind others): not stalled.
+    line = frozenset({(job, "0"), ("other", "0")})
+    waiting = read_liveness(broker, stall_seconds=60, now=1100.0, gpu_line=lambda: line)
     assert waiting.stalled_jobs == 0
+    # A busy queue that does not hold it: lost, stalled. Too long a line to read: it may wait.
+    other = frozenset({("other", "0")})
+    assert (
+        read_liveness(broker, stall_seconds=60, now=1100.0, gpu_line=lambda: other).stalled_jobs
+        == 1
+    )
+    assert (
+        read_liveness(broker, stall_seconds=60, now=1100.0, gpu_line=lambda: None).stalled_jobs == 0
+    )
     store.chunk_delivered(job, 0, worker="w@h", pid=1, now=1099.0)
     assert read_liveness(broker, stall_seconds=60, now=1100.0).stalled_jobs == 0

@@ -306,7 +306,7 @@ def test_a_job_whose_plan_could_not_be_sent_ends_failed_and_lets_its_output_go(
     assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [again])]
 
 
-def test_retry_of_a_running_job_leaves_chunks_whose_messages_wait_in_line(
+def test_retry_of_a_running_job_leaves_chunks_whose_messages_wait_in_line_and_sends_lost_ones(
     producer: Producer, redis_url: str
 ) -> None:
     job_id = _job(producer, RUNNING, chunks=3)
@@ -314,8 +314,16 @@ def test_retry_of_a_running_job_leaves_chunks_whose_messages_wait_in_line(
         producer._send(TASK_CHUNK, [job_id, index], priority=5)
     assert producer.retry(job_id) == Retried("running")  # sent again they would run twice
     assert len(_messages(redis_url, GPU_QUEUE)) == 3
-    # The queue lost them (purged, or Redis lost its last writes): now they go again.
+    # One message lost while the line stays busy with other work: that one goes again.
     client = redis.Redis.from_url(redis_url)
+    producer._send(TASK_CHUNK, ["another-job", 0], priority=5)
+    for key in priority_keys(GPU_QUEUE):
+        for raw in client.lrange(key, 0, -1):
+            if json.loads(_body(json.loads(raw)))[0] == [job_id, 1]:
+                client.lrem(key, 1, raw)
+    assert producer.retry(job_id) == Retried("chunks", [1])
+    assert len(_messages(redis_url, GPU_QUEUE)) == 4
+    # The queue lost them all (purged, or Redis lost its last writes): now they all go again.
     client.delete(*priority_keys(GPU_QUEUE))
     assert producer.retry(job_id).chunks == [0, 1, 2]
     assert len(_messages(redis_url, GPU_QUEUE)) == 3
