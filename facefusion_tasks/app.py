@@ -9,7 +9,13 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.queue_names import GPU_QUEUE, LIGHT_QUEUE
+from facefusion_tasks.queue_names import (
+    GPU_QUEUE,
+    LIGHT_QUEUE,
+    TASK_CHUNK,
+    TASK_PLAN,
+    TASK_STITCH,
+)
 
 #: Set by `facefusion-tasks worker` for processes that serve the gpu queue (preload models).
 PRELOAD_ENV = "FACEFUSION_PRELOAD_MODELS"
@@ -17,9 +23,7 @@ PRELOAD_ENV = "FACEFUSION_PRELOAD_MODELS"
 #: The exporter counts live workers per queue, and light-queue processes run the stall sweep.
 QUEUES_ENV = "FACEFUSION_WORKER_QUEUES"
 
-TASK_PLAN = "facefusion.plan"
-TASK_CHUNK = "facefusion.chunk"
-TASK_STITCH = "facefusion.stitch"
+__all__ = ["GPU_QUEUE", "LIGHT_QUEUE", "TASK_CHUNK", "TASK_PLAN", "TASK_STITCH", "make_app"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -17,18 +17,23 @@ from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.jobids import JOB_ID
-from facefusion_tasks.metrics.keys import InLine
+from facefusion_tasks.metrics.keys import InLine, acknowledge, held_messages
+from facefusion_tasks.queue_names import TASK_CHUNK, TASK_PLAN, TASK_STITCH
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import work_dir
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
+    DONE,
+    PLANNING,
     QUEUED,
     RUNNING,
     STITCHING,
     SUCCEEDED,
+    TERMINAL,
     JobStore,
 )
+from facefusion_tasks.store_keys import chunk_key
 from facefusion_tasks.workspace import work_prefix
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,8 @@ class SweepReport:
     failed_jobs: list[tuple[str, Reason]] = field(default_factory=list)
     removed_work_dirs: list[str] = field(default_factory=list)
     forgotten_jobs: int = 0
+    #: Messages held unacknowledged for work that has ended, removed.
+    acknowledged: int = 0
 
 
 def sweep(
@@ -92,9 +99,36 @@ def sweep(
             continue
         one.recover_job(job_id)
     report = one.report
+    report.acknowledged = acknowledge_ended(store, one.cutoff)
     report.removed_work_dirs = sweep_work_dirs(store, settings, now=now)
     report.forgotten_jobs = store.forget_expired(now=now)
     return report
+
+
+def acknowledge_ended(store: JobStore, cutoff: float) -> int:
+    """Acknowledge the messages held since before `cutoff` for work that has ended (its chunk
+    done, its job over or forgotten, its plan made); how many. A worker killed while holding
+    one leaves it in kombu's `unacked` hash until the visibility timeout (an hour by default):
+    the backlog would count it, and autoscaling keep a worker for it, all that time, only for
+    it to be delivered again and skipped."""
+    ended = []
+    for tag, task, args in held_messages(store.r, cutoff):
+        state = store.state(args[0]) if args else ""
+        if task == TASK_CHUNK and len(args) == 2 and args[1].isdigit():
+            chunk = store.r.hget(chunk_key(args[0], int(args[1])), "state")
+            done = state in TERMINAL or not state or chunk == DONE
+        elif task == TASK_PLAN and len(args) == 1:
+            done = state not in (QUEUED, PLANNING)
+        elif task == TASK_STITCH and len(args) == 1:
+            done = state in TERMINAL or not state
+        else:
+            continue  # not ours, or unreadable: kombu's timeout deals with it
+        if done:
+            ended.append(tag)
+    acknowledge(store.r, ended)
+    if ended:
+        log.info("acknowledged %d messages held for work that has ended", len(ended))
+    return len(ended)
 
 
 def sweep_work_dirs(store: JobStore, settings: Settings, *, now: float) -> list[str]:

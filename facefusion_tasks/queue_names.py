@@ -1,4 +1,4 @@
-"""The Celery queues' names, shared by the app, the workers, the sweep and the metrics."""
+"""The Celery queues' and tasks' names, shared by the app, the workers, the sweep and the metrics."""
 
 from __future__ import annotations
 
@@ -6,3 +6,8 @@ from __future__ import annotations
 GPU_QUEUE = "gpu"
 #: Planning and stitching: cheap, no models; any worker with ffmpeg and the shared storage.
 LIGHT_QUEUE = "light"
+
+#: The tasks, by the names their messages carry.
+TASK_PLAN = "facefusion.plan"
+TASK_CHUNK = "facefusion.chunk"
+TASK_STITCH = "facefusion.stitch"

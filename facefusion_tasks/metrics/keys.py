@@ -35,8 +35,10 @@ LIVE_KEY = "facefusion:live"
 #: The job store's chunks waiting for their message to reach a worker: sorted set
 #: "job_id:index" -> when it was (last) sent.
 PENDING_KEY = "facefusion:pending"
-#: kombu's hash of the messages workers hold and have not acknowledged.
+#: kombu's hash of the messages workers hold and have not acknowledged (delivery tag -> JSON
+#: [message, exchange, routing key]), and its sorted set of delivery tag -> when taken.
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
 #: The most messages messages_in_line reads; a longer line is left unread.
 LINE_LIMIT = 10_000
 
@@ -86,6 +88,40 @@ def messages_in_line(client: redis.Redis, queue: str, *, key_prefix: str = "") -
         found.add(_task_args(entry[0] if isinstance(entry, list) and entry else None))
     found.discard(())
     return frozenset(found)
+
+
+def held_messages(
+    client: redis.Redis, before: float, *, limit: int = 1000
+) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(delivery tag, task name, arguments) of the messages workers took before `before` and
+    still hold unacknowledged."""
+    taken: list[Any] = client.zrangebyscore(UNACKED_INDEX_KEY, "-inf", before, 0, limit)
+    tags = [_text(tag) for tag in taken]
+    if not tags:
+        return []
+    held = []
+    for tag, raw in zip(tags, client.hmget(UNACKED_KEY, tags), strict=True):
+        entry = _json(raw) if raw is not None else None
+        message = entry[0] if isinstance(entry, list) and entry else None
+        try:
+            task = str(message["headers"]["task"])  # type: ignore[index]
+        except (KeyError, TypeError):
+            task = ""
+        held.append((tag, task, _task_args(message)))
+    return held
+
+
+def acknowledge(client: redis.Redis, tags: Sequence[str]) -> None:
+    """Remove held messages as kombu's own acknowledgement does (a later ack of one is a no-op)."""
+    if tags:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.zrem(UNACKED_INDEX_KEY, *tags)
+            pipe.hdel(UNACKED_KEY, *tags)
+            pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _json(raw: bytes | str) -> Any:

@@ -364,6 +364,40 @@ def test_the_line_holds_every_waiting_message_and_those_a_worker_took_and_holds(
         assert messages_in_line(store.r, "gpu") is None
 
 
+def test_messages_held_for_ended_work_are_acknowledged_by_the_sweep(store: JobStore) -> None:
+    from facefusion_tasks.app import TASK_CHUNK, TASK_PLAN, make_app
+    from facefusion_tasks.tasks import enqueue
+
+    settings = _settings()
+    job_id = _job(store, chunks=2)
+    app = make_app(Settings.from_env({"FACEFUSION_BROKER_URL": SHARED_REDIS}))
+    enqueue(app, TASK_CHUNK, [job_id, 0])
+    enqueue(app, TASK_CHUNK, [job_id, 1])
+    enqueue(app, TASK_PLAN, [job_id])
+    with app.connection_for_write() as connection:
+        # Workers took them, then were SIGKILLed (this connection stays open: a closing one
+        # gives its messages back): kombu keeps them held until its visibility timeout (an
+        # hour), and the backlog counts them all that while.
+        channel = connection.default_channel
+        for queue in ("gpu", "gpu", "light"):
+            assert channel.basic_get(queue, no_ack=False) is not None
+        assert store.r.hlen(keys.UNACKED_KEY) == 3
+        store.chunk_done(job_id, 0, 10)  # chunk 0 was done since (sent again, by the sweep)
+        sent = _Sent()
+        # Taken just now: not looked at yet.
+        assert _sweep(store, settings, sent, time.time()).acknowledged == 0
+        report = _sweep(store, settings, sent, time.time() + 60)
+        # Chunk 0 is done and the job was planned long ago; chunk 1 is work still to do.
+        assert report.acknowledged == 2
+        [(_tag, task, args)] = keys.held_messages(store.r, time.time())
+        assert (task, args) == (TASK_CHUNK, (job_id, "1"))
+        assert store.r.zcard(keys.UNACKED_INDEX_KEY) == 1
+        # The job ends: its last held message goes too.
+        store.fail(job_id, Reason.MEDIA, "ended")
+        assert _sweep(store, settings, sent, time.time() + 60).acknowledged == 1
+        assert store.r.hlen(keys.UNACKED_KEY) == 0
+
+
 def test_a_chunk_no_worker_ever_takes_fails_its_job_as_stalled(store: JobStore) -> None:
     settings = _settings(max_deliveries=2)
     job_id = _job(store, chunks=1)
