@@ -14,7 +14,7 @@ from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_IMAGE_PIXELS
 from facefusion_tasks.errors import InputError, OutputError
 from facefusion_tasks.filekind import existing_non_file
-from facefusion_tasks.images import FORMAT_NAMES, FORMAT_SUFFIXES, check_image
+from facefusion_tasks.images import FORMAT_NAMES, FORMAT_SUFFIXES, ImageHeader, check_image
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.stderr_capture import captured_stderr, release
@@ -28,6 +28,9 @@ _DECODER_PREFIXES = ("Corrupt JPEG data", "Premature end of JPEG file", "libpng 
                      "Invalid SOS", "Unsupported marker", "Not a JPEG file", "[ WARN", "[ERROR")  # fmt: skip
 #: What libjpeg says of a file whose data stops early: the rest of the picture comes out grey.
 _DAMAGE = "premature end"
+#: What a still image's file may hold beyond its pixels, as read to decode it: 8 bytes a pixel
+#: (an uncompressed 16-bit RGBA PNG), and room for metadata (EXIF, ICC, XMP, a thumbnail).
+_BYTES_PER_PIXEL, _METADATA_BYTES = 8, 64 << 20
 #: Output containers we can mux video (and the source audio, copied or transcoded) into.
 OUTPUT_SUFFIXES = frozenset(MUXERS)
 
@@ -59,8 +62,11 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
     import cv2
 
     header = check_image(path, max_pixels=max_pixels)
+    data = _image_bytes(path, header)
     with captured_stderr() as said:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        # Decoded from bytes Python read: OpenCV never gets a name (one that is not UTF-8
+        # crashed imread), and imdecode applies the EXIF orientation as imread does.
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     theirs = [line for line in said if not line.startswith(_DECODER_PREFIXES)]
     release(theirs)
     ours = [line.strip() for line in said if line.startswith(_DECODER_PREFIXES)]
@@ -84,6 +90,26 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
             f"{path}: corrupt image (size differs from header)", reason=Reason.NOT_AN_IMAGE
         )
     return image
+
+
+def _image_bytes(path: Path, header: ImageHeader) -> np.ndarray:
+    """The file's bytes, to decode; InputError (too_large) for a file far larger than its
+    header's picture could need, which would be read whole for a few pixels."""
+    limit = header.width * header.height * _BYTES_PER_PIXEL + _METADATA_BYTES
+    try:
+        with path.open("rb") as handle:
+            # Sized by the file (a read asks for all it may return at once), one byte past
+            # the limit so a file that grows meanwhile is caught too.
+            data = handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if len(data) > limit:
+        raise InputError(
+            f"{path}: file is too large for a {header.width}x{header.height} image "
+            f"(over {limit} bytes)",
+            reason=Reason.TOO_LARGE,
+        )
+    return np.frombuffer(data, dtype=np.uint8)
 
 
 def _same(one: Location, other: Location) -> bool:

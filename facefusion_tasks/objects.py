@@ -92,12 +92,36 @@ def parse(text: str) -> ObjectRef:
 
 
 def location(value: str | PathLike[str] | ObjectRef) -> Location:
-    """A path or an object from what a user gave: s3://… text is an object, the rest paths."""
+    """A path or an object from what a user gave: s3://… text is an object, the rest paths.
+    Every job file the CLI or the API is given becomes a location here, so the name is
+    checked here: check_utf8."""
     if isinstance(value, ObjectRef):
         return value
-    if isinstance(value, str) and value.startswith(SCHEME):
-        return parse(value)
-    return Path(value)
+    text = os.fspath(value)
+    check_utf8(text)
+    if text.startswith(SCHEME):
+        return parse(text)
+    # The absolute form too: ffmpeg and the job records get it (a relative name in a
+    # directory whose own name is not UTF-8).
+    check_utf8(os.path.abspath(os.path.expanduser(text)))
+    return Path(text)
+
+
+def check_utf8(name: str) -> None:
+    """InputError (reason path) for a name holding bytes that are not UTF-8: Python keeps them
+    as surrogate escapes, which ffmpeg-python's argv, OpenCV (it crashes) and Redis cannot
+    take. The one policy for such names: refused up front, never half-handled downstream."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # shown as the bytes on disk (src\xff.png), so the user can find the file
+            raw = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate no byte stands for (an API caller's)
+            raw = name.encode("utf-8", "backslashreplace")
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise InputError(
+            f"{shown}: name is not valid UTF-8; rename it", reason=Reason.PATH
+        ) from None
 
 
 def confine(ref: ObjectRef, settings: Settings, *, what: str) -> ObjectRef:

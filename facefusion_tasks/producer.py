@@ -96,12 +96,14 @@ class Producer:
         sources = [locate(s, self.settings, what="source image") for s in source_paths(source)]
         target_at = locate(target, self.settings, what="target")
         output_at = locate(output, self.settings, what="output")
+        # Every name is checked before any file is read.
+        reference_at = (
+            None if reference is None else locate(reference, self.settings, what="reference image")
+        )
         for where in sources:
             read_image(local_copy(self.settings, where), max_pixels=limits.max_image_pixels)
         selector = self.settings.face_selector
-        reference_at = None
-        if reference is not None:
-            reference_at = locate(reference, self.settings, what="reference image")
+        if reference_at is not None:
             read_image(local_copy(self.settings, reference_at), max_pixels=limits.max_image_pixels)
             selector = "reference"
         elif selector == "reference":

@@ -51,7 +51,8 @@ def verify_image(path: Path, *, image_format: str, width: int, height: int, what
         != expected
     ):
         raise MediaError(f"{what}: the written image does not verify (header {header})")
-    decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # From bytes Python read, as inputs.read_image decodes: OpenCV never gets a name.
+    decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
     if decoded is None or decoded.shape != (height, width, 3):
         shape = None if decoded is None else decoded.shape
         raise MediaError(f"{what}: the written image does not decode back (got {shape})")

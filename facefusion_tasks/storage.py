@@ -24,6 +24,9 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
             reason=Reason.CONFIG,
         )
     resolved = Path(path).expanduser().resolve()
+    # A job records and hands on the resolved path: a symlink may lead to a name that is not
+    # UTF-8 where the name given was.
+    objects.check_utf8(str(resolved))
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         shown = ":".join(str(r) for r in roots)
         raise InputError(

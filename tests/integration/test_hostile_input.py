@@ -230,3 +230,50 @@ def test_an_accepted_4k_clip_swaps_in_bounded_memory(
     assert done.returncode == 0, done.stderr
     assert out.is_file()
     assert done.peak_rss_bytes < ACCEPTED_4K_RSS_BYTES, done.peak_rss_bytes
+
+
+def _not_utf8(original: Path, stem: str) -> Path:
+    """A copy of `original` whose name holds a byte that is not UTF-8 (`stem` + 0xff)."""
+    copy = original.with_name(os.fsdecode(stem.encode() + b"\xff" + original.suffix.encode()))
+    copy.write_bytes(original.read_bytes())
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("source", "src\\xff.png: name is not valid UTF-8; rename it"),
+        ("reference", "src\\xff.png: name is not valid UTF-8; rename it"),
+        ("target", "clip\\xff.mp4: name is not valid UTF-8; rename it"),
+        ("output", "out\\xff.mp4: name is not valid UTF-8; rename it"),
+    ],
+)
+def test_submit_refuses_names_it_could_not_carry_through_before_anything_is_queued(
+    hostile: dict[str, Path], case: str, message: str
+) -> None:
+    """Real files under each name: before, an image segfaulted OpenCV, a video or output was
+    an internal UnicodeEncodeError."""
+    client = redis.Redis.from_url(SHARED_REDIS)
+    client.flushdb()
+    root = hostile["root"]
+    env = {"FACEFUSION_BROKER_URL": SHARED_REDIS, "FACEFUSION_STORAGE_ROOTS": str(root)}
+    target = root / "clip.mp4"
+    target.write_bytes(hostile["secret"].read_bytes())
+    source, out, extra = hostile["source"], root / "out-named.mp4", []
+    out_arg: str | Path = out
+    if case == "source":
+        source = _not_utf8(source, "src")
+    elif case == "reference":
+        extra = ["--reference-face", _not_utf8(source, "src")]
+    elif case == "target":
+        target = _not_utf8(target, "clip")
+    elif case == "output":
+        out_arg = root / os.fsdecode(b"out\xff.mp4")
+    try:
+        done = run_measured("submit", source, target, "-o", out_arg, *extra, env=env)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and message in done.stderr
+        assert client.dbsize() == 0
+        assert not os.path.exists(out) and not os.path.exists(out_arg)
+    finally:
+        client.flushdb()

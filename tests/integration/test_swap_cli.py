@@ -158,12 +158,21 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("noface", "no face found in the source image"),
         ("unwritable", "does not exist"),
         ("bad_suffix", "unsupported output type"),
+        # Bytes that are not UTF-8 in a name: OpenCV segfaulted on images, ffmpeg-python
+        # raised an internal UnicodeEncodeError on videos and outputs.
+        ("not_utf8_source", "source\\xff.png: name is not valid UTF-8; rename it"),
+        ("not_utf8_reference", "source\\xff.png: name is not valid UTF-8; rename it"),
+        ("not_utf8_target", "faces\\xff.mp4: name is not valid UTF-8; rename it"),
+        ("not_utf8_image_target", "photo\\xff.png: name is not valid UTF-8; rename it"),
+        ("not_utf8_output", "out\\xff.mp4: name is not valid UTF-8; rename it"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_output(
     case: str, message: str, media: dict[str, Path], models_dir: Path, tmp_path: Path
 ) -> None:
     source, target, out = media["source"], media["faces"], tmp_path / "out.mp4"
+    out_arg: str | Path = out
+    extra: list[str | Path] = []
     if case == "missing":
         target = tmp_path / "nope.mp4"
     elif case == "empty":
@@ -187,24 +196,45 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         target = tmp_path / "audio_cut.mp4"
         target.write_bytes(data[:-200])
     elif case == "long_name":
-        out = tmp_path / ("a" * 300 + ".mp4")
+        out = out_arg = tmp_path / ("a" * 300 + ".mp4")
     elif case == "noface":
         source = media["noface_source"]
     elif case == "unwritable":
-        out = tmp_path / "no-such-dir" / "out.mp4"
+        out = out_arg = tmp_path / "no-such-dir" / "out.mp4"
     elif case == "bad_suffix":
-        out = tmp_path / "out.txt"
-    proc = run_cli("swap", source, target, "-o", out, "--no-progress", models=models_dir)
+        out = out_arg = tmp_path / "out.txt"
+    elif case == "not_utf8_source":
+        source = _not_utf8(source, tmp_path / "source.png")
+    elif case == "not_utf8_reference":
+        extra = ["--reference-face", _not_utf8(source, tmp_path / "source.png")]
+    elif case == "not_utf8_target":
+        target = _not_utf8(target, tmp_path / "faces.mp4")
+    elif case == "not_utf8_image_target":
+        target, out = _not_utf8(source, tmp_path / "photo.png"), tmp_path / "out.png"
+        out_arg = out
+    elif case == "not_utf8_output":
+        out_arg = tmp_path / os.fsdecode(b"out\xff.mp4")
+    proc = run_cli(
+        "swap", source, target, "-o", out_arg, "--no-progress", *extra, models=models_dir
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert message in lines[0]
-    assert not os.path.exists(out)  # (Path.exists raises for a name over 255 bytes)
+    # (Path.exists raises for a name over 255 bytes)
+    assert not os.path.exists(out) and not os.path.exists(out_arg)
     assert (
         not [p for p in out.parent.glob("*") if p.name.startswith(".")]
         if out.parent.exists()
         else True
     )
+
+
+def _not_utf8(original: Path, named: Path) -> Path:
+    """A copy of `original` named as `named` with a byte that is not UTF-8 before its suffix."""
+    copy = named.with_name(os.fsdecode(named.stem.encode() + b"\xff" + named.suffix.encode()))
+    copy.write_bytes(original.read_bytes())
+    return copy
 
 
 def test_an_output_name_near_the_limit_is_written(

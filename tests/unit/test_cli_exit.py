@@ -262,3 +262,36 @@ def test_usage_errors_are_one_line_and_exit_2(
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ": error: " in err and "--help)" in err
+
+
+#: Each path `swap` and `submit` take, named by role, with its extension.
+_ROLES = {"source": "png", "target": "mp4", "reference": "png", "output": "mp4"}
+
+
+def _swap_argv(paths: dict[str, str]) -> list[str]:
+    return ["swap", paths["source"], paths["target"], "-o", paths["output"],
+            "--reference-face", paths["reference"], "--no-progress"]  # fmt: skip
+
+
+@pytest.mark.parametrize("role", list(_ROLES))
+@pytest.mark.parametrize("local", [True, False], ids=["local", "submitted"])
+def test_a_name_that_is_not_utf8_is_one_line_and_exit_2_for_every_path(
+    role: str,
+    local: bool,
+    broker: str,
+    store: JobStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It segfaulted in OpenCV (images) or was an internal UnicodeEncodeError (videos, outputs).
+    if local:
+        monkeypatch.delenv("FACEFUSION_BROKER_URL")
+    paths = {name: str(tmp_path / f"{name}.{ext}") for name, ext in _ROLES.items()}
+    paths[role] = str(tmp_path / os.fsdecode(f"{role}\xff.{_ROLES[role]}".encode("latin-1")))
+    assert cli.main(_swap_argv(paths)) == 2
+    shown = f"{tmp_path}/{role}\\xff.{_ROLES[role]}"
+    assert capsys.readouterr().err == (
+        f"facefusion-tasks: error: {shown}: name is not valid UTF-8; rename it\n"
+    )
+    assert store.r.dbsize() == 0

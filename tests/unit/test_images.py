@@ -225,3 +225,29 @@ def test_a_pipe_or_a_link_loop_is_named_for_what_it_is_in_or_out(tmp_path: Path)
     with pytest.raises(OutputError, match="out.mp4: is a pipe"):
         os.mkfifo(tmp_path / "out.mp4")
         check_output(tmp_path / "out.mp4", tmp_path / "in.mp4")
+
+
+def test_an_image_whose_name_is_not_utf8_decodes_without_handing_opencv_the_name(
+    tmp_path: Path,
+) -> None:
+    # cv2.imread crashed the process (SIGSEGV) on such a name: run where a crash is an answer.
+    import subprocess
+    import sys
+
+    path = tmp_path / os.fsdecode(b"src\xff.png")
+    path.write_bytes(_write(tmp_path / "src.png").read_bytes())  # (cv2.imwrite crashes too)
+    code = "import sys; from facefusion_tasks.inputs import read_image; " \
+           "print(read_image(__import__('pathlib').Path(sys.argv[1])).shape)"  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, "(48, 64, 3)\n"), done.stderr
+
+
+def test_a_file_far_larger_than_its_picture_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.png")
+    with path.open("r+b") as handle:
+        handle.truncate(65 << 20)  # sparse: a 64x48 PNG followed by 65 MiB of nothing
+    with pytest.raises(InputError, match="a.png: file is too large for a 64x48 image") as caught:
+        read_image(path)
+    assert caught.value.reason is Reason.TOO_LARGE

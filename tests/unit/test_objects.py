@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -72,3 +73,22 @@ def test_redact_removes_signatures_and_credential_scopes() -> None:
     assert "X-Amz" not in cleaned and "AKIAEXAMPLE" not in cleaned
     assert "https://s3.example.com/media/in.mp4" in cleaned
     assert "AKIAEXAMPLE" not in repr(SIGNED)
+
+
+def test_a_name_that_is_not_utf8_is_refused_as_typed_and_as_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bytes that are not UTF-8 (held as surrogate escapes) crashed OpenCV and ffmpeg-python;
+    # the message shows the byte itself, so the file can be found.
+    bad = os.fsdecode(b"in/src\xff.png")
+    for value in (bad, Path(bad), os.fsdecode(b"s3://media/src\xff.png")):
+        with pytest.raises(InputError, match=r"src\\xff\.png: name is not valid UTF-8; rename it"):
+            objects.location(value)
+    # A plain name in a folder whose own name is not UTF-8: the absolute path is what goes on.
+    folder = tmp_path / os.fsdecode(b"dir\xff")
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    with pytest.raises(InputError, match=r"dir\\xff/clip\.mp4: name is not valid UTF-8") as refused:
+        objects.location("clip.mp4")
+    assert refused.value.reason is Reason.PATH
+    assert objects.location(tmp_path / "clip.mp4") == tmp_path / "clip.mp4"
