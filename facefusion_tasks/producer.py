@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from facefusion_tasks import broker
 from facefusion_tasks.app import GPU_QUEUE, TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
@@ -56,6 +58,10 @@ class WaitTimeout(FaceFusionError):
     """`wait --timeout` ran out before the job ended (the job itself goes on)."""
 
     reason = Reason.TIMEOUT
+
+
+#: How long `wait` keeps trying a broker it lost after seeing the job, before exit 69.
+WAIT_RECONNECT_SECONDS = 60.0
 
 
 class Producer:
@@ -195,10 +201,22 @@ class Producer:
         poll: float = 0.5,
         on_progress: Callable[[JobStatus], None] | None = None,
     ) -> JobStatus:
-        """Block until the job ends (or `timeout` passes; then TimeoutError)."""
+        """Block until the job ends (or `timeout` passes; then TimeoutError). A broker that
+        goes away once the job was seen (a restart, a failover) is waited out for
+        WAIT_RECONNECT_SECONDS: the job goes on meanwhile, and a script must not read a blip
+        as its failure (exit 69)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        lost_since: float | None = None
         while True:
-            status = self.status(job_id)
+            try:
+                status = self.status(job_id)
+            except (redis.ConnectionError, redis.TimeoutError):
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > WAIT_RECONNECT_SECONDS:
+                    raise
+                time.sleep(max(poll, 1.0))
+                continue
+            lost_since = None
             if on_progress is not None:
                 on_progress(status)
             if status.state in TERMINAL:

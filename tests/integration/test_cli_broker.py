@@ -111,3 +111,28 @@ def test_wait_timeout_says_so(protected: int) -> None:
         )
     finally:
         store.r.flushdb()
+
+
+def test_wait_rides_out_a_broker_restart_and_reports_the_job_as_it_ends(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server:
+        store = JobStore(connect(server.url))
+        job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "facefusion_tasks", "wait", job_id, "--no-progress"],
+            env=environ | {"FACEFUSION_BROKER_URL": server.url},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            time.sleep(2)  # it has seen the job
+            server.stop()  # a restart (AOF on: the job survives it), as an operator's would
+            time.sleep(3)
+            server.start()
+            store = JobStore(connect(server.url))
+            assert store.set_state(job_id, "RUNNING") and store.set_state(job_id, "STITCHING")
+            assert store.set_state(job_id, "COMMITTING") and store.set_state(job_id, "SUCCEEDED")
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            waiting.kill()
+        assert waiting.returncode == 0, err
+        assert f"{job_id}: SUCCEEDED" in out
