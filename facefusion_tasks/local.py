@@ -18,6 +18,7 @@ from facefusion_tasks.inputs import Source, Sources, check_output, read_image, s
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.still import swap_image
+from facefusion_tasks.storage import check_outside_work
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.ffbin import ffmpeg_exe
 from facefusion_tasks.video.probe import VideoInfo, probe
@@ -42,7 +43,7 @@ def run_local(
     is written and verified here, then uploaded whole."""
     sources_at = tuple(_locate(s, settings, what="source image") for s in source_paths(source))
     target_at = _locate(target, settings, what="target")
-    output_at = _locate(output, settings, what="output")
+    output_at = _locate(output, settings, what="output", output=True)
     reference_at = None if reference is None else _locate(reference, settings, what="reference")
     info: VideoInfo | None = None
     target_file = target_at
@@ -88,11 +89,13 @@ def run_local(
     return result, loaded
 
 
-def _locate(value: Source, settings: Settings, *, what: str) -> Location:
-    """Local mode takes any path; an object only in an allowed bucket."""
+def _locate(value: Source, settings: Settings, *, what: str, output: bool = False) -> Location:
+    """Local mode takes any path but the fleet's work area (where a fleet sharing these
+    settings would remove it); an object only in an allowed bucket."""
     where = objects.location(value)
     if isinstance(where, ObjectRef):
-        return objects.confine(where, settings, what=what)
+        where = objects.confine(where, settings, what=what)
+    check_outside_work(where, settings, what=what, output=output)
     return where
 
 

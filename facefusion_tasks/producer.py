@@ -101,7 +101,7 @@ class Producer:
         limits = self.settings
         sources = [locate(s, self.settings, what="source image") for s in source_paths(source)]
         target_at = locate(target, self.settings, what="target")
-        output_at = locate(output, self.settings, what="output")
+        output_at = locate(output, self.settings, what="output", output=True)
         # Every name is checked before any file is read.
         reference_at = (
             None if reference is None else locate(reference, self.settings, what="reference image")

@@ -8,9 +8,13 @@ from pathlib import Path
 
 from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError
+from facefusion_tasks.errors import InputError, OutputError
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
+
+#: The work directory's name under the first root (FACEFUSION_WORK_DIR unset): the bucket
+#: prefix's name, so a fleet's segments are found by one name on a disk and in a bucket.
+WORK_NAME = objects.WORK_PREFIX.rstrip("/")
 
 
 def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
@@ -35,13 +39,18 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
     return resolved
 
 
-def locate(value: str | PathLike[str] | ObjectRef, settings: Settings, *, what: str) -> Location:
+def locate(
+    value: str | PathLike[str] | ObjectRef, settings: Settings, *, what: str, output: bool = False
+) -> Location:
     """A job's file confined by the one rule for its kind: an object (s3://bucket/key) must be
-    in an allowed bucket, a path inside the storage roots."""
+    in an allowed bucket, a path inside the storage roots; neither in the work area."""
     where = objects.location(value)
     if isinstance(where, ObjectRef):
-        return objects.confine(where, settings, what=what)
-    return confine(where, settings, what=what)
+        where = objects.confine(where, settings, what=what)
+    else:
+        where = confine(where, settings, what=what)
+    check_outside_work(where, settings, what=what, output=output)
+    return where
 
 
 def work_dir(settings: Settings) -> Path:
@@ -51,4 +60,30 @@ def work_dir(settings: Settings) -> Path:
     roots = settings.roots()
     if not roots:
         confine(".", settings, what="work directory")  # raises the clear error
-    return roots[0] / ".facefusion-work"
+    return roots[0] / WORK_NAME
+
+
+def check_outside_work(
+    where: Location, settings: Settings, *, what: str, output: bool = False
+) -> None:
+    """Refuse a job file in the work area: the work directory (the configured one, or the
+    default name under any root: a fleet may list its roots in another order) or the segments'
+    prefix in a bucket. What lies there is removed when a job ends, so an output would vanish
+    after its job succeeded, an input while a job still reads it. OutputError for the output,
+    InputError (reason path) for an input."""
+    if isinstance(where, ObjectRef):
+        area = f"{objects.SCHEME}{where.bucket}/{objects.WORK_PREFIX}"
+        inside = where.key.startswith(objects.WORK_PREFIX)
+    else:
+        resolved = where.expanduser().resolve()
+        dirs = [root / WORK_NAME for root in settings.roots()]
+        if settings.work_dir:
+            dirs.append(Path(settings.work_dir).expanduser().resolve())
+        found = next((d for d in dirs if resolved == d or resolved.is_relative_to(d)), None)
+        area, inside = str(found), found is not None
+    if not inside:
+        return
+    message = f"{where}: {what} is inside the work directory {area}, whose files go when jobs end"
+    if output:
+        raise OutputError(message)
+    raise InputError(message, reason=Reason.PATH)

@@ -246,13 +246,15 @@ def _not_utf8(original: Path, stem: str) -> Path:
         ("reference", "src\\xff.png: name is not valid UTF-8; rename it"),
         ("target", "clip\\xff.mp4: name is not valid UTF-8; rename it"),
         ("output", "out\\xff.mp4: name is not valid UTF-8; rename it"),
+        ("work_dir", "victim.mp4: output is inside the work directory"),
     ],
 )
 def test_submit_refuses_names_it_could_not_carry_through_before_anything_is_queued(
     hostile: dict[str, Path], case: str, message: str
 ) -> None:
     """Real files under each name: before, an image segfaulted OpenCV, a video or output was
-    an internal UnicodeEncodeError."""
+    an internal UnicodeEncodeError, and an output in the work directory was deleted by the
+    job's own cleanup once it had succeeded."""
     client = redis.Redis.from_url(SHARED_REDIS)
     client.flushdb()
     root = hostile["root"]
@@ -269,6 +271,9 @@ def test_submit_refuses_names_it_could_not_carry_through_before_anything_is_queu
         target = _not_utf8(target, "clip")
     elif case == "output":
         out_arg = root / os.fsdecode(b"out\xff.mp4")
+    elif case == "work_dir":
+        out = out_arg = root / ".facefusion-work" / "0123456789abcdef" / "victim.mp4"
+        out.parent.mkdir(parents=True, exist_ok=True)
     try:
         done = run_measured("submit", source, target, "-o", out_arg, *extra, env=env)
         assert done.returncode == 2, done.stderr

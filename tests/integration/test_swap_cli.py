@@ -165,6 +165,7 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("not_utf8_target", "faces\\xff.mp4: name is not valid UTF-8; rename it"),
         ("not_utf8_image_target", "photo\\xff.png: name is not valid UTF-8; rename it"),
         ("not_utf8_output", "out\\xff.mp4: name is not valid UTF-8; rename it"),
+        ("work_dir", "out.mp4: output is inside the work directory"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_output(
@@ -173,6 +174,7 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
     source, target, out = media["source"], media["faces"], tmp_path / "out.mp4"
     out_arg: str | Path = out
     extra: list[str | Path] = []
+    env: dict[str, str] = {}
     if case == "missing":
         target = tmp_path / "nope.mp4"
     elif case == "empty":
@@ -214,8 +216,13 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         out_arg = out
     elif case == "not_utf8_output":
         out_arg = tmp_path / os.fsdecode(b"out\xff.mp4")
+    elif case == "work_dir":
+        # A fleet's work directory (these roots' default one): its files go when jobs end.
+        env = {"FACEFUSION_STORAGE_ROOTS": str(tmp_path)}
+        out = out_arg = tmp_path / ".facefusion-work" / "out.mp4"
+        out.parent.mkdir()
     proc = run_cli(
-        "swap", source, target, "-o", out_arg, "--no-progress", *extra, models=models_dir
+        "swap", source, target, "-o", out_arg, "--no-progress", *extra, models=models_dir, env=env
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

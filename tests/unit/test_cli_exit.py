@@ -295,3 +295,18 @@ def test_a_name_that_is_not_utf8_is_one_line_and_exit_2_for_every_path(
         f"facefusion-tasks: error: {shown}: name is not valid UTF-8; rename it\n"
     )
     assert store.r.dbsize() == 0
+
+
+def test_a_local_swap_writes_nothing_into_the_fleets_work_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FACEFUSION_BROKER_URL", raising=False)
+    monkeypatch.setenv("FACEFUSION_STORAGE_ROOTS", str(tmp_path))
+    monkeypatch.delenv("FACEFUSION_WORK_DIR", raising=False)
+    paths = {name: str(tmp_path / f"{name}.{ext}") for name, ext in _ROLES.items()}
+    paths["output"] = str(tmp_path / ".facefusion-work" / "x.mp4")
+    assert cli.main(_swap_argv(paths)) == 2
+    assert capsys.readouterr().err == (
+        f"facefusion-tasks: error: {paths['output']}: output is inside the work directory "
+        f"{tmp_path}/.facefusion-work, whose files go when jobs end\n"
+    )

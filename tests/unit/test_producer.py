@@ -13,7 +13,7 @@ import redis
 
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, TASK_PLAN
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import FaceFusionError, InputError
+from facefusion_tasks.errors import FaceFusionError, InputError, OutputError
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics.queues import priority_keys
 from facefusion_tasks.producer import Producer, Retried
@@ -343,3 +343,58 @@ def test_retry_runs_a_done_chunk_again_when_its_segment_is_gone(
     assert producer.retry(job_id) == Retried("chunks", [1])
     assert _messages(redis_url, GPU_QUEUE) == [(TASK_CHUNK, [job_id, 1])]
     assert [c["state"] for c in producer.store.chunks(job_id)] == [DONE, PENDING, DONE]
+
+
+def test_no_job_file_may_lie_in_the_work_directory_whose_files_go_when_jobs_end(
+    producer: Producer, redis_url: str, tmp_path: Path
+) -> None:
+    from tests.media import TINY, write_source_face
+
+    source = write_source_face(tmp_path / "a.png")
+    target = make_sample_video(tmp_path / "t.mp4", **TINY)
+    work = tmp_path / ".facefusion-work"
+    (work / "0123456789abcdef").mkdir(parents=True)
+    (tmp_path / "w").symlink_to(work)
+    # A job's folder, the folder itself, and a link into it: the stitch's cleanup or the sweep
+    # removed such an output after its job succeeded.
+    for output in (
+        work / "0123456789abcdef" / "victim.mp4",
+        work / "x.mp4",
+        tmp_path / "w" / "x.mp4",
+    ):
+        with pytest.raises(OutputError, match="output is inside the work directory") as caught:
+            producer.submit(source, target, output)
+        assert caught.value.reason is Reason.BAD_OUTPUT
+    inside = write_source_face(work / "s.png")
+    with pytest.raises(InputError, match="s.png: source image is inside the work") as caught:
+        producer.submit(inside, target, tmp_path / "o.mp4")
+    assert caught.value.reason is Reason.PATH
+    assert redis.Redis.from_url(redis_url).keys("*") == []
+
+
+def test_the_configured_work_directory_and_a_buckets_work_prefix_are_refused_too(
+    tmp_path: Path,
+) -> None:
+    from facefusion_tasks.objects import ObjectRef
+    from facefusion_tasks.storage import locate
+
+    roots = f"{tmp_path / 'a'}:{tmp_path / 'b'}"
+    settings = Settings.from_env(
+        {}, storage_roots=roots, work_dir=str(tmp_path / "a" / "segments"), s3_buckets="media"
+    )
+    for where in (
+        tmp_path / "a" / "segments" / "o.mp4",
+        tmp_path / "b" / ".facefusion-work" / "o.mp4",  # the default name under any root
+        "s3://media/.facefusion-work/0123456789abcdef/o.mp4",  # the segments' prefix
+    ):
+        with pytest.raises(OutputError, match="inside the work directory"):
+            locate(where, settings, what="output", output=True)
+        with pytest.raises(InputError, match="target is inside the work directory") as caught:
+            locate(where, settings, what="target")
+        assert caught.value.reason is Reason.PATH
+    assert locate(tmp_path / "b" / "o.mp4", settings, what="output", output=True) == (
+        tmp_path / "b" / "o.mp4"
+    )
+    assert locate("s3://media/out/o.mp4", settings, what="output") == ObjectRef(
+        "media", "out/o.mp4"
+    )
