@@ -72,10 +72,11 @@ def _job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-seconds", type=float, default=None)
 
 
-def location_arg(text: str) -> str | Path:
-    """A path, or s3://bucket/key kept as text (a Path would fold its `//`); the commands
-    check it (a malformed or refused one is one error line and exit 2, as for a bad path)."""
-    return text if text.startswith("s3://") else Path(text)
+def location_arg(text: str) -> str:
+    """A path or s3://bucket/key, kept as typed (a Path would fold s3's `//` and drop a
+    trailing `/`): the commands make it a location (objects.location), which checks it (a
+    malformed or refused one is one error line and exit 2, as for a bad path)."""
+    return text
 
 
 #: The two forms of swap and submit (argparse cannot say "either a positional or --source").
@@ -103,7 +104,7 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 def split_sources(args: argparse.Namespace) -> None:
     """Set args.sources and args.target from the two forms, or exit 2 with the usage."""
     parser: argparse.ArgumentParser = args.command_parser
-    paths: list[str | Path] = args.paths
+    paths: list[str] = args.paths
     if args.sources:
         if len(paths) != 1:
             parser.error(

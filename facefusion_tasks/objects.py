@@ -94,13 +94,16 @@ def parse(text: str) -> ObjectRef:
 def location(value: str | PathLike[str] | ObjectRef) -> Location:
     """A path or an object from what a user gave: s3://… text is an object, the rest paths.
     Every job file the CLI or the API is given becomes a location here, so the name is
-    checked here: check_utf8."""
+    checked here, as typed (a Path would drop a trailing slash): check_utf8, and a path must
+    name a file."""
     if isinstance(value, ObjectRef):
         return value
     text = os.fspath(value)
     check_utf8(text)
     if text.startswith(SCHEME):
         return parse(text)
+    if os.path.basename(text) in ("", ".", ".."):
+        raise InputError(f"{text or '(empty)'}: names a directory, not a file", reason=Reason.PATH)
     # The absolute form too: ffmpeg and the job records get it (a relative name in a
     # directory whose own name is not UTF-8).
     check_utf8(os.path.abspath(os.path.expanduser(text)))

@@ -246,6 +246,7 @@ def _not_utf8(original: Path, stem: str) -> Path:
         ("reference", "src\\xff.png: name is not valid UTF-8; rename it"),
         ("target", "clip\\xff.mp4: name is not valid UTF-8; rename it"),
         ("output", "out\\xff.mp4: name is not valid UTF-8; rename it"),
+        ("trailing_slash", "out-named.mp4/: names a directory, not a file"),
         ("work_dir", "victim.mp4: output is inside the work directory"),
     ],
 )
@@ -253,8 +254,8 @@ def test_submit_refuses_names_it_could_not_carry_through_before_anything_is_queu
     hostile: dict[str, Path], case: str, message: str
 ) -> None:
     """Real files under each name: before, an image segfaulted OpenCV, a video or output was
-    an internal UnicodeEncodeError, and an output in the work directory was deleted by the
-    job's own cleanup once it had succeeded."""
+    an internal UnicodeEncodeError, a trailing slash wrote out-named.mp4, and an output in
+    the work directory was deleted by the job's own cleanup once it had succeeded."""
     client = redis.Redis.from_url(SHARED_REDIS)
     client.flushdb()
     root = hostile["root"]
@@ -271,6 +272,8 @@ def test_submit_refuses_names_it_could_not_carry_through_before_anything_is_queu
         target = _not_utf8(target, "clip")
     elif case == "output":
         out_arg = root / os.fsdecode(b"out\xff.mp4")
+    elif case == "trailing_slash":
+        out_arg = f"{out}/"
     elif case == "work_dir":
         out = out_arg = root / ".facefusion-work" / "0123456789abcdef" / "victim.mp4"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -165,6 +165,7 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("not_utf8_target", "faces\\xff.mp4: name is not valid UTF-8; rename it"),
         ("not_utf8_image_target", "photo\\xff.png: name is not valid UTF-8; rename it"),
         ("not_utf8_output", "out\\xff.mp4: name is not valid UTF-8; rename it"),
+        ("trailing_slash", "out.mp4/: names a directory, not a file"),
         ("work_dir", "out.mp4: output is inside the work directory"),
     ],
 )
@@ -216,6 +217,8 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         out_arg = out
     elif case == "not_utf8_output":
         out_arg = tmp_path / os.fsdecode(b"out\xff.mp4")
+    elif case == "trailing_slash":
+        out_arg = f"{out}/"  # it wrote out.mp4
     elif case == "work_dir":
         # A fleet's work directory (these roots' default one): its files go when jobs end.
         env = {"FACEFUSION_STORAGE_ROOTS": str(tmp_path)}

@@ -142,15 +142,16 @@ def test_both_source_forms_or_neither_is_a_usage_error(
 
 
 def test_the_positional_and_the_repeated_source_forms_name_the_same_paths() -> None:
+    # Kept as typed: objects.location checks them as the user wrote them.
     parser = cli.build_parser()
     for argv, sources in (
-        (["swap", "a.png", "t.mp4", "-o", "o.mp4"], [Path("a.png")]),
+        (["swap", "a.png", "t.mp4", "-o", "o.mp4"], ["a.png"]),
         (["swap", "--source", "a.png", "t.mp4", "--source", "b.png", "-o", "o.mp4"],
-         [Path("a.png"), Path("b.png")]),
+         ["a.png", "b.png"]),
     ):  # fmt: skip
         args = parser.parse_args(argv)
         cli.split_sources(args)
-        assert (args.sources, args.target) == (sources, Path("t.mp4"))
+        assert (args.sources, args.target) == (sources, "t.mp4")
 
 
 def test_every_encoders_speed_table_maps_every_preset_name() -> None:
@@ -295,6 +296,26 @@ def test_a_name_that_is_not_utf8_is_one_line_and_exit_2_for_every_path(
         f"facefusion-tasks: error: {shown}: name is not valid UTF-8; rename it\n"
     )
     assert store.r.dbsize() == 0
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["local", "submitted"])
+def test_an_output_ending_in_a_slash_names_a_directory_and_nothing_is_written(
+    local: bool,
+    broker: str,
+    store: JobStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if local:
+        monkeypatch.delenv("FACEFUSION_BROKER_URL")
+    paths = {name: str(tmp_path / f"{name}.{ext}") for name, ext in _ROLES.items()}
+    paths["output"] = f"{tmp_path}/new.mp4/"
+    assert cli.main(_swap_argv(paths)) == 2
+    assert capsys.readouterr().err == (
+        f"facefusion-tasks: error: {tmp_path}/new.mp4/: names a directory, not a file\n"
+    )
+    assert list(tmp_path.iterdir()) == [] and store.r.dbsize() == 0
 
 
 def test_a_local_swap_writes_nothing_into_the_fleets_work_directory(

@@ -92,3 +92,12 @@ def test_a_name_that_is_not_utf8_is_refused_as_typed_and_as_an_absolute_path(
         objects.location("clip.mp4")
     assert refused.value.reason is Reason.PATH
     assert objects.location(tmp_path / "clip.mp4") == tmp_path / "clip.mp4"
+
+
+def test_a_path_ending_in_a_slash_names_a_directory() -> None:
+    # Checked as typed: a Path drops the slash, and `-o out/new.mp4/` wrote out/new.mp4.
+    for text in ("out/new.mp4/", "out/new.mp4/.", "out/..", "/", ""):
+        with pytest.raises(InputError, match="names a directory, not a file") as refused:
+            objects.location(text)
+        assert refused.value.reason is Reason.PATH
+    assert objects.location("out/new.mp4") == Path("out/new.mp4")
