@@ -16,7 +16,8 @@ from typing import Any
 from facefusion_tasks import policy
 from facefusion_tasks.cli_args import build_parser, location_arg, settings_from, split_sources
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import FaceFusionError
+from facefusion_tasks.errors import FaceFusionError, InputError
+from facefusion_tasks.reasons import Reason
 
 log = logging.getLogger("facefusion_tasks")
 
@@ -117,7 +118,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from facefusion_tasks.bench import run_bench, run_ceiling
     from facefusion_tasks.bench_report import render
-    from facefusion_tasks.errors import InputError
 
     if args.repeats < 3:
         raise InputError("--repeats must be at least 3: one noisy round proves nothing")
@@ -170,7 +170,8 @@ def _print_status(status: Any, *, as_json: bool) -> None:
     print(
         f"{status.id}: {status.state}  frames {status.frames_done}/{status.frames_total}  "
         f"chunks {status.chunks_done}/{status.chunks_total}"
-        + (f"  reason {status.reason}: {status.error}" if status.reason else "")
+        + (f"  reason {status.reason}" if status.reason else "")
+        + (f": {status.error}" if status.reason and status.error else "")
     )
     for chunk in status.chunks:
         worker = f" on {chunk['worker']}" if chunk["worker"] else ""
@@ -237,8 +238,20 @@ def _cmd_wait(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    changed = _producer(settings_from(args)).cancel(args.job)
-    print(f"{args.job}: {'cancelled' if changed else 'already finished'}")
+    from facefusion_tasks.store import COMMITTING
+
+    producer = _producer(settings_from(args))
+    if producer.cancel(args.job):
+        said = "cancelled"
+    else:
+        state = producer.status(args.job).state
+        # A verified output is being put in place: the job is not over, but past cancelling.
+        said = (
+            "committing its output, too late to cancel"
+            if state == COMMITTING
+            else f"already {state.lower()}"
+        )
+    print(f"{args.job}: {said}")
     return EXIT_OK
 
 
@@ -275,6 +288,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from facefusion_tasks.worker import run_workers
 
+    port = args.metrics_port
+    if port is None:  # the flag, else the variable the exporter itself reads, else 9808
+        raw = os.environ.get("FACEFUSION_METRICS_PORT", "").strip()
+        if raw and not raw.isdigit():
+            raise InputError(
+                f"FACEFUSION_METRICS_PORT must be a port number, not {raw!r}", reason=Reason.CONFIG
+            )
+        port = int(raw or 9808)
     return run_workers(
         settings_from(args),
         gpus=args.gpus,
@@ -282,7 +303,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         light_concurrency=args.light_concurrency,
         max_tasks_per_child=args.max_tasks_per_child,
         loglevel=args.loglevel,
-        metrics_port=args.metrics_port,
+        metrics_port=port,
         metrics_dir=args.metrics_dir,
         name=args.name,
     )

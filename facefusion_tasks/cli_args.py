@@ -181,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--light-concurrency", type=int, default=2)
     worker.add_argument("--max-tasks-per-child", type=int, default=0)
     worker.add_argument("--loglevel", default="info")
-    worker.add_argument("--metrics-port", type=int, default=9808, help="0 = no exporter")
+    worker.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="0 = no exporter (default: FACEFUSION_METRICS_PORT, else 9808)",
+    )  # fmt: skip
     worker.add_argument("--metrics-dir", type=Path, default=None)
     worker.add_argument("--name", default="", help="prefix for the Celery node names")
     _settings_flags(worker)

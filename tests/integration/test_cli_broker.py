@@ -136,3 +136,48 @@ def test_wait_rides_out_a_broker_restart_and_reports_the_job_as_it_ends(tmp_path
             waiting.kill()
         assert waiting.returncode == 0, err
         assert f"{job_id}: SUCCEEDED" in out
+
+
+def test_cancel_and_status_say_what_the_job_is(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server:
+        store = JobStore(connect(server.url))
+        env = {"FACEFUSION_STORAGE_ROOTS": str(tmp_path)}
+
+        def said(*args: str) -> str:
+            code, err, _ = _cli(server.url, *args, env=env)
+            assert code == 0, err
+            return err
+
+        queued = store.create({"source": "s.png", "target": "t.mp4", "output": "a.mp4"})
+        said("cancel", queued)
+        status = subprocess.run(
+            [sys.executable, "-m", "facefusion_tasks", "status", queued],
+            env={**os.environ, "FACEFUSION_BROKER_URL": server.url, **env},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        # No empty text after the reason.
+        assert status.stdout.splitlines()[0].endswith("reason cancelled"), status.stdout
+        again = subprocess.run(
+            [sys.executable, "-m", "facefusion_tasks", "cancel", queued],
+            env={**os.environ, "FACEFUSION_BROKER_URL": server.url, **env},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert again.stdout.strip() == f"{queued}: already cancelled"
+        # Putting its verified output in place: not over, but past cancelling.
+        committing = store.create({"source": "s.png", "target": "t.mp4", "output": "b.mp4"})
+        for state in ("RUNNING", "STITCHING", "COMMITTING"):
+            assert store.set_state(committing, state)
+        late = subprocess.run(
+            [sys.executable, "-m", "facefusion_tasks", "cancel", committing],
+            env={**os.environ, "FACEFUSION_BROKER_URL": server.url, **env},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert late.stdout.strip() == f"{committing}: committing its output, too late to cancel"
+
+
+def test_the_worker_launcher_reads_its_metrics_port_from_the_environment_too() -> None:
+    code, err, _ = _cli("redis://127.0.0.1:1/0", "worker", env={"FACEFUSION_METRICS_PORT": "nine"})
+    assert code == EXIT_BAD_INPUT
+    assert (
+        err == "facefusion-tasks: error: FACEFUSION_METRICS_PORT must be a port number, not 'nine'"
+    )
