@@ -26,6 +26,11 @@ _PATH_ERRNOS = frozenset(
 )
 
 
+def _is_time_limit(error: BaseException) -> bool:
+    """Celery's soft or hard time limit (matched by name: policy does not import Celery)."""
+    return any(cls.__name__ in _TIME_LIMIT_NAMES for cls in type(error).__mro__)
+
+
 def one_line(text: str) -> str:
     """`text` with its newlines shown as \\n: a message stays one line whatever a path in it
     holds."""
@@ -35,6 +40,8 @@ def one_line(text: str) -> str:
 def describe(error: BaseException, *, limit: int = 80) -> str:
     """One line for an error: an OSError as "path: what the OS said" (a long path's middle
     cut out, a newline in it shown as \\n), anything else as its text."""
+    if _is_time_limit(error):  # Celery's own text is only "SoftTimeLimitExceeded()"
+        return "ran past its time limit (FACEFUSION_CHUNK_TIME_LIMIT)"
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         name = one_line(str(error.filename))
         if len(name) > limit:
@@ -65,7 +72,7 @@ def reason_of(error: BaseException) -> Reason:
     """The bounded reason for any exception, ours or not."""
     if isinstance(error, FaceFusionError):
         return parse(error.reason)
-    if any(cls.__name__ in _TIME_LIMIT_NAMES for cls in type(error).__mro__):
+    if _is_time_limit(error):
         return Reason.TIMEOUT
     if isinstance(error, subprocess.TimeoutExpired):
         return Reason.TIMEOUT

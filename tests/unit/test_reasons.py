@@ -129,3 +129,6 @@ def test_an_os_error_on_a_path_is_described_in_one_short_line() -> None:
     odd = PermissionError(errno.EACCES, "Permission denied", "/in/new\nline.mp4")
     assert policy.describe(odd) == "/in/new\\nline.mp4: Permission denied"
     assert policy.describe(ValueError("two\nlines")) == "two lines"
+    # Celery's time limits say nothing by themselves ("SoftTimeLimitExceeded()").
+    for limit in (SoftTimeLimitExceeded(), TimeLimitExceeded(10)):
+        assert policy.describe(limit) == "ran past its time limit (FACEFUSION_CHUNK_TIME_LIMIT)"
