@@ -65,10 +65,11 @@ def where(url: str) -> str:
 
 
 def lost(error: BaseException) -> bool:
-    """Whether `error` means the broker went away mid-command: redis-py's connection errors,
-    kombu's, or the bare RuntimeError Celery's Redis result backend gives up with ("Retry limit
-    exceeded while trying to reconnect to the Celery result store backend")."""
-    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+    """Whether `error` means the broker went away mid-command, or is full and refuses writes
+    (maxmemory): redis-py's connection and out-of-memory errors, kombu's, or the bare
+    RuntimeError Celery's Redis result backend gives up with ("Retry limit exceeded while
+    trying to reconnect to the Celery result store backend")."""
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError)):
         return True
     kombu = sys.modules.get("kombu.exceptions")  # loaded by whoever sent through Celery
     if kombu is not None and isinstance(error, kombu.OperationalError):
@@ -88,6 +89,9 @@ def explain(error: BaseException, url: str) -> BrokerUnavailable:
         return BrokerUnavailable(f"Redis at {at} refused the password")
     if isinstance(error, redis.TimeoutError):
         return BrokerUnavailable(f"cannot connect to Redis at {at} (no answer in time)")
+    if isinstance(error, redis.OutOfMemoryError):
+        # Its maxmemory is reached and it evicts nothing: every write is refused.
+        return BrokerUnavailable(f"Redis at {at} is full (maxmemory reached) and refuses writes")
     return BrokerUnavailable(f"cannot connect to Redis at {at}")
 
 

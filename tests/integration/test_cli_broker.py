@@ -181,3 +181,24 @@ def test_the_worker_launcher_reads_its_metrics_port_from_the_environment_too() -
     assert (
         err == "facefusion-tasks: error: FACEFUSION_METRICS_PORT must be a port number, not 'nine'"
     )
+
+
+def test_a_full_broker_is_one_line_and_exit_69(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server:
+        store = JobStore(connect(server.url))
+        job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "a.mp4"})
+        # maxmemory reached, nothing to evict: Redis refuses every write.
+        store.r.config_set("maxmemory-policy", "noeviction")
+        store.r.config_set("maxmemory", "1")
+        try:
+            code, err, _ = _cli(
+                server.url, "cancel", job_id, env={"FACEFUSION_STORAGE_ROOTS": str(tmp_path)}
+            )
+        finally:
+            store.r.config_set("maxmemory", "0")
+        assert code == EXIT_UNAVAILABLE
+        assert err == (
+            f"facefusion-tasks: error: Redis at 127.0.0.1:{server.port} is full (maxmemory "
+            "reached) and refuses writes"
+        )
+        assert store.state(job_id) == "QUEUED"
