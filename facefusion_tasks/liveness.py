@@ -67,16 +67,17 @@ def sweep(
     settings: Settings,
     *,
     enqueue: Enqueue,
-    light_line: Callable[[], InLine],
-    gpu_line: Callable[[], InLine],
+    light_line: Callable[[float], InLine],
+    gpu_line: Callable[[float], InLine],
     now: float | None = None,
 ) -> SweepReport:
     """Recover every chunk with no frame progress for `stall_seconds`, every chunk whose
     message has not reached a worker as long, and every job stuck in QUEUED, PLANNING,
     STITCHING or COMMITTING as long. Safe to run on many hosts at once, and idempotent: each
     item is claimed by one atomic script before anything is sent or failed. `light_line` and
-    `gpu_line` read the messages in those queues (keys.messages_in_line), each only when
-    something has waited long enough to be looked for there."""
+    `gpu_line` read the messages in those queues (keys.messages_in_line; held ones only if
+    taken since the time given), each only when something has waited long enough to be
+    looked for there."""
     now = time.time() if now is None else now
     one = _Sweep(store, settings, enqueue, now, now - settings.stall_seconds)
     for job_id, index, _beat in store.stale_chunks(one.cutoff):
@@ -85,12 +86,12 @@ def sweep(
     # chunk whose message is nowhere in it has lost it (Redis lost it, someone purged the
     # queue). A line too long to read may hold them all: they wait.
     unsent = store.stale_pending(one.cutoff)
-    gpu = gpu_line() if unsent else frozenset()
+    gpu = gpu_line(one.cutoff) if unsent else frozenset()
     for job_id, index, _sent in unsent:
         if gpu is not None and (job_id, str(index)) not in gpu:
             one.resend_chunk(job_id, index)
     stale_jobs = store.stale_jobs(one.cutoff)
-    light = light_line() if stale_jobs else frozenset()
+    light = light_line(one.cutoff) if stale_jobs else frozenset()
     for job_id, _since in stale_jobs:
         # Likewise a QUEUED job's plan, or a RUNNING job's stitch, may be waiting in line. (A
         # plan or stitch that runs beats its clock, so a stale PLANNING or STITCHING job has
@@ -281,8 +282,8 @@ def run_periodically(
     settings: Settings,
     *,
     enqueue: Enqueue,
-    light_line: Callable[[], InLine],
-    gpu_line: Callable[[], InLine],
+    light_line: Callable[[float], InLine],
+    gpu_line: Callable[[float], InLine],
     on_report: Callable[[SweepReport], None],
     stop: threading.Event | None = None,
 ) -> threading.Thread:

@@ -285,7 +285,12 @@ class Producer:
         if status.state == RUNNING:
             busy = self.store.busy_chunks(job_id, seconds=self.settings.stall_seconds)
             waiting = self.store.waiting_chunks(job_id, status.chunks_total)
-            line = messages_in_line(self.store.r, GPU_QUEUE) if waiting else frozenset()
+            held_since = time.time() - self.settings.stall_seconds
+            line = (
+                messages_in_line(self.store.r, GPU_QUEUE, held_since=held_since)
+                if waiting
+                else frozenset()
+            )
             busy |= {i for i in waiting if line is None or (job_id, str(i)) in line}
         rerun = [index for index in undone if index not in busy]
         for index in rerun:

@@ -147,8 +147,8 @@ def _start_sweep() -> None:
     def send(kind: str, args: list[Any], priority: int) -> None:
         enqueue(app, _SWEEP_TASKS[kind], args, priority=priority)
 
-    def line(queue: str) -> Callable[[], InLine]:
-        return lambda: messages_in_line(_store().r, queue)
+    def line(queue: str) -> Callable[[float], InLine]:
+        return lambda held_since: messages_in_line(_store().r, queue, held_since=held_since)
 
     def report(result: liveness.SweepReport) -> None:
         for _ in result.requeued_chunks:

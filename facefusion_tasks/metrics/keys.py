@@ -63,11 +63,15 @@ def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int 
     client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))
 
 
-def messages_in_line(client: redis.Redis, queue: str, *, key_prefix: str = "") -> InLine:
-    """The arguments of every task message waiting in `queue`, or held by a worker and not
-    acknowledged (prefetched, or waiting out a retry's countdown): work whose message is not
-    among them has none that will ever start it. Read in one MULTI/EXEC; None when more than
-    LINE_LIMIT messages would have to be read."""
+def messages_in_line(
+    client: redis.Redis, queue: str, *, held_since: float, key_prefix: str = ""
+) -> InLine:
+    """The arguments of every task message waiting in `queue`, or taken by a worker since
+    `held_since` and not acknowledged (prefetched, or waiting out a retry's countdown): work
+    whose message is not among them has none that will ever start it. A message held longer is
+    left out: a live worker starts what it takes at once, so its holder is dead or stuck, and
+    kombu would give it back only after its visibility timeout (an hour). Read in one
+    MULTI/EXEC; None when more than LINE_LIMIT messages would have to be read."""
     keys = [key_prefix + key for key in priority_keys(queue)]
     pipe = client.pipeline(transaction=True)
     for key in keys:
@@ -78,13 +82,14 @@ def messages_in_line(client: redis.Redis, queue: str, *, key_prefix: str = "") -
     pipe = client.pipeline(transaction=True)
     for key in keys:
         pipe.lrange(key, 0, -1)
-    pipe.hvals(key_prefix + UNACKED_KEY)
-    *waiting, held = pipe.execute()
+    pipe.zrangebyscore(key_prefix + UNACKED_INDEX_KEY, held_since, "+inf")
+    pipe.hgetall(key_prefix + UNACKED_KEY)
+    *waiting, recent, held = pipe.execute()
     found: set[tuple[str, ...]] = set()
     for raw in itertools.chain(*waiting):
         found.add(_task_args(_json(raw)))
-    for raw in held:  # each [message, exchange, routing key]
-        entry = _json(raw)
+    for tag in recent:  # each held one is [message, exchange, routing key]
+        entry = _json(held.get(tag)) if tag in held else None
         found.add(_task_args(entry[0] if isinstance(entry, list) and entry else None))
     found.discard(())
     return frozenset(found)

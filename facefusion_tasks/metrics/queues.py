@@ -281,8 +281,9 @@ class QueueCollector:
             liveness = read_liveness(
                 self.client, stall_seconds=self.stall_seconds, now=now,
                 gpu_line=lambda: messages_in_line(
-                    self.client, GPU_QUEUE, key_prefix=self.key_prefix
-                ),
+                    self.client, GPU_QUEUE, held_since=now - self.stall_seconds,
+                    key_prefix=self.key_prefix,
+                ),  # fmt: skip
                 key_prefix=self.key_prefix,
             )  # fmt: skip
             disabled = self.client.hget(self.key_prefix + METRICS_DISABLED_KEY, self.host)

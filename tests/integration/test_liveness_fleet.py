@@ -138,18 +138,22 @@ def test_a_chunk_message_lost_while_others_wait_in_line_is_sent_again_at_once(
             lost = producer.submit(
                 root / "source.png", root / "tiny.mp4", root / "out" / "lost.mp4", priority=9
             )
-            wait_for(lambda: (lost, "0") in (messages_in_line(broker, "gpu") or ()), timeout=30)
+            wait_for(lambda: (lost, "0") in _line(broker), timeout=30)
             assert _drop_message(broker, (lost, "0")) == 1
             record = f"facefusion:job:{lost}:chunk:0"
             wait_for(lambda: broker.hget(record, "resent"), timeout=3 * stall + 5, interval=0.1)
             # Sent again while the busy job's chunks still wait in line.
-            line = messages_in_line(broker, "gpu") or frozenset()
+            line = _line(broker)
             assert any(args[0] == busy for args in line), line
         # The stopped process went with the context; its chunk is redone by a new one.
         for job_id in (lost, busy):
             status = producer.wait(job_id, timeout=150)
             assert status.state == SUCCEEDED, (status.reason, status.error)
     assert video_times(root / "out" / "lost.mp4") == video_times(root / "tiny.mp4")
+
+
+def _line(broker: redis.Redis) -> frozenset[tuple[str, ...]]:
+    return messages_in_line(broker, "gpu", held_since=time.time() - 60) or frozenset()
 
 
 def _drop_message(broker: redis.Redis, args: tuple[str, ...]) -> int:

@@ -82,7 +82,7 @@ def _sweep(
 ) -> SweepReport:
     """One sweep at `now`, with the arguments of the messages in the light and gpu queues."""
     return sweep(
-        store, settings, enqueue=sent, light_line=lambda: light, gpu_line=lambda: gpu, now=now
+        store, settings, enqueue=sent, light_line=lambda _: light, gpu_line=lambda _: gpu, now=now
     )
 
 
@@ -356,12 +356,20 @@ def test_the_line_holds_every_waiting_message_and_those_a_worker_took_and_holds(
         held = connection.default_channel.basic_get("gpu", no_ack=False)
         assert held is not None
         assert store.r.hlen(keys.UNACKED_KEY) == 1
-        gpu, light = messages_in_line(store.r, "gpu"), messages_in_line(store.r, "light")
+        since = time.time() - 60
+        gpu = messages_in_line(store.r, "gpu", held_since=since)
+        light = messages_in_line(store.r, "light", held_since=since)
         assert gpu is not None and light is not None
         assert {("job1", "0"), ("job1", "1"), ("job1", "2")} <= gpu and ("job2",) not in gpu
         assert ("job2",) in light
+        # Held since long before: a live worker starts what it takes at once, so its holder is
+        # dead or stuck and kombu would give it back only after an hour. Not in line.
+        [tag] = store.r.zrange(keys.UNACKED_INDEX_KEY, 0, -1)
+        store.r.zadd(keys.UNACKED_INDEX_KEY, {tag: since - 1})
+        stale = messages_in_line(store.r, "gpu", held_since=since)
+        assert stale is not None and len(gpu - stale) == 1 and len(stale) == 2
         monkeypatch.setattr(keys, "LINE_LIMIT", 2)  # three in the gpu line: too many to read
-        assert messages_in_line(store.r, "gpu") is None
+        assert messages_in_line(store.r, "gpu", held_since=since) is None
 
 
 def test_messages_held_for_ended_work_are_acknowledged_by_the_sweep(store: JobStore) -> None:

@@ -103,8 +103,8 @@ def _swept(store: JobStore, settings: Settings, job_id: str, *, later: float = 6
         store,
         settings,
         enqueue=lambda *c: sent.append(c),
-        light_line=frozenset,
-        gpu_line=frozenset,
+        light_line=lambda _: frozenset(),
+        gpu_line=lambda _: frozenset(),
         now=time.time() + later,
     )
     assert sent == [("stitch", [job_id], 9)]
@@ -122,8 +122,8 @@ def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobSt
             store,
             settings,
             enqueue=lambda *c: sent.append(c),
-            light_line=frozenset,
-            gpu_line=frozenset,
+            light_line=lambda _: frozenset(),
+            gpu_line=lambda _: frozenset(),
         )
     assert (sent, report.failed_jobs) == ([], [])
     assert store.state(job_id) == STITCHING

@@ -113,8 +113,8 @@ def test_a_job_stuck_committing_gets_a_stitch_to_finish_its_commit(store: JobSto
             store,
             settings,
             enqueue=lambda *call: sent.append(call),
-            light_line=frozenset,
-            gpu_line=frozenset,
+            light_line=lambda _: frozenset(),
+            gpu_line=lambda _: frozenset(),
             now=later + 60 * round_,
         )
     assert sent == [("stitch", [job_id], 9)] * settings.max_deliveries
