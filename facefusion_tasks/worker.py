@@ -254,5 +254,6 @@ def run_workers(
     for child in children:
         if child.proc is not None:
             child.proc.wait()
-    os.close(owner)  # the directory is free once every child is gone
+    if owner >= 0:
+        os.close(owner)  # the directory is free once every child is gone
     return 0

@@ -78,11 +78,16 @@ def claim_directory(directory: Path) -> int:
     """Own `directory` for this launcher's lifetime: the held lock's fd (never inherited by the
     children, so it goes with the launcher, even SIGKILLed). A second launcher on the same
     directory would wipe the first one's live files and merge both fleets into one exporter's
-    figures, so it is refused: DirectoryInUse."""
+    figures, so it is refused: DirectoryInUse. -1 when the lock file cannot be made (a full or
+    read-only metrics filesystem costs metrics, never the workers)."""
     directory = Path(directory).expanduser().absolute()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / OWNER_FILE
-    fd = acquire_lock(path, blocking=False)
+    try:
+        fd = acquire_lock(path, blocking=False)
+    except OSError as exc:
+        log.warning("metrics directory %s: no owner lock (%s); not guarded", directory, exc)
+        return -1
     if fd is None:
         try:
             holder = path.read_text(encoding="ascii", errors="replace").strip() or "?"
@@ -92,8 +97,9 @@ def claim_directory(directory: Path) -> int:
             f"metrics directory {directory} belongs to the worker launcher with pid {holder}; "
             "give each launcher on a host its own --metrics-dir and --metrics-port"
         )
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    with contextlib.suppress(OSError):  # the pid only names the owner in the refusal
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
     return fd
 
 

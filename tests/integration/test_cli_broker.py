@@ -141,38 +141,27 @@ def test_wait_rides_out_a_broker_restart_and_reports_the_job_as_it_ends(tmp_path
 def test_cancel_and_status_say_what_the_job_is(tmp_path: Path) -> None:
     with private_redis(tmp_path) as server:
         store = JobStore(connect(server.url))
-        env = {"FACEFUSION_STORAGE_ROOTS": str(tmp_path)}
 
-        def said(*args: str) -> str:
-            code, err, _ = _cli(server.url, *args, env=env)
-            assert code == 0, err
-            return err
+        def stdout(*args: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "-m", "facefusion_tasks", *args],
+                env=os.environ | {"FACEFUSION_BROKER_URL": server.url,
+                                  "FACEFUSION_STORAGE_ROOTS": str(tmp_path)},
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            return done.stdout.strip()
 
         queued = store.create({"source": "s.png", "target": "t.mp4", "output": "a.mp4"})
-        said("cancel", queued)
-        status = subprocess.run(
-            [sys.executable, "-m", "facefusion_tasks", "status", queued],
-            env={**os.environ, "FACEFUSION_BROKER_URL": server.url, **env},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        assert stdout("cancel", queued) == f"{queued}: cancelled"
         # No empty text after the reason.
-        assert status.stdout.splitlines()[0].endswith("reason cancelled"), status.stdout
-        again = subprocess.run(
-            [sys.executable, "-m", "facefusion_tasks", "cancel", queued],
-            env={**os.environ, "FACEFUSION_BROKER_URL": server.url, **env},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert again.stdout.strip() == f"{queued}: already cancelled"
+        assert stdout("status", queued).splitlines()[0].endswith("reason cancelled")
+        assert stdout("cancel", queued) == f"{queued}: already cancelled"
         # Putting its verified output in place: not over, but past cancelling.
         committing = store.create({"source": "s.png", "target": "t.mp4", "output": "b.mp4"})
         for state in ("RUNNING", "STITCHING", "COMMITTING"):
             assert store.set_state(committing, state)
-        late = subprocess.run(
-            [sys.executable, "-m", "facefusion_tasks", "cancel", committing],
-            env={**os.environ, "FACEFUSION_BROKER_URL": server.url, **env},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert late.stdout.strip() == f"{committing}: committing its output, too late to cancel"
+        late = stdout("cancel", committing)
+        assert late == f"{committing}: committing its output, too late to cancel"
 
 
 def test_the_worker_launcher_reads_its_metrics_port_from_the_environment_too() -> None:

@@ -84,17 +84,24 @@ def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound
     assert video_times(output) == video_times(root / "clip.mp4")  # nothing lost or doubled
 
 
+def _quick_sweeps(
+    root: Path, models_dir: Path, tmp_path: Path, stall: int
+) -> contextlib.AbstractContextManager[Launcher]:
+    """A launcher whose sweep runs every second with a `stall`-second bound."""
+    return launcher(
+        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port(),
+        stall_seconds=str(stall), sweep_seconds="1", heartbeat_seconds="0.5",
+        chunk_time_limit="60", visibility_timeout="120",
+    )  # fmt: skip
+
+
 def test_chunk_messages_lost_from_the_queue_are_sent_again_and_the_job_completes(
     root: Path, models_dir: Path, tmp_path: Path
 ) -> None:
     # Redis lost the queue's last writes, or someone purged it, while the job's records
     # stayed: the job is RUNNING with chunks no message will ever start.
-    stall, sweep = 4, 1
-    with launcher(
-        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port(),
-        stall_seconds=str(stall), sweep_seconds=str(sweep), heartbeat_seconds="0.5",
-        chunk_time_limit="60", visibility_timeout="120",
-    ) as fleet:  # fmt: skip
+    stall = 4
+    with _quick_sweeps(root, models_dir, tmp_path, stall) as fleet:
         fleet.start(gpu_processes=1)
         producer = fleet.producer()
         output = root / "out" / "purged.mp4"
@@ -121,12 +128,8 @@ def test_a_chunk_message_lost_while_others_wait_in_line_is_sent_again_at_once(
 ) -> None:
     # A busy fleet never sees an empty gpu queue: a lost message must be found by looking for
     # it in the line, not by waiting for the line to empty.
-    stall, sweep = 4, 1
-    with launcher(
-        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port(),
-        stall_seconds=str(stall), sweep_seconds=str(sweep), heartbeat_seconds="0.5",
-        chunk_time_limit="60", visibility_timeout="120",
-    ) as fleet:  # fmt: skip
+    stall = 4
+    with _quick_sweeps(root, models_dir, tmp_path, stall) as fleet:
         fleet.start(gpu_processes=1)
         producer = fleet.producer()
         busy = producer.submit(
