@@ -210,9 +210,17 @@ class Producer:
         while True:
             try:
                 status = self.status(job_id)
-            except (redis.ConnectionError, redis.TimeoutError):
-                lost_since = lost_since or time.monotonic()
-                if time.monotonic() - lost_since > WAIT_RECONNECT_SECONDS:
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if isinstance(exc, redis.AuthenticationError):
+                    raise  # a refused password is no blip: broker.py never retries one
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
+                    raise WaitTimeout(
+                        f"timed out waiting for job {job_id} after {timeout:g} s (the broker "
+                        "is unreachable)"
+                    ) from exc
+                lost_since = lost_since or now
+                if now - lost_since > WAIT_RECONNECT_SECONDS:
                     raise
                 time.sleep(max(poll, 1.0))
                 continue
@@ -277,21 +285,24 @@ class Producer:
         ]
         undone = sorted(undone + lost)
         # In a RUNNING job a chunk with a fresh heartbeat is running: leave it to its worker;
-        # so is one sent and not yet taken whose message is in line (sent again it would run
-        # twice), or may be (a line too long to read). One whose message is nowhere in line
-        # has lost it, and is sent. A FAILED job's chunks have all stopped (or are stopping):
-        # each undone one runs again.
+        # so is one sent and not yet taken, within stall_seconds (its message may be on its
+        # way to a worker, or still being sent) or with its message in line, or maybe in it
+        # (a line too long to read): sent again, it would run twice. One waiting longer whose
+        # message is nowhere in line has lost it, and is sent, as the sweep would. A FAILED
+        # job's chunks have all stopped (or are stopping): each undone one runs again.
         busy: set[int] = set()
         if status.state == RUNNING:
             busy = self.store.busy_chunks(job_id, seconds=self.settings.stall_seconds)
+            cutoff = time.time() - self.settings.stall_seconds
             waiting = self.store.waiting_chunks(job_id, status.chunks_total)
-            held_since = time.time() - self.settings.stall_seconds
+            busy |= {i for i, sent in waiting.items() if sent > cutoff}
+            stale = set(waiting) - busy
             line = (
-                messages_in_line(self.store.r, GPU_QUEUE, held_since=held_since)
-                if waiting
+                messages_in_line(self.store.r, GPU_QUEUE, held_since=cutoff)
+                if stale
                 else frozenset()
             )
-            busy |= {i for i in waiting if line is None or (job_id, str(i)) in line}
+            busy |= {i for i in stale if line is None or (job_id, str(i)) in line}
         rerun = [index for index in undone if index not in busy]
         for index in rerun:
             self.store.reset_chunk(job_id, index)

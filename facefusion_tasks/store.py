@@ -441,14 +441,14 @@ class JobStore(ChunkRecords, StallIndex):
         """Most recent job ids first."""
         return list(self.r.zrevrange(f"{PREFIX}:jobs", 0, limit - 1))  # type: ignore[arg-type]
 
-    def waiting_chunks(self, job_id: str, chunks_total: int) -> set[int]:
-        """Chunks sent and not yet taken by a worker (in the pending index): their messages
-        may still be in line."""
+    def waiting_chunks(self, job_id: str, chunks_total: int) -> dict[int, float]:
+        """Chunks sent and not yet taken by a worker (in the pending index), with when they
+        were sent: their messages may still be in line."""
         members = [running_member(job_id, i) for i in range(chunks_total)]
         if not members:
-            return set()
+            return {}
         scores = self.r.zmscore(PENDING_KEY, members)
-        return {i for i, score in enumerate(scores) if score is not None}
+        return {i: float(score) for i, score in enumerate(scores) if score is not None}
 
     def undone_chunks(self, job_id: str) -> list[int]:
         """Chunks that failed or never finished (what `retry` re-runs)."""

@@ -161,7 +161,7 @@ class ChunkRecords:
     def chunk_retrying(self, job_id: str, index: int, *, now: float | None = None) -> None:
         """The chunk's task is about to be sent again (a retry after a passing error): PENDING,
         and waiting in the pending index for that message, so the sweep resends it if the
-        message is lost (a retry waits out its countdown in a worker's memory)."""
+        message is lost."""
         now = time.time() if now is None else now
         if (
             self.r.hget(job_key(job_id), "state") in TERMINAL

@@ -246,7 +246,10 @@ def _settle(task: Task, job_id: str, index: int | None, error: Exception) -> Rea
         log.warning("%s %s failed (%s); retrying", task.name, where, outcome.message)
         if index is not None:
             _store().chunk_retrying(job_id, index)
-        raise task.retry(exc=error, countdown=1) from error
+        # No countdown: a message with an ETA is held by the worker that took it, not waiting
+        # in line, and the sweep could not tell it from one whose holder died. Sent with none,
+        # it joins the back of the line, which is delay enough.
+        raise task.retry(exc=error, countdown=0) from error
     if outcome.reason is Reason.INTERNAL:
         log.error("%s %s: unexpected error", task.name, job_id, exc_info=error)
     return runner.fail_job(_store(), job_id, error, index=index)

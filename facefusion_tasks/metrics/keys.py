@@ -67,7 +67,7 @@ def messages_in_line(
     client: redis.Redis, queue: str, *, held_since: float, key_prefix: str = ""
 ) -> InLine:
     """The arguments of every task message waiting in `queue`, or taken by a worker since
-    `held_since` and not acknowledged (prefetched, or waiting out a retry's countdown): work
+    `held_since` and not acknowledged (prefetched for a free pool process): work
     whose message is not among them has none that will ever start it. A message held longer is
     left out: a live worker starts what it takes at once, so its holder is dead or stuck, and
     kombu would give it back only after its visibility timeout (an hour). Read in one

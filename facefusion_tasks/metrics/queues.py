@@ -30,7 +30,8 @@ from facefusion_tasks.metrics.keys import (
     messages_in_line,
     priority_keys,
 )
-from facefusion_tasks.queue_names import GPU_QUEUE
+from facefusion_tasks.queue_names import GPU_QUEUE, LIGHT_QUEUE
+from facefusion_tasks.store_keys import QUEUED, RUNNING, job_key
 
 __all__ = [
     "DEFAULT_PRIORITY_STEPS",
@@ -201,13 +202,15 @@ class Liveness:
 
 def read_liveness(
     client: redis.Redis, *, stall_seconds: float, now: float,
-    gpu_line: Callable[[], InLine] = frozenset, key_prefix: str = "",
+    gpu_line: Callable[[], InLine] = frozenset, light_line: Callable[[], InLine] = frozenset,
+    key_prefix: str = "",
 ) -> Liveness:  # fmt: skip
     """Count running chunks, those with no progress for `stall_seconds`, and the jobs they
-    belong to, plus jobs stuck queued, planning or stitching as long, and jobs with a chunk
-    whose message has not reached a worker as long and is not in `gpu_line` either (lost: the
-    sweep sends it again, as it does for the rest). `gpu_line` is read only when such a chunk
-    exists."""
+    belong to, plus jobs stuck as long as the sweep sees them: queued, planning, stitching or
+    committing (a QUEUED job, or a RUNNING one waiting for its stitch, only when its message is
+    not in `light_line`), and jobs with a chunk whose message has not reached a worker as long
+    and is not in `gpu_line` either (lost: the sweep sends it again, as it does for the rest).
+    Each line is read only when something has waited long enough to be looked for there."""
     cutoff = now - stall_seconds
     pipe = client.pipeline(transaction=True)
     pipe.zcard(key_prefix + RUNNING_KEY)
@@ -217,7 +220,7 @@ def read_liveness(
     pipe.zrangebyscore(key_prefix + PENDING_KEY, "-inf", cutoff, start=0, num=10000)
     running, stale_chunks, oldest, stale_jobs, unsent = pipe.execute()
     jobs = {_text(member).rpartition(":")[0] for member in stale_chunks}
-    jobs |= {_text(member) for member in stale_jobs}
+    jobs |= _stuck_jobs(client, [_text(m) for m in stale_jobs], light_line, key_prefix)
     line = gpu_line() if unsent else frozenset()
     if line is not None:  # an unread line may hold them all
         for member in unsent:
@@ -226,6 +229,22 @@ def read_liveness(
                 jobs.add(job_id)
     age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
     return Liveness(int(running), len(stale_chunks), len(jobs), age)
+
+
+def _stuck_jobs(
+    client: redis.Redis, stale: list[str], light_line: Callable[[], InLine], key_prefix: str
+) -> set[str]:
+    """The stale jobs the sweep would act on: all but a QUEUED or RUNNING one whose plan or
+    stitch message waits in the light queue's line (or may: a line too long to read)."""
+    if not stale:
+        return set()
+    pipe = client.pipeline(transaction=False)
+    for job_id in stale:
+        pipe.hget(key_prefix + job_key(job_id), "state")
+    states = [_text(state) if state is not None else "" for state in pipe.execute()]
+    waiting = [j for j, state in zip(stale, states, strict=True) if state in (QUEUED, RUNNING)]
+    line = light_line() if waiting else frozenset()
+    return {j for j in stale if j not in waiting or (line is not None and (j,) not in line)}
 
 
 def _text(value: bytes | str) -> str:
@@ -282,6 +301,10 @@ class QueueCollector:
                 self.client, stall_seconds=self.stall_seconds, now=now,
                 gpu_line=lambda: messages_in_line(
                     self.client, GPU_QUEUE, held_since=now - self.stall_seconds,
+                    key_prefix=self.key_prefix,
+                ),
+                light_line=lambda: messages_in_line(
+                    self.client, LIGHT_QUEUE, held_since=now - self.stall_seconds,
                     key_prefix=self.key_prefix,
                 ),  # fmt: skip
                 key_prefix=self.key_prefix,

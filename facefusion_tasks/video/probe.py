@@ -91,6 +91,10 @@ class VideoInfo:
         data["path"] = str(self.path)
         data["frame_rate"] = str(self.frame_rate)
         data["time_base"] = str(self.time_base)
+        if not self.video_stream:
+            # The common case stays readable by workers from before the field, during an
+            # upgrade: they would refuse a record with a key they do not know.
+            del data["video_stream"]
         return data
 
     @classmethod
@@ -106,7 +110,9 @@ class VideoInfo:
         values["audio_codecs"] = tuple(values.get("audio_codecs") or ([first] if first else ()))
         values["colour"] = Colour(**(values.get("colour") or {}))
         values["subtitle_codecs"] = tuple(values.get("subtitle_codecs") or ())
-        return cls(**values)
+        # A record from a newer planner may carry fields this version does not know.
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
 
 
 def probe(

@@ -40,6 +40,7 @@ PTS_TIMEOUT = 60.0
 EXIT_TIMEOUT = 60.0
 
 _SHOWINFO = re.compile(r"\] \[info\] n:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)")
+_KEY = re.compile(r" iskey:1\b")
 _FRAME_SIZE = re.compile(r" s:(\d+)x(\d+) ")
 _CONFIG_TB = re.compile(r"Parsed_showinfo.*config in time_base: (\d+)/(\d+)")
 _HWACCEL_HINTS = ("hwaccel", "device creation", "cuda", "hwdevice", "no device available")
@@ -97,7 +98,10 @@ class FrameReader:
 
     def _start(self) -> None:
         """Start ffmpeg at self._seek, with the per-process state fresh."""
-        self._pts: queue.Queue[int | None] = queue.Queue()
+        #: Each frame's (pts, whether it is a keyframe), as showinfo prints them; None: the end.
+        self._pts: queue.Queue[tuple[int, bool] | None] = queue.Queue()
+        #: Whether a keyframe came since this process started (only asked after a seek).
+        self._keyed = False
         self._previous_pts = -1
         self._decoded_pts: int | None = None  # the last frame's, dropped ones included
         self._filter_tb: Fraction | None = None
@@ -129,10 +133,11 @@ class FrameReader:
         self._stdout: IO[bytes] = self._proc.stdout
 
     def _overshot(self, pts: int | None) -> bool:
-        """Whether the first frame after a seek comes after the span's start (frames lost), or
-        the stream ended before any (`pts` None)."""
+        """Whether a frame before the first keyframe after a seek, or that keyframe, comes
+        after the span's start (so its first frames would be lost), or the stream ended
+        before any keyframe (`pts` None)."""
         return (
-            self._decoded == 0
+            not self._keyed
             and self._seek is not None
             and self.start_pts is not None
             and (pts is None or pts > self.start_pts)
@@ -178,10 +183,17 @@ class FrameReader:
                     continue
                 self._finish(partial_bytes=got)
                 raise StopIteration
-            pts = self._next_pts()
-            if self._overshot(pts):
-                self._seek_earlier()
-                continue
+            pts, key = self._next_pts()
+            if self._seek is not None and not self._keyed:
+                if self._overshot(pts):
+                    self._seek_earlier()
+                    continue
+                if not key:
+                    # After a seek a decoder may emit frames before the first keyframe with
+                    # their references missing (HEVC paints them grey): never kept. They all
+                    # come before that keyframe, which is at or before the span's start.
+                    continue
+                self._keyed = True
             self._decoded += 1
             if self.start_pts is not None and pts < self.start_pts:
                 continue  # decoded from the keyframe before the span: not ours
@@ -210,19 +222,21 @@ class FrameReader:
             filled += n
         return filled
 
-    def _next_pts(self) -> int:
+    def _next_pts(self) -> tuple[int, bool]:
+        """The next frame's pts and whether it is a keyframe."""
         try:
-            pts = self._pts.get(timeout=PTS_TIMEOUT)
+            shown = self._pts.get(timeout=PTS_TIMEOUT)
         except queue.Empty:
-            pts = None
-        if pts is None and self._closed:
+            shown = None
+        if shown is None and self._closed:
             raise StopIteration
-        if pts is None or self._size_error is not None:
+        if shown is None or self._size_error is not None:
             self.close()
             problem = self._size_error or "ffmpeg sent a frame without its timestamp"
             if self._size_error and self._sized:
                 raise InputError(f"{self.info.path.name}: {problem}", reason=Reason.BAD_INPUT)
             raise MediaError(f"{self.info.path.name}: {problem}", stderr=self.stderr_tail())
+        pts, key = shown
         if self._decoded_pts is not None and pts <= self._decoded_pts:
             # The decoder guessed times the container does not store (AVI or ASF holding
             # B-frames): the pipeline keeps every frame's own time, and these are not the file's.
@@ -234,7 +248,7 @@ class FrameReader:
                 reason=Reason.BAD_INPUT,
             )
         self._decoded_pts = pts
-        return pts
+        return pts, key
 
     # --- stderr -----------------------------------------------------------------------------
 
@@ -245,7 +259,7 @@ class FrameReader:
         if match:
             self._check_size(line)
             self._previous_pts = self._parse_pts(match.group(2), self._previous_pts)
-            self._pts.put(self._previous_pts)
+            self._pts.put((self._previous_pts, _KEY.search(line) is not None))
             return True
         match = _CONFIG_TB.search(line)
         if match and self._filter_tb is None and int(match.group(2)):

@@ -191,3 +191,27 @@ def test_a_full_broker_is_one_line_and_exit_69(tmp_path: Path) -> None:
             "reached) and refuses writes"
         )
         assert store.state(job_id) == "QUEUED"
+
+
+def test_wait_keeps_its_timeout_while_the_broker_is_away(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server:
+        store = JobStore(connect(server.url))
+        job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "facefusion_tasks", "wait", job_id, "--timeout", "4",
+             "--no-progress"],
+            env=environ | {"FACEFUSION_BROKER_URL": server.url},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            time.sleep(2)
+            server.stop()  # and it never comes back within the timeout
+            _, err = waiting.communicate(timeout=30)
+        finally:
+            waiting.kill()
+    assert waiting.returncode == 1, err
+    assert err.strip() == (
+        f"facefusion-tasks: error: timed out waiting for job {job_id} after 4 s (the broker is "
+        "unreachable)"
+    )

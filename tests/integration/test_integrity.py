@@ -254,7 +254,7 @@ def test_a_missing_model_fails_the_job_without_retries(root: Path, tmp_path: Pat
         job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "m.mp4")
         status = producer.wait(job_id, timeout=60)
         assert (status.state, status.reason) == (FAILED, Reason.MODEL.value)
-        time.sleep(1.5)  # a retry would come back within a second (countdown=1)
+        time.sleep(1.5)  # a retry would be back in line at once (no countdown)
         assert "retrying" not in fleet.log("w1")
         assert run_cli("wait", job_id, env=fleet.env).returncode == 1
 

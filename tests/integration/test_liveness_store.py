@@ -482,6 +482,6 @@ def test_a_chunk_waiting_for_its_retry_is_sent_again_if_that_message_is_lost(
     store.chunk_attempt_ended(job_id, 0, delivery.token)
     assert store.status(job_id).chunks[0]["state"] == PENDING  # type: ignore[union-attr]
     sent = _Sent()
-    # The retry's message never comes (its worker died holding it for the countdown).
+    # The retry's message never comes (lost, or its worker died holding it).
     _sweep(store, settings, sent, later + 11)
     assert sent.calls == [("chunk", [job_id, 0], 5)]

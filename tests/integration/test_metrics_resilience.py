@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.exporter import make_server, start_in_thread
-from facefusion_tasks.metrics.keys import PENDING_KEY
+from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY
 from facefusion_tasks.metrics.queues import (
     METRICS_DISABLED_KEY,
     QueueCollector,
@@ -205,3 +205,11 @@ def test_a_chunk_whose_message_is_nowhere_in_the_gpu_queue_counts_its_job_stalle
     )
     store.chunk_delivered(job, 0, worker="w@h", pid=1, now=1099.0)
     assert read_liveness(broker, stall_seconds=60, now=1100.0).stalled_jobs == 0
+    # A job QUEUED since long ago: stalled unless its plan message waits in the light queue's
+    # line, as the sweep judges it (no false alert on a busy fleet).
+    queued = store.create({})
+    broker.zadd(LIVE_KEY, {queued: 900.0})
+    planned = frozenset({(queued,)})
+    assert read_liveness(broker, stall_seconds=60, now=1100.0).stalled_jobs == 1
+    waiting = read_liveness(broker, stall_seconds=60, now=1100.0, light_line=lambda: planned)
+    assert waiting.stalled_jobs == 0

@@ -15,6 +15,7 @@ from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, TASK_PLAN
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError, OutputError
 from facefusion_tasks.jobs import Chunk
+from facefusion_tasks.metrics.keys import PENDING_KEY
 from facefusion_tasks.metrics.queues import priority_keys
 from facefusion_tasks.producer import Producer, Retried
 from facefusion_tasks.reasons import Reason
@@ -193,7 +194,9 @@ def test_retry_of_a_running_job_leaves_chunks_that_are_running_to_their_worker(
     _done(producer, job_id, 0)
     assert store.chunk_started(job_id, 1, "w1@host")
     store.chunk_heartbeat(job_id, 1, 4)  # chunk 1 is running: a fresh heartbeat
-    assert producer.retry(job_id).chunks == [2]  # chunk 2's message was lost: only it goes again
+    # Chunk 2 was sent long ago (past stall_seconds) and its message is nowhere: lost.
+    store.r.zadd(PENDING_KEY, {f"{job_id}:2": time.time() - 3600}, xx=True)
+    assert producer.retry(job_id).chunks == [2]  # only it goes again
     assert _messages(redis_url, GPU_QUEUE) == [(TASK_CHUNK, [job_id, 2])]
     assert store.chunks(job_id)[1]["state"] == RUNNING
     # Again, now that chunk 2 is running too: nothing is sent, and retry says so.
@@ -310,12 +313,19 @@ def test_retry_of_a_running_job_leaves_chunks_whose_messages_wait_in_line_and_se
     producer: Producer, redis_url: str
 ) -> None:
     job_id = _job(producer, RUNNING, chunks=3)
+    client = redis.Redis.from_url(redis_url)
+
+    def sent_long_ago() -> None:  # past stall_seconds (60 s here) since they were sent
+        members = {f"{job_id}:{i}": time.time() - 3600 for i in range(3)}
+        client.zadd(PENDING_KEY, members, xx=True)
+
     for index in range(3):  # as the plan sends them: the messages wait for a gpu worker
         producer._send(TASK_CHUNK, [job_id, index], priority=5)
     assert producer.retry(job_id) == Retried("running")  # sent again they would run twice
+    sent_long_ago()
+    assert producer.retry(job_id) == Retried("running")  # still in line: still waiting
     assert len(_messages(redis_url, GPU_QUEUE)) == 3
     # One message lost while the line stays busy with other work: that one goes again.
-    client = redis.Redis.from_url(redis_url)
     producer._send(TASK_CHUNK, ["another-job", 0], priority=5)
     for key in priority_keys(GPU_QUEUE):
         for raw in client.lrange(key, 0, -1):
@@ -323,7 +333,12 @@ def test_retry_of_a_running_job_leaves_chunks_whose_messages_wait_in_line_and_se
                 client.lrem(key, 1, raw)
     assert producer.retry(job_id) == Retried("chunks", [1])
     assert len(_messages(redis_url, GPU_QUEUE)) == 4
-    # The queue lost them all (purged, or Redis lost its last writes): now they all go again.
+    # The queue lost them all (purged, or Redis lost its last writes). Chunk 1 was sent just
+    # now: its message may still be on its way, so it waits out stall_seconds as the sweep
+    # does; the others go again.
+    client.delete(*priority_keys(GPU_QUEUE))
+    assert producer.retry(job_id).chunks == [0, 2]
+    sent_long_ago()
     client.delete(*priority_keys(GPU_QUEUE))
     assert producer.retry(job_id).chunks == [0, 1, 2]
     assert len(_messages(redis_url, GPU_QUEUE)) == 3
