@@ -17,7 +17,6 @@ from facefusion_tasks import policy
 from facefusion_tasks.cli_args import build_parser, location_arg, settings_from, split_sources
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
-from facefusion_tasks.reasons import Reason
 
 log = logging.getLogger("facefusion_tasks")
 
@@ -286,16 +285,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from facefusion_tasks.config import metrics_port_from_env
     from facefusion_tasks.worker import run_workers
 
-    port = args.metrics_port
-    if port is None:  # the flag, else the variable the exporter itself reads, else 9808
-        raw = os.environ.get("FACEFUSION_METRICS_PORT", "").strip()
-        if raw and not raw.isdigit():
-            raise InputError(
-                f"FACEFUSION_METRICS_PORT must be a port number, not {raw!r}", reason=Reason.CONFIG
-            )
-        port = int(raw or 9808)
+    # The flag, else what the exporter itself reads.
+    port = args.metrics_port if args.metrics_port is not None else metrics_port_from_env()
     return run_workers(
         settings_from(args),
         gpus=args.gpus,

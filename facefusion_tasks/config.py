@@ -275,6 +275,25 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+#: The exporter's port when neither --metrics-port nor FACEFUSION_METRICS_PORT says.
+DEFAULT_METRICS_PORT = 9808
+
+
+def metrics_port_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """FACEFUSION_METRICS_PORT, else DEFAULT_METRICS_PORT: the one reading the exporter and the
+    worker launcher share. InputError (config) for a value that is not a port number."""
+    from facefusion_tasks.errors import InputError
+    from facefusion_tasks.reasons import Reason
+
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_PREFIX + "METRICS_PORT", "").strip()
+    if raw and not raw.isdigit():
+        raise InputError(
+            f"FACEFUSION_METRICS_PORT must be a port number, not {raw!r}", reason=Reason.CONFIG
+        )
+    return int(raw or DEFAULT_METRICS_PORT)
+
+
 def broker_url_from_env(environ: Mapping[str, str] | None = None) -> str:
     """FACEFUSION_BROKER_URL with the password from FACEFUSION_BROKER_PASSWORD_FILE, for
     processes that need the broker and no other setting (the metrics exporter)."""

@@ -17,7 +17,7 @@ from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.jobids import JOB_ID
-from facefusion_tasks.metrics.keys import InLine, acknowledge, held_messages
+from facefusion_tasks.metrics.keys import InLine, acknowledge, held_messages, waits_in
 from facefusion_tasks.queue_names import TASK_CHUNK, TASK_PLAN, TASK_STITCH
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import work_dir
@@ -88,7 +88,7 @@ def sweep(
     unsent = store.stale_pending(one.cutoff)
     gpu = gpu_line(one.cutoff) if unsent else frozenset()
     for job_id, index, _sent in unsent:
-        if gpu is not None and (job_id, str(index)) not in gpu:
+        if not waits_in(gpu, job_id, index):
             one.resend_chunk(job_id, index)
     stale_jobs = store.stale_jobs(one.cutoff)
     light = light_line(one.cutoff) if stale_jobs else frozenset()
@@ -96,7 +96,7 @@ def sweep(
         # Likewise a QUEUED job's plan, or a RUNNING job's stitch, may be waiting in line. (A
         # plan or stitch that runs beats its clock, so a stale PLANNING or STITCHING job has
         # really stopped.)
-        if store.state(job_id) in (QUEUED, RUNNING) and (light is None or (job_id,) in light):
+        if store.state(job_id) in (QUEUED, RUNNING) and waits_in(light, job_id):
             continue
         one.recover_job(job_id)
     report = one.report

@@ -19,7 +19,7 @@ from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking
-from facefusion_tasks.metrics.keys import messages_in_line
+from facefusion_tasks.metrics.keys import messages_in_line, waits_in
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
@@ -48,8 +48,8 @@ class Retried:
     """What `retry` did."""
 
     #: chunks: `chunks` sent again; plan: planning again; stitch: every chunk was done, the
-    #: stitch sent again; running: every unfinished chunk is still running, nothing sent;
-    #: none: the job had already succeeded.
+    #: stitch sent again; running: every unfinished chunk is running or waiting in line,
+    #: nothing sent; none: the job had already succeeded.
     action: str
     chunks: list[int] = field(default_factory=list)
 
@@ -302,7 +302,7 @@ class Producer:
                 if stale
                 else frozenset()
             )
-            busy |= {i for i in stale if line is None or (job_id, str(i)) in line}
+            busy |= {i for i in stale if waits_in(line, job_id, i)}
         rerun = [index for index in undone if index not in busy]
         for index in rerun:
             self.store.reset_chunk(job_id, index)

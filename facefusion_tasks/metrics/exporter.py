@@ -19,7 +19,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from facefusion_tasks.config import broker_url_from_env
+from facefusion_tasks.config import DEFAULT_METRICS_PORT, broker_url_from_env, metrics_port_from_env
 from facefusion_tasks.lifeline import follow_launcher
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.compaction import CompactingCollector
@@ -30,7 +30,7 @@ from facefusion_tasks.metrics.queues import QueueCollector
 log = logging.getLogger(__name__)
 
 #: Default port: the exporter's own, never an API port.
-DEFAULT_PORT = 9808
+DEFAULT_PORT = DEFAULT_METRICS_PORT
 
 
 class _CompactionStats:
@@ -286,9 +286,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Serve the fleet's metrics: every worker process merged, queues, GPUs.",
     )
     env = os.environ
-    parser.add_argument(
-        "--port", type=int, default=int(env.get("FACEFUSION_METRICS_PORT") or DEFAULT_PORT)
-    )
+    parser.add_argument("--port", type=int, default=metrics_port_from_env(env))
     parser.add_argument("--addr", default=env.get("FACEFUSION_METRICS_ADDR") or "0.0.0.0")
     parser.add_argument(
         "--redis-url",

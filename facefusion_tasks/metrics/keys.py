@@ -52,11 +52,6 @@ def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> 
     return [f"{queue}{KOMBU_SEP}{step}" if step else queue for step in steps]
 
 
-def messages_waiting(client: redis.Redis, queue: str) -> int:
-    """Messages waiting in `queue`, over all its priority lists."""
-    return sum(int(client.llen(key)) for key in priority_keys(queue))
-
-
 def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int = 30) -> None:
     """Say `name` is alive for `ttl` seconds (workers call this every ttl/3 or so)."""
     payload = {**info, "ts": time.time()}
@@ -88,11 +83,17 @@ def messages_in_line(
     found: set[tuple[str, ...]] = set()
     for raw in itertools.chain(*waiting):
         found.add(_task_args(_json(raw)))
-    for tag in recent:  # each held one is [message, exchange, routing key]
-        entry = _json(held.get(tag)) if tag in held else None
-        found.add(_task_args(entry[0] if isinstance(entry, list) and entry else None))
+    for tag in recent:
+        found.add(_task_args(_held(held.get(tag))))
     found.discard(())
     return frozenset(found)
+
+
+def waits_in(line: InLine, *args: object) -> bool:
+    """Whether the work with these task arguments may have its message in `line`: found in
+    it, or the line was too long to read (it may hold them all). The one rule the sweep,
+    `retry` and the exporter's stalled counts apply."""
+    return line is None or tuple(str(arg) for arg in args) in line
 
 
 def held_messages(
@@ -101,15 +102,14 @@ def held_messages(
     """(delivery tag, task name, arguments) of the messages workers took before `before` and
     still hold unacknowledged."""
     taken: list[Any] = client.zrangebyscore(UNACKED_INDEX_KEY, "-inf", before, 0, limit)
-    tags = [_text(tag) for tag in taken]
+    tags = [as_text(tag) for tag in taken]
     if not tags:
         return []
     held = []
     for tag, raw in zip(tags, client.hmget(UNACKED_KEY, tags), strict=True):
-        entry = _json(raw) if raw is not None else None
-        message = entry[0] if isinstance(entry, list) and entry else None
+        message = _held(raw)
         try:
-            task = str(message["headers"]["task"])  # type: ignore[index]
+            task = str(message["headers"]["task"])
         except (KeyError, TypeError):
             task = ""
         held.append((tag, task, _task_args(message)))
@@ -125,15 +125,22 @@ def acknowledge(client: redis.Redis, tags: Sequence[str]) -> None:
             pipe.execute()
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text, from clients with or without decode_responses."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _json(raw: bytes | str) -> Any:
+def _json(raw: bytes | str | None) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw)  # type: ignore[arg-type]
     except (ValueError, TypeError):
         return None
+
+
+def _held(raw: bytes | str | None) -> Any:
+    """The message in one `unacked` entry (JSON [message, exchange, routing key])."""
+    entry = _json(raw)
+    return entry[0] if isinstance(entry, list) and entry else None
 
 
 def _task_args(message: Any) -> tuple[str, ...]:

@@ -26,9 +26,11 @@ from facefusion_tasks.metrics.keys import (
     RUNNING_KEY,
     UNACKED_KEY,
     InLine,
+    as_text,
     heartbeat,
     messages_in_line,
     priority_keys,
+    waits_in,
 )
 from facefusion_tasks.queue_names import GPU_QUEUE, LIGHT_QUEUE
 from facefusion_tasks.store_keys import QUEUED, RUNNING, job_key
@@ -219,14 +221,13 @@ def read_liveness(
     pipe.zrangebyscore(key_prefix + LIVE_KEY, "-inf", cutoff, start=0, num=10000)
     pipe.zrangebyscore(key_prefix + PENDING_KEY, "-inf", cutoff, start=0, num=10000)
     running, stale_chunks, oldest, stale_jobs, unsent = pipe.execute()
-    jobs = {_text(member).rpartition(":")[0] for member in stale_chunks}
-    jobs |= _stuck_jobs(client, [_text(m) for m in stale_jobs], light_line, key_prefix)
+    jobs = {as_text(member).rpartition(":")[0] for member in stale_chunks}
+    jobs |= _stuck_jobs(client, [as_text(m) for m in stale_jobs], light_line, key_prefix)
     line = gpu_line() if unsent else frozenset()
-    if line is not None:  # an unread line may hold them all
-        for member in unsent:
-            job_id, _, index = _text(member).rpartition(":")
-            if (job_id, index) not in line:
-                jobs.add(job_id)
+    for member in unsent:
+        job_id, _, index = as_text(member).rpartition(":")
+        if not waits_in(line, job_id, index):
+            jobs.add(job_id)
     age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
     return Liveness(int(running), len(stale_chunks), len(jobs), age)
 
@@ -241,14 +242,10 @@ def _stuck_jobs(
     pipe = client.pipeline(transaction=False)
     for job_id in stale:
         pipe.hget(key_prefix + job_key(job_id), "state")
-    states = [_text(state) if state is not None else "" for state in pipe.execute()]
+    states = [as_text(state) if state is not None else "" for state in pipe.execute()]
     waiting = [j for j, state in zip(stale, states, strict=True) if state in (QUEUED, RUNNING)]
     line = light_line() if waiting else frozenset()
-    return {j for j in stale if j not in waiting or (line is not None and (j,) not in line)}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return {j for j in stale if j not in waiting or not waits_in(line, j)}
 
 
 def _family(name: str) -> GaugeMetricFamily:

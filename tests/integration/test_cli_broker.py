@@ -113,16 +113,21 @@ def test_wait_timeout_says_so(protected: int) -> None:
         store.r.flushdb()
 
 
+def _waiting(broker: str, job_id: str, *flags: str) -> subprocess.Popen[str]:
+    """`wait JOB` running in the background, its output captured."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "facefusion_tasks", "wait", job_id, *flags, "--no-progress"],
+        env=environ | {"FACEFUSION_BROKER_URL": broker},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def test_wait_rides_out_a_broker_restart_and_reports_the_job_as_it_ends(tmp_path: Path) -> None:
     with private_redis(tmp_path) as server:
         store = JobStore(connect(server.url))
         job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
-        waiting = subprocess.Popen(
-            [sys.executable, "-m", "facefusion_tasks", "wait", job_id, "--no-progress"],
-            env=environ | {"FACEFUSION_BROKER_URL": server.url},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        waiting = _waiting(server.url, job_id)
         try:
             time.sleep(2)  # it has seen the job
             server.stop()  # a restart (AOF on: the job survives it), as an operator's would
@@ -197,13 +202,7 @@ def test_wait_keeps_its_timeout_while_the_broker_is_away(tmp_path: Path) -> None
     with private_redis(tmp_path) as server:
         store = JobStore(connect(server.url))
         job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
-        waiting = subprocess.Popen(
-            [sys.executable, "-m", "facefusion_tasks", "wait", job_id, "--timeout", "4",
-             "--no-progress"],
-            env=environ | {"FACEFUSION_BROKER_URL": server.url},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        waiting = _waiting(server.url, job_id, "--timeout", "4")
         try:
             time.sleep(2)
             server.stop()  # and it never comes back within the timeout
