@@ -218,8 +218,11 @@ def test_retry_runs_again_a_finished_chunk_whose_segment_was_deleted(
     producer = fleet.producer()
     output = root / "out" / "lost-segment.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2.5)
-    wait_for(lambda: producer.status(job_id).chunks_total == 4, timeout=30)
-    fleet.kill("planner")  # no stitch until every chunk is done and one segment is gone
+    client = redis.Redis.from_url(SHARED_REDIS)
+    # Every chunk message sent (the plan is stored before its messages go out), and only
+    # then no light worker: no stitch until every chunk is done and one segment is gone.
+    wait_for(lambda: sum(client.llen(k) for k in priority_keys(GPU_QUEUE)) == 4, timeout=30)
+    fleet.kill("planner")
     fleet.start_worker("gpu", queues=GPU_QUEUE)
     wait_for(lambda: producer.status(job_id).chunks_done == 4, timeout=120)
     (root / ".facefusion-work" / job_id / "seg-00002.mp4").unlink()
