@@ -38,6 +38,15 @@ def not_a_file(path: Path) -> str | None:
     return _kind(mode)
 
 
+def resolved(path: Path) -> Path:
+    """`path.resolve()`, with a symlink loop on the way refused as the user's path (InputError,
+    reason path): Python before 3.13 raises a bare RuntimeError for one."""
+    try:
+        return path.resolve()
+    except RuntimeError:
+        raise InputError(f"{path}: is a symlink loop", reason=Reason.PATH) from None
+
+
 def existing_non_file(path: Path) -> str | None:
     """Why an existing `path` may not be replaced by a regular file (a directory, a pipe, a
     device), or None when nothing is there or a regular file (or a link to one) is."""

@@ -13,7 +13,7 @@ import numpy as np
 from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_IMAGE_PIXELS
 from facefusion_tasks.errors import InputError, OutputError
-from facefusion_tasks.filekind import existing_non_file
+from facefusion_tasks.filekind import existing_non_file, resolved
 from facefusion_tasks.images import FORMAT_NAMES, FORMAT_SUFFIXES, ImageHeader, check_image
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
@@ -115,7 +115,7 @@ def _image_bytes(path: Path, header: ImageHeader) -> np.ndarray:
 def _same(one: Location, other: Location) -> bool:
     if isinstance(one, ObjectRef) or isinstance(other, ObjectRef):
         return one == other
-    return one.resolve() == other.resolve()
+    return resolved(one) == resolved(other)
 
 
 def check_output(

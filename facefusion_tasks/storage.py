@@ -9,6 +9,7 @@ from pathlib import Path
 from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, OutputError
+from facefusion_tasks.filekind import resolved as resolve_path
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 
@@ -27,7 +28,7 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
             "every worker can see",
             reason=Reason.CONFIG,
         )
-    resolved = Path(path).expanduser().resolve()
+    resolved = resolve_path(Path(path).expanduser())
     # A job records and hands on the resolved path: a symlink may lead to a name that is not
     # UTF-8 where the name given was.
     objects.check_utf8(str(resolved))
@@ -75,10 +76,10 @@ def check_outside_work(
         area = f"{objects.SCHEME}{where.bucket}/{objects.WORK_PREFIX}"
         inside = where.key.startswith(objects.WORK_PREFIX)
     else:
-        resolved = where.expanduser().resolve()
+        resolved = resolve_path(where.expanduser())
         dirs = [root / WORK_NAME for root in settings.roots()]
         if settings.work_dir:
-            dirs.append(Path(settings.work_dir).expanduser().resolve())
+            dirs.append(resolve_path(Path(settings.work_dir).expanduser()))
         found = next((d for d in dirs if resolved == d or resolved.is_relative_to(d)), None)
         area, inside = str(found), found is not None
     if not inside:

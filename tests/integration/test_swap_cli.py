@@ -167,6 +167,10 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("not_utf8_output", "out\\xff.mp4: name is not valid UTF-8; rename it"),
         ("trailing_slash", "out.mp4/: names a directory, not a file"),
         ("work_dir", "out.mp4: output is inside the work directory"),
+        # A symlink loop was an internal RuntimeError from Path.resolve (Python < 3.13).
+        ("loop_target", "loop.mp4: is a symlink loop"),
+        ("loop_source", "loop.mp4: is a symlink loop"),
+        ("loop_output", "loop.mp4: is a symlink loop"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_output(
@@ -224,6 +228,16 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         env = {"FACEFUSION_STORAGE_ROOTS": str(tmp_path)}
         out = out_arg = tmp_path / ".facefusion-work" / "out.mp4"
         out.parent.mkdir()
+    elif case.startswith("loop_"):
+        loop = tmp_path / "loop.mp4"
+        loop.symlink_to(tmp_path / "other.mp4")
+        (tmp_path / "other.mp4").symlink_to(loop)
+        source, target, out = {
+            "loop_target": (source, loop, out),
+            "loop_source": (loop, target, out),
+            "loop_output": (source, target, loop),
+        }[case]
+        out_arg = out
     proc = run_cli(
         "swap", source, target, "-o", out_arg, "--no-progress", *extra, models=models_dir, env=env
     )
