@@ -307,8 +307,9 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     frame_count = nb_frames or 0
     # An edit list can hide frames the index still counts (mp4 cut by stream copy): the count
     # then disagrees with duration × average rate, and only a demux pass, which sees the
-    # packets' discard flags, is exact.
-    edited = bool(frame_count and duration and avg and abs(frame_count - duration * avg) > 1.5)
+    # packets' discard flags, is exact. One hidden frame is a difference of one (a cut one
+    # frame past a keyframe), so half a frame is the limit; rounding is far below it.
+    edited = bool(frame_count and duration and avg and abs(frame_count - duration * avg) > 0.5)
     indexed = container not in _INDEX_OVERCOUNTS
     if not frame_count or edited or time_base == 0 or not indexed:
         packets = demux_pass(source, exe, chosen)

@@ -424,6 +424,24 @@ def test_an_avi_index_entry_for_a_dropped_frame_is_not_counted(tmp_path: Path) -
         assert info.frame_count == sum(1 for _ in reader) == 24
 
 
+@pytest.mark.parametrize("hidden", [1, 2])
+def test_frames_an_edit_list_hides_are_not_counted(
+    tmp_path: Path, hidden: int, probe_tool: str
+) -> None:
+    # A stream-copy cut `hidden` frames past a keyframe: the index still lists the keyframe,
+    # and an edit list hides it and the frames up to the cut. One hidden frame was counted.
+    whole = make_sample_video(tmp_path / "whole.mp4", seconds=2, audio=False)
+    clip = tmp_path / "cut.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-ss", str(hidden / 25), "-i", str(whole), "-c", "copy",
+         str(clip)],
+        check=True,
+    )  # fmt: skip
+    info = probe(clip)
+    with FrameReader(info) as reader:
+        assert info.frame_count == sum(1 for _ in reader) == 50 - hidden
+
+
 def test_a_matroska_video_lasts_its_own_frames_not_its_longer_audio(tmp_path: Path) -> None:
     video = make_sample_video(tmp_path / "one.mkv", seconds=1, audio=False)
     clip = tmp_path / "long_audio.mkv"
