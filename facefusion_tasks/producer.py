@@ -308,6 +308,7 @@ class Producer:
             self.store.reset_chunk(job_id, index)
             self._send(TASK_CHUNK, [job_id, index], priority=priority)
         if not undone:
+            self.store.stitch_sent(job_id)
             self._send(TASK_STITCH, [job_id], priority=9)
             return Retried("stitch")
         return Retried("chunks", rerun) if rerun else Retried("running")

@@ -403,6 +403,11 @@ class JobStore(ChunkRecords, StallIndex):
             return None
         return JobStatus.of(job_id, job, self.chunks(job_id))
 
+    def stitch_sent(self, job_id: str, *, now: float | None = None) -> None:
+        """`retry` sends a job's stitch: the job enters the live index, as the last chunk
+        done puts it there, so the sweep sends the stitch again if this message is lost."""
+        self.r.zadd(LIVE_KEY, {job_id: time.time() if now is None else now})
+
     def job_alive(self, job_id: str, *, now: float | None = None) -> None:
         """A plan or stitch is still working on the job: restart its clock in the stall index
         (only if it is there), so the sweep never sends running work again."""

@@ -413,3 +413,27 @@ def test_the_configured_work_directory_and_a_buckets_work_prefix_are_refused_too
     assert locate("s3://media/out/o.mp4", settings, what="output") == ObjectRef(
         "media", "out/o.mp4"
     )
+
+
+def test_a_stitch_sent_by_retry_is_sent_again_by_the_sweep_when_its_message_is_lost(
+    producer: Producer, redis_url: str
+) -> None:
+    from facefusion_tasks.liveness import sweep
+
+    job_id = _job(producer, RUNNING, chunks=2)
+    for index in range(2):
+        _done(producer, job_id, index)
+    producer.store.set_state(job_id, FAILED, reason=Reason.NO_SPACE, error="disk full")
+    assert producer.retry(job_id) == Retried("stitch")
+    redis.Redis.from_url(redis_url).delete(*priority_keys(LIGHT_QUEUE))  # the message is lost
+    sent: list[tuple[str, list]] = []
+    sweep(
+        producer.store,
+        producer.settings,
+        enqueue=lambda kind, args, priority: sent.append((kind, args)),
+        light_line=lambda held_since: frozenset(),
+        gpu_line=lambda held_since: frozenset(),
+        now=time.time() + producer.settings.stall_seconds + 1,
+    )
+    # The job was nowhere in the sweep's indexes: RUNNING for ever, and seen as stalled by none.
+    assert sent == [("stitch", [job_id])]
