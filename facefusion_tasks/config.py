@@ -130,6 +130,10 @@ class Settings:
     heartbeat_seconds: float = 2.0
     #: Celery worker processes per GPU on the gpu queue (on a host without a GPU: in total).
     gpu_processes: int = 1
+    #: A Celery worker process that has had no pool process for this long is wedged (its pool
+    #: died under it and it did not exit, so it takes nothing from its queue): the launcher
+    #: kills it and starts it again.
+    worker_wedged_seconds: int = 60
     #: A worker process writes metrics only while the metrics directory has this much free
     #: space: a write into a full tmpfs through prometheus_client's mmap kills it with SIGBUS.
     metrics_min_free_bytes: int = 8 * 1024 * 1024
@@ -227,6 +231,8 @@ class Settings:
             raise InputError("stall, sweep and heartbeat periods must be positive")
         if self.heartbeat_seconds * 2 > self.stall_seconds:
             raise InputError("the stall time must be at least two heartbeat periods")
+        if self.worker_wedged_seconds < 1:
+            raise InputError(f"{ENV_PREFIX}WORKER_WEDGED_SECONDS must be at least 1")
         if self.max_deliveries < 1 or self.gpu_processes < 1:
             raise InputError("max deliveries and gpu processes must be at least 1")
         if self.cpu_threads < AUTO_CPU_THREADS:

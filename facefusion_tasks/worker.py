@@ -20,6 +20,7 @@ from facefusion_tasks.config import FLAG_SETTINGS, Settings
 from facefusion_tasks.cores import pool_threads
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.lifeline import launcher_env
+from facefusion_tasks.pools import live_children
 from facefusion_tasks.reasons import Reason
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ def exporter_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, st
 RESTART_BACKOFF = (1.0, 60.0)
 #: A child that ran this long before exiting starts again with the shortest delay.
 STABLE_SECONDS = 60.0
+#: Seconds between looks at each Celery worker's pool processes.
+POOL_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -152,11 +155,36 @@ class _Child:
     started_at: float = 0.0
     restart_at: float = 0.0
     quick_exits: int = 0
+    #: A Celery worker (not the exporter): it must keep a pool of child processes.
+    pooled: bool = False
+    #: When a pool process of it was last seen alive (its start counts as one).
+    pool_seen_at: float = 0.0
+    checked_at: float = 0.0
 
     def start(self) -> None:
         log.info("starting %s: %s", self.name, " ".join(self.argv))
         self.proc = subprocess.Popen(self.argv, env=self.env | launcher_env())
-        self.started_at = time.monotonic()
+        self.started_at = self.pool_seen_at = time.monotonic()
+
+    def kill_if_wedged(self, now: float, wedged_seconds: float) -> None:
+        """SIGKILL a Celery worker that has had no live pool process for `wedged_seconds`:
+        after an unrecoverable error (a pool process's result garbled on its pipe) Celery's
+        main process can stay alive with no pool, consuming nothing, so no exit would ever
+        restart it. Its exit, collected by the supervision loop, restarts it."""
+        proc = self.proc
+        if not self.pooled or proc is None or now - self.checked_at < POOL_CHECK_SECONDS:
+            return
+        self.checked_at = now
+        if live_children(proc.pid):
+            self.pool_seen_at = now
+        elif now - self.pool_seen_at >= wedged_seconds and proc.poll() is None:
+            log.error(
+                "%s (pid %s) has had no pool process for %.0f s and takes no work; killing it",
+                self.name,
+                proc.pid,
+                now - self.pool_seen_at,
+            )
+            proc.kill()
 
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -218,7 +246,8 @@ def run_workers(
         argv = exporter_argv(port=metrics_port, metrics_dir=directory)
         children.append(_Child("exporter", argv, exporter_env(settings, os.environ)))
     for argv, extra in plans:
-        children.append(_Child(argv[argv.index("-n") + 1].split("@")[0], argv, os.environ | extra))
+        name = argv[argv.index("-n") + 1].split("@")[0]
+        children.append(_Child(name, argv, os.environ | extra, pooled=True))
     stop: list[int] = []
     signalled: set[int] = set()  # pids already told to stop
 
@@ -248,6 +277,8 @@ def run_workers(
                 child.schedule_restart(code, backoff)
             elif child.proc is None and now >= child.restart_at and not stop:
                 child.start()
+            else:
+                child.kill_if_wedged(now, settings.worker_wedged_seconds)
         time.sleep(0.2)
     log.info("signal %d: waiting for the workers to finish their running tasks", stop[0])
     pass_on(signal.SIGTERM)  # a child started while the signal arrived

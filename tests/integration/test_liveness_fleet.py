@@ -20,7 +20,7 @@ import redis
 from facefusion_tasks.metrics.keys import messages_in_line
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, priority_keys
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
-from tests.cluster import SHARED_REDIS, Launcher, free_port, launcher, wait_for
+from tests.cluster import SHARED_REDIS, Launcher, children, free_port, launcher, wait_for
 from tests.media import TINY, storage_root, video_times
 
 pytestmark = pytest.mark.timeout(240)
@@ -262,6 +262,38 @@ def test_the_launcher_keeps_serving_through_a_taken_port_a_dead_exporter_and_a_d
         launcher_proc = fleet.proc
         assert fleet.stop(timeout=60) == 0  # SIGTERM: graceful, exit 0
         assert launcher_proc.pid and not Path(f"/proc/{launcher_proc.pid}").exists()
+
+
+def test_a_worker_left_with_no_pool_is_killed_and_started_again(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # After an unrecoverable error (a pool process's result garbled on its pipe, seen when a
+    # soft time limit fired as Redis came back), Celery's main process stayed alive with no
+    # pool: it took nothing from its queue and never exited, so nothing restarted it. Here:
+    # the main process stopped, its one pool process killed.
+    with launcher(
+        root,
+        models_dir,
+        SHARED_REDIS,
+        metrics_dir=tmp_path / "mp",
+        port=free_port(),
+        worker_wedged_seconds="3",
+    ) as fleet:
+        fleet.start(gpu_processes=1)
+        wedged = fleet.child("-Q gpu")
+        (pool,) = children(wedged)
+        os.kill(wedged, signal.SIGSTOP)
+        os.kill(pool, signal.SIGKILL)
+        wait_for(
+            lambda: [p for p, cmd in fleet.children().items() if "-Q gpu" in cmd and p != wedged],
+            timeout=60,
+            interval=0.5,
+        )
+        assert not _running(wedged)
+        assert "has had no pool process for" in fleet.log()
+        producer = fleet.producer()
+        job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "w.mp4")
+        assert producer.wait(job_id, timeout=120).state == SUCCEEDED
 
 
 def test_a_sigkilled_launcher_takes_its_workers_and_exporter_with_it(
