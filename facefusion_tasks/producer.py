@@ -207,9 +207,18 @@ class Producer:
         as its failure (exit 69)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         lost_since: float | None = None
+        seen = False
         while True:
             try:
                 status = self.status(job_id)
+            except InputError as exc:
+                if seen and exc.reason is Reason.UNKNOWN_JOB:
+                    # Not the user's mistake (exit 2): the job was there a moment ago.
+                    raise FaceFusionError(
+                        f"job {job_id} vanished from Redis while it ran (Redis restarted "
+                        "without persistence, or was flushed); submit it again"
+                    ) from None
+                raise
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if isinstance(exc, redis.AuthenticationError):
                     raise  # a refused password is no blip: broker.py never retries one
@@ -224,7 +233,7 @@ class Producer:
                     raise
                 time.sleep(max(poll, 1.0))
                 continue
-            lost_since = None
+            lost_since, seen = None, True
             if on_progress is not None:
                 on_progress(status)
             if status.state in TERMINAL:

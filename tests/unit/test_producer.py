@@ -437,3 +437,21 @@ def test_a_stitch_sent_by_retry_is_sent_again_by_the_sweep_when_its_message_is_l
     )
     # The job was nowhere in the sweep's indexes: RUNNING for ever, and seen as stalled by none.
     assert sent == [("stitch", [job_id])]
+
+
+def test_a_job_whose_records_vanish_while_waited_on_is_the_systems_fault(
+    producer: Producer, redis_url: str
+) -> None:
+    from facefusion_tasks import policy
+
+    job_id = _job(producer, RUNNING, chunks=1)
+    client = redis.Redis.from_url(redis_url)
+    # Redis restarted without persistence mid-job: the job was seen, then is gone.
+    with pytest.raises(FaceFusionError) as caught:
+        producer.wait(job_id, poll=0.01, on_progress=lambda _: client.flushdb())
+    assert not isinstance(caught.value, InputError)
+    assert policy.exit_code(caught.value.reason) == policy.EXIT_INTERNAL
+    assert "vanished from Redis while it ran" in str(caught.value)
+    # An id never seen stays the user's mistake.
+    with pytest.raises(InputError, match="no such job"):
+        producer.wait(job_id)
