@@ -275,6 +275,8 @@ def register(app: Celery) -> None:
             _settle(self, job_id, None, exc)
             _meter_job_end(job_id)
             return 0
+        # A job cancelled while it waited to be planned ends here, unplanned: counted here.
+        _meter_job_end(job_id)
         return len(indexes)
 
     @app.task(name=TASK_CHUNK, bind=True)

@@ -98,6 +98,19 @@ def private_redis(directory: Path, *, password: str | None = None) -> Iterator[R
         server.stop()
 
 
+def metric_samples(metrics_dir: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample in a launcher's metrics directory, merged as its exporter merges them:
+    (name, sorted labels) -> value."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    files = [str(p) for p in metrics_dir.glob("*.db")]
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in MultiProcessCollector.merge(files)
+        for s in metric.samples
+    }
+
+
 def fleet_env(root: Path, models: Path, broker_url: str, **settings: str) -> dict[str, str]:
     """The environment of every worker a test starts: the caller's, less its FACEFUSION_* and
     PROMETHEUS_* variables, with the broker, the storage root and stand-in models on the CPU;

@@ -22,7 +22,14 @@ from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.metrics.queues import priority_keys
 from facefusion_tasks.producer import Retried, WaitTimeout
 from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED
-from tests.cluster import SHARED_REDIS, Cluster, RedisServer, cluster, wait_for
+from tests.cluster import (
+    SHARED_REDIS,
+    Cluster,
+    RedisServer,
+    cluster,
+    metric_samples,
+    wait_for,
+)
 from tests.media import LONG, TINY, audio_duration, storage_root, video_times
 
 pytestmark = pytest.mark.timeout(240)
@@ -185,6 +192,18 @@ def test_cancel_stops_a_running_job_and_cleans_up(slow_fleet: Cluster, root: Pat
     assert not [p for p in (root / "out").iterdir() if p.name.startswith(".cancelled")]
     assert producer.status(job_id).state == CANCELLED
     assert {c["state"] for c in producer.status(job_id).chunks} <= {CANCELLED, "DONE"}
+
+
+def test_a_job_cancelled_before_it_was_planned_is_counted_once(fleet: Cluster, root: Path) -> None:
+    producer = fleet.producer()
+    job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "unplanned.mp4")
+    assert producer.cancel(job_id)  # still QUEUED: no light worker has taken its plan
+    fleet.start_worker("planner", queues=LIGHT_QUEUE)
+    # The plan task finds it cancelled and plans nothing; only it can count the job's end.
+    wait_for(lambda: producer.store.get(job_id).get("metered"), timeout=30)
+    samples = metric_samples(fleet.logs / "metrics-planner")
+    cancelled = (("outcome", "cancelled"), ("reason", "cancelled"))
+    assert samples[("facefusion_jobs_total", cancelled)] == 1
 
 
 def test_a_target_replaced_after_planning_fails_the_job_instead_of_mixing_two_videos(

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import redis
 from PIL import Image
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.faces.engine import FaceEngine
 from facefusion_tasks.faces.loader import load_models
 from facefusion_tasks.inputs import read_image
 from facefusion_tasks.store import FAILED, SUCCEEDED
-from tests.cluster import cluster, wait_for
+from tests.cluster import cluster, metric_samples, wait_for
 from tests.media import (
     ORIENTATION_TAG,
     face_photo,
@@ -255,15 +254,6 @@ def test_submit_refuses_a_bad_image_before_anything_is_queued(
     assert not out.exists()
 
 
-def _samples(metrics_dir: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    files = [str(p) for p in metrics_dir.glob("*.db")]
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for metric in MultiProcessCollector.merge(files)
-        for s in metric.samples
-    }
-
-
 @pytest.fixture()
 def fleet_root(root: Path, tmp_path: Path) -> Iterator[Path]:
     """A storage root of this test's own, holding the module's images."""
@@ -290,7 +280,7 @@ def test_a_distributed_image_job_is_one_chunk_and_ends_with_a_verified_output(
         assert np.array_equal(read_image(output), swapped_frame(engine, fleet_root / "photo.png"))
         assert _leftovers(fleet_root / "out") == []
         wait_for(lambda: not (fleet_root / ".facefusion-work" / job_id).exists(), timeout=15)
-        samples = _samples(fleet.logs / "metrics-w1")
+        samples = metric_samples(fleet.logs / "metrics-w1")
         assert samples[("facefusion_frames_processed_total", ())] == 1
         assert samples[("facefusion_faces_swapped_total", ())] >= 2
         succeeded = (("outcome", "succeeded"), ("reason", "none"))
