@@ -138,6 +138,8 @@ class FrameWriter:
         self._first_pts: int | None = None
         self._last_pts: int | None = None
         self._previous_pts: int | None = None
+        #: The longest time between two written frames, in time_base ticks.
+        self._widest_gap = 0
         self._done = False
 
         exe = ffbin.ffmpeg_exe(settings.ffmpeg)
@@ -205,6 +207,8 @@ class FrameWriter:
         if self._first_pts is None:
             self._first_pts = pts
         self._previous_pts, self._last_pts = self._last_pts, pts
+        if self._previous_pts is not None:
+            self._widest_gap = max(self._widest_gap, pts - self._previous_pts)
         try:
             self._mkv.write(image, pts_to_ns(pts - self._first_pts, self.time_base))
         except BrokenPipeError:
@@ -240,14 +244,18 @@ class FrameWriter:
 
     def expected_duration(self) -> tuple[Fraction, Fraction]:
         """(duration, tolerance) the written frames must span: first pts to last pts plus the
-        last frame's length, give or take one frame (and a millisecond of rounding)."""
+        last frame's length, give or take one frame, or the widest gap between two frames if
+        that is longer (and a millisecond of rounding). The muxer decides the last frame's
+        length: with B-frames and a variable rate, mp4's is a decode-order gap, seconds long
+        where the source's frames are seconds apart."""
         assert self._first_pts is not None and self._last_pts is not None
         step = self._rate and 1 / self._rate
         if not step and self._previous_pts is not None:
             step = (self._last_pts - self._previous_pts) * self.time_base
         frame = Fraction(step or 0)
         span = (self._last_pts - self._first_pts) * self.time_base
-        return span + frame, (frame or Fraction(1, 25)) + Fraction(1, 1000)
+        slack = max(frame or Fraction(1, 25), self._widest_gap * self.time_base)
+        return span + frame, slack + Fraction(1, 1000)
 
     def _verify(self) -> None:
         duration, tolerance = self.expected_duration()

@@ -106,13 +106,13 @@ def audio_seconds(path: Path) -> float | None:
     return float(streams[0]["duration"]) if streams else None
 
 
-def transcode(info: VideoInfo, destination: Path) -> Path:
+def transcode(info: VideoInfo, destination: Path, *, settings: Settings = SETTINGS) -> Path:
     """Decode → FrameReader → FrameWriter, no processing: the pipeline minus the faces."""
     with (
         FrameReader(info) as reader,
         FrameWriter(
             destination, width=info.width, height=info.height, time_base=info.time_base,
-            audio_source=info, settings=SETTINGS,
+            audio_source=info, settings=settings,
         ) as writer,
     ):  # fmt: skip
         for frame in reader:
@@ -440,6 +440,26 @@ def test_frames_an_edit_list_hides_are_not_counted(
     info = probe(clip)
     with FrameReader(info) as reader:
         assert info.frame_count == sum(1 for _ in reader) == 50 - hidden
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_frames_seconds_apart_are_written_to_mp4_and_kept_apart(
+    tmp_path: Path, suffix: str
+) -> None:
+    # Frames ever further apart (the last two 3.94 s): with B-frames, mp4 gives the last frame
+    # a decode-order gap as its length, and the writer's check refused a right file (exit 1).
+    steady = make_sample_video(tmp_path / "steady.mkv", seconds=4, audio=False)
+    clip = tmp_path / "slowing.mkv"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(steady), "-vf", "settb=1/1000,setpts='N*N/50/TB'",
+         "-fps_mode", "passthrough", "-c:v", "libx264", "-preset", "ultrafast", str(clip)],
+        check=True,
+    )  # fmt: skip
+    info = probe(clip)
+    # B-frames (ultrafast, the other tests' preset, makes none).
+    settings = dataclasses.replace(SETTINGS, video_preset="veryfast")
+    written = transcode(info, tmp_path / f"out{suffix}", settings=settings)
+    assert packet_times(written) == packet_times(clip)
 
 
 def test_a_matroska_video_lasts_its_own_frames_not_its_longer_audio(tmp_path: Path) -> None:
