@@ -30,6 +30,7 @@ from facefusion_tasks.video.samples import (
     synthetic_frame,
 )
 from facefusion_tasks.video.writer import FrameWriter, choose_encoder
+from tests.media import decoded_audio_seconds
 
 pytestmark = pytest.mark.integration
 
@@ -460,6 +461,22 @@ def test_frames_seconds_apart_are_written_to_mp4_and_kept_apart(
     settings = dataclasses.replace(SETTINGS, video_preset="veryfast")
     written = transcode(info, tmp_path / f"out{suffix}", settings=settings)
     assert packet_times(written) == packet_times(clip)
+
+
+def test_audio_matroska_has_no_name_for_is_transcoded_not_copied(tmp_path: Path) -> None:
+    # QuickTime's IMA4 ADPCM: copied, Matroska's muxer failed to start (exit 1).
+    video = make_sample_video(tmp_path / "v.mp4", seconds=1, audio=False)
+    clip = tmp_path / "ima4.mov"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(video), "-f", "lavfi", "-t", "1", "-i", "sine",
+         "-c:v", "copy", "-c:a", "adpcm_ima_qt", str(clip)],
+        check=True,
+    )  # fmt: skip
+    written = transcode(probe(clip), tmp_path / "out.mkv")
+    streams = ffprobe_json(written, "-show_entries", "stream=codec_name")["streams"]
+    assert isinstance(streams, list)
+    assert [s["codec_name"] for s in streams] == ["h264", "aac"]
+    assert abs(decoded_audio_seconds(written) - 1.0) < 0.05
 
 
 def test_a_matroska_video_lasts_its_own_frames_not_its_longer_audio(tmp_path: Path) -> None:
