@@ -30,6 +30,7 @@ TRACK_TYPE = 0x83
 FLAG_LACING = 0x9C
 DEFAULT_DURATION = 0x23E383
 CODEC_ID = 0x86
+LANGUAGE = 0x22B59C
 VIDEO = 0xE0
 PIXEL_WIDTH = 0xB0
 PIXEL_HEIGHT = 0xBA
@@ -107,6 +108,8 @@ def header(width: int, height: int, *, default_duration_ns: int | None = None) -
         + uint_element(TRACK_TYPE, 1)
         + uint_element(FLAG_LACING, 0)
         + element(CODEC_ID, b"V_UNCOMPRESSED")
+        # Unset, Matroska's language is English, and ffmpeg carries that into the output.
+        + element(LANGUAGE, b"und")
     )
     if default_duration_ns:
         # Only consulted for the last frame's duration (every block has its own timestamp).

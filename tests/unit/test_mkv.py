@@ -99,6 +99,7 @@ def test_header_declares_one_raw_bgr24_track_with_nanosecond_ticks() -> None:
     assert uint(entry[mkv.TRACK_NUMBER]) == 1
     assert uint(entry[mkv.TRACK_TYPE]) == 1  # video
     assert entry[mkv.CODEC_ID] == b"V_UNCOMPRESSED"
+    assert entry[mkv.LANGUAGE] == b"und"  # unset, Matroska reads English into the output
     assert uint(entry[mkv.DEFAULT_DURATION]) == 40_000_000
     video = children(data, child(data, entry_element, mkv.VIDEO))
     assert uint(video[mkv.PIXEL_WIDTH]) == 321
