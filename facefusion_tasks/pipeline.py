@@ -234,6 +234,7 @@ def run_swap(
             frame_rate=info.frame_rate,
             colour=info.colour,
             sample_aspect=info.sample_aspect,
+            field_order=info.field_order,
         )
     except BaseException:
         # The decoder is already running: a writer that cannot start (a full disk, a refused

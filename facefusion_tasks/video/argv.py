@@ -24,6 +24,7 @@ from facefusion_tasks.video.colour import (
     colour_tags,
     encode_filter,
 )
+from facefusion_tasks.video.fields import encode_args as interlace_args
 from facefusion_tasks.video.signed import SignedUrl
 
 #: Decoder logging: showinfo prints each frame's pts at info level; the level prefix lets the
@@ -319,6 +320,7 @@ def encode_argv(
     subtitle_codecs: Sequence[str] = (),
     colour: Colour = UNTAGGED,
     sample_aspect: str = "",
+    field_order: str = "",
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
@@ -326,8 +328,9 @@ def encode_argv(
     audio stream of audio_source (input 1, cut to the video's length; `audio_codecs` are
     theirs, in order) and the subtitle streams the container can carry, from `audio_skip`
     seconds into it (where the video's first frame is). BGR goes back to YUV with
-    the source's `colour` matrix and range, and the output carries its colour tags and its
-    pixels' shape (`sample_aspect`, "num:den"; "" = square).
+    the source's `colour` matrix and range, and the output carries its colour tags, its
+    pixels' shape (`sample_aspect`, "num:den"; "" = square) and its interlacing
+    (`field_order`, "" = progressive).
 
     Each frame keeps its own timestamp: passthrough never drops or duplicates, the encoder
     ticks in the source time base, and mp4/mov tracks use its denominator as timescale.
@@ -350,10 +353,13 @@ def encode_argv(
     args = ffmpeg_python.output(*streams, str(destination)).get_args()
     options = video_codec_args(encoder, preset=preset, quality=quality)
     video_filter = encode_filter(colour)
+    if field_order:  # each field's chroma from its own lines, not its neighbour field's
+        video_filter += ":interl=1"
     if sample_aspect:  # anamorphic: shown as wide as the source is
         video_filter += ",setsar=" + sample_aspect.replace(":", "/")
     options += ["-vf", video_filter, "-pix_fmt", pix_fmt_for(width, height)]
     options += colour_tags(colour)
+    options += interlace_args(encoder, field_order)
     for key, value in _fps_mode(version).items():
         options += [f"-{key}", value]
     # Video only: given to every stream, it broke libopus (Opus packets that decode to a few ms).

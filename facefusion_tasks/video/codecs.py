@@ -41,6 +41,13 @@ DEFAULT_ENCODERS = {"webm": "libvpx-vp9"}
 #: The NVENC encoder `auto` tries first, by muxer (a one-frame trial decides; h264_nvenc
 #: elsewhere); without it `auto` is the muxer's default.
 AUTO_NVENC = {"webm": "av1_nvenc"}
+# fmt: off
+_MATROSKA_AUDIO = frozenset({
+    "aac", "ac3", "eac3", "dts", "truehd", "mlp", "mp1", "mp2", "mp3", "flac", "alac",
+    "opus", "vorbis", "wavpack", "tta", "pcm_u8", "pcm_s16le", "pcm_s16be", "pcm_s24le",
+    "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f64le",
+})
+# fmt: on
 #: Audio codecs each muxer takes as they are (stream copy). mp4 could hold Opus, but many
 #: players cannot play it there: mp4 gets AAC, which plays everywhere. Matroska: the codecs it
 #: has an ID of its own for (ffmpeg's matroska.c); others, such as QuickTime's IMA4 ADPCM,
@@ -48,13 +55,7 @@ AUTO_NVENC = {"webm": "av1_nvenc"}
 AUDIO_COPY_CODECS: dict[str, frozenset[str]] = {
     "mp4": frozenset({"aac", "mp3", "alac", "ac3", "eac3"}),
     "mov": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le"}),
-    "matroska": frozenset(
-        {
-            "aac", "ac3", "eac3", "dts", "truehd", "mlp", "mp1", "mp2", "mp3", "flac", "alac",
-            "opus", "vorbis", "wavpack", "tta", "pcm_u8", "pcm_s16le", "pcm_s16be",
-            "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f64le",
-        }
-    ),  # fmt: skip
+    "matroska": _MATROSKA_AUDIO,
     "webm": frozenset({"opus", "vorbis"}),
 }
 #: The audio encoder for a codec that cannot be copied, by muxer (aac elsewhere).

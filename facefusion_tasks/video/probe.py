@@ -19,6 +19,7 @@ from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.colour import UNTAGGED, Colour
 from facefusion_tasks.video.damage import corrupt, damage_line
+from facefusion_tasks.video.fields import field_order_from_stream_line, field_order_of
 from facefusion_tasks.video.packets import demux_pass
 from facefusion_tasks.video.plainfile import (
     check_file,
@@ -73,6 +74,8 @@ class VideoInfo:
     #: included): the one ffmpeg itself would pick, so a preview track or a cover picture
     #: ahead of the main video is never the one swapped.
     video_stream: int = 0
+    #: Interlaced video's field order (fields.FIELD_ORDERS); "" for progressive.
+    field_order: str = ""
 
     @property
     def has_audio(self) -> bool:
@@ -91,10 +94,11 @@ class VideoInfo:
         data["path"] = str(self.path)
         data["frame_rate"] = str(self.frame_rate)
         data["time_base"] = str(self.time_base)
-        if not self.video_stream:
-            # The common case stays readable by workers from before the field, during an
-            # upgrade: they would refuse a record with a key they do not know.
-            del data["video_stream"]
+        for late, unset in (("video_stream", 0), ("field_order", "")):
+            if data[late] == unset:
+                # The common case stays readable by workers from before the field, during an
+                # upgrade: they would refuse a record with a key they do not know.
+                del data[late]
         return data
 
     @classmethod
@@ -350,6 +354,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         stored_height=stored_h,
         container=container,
         video_stream=chosen,
+        field_order=field_order_of(video.get("field_order")),
     ), counted
 
 
@@ -485,6 +490,7 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         stored_height=stored_h,
         container=container,
         video_stream=chosen,
+        field_order=field_order_from_stream_line(rest[pix.end() :] if pix else ""),
     ), True
 
 

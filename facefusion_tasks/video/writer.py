@@ -126,6 +126,7 @@ class FrameWriter:
         frame_rate: Fraction | None = None,
         colour: Colour = UNTAGGED,
         sample_aspect: str = "",
+        field_order: str = "",
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"bad frame size {width}x{height}")
@@ -168,6 +169,7 @@ class FrameWriter:
                 audio_skip=audio.video_delay if audio else 0.0,
                 colour=colour,
                 sample_aspect=sample_aspect,
+                field_order=field_order,
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),
             )

@@ -113,7 +113,7 @@ def transcode(info: VideoInfo, destination: Path, *, settings: Settings = SETTIN
         FrameReader(info) as reader,
         FrameWriter(
             destination, width=info.width, height=info.height, time_base=info.time_base,
-            audio_source=info, settings=settings,
+            audio_source=info, settings=settings, field_order=info.field_order,
         ) as writer,
     ):  # fmt: skip
         for frame in reader:
@@ -477,6 +477,46 @@ def test_audio_matroska_has_no_name_for_is_transcoded_not_copied(tmp_path: Path)
     assert isinstance(streams, list)
     assert [s["codec_name"] for s in streams] == ["h264", "aac"]
     assert abs(decoded_audio_seconds(written) - 1.0) < 0.05
+
+
+def _field_flags(path: Path) -> set[tuple[str, str]]:
+    """Each decoded frame's (interlaced_frame, top_field_first), as a set."""
+    data = ffprobe_json(
+        path, "-select_streams", "v:0", "-show_entries", "frame=interlaced_frame,top_field_first"
+    )
+    frames = data["frames"]
+    assert isinstance(frames, list) and frames
+    return {(str(f["interlaced_frame"]), str(f["top_field_first"])) for f in frames}
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "order", "flags"),
+    [
+        (["-c:v", "libx264", "-top", "1"], ".mp4", "tt", ("1", "1")),
+        (["-c:v", "mpeg2video", "-top", "0", "-q:v", "3"], ".ts", "bb", ("1", "0")),
+    ],
+)
+def test_interlaced_video_stays_interlaced_field_order_and_all(
+    tmp_path: Path,
+    codec: list[str],
+    suffix: str,
+    order: str,
+    flags: tuple[str, str],
+    probe_tool: str,
+) -> None:
+    # Coded as progressive frames, woven fields show combing where players deinterlace none.
+    steady = make_sample_video(tmp_path / "steady.mkv", seconds=1, audio=False)
+    clip = tmp_path / f"interlaced{suffix}"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(steady), "-flags", "+ildct+ilme", *codec, str(clip)],
+        check=True,
+    )  # fmt: skip
+    info = probe(clip)
+    assert info.field_order == order
+    for out in (".mp4", ".mkv"):
+        written = transcode(info, tmp_path / f"out{out}")
+        assert _field_flags(written) == _field_flags(clip) == {flags}
+        assert packet_times(written) == packet_times(clip)
 
 
 def test_a_matroska_video_lasts_its_own_frames_not_its_longer_audio(tmp_path: Path) -> None:

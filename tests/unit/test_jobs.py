@@ -79,10 +79,10 @@ def test_a_probe_survives_the_job_record() -> None:
     del older["audio_codecs"], older["colour"], older["subtitle_codecs"]
     older |= {"has_audio": True, "audio_codec": "aac"}
     assert VideoInfo.from_json(older) == info
-    # The picture's stream is recorded only when it is not the first, so workers from before
-    # the field still read the common record during an upgrade; fields a newer planner adds
-    # are ignored here likewise.
-    assert "video_stream" not in info.to_json()
-    second = dataclasses.replace(info, video_stream=1)
+    # The picture's stream is recorded only when it is not the first, its field order only
+    # when it is interlaced, so workers from before those fields still read the common
+    # record during an upgrade; fields a newer planner adds are ignored here likewise.
+    assert "video_stream" not in info.to_json() and "field_order" not in info.to_json()
+    second = dataclasses.replace(info, video_stream=1, field_order="tt")
     assert VideoInfo.from_json(json.loads(json.dumps(second.to_json()))) == second
     assert VideoInfo.from_json(info.to_json() | {"from_a_newer_planner": 1}) == info
