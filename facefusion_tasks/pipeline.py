@@ -24,6 +24,7 @@ from facefusion_tasks.faces.pool import CpuPool
 from facefusion_tasks.inputs import check_output
 from facefusion_tasks.objects import Location
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.video.colour import written_colour
 from facefusion_tasks.video.probe import VideoInfo, check_frame_size, probe
 from facefusion_tasks.video.reader import FrameReader
 from facefusion_tasks.video.writer import FrameWriter
@@ -232,7 +233,7 @@ def run_swap(
             audio_source=info if job.audio else None,
             settings=settings,
             frame_rate=info.frame_rate,
-            colour=info.colour,
+            colour=written_colour(info.colour, info.pix_fmt),
             sample_aspect=info.sample_aspect,
             field_order=info.field_order,
         )

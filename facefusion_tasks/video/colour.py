@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 #: swscale's flags for the decoder's YUV -> BGR and the encoder's way back. Each chroma sample
@@ -22,6 +23,8 @@ _MATRICES = {
     "bt2020nc": "bt2020",
     "bt2020c": "bt2020",
 }
+#: Pixel formats of RGB pictures (GIF's palette included): no matrix, and none to keep.
+_RGB_FORMATS = ("rgb", "bgr", "gbr", "argb", "abgr", "0rgb", "0bgr", "pal8", "x2rgb", "x2bgr")
 #: Values that describe nothing.
 _UNKNOWN = frozenset({"", "unknown", "unspecified", "reserved", "reserved0"})
 
@@ -96,3 +99,13 @@ def colour_tags(colour: Colour) -> list[str]:
         if value:
             tags += [flag, value]
     return tags
+
+
+def written_colour(colour: Colour, pix_fmt: str) -> Colour:
+    """The colour an output is converted to YUV with and tagged with: the source's, but an RGB
+    source (GIF, PNG or QuickTime RLE in a video) has no matrix to keep, so it gets BT.601's,
+    swscale's own, and says so: untagged, players take HD video for BT.709 and shift its
+    colours."""
+    if pix_fmt.startswith(_RGB_FORMATS) or colour.space == "gbr":
+        return dataclasses.replace(colour, space="smpte170m")
+    return colour

@@ -100,3 +100,49 @@ def test_a_swap_with_no_face_gives_back_the_sources_luma_and_tags(
     # swscale's default rounding made every pixel about 1.9 levels darker, and a BT.709 source
     # was written back with BT.601. Now what no face touched comes back exactly: Y, U and V.
     assert np.array_equal(swapped, source)
+
+
+@pytest.mark.parametrize("codec", ["gif", "png", "qtrle"])
+def test_an_rgb_source_is_written_as_yuv_tagged_with_the_matrix_it_was_converted_with(
+    clips: Path, models_dir: Path, tmp_path: Path, codec: str
+) -> None:
+    # RGB has no matrix to keep. Untagged, the YUV output's matrix (BT.601, swscale's) was left
+    # to players, which take HD video for BT.709 and shift its colours.
+    source = tmp_path / f"rgb-{codec}.{'gif' if codec == 'gif' else 'mov'}"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(clips / "untagged.mp4"), "-c:v", codec, str(source)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    output = tmp_path / "out.mp4"
+    done = run_cli(
+        "swap", clips / "source.png", source, "-o", output, "--json", models=models_dir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _tags(output)[0] == "smpte170m"
+    if codec == "gif":
+        return  # its dithered palette does not survive chroma subsampling: nothing to compare
+    # Decoded as tagged, the picture is the source's (x264 crf 18 and chroma subsampling aside).
+    rgb = [
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-i",
+                str(path),
+                "-frames:v",
+                "1",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        ).stdout  # fmt: skip
+        for path in (source, output)
+    ]
+    before, after = (np.frombuffer(raw, np.uint8).astype(int) for raw in rgb)
+    assert np.abs(before - after).mean() < 4
