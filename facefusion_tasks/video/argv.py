@@ -24,7 +24,6 @@ from facefusion_tasks.video.colour import (
     colour_tags,
     encode_filter,
 )
-from facefusion_tasks.video.fields import encode_args as interlace_args
 from facefusion_tasks.video.signed import SignedUrl
 
 #: Decoder logging: showinfo prints each frame's pts at info level; the level prefix lets the
@@ -353,10 +352,10 @@ def encode_argv(
     args = ffmpeg_python.output(*streams, str(destination)).get_args()
     options = video_codec_args(encoder, preset=preset, quality=quality)
     video_filter = encode_filter(colour)
-    if field_order:  # each field's chroma from its own lines, not its neighbour field's
-        video_filter += ":interl=1"
     if sample_aspect:  # anamorphic: shown as wide as the source is
         video_filter += ",setsar=" + sample_aspect.replace(":", "/")
+    if field_order:
+        video_filter += "," + field_filter(field_order)
     options += ["-vf", video_filter, "-pix_fmt", pix_fmt_for(width, height)]
     options += colour_tags(colour)
     options += interlace_args(encoder, field_order)
@@ -373,3 +372,24 @@ def encode_argv(
         options += subtitle_args(muxer, subtitle_codecs)
     # -y: the writer's temp file already exists (created race-free before ffmpeg starts).
     return [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", *args[:-1], *options, "-f", muxer, args[-1]]
+
+
+def interlace_args(encoder: str, field_order: str) -> list[str]:
+    """Output flags that keep an interlaced source interlaced: libx264 codes each frame's two
+    fields apart (interlaced DCT and motion estimation), and the stream is tagged with the
+    order ("tt" or "bb"). Woven frames coded as progressive show combing where players
+    deinterlace none. [] for progressive video. (Which field comes first is the frames' own
+    flag: field_filter.)"""
+    if not field_order:
+        return []
+    flags = ["-flags", "+ildct+ilme"] if encoder == "libx264" else []
+    return [*flags, "-field_order", field_order]
+
+
+def field_filter(field_order: str) -> str:
+    """The filter that flags every frame with its first field, as encoders and muxers read it
+    (ffmpeg 9 refuses `-top`, and 5.1's libx264 takes the frames' flag over it); "" for
+    progressive video."""
+    if not field_order:
+        return ""
+    return "setfield=" + ("tff" if field_order == "tt" else "bff")

@@ -1,45 +1,54 @@
-"""Interlaced video: the field order the probe reads, and the encoder flags that keep it."""
+"""Interlaced video: does the probe see it, and which field do its frames show first."""
 
 from __future__ import annotations
 
-#: ffprobe's field orders of interlaced video: top or bottom field first, and the two whose
-#: coded order is swapped ("tb": top coded first, bottom shown first).
-FIELD_ORDERS = frozenset({"tt", "bb", "tb", "bt"})
+import re
+from pathlib import Path
+
+from facefusion_tasks.objects import Location
+from facefusion_tasks.video import process
+from facefusion_tasks.video.plainfile import PROBE_TIMEOUT, input_args
+from facefusion_tasks.video.signed import redact
+
+#: ffprobe's stream field orders that say "interlaced" (tb and bt: coded order swapped).
+_INTERLACED_TAGS = frozenset({"tt", "bb", "tb", "bt"})
 #: `ffmpeg -i`'s words for them, in its stream line's parenthesis.
-_STREAM_LINE_WORDS = (
-    ("top coded first (swapped)", "tb"),
-    ("bottom coded first (swapped)", "bt"),
-    ("top first", "tt"),
-    ("bottom first", "bb"),
-)
+_STREAM_LINE_WORDS = ("top first", "bottom first", "coded first (swapped)")
+#: showinfo's interlace mode of a frame: T(op first), B(ottom first), P(rogressive).
+_SHOWINFO_MODE = re.compile(r"\bi:([TBP])\b")
 
 
-def field_order_of(value: object) -> str:
-    """ffprobe's field_order when the video is interlaced, else "" (progressive, unknown)."""
-    text = "" if value is None else str(value)
-    return text if text in FIELD_ORDERS else ""
+def tagged_interlaced(value: object) -> bool:
+    """Whether ffprobe's stream field_order says interlaced. Only a hint: files are often
+    tagged wrong (ffmpeg's own Matroska says tb for top first; mp4 stores none and ffprobe's
+    parser guesses tt), so the first frame decides (frame_field_order)."""
+    return str(value) in _INTERLACED_TAGS
 
 
-def field_order_from_stream_line(details: str) -> str:
-    """The field order `ffmpeg -i` names after a stream's pixel format, else ""."""
-    end = details.find(")")
-    if not details.startswith("(") or end < 0:
+def stream_line_interlaced(details: str) -> bool:
+    """Whether `ffmpeg -i`'s stream line, after the pixel format, says interlaced."""
+    end = details.rfind(")")
+    return (
+        details.startswith("(")
+        and end > 0
+        and any(words in details[1:end] for words in _STREAM_LINE_WORDS)
+    )
+
+
+def frame_field_order(source: Location, exe: str, stream: int, *, interlaced: bool) -> str:
+    """The field the first decoded frame of `0:v:stream` is flagged to show first ("tt" top,
+    "bb" bottom), "" when it is progressive: what a player goes by, whatever the container
+    says. Decoded only when the probe saw a hint of interlacing (`interlaced`)."""
+    if not interlaced:
         return ""
-    # "(tv, bt709, top coded first (swapped))": the swapped forms hold a parenthesis.
-    inside = details[1:]
-    return next((order for words, order in _STREAM_LINE_WORDS if words in inside), "")
-
-
-def encode_args(encoder: str, field_order: str) -> list[str]:
-    """Output flags that keep an interlaced source interlaced: libx264 codes the two fields of
-    each frame apart (interlaced DCT and motion estimation) with the field shown first on
-    top or not; every encoder's stream is tagged with the order, which Matroska and
-    QuickTime carry. The woven frames coded as progressive would show combing where a
-    player deinterlaces nothing. [] for progressive video."""
-    if field_order not in FIELD_ORDERS:
-        return []
-    args = ["-field_order", field_order]
-    if encoder == "libx264":
-        top_shown_first = field_order in {"tt", "bt"}
-        args = ["-flags", "+ildct+ilme", "-top", "1" if top_shown_first else "0", *args]
-    return args
+    argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info"]
+    *options, target = input_args(source)
+    argv += [*options, "-i", target, "-map", f"0:v:{stream}", "-frames:v", "1"]
+    argv += ["-vf", "showinfo", "-f", "null", "-"]
+    done = process.run(
+        argv, timeout=PROBE_TIMEOUT, what=f"{Path(exe).name} on {redact(str(target))}"
+    )
+    for line in done.stderr.splitlines():
+        if "Parsed_showinfo" in line and (mode := _SHOWINFO_MODE.search(line)):
+            return {"T": "tt", "B": "bb"}.get(mode.group(1), "")
+    return ""

@@ -19,7 +19,11 @@ from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.colour import UNTAGGED, Colour
 from facefusion_tasks.video.damage import corrupt, damage_line
-from facefusion_tasks.video.fields import field_order_from_stream_line, field_order_of
+from facefusion_tasks.video.fields import (
+    frame_field_order,
+    stream_line_interlaced,
+    tagged_interlaced,
+)
 from facefusion_tasks.video.packets import demux_pass
 from facefusion_tasks.video.plainfile import (
     check_file,
@@ -29,6 +33,7 @@ from facefusion_tasks.video.plainfile import (
     run_probe,
     still_image,
 )
+from facefusion_tasks.video.streams import VideoStream, pick_video_stream
 
 log = logging.getLogger(__name__)
 
@@ -224,32 +229,6 @@ def _normal_rotation(degrees: float) -> int:
 _INDEX_OVERCOUNTS = frozenset({"avi"})
 
 
-@dataclass(frozen=True)
-class VideoStream:
-    """What choosing among a file's video streams looks at."""
-
-    pixels: int
-    default: bool
-    attached_pic: bool
-
-
-#: What the default disposition weighs against size, as ffmpeg's own automatic choice of a
-#: video stream scores them: the default stream wins unless another is far larger.
-_DEFAULT_BONUS = 5_000_000
-
-
-def pick_video_stream(streams: list[VideoStream]) -> int | None:
-    """The index (ffmpeg's `v:N`) of the stream that is the video, as ffmpeg picks one when
-    told nothing: never a cover picture, else the largest, the default one counting extra;
-    the first of equals. None when there is only pictures or nothing."""
-    scored = [
-        (stream.pixels + _DEFAULT_BONUS * stream.default, -index, index)
-        for index, stream in enumerate(streams)
-        if not stream.attached_pic
-    ]
-    return max(scored)[2] if scored else None
-
-
 def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[VideoInfo, bool]:
     """VideoInfo and whether frame_count came from a demux pass (True) or the index."""
     *options, target = input_args(source)
@@ -354,7 +333,9 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         stored_height=stored_h,
         container=container,
         video_stream=chosen,
-        field_order=field_order_of(video.get("field_order")),
+        field_order=frame_field_order(
+            source, exe, chosen, interlaced=tagged_interlaced(video.get("field_order"))
+        ),
     ), counted
 
 
@@ -490,7 +471,9 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         stored_height=stored_h,
         container=container,
         video_stream=chosen,
-        field_order=field_order_from_stream_line(rest[pix.end() :] if pix else ""),
+        field_order=frame_field_order(
+            source, exe, chosen, interlaced=stream_line_interlaced(rest[pix.end() :] if pix else "")
+        ),
     ), True
 
 

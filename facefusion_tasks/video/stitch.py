@@ -58,11 +58,13 @@ def stitch_argv(
     audio_seconds: float | None = None,
     audio_skip: float = 0.0,
     subtitle_codecs: Sequence[str] = (),
+    field_order: str = "",
     ffmpeg: str = "ffmpeg",
 ) -> list[str]:
     """ffmpeg argv: concat demuxer → stream copy of the video, plus every audio stream of the
     source (each copied when the container takes it) and the subtitle streams the container can
-    carry, limited to the video's length."""
+    carry, limited to the video's length. An interlaced video's field order is restated: the
+    mp4 segments do not store it, and ffmpeg's parser guesses."""
     argv = [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", "-f", "concat", "-safe", "0", "-i", str(concat_file)]
     if audio_source is not None:
         for option, value in extras_window(audio_skip, audio_seconds).items():
@@ -71,6 +73,8 @@ def stitch_argv(
         # the one URL a worker signed for its object).
         argv += [*plain_input_args(audio_source), "-i", str(audio_source)]
     argv += ["-map", "0:v:0", "-c:v", "copy"]
+    if field_order:
+        argv += ["-field_order", field_order]
     if audio_source is not None:
         argv += ["-map", "1:a?"]
         if audio_codecs:
@@ -119,6 +123,7 @@ def stitch_segments(
         audio_seconds=float(duration) if extras else None,  # the stitched picture's length
         audio_skip=audio_source.video_delay,
         subtitle_codecs=audio_source.subtitle_codecs,
+        field_order=audio_source.field_order,
         ffmpeg=exe,
     )
     try:

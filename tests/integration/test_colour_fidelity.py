@@ -21,6 +21,8 @@ WIDTH, HEIGHT = 320, 240
 #: How each source is tagged: (scale filter for its YUV, its output tags).
 SOURCES = {
     "untagged": ("", []),
+    # Interlaced: the fields keep their chroma through the trip as progressive frames do.
+    "interlaced": ("", ["-flags", "+ildct+ilme", "-top", "1"]),
     "bt709-tv": (
         "scale=out_color_matrix=bt709:out_range=tv",
         [

@@ -194,6 +194,34 @@ def test_cancel_stops_a_running_job_and_cleans_up(slow_fleet: Cluster, root: Pat
     assert {c["state"] for c in producer.status(job_id).chunks} <= {CANCELLED, "DONE"}
 
 
+def test_an_interlaced_video_is_stitched_interlaced_with_its_field_order(
+    fleet: Cluster, root: Path
+) -> None:
+    # Bottom field first, in chunks: the mp4 segments store no field order, so the stitch,
+    # a stream copy, must say it again (ffprobe's parser would guess top first).
+    target = root / "interlaced.mkv"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "long.mp4"), "-t", "3", "-c:v", "libx264",
+         "-flags", "+ildct+ilme", "-top", "0", "-c:a", "copy", str(target)],
+        check=True,
+    )  # fmt: skip
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / "interlaced.mkv"
+    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=1)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED and status.chunks_total >= 3, (status.reason, status.error)
+    frames = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+         "frame=interlaced_frame,top_field_first:stream=field_order", "-of", "json", str(output)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    probed = json.loads(frames)
+    assert probed["streams"][0]["field_order"] == "bb"
+    assert {(f["interlaced_frame"], f["top_field_first"]) for f in probed["frames"]} == {(1, 0)}
+    assert video_times(output) == video_times(target)
+
+
 def test_a_job_cancelled_before_it_was_planned_is_counted_once(fleet: Cluster, root: Path) -> None:
     producer = fleet.producer()
     job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "unplanned.mp4")

@@ -494,6 +494,10 @@ def _field_flags(path: Path) -> set[tuple[str, str]]:
     [
         (["-c:v", "libx264", "-top", "1"], ".mp4", "tt", ("1", "1")),
         (["-c:v", "mpeg2video", "-top", "0", "-q:v", "3"], ".ts", "bb", ("1", "0")),
+        # Tagged wrong: ffmpeg's own Matroska says tb (bottom shown first) for top first; mp4
+        # stores no order, and ffprobe's parser guesses tt. The frames decide.
+        (["-c:v", "libx264", "-top", "1"], ".mkv", "tt", ("1", "1")),
+        (["-c:v", "libx264", "-top", "0"], ".mp4", "bb", ("1", "0")),
     ],
 )
 def test_interlaced_video_stays_interlaced_field_order_and_all(

@@ -1,4 +1,4 @@
-"""fields: reading an interlaced video's field order, and the flags that keep it."""
+"""fields: telling interlaced video, and the flags that keep it interlaced."""
 
 from __future__ import annotations
 
@@ -6,56 +6,53 @@ from fractions import Fraction
 
 import pytest
 
-from facefusion_tasks.video.argv import encode_argv
-from facefusion_tasks.video.fields import (
-    encode_args,
-    field_order_from_stream_line,
-    field_order_of,
-)
+from facefusion_tasks.video.argv import encode_argv, field_filter, interlace_args
+from facefusion_tasks.video.fields import stream_line_interlaced, tagged_interlaced
 
 
 @pytest.mark.parametrize(
-    ("value", "order"),
-    [("tt", "tt"), ("bb", "bb"), ("tb", "tb"), ("bt", "bt"), ("progressive", ""),
-     ("unknown", ""), (None, ""), ("", "")],
+    ("value", "interlaced"),
+    [("tt", True), ("bb", True), ("tb", True), ("bt", True), ("progressive", False),
+     ("unknown", False), (None, False), ("", False)],
 )  # fmt: skip
-def test_ffprobe_field_orders(value: object, order: str) -> None:
-    assert field_order_of(value) == order
+def test_ffprobe_tags_that_say_interlaced(value: object, interlaced: bool) -> None:
+    assert tagged_interlaced(value) is interlaced
 
 
 @pytest.mark.parametrize(
-    ("details", "order"),
+    ("details", "interlaced"),
     [
-        ("(top first), 320x240 [SAR 1:1 DAR 4:3], 25 fps", "tt"),
-        ("(tv, bottom first), 320x240", "bb"),
-        ("(tv, bt709, top coded first (swapped)), 1920x1080", "tb"),
-        ("(bottom coded first (swapped)), 320x240", "bt"),
-        ("(tv, bt709, progressive), 1920x1080", ""),
-        ("(tv, bt709), 1920x1080", ""),
-        (", 320x240", ""),
+        ("(top first), 320x240 [SAR 1:1 DAR 4:3], 25 fps", True),
+        ("(tv, bottom first), 320x240", True),
+        ("(tv, bt709, top coded first (swapped)), 1920x1080", True),
+        ("(bottom coded first (swapped)), 320x240", True),
+        ("(tv, bt709, progressive), 1920x1080", False),
+        ("(tv, bt709), 1920x1080", False),
+        (", 320x240", False),
     ],
 )
-def test_ffmpeg_stream_line_field_orders(details: str, order: str) -> None:
-    assert field_order_from_stream_line(details) == order
+def test_ffmpeg_stream_lines_that_say_interlaced(details: str, interlaced: bool) -> None:
+    assert stream_line_interlaced(details) is interlaced
 
 
-def test_libx264_codes_fields_apart_with_the_field_shown_first_on_top_or_not() -> None:
-    assert encode_args("libx264", "tt") == [
-        "-flags", "+ildct+ilme", "-top", "1", "-field_order", "tt",
-    ]  # fmt: skip
-    assert encode_args("libx264", "bb")[:4] == ["-flags", "+ildct+ilme", "-top", "0"]
-    assert encode_args("libx264", "tb")[3] == "0"  # bottom shown first
-    assert encode_args("libx264", "bt")[3] == "1"
-    # Encoders that cannot code fields still say what the frames are, where the box can.
-    assert encode_args("libx265", "tt") == ["-field_order", "tt"]
-    assert encode_args("libx264", "") == []
+def test_libx264_codes_fields_apart_and_every_encoder_tags_the_order() -> None:
+    assert interlace_args("libx264", "tt") == ["-flags", "+ildct+ilme", "-field_order", "tt"]
+    assert interlace_args("libx265", "bb") == ["-field_order", "bb"]
+    assert interlace_args("libx264", "") == []
+    # Which field comes first is the frames' flag (ffmpeg 9 refuses -top).
+    assert (field_filter("tt"), field_filter("bb"), field_filter("")) == (
+        "setfield=tff",
+        "setfield=bff",
+        "",
+    )
 
 
-def test_encode_argv_keeps_each_fields_chroma_apart_only_for_interlaced_video() -> None:
+def test_encode_argv_flags_the_frames_last_in_the_filter_chain() -> None:
     size = {"width": 320, "height": 240, "time_base": Fraction(1, 25)}
-    interlaced = encode_argv("out.mp4", field_order="tt", **size)  # type: ignore[arg-type]
+    interlaced = encode_argv("out.mp4", field_order="bb", sample_aspect="8:9", **size)  # type: ignore[arg-type]
     progressive = encode_argv("out.mp4", **size)  # type: ignore[arg-type]
     vf = interlaced[interlaced.index("-vf") + 1]
-    assert vf.startswith("scale=") and ":interl=1" in vf and "-top" in interlaced
-    assert "interl" not in progressive[progressive.index("-vf") + 1]
-    assert "-top" not in progressive and "-field_order" not in progressive
+    assert vf.startswith("scale=") and vf.endswith(",setsar=8/9,setfield=bff")
+    assert "-top" not in interlaced and "interl" not in vf
+    assert "setfield" not in progressive[progressive.index("-vf") + 1]
+    assert "-field_order" not in progressive and "+ildct+ilme" not in progressive
