@@ -204,6 +204,9 @@ class Counted:
     frames: int
     #: First frame's start to the last frame's end (pts span plus the last packet's duration).
     duration: Fraction
+    #: First frame's start to the last frame's start: the muxer's guess at the last frame's
+    #: length left out.
+    span: Fraction = Fraction(0)
 
 
 def count_argv(path: Path, *, ffmpeg: str) -> list[str]:
@@ -223,6 +226,7 @@ def parse_framecrc(text: str) -> Counted:
     time_base = Fraction(0)
     first: int | None = None
     end: int | None = None
+    last: int | None = None
     frames = 0
     for line in text.splitlines():
         if line.startswith("#"):
@@ -237,9 +241,10 @@ def parse_framecrc(text: str) -> Counted:
         frames += 1
         first = pts if first is None else min(first, pts)
         end = pts + length if end is None else max(end, pts + length)
-    if first is None or end is None:
+        last = pts if last is None else max(last, pts)
+    if first is None or end is None or last is None:
         return Counted(0, Fraction(0))
-    return Counted(frames, (end - first) * time_base)
+    return Counted(frames, (end - first) * time_base, (last - first) * time_base)
 
 
 def count_video(path: Path, *, ffmpeg: str, timeout: float = VERIFY_TIMEOUT) -> Counted:
@@ -260,15 +265,20 @@ def verify_video(
     duration: Fraction,
     tolerance: Fraction,
     what: str,
+    span: tuple[Fraction, Fraction] | None = None,
 ) -> Counted:
     """MediaError unless `path` holds exactly `frames` video frames lasting `duration`
-    (± `tolerance`, about one frame): checked before a file is committed."""
+    (± `tolerance`, about one frame), and, when `span` (expected, tolerance) is given, with
+    its first and last frames that far apart: checked before a file is committed."""
     counted = count_video(path, ffmpeg=ffmpeg)
     if counted.frames != frames:
         raise MediaError(f"{what}: wrote {frames} frames but the file holds {counted.frames}")
-    if abs(counted.duration - duration) > tolerance:
-        raise MediaError(
-            f"{what}: the file lasts {float(counted.duration):.3f} s, "
-            f"expected {float(duration):.3f} s"
-        )
+    checks = [("lasts", counted.duration, duration, tolerance)]
+    if span is not None:
+        checks.insert(0, ("spans", counted.span, *span))
+    for verb, found, expected, allowed in checks:
+        if abs(found - expected) > allowed:
+            raise MediaError(
+                f"{what}: the file {verb} {float(found):.3f} s, expected {float(expected):.3f} s"
+            )
     return counted

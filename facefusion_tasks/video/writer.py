@@ -244,20 +244,29 @@ class FrameWriter:
         log.info("wrote %s (%d frames, %s)", self.destination, self.frames_written, self.encoder)
         return self.destination
 
-    def expected_duration(self) -> tuple[Fraction, Fraction]:
-        """(duration, tolerance) the written frames must span: first pts to last pts plus the
-        last frame's length, give or take one frame, or the widest gap between two frames if
-        that is longer (and a millisecond of rounding). The muxer decides the last frame's
-        length: with B-frames and a variable rate, mp4's is a decode-order gap, seconds long
-        where the source's frames are seconds apart."""
+    def expected_span(self) -> tuple[Fraction, Fraction]:
+        """(span, tolerance): first pts to last pts of the written frames, give or take one
+        frame (and a millisecond of rounding)."""
         assert self._first_pts is not None and self._last_pts is not None
-        step = self._rate and 1 / self._rate
-        if not step and self._previous_pts is not None:
-            step = (self._last_pts - self._previous_pts) * self.time_base
-        frame = Fraction(step or 0)
         span = (self._last_pts - self._first_pts) * self.time_base
-        slack = max(frame or Fraction(1, 25), self._widest_gap * self.time_base)
-        return span + frame, slack + Fraction(1, 1000)
+        return span, (self._frame() or Fraction(1, 25)) + Fraction(1, 1000)
+
+    def expected_duration(self) -> tuple[Fraction, Fraction]:
+        """(duration, tolerance): the span plus the last frame's length, give or take one
+        frame, or the widest gap between two frames if that is longer. The muxer decides the
+        last frame's length: with B-frames and a variable rate, mp4's is a decode-order gap,
+        seconds long where the source's frames are seconds apart. The span is checked
+        tightly apart from it (expected_span)."""
+        span, tolerance = self.expected_span()
+        frame = self._frame()
+        return span + frame, max(tolerance, self._widest_gap * self.time_base + Fraction(1, 1000))
+
+    def _frame(self) -> Fraction:
+        """One frame's length: at the given rate, else the last two frames' distance."""
+        step = self._rate and 1 / self._rate
+        if not step and self._previous_pts is not None and self._last_pts is not None:
+            step = (self._last_pts - self._previous_pts) * self.time_base
+        return Fraction(step or 0)
 
     def _verify(self) -> None:
         duration, tolerance = self.expected_duration()
@@ -268,6 +277,7 @@ class FrameWriter:
             duration=duration,
             tolerance=tolerance,
             what=self.destination.name,
+            span=self.expected_span(),
         )
 
     def abort(self) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError
-from facefusion_tasks.video import ffbin
+from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.mkv import MatroskaRawWriter
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.reader import FrameReader
@@ -461,6 +461,30 @@ def test_frames_seconds_apart_are_written_to_mp4_and_kept_apart(
     settings = dataclasses.replace(SETTINGS, video_preset="veryfast")
     written = transcode(info, tmp_path / f"out{suffix}", settings=settings)
     assert packet_times(written) == packet_times(clip)
+
+
+def test_a_time_squashed_file_fails_the_check_a_long_gap_widens(tmp_path: Path) -> None:
+    # One 5 s gap lets the last frame's length be off by up to 5 s (mp4 with B-frames takes a
+    # decode-order gap for it); the frames' own span is still held to one frame.
+    steady = make_sample_video(tmp_path / "steady.mkv", seconds=2, audio=False)
+    gap = tmp_path / "gap.mkv"
+    squashed = tmp_path / "squashed.mkv"
+    for source, out, setpts in ((steady, gap, "'PTS+gt(N,24)*5/TB'"), (gap, squashed, "0.8*PTS")):
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(source), "-vf", f"settb=1/1000,setpts={setpts}",
+             "-fps_mode", "passthrough", "-c:v", "libx264", "-preset", "ultrafast", str(out)],
+            check=True,
+        )  # fmt: skip
+    frame = Fraction(1, 25)
+    expected = {
+        "frames": 50,
+        "duration": Fraction(7) + frame,
+        "tolerance": Fraction(5) + frame,
+        "span": (Fraction(7), frame),
+    }
+    process.verify_video(gap, ffmpeg="ffmpeg", what="gap", **expected)  # type: ignore[arg-type]
+    with pytest.raises(MediaError, match="squashed: the file spans 5.5"):
+        process.verify_video(squashed, ffmpeg="ffmpeg", what="squashed", **expected)  # type: ignore[arg-type]
 
 
 def test_audio_matroska_has_no_name_for_is_transcoded_not_copied(tmp_path: Path) -> None:

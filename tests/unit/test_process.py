@@ -63,6 +63,7 @@ def test_parse_framecrc_counts_frames_and_their_span() -> None:
     )
     counted = process.parse_framecrc(text)
     assert counted.frames == 3 and counted.duration == Fraction(1536, 12800)
+    assert counted.span == Fraction(1024, 12800)  # first frame's start to the last one's
     assert process.parse_framecrc("#tb 0: 1/25\n") == process.Counted(0, Fraction(0))
 
 
