@@ -45,13 +45,17 @@ AUTO_NVENC = {"webm": "av1_nvenc"}
 _MATROSKA_AUDIO = frozenset({
     "aac", "ac3", "eac3", "dts", "truehd", "mlp", "mp1", "mp2", "mp3", "flac", "alac",
     "opus", "vorbis", "wavpack", "tta", "pcm_u8", "pcm_s16le", "pcm_s16be", "pcm_s24le",
-    "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f64le",
+    "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f64le", "pcm_s64le",
+    "ra_144", "ra_288", "cook", "atrac3", "sipr", "ralf",
+    # Through Matroska's A_MS/ACM, as WAVE tags them.
+    "pcm_alaw", "pcm_mulaw", "adpcm_ms", "adpcm_ima_wav", "adpcm_g726", "adpcm_g722",
+    "adpcm_yamaha", "wmav1", "wmav2", "gsm_ms",
 })
 # fmt: on
 #: Audio codecs each muxer takes as they are (stream copy). mp4 could hold Opus, but many
 #: players cannot play it there: mp4 gets AAC, which plays everywhere. Matroska: the codecs it
-#: has an ID of its own for (ffmpeg's matroska.c); others, such as QuickTime's IMA4 ADPCM,
-#: make its muxer fail to start.
+#: has an ID of its own for (ffmpeg's matroska.c), and those WAVE has a tag for (each muxed
+#: with ffmpeg 5.1); others, such as QuickTime's IMA4 ADPCM, make its muxer fail to start.
 AUDIO_COPY_CODECS: dict[str, frozenset[str]] = {
     "mp4": frozenset({"aac", "mp3", "alac", "ac3", "eac3"}),
     "mov": frozenset({"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le"}),

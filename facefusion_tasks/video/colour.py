@@ -23,8 +23,10 @@ _MATRICES = {
     "bt2020nc": "bt2020",
     "bt2020c": "bt2020",
 }
-#: Pixel formats of RGB pictures (GIF's palette included): no matrix, and none to keep.
-_RGB_FORMATS = ("rgb", "bgr", "gbr", "argb", "abgr", "0rgb", "0bgr", "pal8", "x2rgb", "x2bgr")
+#: Pixel formats with no YUV matrix to keep: RGB (GIF's palette included) and grey, whose
+#: frames the swap gives colour.
+_MATRIXLESS_FORMATS = ("rgb", "bgr", "gbr", "argb", "abgr", "0rgb", "0bgr", "pal8", "x2rgb",
+                       "x2bgr", "gray", "ya8", "ya16")  # fmt: skip
 #: Values that describe nothing.
 _UNKNOWN = frozenset({"", "unknown", "unspecified", "reserved", "reserved0"})
 
@@ -103,9 +105,9 @@ def colour_tags(colour: Colour) -> list[str]:
 
 def written_colour(colour: Colour, pix_fmt: str) -> Colour:
     """The colour an output is converted to YUV with and tagged with: the source's, but an RGB
-    source (GIF, PNG or QuickTime RLE in a video) has no matrix to keep, so it gets BT.601's,
-    swscale's own, and says so: untagged, players take HD video for BT.709 and shift its
-    colours."""
-    if pix_fmt.startswith(_RGB_FORMATS) or colour.space == "gbr":
-        return dataclasses.replace(colour, space="smpte170m")
+    or grey source (GIF, PNG or QuickTime RLE in a video) has no matrix to keep, so it gets
+    BT.601's, swscale's own, in limited range, and says so: untagged, players take HD video
+    for BT.709 and shift its colours, and many ignore H.264's full-range flag."""
+    if pix_fmt.startswith(_MATRIXLESS_FORMATS) or colour.space == "gbr":
+        return dataclasses.replace(colour, space="smpte170m", range="tv")
     return colour

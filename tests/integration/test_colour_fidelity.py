@@ -104,15 +104,18 @@ def test_a_swap_with_no_face_gives_back_the_sources_luma_and_tags(
     assert np.array_equal(swapped, source)
 
 
-@pytest.mark.parametrize("codec", ["gif", "png", "qtrle"])
+@pytest.mark.parametrize("codec", ["gif", "png", "qtrle", "ffv1-gray"])
 def test_an_rgb_source_is_written_as_yuv_tagged_with_the_matrix_it_was_converted_with(
     clips: Path, models_dir: Path, tmp_path: Path, codec: str
 ) -> None:
-    # RGB has no matrix to keep. Untagged, the YUV output's matrix (BT.601, swscale's) was left
-    # to players, which take HD video for BT.709 and shift its colours.
-    source = tmp_path / f"rgb-{codec}.{'gif' if codec == 'gif' else 'mov'}"
+    # RGB (or grey, which the swap colours) has no matrix to keep. Untagged, the YUV output's
+    # matrix (BT.601, swscale's) was left to players, which take HD video for BT.709 and shift
+    # its colours; PNG's full range became full-range YUV, which many players ignore.
+    suffix = {"gif": "gif", "ffv1-gray": "mkv"}.get(codec, "mov")
+    source = tmp_path / f"rgb-{codec}.{suffix}"
+    args = ["-c:v", "ffv1", "-pix_fmt", "gray"] if codec == "ffv1-gray" else ["-c:v", codec]
     subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(clips / "untagged.mp4"), "-c:v", codec, str(source)],
+        ["ffmpeg", "-v", "error", "-i", str(clips / "untagged.mp4"), *args, str(source)],
         check=True, timeout=60,
     )  # fmt: skip
     output = tmp_path / "out.mp4"
@@ -120,9 +123,9 @@ def test_an_rgb_source_is_written_as_yuv_tagged_with_the_matrix_it_was_converted
         "swap", clips / "source.png", source, "-o", output, "--json", models=models_dir,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert _tags(output)[0] == "smpte170m"
-    if codec == "gif":
-        return  # its dithered palette does not survive chroma subsampling: nothing to compare
+    assert (_tags(output)[0], _tags(output)[3]) == ("smpte170m", "tv")
+    if codec in {"gif", "ffv1-gray"}:
+        return  # a dithered palette does not survive chroma subsampling, nor grey the swap
     # Decoded as tagged, the picture is the source's (x264 crf 18 and chroma subsampling aside).
     rgb = [
         subprocess.run(
