@@ -175,7 +175,8 @@ class _Child:
         if not self.pooled or proc is None or now - self.checked_at < POOL_CHECK_SECONDS:
             return
         self.checked_at = now
-        if live_children(proc.pid):
+        pool = live_children(proc.pid)
+        if pool is None or pool:  # a process table that cannot be read tells nothing
             self.pool_seen_at = now
         elif now - self.pool_seen_at >= wedged_seconds and proc.poll() is None:
             log.error(

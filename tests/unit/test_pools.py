@@ -24,20 +24,28 @@ def test_only_live_children_of_the_process_count(tmp_path: Path) -> None:
     _stat(tmp_path, 14, "ffmpeg", "S", 11)  # a grandchild
     (tmp_path / "self").mkdir()
     (tmp_path / "15").mkdir()  # exited while the table was read: no stat
-    assert sorted(live_children(10, proc=tmp_path)) == [11, 12]
+    # No children lists (a kernel without CONFIG_PROC_CHILDREN): the whole table is read.
+    assert sorted(live_children(10, proc=tmp_path) or []) == [11, 12]
     assert live_children(14, proc=tmp_path) == []
-    assert live_children(10, proc=tmp_path / "absent") == []
+    # With them, only the children each thread lists are looked at.
+    for thread, listed in (("10", "11 13 "), ("16", "12")):
+        (tmp_path / "10" / "task" / thread).mkdir(parents=True)
+        (tmp_path / "10" / "task" / thread / "children").write_text(listed)
+    assert sorted(live_children(10, proc=tmp_path) or []) == [11, 12]
+    # A table that cannot be read says "cannot tell", never "no pool".
+    assert live_children(10, proc=tmp_path / "absent") is None
 
 
 def test_a_real_child_is_found_and_an_exited_one_is_not() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        assert child.pid in live_children(os.getpid())
+        assert child.pid in (live_children(os.getpid()) or [])
     finally:
         child.kill()
     # Killed, not yet collected (a zombie): no longer a live child.
     deadline = time.monotonic() + 10
-    while child.pid in live_children(os.getpid()) and time.monotonic() < deadline:
+    while child.pid in (live_children(os.getpid()) or []) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert child.pid not in live_children(os.getpid())
+    assert live_children(os.getpid()) is not None
+    assert child.pid not in (live_children(os.getpid()) or [])
     child.wait()
