@@ -84,6 +84,14 @@ def _done(producer: Producer, job_id: str, index: int) -> None:
     producer.store.chunk_done(job_id, index, 10)
 
 
+def _finished(producer: Producer, chunks: int) -> str:
+    """A RUNNING job whose every chunk is done, its segments written."""
+    job_id = _job(producer, RUNNING, chunks=chunks)
+    for index in range(chunks):
+        _done(producer, job_id, index)
+    return job_id
+
+
 def test_retry_of_a_failed_job_reruns_only_unfinished_chunks(
     producer: Producer, redis_url: str
 ) -> None:
@@ -347,9 +355,7 @@ def test_retry_of_a_running_job_leaves_chunks_whose_messages_wait_in_line_and_se
 def test_retry_runs_a_done_chunk_again_when_its_segment_is_gone(
     producer: Producer, redis_url: str
 ) -> None:
-    job_id = _job(producer, RUNNING, chunks=3)
-    for index in range(3):
-        _done(producer, job_id, index)
+    job_id = _finished(producer, 3)
     output = producer.store.get(job_id)["output"]
     lost = segment(producer.settings, job_id, 1, output=output)
     assert isinstance(lost, Path)
@@ -420,9 +426,7 @@ def test_a_stitch_sent_by_retry_is_sent_again_by_the_sweep_when_its_message_is_l
 ) -> None:
     from facefusion_tasks.liveness import sweep
 
-    job_id = _job(producer, RUNNING, chunks=2)
-    for index in range(2):
-        _done(producer, job_id, index)
+    job_id = _finished(producer, 2)
     producer.store.set_state(job_id, FAILED, reason=Reason.NO_SPACE, error="disk full")
     assert producer.retry(job_id) == Retried("stitch")
     redis.Redis.from_url(redis_url).delete(*priority_keys(LIGHT_QUEUE))  # the message is lost
