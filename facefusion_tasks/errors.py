@@ -24,6 +24,13 @@ class InputError(FaceFusionError, ValueError):
     reason = Reason.BAD_INPUT
 
 
+class Unconfined(InputError):
+    """A job path outside the storage roots or an object outside the allowed buckets, or none
+    configured (reason path or config)."""
+
+    reason = Reason.PATH
+
+
 class OutputError(InputError):
     """The requested destination cannot be written."""
 
@@ -57,6 +64,13 @@ class TransientError(FaceFusionError):
     """A failure another attempt (or another worker) may not hit: the only kind that retries."""
 
     reason = Reason.TRANSIENT
+
+
+class WorkerConfigError(TransientError):
+    """This worker cannot reach a job file the producer accepted (its storage roots or buckets
+    differ): retried, so a worker configured right may take it."""
+
+    reason = Reason.WORKER_CONFIG
 
 
 class GpuOutOfMemory(TransientError):

@@ -23,7 +23,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from facefusion_tasks.config import SIGNED_URL_SECONDS, Settings
-from facefusion_tasks.errors import FaceFusionError, InputError, OutputError, TransientError
+from facefusion_tasks.errors import (
+    FaceFusionError,
+    InputError,
+    OutputError,
+    TransientError,
+    Unconfined,
+)
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.signed import SignedUrl
 
@@ -132,16 +138,13 @@ def confine(ref: ObjectRef, settings: Settings, *, what: str) -> ObjectRef:
     counterpart: the only buckets a job may read or write)."""
     allowed = settings.buckets()
     if not allowed:
-        raise InputError(
+        raise Unconfined(
             f"{ref}: FACEFUSION_S3_BUCKETS is not set: s3:// locations need the buckets jobs "
             "may use",
             reason=Reason.CONFIG,
         )
     if ref.bucket not in allowed:
-        raise InputError(
-            f"{ref}: {what} is outside the allowed buckets ({', '.join(allowed)})",
-            reason=Reason.PATH,
-        )
+        raise Unconfined(f"{ref}: {what} is outside the allowed buckets ({', '.join(allowed)})")
     return ref
 
 

@@ -38,7 +38,7 @@ from facefusion_tasks.tasks import enqueue
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import check_encoder
 from facefusion_tasks.video.probe import probe
-from facefusion_tasks.workspace import local_copy, remove_segments, segment_present
+from facefusion_tasks.workspace import for_job, local_copy, remove_segments, segment_present
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,8 @@ class Producer:
         self.status(job_id)
         cancelled, idle = self.store.cancel(job_id)
         if cancelled and idle:
-            output = self.store.get(job_id).get("output", "")
-            remove_segments(self.settings, job_id, output=output)
+            job = self.store.get(job_id)
+            remove_segments(for_job(self.settings, job), job_id, output=job.get("output", ""))
         return cancelled
 
     def retry(self, job_id: str) -> Retried:
@@ -286,11 +286,11 @@ class Producer:
         # A done chunk whose segment is gone (deleted, a wiped disk) runs again: the stitch
         # would only fail on it once more.
         output = status.output
+        settings = for_job(self.settings, self.store.get(job_id))  # where the fleet wrote them
         lost = [
             index
             for index in range(status.chunks_total)
-            if index not in undone
-            and not segment_present(self.settings, job_id, index, output=output)
+            if index not in undone and not segment_present(settings, job_id, index, output=output)
         ]
         undone = sorted(undone + lost)
         # In a RUNNING job a chunk with a fresh heartbeat is running: leave it to its worker;

@@ -46,6 +46,9 @@ class Reason(str, enum.Enum):
     TIMEOUT = ("timeout", False)
     STALLED = ("stalled", False)
     WORKER_LOST = ("worker_lost", False)
+    #: A worker's own settings do not fit the job: its storage roots or buckets leave out a
+    #: path the producer's accepted (every host must mount and allow the same ones).
+    WORKER_CONFIG = ("worker_config", False)
     CANCELLED = ("cancelled", False)
     #: Redis cannot be reached or refuses the credentials (the CLI exits 69, EX_UNAVAILABLE).
     BROKER_UNAVAILABLE = ("broker_unavailable", False)

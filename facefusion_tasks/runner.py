@@ -16,7 +16,15 @@ from typing import Any
 from facefusion_tasks import objects, policy
 from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, marked
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import Cancelled, InputError, MediaError
+from facefusion_tasks.errors import (
+    Cancelled,
+    FaceFusionError,
+    InputError,
+    MediaError,
+    OutputError,
+    Unconfined,
+    WorkerConfigError,
+)
 from facefusion_tasks.faces.loader import LoadedModels
 from facefusion_tasks.fingerprints import check_unchanged, fingerprints
 from facefusion_tasks.images import check_image_target, is_image_target, read_header
@@ -26,7 +34,7 @@ from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.still import swap_image
-from facefusion_tasks.storage import locate
+from facefusion_tasks.storage import locate, work_dir
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
@@ -46,7 +54,15 @@ from facefusion_tasks.video.codecs import fleet_encoder
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.staging import StagedOutput
 from facefusion_tasks.video.stitch import stitch_segments
-from facefusion_tasks.workspace import local_copy, prepare, remove_segments, scratch, segment
+from facefusion_tasks.workspace import (
+    for_job,
+    local_copy,
+    prepare,
+    remove_segments,
+    scratch,
+    segment,
+    work_bucket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +93,19 @@ def _alive(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
         thread.join(2)
 
 
+def _locate(value: str, settings: Settings, *, what: str, output: bool = False) -> Location:
+    """A job file, located as the producer located it when it accepted the job. Outside this
+    worker's roots or buckets it is the worker's configuration that differs, not the user's
+    input: WorkerConfigError, retried so that a worker configured right may take it."""
+    try:
+        return locate(value, settings, what=what, output=output)
+    except Unconfined as exc:
+        raise WorkerConfigError(
+            f"this worker cannot use the job's {what}: {exc}; every worker needs the "
+            "producer's FACEFUSION_STORAGE_ROOTS (and FACEFUSION_S3_BUCKETS)"
+        ) from None
+
+
 def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     """Read every frame timestamp (demux only, fast), cut chunks on them, store the plan.
     Returns the chunk indexes to enqueue; [] when the job is already past planning."""
@@ -93,7 +122,7 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     if not store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING)):
         return []
     job = store.get(job_id)
-    target = locate(job["target"], settings, what="target")
+    target = _locate(job["target"], settings, what="target")
     image = is_image_target(target)
     # Taken before anything is read: a file that changes from here on fails the job where
     # a chunk or the stitch finds it, instead of mixing two videos.
@@ -107,7 +136,12 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         chunks, frames, info = _plan_video(job, target, settings)
     if store.state(job_id) != PLANNING:
         return []  # cancelled (or failed by the sweep) while reading the video
-    store.set_plan(job_id, chunks, frames, info, fingerprints=prints)
+    # Where every chunk, the stitch, retry and cancel will find the segments.
+    shared = not image and work_bucket(job["output"]) is None
+    store.set_plan(
+        job_id, chunks, frames, info, fingerprints=prints,
+        work_dir=str(work_dir(settings)) if shared else "",
+    )  # fmt: skip
     if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
         store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
         return []
@@ -118,7 +152,7 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
 
 def _inputs(settings: Settings, job: dict[str, str]) -> list[Location]:
     """Everything a job reads (store.job_inputs), located."""
-    return [locate(where, settings, what=what) for where, what in job_inputs(job)]
+    return [_locate(where, settings, what=what) for where, what in job_inputs(job)]
 
 
 def _plan_video(
@@ -206,18 +240,19 @@ def run_chunk(
     job = store.get(job_id)
     if not job or job.get("state") in TERMINAL:
         return None, False
+    settings = for_job(settings, job)
     chunk = store.chunk_plan(job_id, index)
-    target = locate(job["target"], settings, what="target")
+    target = _locate(job["target"], settings, what="target")
     image = is_image_target(target)
     check_unchanged(job.get("fingerprints", ""), _inputs(settings, job))
     # Images (a still target too) are read whole, into this host's cache when they are
     # objects; a video is read where it lies (an object through a signed URL: only this
     # chunk's span is fetched).
     sources = tuple(
-        local_copy(settings, locate(s, settings, what="source image")) for s in job_sources(job)
+        local_copy(settings, _locate(s, settings, what="source image")) for s in job_sources(job)
     )
     reference = (
-        local_copy(settings, locate(job["reference"], settings, what="reference image"))
+        local_copy(settings, _locate(job["reference"], settings, what="reference image"))
         if job.get("reference")
         else None
     )
@@ -232,7 +267,7 @@ def run_chunk(
         engine.set_reference(reference)
     if not store.chunk_started(job_id, index, worker):
         return None, False  # the job ended meanwhile
-    output = locate(job["output"], settings, what="output")
+    output = _locate(job["output"], settings, what="output")
     destination = output if image else segment(settings, job_id, index, output=job["output"])
     try:
         with scratch(settings, job_id) as local:
@@ -241,10 +276,16 @@ def run_chunk(
                     store, settings, job_id, chunk, loaded, sources,
                     local_copy(settings, target), reference, destination=destination, local=local,
                 )  # fmt: skip
-            return _swap_chunk(
-                store, settings, job_id, chunk, loaded, sources, target, reference,
-                destination=destination, local=local,
-            )  # fmt: skip
+            try:
+                return _swap_chunk(
+                    store, settings, job_id, chunk, loaded, sources, target, reference,
+                    destination=destination, local=local,
+                )  # fmt: skip
+            except OutputError as exc:
+                if not isinstance(destination, Path):
+                    raise  # a segment in the output's own bucket
+                # The segment is the fleet's file, in its work directory: not the user's output.
+                raise FaceFusionError(f"the fleet's work directory: {exc}") from None
     finally:
         if store.chunk_left(job_id, index):
             # Cancelled, and this was the last chunk executing: its segments go.
@@ -388,12 +429,13 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
     a cancel and a commit agree through the store. Idempotent: after success it does nothing.
     Sent for a job stuck in COMMITTING (its stitcher died there), it finishes that commit."""
     job = store.get(job_id)
+    settings = for_job(settings, job)
     if job.get("state") == COMMITTING:
         return _resume_commit(store, settings, job_id, job)
     if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
         return None  # ended (cancelled, failed, succeeded) or not ready
-    target = locate(job["target"], settings, what="target")
-    output = locate(job["output"], settings, what="output")
+    target = _locate(job["target"], settings, what="target")
+    output = _locate(job["output"], settings, what="output")
     if is_image_target(target):
         return _finish_image_job(store, settings, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
@@ -448,8 +490,8 @@ def _resume_commit(
         # No sweep has found the stitcher silent since it began committing: a duplicate
         # message (a redelivery) while it may still be uploading. It finishes on its own.
         return None
-    output = locate(job["output"], settings, what="output")
-    if is_image_target(locate(job["target"], settings, what="target")):
+    output = _locate(job["output"], settings, what="output")
+    if is_image_target(_locate(job["target"], settings, what="target")):
         # An image chunk marks itself done only once its output is in place.
         if store.chunks(job_id)[0].get("state") == DONE:
             return _finish_image_job(store, settings, job_id, output)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError, OutputError
+from facefusion_tasks.errors import InputError, OutputError, Unconfined
 from facefusion_tasks.filekind import resolved as resolve_path
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
@@ -23,7 +23,7 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
     `..` resolved first, so neither can smuggle a path out)."""
     roots = settings.roots()
     if not roots:
-        raise InputError(
+        raise Unconfined(
             "FACEFUSION_STORAGE_ROOTS is not set: distributed jobs need the shared directories "
             "every worker can see",
             reason=Reason.CONFIG,
@@ -34,9 +34,7 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
     objects.check_utf8(str(resolved))
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         shown = ":".join(str(r) for r in roots)
-        raise InputError(
-            f"{path}: {what} is outside the storage roots ({shown})", reason=Reason.PATH
-        )
+        raise Unconfined(f"{path}: {what} is outside the storage roots ({shown})")
     return resolved
 
 

@@ -345,10 +345,12 @@ class JobStore(ChunkRecords, StallIndex):
         video_info: dict[str, Any],
         *,
         fingerprints: str = "",
+        work_dir: str = "",
     ) -> None:
         """Store the chunk plan (idempotent: a re-run of planning writes the same plan), with
-        the inputs' fingerprints the plan read. Each chunk waits in the pending index until a
-        worker takes it, so the sweep can send again one whose message never arrives."""
+        the inputs' fingerprints the plan read and the work directory its segments go to.
+        Each chunk waits in the pending index until a worker takes it, so the sweep can send
+        again one whose message never arrives."""
         now = time.time()
         with self.r.pipeline() as pipe:
             pipe.delete(f"{job_key(job_id)}:done")
@@ -375,6 +377,7 @@ class JobStore(ChunkRecords, StallIndex):
                     "frames_total": frames_total,
                     "video_info": json.dumps(video_info),
                     "fingerprints": fingerprints,
+                    "work_dir": work_dir,
                 },
             )
             pipe.execute()

@@ -11,7 +11,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from facefusion_tasks import objects
@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 STALE_SCRATCH_SECONDS = 24 * 3600.0
 #: The host's cache of objects read whole (source and reference images), inside the scratch.
 IMAGE_CACHE = "objects"
+
+
+def for_job(settings: Settings, job: Mapping[str, str]) -> Settings:
+    """`settings` with the work directory the job's plan recorded: every chunk, the stitch,
+    `retry` and `cancel` find its segments there, whatever their own FACEFUSION_WORK_DIR says
+    (a producer rarely sets it; a host configured apart would scatter the segments)."""
+    recorded = job.get("work_dir", "")
+    return settings.replace(work_dir=recorded) if recorded else settings
 
 
 def segment_dir(settings: Settings, job_id: str) -> Path:

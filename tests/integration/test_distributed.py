@@ -222,6 +222,27 @@ def test_an_interlaced_video_is_stitched_interlaced_with_its_field_order(
     assert video_times(output) == video_times(target)
 
 
+def test_a_worker_whose_storage_roots_leave_out_the_job_is_the_fleets_fault(
+    fleet: Cluster, root: Path, tmp_path: Path
+) -> None:
+    # The producer accepted the paths; this host mounts its storage elsewhere. That failed
+    # the job as the user's input (reason path, exit 2).
+    fleet.start_worker("planner", queues=LIGHT_QUEUE)
+    fleet.start_worker("astray", queues=GPU_QUEUE, env={"FACEFUSION_STORAGE_ROOTS": str(tmp_path)})
+    producer = fleet.producer()
+    output = root / "out" / "astray.mp4"
+    job_id = producer.submit(root / "source.png", root / "tiny.mp4", output)
+    failed = producer.wait(job_id, timeout=60)
+    assert failed.state == FAILED and failed.reason == "worker_config", failed.reason
+    assert "FACEFUSION_STORAGE_ROOTS" in failed.error and not output.exists()
+    # Retried first, for a worker configured right to take.
+    assert fleet.log("astray").count("retry: Retry in") == fleet.settings().chunk_retries
+    fleet.kill("astray")
+    fleet.start_worker("gpu", queues=GPU_QUEUE)
+    producer.retry(job_id)
+    assert producer.wait(job_id, timeout=60).state == SUCCEEDED
+
+
 def test_a_job_cancelled_before_it_was_planned_is_counted_once(fleet: Cluster, root: Path) -> None:
     producer = fleet.producer()
     job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "unplanned.mp4")
@@ -261,7 +282,10 @@ def test_a_target_replaced_after_planning_fails_the_job_instead_of_mixing_two_vi
 def test_retry_runs_again_a_finished_chunk_whose_segment_was_deleted(
     fleet: Cluster, root: Path
 ) -> None:
-    fleet.start_worker("planner", queues=LIGHT_QUEUE)
+    # The fleet keeps its segments in a work directory of its own, which the producer (as
+    # the README has it) does not set: retry must look where the plan recorded them.
+    work = {"FACEFUSION_WORK_DIR": str(root / "fleet-work")}
+    fleet.start_worker("planner", queues=LIGHT_QUEUE, env=work)
     producer = fleet.producer()
     output = root / "out" / "lost-segment.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=2.5)
@@ -270,10 +294,10 @@ def test_retry_runs_again_a_finished_chunk_whose_segment_was_deleted(
     # then no light worker: no stitch until every chunk is done and one segment is gone.
     wait_for(lambda: sum(client.llen(k) for k in priority_keys(GPU_QUEUE)) == 4, timeout=30)
     fleet.kill("planner")
-    fleet.start_worker("gpu", queues=GPU_QUEUE)
+    fleet.start_worker("gpu", queues=GPU_QUEUE, env=work)
     wait_for(lambda: producer.status(job_id).chunks_done == 4, timeout=120)
-    (root / ".facefusion-work" / job_id / "seg-00002.mp4").unlink()
-    fleet.start_worker("stitcher", queues=LIGHT_QUEUE)
+    (root / "fleet-work" / job_id / "seg-00002.mp4").unlink()
+    fleet.start_worker("stitcher", queues=LIGHT_QUEUE, env=work)
     failed = producer.wait(job_id, timeout=60)
     assert failed.state == FAILED and "segments missing" in failed.error, failed.error
     assert producer.retry(job_id) == Retried("chunks", [2])  # not a stitch that fails again
@@ -294,7 +318,9 @@ def test_retry_reruns_only_unfinished_chunks(fleet: Cluster, root: Path) -> None
     blocker.mkdir(parents=True)
     fleet.start_worker("gpu", queues=GPU_QUEUE)
     failed = producer.wait(job_id, timeout=120)
-    assert failed.state == FAILED and failed.reason == "bad_output"
+    # The fleet's own file, not the user's output (that was bad_output, exit 2).
+    assert failed.state == FAILED and failed.reason == "internal", failed.reason
+    assert failed.error.startswith("the fleet's work directory: "), failed.error
     assert failed.chunks[0]["state"] == "DONE" and failed.chunks[1]["state"] == FAILED
     assert not output.exists()
     blocker.rmdir()

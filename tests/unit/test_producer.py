@@ -459,3 +459,33 @@ def test_a_job_whose_records_vanish_while_waited_on_is_the_systems_fault(
     # An id never seen stays the user's mistake.
     with pytest.raises(InputError, match="no such job"):
         producer.wait(job_id)
+
+
+def test_retry_and_cancel_look_for_segments_where_the_plan_recorded_them(
+    producer: Producer, redis_url: str, tmp_path: Path
+) -> None:
+    from facefusion_tasks.store_keys import job_key
+    from facefusion_tasks.workspace import for_job
+
+    # The fleet's FACEFUSION_WORK_DIR, which this producer does not set (the README says it
+    # needs only the broker and the roots): it re-ran every finished chunk, and cancel left
+    # the fleet's segments behind.
+    fleet_work = tmp_path / "fleet-work"
+    job_id = _job(producer, RUNNING, chunks=2)
+    producer.store.r.hset(job_key(job_id), "work_dir", str(fleet_work))
+    job = producer.store.get(job_id)
+    fleet = for_job(producer.settings, job)
+    for index in range(2):
+        where = segment(fleet, job_id, index, output=job["output"])
+        assert isinstance(where, Path) and where.is_relative_to(fleet_work)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_bytes(b"a verified segment")
+        producer.store.chunk_done(job_id, index, 10)
+    producer.store.set_state(job_id, FAILED, reason=Reason.NO_SPACE, error="disk full")
+    assert producer.retry(job_id) == Retried("stitch")
+    producer.store.set_state(job_id, FAILED, reason=Reason.NO_SPACE, error="disk full")
+    other = _job(producer, RUNNING, chunks=1)
+    producer.store.r.hset(job_key(other), "work_dir", str(fleet_work))
+    (fleet_work / other).mkdir()
+    assert producer.cancel(other)
+    assert not (fleet_work / other).exists() and (fleet_work / job_id).exists()
