@@ -347,6 +347,11 @@ def _swap_chunk(
     except Cancelled:
         store.chunk_cancelled(job_id, index)
         return None, False
+    except (InputError, MediaError):
+        # A target rewritten in place while it was read looks damaged (cut short, frames
+        # missing): say what happened to it, not that the user brought a corrupt file.
+        check_unchanged(job.get("fingerprints", ""), [target])
+        raise
     finally:
         watch.close()
     # Replaced while this span was decoded: the segment may hold frames of two files.
@@ -447,14 +452,18 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         ]
         # An object output is stitched and verified here, then uploaded at commit.
         destination = output if isinstance(output, Path) else local / f"output{output.suffix}"
-        staged = stitch_segments(
-            segments,
-            destination,
-            audio_source=_video_info(store, settings, job_id, target),
-            settings=settings,
-            frames=sum(c.frames for c in chunks),
-            timeout=float(settings.chunk_time_limit),
-        )
+        try:
+            staged = stitch_segments(
+                segments,
+                destination,
+                audio_source=_video_info(store, settings, job_id, target),
+                settings=settings,
+                frames=sum(c.frames for c in chunks),
+                timeout=float(settings.chunk_time_limit),
+            )
+        except (InputError, MediaError):
+            check_unchanged(job.get("fingerprints", ""), [target])  # its audio rewritten?
+            raise
         try:
             check_unchanged(job.get("fingerprints", ""), [target])
         except InputError:

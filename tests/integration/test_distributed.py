@@ -279,6 +279,22 @@ def test_a_target_replaced_after_planning_fails_the_job_instead_of_mixing_two_vi
     assert producer.wait(job_id, timeout=120).reason == "input_changed"
 
 
+def test_a_target_cut_short_while_a_chunk_reads_it_is_reported_changed_not_corrupt(
+    slow_fleet: Cluster, root: Path
+) -> None:
+    target = root / "cut-while-read.mp4"
+    target.write_bytes((root / "long.mp4").read_bytes())
+    slow_fleet.start_worker("w1")
+    producer = slow_fleet.producer()
+    output = root / "out" / "cut-while-read.mp4"
+    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=2.5)
+    wait_for(lambda: _running_chunk(producer, job_id), timeout=60)
+    os.truncate(target, target.stat().st_size // 3)  # rewritten in place, mid-read
+    failed = producer.wait(job_id, timeout=120)
+    assert (failed.state, failed.reason) == (FAILED, "input_changed"), failed.error
+    assert not output.exists()
+
+
 def test_retry_runs_again_a_finished_chunk_whose_segment_was_deleted(
     fleet: Cluster, root: Path
 ) -> None:
