@@ -16,7 +16,7 @@ from typing import Any
 from facefusion_tasks import policy
 from facefusion_tasks.cli_args import build_parser, location_arg, settings_from, split_sources
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import FaceFusionError, InputError
+from facefusion_tasks.errors import FaceFusionError, InputError, WaitTimeout
 
 log = logging.getLogger("facefusion_tasks")
 
@@ -241,17 +241,15 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
     producer = _producer(settings_from(args))
     if producer.cancel(args.job):
-        said = "cancelled"
-    else:
-        state = producer.status(args.job).state
-        # A verified output is being put in place: the job is not over, but past cancelling.
-        said = (
-            "committing its output, too late to cancel"
-            if state == COMMITTING
-            else f"already {state.lower()}"
-        )
-    print(f"{args.job}: {said}")
-    return EXIT_OK
+        print(f"{args.job}: cancelled")
+        return EXIT_OK
+    state = producer.status(args.job).state
+    # A verified output is being put in place: the job is not over, but past cancelling.
+    late = "committing its output, too late to cancel"
+    print(f"{args.job}: {late if state == COMMITTING else f'already {state.lower()}'}")
+    # Cancelled before is what was asked for; a job that ended otherwise, or is committing,
+    # was not cancelled, and `cancel && ...` must not read it as if it were.
+    return EXIT_OK if state == "CANCELLED" else EXIT_INTERNAL
 
 
 #: What `retry` prints for each thing it can do.
@@ -382,8 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except FaceFusionError as exc:
-        # The reason decides the exit code, as it does for a job's failure in `wait`.
-        code = policy.exit_code(exc.reason)
+        # The reason decides the exit code, as it does for a job's failure in `wait`; a wait
+        # that ran out is no failure of the job's.
+        code = (
+            policy.EXIT_TIMED_OUT if isinstance(exc, WaitTimeout) else policy.exit_code(exc.reason)
+        )
         print(f"facefusion-tasks: error: {policy.one_line(str(exc))}", file=sys.stderr)
         if debug and code != EXIT_BAD_INPUT:
             traceback.print_exc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -34,6 +35,17 @@ def _int_or_auto(auto: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"not a number or auto: {raw!r}") from None
 
     return parse
+
+
+def _seconds(raw: str) -> float:
+    """A positive, finite number of seconds (nan waited for ever; a negative one gave up at once)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {raw!r}")
+    return value
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("job")
         cmd.add_argument("--json", action="store_true")
         if name == "wait":
-            cmd.add_argument("--timeout", type=float, default=None)
+            cmd.add_argument(
+                "--timeout", type=_seconds, default=None, metavar="SECONDS",
+                help="stop waiting after this long: exit 124 (the job goes on)",
+            )  # fmt: skip
             cmd.add_argument("--no-progress", action="store_true")
         _settings_flags(cmd)
     jobs = sub.add_parser("list", help="recent jobs")

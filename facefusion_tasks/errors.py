@@ -79,5 +79,11 @@ class GpuOutOfMemory(TransientError):
     reason = Reason.GPU_OOM
 
 
+class WaitTimeout(FaceFusionError):
+    """`wait --timeout` ran out before the job ended (the job itself goes on)."""
+
+    reason = Reason.TIMEOUT
+
+
 class Cancelled(BaseException):
     """The job was cancelled; a BaseException so `except Exception` cannot swallow it."""

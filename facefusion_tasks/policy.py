@@ -13,6 +13,9 @@ from facefusion_tasks.reasons import Reason, parse
 #: Exit codes: done, internal error, the user's input, and the broker unusable (sysexits'
 #: EX_UNAVAILABLE: scripts can wait and try again).
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 69
+#: `wait --timeout` ran out while the job goes on (coreutils' `timeout` says so with 124): a
+#: script tells "still running" from "failed".
+EXIT_TIMED_OUT = 124
 
 #: Celery's time-limit exceptions come from billiard; matched by name so this module (and the
 #: pipeline, which uses it through the runner) never imports Celery.

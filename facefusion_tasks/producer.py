@@ -14,7 +14,7 @@ import redis
 from facefusion_tasks import broker
 from facefusion_tasks.app import GPU_QUEUE, TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import FaceFusionError, InputError
+from facefusion_tasks.errors import FaceFusionError, InputError, WaitTimeout
 from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
@@ -52,12 +52,6 @@ class Retried:
     #: nothing sent; none: the job had already succeeded.
     action: str
     chunks: list[int] = field(default_factory=list)
-
-
-class WaitTimeout(FaceFusionError):
-    """`wait --timeout` ran out before the job ended (the job itself goes on)."""
-
-    reason = Reason.TIMEOUT
 
 
 #: How long `wait` keeps trying a broker it lost after seeing the job, before exit 69.

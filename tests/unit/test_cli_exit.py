@@ -45,6 +45,37 @@ def test_wait_exit_codes_for_success_and_cancel(broker: str, store: JobStore) ->
     assert cli.main(["wait", _ended(store, CANCELLED, Reason.CANCELLED), "--no-progress"]) == 1
 
 
+def test_a_wait_that_runs_out_exits_124_and_takes_only_a_positive_timeout(
+    broker: str, store: JobStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Exit 1, as for a failed job, left a script unable to tell "still running" from "failed".
+    running = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    assert cli.main(["wait", running, "--no-progress", "--timeout", "0.2"]) == 124
+    assert "still QUEUED after 0.2 s" in capsys.readouterr().err
+    # nan waited for ever; -1 gave up at once.
+    for bad in ("nan", "-1", "0", "inf", "soon"):
+        with pytest.raises(SystemExit) as caught:
+            cli.main(["wait", running, "--timeout", bad])
+        assert caught.value.code == 2
+        assert "--timeout" in capsys.readouterr().err
+
+
+def test_cancel_exits_0_only_when_the_job_is_cancelled(
+    broker: str, store: JobStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "already succeeded" or "too late to cancel" and exited 0: `cancel && ...` scripts
+    # went on as if it had been cancelled.
+    queued = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    assert cli.main(["cancel", queued]) == 0
+    assert cli.main(["cancel", queued]) == 0  # already cancelled: what was asked for
+    assert cli.main(["cancel", _ended(store, SUCCEEDED, None)]) == 1
+    assert cli.main(["cancel", _ended(store, FAILED, Reason.MEDIA)]) == 1
+    said = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[1] for line in said] == [
+        "cancelled", "already cancelled", "already succeeded", "already failed",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("command", ["wait", "status", "cancel", "retry"])
 def test_an_unknown_job_is_one_line_and_exit_2_with_no_progress_bar(
     command: str, broker: str, capsys: pytest.CaptureFixture[str]
