@@ -34,7 +34,7 @@ from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.still import swap_image
-from facefusion_tasks.storage import locate, work_dir
+from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
@@ -55,6 +55,7 @@ from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.staging import StagedOutput
 from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import (
+    fleet_work_dir,
     for_job,
     local_copy,
     prepare,
@@ -140,7 +141,7 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     shared = not image and work_bucket(job["output"]) is None
     store.set_plan(
         job_id, chunks, frames, info, fingerprints=prints,
-        work_dir=str(work_dir(settings)) if shared else "",
+        work_dir=str(fleet_work_dir(settings)) if shared else "",
     )  # fmt: skip
     if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
         store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it

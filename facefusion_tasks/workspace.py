@@ -16,7 +16,7 @@ from pathlib import Path
 
 from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import FaceFusionError, InputError
+from facefusion_tasks.errors import FaceFusionError, InputError, Unconfined, WorkerConfigError
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import work_dir
@@ -31,12 +31,27 @@ STALE_SCRATCH_SECONDS = 24 * 3600.0
 IMAGE_CACHE = "objects"
 
 
+def fleet_work_dir(settings: Settings) -> Path:
+    """This host's work directory, which must lie in its storage roots: outside them it is the
+    host's configuration that is wrong, never a job's input (WorkerConfigError)."""
+    try:
+        return work_dir(settings)
+    except Unconfined as exc:
+        raise WorkerConfigError(
+            f"work directory: {exc}; every host needs the same FACEFUSION_STORAGE_ROOTS"
+        ) from None
+
+
 def for_job(settings: Settings, job: Mapping[str, str]) -> Settings:
     """`settings` with the work directory the job's plan recorded: every chunk, the stitch,
     `retry` and `cancel` find its segments there, whatever their own FACEFUSION_WORK_DIR says
     (a producer rarely sets it; a host configured apart would scatter the segments)."""
     recorded = job.get("work_dir", "")
-    return settings.replace(work_dir=recorded) if recorded else settings
+    if not recorded:
+        return settings
+    chosen = settings.replace(work_dir=recorded)
+    fleet_work_dir(chosen)  # reachable from here
+    return chosen
 
 
 def segment_dir(settings: Settings, job_id: str) -> Path:

@@ -489,3 +489,8 @@ def test_retry_and_cancel_look_for_segments_where_the_plan_recorded_them(
     (fleet_work / other).mkdir()
     assert producer.cancel(other)
     assert not (fleet_work / other).exists() and (fleet_work / job_id).exists()
+    # A work directory this host's roots leave out is the host's configuration, not the job's.
+    from facefusion_tasks.errors import WorkerConfigError
+
+    with pytest.raises(WorkerConfigError, match="outside the storage roots"):
+        for_job(producer.settings, {"work_dir": "/elsewhere/work"})
