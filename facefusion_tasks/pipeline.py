@@ -25,6 +25,7 @@ from facefusion_tasks.inputs import check_output
 from facefusion_tasks.objects import Location
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.colour import written_colour
+from facefusion_tasks.video.fields import written_field_order
 from facefusion_tasks.video.probe import VideoInfo, check_frame_size, probe
 from facefusion_tasks.video.reader import FrameReader
 from facefusion_tasks.video.writer import FrameWriter
@@ -235,7 +236,7 @@ def run_swap(
             frame_rate=info.frame_rate,
             colour=written_colour(info.colour, info.pix_fmt),
             sample_aspect=info.sample_aspect,
-            field_order=info.field_order,
+            field_order=written_field_order(info),
         )
     except BaseException:
         # The decoder is already running: a writer that cannot start (a full disk, a refused

@@ -358,7 +358,7 @@ def encode_argv(
         video_filter += "," + field_filter(field_order)
     options += ["-vf", video_filter, "-pix_fmt", pix_fmt_for(width, height)]
     options += colour_tags(colour)
-    options += interlace_args(encoder, field_order)
+    options += interlace_args(encoder, field_order, height=height)
     for key, value in _fps_mode(version).items():
         options += [f"-{key}", value]
     # Video only: given to every stream, it broke libopus (Opus packets that decode to a few ms).
@@ -374,15 +374,17 @@ def encode_argv(
     return [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", *args[:-1], *options, "-f", muxer, args[-1]]
 
 
-def interlace_args(encoder: str, field_order: str) -> list[str]:
+def interlace_args(encoder: str, field_order: str, *, height: int) -> list[str]:
     """Output flags that keep an interlaced source interlaced: libx264 codes each frame's two
-    fields apart (interlaced DCT and motion estimation), and the stream is tagged with the
-    order ("tt" or "bb"). Woven frames coded as progressive show combing where players
-    deinterlace none. [] for progressive video. (Which field comes first is the frames' own
-    flag: field_filter.)"""
+    fields apart (interlaced DCT and motion estimation) where its 4:2:0 fields can be cut (a
+    height a multiple of 4: it refuses others), and the stream is tagged with the order ("tt"
+    or "bb"). Woven frames coded as progressive show combing where players deinterlace none.
+    [] for progressive video. (Which field comes first is the frames' own flag:
+    field_filter.)"""
     if not field_order:
         return []
-    flags = ["-flags", "+ildct+ilme"] if encoder == "libx264" else []
+    fields_apart = encoder == "libx264" and height % 4 == 0
+    flags = ["-flags", "+ildct+ilme"] if fields_apart else []
     return [*flags, "-field_order", field_order]
 
 

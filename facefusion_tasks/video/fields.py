@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from facefusion_tasks.objects import Location
 from facefusion_tasks.video import process
 from facefusion_tasks.video.plainfile import PROBE_TIMEOUT, input_args
 from facefusion_tasks.video.signed import redact
+
+if TYPE_CHECKING:  # probe imports this module
+    from facefusion_tasks.video.probe import VideoInfo
 
 #: ffprobe's stream field orders that say "interlaced" (tb and bt: coded order swapped).
 _INTERLACED_TAGS = frozenset({"tt", "bb", "tb", "bt"})
@@ -52,3 +56,10 @@ def frame_field_order(source: Location, exe: str, stream: int, *, interlaced: bo
         if "Parsed_showinfo" in line and (mode := _SHOWINFO_MODE.search(line)):
             return {"T": "tt", "B": "bb"}.get(mode.group(1), "")
     return ""
+
+
+def written_field_order(info: VideoInfo) -> str:
+    """The field order the output is written with: the source's, unless the reader turned the
+    picture (a display rotation), which makes its fields columns (90, 270) or swaps them
+    (180): such frames are written progressive, as they are."""
+    return info.field_order if info.rotation == 0 else ""

@@ -20,6 +20,7 @@ import pytest
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError
 from facefusion_tasks.video import ffbin, process
+from facefusion_tasks.video.fields import written_field_order
 from facefusion_tasks.video.mkv import MatroskaRawWriter
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.reader import FrameReader
@@ -113,7 +114,7 @@ def transcode(info: VideoInfo, destination: Path, *, settings: Settings = SETTIN
         FrameReader(info) as reader,
         FrameWriter(
             destination, width=info.width, height=info.height, time_base=info.time_base,
-            audio_source=info, settings=settings, field_order=info.field_order,
+            audio_source=info, settings=settings, field_order=written_field_order(info),
         ) as writer,
     ):  # fmt: skip
         for frame in reader:
@@ -545,6 +546,41 @@ def test_interlaced_video_stays_interlaced_field_order_and_all(
         written = transcode(info, tmp_path / f"out{out}")
         assert _field_flags(written) == _field_flags(clip) == {flags}
         assert packet_times(written) == packet_times(clip)
+
+
+@pytest.mark.parametrize(
+    ("args", "size", "flags"),
+    [
+        # libx264 refuses to code apart the fields of a height not a multiple of 4 (exit 1).
+        (["-vf", "scale=320:242", "-c:v", "mpeg2video", "-q:v", "3"], (320, 242), None),
+        # Turned by the reader, the fields become columns: written progressive, as they are.
+        (["-c:v", "libx264"], (240, 320), {("0", "0")}),
+    ],
+)
+def test_interlaced_video_the_encoder_cannot_keep_interlaced_is_still_written(
+    tmp_path: Path, args: list[str], size: tuple[int, int], flags: set[tuple[str, str]] | None
+) -> None:
+    steady = make_sample_video(tmp_path / "steady.mkv", seconds=1, audio=False)
+    clip = tmp_path / "interlaced.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(steady), *args, "-flags", "+ildct+ilme", "-top", "1",
+         str(clip)],
+        check=True,
+    )  # fmt: skip
+    if size[0] < size[1]:  # a display matrix, put on by stream copy (ffmpeg 5.1's way)
+        turned = tmp_path / "turned.mp4"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(clip), "-c", "copy", "-metadata:s:v:0",
+             "rotate=90", str(turned)],
+            check=True,
+        )  # fmt: skip
+        clip = turned
+    info = probe(clip)
+    assert (info.width, info.height) == size and info.field_order == "tt"
+    written = transcode(info, tmp_path / "out.mp4")
+    assert packet_times(written) == packet_times(clip)
+    if flags is not None:
+        assert _field_flags(written) == flags
 
 
 def test_a_matroska_video_lasts_its_own_frames_not_its_longer_audio(tmp_path: Path) -> None:
