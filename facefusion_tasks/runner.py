@@ -1,4 +1,4 @@
-"""What the distributed tasks do, without Celery: plan a job, run one chunk, stitch the result."""
+"""What the distributed tasks do, without Celery: plan a job and run one chunk of it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from facefusion_tasks import objects, policy
-from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, marked
+from facefusion_tasks.commits import commit
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import (
     Cancelled,
@@ -27,7 +27,7 @@ from facefusion_tasks.errors import (
 )
 from facefusion_tasks.faces.loader import LoadedModels
 from facefusion_tasks.fingerprints import check_unchanged, fingerprints
-from facefusion_tasks.images import check_image_target, is_image_target, read_header
+from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.jobs import Chunk, image_plan, plan_chunks
 from facefusion_tasks.model_cache import MODELS
 from facefusion_tasks.objects import Location, ObjectRef
@@ -36,13 +36,10 @@ from facefusion_tasks.reasons import Reason
 from facefusion_tasks.still import swap_image
 from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
-    CANCELLED,
     COMMITTING,
-    DONE,
     PLANNING,
     QUEUED,
     RUNNING,
-    STITCHING,
     SUCCEEDED,
     TERMINAL,
     JobStore,
@@ -52,8 +49,6 @@ from facefusion_tasks.store import (
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.codecs import fleet_encoder
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
-from facefusion_tasks.video.staging import StagedOutput
-from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import (
     fleet_work_dir,
     for_job,
@@ -72,7 +67,7 @@ WATCH_SECONDS = 0.5
 
 
 @contextmanager
-def _alive(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
+def beating(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
     """While a plan or stitch works (reading every timestamp of a long video, or stitching it
     can take longer than stall_seconds): beat the job's clock in the stall index every
     heartbeat period, as running chunks do, so only work that really stopped is sent again."""
@@ -94,7 +89,7 @@ def _alive(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
         thread.join(2)
 
 
-def _locate(value: str, settings: Settings, *, what: str, output: bool = False) -> Location:
+def job_file(value: str, settings: Settings, *, what: str, output: bool = False) -> Location:
     """A job file, located as the producer located it when it accepted the job. Outside this
     worker's roots or buckets it is the worker's configuration that differs, not the user's
     input: WorkerConfigError, retried so that a worker configured right may take it."""
@@ -110,7 +105,7 @@ def _locate(value: str, settings: Settings, *, what: str, output: bool = False) 
 def plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     """Read every frame timestamp (demux only, fast), cut chunks on them, store the plan.
     Returns the chunk indexes to enqueue; [] when the job is already past planning."""
-    with _alive(store, settings, job_id):
+    with beating(store, settings, job_id):
         return _plan_job(store, settings, job_id)
 
 
@@ -123,7 +118,7 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
     if not store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING)):
         return []
     job = store.get(job_id)
-    target = _locate(job["target"], settings, what="target")
+    target = job_file(job["target"], settings, what="target")
     image = is_image_target(target)
     # Taken before anything is read: a file that changes from here on fails the job where
     # a chunk or the stitch finds it, instead of mixing two videos.
@@ -153,7 +148,7 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
 
 def _inputs(settings: Settings, job: dict[str, str]) -> list[Location]:
     """Everything a job reads (store.job_inputs), located."""
-    return [_locate(where, settings, what=what) for where, what in job_inputs(job)]
+    return [job_file(where, settings, what=what) for where, what in job_inputs(job)]
 
 
 def _plan_video(
@@ -179,7 +174,7 @@ def _plan_video(
     return chunks, len(timestamps), info.to_json()
 
 
-def _video_info(store: JobStore, settings: Settings, job_id: str, target: Location) -> VideoInfo:
+def job_video_info(store: JobStore, settings: Settings, job_id: str, target: Location) -> VideoInfo:
     """The probe the plan stored (one probe per job, not one per chunk and stitch); probes
     afresh only for a job planned without one."""
     raw = store.get(job_id).get("video_info")
@@ -243,17 +238,17 @@ def run_chunk(
         return None, False
     settings = for_job(settings, job)
     chunk = store.chunk_plan(job_id, index)
-    target = _locate(job["target"], settings, what="target")
+    target = job_file(job["target"], settings, what="target")
     image = is_image_target(target)
     check_unchanged(job.get("fingerprints", ""), _inputs(settings, job))
     # Images (a still target too) are read whole, into this host's cache when they are
     # objects; a video is read where it lies (an object through a signed URL: only this
     # chunk's span is fetched).
     sources = tuple(
-        local_copy(settings, _locate(s, settings, what="source image")) for s in job_sources(job)
+        local_copy(settings, job_file(s, settings, what="source image")) for s in job_sources(job)
     )
     reference = (
-        local_copy(settings, _locate(job["reference"], settings, what="reference image"))
+        local_copy(settings, job_file(job["reference"], settings, what="reference image"))
         if job.get("reference")
         else None
     )
@@ -268,7 +263,7 @@ def run_chunk(
         engine.set_reference(reference)
     if not store.chunk_started(job_id, index, worker):
         return None, False  # the job ended meanwhile
-    output = _locate(job["output"], settings, what="output")
+    output = job_file(job["output"], settings, what="output")
     destination = output if image else segment(settings, job_id, index, output=job["output"])
     try:
         with scratch(settings, job_id) as local:
@@ -308,7 +303,7 @@ def _swap_chunk(
 ) -> tuple[SwapResult | None, bool]:
     index = chunk.index
     job = store.get(job_id)
-    info = _video_info(store, settings, job_id, target)
+    info = job_video_info(store, settings, job_id, target)
     # Every segment of a job is written in the codec its output container holds: the job's
     # own encoder choice, else this worker's when it fits, else the container's default.
     muxer = muxer_for(job["output"])
@@ -405,138 +400,6 @@ def _swap_image_job(
     store.chunk_done(job_id, chunk.index, result.frames)
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
     return result, False
-
-
-def _finish_image_job(
-    store: JobStore, settings: Settings, job_id: str, output: Location
-) -> Location | None:
-    """A stitch sent for an image job (by the stall sweep, or `retry`, once its one chunk is
-    done): the chunk committed the output before it was marked done, so check the output
-    (an object fetched to look at) and record the success the chunk's worker did not live to
-    record."""
-    try:
-        if isinstance(output, ObjectRef):
-            with scratch(settings, job_id) as local:
-                complete = read_header(objects.download(output, local / output.name)).complete
-        else:
-            complete = read_header(output).complete
-    except (InputError, OSError):
-        complete = False
-    if not complete:
-        raise MediaError(f"{output.name}: the committed image is gone; submit the job again")
-    if store.set_state(job_id, SUCCEEDED, only_from=(RUNNING, STITCHING, COMMITTING)):
-        return output
-    return None
-
-
-def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | None:
-    """Join the segments without re-encoding, add the original audio, verify the result, then
-    commit it: the job moves to COMMITTING (a cancel can no longer win) before the rename, so
-    a cancel and a commit agree through the store. Idempotent: after success it does nothing.
-    Sent for a job stuck in COMMITTING (its stitcher died there), it finishes that commit."""
-    job = store.get(job_id)
-    settings = for_job(settings, job)
-    if job.get("state") == COMMITTING:
-        return _resume_commit(store, settings, job_id, job)
-    if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
-        return None  # ended (cancelled, failed, succeeded) or not ready
-    target = _locate(job["target"], settings, what="target")
-    output = _locate(job["output"], settings, what="output")
-    if is_image_target(target):
-        return _finish_image_job(store, settings, job_id, output)
-    chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
-    # The stitch reads the target's audio and subtitles: they must be the planned file's.
-    check_unchanged(job.get("fingerprints", ""), [target])
-    with scratch(settings, job_id) as local, _alive(store, settings, job_id):
-        segments = [
-            (_segment_file(settings, job_id, c.index, job["output"], local), c.span) for c in chunks
-        ]
-        # An object output is stitched and verified here, then uploaded at commit.
-        destination = output if isinstance(output, Path) else local / f"output{output.suffix}"
-        try:
-            staged = stitch_segments(
-                segments,
-                destination,
-                audio_source=_video_info(store, settings, job_id, target),
-                settings=settings,
-                frames=sum(c.frames for c in chunks),
-                timeout=float(settings.chunk_time_limit),
-            )
-        except (InputError, MediaError):
-            check_unchanged(job.get("fingerprints", ""), [target])  # its audio rewritten?
-            raise
-        try:
-            check_unchanged(job.get("fingerprints", ""), [target])
-        except InputError:
-            staged.discard()
-            raise
-        # What is about to be put in place, recorded before COMMITTING: a stitcher that dies
-        # after this point leaves a job whose output a later stitch can recognise or finish.
-        mark = commit_mark(staged, output)
-        # With the sweep's count of recoveries so far: only a later claim may resume it.
-        mark["recoveries"] = int(store.get(job_id).get("recoveries") or 0)
-        store.set_commit(job_id, json.dumps(mark))
-        if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
-            # Cancelled (or failed) while stitching: the user's file was never touched.
-            staged.discard()
-            if store.state(job_id) == CANCELLED:
-                remove_segments(settings, job_id, output=job["output"])
-            return None
-        commit(staged, output, token=mark.get("token"))
-    store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
-    remove_segments(settings, job_id, output=job["output"])
-    return output
-
-
-def _resume_commit(
-    store: JobStore, settings: Settings, job_id: str, job: dict[str, str]
-) -> Location | None:
-    """The stitcher died in COMMITTING, after verifying its output (a sweep claimed the job
-    after stall_seconds without a heartbeat, so it is not still working). Its output is in place, or its verified
-    temp still waits beside the destination: finish and record the success. Otherwise the
-    job fails as stalled, and `retry` stitches it again from the segments."""
-    mark = json.loads(job.get("commit") or "{}")
-    if int(job.get("recoveries") or 0) <= int(mark.get("recoveries", -1)):
-        # No sweep has found the stitcher silent since it began committing: a duplicate
-        # message (a redelivery) while it may still be uploading. It finishes on its own.
-        return None
-    output = _locate(job["output"], settings, what="output")
-    if is_image_target(_locate(job["target"], settings, what="target")):
-        # An image chunk marks itself done only once its output is in place.
-        if store.chunks(job_id)[0].get("state") == DONE:
-            return _finish_image_job(store, settings, job_id, output)
-        raise MediaError("the swap stopped while committing its image", reason=Reason.STALLED)
-    if isinstance(output, ObjectRef):
-        try:
-            committed = objects.head(output).get("Metadata", {}).get(COMMIT_METADATA)
-        except InputError:  # no object there
-            committed = None
-        if not mark.get("token") or committed != mark["token"]:
-            raise MediaError("the stitch stopped while uploading its output", reason=Reason.STALLED)
-    elif not marked(output, mark):
-        temp = output.with_name(str(mark.get("temp") or ".missing"))
-        if not marked(temp, mark):
-            raise MediaError(
-                "the stitch stopped while committing its output, and its verified file is gone",
-                reason=Reason.STALLED,
-            )
-        StagedOutput(temp, output).commit()
-    log.warning("job %s: the commit its stitcher began is finished", job_id)
-    if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
-        return None
-    remove_segments(settings, job_id, output=job["output"])
-    return output
-
-
-def _segment_file(settings: Settings, job_id: str, index: int, output: str, local: Path) -> Path:
-    """Chunk `index`'s segment as a file: on the shared storage, or fetched into `local`."""
-    where = segment(settings, job_id, index, output=output)
-    if isinstance(where, Path):
-        return where
-    try:
-        return objects.download(where, local / where.name)
-    except InputError:  # missing: the stitcher's problem, as for a missing file
-        raise MediaError(f"segments missing: {where.name}") from None
 
 
 def fail_job(store: JobStore, job_id: str, error: BaseException, *, index: int | None) -> Reason:

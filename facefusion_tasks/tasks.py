@@ -308,11 +308,11 @@ def register(app: Celery) -> None:
 
     @app.task(name=TASK_STITCH, bind=True)
     def stitch(self: Task, job_id: str) -> str | None:
-        from facefusion_tasks import runner
+        from facefusion_tasks import stitching
 
         try:
             with _instrumented(self, LIGHT_QUEUE):
-                output = runner.stitch_job(_store(), _settings(), job_id)
+                output = stitching.stitch_job(_store(), _settings(), job_id)
         except Exception as exc:
             _settle(self, job_id, None, exc)
             output = None

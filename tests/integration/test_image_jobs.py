@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import pytest
 
-from facefusion_tasks import runner
+from facefusion_tasks import runner, stitching
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import MediaError
 from facefusion_tasks.store import CANCELLED, COMMITTING, DONE, RUNNING, SUCCEEDED, JobStore
@@ -99,7 +99,7 @@ def test_a_worker_lost_between_commit_and_success_is_finished_by_the_stitch(
     assert store.state(job_id) == COMMITTING and store.chunks(job_id)[0]["state"] == DONE
     written = (root / "out.png").read_bytes()
     assert store.reopen(job_id, planned=True, from_states=(COMMITTING,))
-    assert runner.stitch_job(store, settings, job_id) == root / "out.png"
+    assert stitching.stitch_job(store, settings, job_id) == root / "out.png"
     assert store.state(job_id) == SUCCEEDED
     assert (root / "out.png").read_bytes() == written
 
@@ -112,4 +112,4 @@ def test_a_worker_lost_between_commit_and_success_is_finished_by_the_stitch(
     (root / "out.png").unlink()
     assert store.reopen(other, planned=True, from_states=(COMMITTING,))
     with pytest.raises(MediaError, match="the committed image is gone"):
-        runner.stitch_job(store, settings, other)
+        stitching.stitch_job(store, settings, other)

@@ -285,20 +285,20 @@ def _run_chunks(root: Path, models_dir: Path, redis_url: str, output: Path):  # 
 def test_a_cancel_mid_stitch_wins_and_leaves_the_old_output(
     root: Path, models_dir: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from facefusion_tasks import runner
+    from facefusion_tasks import stitching
 
     output = root / "out" / "mid-stitch.mp4"
     output.write_bytes(b"the user's old file")
     producer, settings, job_id = _run_chunks(root, models_dir, redis_url, output)
-    real = runner.stitch_segments
+    real = stitching.stitch_segments
 
     def stitch_then_cancel(*args, **kwargs):  # type: ignore[no-untyped-def]
         staged = real(*args, **kwargs)
         assert producer.cancel(job_id)  # lands after the stitch, before the commit
         return staged
 
-    monkeypatch.setattr(runner, "stitch_segments", stitch_then_cancel)
-    assert runner.stitch_job(producer.store, settings, job_id) is None
+    monkeypatch.setattr(stitching, "stitch_segments", stitch_then_cancel)
+    assert stitching.stitch_job(producer.store, settings, job_id) is None
     assert producer.status(job_id).state == CANCELLED
     assert output.read_bytes() == b"the user's old file"
     assert temps(output.parent) == []
@@ -308,7 +308,7 @@ def test_a_cancel_mid_stitch_wins_and_leaves_the_old_output(
 def test_a_cancel_during_the_commit_is_refused_and_the_output_stays(
     root: Path, models_dir: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from facefusion_tasks import runner
+    from facefusion_tasks import stitching
     from facefusion_tasks.video.stitch import StagedOutput
 
     output = root / "out" / "committing.mp4"
@@ -321,7 +321,7 @@ def test_a_cancel_during_the_commit_is_refused_and_the_output_stays(
         return real(self)
 
     monkeypatch.setattr(StagedOutput, "commit", cancel_then_commit)
-    assert runner.stitch_job(producer.store, settings, job_id) == output
+    assert stitching.stitch_job(producer.store, settings, job_id) == output
     assert answers == [False]
     assert producer.status(job_id).state == SUCCEEDED
     assert video_times(output) == video_times(root / "tiny.mp4")

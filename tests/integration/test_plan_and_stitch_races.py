@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from facefusion_tasks import runner
+from facefusion_tasks import runner, stitching
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import MediaError
 from facefusion_tasks.faces.synthetic import background, draw_face
@@ -116,7 +116,7 @@ def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobSt
     assert store.set_state(job_id, RUNNING) and store.set_state(job_id, STITCHING)
     store.r.zadd(LIVE_KEY, {job_id: time.time() - 60})  # entered STITCHING long ago
     sent: list[object] = []
-    with runner._alive(store, settings, job_id):
+    with runner.beating(store, settings, job_id):
         time.sleep(0.6)  # the stitch's ffmpeg is working
         report = sweep(
             store,
@@ -219,44 +219,44 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
     after = _stitchable(store, settings, media, "after.mp4")
     monkeypatch.setattr(store, "set_state", die_before_success)
     with pytest.raises(SystemExit):
-        runner.stitch_job(store, settings, after)
+        stitching.stitch_job(store, settings, after)
     monkeypatch.undo()
     assert store.state(after) == COMMITTING
     committed = (media / "after.mp4").stat()
     # Before a sweep has found its stitcher silent, a duplicate stitch message leaves the
     # commit alone (the stitcher may still be uploading).
-    assert runner.stitch_job(store, settings, after) is None
+    assert stitching.stitch_job(store, settings, after) is None
     assert store.state(after) == COMMITTING
     _swept(store, settings, after)
-    assert runner.stitch_job(store, settings, after) == media / "after.mp4"
+    assert stitching.stitch_job(store, settings, after) == media / "after.mp4"
     assert store.state(after) == SUCCEEDED
     assert (media / "after.mp4").stat().st_ino == committed.st_ino
     assert probe(media / "after.mp4").frame_count == frames
 
     # Killed between COMMITTING and the rename: the verified temp waits beside the output.
     before = _stitchable(store, settings, media, "before.mp4")
-    monkeypatch.setattr(runner, "commit", die_before_rename)
+    monkeypatch.setattr(stitching, "commit", die_before_rename)
     with pytest.raises(SystemExit):
-        runner.stitch_job(store, settings, before)
+        stitching.stitch_job(store, settings, before)
     monkeypatch.undo()
     temp = media / json.loads(store.get(before)["commit"])["temp"]
     assert store.state(before) == COMMITTING and temp.exists()
     assert not (media / "before.mp4").exists()
     _swept(store, settings, before)
-    assert runner.stitch_job(store, settings, before) == media / "before.mp4"
+    assert stitching.stitch_job(store, settings, before) == media / "before.mp4"
     assert store.state(before) == SUCCEEDED and not temp.exists()
     assert probe(media / "before.mp4").frame_count == frames
 
     # Neither in place nor waiting (an older file at the output is not mistaken for it): the
     # job fails as stalled, with the segments kept for `retry`.
     gone = _stitchable(store, settings, media, "after.mp4")
-    monkeypatch.setattr(runner, "commit", die_before_rename)
+    monkeypatch.setattr(stitching, "commit", die_before_rename)
     with pytest.raises(SystemExit):
-        runner.stitch_job(store, settings, gone)
+        stitching.stitch_job(store, settings, gone)
     monkeypatch.undo()
     (media / json.loads(store.get(gone)["commit"])["temp"]).unlink()
     _swept(store, settings, gone)
     with pytest.raises(MediaError) as failed:
-        runner.stitch_job(store, settings, gone)
+        stitching.stitch_job(store, settings, gone)
     assert failed.value.reason == Reason.STALLED
     assert (media / "after.mp4").stat().st_ino == committed.st_ino

@@ -1,0 +1,163 @@
+"""Joining a job's segments into its verified output, and finishing a commit a stitcher began."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from facefusion_tasks import objects
+from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, marked
+from facefusion_tasks.config import Settings
+from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.fingerprints import check_unchanged
+from facefusion_tasks.images import is_image_target, read_header
+from facefusion_tasks.objects import Location, ObjectRef
+from facefusion_tasks.reasons import Reason
+from facefusion_tasks.runner import beating, job_file, job_video_info
+from facefusion_tasks.store import (
+    CANCELLED,
+    COMMITTING,
+    DONE,
+    RUNNING,
+    STITCHING,
+    SUCCEEDED,
+    JobStore,
+)
+from facefusion_tasks.video.staging import StagedOutput
+from facefusion_tasks.video.stitch import stitch_segments
+from facefusion_tasks.workspace import for_job, remove_segments, scratch, segment
+
+log = logging.getLogger(__name__)
+
+
+def _finish_image_job(
+    store: JobStore, settings: Settings, job_id: str, output: Location
+) -> Location | None:
+    """A stitch sent for an image job (by the stall sweep, or `retry`, once its one chunk is
+    done): the chunk committed the output before it was marked done, so check the output
+    (an object fetched to look at) and record the success the chunk's worker did not live to
+    record."""
+    try:
+        if isinstance(output, ObjectRef):
+            with scratch(settings, job_id) as local:
+                complete = read_header(objects.download(output, local / output.name)).complete
+        else:
+            complete = read_header(output).complete
+    except (InputError, OSError):
+        complete = False
+    if not complete:
+        raise MediaError(f"{output.name}: the committed image is gone; submit the job again")
+    if store.set_state(job_id, SUCCEEDED, only_from=(RUNNING, STITCHING, COMMITTING)):
+        return output
+    return None
+
+
+def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | None:
+    """Join the segments without re-encoding, add the original audio, verify the result, then
+    commit it: the job moves to COMMITTING (a cancel can no longer win) before the rename, so
+    a cancel and a commit agree through the store. Idempotent: after success it does nothing.
+    Sent for a job stuck in COMMITTING (its stitcher died there), it finishes that commit."""
+    job = store.get(job_id)
+    settings = for_job(settings, job)
+    if job.get("state") == COMMITTING:
+        return _resume_commit(store, settings, job_id, job)
+    if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
+        return None  # ended (cancelled, failed, succeeded) or not ready
+    target = job_file(job["target"], settings, what="target")
+    output = job_file(job["output"], settings, what="output")
+    if is_image_target(target):
+        return _finish_image_job(store, settings, job_id, output)
+    chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
+    # The stitch reads the target's audio and subtitles: they must be the planned file's.
+    check_unchanged(job.get("fingerprints", ""), [target])
+    with scratch(settings, job_id) as local, beating(store, settings, job_id):
+        segments = [
+            (_segment_file(settings, job_id, c.index, job["output"], local), c.span) for c in chunks
+        ]
+        # An object output is stitched and verified here, then uploaded at commit.
+        destination = output if isinstance(output, Path) else local / f"output{output.suffix}"
+        try:
+            staged = stitch_segments(
+                segments,
+                destination,
+                audio_source=job_video_info(store, settings, job_id, target),
+                settings=settings,
+                frames=sum(c.frames for c in chunks),
+                timeout=float(settings.chunk_time_limit),
+            )
+        except (InputError, MediaError):
+            check_unchanged(job.get("fingerprints", ""), [target])  # its audio rewritten?
+            raise
+        try:
+            check_unchanged(job.get("fingerprints", ""), [target])
+        except InputError:
+            staged.discard()
+            raise
+        # What is about to be put in place, recorded before COMMITTING: a stitcher that dies
+        # after this point leaves a job whose output a later stitch can recognise or finish.
+        mark = commit_mark(staged, output)
+        # With the sweep's count of recoveries so far: only a later claim may resume it.
+        mark["recoveries"] = int(store.get(job_id).get("recoveries") or 0)
+        store.set_commit(job_id, json.dumps(mark))
+        if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
+            # Cancelled (or failed) while stitching: the user's file was never touched.
+            staged.discard()
+            if store.state(job_id) == CANCELLED:
+                remove_segments(settings, job_id, output=job["output"])
+            return None
+        commit(staged, output, token=mark.get("token"))
+    store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
+    remove_segments(settings, job_id, output=job["output"])
+    return output
+
+
+def _resume_commit(
+    store: JobStore, settings: Settings, job_id: str, job: dict[str, str]
+) -> Location | None:
+    """The stitcher died in COMMITTING, after verifying its output (a sweep claimed the job
+    after stall_seconds without a heartbeat, so it is not still working). Its output is in place, or its verified
+    temp still waits beside the destination: finish and record the success. Otherwise the
+    job fails as stalled, and `retry` stitches it again from the segments."""
+    mark = json.loads(job.get("commit") or "{}")
+    if int(job.get("recoveries") or 0) <= int(mark.get("recoveries", -1)):
+        # No sweep has found the stitcher silent since it began committing: a duplicate
+        # message (a redelivery) while it may still be uploading. It finishes on its own.
+        return None
+    output = job_file(job["output"], settings, what="output")
+    if is_image_target(job_file(job["target"], settings, what="target")):
+        # An image chunk marks itself done only once its output is in place.
+        if store.chunks(job_id)[0].get("state") == DONE:
+            return _finish_image_job(store, settings, job_id, output)
+        raise MediaError("the swap stopped while committing its image", reason=Reason.STALLED)
+    if isinstance(output, ObjectRef):
+        try:
+            committed = objects.head(output).get("Metadata", {}).get(COMMIT_METADATA)
+        except InputError:  # no object there
+            committed = None
+        if not mark.get("token") or committed != mark["token"]:
+            raise MediaError("the stitch stopped while uploading its output", reason=Reason.STALLED)
+    elif not marked(output, mark):
+        temp = output.with_name(str(mark.get("temp") or ".missing"))
+        if not marked(temp, mark):
+            raise MediaError(
+                "the stitch stopped while committing its output, and its verified file is gone",
+                reason=Reason.STALLED,
+            )
+        StagedOutput(temp, output).commit()
+    log.warning("job %s: the commit its stitcher began is finished", job_id)
+    if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
+        return None
+    remove_segments(settings, job_id, output=job["output"])
+    return output
+
+
+def _segment_file(settings: Settings, job_id: str, index: int, output: str, local: Path) -> Path:
+    """Chunk `index`'s segment as a file: on the shared storage, or fetched into `local`."""
+    where = segment(settings, job_id, index, output=output)
+    if isinstance(where, Path):
+        return where
+    try:
+        return objects.download(where, local / where.name)
+    except InputError:  # missing: the stitcher's problem, as for a missing file
+        raise MediaError(f"segments missing: {where.name}") from None
