@@ -300,6 +300,13 @@ def test_usage_errors_are_one_line_and_exit_2(
 _ROLES = {"source": "png", "target": "mp4", "reference": "png", "output": "mp4"}
 
 
+def _swap_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, local: bool) -> dict[str, str]:
+    """A path for each role of a swap under `tmp_path`; with no broker when `local`."""
+    if local:
+        monkeypatch.delenv("FACEFUSION_BROKER_URL", raising=False)
+    return {name: str(tmp_path / f"{name}.{ext}") for name, ext in _ROLES.items()}
+
+
 def _swap_argv(paths: dict[str, str]) -> list[str]:
     return ["swap", paths["source"], paths["target"], "-o", paths["output"],
             "--reference-face", paths["reference"], "--no-progress"]  # fmt: skip
@@ -317,9 +324,7 @@ def test_a_name_that_is_not_utf8_is_one_line_and_exit_2_for_every_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # It segfaulted in OpenCV (images) or was an internal UnicodeEncodeError (videos, outputs).
-    if local:
-        monkeypatch.delenv("FACEFUSION_BROKER_URL")
-    paths = {name: str(tmp_path / f"{name}.{ext}") for name, ext in _ROLES.items()}
+    paths = _swap_paths(tmp_path, monkeypatch, local=local)
     paths[role] = str(tmp_path / os.fsdecode(f"{role}\xff.{_ROLES[role]}".encode("latin-1")))
     assert cli.main(_swap_argv(paths)) == 2
     shown = f"{tmp_path}/{role}\\xff.{_ROLES[role]}"
@@ -338,9 +343,7 @@ def test_an_output_ending_in_a_slash_names_a_directory_and_nothing_is_written(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if local:
-        monkeypatch.delenv("FACEFUSION_BROKER_URL")
-    paths = {name: str(tmp_path / f"{name}.{ext}") for name, ext in _ROLES.items()}
+    paths = _swap_paths(tmp_path, monkeypatch, local=local)
     paths["output"] = f"{tmp_path}/new.mp4/"
     assert cli.main(_swap_argv(paths)) == 2
     assert capsys.readouterr().err == (
@@ -352,10 +355,9 @@ def test_an_output_ending_in_a_slash_names_a_directory_and_nothing_is_written(
 def test_a_local_swap_writes_nothing_into_the_fleets_work_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("FACEFUSION_BROKER_URL", raising=False)
     monkeypatch.setenv("FACEFUSION_STORAGE_ROOTS", str(tmp_path))
     monkeypatch.delenv("FACEFUSION_WORK_DIR", raising=False)
-    paths = {name: str(tmp_path / f"{name}.{ext}") for name, ext in _ROLES.items()}
+    paths = _swap_paths(tmp_path, monkeypatch, local=True)
     paths["output"] = str(tmp_path / ".facefusion-work" / "x.mp4")
     assert cli.main(_swap_argv(paths)) == 2
     assert capsys.readouterr().err == (
