@@ -268,7 +268,8 @@ class Producer:
                 f"job {job_id} is {status.state}; only failed, stuck or stalled jobs retry "
                 f"(stalled: no progress for {self.settings.stall_seconds:g} s)"
             )
-        priority = int(self.store.get(job_id).get("priority") or 5)
+        job = self.store.get(job_id)
+        priority = int(job.get("priority") or 5)
         if status.chunks_total == 0:
             if not self.store.reopen(job_id, planned=False, from_states=(status.state,)):
                 raise InputError(f"job {job_id} changed state meanwhile; look again")
@@ -280,7 +281,7 @@ class Producer:
         # A done chunk whose segment is gone (deleted, a wiped disk) runs again: the stitch
         # would only fail on it once more.
         output = status.output
-        settings = for_job(self.settings, self.store.get(job_id))  # where the fleet wrote them
+        settings = for_job(self.settings, job)  # where the fleet wrote them
         lost = [
             index
             for index in range(status.chunks_total)
