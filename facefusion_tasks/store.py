@@ -41,7 +41,7 @@ from facefusion_tasks.store_keys import (
 )
 from facefusion_tasks.store_outputs import read, release, take, watch_crossings, watch_free
 from facefusion_tasks.store_records import JobStatus, job_inputs, job_sources
-from facefusion_tasks.store_scripts import CLAIM_METERING
+from facefusion_tasks.store_scripts import CLAIM_METERING, WAITING_CHUNKS_ENDED
 from facefusion_tasks.store_sweep import StallIndex
 
 # The names callers take from here: states and keys live in store_keys, chunk writes in
@@ -82,6 +82,7 @@ class JobStore(ChunkRecords, StallIndex):
         StallIndex.__init__(self, client)
         self.record_ttl = record_ttl
         self._claim_metering = client.register_script(CLAIM_METERING)
+        self._waiting_chunks_ended = client.register_script(WAITING_CHUNKS_ENDED)
 
     def create(self, fields: dict[str, Any]) -> str:
         """Record a new job (state QUEUED); returns its id. The job claims its `output` and
@@ -385,10 +386,15 @@ class JobStore(ChunkRecords, StallIndex):
     def fail(self, job_id: str, reason: Reason, error: str, *, index: int | None = None) -> bool:
         """The job ends FAILED with its reason, and the chunk that gave up (if one did) with it;
         True when this call ended the job. The job first: a process killed between the two
-        writes leaves a FAILED job with its reason, never a FAILED chunk under a RUNNING job."""
+        writes leaves a FAILED job with its reason, never a FAILED chunk under a RUNNING job.
+        Its chunks still waiting for a worker end CANCELLED: nothing will run them now."""
         failed = self.set_state(job_id, FAILED, reason=reason, error=error)
         if index is not None:
             self.chunk_failed(job_id, index, error)
+        if failed:
+            total = int(self.r.hget(job_key(job_id), "chunks_total") or 0)
+            chunks = [chunk_key(job_id, i) for i in range(total)]
+            self._waiting_chunks_ended(keys=[job_key(job_id), *chunks])
         return failed
 
     def chunks(self, job_id: str) -> list[dict[str, str]]:

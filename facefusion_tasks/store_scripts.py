@@ -47,6 +47,24 @@ end
 return 0
 """
 
+#: KEYS: job, then its chunks. The chunks of a job that has just FAILED that no worker had
+#: started end CANCELLED, as a cancel leaves them: PENDING would say that something is still to
+#: come. Started ones stop by themselves (their watch sees the job end) and say so. Nothing
+#: changes when a `retry` has reopened the job since.
+WAITING_CHUNKS_ENDED = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'FAILED' then
+  return 0
+end
+local ended = 0
+for i = 2, #KEYS do
+  if redis.call('HGET', KEYS[i], 'state') == 'PENDING' then
+    redis.call('HSET', KEYS[i], 'state', 'CANCELLED')
+    ended = ended + 1
+  end
+end
+return ended
+"""
+
 #: KEYS: chunk, running set, pending set. ARGV: token, now, worker, pid, member. Returns
 #: {deliveries, finished, state}; a re-sent call with the same token counts once. A chunk with
 #: no record (its job is gone) is not created. Its message arrived: it waits no longer.

@@ -26,6 +26,7 @@ from facefusion_tasks.store import (
     JobStore,
     job_sources,
 )
+from facefusion_tasks.store_keys import chunk_key, job_key
 from facefusion_tasks.store_outputs import OutputBusy
 
 
@@ -107,6 +108,23 @@ def test_cancel_ends_the_job_and_every_unfinished_chunk(store: JobStore) -> None
     assert not store.chunk_started(job_id, 2, "w2")  # a pending chunk that comes up is skipped
     assert store.chunk_left(job_id, 1) is True  # the last one out sees it idle and cancelled
     assert store.cancel(job_id) == (False, False)  # already over
+
+
+def test_a_failed_jobs_chunks_no_worker_started_end_cancelled(store: JobStore) -> None:
+    job_id = _planned(store, chunks=4)
+    assert store.chunk_done(job_id, 0, 10) is False
+    assert store.chunk_started(job_id, 1, "w1")  # still running: its watch stops it
+    assert store.chunk_started(job_id, 2, "w2")
+    assert store.fail(job_id, Reason.MEDIA, "boom", index=2)
+    assert [c["state"] for c in store.chunks(job_id)] == [DONE, RUNNING, FAILED, CANCELLED]
+    assert store.undone_chunks(job_id) == [1, 2, 3]  # what `retry` runs again
+    assert not store.fail(job_id, Reason.MEDIA, "again")  # already over: nothing moves
+    # Reopened by `retry` before a late fail() call of another chunk: its chunks stay as
+    # retry left them.
+    assert store.reopen(job_id, planned=True, from_states=(FAILED,))
+    store.reset_chunk(job_id, 3)
+    store._waiting_chunks_ended(keys=[job_key(job_id), chunk_key(job_id, 3)])
+    assert store.chunks(job_id)[3]["state"] == PENDING
 
 
 def test_cancel_with_nothing_executing_is_idle(store: JobStore) -> None:
