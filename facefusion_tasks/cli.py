@@ -24,6 +24,12 @@ log = logging.getLogger("facefusion_tasks")
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = policy.EXIT_OK, policy.EXIT_INTERNAL, policy.EXIT_BAD_INPUT
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """A progress bar only for a person watching: redrawn with carriage returns, it would sit
+    in a log or a script's captured stderr before the one line an error gives."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _cmd_swap(args: argparse.Namespace) -> int:
     from facefusion_tasks.local import run_local
 
@@ -31,14 +37,14 @@ def _cmd_swap(args: argparse.Namespace) -> int:
     if settings.broker_url and not args.local:
         job_id = _submit(args, settings)
         print(f"submitted {job_id}", file=sys.stderr)
-        return _follow(settings, job_id, as_json=args.json, progress=not args.no_progress)
+        return _follow(settings, job_id, as_json=args.json, progress=_progress(args))
     result, loaded = run_local(
         args.sources,
         args.target,
         args.output,
         settings=settings,
         reference=args.reference_face,
-        show_progress=not args.no_progress and not args.json,
+        show_progress=_progress(args) and not args.json,
     )
     _report(result.as_dict() | loaded.facts(), as_json=args.json)
     return EXIT_OK
@@ -90,7 +96,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "download":
         from facefusion_tasks.models.download import download_models
 
-        for path in download_models(directory, progress=not args.no_progress, force=args.force):
+        for path in download_models(directory, progress=_progress(args), force=args.force):
             print(path)
         return EXIT_OK
     states = verify_models(directory)
@@ -231,7 +237,7 @@ def _cmd_wait(args: argparse.Namespace) -> int:
         settings_from(args),
         args.job,
         as_json=args.json,
-        progress=not args.no_progress,
+        progress=_progress(args),
         timeout=args.timeout,
     )
 
