@@ -353,7 +353,7 @@ def encode_argv(
     options = video_codec_args(encoder, preset=preset, quality=quality)
     video_filter = encode_filter(colour)
     if sample_aspect:  # anamorphic: shown as wide as the source is
-        video_filter += ",setsar=" + sample_aspect.replace(":", "/")
+        video_filter += "," + sar_filter(sample_aspect)
     if field_order:
         video_filter += "," + field_filter(field_order)
     options += ["-vf", video_filter, "-pix_fmt", pix_fmt_for(width, height)]
@@ -372,6 +372,13 @@ def encode_argv(
         options += subtitle_args(muxer, subtitle_codecs)
     # -y: the writer's temp file already exists (created race-free before ffmpeg starts).
     return [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", *args[:-1], *options, "-f", muxer, args[-1]]
+
+
+def sar_filter(sample_aspect: str) -> str:
+    """setsar for a "num:den" pixel shape, exactly: setsar rounds a ratio to terms of at most
+    `max` (100 unless told), so BT.601's PAL widescreen 118:81 came out 67:46."""
+    num, den = (int(part) for part in sample_aspect.split(":"))
+    return f"setsar=r={num}/{den}:max={max(num, den, 1)}"
 
 
 def interlace_args(encoder: str, field_order: str, *, height: int) -> list[str]:

@@ -80,6 +80,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "-metadata:s:v", "rotate=90", str(root / "anamorphic-turned.mp4")],
         check=True, timeout=60,
     )  # fmt: skip
+    # pal601.mp4: BT.601's PAL widescreen pixel, 118:81 (a term over setsar's default max).
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "aac.mp4"), "-vf", "setsar=r=118/81:max=118",
+         "-c:v", "libx264", "-c:a", "copy", str(root / "pal601.mp4")],
+        check=True, timeout=60,
+    )  # fmt: skip
     # movtext.mp4: the same as mp4's own timed text, which Matroska cannot take as it is.
     subprocess.run(
         ["ffmpeg", "-v", "error", "-i", str(root / "subs.mkv"), "-map", "0", "-c", "copy",
@@ -372,6 +378,7 @@ def shape(path: Path) -> tuple[int, int, str, str]:
         ("anamorphic.mp4", "wide.mp4", (320, 240, "4:3", "16:9")),
         ("anamorphic.mp4", "wide.mkv", (320, 240, "4:3", "16:9")),
         ("anamorphic-turned.mp4", "turned.mp4", (240, 320, "3:4", "9:16")),
+        ("pal601.mp4", "pal601.mkv", (320, 240, "118:81", "472:243")),
     ],
 )
 def test_anamorphic_video_is_shown_as_wide_as_its_source(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from facefusion_tasks.video.argv import decode_argv, encode_argv
+from facefusion_tasks.video.argv import decode_argv, encode_argv, sar_filter
 from facefusion_tasks.video.colour import UNTAGGED, Colour, colour_tags, encode_filter
 from facefusion_tasks.video.probe import sample_aspect
 
@@ -69,6 +69,8 @@ def test_a_non_square_pixel_shape_is_kept_and_turned_with_the_picture() -> None:
     for square_or_unknown in ("1:1", "0:1", "N/A", None, ""):
         assert sample_aspect(square_or_unknown, 0) == ""
     argv = encode_argv("o.mp4", width=64, height=64, time_base=Fraction(1, 25), sample_aspect="4:3")
-    assert _option(argv, "-vf").endswith(",setsar=4/3")
+    assert _option(argv, "-vf").endswith(",setsar=r=4/3:max=4")
+    # setsar's own max, 100, would round BT.601's PAL widescreen pixel to 67:46.
+    assert sar_filter("118:81") == "setsar=r=118/81:max=118"
     square = encode_argv("o.mp4", width=64, height=64, time_base=Fraction(1, 25))
     assert "setsar" not in _option(square, "-vf")
