@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 #: an image decodes (kept out of the CLI's one line, logged instead).
 _DECODER_PREFIXES = ("Corrupt JPEG data", "Premature end of JPEG file", "libpng ", "Warning:",
                      "Invalid SOS", "Unsupported marker", "Not a JPEG file", "[ WARN", "[ERROR")  # fmt: skip
-#: What libjpeg says of a file whose data stops early: the rest of the picture comes out grey.
-_DAMAGE = "premature end"
+#: What libjpeg says when it could not decode part of the picture and painted it grey (data
+#: that stops early, a restart interval lost, a bad Huffman or arithmetic code): every "Corrupt
+#: JPEG data" line but one. Stray bytes between markers, which many cameras write, cost no pixel.
+_DAMAGE = ("premature end", "corrupt jpeg data")
+_HARMLESS = "extraneous bytes"
 #: What a still image's file may hold beyond its pixels, as read to decode it: 8 bytes a pixel
 #: (an uncompressed 16-bit RGBA PNG), and room for metadata (EXIF, ICC, XMP, a thumbnail).
 _BYTES_PER_PIXEL, _METADATA_BYTES = 8, 64 << 20
@@ -72,7 +75,14 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
     ours = [line.strip() for line in said if line.startswith(_DECODER_PREFIXES)]
     for line in ours:
         log.info("%s: %s", path.name, line)
-    damage = next((line for line in ours if _DAMAGE in line.lower()), None)
+    damage = next(
+        (
+            line
+            for line in ours
+            if any(d in line.lower() for d in _DAMAGE) and _HARMLESS not in line.lower()
+        ),
+        None,
+    )
     if damage is not None:
         # libjpeg fills what it could not read with grey and still returns the image.
         raise InputError(

@@ -176,6 +176,7 @@ def test_an_exif_turned_photo_is_swapped_upright_and_stored_upright(
         ("truncated.jpg", "truncated JPEG image"),
         ("truncated.webp", "truncated WebP image"),
         ("cut_data.jpg", "corrupt JPEG image (Corrupt JPEG data: premature end of data segment)"),
+        ("restart_cut.jpg", "corrupt JPEG image (Corrupt JPEG data: found marker 0xd9 instead"),
         ("bad_data.png", "not an image opencv can read"),
         ("text.png", "not a PNG, JPEG or WebP image"),
         ("empty.png", "empty file"),
@@ -198,6 +199,18 @@ def test_a_bad_image_exits_2_with_one_line_and_writes_nothing(
         # half grey, saying so only on stderr.
         target = tmp_path / case
         target.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    elif case == "restart_cut.jpg":
+        # Written with restart markers and cut just before the middle one: libjpeg says only
+        # "found marker" (no "premature end") and paints the lower half grey.
+        ok, encoded = cv2.imencode(
+            ".jpg", read_image(root / "photo.png"), [cv2.IMWRITE_JPEG_RST_INTERVAL, 4]
+        )
+        whole = encoded.tobytes()
+        scan = whole.index(b"\xff\xda")
+        markers = [i for i in range(scan, len(whole) - 1)
+                   if whole[i] == 0xFF and 0xD0 <= whole[i + 1] <= 0xD7]  # fmt: skip
+        target = tmp_path / case
+        target.write_bytes(whole[: markers[len(markers) // 2]] + b"\xff\xd9")
     elif case == "bad_data.png":
         # Every chunk present, IEND included, but the pixel data cut: libpng errors out.
         target = tmp_path / case

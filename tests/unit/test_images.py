@@ -64,6 +64,17 @@ def test_a_cut_short_image_is_refused_as_truncated_before_decoding(
     assert "truncated" in str(caught.value) or "not a PNG, JPEG or WebP" in str(caught.value)
 
 
+def test_stray_bytes_before_a_jpegs_end_marker_cost_no_pixel_and_are_no_damage(
+    tmp_path: Path,
+) -> None:
+    # libjpeg says "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9" of what many
+    # cameras write, and decodes every pixel: unlike its other "Corrupt JPEG data" lines.
+    whole = _write(tmp_path / "a.jpg").read_bytes()
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(whole[:-2] + b"\x12\x34\x56" + whole[-2:])
+    assert np.array_equal(read_image(padded), read_image(tmp_path / "a.jpg"))
+
+
 def test_an_exif_thumbnail_does_not_make_a_cut_jpeg_look_complete(tmp_path: Path) -> None:
     # The EXIF block may hold a whole JPEG thumbnail, EOI included, before the main scan.
     _, thumbnail = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
