@@ -160,6 +160,19 @@ def plain_input_args(source: str | Path | None = None) -> list[str]:
     return [arg for key, value in options.items() for arg in (f"-{key}", value)]
 
 
+def rate_args(frame_rate: Fraction | None, version: tuple[int, int]) -> list[str]:
+    """Where ffmpeg before 6.0 would misjudge the encoded frames' length, the output rate said
+    outright. Its Matroska demuxer takes a rate from DefaultDuration only between 5 and 1000
+    fps; past that ffmpeg 5.1 takes the pipe's 1 ns ticks for the rate, its encoder's packets
+    get no duration, and an mp4's last frame lasted nothing (at exactly 1000 fps, the edit list
+    dropped it). With passthrough every frame still keeps its own timestamp. Only before 6.0,
+    where frames began to carry their own duration: 9.0 keeps the last frame without it, and
+    7.1 refuses -r beside passthrough."""
+    if frame_rate is None or version >= (6, 0) or 5 < frame_rate < 1000:
+        return []
+    return ["-r:v", ratio(frame_rate)]
+
+
 def _fps_mode(version: tuple[int, int]) -> dict[str, str]:
     # -fps_mode arrived in 5.1; older builds only know the (same) global -vsync.
     return {"fps_mode": "passthrough"} if version >= (5, 1) else {"vsync": "passthrough"}
@@ -320,6 +333,7 @@ def encode_argv(
     colour: Colour = UNTAGGED,
     sample_aspect: str = "",
     field_order: str = "",
+    frame_rate: Fraction | None = None,
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
@@ -329,7 +343,8 @@ def encode_argv(
     seconds into it (where the video's first frame is). BGR goes back to YUV with
     the source's `colour` matrix and range, and the output carries its colour tags, its
     pixels' shape (`sample_aspect`, "num:den"; "" = square) and its interlacing
-    (`field_order`, "" = progressive).
+    (`field_order`, "" = progressive). `frame_rate` (the last frame's length is one frame of
+    it) is said outright only where an old ffmpeg would misjudge it (rate_args).
 
     Each frame keeps its own timestamp: passthrough never drops or duplicates, the encoder
     ticks in the source time base, and mp4/mov tracks use its denominator as timescale.
@@ -361,6 +376,7 @@ def encode_argv(
     options += interlace_args(encoder, field_order, height=height)
     for key, value in _fps_mode(version).items():
         options += [f"-{key}", value]
+    options += rate_args(frame_rate, version)
     # Video only: given to every stream, it broke libopus (Opus packets that decode to a few ms).
     options += ["-enc_time_base:v", ratio(time_base)]
     if muxer in MOV_FAMILY:

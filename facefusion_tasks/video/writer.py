@@ -151,6 +151,8 @@ class FrameWriter:
         )  # fmt: skip
         # The source's audio and subtitles are muxed in, if it has any.
         audio = audio_source if audio_source is not None and audio_source.carries_streams else None
+        rate = frame_rate or (audio_source.frame_rate if audio_source is not None else None)
+        self._rate = Fraction(rate) if rate else None
         self.temp = staging.create_temp(self.destination)
         try:
             argv = encode_argv(
@@ -170,6 +172,7 @@ class FrameWriter:
                 colour=colour,
                 sample_aspect=sample_aspect,
                 field_order=field_order,
+                frame_rate=self._rate,
                 ffmpeg=exe,
                 version=ffbin.ffmpeg_version(exe),
             )
@@ -186,8 +189,6 @@ class FrameWriter:
         self._proc = self._ffmpeg.proc
         assert self._proc.stdin is not None
         self._stdin: IO[bytes] = self._proc.stdin
-        rate = frame_rate or (audio_source.frame_rate if audio_source is not None else None)
-        self._rate = Fraction(rate) if rate else None
         # The last frame has no successor to end it: give it one frame's duration.
         last_duration = round(10**9 / rate) if rate else None
         try:

@@ -464,6 +464,21 @@ def test_frames_seconds_apart_are_written_to_mp4_and_kept_apart(
     assert packet_times(written) == packet_times(clip)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_a_thousand_frames_a_second_keep_their_last_frame(tmp_path: Path, suffix: str) -> None:
+    # ffmpeg 5.1 took the pipe's 1 ns ticks for the rate at 1000 fps and up: its packets had
+    # no duration, and an mp4's edit list ended at the last frame, so players dropped it.
+    clip = make_sample_video(tmp_path / "fast.mkv", seconds=0.2, fps="1000", audio=False)
+    settings = dataclasses.replace(SETTINGS, video_preset="veryfast")  # with B-frames
+    written = transcode(probe(clip), tmp_path / f"out{suffix}", settings=settings)
+    decoded = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(written), "-map", "0:v:0", "-f", "framemd5", "-"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert sum(1 for line in decoded.splitlines() if line and not line.startswith("#")) == 200
+    assert packet_times(written) == packet_times(clip)
+
+
 def test_a_time_squashed_file_fails_the_check_a_long_gap_widens(tmp_path: Path) -> None:
     # One 5 s gap lets the last frame's length be off by up to 5 s (mp4 with B-frames takes a
     # decode-order gap for it); the frames' own span is still held to one frame.

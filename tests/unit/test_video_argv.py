@@ -97,6 +97,21 @@ def test_encode_reads_matroska_from_stdin_and_keeps_source_ticks() -> None:
     assert "-shortest" not in argv and "-c:a" not in argv
 
 
+def test_the_rate_is_said_outright_only_where_an_old_ffmpeg_would_misjudge_it() -> None:
+    def encoded(rate: Fraction, version: tuple[int, int]) -> list[str]:
+        return encode_argv("o.mp4", width=64, height=48, time_base=Fraction(1, 16000),
+                           frame_rate=rate, version=version)  # fmt: skip
+
+    # ffmpeg 5.1's Matroska demuxer takes a rate from the pipe only between 5 and 1000 fps.
+    assert option(encoded(Fraction(1000), (5, 1)), "-r:v") == "1000/1"
+    assert option(encoded(Fraction(1, 10), (5, 1)), "-r:v") == "1/10"
+    assert "-r:v" not in encoded(Fraction(30000, 1001), (5, 1))
+    assert "-r:v" not in encoded(Fraction(999), (5, 1))
+    # Later ones keep the last frame by themselves, and 7.1 refuses -r beside passthrough.
+    assert "-r:v" not in encoded(Fraction(1000), (7, 1))
+    assert "-r:v" not in encode_argv("o.mp4", width=64, height=48, time_base=Fraction(1, 25))
+
+
 def test_encode_keeps_odd_sizes_with_full_chroma() -> None:
     for width, height in [(321, 240), (320, 241), (321, 241)]:
         argv = encode_argv("o.mp4", width=width, height=height, time_base=Fraction(1, 25))
