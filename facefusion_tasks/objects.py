@@ -112,7 +112,10 @@ def location(value: str | PathLike[str] | ObjectRef) -> Location:
         raise InputError(f"{text or '(empty)'}: names a directory, not a file", reason=Reason.PATH)
     # The absolute form too: ffmpeg and the job records get it (a relative name in a
     # directory whose own name is not UTF-8).
-    check_utf8(os.path.abspath(os.path.expanduser(text)))
+    check_utf8(os.path.abspath(text))
+    # Taken as written, as every tool takes a name: a "~" the shell left (quoted) is a
+    # directory called "~", never $HOME (checked as one and written to the other, an output
+    # could replace the very target the checks had compared it with).
     return Path(text)
 
 

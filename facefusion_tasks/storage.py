@@ -28,7 +28,7 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
             "every worker can see",
             reason=Reason.CONFIG,
         )
-    resolved = resolve_path(Path(path).expanduser())
+    resolved = resolve_path(Path(path))
     # A job records and hands on the resolved path: a symlink may lead to a name that is not
     # UTF-8 where the name given was.
     objects.check_utf8(str(resolved))
@@ -55,7 +55,7 @@ def locate(
 def work_dir(settings: Settings) -> Path:
     """Where segments of running jobs live (inside the roots, shared by all workers)."""
     if settings.work_dir:
-        return confine(settings.work_dir, settings, what="work directory")
+        return confine(Path(settings.work_dir).expanduser(), settings, what="work directory")
     roots = settings.roots()
     if not roots:
         confine(".", settings, what="work directory")  # raises the clear error
@@ -74,7 +74,7 @@ def check_outside_work(
         area = f"{objects.SCHEME}{where.bucket}/{objects.WORK_PREFIX}"
         inside = where.key.startswith(objects.WORK_PREFIX)
     else:
-        resolved = resolve_path(where.expanduser())
+        resolved = resolve_path(where)
         dirs = [root / WORK_NAME for root in settings.roots()]
         if settings.work_dir:
             dirs.append(resolve_path(Path(settings.work_dir).expanduser()))

@@ -49,7 +49,7 @@ def check_file(path: str | Path | ObjectRef) -> Location:
         if int(objects.head(where).get("ContentLength") or 0) == 0:
             raise InputError(f"{where.name}: empty file")
         return where
-    source = where.expanduser().absolute()
+    source = where.absolute()
     name = source.name or str(source)
     if source.is_dir():
         raise InputError(f"{name}: is a directory, not a video file")

@@ -130,7 +130,7 @@ class FrameWriter:
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"bad frame size {width}x{height}")
-        self.destination = Path(destination).expanduser().absolute()
+        self.destination = Path(destination).absolute()
         check_destination(self.destination)
         self.width = width
         self.height = height

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from tests.media import audio_duration, decode_frames, streams, video_times, wri
 
 
 def run_cli(
-    *args: str | Path, models: Path, env: dict[str, str] | None = None
+    *args: str | Path, models: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
     environment |= {"FACEFUSION_MODELS_DIR": str(models), "FACEFUSION_EXECUTION_PROVIDER": "cpu"}
@@ -32,6 +33,7 @@ def run_cli(
         text=True,
         env=environment,
         timeout=240,
+        cwd=cwd,
     )
 
 
@@ -255,6 +257,29 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         if out.parent.exists()
         else True
     )
+
+
+def test_a_quoted_tilde_names_a_directory_called_tilde_never_home(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # The shell expands an unquoted ~. A quoted one was checked as ./~ but written to $HOME:
+    # -o '~/clip.mp4' replaced the target that lay there, past the output-is-target check.
+    home = tmp_path / "home"
+    home.mkdir()
+    target = home / "clip.mp4"
+    shutil.copy(media["none"], target)
+    before = target.read_bytes()
+    (tmp_path / "~").mkdir()
+    done = run_cli("swap", media["source"], target, "-o", "~/clip.mp4", "--no-progress",
+                   models=models_dir, env={"HOME": str(home)}, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert target.read_bytes() == before
+    assert video_times(tmp_path / "~" / "clip.mp4") == video_times(target)
+    # An input so named is read there too (it was looked for in $HOME).
+    again = run_cli("swap", media["source"], "~/clip.mp4", "-o", "again.mp4", "--no-progress",
+                    models=models_dir, env={"HOME": str(home)}, cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert video_times(tmp_path / "again.mp4") == video_times(target)
 
 
 def _not_utf8(original: Path, named: Path) -> Path:
