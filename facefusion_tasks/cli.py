@@ -17,6 +17,7 @@ from facefusion_tasks import policy
 from facefusion_tasks.cli_args import build_parser, location_arg, settings_from, split_sources
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError, WaitTimeout
+from facefusion_tasks.jobs import job_options
 
 log = logging.getLogger("facefusion_tasks")
 
@@ -34,6 +35,9 @@ def _cmd_swap(args: argparse.Namespace) -> int:
     from facefusion_tasks.local import run_local
 
     settings = settings_from(args)
+    # Checked in local mode too, where they mean nothing: the same command line must not exit
+    # 0 here and 2 once a broker is set.
+    job_options(args.priority, args.chunk_seconds)
     if settings.broker_url and not args.local:
         job_id = _submit(args, settings)
         print(f"submitted {job_id}", file=sys.stderr)

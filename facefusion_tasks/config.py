@@ -31,6 +31,10 @@ FLAG_SETTINGS = (
 )  # fmt: skip
 #: cpu_threads' "auto".
 AUTO_CPU_THREADS = -1
+#: Most frames one model call may take: far past any batch measured to pay here, and a bound
+#: on what is allocated before the first frame (a batch of 99999999999 was a MemoryError, exit
+#: 1 and a temp file left, where a usage error says exit 2).
+MAX_BATCH = 256
 #: What "auto" means for the int settings that take it.
 _AUTO_VALUES = {"cpu_threads": AUTO_CPU_THREADS, "detector_batch": 0}
 
@@ -204,8 +208,8 @@ class Settings:
             )
         if not 0 <= self.video_quality <= max(QUALITY_MAX.values()):
             raise InputError(f"video quality must be 0 to {max(QUALITY_MAX.values())}")
-        if self.batch_size < 1:
-            raise InputError("batch size must be at least 1")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise InputError(f"batch size must be 1 to {MAX_BATCH}")
         if self.detector_size % 32 or self.detector_size < 64:
             raise InputError("detector size must be a multiple of 32, at least 64")
         if self.hwaccel not in {"none", "auto", "cuda"}:
@@ -237,8 +241,8 @@ class Settings:
             raise InputError("max deliveries and gpu processes must be at least 1")
         if self.cpu_threads < AUTO_CPU_THREADS:
             raise InputError("cpu threads must be auto, 0 or more")
-        if self.detector_batch < 0:
-            raise InputError("detector batch must be auto, 0 or more")
+        if not 0 <= self.detector_batch <= MAX_BATCH:
+            raise InputError(f"detector batch must be auto, 0 or up to {MAX_BATCH}")
         if self.precision not in {"fp32", "fp16"}:
             raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
         if self.s3_buckets and self.chunk_time_limit >= SIGNED_URL_SECONDS:

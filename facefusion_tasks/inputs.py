@@ -47,7 +47,7 @@ Sources = Source | Sequence[Source]
 def source_paths(sources: Sources) -> tuple[Location, ...]:
     """The source images as locations (s3://… text stays an object, as Path would fold its
     `//`): one, or a sequence of them; InputError when none."""
-    if isinstance(sources, (str, PathLike, ObjectRef)):
+    if isinstance(sources, (str, bytes, PathLike, ObjectRef)):
         return (objects.location(sources),)
     paths = tuple(objects.location(s) for s in sources)
     if not paths:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from numbers import Integral, Real
 from typing import Any
 
 from facefusion_tasks.config import DEFAULT_MAX_CHUNKS, DEFAULT_MIN_CHUNK_SECONDS
@@ -57,6 +58,23 @@ def check_chunk_seconds(
             f"(got {chunk_seconds:g})",
             reason=Reason.BAD_INPUT,
         )
+
+
+def job_options(priority: object, chunk_seconds: object) -> tuple[int, float | None]:
+    """A job's priority (a whole number 0..9) and chunk length (a positive number of seconds,
+    or None for the setting's) as given by the CLI or the API; InputError for anything else.
+    Checked by type too: a priority of 5.5 was recorded, and failed the job on a worker."""
+    level = int(priority) if isinstance(priority, Integral) else None
+    if isinstance(priority, bool) or level is None or not 0 <= level <= 9:
+        raise InputError(
+            f"priority must be a whole number 0..9 (9 = most urgent), not {priority!r}"
+        )
+    if chunk_seconds is None:
+        return level, None
+    seconds = float(chunk_seconds) if isinstance(chunk_seconds, Real) else math.nan
+    if isinstance(chunk_seconds, bool) or not (math.isfinite(seconds) and seconds > 0):
+        raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds!r}")
+    return level, seconds
 
 
 def check_chunking(

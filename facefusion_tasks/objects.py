@@ -97,14 +97,17 @@ def parse(text: str) -> ObjectRef:
     return ObjectRef(bucket, key)
 
 
-def location(value: str | PathLike[str] | ObjectRef) -> Location:
+def location(value: str | bytes | PathLike[str] | ObjectRef) -> Location:
     """A path or an object from what a user gave: s3://… text is an object, the rest paths.
     Every job file the CLI or the API is given becomes a location here, so the name is
     checked here, as typed (a Path would drop a trailing slash): check_utf8, and a path must
     name a file."""
     if isinstance(value, ObjectRef):
         return value
-    text = os.fspath(value)
+    if not isinstance(value, (str, bytes, PathLike)):
+        raise InputError(f"{value!r}: not a file name", reason=Reason.PATH)
+    # bytes as os.fsdecode reads them (a name that is not UTF-8 is refused just below).
+    text = os.fsdecode(value)
     check_utf8(text)
     if text.startswith(SCHEME):
         return parse(text)

@@ -217,6 +217,14 @@ def run_swap(
     slots = queue_slots(settings, info.width, info.height)
     decoded: queue.Queue[Any] = queue.Queue(maxsize=slots)
     swapped: queue.Queue[Any] = queue.Queue(maxsize=slots)
+    # Letterboxed detector inputs (4.9 MB each at 640 px) wait for the model: at most
+    # _AHEAD_BATCHES batches of them, whatever the queue length, so memory stays bounded. They
+    # live in the ring's buffers: a frame takes its permit before it is letterboxed, and a
+    # batch gives its permits back only once inferred, so no frame overwrites a waiting batch.
+    # Allocated before the decoder and the encoder start: a ring that does not fit in memory
+    # leaves no ffmpeg running and no temp file beside the output.
+    ahead = threading.Semaphore(_AHEAD_BATCHES * settings.batch_size)
+    ring = engine.blob_ring(settings.batch_size, _AHEAD_BATCHES)
     result.hwaccel = _proven_hwaccel(settings)
     reader = FrameReader(
         info,
@@ -246,12 +254,6 @@ def run_swap(
     result.encoder = writer.encoder
 
     pool = CpuPool(pool_threads(settings.cpu_threads))
-    # Letterboxed detector inputs (4.9 MB each at 640 px) wait for the model: at most
-    # _AHEAD_BATCHES batches of them, whatever the queue length, so memory stays bounded. They
-    # live in the ring's buffers: a frame takes its permit before it is letterboxed, and a
-    # batch gives its permits back only once inferred, so no frame overwrites a waiting batch.
-    ahead = threading.Semaphore(_AHEAD_BATCHES * settings.batch_size)
-    ring = engine.blob_ring(settings.batch_size, _AHEAD_BATCHES)
 
     def decode() -> None:
         try:

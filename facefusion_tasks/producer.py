@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from facefusion_tasks.errors import FaceFusionError, InputError, WaitTimeout
 from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
-from facefusion_tasks.jobs import check_chunking
+from facefusion_tasks.jobs import check_chunking, job_options
 from facefusion_tasks.metrics.keys import messages_in_line, waits_in
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import locate
@@ -88,10 +87,7 @@ class Producer:
         the job and enqueue its planning. Returns the job id. `source`: one image, or several
         photos of the same person (the workers average their identities). Each location is a
         path inside the storage roots or an s3://bucket/key object in an allowed bucket."""
-        if not 0 <= priority <= 9:
-            raise InputError("priority must be 0..9 (9 = most urgent)")
-        if chunk_seconds is not None and not (math.isfinite(chunk_seconds) and chunk_seconds > 0):
-            raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds}")
+        priority, chunk_seconds = job_options(priority, chunk_seconds)
         limits = self.settings
         sources = [locate(s, self.settings, what="source image") for s in source_paths(source)]
         target_at = locate(target, self.settings, what="target")

@@ -119,6 +119,21 @@ def test_submit_refuses_bad_chunk_seconds_with_exit_2(
     assert "chunk seconds" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [["--chunk-seconds", "nan"], ["--priority", "10"]])
+def test_local_swap_refuses_what_submit_refuses(
+    flags: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # No broker: the flags mean nothing here, but the same command line exited 0 here and 2
+    # with a broker set.
+    monkeypatch.delenv("FACEFUSION_BROKER_URL", raising=False)
+    code = cli.main(["swap", str(tmp_path / "s.png"), str(tmp_path / "t.mp4"), "-o",
+                     str(tmp_path / "o.mp4"), *flags])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("chunk seconds" in err or "priority" in err)
+
+
 def test_settings_precedence_flag_over_environment_over_default() -> None:
     assert Settings.from_env({}).stall_seconds == 300.0
     env = {"FACEFUSION_STALL_SECONDS": "42", "FACEFUSION_CHUNK_SECONDS": "2.5"}
@@ -135,6 +150,8 @@ def test_settings_precedence_flag_over_environment_over_default() -> None:
         {"FACEFUSION_CHUNK_SECONDS": "inf"},
         {"FACEFUSION_STALL_SECONDS": "0"},
         {"FACEFUSION_BATCH_SIZE": "eight"},
+        {"FACEFUSION_BATCH_SIZE": "99999999999"},  # a MemoryError, exit 1, a temp left
+        {"FACEFUSION_DETECTOR_BATCH": "257"},
         {"FACEFUSION_CHUNK_TIME_LIMIT": "4000"},
         {"FACEFUSION_VIDEO_PRESET": "bogus"},
         {"FACEFUSION_VIDEO_QUALITY": "-5"},

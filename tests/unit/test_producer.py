@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from fractions import Fraction
@@ -14,9 +15,11 @@ import redis
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, TASK_PLAN
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError, OutputError
+from facefusion_tasks.inputs import source_paths
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics.keys import PENDING_KEY
 from facefusion_tasks.metrics.queues import priority_keys
+from facefusion_tasks.objects import location
 from facefusion_tasks.producer import Producer, Retried
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import confine
@@ -161,14 +164,43 @@ def test_cancel_never_touches_a_committing_output(producer: Producer, tmp_path: 
     assert output.read_bytes() == b"the committed video"
 
 
-@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1.0, 0.0])
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1.0, 0.0, True, "2", b"2"])
 def test_submit_refuses_chunk_seconds_that_are_not_a_positive_number(
-    producer: Producer, redis_url: str, seconds: float, tmp_path: Path
+    producer: Producer, redis_url: str, seconds: object, tmp_path: Path
 ) -> None:
     with pytest.raises(InputError, match="chunk seconds"):
         producer.submit(tmp_path / "s.png", tmp_path / "t.mp4", tmp_path / "o.mp4",
                         chunk_seconds=seconds)  # fmt: skip
     assert redis.Redis.from_url(redis_url).keys("*") == []
+
+
+@pytest.mark.parametrize("priority", [5.5, True, "5", None, -1, 10])
+def test_submit_refuses_a_priority_that_is_not_a_whole_number_0_to_9(
+    producer: Producer, redis_url: str, priority: object, tmp_path: Path
+) -> None:
+    # 5.5 was recorded and enqueued, and the job failed on a worker (internal: int('5.5'));
+    # True and "5" were raw redis or type errors.
+    with pytest.raises(InputError, match="priority must be a whole number 0..9"):
+        producer.submit(tmp_path / "s.png", tmp_path / "t.mp4", tmp_path / "o.mp4",
+                        priority=priority)  # type: ignore[arg-type]  # fmt: skip
+    assert redis.Redis.from_url(redis_url).keys("*") == []
+
+
+@pytest.mark.parametrize("name", [None, 5, 2.5])
+def test_a_job_file_that_is_not_a_name_is_one_clear_error(
+    producer: Producer, redis_url: str, name: object, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="not a file name"):
+        producer.submit(tmp_path / "s.png", name, tmp_path / "o.mp4")  # type: ignore[arg-type]
+    assert redis.Redis.from_url(redis_url).keys("*") == []
+
+
+def test_bytes_names_are_names(tmp_path: Path) -> None:
+    # A bytes source was iterated byte by byte, a bytes target had no .encode.
+    assert source_paths(os.fsencode(tmp_path / "s.png")) == (tmp_path / "s.png",)
+    assert location(os.fsencode(tmp_path / "t.mp4")) == tmp_path / "t.mp4"
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        location(os.fsencode(tmp_path) + b"/t\xff.mp4")
 
 
 def test_unknown_job_is_the_users_input(producer: Producer) -> None:
