@@ -62,6 +62,25 @@ def work_dir(settings: Settings) -> Path:
     return roots[0] / WORK_NAME
 
 
+def check_fleet_work_dir(settings: Settings) -> None:
+    """At a worker's start, with one line: its work directory must lie inside the roots (else
+    every job it took failed, exit 1) and have a name ffmpeg's concat list can hold (a line
+    break failed every stitch). A fleet with neither roots nor a work directory keeps its
+    segments in a bucket."""
+    if not settings.work_dir and not settings.roots():
+        return
+    try:
+        where = work_dir(settings)
+    except InputError as exc:
+        raise InputError(f"FACEFUSION_WORK_DIR: {exc}", reason=Reason.CONFIG) from None
+    if any(c in str(where) for c in "\r\n"):
+        raise InputError(
+            f"FACEFUSION_WORK_DIR {str(where)!r}: a line break in its name cannot be listed for "
+            "ffmpeg's concat demuxer; choose another directory",
+            reason=Reason.CONFIG,
+        )
+
+
 def check_outside_work(
     where: Location, settings: Settings, *, what: str, output: bool = False
 ) -> None:

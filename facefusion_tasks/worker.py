@@ -22,6 +22,7 @@ from facefusion_tasks.errors import InputError
 from facefusion_tasks.lifeline import launcher_env
 from facefusion_tasks.pools import live_children
 from facefusion_tasks.reasons import Reason
+from facefusion_tasks.storage import check_fleet_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def plan_workers(
         raise InputError(f"unknown queues: {', '.join(sorted(unknown))}")
     if not settings.broker_url:
         raise InputError("no broker configured (set FACEFUSION_BROKER_URL)", reason=Reason.CONFIG)
+    check_fleet_work_dir(settings)
     plans: list[tuple[list[str], dict[str, str]]] = []
     launcher = os.getpid()
     # The workers read their settings from the environment: the launcher's flags go with it.

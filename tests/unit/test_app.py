@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK, celery_config
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.tasks import kombu_priority
 from facefusion_tasks.worker import exporter_argv, exporter_env, plan_workers
 
@@ -58,6 +60,30 @@ def test_user_priority_9_is_served_first_by_kombu() -> None:
     assert kombu_priority(9) == 0 and kombu_priority(0) == 9 and kombu_priority(42) == 0
 
 
+@pytest.mark.parametrize(
+    ("work", "message"),
+    [
+        ("{tmp}/elsewhere", "work directory is outside the storage roots"),
+        ("{tmp}/root/wk\nnl", "a line break in its name"),
+    ],
+)
+def test_a_work_directory_no_job_could_use_is_refused_at_the_start(
+    tmp_path: Path, work: str, message: str
+) -> None:
+    # Accepted, it failed every job the fleet took: at its first chunk (outside the roots)
+    # or at every stitch (a line break in the concat list).
+    (tmp_path / "root").mkdir()
+    settings = _settings(storage_roots=str(tmp_path / "root"), work_dir=work.format(tmp=tmp_path))
+    with pytest.raises(InputError, match=message) as refused:
+        plan_workers(settings, gpus="none", queues=["gpu", "light"], light_concurrency=1,
+                     max_tasks_per_child=0, loglevel="info")  # fmt: skip
+    assert refused.value.reason is Reason.CONFIG
+    assert plan_workers(
+        _settings(storage_roots=str(tmp_path / "root")), gpus="none", queues=["gpu"],
+        light_concurrency=1, max_tasks_per_child=0, loglevel="info",
+    )  # fmt: skip  # the default, under the first root
+
+
 def test_one_pinned_process_per_gpu_plus_a_light_worker() -> None:
     plans = plan_workers(
         _settings(), gpus="0,1", queues=["gpu", "light"], light_concurrency=2,
@@ -91,8 +117,6 @@ def test_one_pinned_process_per_gpu_plus_a_light_worker() -> None:
 
 
 def test_exporter_command_line() -> None:
-    from pathlib import Path
-
     argv = exporter_argv(port=9808, metrics_dir=Path("/run/m"))
     assert argv[1:3] == ["-m", "facefusion_tasks.metrics.exporter"]
     assert argv[3:] == ["--port", "9808", "--multiproc-dir", "/run/m"]
