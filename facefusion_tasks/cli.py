@@ -227,7 +227,7 @@ def _follow(
             bar.close()
     _print_status(status, as_json=as_json)
     if status.state == "FAILED" and not as_json:
-        print(f"facefusion-tasks: error: {status.error}", file=sys.stderr)
+        print(f"facefusion-tasks: error: {policy.one_line(status.error)}", file=sys.stderr)
     return exit_for(status)
 
 
@@ -412,14 +412,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an internal error: say so plainly, details on request
         unavailable = _broker_error(exc)
         if unavailable is not None:
-            print(f"facefusion-tasks: error: {unavailable}", file=sys.stderr)
+            print(f"facefusion-tasks: error: {policy.one_line(str(unavailable))}", file=sys.stderr)
             return policy.exit_code(unavailable.reason)
         if isinstance(exc, OSError) and policy.exit_code(policy.reason_of(exc)) == EXIT_BAD_INPUT:
             # A path the user named that the OS refuses (too long, a symlink loop, no
             # permission to reach it) is their input.
-            print(f"facefusion-tasks: error: {policy.describe(exc)}", file=sys.stderr)
+            print(
+                f"facefusion-tasks: error: {policy.one_line(policy.describe(exc))}", file=sys.stderr
+            )
             return EXIT_BAD_INPUT
-        print(f"facefusion-tasks: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        line = policy.one_line(f"{type(exc).__name__}: {exc}")
+        print(f"facefusion-tasks: internal error: {line}", file=sys.stderr)
         if debug:
             traceback.print_exc()
         return EXIT_INTERNAL

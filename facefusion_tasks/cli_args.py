@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from facefusion_tasks import __version__
 from facefusion_tasks.config import AUTO_CPU_THREADS, FLAG_SETTINGS, Settings
+from facefusion_tasks.policy import one_line
 
 #: What `--help` says the command is.
 DESCRIPTION = "The `facefusion-tasks` command: swap, demo, models, doctor, bench."
@@ -20,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
     usage it would print first is one `--help` away), with exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _int_or_auto(auto: int) -> Callable[[str], int]:

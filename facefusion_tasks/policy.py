@@ -34,10 +34,23 @@ def _is_time_limit(error: BaseException) -> bool:
     return any(cls.__name__ in _TIME_LIMIT_NAMES for cls in type(error).__mro__)
 
 
-def one_line(text: str) -> str:
-    """`text` with its newlines shown as \\n: a message stays one line whatever a path in it
-    holds."""
-    return text.replace("\n", "\\n")
+#: Longest message a terminal gets: past it, the middle goes (a 100 KB argument was echoed
+#: whole).
+MESSAGE_LIMIT = 1000
+#: Control characters (C0, DEL, C1) as a message shows them: a file name may hold escape
+#: sequences that would rewrite the user's terminal, or a line break that would split the line.
+_SHOWN = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t",
+}  # fmt: skip
+
+
+def one_line(text: str, *, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` as one printable line whatever a path in it holds: control characters shown
+    escaped (a newline as \\n), and its middle cut out past `limit` characters."""
+    shown = text.translate(_SHOWN)
+    if len(shown) > limit:
+        shown = shown[: limit * 2 // 3] + " … " + shown[-(limit // 3) :]
+    return shown
 
 
 def describe(error: BaseException, *, limit: int = 80) -> str:

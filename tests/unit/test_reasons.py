@@ -132,3 +132,15 @@ def test_an_os_error_on_a_path_is_described_in_one_short_line() -> None:
     # Celery's time limits say nothing by themselves ("SoftTimeLimitExceeded()").
     for limit in (SoftTimeLimitExceeded(), TimeLimitExceeded(10)):
         assert policy.describe(limit) == "ran past its time limit (FACEFUSION_CHUNK_TIME_LIMIT)"
+
+
+def test_a_message_shows_control_characters_and_stays_short() -> None:
+    # A name may hold escape sequences that would rewrite the user's terminal when echoed.
+    assert policy.one_line("a\x1b[31mred\rb\nc\x7f\x9bd\te.mp4: no such file") == (
+        "a\\x1b[31mred\\rb\\nc\\x7f\\x9bd\\te.mp4: no such file"
+    )
+    assert policy.one_line("ünïcode ok") == "ünïcode ok"
+    # A 100 KB argument was echoed whole.
+    long = policy.one_line("unknown encoder " + "x" * 100_000 + " (use libx264)")
+    assert len(long) <= policy.MESSAGE_LIMIT + 3
+    assert long.startswith("unknown encoder xxx") and long.endswith("(use libx264)")
