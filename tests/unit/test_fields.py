@@ -56,7 +56,7 @@ def test_encode_argv_flags_the_frames_last_in_the_filter_chain() -> None:
     interlaced = encode_argv("out.mp4", field_order="bb", sample_aspect="8:9", **size)  # type: ignore[arg-type]
     progressive = encode_argv("out.mp4", **size)  # type: ignore[arg-type]
     vf = interlaced[interlaced.index("-vf") + 1]
-    assert vf.startswith("scale=") and vf.endswith(",setsar=8/9,setfield=bff")
+    assert vf.startswith("scale=") and vf.endswith(",setsar=r=8/9:max=9,setfield=bff")
     assert "-top" not in interlaced and "interl" not in vf
     assert "setfield" not in progressive[progressive.index("-vf") + 1]
     assert "-field_order" not in progressive and "+ildct+ilme" not in progressive
