@@ -60,7 +60,7 @@ def _report(summary: dict[str, Any], *, as_json: bool) -> None:
         return
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in summary["stage_seconds"].items())
     print(
-        f"wrote {summary['output']}: {summary['frames']} frames, "
+        f"wrote {policy.one_line(str(summary['output']))}: {summary['frames']} frames, "
         f"{summary['faces_swapped']} faces swapped in {summary['frames_with_faces']} frames, "
         f"{summary['fps']:.1f} fps on {summary['provider']} ({stages})"
     )
@@ -180,13 +180,13 @@ def _print_status(status: Any, *, as_json: bool) -> None:
         f"{status.id}: {status.state}  frames {status.frames_done}/{status.frames_total}  "
         f"chunks {status.chunks_done}/{status.chunks_total}"
         + (f"  reason {status.reason}" if status.reason else "")
-        + (f": {status.error}" if status.reason and status.error else "")
+        + (f": {policy.one_line(status.error)}" if status.reason and status.error else "")
     )
     for chunk in status.chunks:
         worker = f" on {chunk['worker']}" if chunk["worker"] else ""
         if chunk.get("pid"):
             worker += f" pid {chunk['pid']}"
-        error = f" ({chunk['error']})" if chunk["error"] else ""
+        error = f" ({policy.one_line(chunk['error'])})" if chunk["error"] else ""
         print(
             f"  chunk {chunk['index']}: {chunk['state']}{worker} "
             f"{chunk['frames_done']}/{chunk['frames']}{error}"
@@ -288,7 +288,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             _print_status(status, as_json=True)
             continue
         progress = f"{status.frames_done}/{status.frames_total} frames"
-        print(f"{status.id}  {status.state:<10} {progress}  {status.output}")
+        print(f"{status.id}  {status.state:<10} {progress}  {policy.one_line(status.output)}")
     return EXIT_OK
 
 

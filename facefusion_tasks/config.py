@@ -35,6 +35,8 @@ AUTO_CPU_THREADS = -1
 #: on what is allocated before the first frame (a batch of 99999999999 was a MemoryError, exit
 #: 1 and a temp file left, where a usage error says exit 2).
 MAX_BATCH = 256
+#: Largest detector input side: 48 MB of float32 a frame (16384 asked for 768 GiB at once).
+MAX_DETECTOR_SIZE = 2048
 #: What "auto" means for the int settings that take it.
 _AUTO_VALUES = {"cpu_threads": AUTO_CPU_THREADS, "detector_batch": 0}
 
@@ -210,8 +212,10 @@ class Settings:
             raise InputError(f"video quality must be 0 to {max(QUALITY_MAX.values())}")
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise InputError(f"batch size must be 1 to {MAX_BATCH}")
-        if self.detector_size % 32 or self.detector_size < 64:
-            raise InputError("detector size must be a multiple of 32, at least 64")
+        if self.detector_size % 32 or not 64 <= self.detector_size <= MAX_DETECTOR_SIZE:
+            raise InputError(
+                f"detector size must be a multiple of 32, from 64 to {MAX_DETECTOR_SIZE}"
+            )
         if self.hwaccel not in {"none", "auto", "cuda"}:
             raise InputError(f"unknown hwaccel {self.hwaccel!r}")
         if self.queue_frames < 1 or self.queue_bytes < 1:
@@ -242,7 +246,7 @@ class Settings:
         if self.cpu_threads < AUTO_CPU_THREADS:
             raise InputError("cpu threads must be auto, 0 or more")
         if not 0 <= self.detector_batch <= MAX_BATCH:
-            raise InputError(f"detector batch must be auto, 0 or up to {MAX_BATCH}")
+            raise InputError(f"detector batch must be auto (0) or 1 to {MAX_BATCH}")
         if self.precision not in {"fp32", "fp16"}:
             raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
         if self.s3_buckets and self.chunk_time_limit >= SIGNED_URL_SECONDS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from fractions import Fraction
 from numbers import Integral, Real
 from typing import Any
@@ -71,7 +72,8 @@ def job_options(priority: object, chunk_seconds: object) -> tuple[int, float | N
         )
     if chunk_seconds is None:
         return level, None
-    seconds = float(chunk_seconds) if isinstance(chunk_seconds, Real) else math.nan
+    numeric = isinstance(chunk_seconds, (Real, Decimal))
+    seconds = float(chunk_seconds) if numeric else math.nan  # type: ignore[arg-type]
     if isinstance(chunk_seconds, bool) or not (math.isfinite(seconds) and seconds > 0):
         raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds!r}")
     return level, seconds

@@ -221,8 +221,9 @@ def run_swap(
     # _AHEAD_BATCHES batches of them, whatever the queue length, so memory stays bounded. They
     # live in the ring's buffers: a frame takes its permit before it is letterboxed, and a
     # batch gives its permits back only once inferred, so no frame overwrites a waiting batch.
-    # Allocated before the decoder and the encoder start: a ring that does not fit in memory
-    # leaves no ffmpeg running and no temp file beside the output.
+    # Made before the decoder and the encoder start: its bookkeeping for an absurd batch was
+    # a MemoryError that left the encoder's temp file beside the output. (Its buffers come
+    # with the first frames; a failure there aborts the writer as any stage's does.)
     ahead = threading.Semaphore(_AHEAD_BATCHES * settings.batch_size)
     ring = engine.blob_ring(settings.batch_size, _AHEAD_BATCHES)
     result.hwaccel = _proven_hwaccel(settings)

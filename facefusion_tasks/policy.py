@@ -40,17 +40,16 @@ MESSAGE_LIMIT = 1000
 #: Control characters (C0, DEL, C1) as a message shows them: a file name may hold escape
 #: sequences that would rewrite the user's terminal, or a line break that would split the line.
 _SHOWN = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
-    0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t",
+    0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029",
 }  # fmt: skip
 
 
 def one_line(text: str, *, limit: int = MESSAGE_LIMIT) -> str:
     """`text` as one printable line whatever a path in it holds: control characters shown
     escaped (a newline as \\n), and its middle cut out past `limit` characters."""
-    shown = text.translate(_SHOWN)
-    if len(shown) > limit:
-        shown = shown[: limit * 2 // 3] + " … " + shown[-(limit // 3) :]
-    return shown
+    if len(text) > limit:  # cut before escaping, so no escape is cut in two
+        text = text[: limit * 2 // 3] + " … " + text[-(limit // 3) :]
+    return text.translate(_SHOWN)
 
 
 def describe(error: BaseException, *, limit: int = 80) -> str:

@@ -139,7 +139,9 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         work_dir=str(fleet_work_dir(settings)) if shared else "",
     )  # fmt: skip
     if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
-        store.expire_job(job_id)  # it ended meanwhile: the new chunk records expire with it
+        # It ended meanwhile: the new chunk records say so, and expire with it.
+        store.end_waiting_chunks(job_id)
+        store.expire_job(job_id)
         return []
     if not image:
         prepare(settings, job_id, output=job["output"])

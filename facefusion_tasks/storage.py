@@ -65,9 +65,9 @@ def work_dir(settings: Settings) -> Path:
 def check_fleet_work_dir(settings: Settings) -> None:
     """At a worker's start, with one line: its work directory must lie inside the roots (else
     every job it took failed, exit 1) and have a name ffmpeg's concat list can hold (a line
-    break failed every stitch). A fleet with neither roots nor a work directory keeps its
-    segments in a bucket."""
-    if not settings.work_dir and not settings.roots():
+    break failed every stitch). A fleet with no roots keeps its segments in a bucket, and
+    never uses its work directory."""
+    if not settings.roots():
         return
     try:
         where = work_dir(settings)

@@ -392,10 +392,15 @@ class JobStore(ChunkRecords, StallIndex):
         if index is not None:
             self.chunk_failed(job_id, index, error)
         if failed:
-            total = int(self.r.hget(job_key(job_id), "chunks_total") or 0)
-            chunks = [chunk_key(job_id, i) for i in range(total)]
-            self._waiting_chunks_ended(keys=[job_key(job_id), *chunks])
+            self.end_waiting_chunks(job_id)
         return failed
+
+    def end_waiting_chunks(self, job_id: str) -> None:
+        """A FAILED or CANCELLED job's chunks that no worker started end CANCELLED (nothing
+        will run them now); nothing changes once `retry` has reopened it."""
+        total = int(self.r.hget(job_key(job_id), "chunks_total") or 0)
+        chunks = [chunk_key(job_id, i) for i in range(total)]
+        self._waiting_chunks_ended(keys=[job_key(job_id), *chunks])
 
     def chunks(self, job_id: str) -> list[dict[str, str]]:
         """Every chunk's record, in order."""

@@ -15,7 +15,6 @@ from facefusion_tasks.store_keys import (
     CANCELLED,
     DONE,
     FAILED,
-    PENDING,
     RUNNING,
     TERMINAL,
     chunk_key,
@@ -29,6 +28,7 @@ from facefusion_tasks.store_scripts import (
     CHUNK_ATTEMPT_ENDED,
     CHUNK_DELIVERED,
     CHUNK_DONE,
+    CHUNK_RETRYING,
     CHUNK_UPDATE,
 )
 
@@ -61,6 +61,7 @@ class ChunkRecords:
         self._chunk_update = client.register_script(CHUNK_UPDATE)
         self._chunk_delivered = client.register_script(CHUNK_DELIVERED)
         self._chunk_attempt_ended = client.register_script(CHUNK_ATTEMPT_ENDED)
+        self._chunk_retrying = client.register_script(CHUNK_RETRYING)
 
     def chunk_plan(self, job_id: str, index: int) -> Chunk:
         """The planned span of one chunk."""
@@ -161,16 +162,12 @@ class ChunkRecords:
     def chunk_retrying(self, job_id: str, index: int, *, now: float | None = None) -> None:
         """The chunk's task is about to be sent again (a retry after a passing error): PENDING,
         and waiting in the pending index for that message, so the sweep resends it if the
-        message is lost."""
+        message is lost; CANCELLED instead when its job ended meanwhile (no retry comes)."""
         now = time.time() if now is None else now
-        if (
-            self.r.hget(job_key(job_id), "state") in TERMINAL
-        ):  # cancelled or failed meanwhile: no retry comes
-            return
-        with self.r.pipeline() as pipe:
-            pipe.hset(chunk_key(job_id, index), "state", PENDING)
-            pipe.zadd(PENDING_KEY, {running_member(job_id, index): now})
-            pipe.execute()
+        self._chunk_retrying(
+            keys=[job_key(job_id), chunk_key(job_id, index), PENDING_KEY],
+            args=[running_member(job_id, index), now],
+        )
 
     def chunk_cancelled(self, job_id: str, index: int) -> None:
         """The chunk stopped because its job ended (cancel, or another chunk failed it)."""

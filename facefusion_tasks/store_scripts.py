@@ -47,12 +47,14 @@ end
 return 0
 """
 
-#: KEYS: job, then its chunks. The chunks of a job that has just FAILED that no worker had
-#: started end CANCELLED, as a cancel leaves them: PENDING would say that something is still to
-#: come. Started ones stop by themselves (their watch sees the job end) and say so. Nothing
-#: changes when a `retry` has reopened the job since.
+#: KEYS: job, then its chunks. The chunks of a job that ended FAILED (or CANCELLED while it
+#: was being planned) that no worker had started end CANCELLED, as a cancel leaves them:
+#: PENDING would say that something is still to come. Started ones stop by themselves (their
+#: watch sees the job end), or the sweep finds them silent. Nothing changes when a `retry` has
+#: reopened the job since.
 WAITING_CHUNKS_ENDED = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'FAILED' then
+local job_state = redis.call('HGET', KEYS[1], 'state')
+if job_state ~= 'FAILED' and job_state ~= 'CANCELLED' then
   return 0
 end
 local ended = 0
@@ -63,6 +65,25 @@ for i = 2, #KEYS do
   end
 end
 return ended
+"""
+
+#: KEYS: job, chunk, pending set. ARGV: member, now. A chunk about to be sent again after a
+#: passing error waits PENDING for that message, unless its job ended meanwhile (checked in the
+#: same step: a job failed by another chunk between a read and this write left it PENDING for
+#: good): then no retry comes, and the chunk ends CANCELLED, as its job's others did.
+CHUNK_RETRYING = """
+local job_state = redis.call('HGET', KEYS[1], 'state')
+if not job_state or job_state == 'SUCCEEDED' or job_state == 'FAILED' or job_state == 'CANCELLED' then
+  local state = redis.call('HGET', KEYS[2], 'state')
+  if (job_state == 'FAILED' or job_state == 'CANCELLED') and state
+     and state ~= 'DONE' and state ~= 'FAILED' then
+    redis.call('HSET', KEYS[2], 'state', 'CANCELLED')
+  end
+  return 0
+end
+redis.call('HSET', KEYS[2], 'state', 'PENDING')
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return 1
 """
 
 #: KEYS: chunk, running set, pending set. ARGV: token, now, worker, pid, member. Returns
@@ -120,7 +141,8 @@ return 1
 #: chunk (RUNNING, or still PENDING when it hung before its first frame, e.g. loading models)
 #: out of the running set (one sweeper wins) and puts it back to PENDING, waiting for the
 #: message the sweep sends; returns {deliveries, finished, started_at, heartbeat_at} or false
-#: when there is nothing to do.
+#: when there is nothing to do (a stale chunk of a job that ended FAILED or CANCELLED ends
+#: CANCELLED).
 CLAIM_STALLED_CHUNK = """
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then
@@ -130,7 +152,12 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 local job_state = redis.call('HGET', KEYS[3], 'state')
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'DONE' or state == 'FAILED' or state == 'CANCELLED' or not job_state
-   or job_state == 'SUCCEEDED' or job_state == 'FAILED' or job_state == 'CANCELLED' then
+   or job_state == 'SUCCEEDED' then
+  return false
+end
+if job_state == 'FAILED' or job_state == 'CANCELLED' then
+  -- Its job is over and its worker silent (gone): it will never say it stopped.
+  redis.call('HSET', KEYS[1], 'state', 'CANCELLED')
   return false
 end
 redis.call('HSET', KEYS[1], 'state', 'PENDING', 'error', ARGV[3])

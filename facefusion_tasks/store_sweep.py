@@ -47,7 +47,8 @@ class StallIndex:
         self, job_id: str, index: int, *, cutoff: float, error: str, now: float | None = None
     ) -> dict[str, float] | None:
         """Take a chunk with no progress since `cutoff` out of the running set and back to
-        PENDING; None when another sweeper got it first, or it moved on, or its job is over."""
+        PENDING; None when another sweeper got it first, or it moved on, or its job is over
+        (then, its job FAILED or CANCELLED, it ends CANCELLED: its silent worker never will)."""
         claimed = self._claim_stalled_chunk(
             keys=[chunk_key(job_id, index), RUNNING_KEY, job_key(job_id), PENDING_KEY],
             args=[

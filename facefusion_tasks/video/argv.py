@@ -165,10 +165,12 @@ def rate_args(frame_rate: Fraction | None, version: tuple[int, int]) -> list[str
     outright. Its Matroska demuxer takes a rate from DefaultDuration only between 5 and 1000
     fps; past that ffmpeg 5.1 takes the pipe's 1 ns ticks for the rate, its encoder's packets
     get no duration, and an mp4's last frame lasted nothing (at exactly 1000 fps, the edit list
-    dropped it). With passthrough every frame still keeps its own timestamp. Only before 6.0,
-    where frames began to carry their own duration: 9.0 keeps the last frame without it, and
-    7.1 refuses -r beside passthrough."""
-    if frame_rate is None or version >= (6, 0) or 5 < frame_rate < 1000:
+    dropped it). With passthrough every frame still keeps its own timestamp. Only from 5.1,
+    whose -fps_mode takes it (4.x says "-vsync 0 and -r can produce invalid output files", an
+    error line), to before 6.0, where frames began to carry their own duration: 9.0 keeps the
+    last frame without it, and 7.1 refuses -r beside passthrough. Rates of 5 fps and below,
+    outside the demuxer's window too, were measured exact without it."""
+    if frame_rate is None or not (5, 1) <= version < (6, 0) or frame_rate < 1000:
         return []
     return ["-r:v", ratio(frame_rate)]
 

@@ -82,6 +82,11 @@ def test_a_work_directory_no_job_could_use_is_refused_at_the_start(
         _settings(storage_roots=str(tmp_path / "root")), gpus="none", queues=["gpu"],
         light_concurrency=1, max_tasks_per_child=0, loglevel="info",
     )  # fmt: skip  # the default, under the first root
+    # No roots: the segments go to a bucket, and the work directory is never used.
+    assert plan_workers(
+        _settings(work_dir=str(tmp_path / "anywhere"), s3_buckets="media"), gpus="none",
+        queues=["gpu"], light_concurrency=1, max_tasks_per_child=0, loglevel="info",
+    )  # fmt: skip
 
 
 def test_one_pinned_process_per_gpu_plus_a_light_worker() -> None:

@@ -76,6 +76,21 @@ def test_cancel_exits_0_only_when_the_job_is_cancelled(
     ]  # fmt: skip
 
 
+def test_a_jobs_stored_error_and_names_are_shown_escaped(
+    broker: str, store: JobStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A failure's text holds the names it is about; a name may hold escape sequences that
+    # would rewrite the terminal of whoever runs `status`, `wait` or `list`.
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o\x1b]0;x\x07.mp4"})
+    store.set_state(job_id, FAILED, reason=Reason.MEDIA, error="t\x1b[2J.mp4: broke\nthere")
+    assert cli.main(["wait", job_id, "--no-progress"]) == policy.exit_code(Reason.MEDIA)
+    assert cli.main(["list"]) == 0
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.out + captured.err
+    assert "t\\x1b[2J.mp4: broke\\nthere" in captured.err
+    assert "o\\x1b]0;x\\x07.mp4" in captured.out
+
+
 @pytest.mark.parametrize("command", ["wait", "status", "cancel", "retry"])
 def test_an_unknown_job_is_one_line_and_exit_2_with_no_progress_bar(
     command: str, broker: str, capsys: pytest.CaptureFixture[str]
@@ -152,6 +167,7 @@ def test_settings_precedence_flag_over_environment_over_default() -> None:
         {"FACEFUSION_BATCH_SIZE": "eight"},
         {"FACEFUSION_BATCH_SIZE": "99999999999"},  # a MemoryError, exit 1, a temp left
         {"FACEFUSION_DETECTOR_BATCH": "257"},
+        {"FACEFUSION_DETECTOR_SIZE": "16384"},  # 768 GiB asked for at once: exit 1
         {"FACEFUSION_CHUNK_TIME_LIMIT": "4000"},
         {"FACEFUSION_VIDEO_PRESET": "bogus"},
         {"FACEFUSION_VIDEO_QUALITY": "-5"},

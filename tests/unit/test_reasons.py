@@ -140,7 +140,10 @@ def test_a_message_shows_control_characters_and_stays_short() -> None:
         "a\\x1b[31mred\\rb\\nc\\x7f\\x9bd\\te.mp4: no such file"
     )
     assert policy.one_line("ünïcode ok") == "ünïcode ok"
+    assert policy.one_line("a\u2028b") == "a\\u2028b"  # a line break to str.splitlines
+    cut = policy.one_line("\x1b" * 2000)
+    assert cut.count("\\x1b") == cut.count("\\") and " … " in cut  # no escape cut in two
     # A 100 KB argument was echoed whole.
     long = policy.one_line("unknown encoder " + "x" * 100_000 + " (use libx264)")
-    assert len(long) <= policy.MESSAGE_LIMIT + 3
+    assert len(long) <= policy.MESSAGE_LIMIT + 3  # " … " in the middle
     assert long.startswith("unknown encoder xxx") and long.endswith("(use libx264)")

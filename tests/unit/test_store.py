@@ -127,6 +127,31 @@ def test_a_failed_jobs_chunks_no_worker_started_end_cancelled(store: JobStore) -
     assert store.chunks(job_id)[3]["state"] == PENDING
 
 
+def test_a_chunk_whose_job_ended_as_it_was_to_be_retried_ends_cancelled(store: JobStore) -> None:
+    job_id = _planned(store, chunks=3)
+    assert store.chunk_started(job_id, 0, "w1")
+    store.chunk_retrying(job_id, 0)  # a passing error: its retry waits in line
+    assert store.chunks(job_id)[0]["state"] == PENDING
+    assert store.chunk_started(job_id, 0, "w1") and store.chunk_started(job_id, 1, "w2")
+    # Another chunk fails the job just before this one's retry is recorded: it was left
+    # PENDING under the FAILED job for good (a read, then a write).
+    assert store.fail(job_id, Reason.MEDIA, "boom", index=1)
+    store.chunk_retrying(job_id, 0)
+    assert [c["state"] for c in store.chunks(job_id)] == [CANCELLED, FAILED, CANCELLED]
+    assert store.waiting_chunks(job_id, 3) == {}  # no message is awaited
+
+
+def test_a_silent_chunk_of_a_failed_job_ends_cancelled_when_the_sweep_finds_it(
+    store: JobStore,
+) -> None:
+    job_id = _planned(store, chunks=2)
+    assert store.chunk_started(job_id, 0, "w1")
+    store.chunk_heartbeat(job_id, 0, 3, now=100.0)  # then its worker died
+    assert store.fail(job_id, Reason.MEDIA, "boom", index=1)
+    assert store.claim_stalled_chunk(job_id, 0, cutoff=200.0, error="silent") is None
+    assert store.chunks(job_id)[0]["state"] == CANCELLED  # it showed RUNNING for ever
+
+
 def test_cancel_with_nothing_executing_is_idle(store: JobStore) -> None:
     job_id = store.create({"output": _output()})
     assert store.cancel(job_id) == (True, True)
