@@ -179,6 +179,16 @@ for _status in SWAP_STATUSES:
     face_swap_requests_total.labels(status=_status)
 chunks_total.labels(outcome="succeeded", reason="none")
 jobs_total.labels(outcome="succeeded", reason="none")
+# Every failure too (the reasons are a closed set): the first chunk failure after a start
+# was invisible to rate(), so the failure-ratio alert and the dashboard's failure panels read 0.
+for _reason in sorted(REASONS - {"none"}):
+    for _outcome in ("retried", "failed"):
+        chunks_total.labels(outcome=_outcome, reason=_reason)
+    jobs_total.labels(outcome="failed", reason=_reason)
+jobs_total.labels(outcome="cancelled", reason="cancelled")
+for _kind, _action in (("chunk", "requeued"), ("plan", "requeued"), ("stitch", "requeued"),
+                       ("job", "failed")):  # fmt: skip
+    stall_recoveries_total.labels(kind=_kind, action=_action)
 
 
 #: Labels of the NVML series: the CUDA index in the exporter's (the host's) numbering, and the
@@ -248,7 +258,8 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "facefusion_exporter_collector_up": (
         "gauge",
-        "1 if this collector's part of the scrape worked, else 0 (the rest is still served).",
+        "1 if this collector's part of the scrape worked, else 0 (the rest is still served; "
+        "the queues collector reads 0 while Redis is unreachable).",
         ("collector",),
     ),
     "facefusion_exporter_redis_up": (

@@ -82,9 +82,12 @@ class _Guarded:
                 log.exception("metrics collector %s failed; serving the others", self.name)
             self.health.up[self.name] = False
             return []
-        if self.health.up.get(self.name) is False:
+        # A collector that answered with its own "down" gauge alone (the queue collector while
+        # Redis is unreachable) served none of its series: not up, though it did not raise.
+        working = not getattr(self.collector, "degraded", False)
+        if working and self.health.up.get(self.name) is False:
             log.info("metrics collector %s works again", self.name)
-        self.health.up[self.name] = True
+        self.health.up[self.name] = working
         return metrics
 
 

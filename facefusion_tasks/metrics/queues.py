@@ -282,6 +282,8 @@ class QueueCollector:
         self.stall_seconds = stall_seconds
         self.host = host or socket.gethostname()
         self._was_up: bool | None = None
+        #: Whether the last scrape served redis_up=0 alone (read by the exporter's health).
+        self.degraded = False
 
     def describe(self) -> list[Metric]:
         return []  # never touch Redis at registration time
@@ -312,10 +314,13 @@ class QueueCollector:
                 log.warning("broker unreachable from the metrics exporter: %s", exc)
             self._was_up = False
             up.add_metric([], 0)
+            # Served, but its series are gone: the collector-health gauge says it did not work.
+            self.degraded = True
             return [up]
         if self._was_up is False:
             log.info("broker reachable again from the metrics exporter")
         self._was_up = True
+        self.degraded = False
         up.add_metric([], 1)
         length = _family("facefusion_queue_length")
         unacked = _family("facefusion_queue_unacked")

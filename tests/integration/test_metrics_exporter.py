@@ -155,6 +155,21 @@ def test_an_unreachable_broker_costs_one_gauge_not_the_scrape() -> None:
     assert [(m.name, m.samples[0].value) for m in families] == [("facefusion_exporter_redis_up", 0)]
 
 
+def test_the_queue_collector_reads_down_while_the_broker_is_unreachable(tmp_path: Path) -> None:
+    # It read 1 through a Redis outage, its series all gone: the health panel stayed green.
+    from prometheus_client import generate_latest
+
+    from facefusion_tasks.metrics.exporter import build_registry
+
+    registry = build_registry(
+        multiproc_dir=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", gpu=False,
+        redis_timeout=0.3,
+    )  # fmt: skip
+    text = generate_latest(registry).decode()
+    assert 'facefusion_exporter_collector_up{collector="queues"} 0.0' in text
+    assert "facefusion_exporter_redis_up 0.0" in text
+
+
 def write_worker_metrics(directory: Path) -> None:
     """A worker-like child process: prepare, import the definitions, count some work."""
     code = textwrap.dedent(

@@ -211,6 +211,20 @@ def test_definitions_work_in_multiprocess_mode(tmp_path: Path) -> None:
     # Pre-initialised at zero so that increase() sees the first OOM of every kind and model.
     assert samples[("facefusion_gpu_oom_total", (("kind", "cuda"), ("model", "detector")))] == 0
     assert samples[("facefusion_gpu_oom_total", (("kind", "arena"), ("model", "swapper")))] == 1
+    # Every failure too: the first one of a reason after a start was invisible to rate(),
+    # so the chunk failure-ratio alert never went pending.
+    for reason in REASONS - {"none"}:
+        for outcome in ("retried", "failed"):
+            assert (
+                samples[("facefusion_chunks_total", (("outcome", outcome), ("reason", reason)))]
+                == 0
+            )
+    assert samples[("facefusion_jobs_total", (("outcome", "failed"), ("reason", "timeout")))] == 0
+    assert (
+        samples[("facefusion_jobs_total", (("outcome", "cancelled"), ("reason", "cancelled")))] == 0
+    )
+    recovery = (("action", "failed"), ("kind", "job"))
+    assert samples[("facefusion_stall_recoveries_total", recovery)] == 0
 
 
 def test_prepare_refuses_when_prometheus_client_came_first(tmp_path: Path) -> None:
