@@ -159,6 +159,16 @@ class ChunkRecords:
             pipe.zrem(PENDING_KEY, running_member(job_id, index))
             pipe.execute()
 
+    def holds_chunk(self, job_id: str, index: int, token: str) -> bool:
+        """Whether the delivery with `token` still answers for the chunk: no later delivery
+        took it, and the stall sweep has not given it back. A process that stalled past the
+        sweep and woke (a SIGSTOP, a host frozen for minutes) fails on its time limits; that
+        must not fail a job whose chunk runs again elsewhere."""
+        current, given_back = self.r.hmget(
+            chunk_key(job_id, index), ["delivery_token", "given_back"]
+        )
+        return current == token and given_back != token
+
     def chunk_retrying(self, job_id: str, index: int, *, now: float | None = None) -> None:
         """The chunk's task is about to be sent again (a retry after a passing error): PENDING,
         and waiting in the pending index for that message, so the sweep resends it if the

@@ -160,7 +160,9 @@ if job_state == 'FAILED' or job_state == 'CANCELLED' then
   redis.call('HSET', KEYS[1], 'state', 'CANCELLED')
   return false
 end
-redis.call('HSET', KEYS[1], 'state', 'PENDING', 'error', ARGV[3])
+-- The delivery taken back: should it wake (a SIGSTOPped process continued), its end has no say.
+redis.call('HSET', KEYS[1], 'state', 'PENDING', 'error', ARGV[3],
+           'given_back', redis.call('HGET', KEYS[1], 'delivery_token') or '')
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 return {redis.call('HGET', KEYS[1], 'deliveries') or '0',
         redis.call('HGET', KEYS[1], 'finished') or '0',

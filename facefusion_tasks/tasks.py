@@ -286,12 +286,12 @@ def register(app: Celery) -> None:
             if refused is not None:
                 return refused
             with _instrumented(self, GPU_QUEUE):
-                return _timed_chunk(lambda: _run_chunk(self, job_id, index))
+                return _timed_chunk(lambda: _run_chunk(self, job_id, index, delivery.token))
         finally:
             _store().chunk_attempt_ended(job_id, index, delivery.token)
             _meter_job_end(job_id)
 
-    def _run_chunk(self: Task, job_id: str, index: int) -> dict[str, Any]:
+    def _run_chunk(self: Task, job_id: str, index: int, token: str) -> dict[str, Any]:
         from facefusion_tasks import runner
 
         try:
@@ -299,6 +299,12 @@ def register(app: Celery) -> None:
                 _store(), _settings(), job_id, index, worker=self.request.hostname or "?"
             )
         except Exception as exc:
+            if not _store().holds_chunk(job_id, index, token):
+                # Given back by the stall sweep, or taken by a later delivery: that one
+                # decides (it meets the same bad input, if that is what this was).
+                log.warning("chunk %s/%d: a stale attempt failed (%s); its successor decides",
+                            job_id, index, exc)  # fmt: skip
+                return {"state": "SKIPPED"}
             return {"state": "FAILED", "reason": _settle(self, job_id, index, exc).value}
         if result is None:
             return {"state": "SKIPPED"}

@@ -28,7 +28,11 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    clips = {"clip.mp4": {"seconds": 4, "faces": 1, "audio": True}, "tiny.mp4": TINY}
+    clips = {
+        "clip.mp4": {"seconds": 4, "faces": 1, "audio": True},
+        "tiny.mp4": TINY,
+        "long.mp4": {"seconds": 8, "faces": 1, "audio": False},
+    }
     return storage_root(tmp_path_factory.mktemp("shared"), clips)
 
 
@@ -82,6 +86,51 @@ def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound
     redone = status.chunks[victim["index"]]
     assert redone["deliveries"] >= 2 and redone["pid"] != victim["pid"]
     assert video_times(output) == video_times(root / "clip.mp4")  # nothing lost or doubled
+
+
+def test_a_stalled_attempt_that_wakes_after_its_chunk_was_given_back_has_no_say(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # A process stopped past the stall bound (SIGSTOP, a host frozen for minutes) wakes to a
+    # failure (its ffmpeg gone, its time limit passed): it failed the job, whose chunk was
+    # already running again elsewhere.
+    stall = 4
+    with _quick_sweeps(root, models_dir, tmp_path, stall) as fleet:
+        fleet.start(gpu_processes=2)
+        producer = fleet.producer()
+        output = root / "out" / "woke.mp4"
+        # One chunk of 200 frames: seconds of work, so it is stopped mid-video.
+        job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=8)
+
+        def decoding() -> dict | None:  # type: ignore[type-arg]
+            """The one chunk, stopped mid-video: its ffmpeg processes are running."""
+            chunk = _running_chunk(fleet, job_id)
+            midway = chunk is not None and 0 < int(chunk["frames_done"]) < int(chunk["frames"])
+            if midway and any("ffmpeg" in cmd for cmd in children(chunk["pid"]).values()):
+                return chunk
+            return None
+
+        victim = wait_for(decoding, timeout=90, interval=0.01)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        try:
+
+            def given_back() -> bool:
+                chunk = producer.status(job_id).chunks[victim["index"]]
+                return chunk["deliveries"] >= 2 or "no progress" in chunk["error"]
+
+            wait_for(given_back, timeout=60, interval=0.05)
+            for child in children(victim["pid"]):  # its ffmpeg processes die while it sleeps
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            woke_while = producer.status(job_id).state
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim["pid"], signal.SIGCONT)
+        status = producer.wait(job_id, timeout=120)
+        log = fleet.log()
+    assert woke_while == RUNNING and "a stale attempt failed" in log  # else it proves nothing
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert video_times(output) == video_times(root / "long.mp4")
 
 
 def _quick_sweeps(
