@@ -152,6 +152,18 @@ def test_a_silent_chunk_of_a_failed_job_ends_cancelled_when_the_sweep_finds_it(
     assert store.chunks(job_id)[0]["state"] == CANCELLED  # it showed RUNNING for ever
 
 
+def test_an_attempt_given_back_by_the_sweep_no_longer_holds_its_chunk(store: JobStore) -> None:
+    job_id = _planned(store, chunks=1)
+    first = store.chunk_delivered(job_id, 0, worker="w1", pid=11, now=100.0)
+    assert store.chunk_started(job_id, 0, "w1")
+    assert store.holds_chunk(job_id, 0, first.token)
+    assert store.claim_stalled_chunk(job_id, 0, cutoff=200.0, error="silent") is not None
+    assert not store.holds_chunk(job_id, 0, first.token)  # given back: it has no say now
+    second = store.chunk_delivered(job_id, 0, worker="w2", pid=12)
+    assert store.holds_chunk(job_id, 0, second.token)
+    assert not store.holds_chunk(job_id, 0, first.token)
+
+
 def test_cancel_with_nothing_executing_is_idle(store: JobStore) -> None:
     job_id = store.create({"output": _output()})
     assert store.cancel(job_id) == (True, True)
