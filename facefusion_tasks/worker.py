@@ -140,6 +140,8 @@ def exporter_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, st
 
 #: Restart delay after a child exits: doubles per quick exit, from the first to the second.
 RESTART_BACKOFF = (1.0, 60.0)
+#: Seconds between checks that the launcher still holds its metrics directory's lock.
+CLAIM_CHECK_SECONDS = 5.0
 #: A child that ran this long before exiting starts again with the shortest delay.
 STABLE_SECONDS = 60.0
 #: Seconds between looks at each Celery worker's pool processes.
@@ -272,8 +274,11 @@ def run_workers(
     for child in children:
         if not stop:
             child.start()
+    checked_claim = time.monotonic()
     while not stop:
         now = time.monotonic()
+        if now - checked_claim >= CLAIM_CHECK_SECONDS:
+            owner, checked_claim = multiproc.keep_claim(directory, owner), now
         for child in children:
             code = child.exited()
             if code is not None:

@@ -103,6 +103,35 @@ def claim_directory(directory: Path) -> int:
     return fd
 
 
+def keep_claim(directory: Path, fd: int) -> int:
+    """Called by the launcher every few seconds: its lock file must still be the one it locked.
+    Someone who deleted the directory took the lock with it (the exporter recreates the
+    directory, empty), and a second launcher could then claim it; this claims it again. Returns
+    the fd now held (the same one when nothing changed or it cannot be claimed again)."""
+    if fd < 0:
+        return fd
+    path = Path(directory).expanduser().absolute() / OWNER_FILE
+    held = os.fstat(fd)
+    try:
+        now = os.stat(path)
+        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return fd  # cannot tell: keep what is held
+    log.error("metrics directory %s lost its owner lock (deleted?); claiming it again", directory)
+    try:
+        again = claim_directory(directory)
+    except DirectoryInUse as exc:
+        log.error("%s", exc)
+        return fd
+    if again < 0:
+        return fd
+    os.close(fd)
+    return again
+
+
 def _check_not_imported_elsewhere(directory: Path, *, wipe: bool) -> None:
     values = sys.modules.get("prometheus_client.values")
     if values is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -373,3 +374,22 @@ def test_one_launcher_owns_a_metrics_directory_until_it_is_gone(tmp_path: Path) 
     child.join(60)
     assert result.get(timeout=5) == "claimed"
     assert (directory / multiproc.OWNER_FILE).read_text() == f"{child.pid}\n"
+
+
+def test_a_launcher_claims_its_directory_again_after_someone_deleted_it(tmp_path: Path) -> None:
+    # The directory deleted under a running launcher took its lock along: a second launcher
+    # was then let in, and ran a second exporter over the same files.
+    directory = tmp_path / "mp"
+    fd = multiproc.claim_directory(directory)
+    assert multiproc.keep_claim(directory, fd) == fd  # nothing changed
+    shutil.rmtree(directory)
+    directory.mkdir()  # as the exporter recreates it
+    fd = multiproc.keep_claim(directory, fd)
+    assert (directory / multiproc.OWNER_FILE).read_text() == f"{os.getpid()}\n"
+    context = multiprocessing.get_context("spawn")
+    result = context.Queue()
+    child = context.Process(target=_claim_in_child, args=(directory, result))
+    child.start()
+    child.join(60)
+    assert "belongs to the worker launcher" in result.get(timeout=5)
+    os.close(fd)
