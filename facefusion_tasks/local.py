@@ -60,6 +60,7 @@ def run_local(
         resolve_encoder(
             settings.video_encoder, ffmpeg_exe(settings.ffmpeg), muxer_for(str(output_at)),
             width=info.width, height=info.height, quality=settings.video_quality,
+            frame_rate=info.frame_rate,
         )  # fmt: skip
     with scratch(settings, "local") as local:
         sources = tuple(local_copy(settings, at) for at in sources_at)

@@ -129,6 +129,7 @@ class Producer:
                 muxer_for(str(output_at)),
                 width=info.width,
                 height=info.height,
+                frame_rate=info.frame_rate,
             )
             frames_total = info.frame_count
         job_id = self.store.create(

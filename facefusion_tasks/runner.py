@@ -315,6 +315,7 @@ def _swap_chunk(
         muxer,
         width=info.width,
         height=info.height,
+        frame_rate=info.frame_rate,
     )
     watch = _Watch(store, job_id, index, heartbeat_seconds=settings.heartbeat_seconds)
     # A segment object is encoded here first: verified as a file, then uploaded whole.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.reasons import Reason
@@ -92,6 +93,9 @@ SUBTITLE_COPY_CODECS: dict[str, frozenset[str]] = {
 SUBTITLE_ENCODERS = {"matroska": "srt", "mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}
 #: libsvtav1 takes only yuv420p, so even sizes, and at least 64 pixels each way.
 SVTAV1_MIN_SIDE = 64
+#: ... and at most 240 frames a second ("The maximum allowed frame rate is 240 fps", SVT-AV1
+#: 1.4): a 300 fps video failed once ffmpeg had started, exit 1, with ffmpeg's generic line.
+SVTAV1_MAX_FPS = 240
 
 
 def default_encoder(muxer: str) -> str:
@@ -112,10 +116,15 @@ def segment_muxer(muxer: str) -> str:
 
 
 def encoder_refusal(
-    requested: str, muxer: str, *, width: int | None = None, height: int | None = None
+    requested: str,
+    muxer: str,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    frame_rate: Fraction | None = None,
 ) -> str | None:
-    """Why `requested` cannot write this container (and frame size), in one line; None when it
-    can. Unset ("") and `auto` always fit: they resolve per container."""
+    """Why `requested` cannot write this container (and frame size and rate), in one line;
+    None when it can. Unset ("") and `auto` always fit: they resolve per container."""
     if requested in {"", "auto"}:
         return None
     codec = ENCODER_CODECS.get(requested)
@@ -132,6 +141,11 @@ def encoder_refusal(
         return (
             f"video encoder libsvtav1 needs even frame sizes of at least {SVTAV1_MIN_SIDE} "
             f"pixels, this video is {width}x{height} (use libaom-av1 or libvpx-vp9)"
+        )
+    if requested == "libsvtav1" and frame_rate and frame_rate > SVTAV1_MAX_FPS:
+        return (
+            f"video encoder libsvtav1 takes at most {SVTAV1_MAX_FPS} fps, this video is "
+            f"{float(frame_rate):g} fps (use libaom-av1 or libvpx-vp9)"
         )
     return None
 
@@ -160,24 +174,36 @@ def check_quality(encoder: str, quality: int) -> None:
 
 
 def check_encoder(
-    requested: str, muxer: str, *, width: int | None = None, height: int | None = None
+    requested: str,
+    muxer: str,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    frame_rate: Fraction | None = None,
 ) -> None:
-    """InputError (reason config, one line) for an encoder this container or frame size
+    """InputError (reason config, one line) for an encoder this container, frame size or rate
     cannot take: checked before any model loads or anything is enqueued."""
-    refusal = encoder_refusal(requested, muxer, width=width, height=height)
+    refusal = encoder_refusal(requested, muxer, width=width, height=height, frame_rate=frame_rate)
     if refusal is not None:
         raise InputError(refusal, reason=Reason.CONFIG)
 
 
 def fleet_encoder(
-    job_choice: str, worker_choice: str, muxer: str, *, width: int, height: int
+    job_choice: str,
+    worker_choice: str,
+    muxer: str,
+    *,
+    width: int,
+    height: int,
+    frame_rate: Fraction | None = None,
 ) -> str:
     """The encoder a distributed chunk asks for: the job's own choice (checked at submit) when
     it made one; else the worker's configured one when it fits this job; else unset (the
     container's default). A fleet set to libx265 still writes a WebM job, in VP9."""
     if job_choice:
         return job_choice
-    if encoder_refusal(worker_choice, muxer, width=width, height=height) is None:
+    fits = encoder_refusal(worker_choice, muxer, width=width, height=height, frame_rate=frame_rate)
+    if fits is None:
         return worker_choice
     return ""
 

@@ -39,6 +39,7 @@ def resolve_encoder(
     width: int | None = None,
     height: int | None = None,
     quality: int | None = None,
+    frame_rate: Fraction | None = None,
 ) -> str:
     """The encoder to use for this container: unset = the container's default (libx264, or
     libvpx-vp9 for WebM); `auto` = its NVENC encoder (h264_nvenc, or av1_nvenc for WebM) when
@@ -46,7 +47,7 @@ def resolve_encoder(
     this ffmpeg lacks, or an nvenc that cannot encode here is refused (InputError, one line).
     Cheap after the first call (ffmpeg's answers are cached): local mode asks before any model
     loads, the writer again when it starts."""
-    codecs.check_encoder(requested, muxer, width=width, height=height)
+    codecs.check_encoder(requested, muxer, width=width, height=height, frame_rate=frame_rate)
     if requested == "auto":
         # Debian's ffmpeg lists nvenc without a GPU, and H100/H200/A100 have no NVENC at all,
         # so a one-frame trial decides.
@@ -76,10 +77,14 @@ def choose_encoder(
     width: int | None = None,
     height: int | None = None,
     quality: int | None = None,
+    frame_rate: Fraction | None = None,
 ) -> str:
     """resolve_encoder() for a writer that is starting: logs and counts
     (facefusion_video_encodes_total{encoder}) what it really uses."""
-    chosen = resolve_encoder(requested, exe, muxer, width=width, height=height, quality=quality)
+    chosen = resolve_encoder(
+        requested, exe, muxer, width=width, height=height, quality=quality,
+        frame_rate=frame_rate,
+    )  # fmt: skip
     log.info("video encoder %s -> %s", requested or "(unset)", chosen)
     from facefusion_tasks import observe
 
@@ -145,14 +150,14 @@ class FrameWriter:
 
         exe = ffbin.ffmpeg_exe(settings.ffmpeg)
         muxer = muxer_for(self.destination)
+        rate = frame_rate or (audio_source.frame_rate if audio_source is not None else None)
+        self._rate = Fraction(rate) if rate else None
         self.encoder = choose_encoder(
             settings.video_encoder, exe, muxer, width=width, height=height,
-            quality=settings.video_quality,
+            quality=settings.video_quality, frame_rate=self._rate,
         )  # fmt: skip
         # The source's audio and subtitles are muxed in, if it has any.
         audio = audio_source if audio_source is not None and audio_source.carries_streams else None
-        rate = frame_rate or (audio_source.frame_rate if audio_source is not None else None)
-        self._rate = Fraction(rate) if rate else None
         self.temp = staging.create_temp(self.destination)
         try:
             argv = encode_argv(

@@ -173,6 +173,8 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("loop_target", "loop.mp4: is a symlink loop"),
         ("loop_source", "loop.mp4: is a symlink loop"),
         ("loop_output", "loop.mp4: is a symlink loop"),
+        # SVT-AV1 refuses over 240 fps once ffmpeg runs: it was exit 1, ffmpeg's generic line.
+        ("svtav1_fast", "video encoder libsvtav1 takes at most 240 fps, this video is 300 fps"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_output(
@@ -240,6 +242,14 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
             "loop_output": (source, target, loop),
         }[case]
         out_arg = out
+    elif case == "svtav1_fast":
+        target, out = tmp_path / "fast.mp4", tmp_path / "out.webm"
+        out_arg, extra = out, ["--video-encoder", "libsvtav1"]
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=300:d=0.2",
+             "-c:v", "libx264", "-preset", "ultrafast", str(target)],
+            check=True,
+        )  # fmt: skip
     # The audio case fails mid-video, after the progress bar began: without --no-progress, a
     # captured stderr (not a terminal) must still hold the one line alone, no bar before it.
     quiet = [] if case == "audio_cut" else ["--no-progress"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,19 @@ def test_libsvtav1_refuses_odd_or_tiny_frames_that_the_others_encode(
     for other in ("libaom-av1", "libvpx-vp9"):
         assert encoder_refusal(other, "webm", width=width, height=height) is None
     assert encoder_refusal("libsvtav1", "webm", width=64, height=64) is None
+
+
+def test_libsvtav1_refuses_more_than_240_frames_a_second_up_front() -> None:
+    # SVT-AV1 says "The maximum allowed frame rate is 240 fps" once ffmpeg has started; a
+    # 300 fps video failed with ffmpeg's generic line, exit 1.
+    size = {"width": 320, "height": 240}
+    assert encoder_refusal("libsvtav1", "webm", frame_rate=Fraction(240), **size) is None
+    assert encoder_refusal("libsvtav1", "webm", frame_rate=Fraction(300), **size) == (
+        "video encoder libsvtav1 takes at most 240 fps, this video is 300 fps "
+        "(use libaom-av1 or libvpx-vp9)"
+    )
+    assert encoder_refusal("libaom-av1", "webm", frame_rate=Fraction(1000), **size) is None
+    assert fleet_encoder("", "libsvtav1", "webm", frame_rate=Fraction(1000), **size) == ""
 
 
 def test_a_chunk_uses_the_jobs_choice_else_the_workers_when_it_fits_else_the_default() -> None:
