@@ -19,6 +19,7 @@ import redis
 
 from facefusion_tasks.metrics.keys import messages_in_line
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, priority_keys
+from facefusion_tasks.producer import Producer
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
 from tests.cluster import SHARED_REDIS, Launcher, children, free_port, launcher, wait_for
 from tests.media import TINY, storage_root, video_times
@@ -42,6 +43,13 @@ def _running_chunk(fleet: Launcher, job_id: str) -> dict | None:  # type: ignore
         if chunk["state"] == RUNNING and chunk["pid"]:
             return chunk
     return None
+
+
+def _given_back(producer: Producer, job_id: str, index: int) -> bool:
+    """The stall sweep has taken the chunk back from its silent process (or it already ran
+    again elsewhere)."""
+    chunk = producer.status(job_id).chunks[index]
+    return chunk["deliveries"] >= 2 or "no progress" in chunk["error"]
 
 
 @contextlib.contextmanager
@@ -73,11 +81,7 @@ def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound
         with _stopped(victim["pid"]) as stopped_at:
             # Given back once its heartbeat is `stall` seconds old, by the next sweep: the
             # chunk is PENDING again (or already redone) while its old process stays stopped.
-            def given_back() -> bool:
-                chunk = producer.status(job_id).chunks[victim["index"]]
-                return chunk["deliveries"] >= 2 or "no progress" in chunk["error"]
-
-            wait_for(given_back, timeout=60)
+            wait_for(lambda: _given_back(producer, job_id, victim["index"]), timeout=60)
             detected = time.monotonic() - stopped_at
             status = producer.wait(job_id, timeout=120)
     print(f"stopped pool process: chunk given back {detected:.1f} s after SIGSTOP")
@@ -113,12 +117,9 @@ def test_a_stalled_attempt_that_wakes_after_its_chunk_was_given_back_has_no_say(
         victim = wait_for(decoding, timeout=90, interval=0.01)
         os.kill(victim["pid"], signal.SIGSTOP)
         try:
-
-            def given_back() -> bool:
-                chunk = producer.status(job_id).chunks[victim["index"]]
-                return chunk["deliveries"] >= 2 or "no progress" in chunk["error"]
-
-            wait_for(given_back, timeout=60, interval=0.05)
+            wait_for(
+                lambda: _given_back(producer, job_id, victim["index"]), timeout=60, interval=0.05
+            )
             for child in children(victim["pid"]):  # its ffmpeg processes die while it sleeps
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
