@@ -27,9 +27,8 @@ EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = policy.EXIT_OK, policy.EXIT_INTERNAL, p
 
 def _progress(args: argparse.Namespace) -> bool:
     """A progress bar only for a person watching: redrawn with carriage returns, it would sit
-    in a log or a script's captured stderr before the one line an error gives (`demo` has no
-    --no-progress)."""
-    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    in a log or a script's captured stderr before the one line an error gives."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _cmd_swap(args: argparse.Namespace) -> int:
@@ -73,9 +72,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from facefusion_tasks.local import run_demo
 
     summary = run_demo(
-        args.dir, settings=settings_from(args), seconds=args.seconds,
-        quiet=args.json or not _progress(args),
-    )  # fmt: skip
+        args.dir, settings=settings_from(args), seconds=args.seconds, quiet=args.json
+    )
     _report(summary, as_json=args.json)
     return EXIT_OK
 

@@ -178,7 +178,9 @@ def run_demo(
         draw_face(image, 128, 128, 90)
         cv2.imwrite(str(source), image)
     output = directory / "swapped.mp4"
-    result, loaded = run_local(source, target, output, settings=settings, show_progress=not quiet)
+    # A bar only for a person watching (as for swap): not in a log or a captured stderr.
+    shown = not quiet and sys.stderr.isatty()
+    result, loaded = run_local(source, target, output, settings=settings, show_progress=shown)
     return (
         result.as_dict()
         | loaded.facts()
