@@ -16,6 +16,7 @@ import redis
 from facefusion_tasks import objects
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
+from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.jobids import JOB_ID
 from facefusion_tasks.metrics.keys import InLine, acknowledge, held_messages, waits_in
 from facefusion_tasks.queue_names import TASK_CHUNK, TASK_PLAN, TASK_STITCH
@@ -78,7 +79,10 @@ def sweep(
     `gpu_line` read the messages in those queues (keys.messages_in_line; held ones only if
     taken since the time given), each only when something has waited long enough to be
     looked for there."""
-    now = time.time() if now is None else now
+    # Redis's clock judges what is stale (hosts' clocks may disagree); work directories are
+    # judged by their mtimes, which this host's clock (or its file server's) wrote.
+    local = time.time() if now is None else now
+    now = fleet_now(store.r) if now is None else now
     one = _Sweep(store, settings, enqueue, now, now - settings.stall_seconds)
     for job_id, index, _beat in store.stale_chunks(one.cutoff):
         one.recover_chunk(job_id, index)
@@ -101,7 +105,7 @@ def sweep(
         one.recover_job(job_id)
     report = one.report
     report.acknowledged = acknowledge_ended(store, one.cutoff)
-    report.removed_work_dirs = sweep_work_dirs(store, settings, now=now)
+    report.removed_work_dirs = sweep_work_dirs(store, settings, now=local)
     report.forgotten_jobs = store.forget_expired(now=now)
     return report
 

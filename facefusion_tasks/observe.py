@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -260,21 +259,19 @@ def chunk(outcome: str, reason: str, *, seconds: float) -> None:
 
 
 @_safe
-def job(outcome: str, reason: str, *, created_at: float) -> None:
-    """A job reached its final state."""
+def job(outcome: str, reason: str, *, created_at: float, now: float) -> None:
+    """A job reached its final state (`now` on the fleet's clock, as `created_at` is)."""
     m = metrics()
     m.jobs_total.labels(outcome=outcome, reason=m.bounded_reason(reason)).inc()
     if created_at:
-        m.job_duration_seconds.observe(max(time.time() - created_at, 0.0))
+        m.job_duration_seconds.observe(max(now - created_at, 0.0))
 
 
 @_safe
-def queue_wait(queue: str, enqueued_at: float | None) -> None:
-    """A task started; how long it waited since it was enqueued."""
+def queue_wait(queue: str, enqueued_at: float | None, *, now: float) -> None:
+    """A task started; how long it waited since it was enqueued (both on the fleet's clock)."""
     if enqueued_at:
-        metrics().queue_wait_seconds.labels(queue=queue).observe(
-            max(time.time() - enqueued_at, 0.0)
-        )
+        metrics().queue_wait_seconds.labels(queue=queue).observe(max(now - enqueued_at, 0.0))
 
 
 @_safe

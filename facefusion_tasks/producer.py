@@ -14,6 +14,7 @@ from facefusion_tasks import broker
 from facefusion_tasks.app import GPU_QUEUE, TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError, WaitTimeout
+from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
@@ -169,7 +170,7 @@ class Producer:
         """Enqueue through Celery; a broker that goes away after the first PING is the same one
         line and exit 69 as one that was never there, not an internal error."""
         try:
-            enqueue(self.app, name, args, priority=priority)
+            enqueue(self.app, name, args, priority=priority, sent_at=fleet_now(self.store.r))
         except Exception as exc:
             if broker.lost(exc):
                 raise broker.explain(exc, self.settings.broker_url) from exc
@@ -294,7 +295,7 @@ class Producer:
         busy: set[int] = set()
         if status.state == RUNNING:
             busy = self.store.busy_chunks(job_id, seconds=self.settings.stall_seconds)
-            cutoff = time.time() - self.settings.stall_seconds
+            cutoff = fleet_now(self.store.r) - self.settings.stall_seconds
             waiting = self.store.waiting_chunks(job_id, status.chunks_total)
             busy |= {i for i, sent in waiting.items() if sent > cutoff}
             stale = set(waiting) - busy

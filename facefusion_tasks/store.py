@@ -11,6 +11,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY
@@ -99,7 +100,7 @@ class JobStore(ChunkRecords, StallIndex):
                     if output:
                         watch_free(pipe, PREFIX, output, job_id, ended=TERMINAL)
                     watch_crossings(pipe, PREFIX, output, inputs, job_id, ended=TERMINAL)
-                    now = time.time()
+                    now = fleet_now(self.r)
                     record: dict[Any, Any] = encoded | {
                         "id": job_id,
                         "state": QUEUED,
@@ -180,7 +181,7 @@ class JobStore(ChunkRecords, StallIndex):
                     ):
                         pipe.unwatch()
                         return False
-                    now = time.time()
+                    now = fleet_now(self.r)
                     fields: dict[Any, Any] = {
                         "state": state,
                         "updated_at": now,
@@ -253,7 +254,7 @@ class JobStore(ChunkRecords, StallIndex):
                         take(pipe, PREFIX, str(output), job_id)
                     for record in self._records(job_id, int(total or 0)):
                         pipe.persist(record)  # running again: kept until it ends anew
-                    now = time.time()
+                    now = fleet_now(self.r)
                     pipe.hset(key, mapping=fields | {"updated_at": now})
                     pipe.hdel(key, "metered", "stitch_token", "recoveries")
                     if planned:
@@ -273,7 +274,7 @@ class JobStore(ChunkRecords, StallIndex):
             pipe.hset(chunk_key(job_id, index), mapping=fields | {"deliveries": 0, "finished": 0})
             pipe.srem(f"{job_key(job_id)}:done", index)
             pipe.zrem(RUNNING_KEY, running_member(job_id, index))
-            pipe.zadd(PENDING_KEY, {running_member(job_id, index): time.time()})
+            pipe.zadd(PENDING_KEY, {running_member(job_id, index): fleet_now(self.r)})
             pipe.execute()
 
     def stalled(self, job_id: str, *, seconds: float, now: float | None = None) -> bool:
@@ -284,12 +285,12 @@ class JobStore(ChunkRecords, StallIndex):
             return False
         updated = float(job.get("updated_at") or job.get("created_at") or 0)
         beat = float(self.r.zscore(LIVE_KEY, job_id) or 0)
-        return (time.time() if now is None else now) - max(updated, beat) > seconds
+        return (fleet_now(self.r) if now is None else now) - max(updated, beat) > seconds
 
     def busy_chunks(self, job_id: str, *, seconds: float, now: float | None = None) -> set[int]:
         """Chunks a worker is running right now: RUNNING with a heartbeat (or a start) within
         `seconds`. `retry` leaves them alone instead of starting a second copy."""
-        now = time.time() if now is None else now
+        now = fleet_now(self.r) if now is None else now
         busy: set[int] = set()
         for index, chunk in enumerate(self.chunks(job_id)):
             beat = float(chunk.get("heartbeat_at") or chunk.get("started_at") or 0)
@@ -317,7 +318,7 @@ class JobStore(ChunkRecords, StallIndex):
                         pipe.watch(*chunk_keys)
                     states = [pipe.hget(k, "state") for k in chunk_keys]
                     idle = pipe.scard(running_key(job_id)) == 0
-                    now = time.time()
+                    now = fleet_now(self.r)
                     pipe.multi()
                     pipe.hset(
                         key,
@@ -352,7 +353,7 @@ class JobStore(ChunkRecords, StallIndex):
         the inputs' fingerprints the plan read and the work directory its segments go to.
         Each chunk waits in the pending index until a worker takes it, so the sweep can send
         again one whose message never arrives."""
-        now = time.time()
+        now = fleet_now(self.r)
         with self.r.pipeline() as pipe:
             pipe.delete(f"{job_key(job_id)}:done")
             if chunks:
@@ -420,12 +421,12 @@ class JobStore(ChunkRecords, StallIndex):
     def stitch_sent(self, job_id: str, *, now: float | None = None) -> None:
         """`retry` sends a job's stitch: the job enters the live index, as the last chunk
         done puts it there, so the sweep sends the stitch again if this message is lost."""
-        self.r.zadd(LIVE_KEY, {job_id: time.time() if now is None else now})
+        self.r.zadd(LIVE_KEY, {job_id: fleet_now(self.r) if now is None else now})
 
     def job_alive(self, job_id: str, *, now: float | None = None) -> None:
         """A plan or stitch is still working on the job: restart its clock in the stall index
         (only if it is there), so the sweep never sends running work again."""
-        self.r.zadd(LIVE_KEY, {job_id: time.time() if now is None else now}, xx=True)
+        self.r.zadd(LIVE_KEY, {job_id: fleet_now(self.r) if now is None else now}, xx=True)
 
     def expire_job(self, job_id: str) -> None:
         """Give every record of a job that has ended the retention TTL (records written after
@@ -447,7 +448,7 @@ class JobStore(ChunkRecords, StallIndex):
     def forget_expired(self, *, now: float | None = None, limit: int = 1000) -> int:
         """Drop the jobs index's entries for jobs whose records have expired (their `list`
         rows); returns how many went."""
-        now = time.time() if now is None else now
+        now = fleet_now(self.r) if now is None else now
         old: list[str] = self.r.zrangebyscore(  # type: ignore[assignment]
             f"{PREFIX}:jobs", "-inf", now - self.record_ttl, start=0, num=limit
         )

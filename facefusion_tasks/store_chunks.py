@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY
 from facefusion_tasks.store_keys import (
@@ -128,7 +128,7 @@ class ChunkRecords:
     ) -> None:
         """The chunk made progress: frames done so far and the time, which the stall sweep
         reads. Sent only when frames advance, so a hung process stops it by itself."""
-        now = time.time() if now is None else now
+        now = fleet_now(self.r) if now is None else now
         self._update_chunk(
             job_id, index, {"frames_done": frames_done, "heartbeat_at": now}, beat=now
         )
@@ -139,7 +139,7 @@ class ChunkRecords:
         """A chunk task started (first delivery, retry or redelivery): count it in Redis
         before anything can kill the process, and start its heartbeat clock."""
         token = new_token()
-        now = time.time() if now is None else now
+        now = fleet_now(self.r) if now is None else now
         deliveries, finished, state = self._chunk_delivered(
             keys=[chunk_key(job_id, index), RUNNING_KEY, PENDING_KEY],
             args=[token, now, worker, pid, running_member(job_id, index)],
@@ -173,7 +173,7 @@ class ChunkRecords:
         """The chunk's task is about to be sent again (a retry after a passing error): PENDING,
         and waiting in the pending index for that message, so the sweep resends it if the
         message is lost; CANCELLED instead when its job ended meanwhile (no retry comes)."""
-        now = time.time() if now is None else now
+        now = fleet_now(self.r) if now is None else now
         self._chunk_retrying(
             keys=[job_key(job_id), chunk_key(job_id, index), PENDING_KEY],
             args=[running_member(job_id, index), now],
@@ -197,6 +197,13 @@ class ChunkRecords:
                 RUNNING_KEY,
                 LIVE_KEY,
             ],
-            args=[index, frames, new_token(), running_member(job_id, index), job_id, time.time()],
+            args=[
+                index,
+                frames,
+                new_token(),
+                running_member(job_id, index),
+                job_id,
+                fleet_now(self.r),
+            ],
         )
         return bool(last)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import redis
 
+from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY
 from facefusion_tasks.store_keys import chunk_key, job_key, running_member
 from facefusion_tasks.store_scripts import (
@@ -55,7 +54,7 @@ class StallIndex:
                 running_member(job_id, index),
                 cutoff,
                 error[:500],
-                time.time() if now is None else now,
+                fleet_now(self.r) if now is None else now,
             ],
         )
         if not claimed:
@@ -80,7 +79,7 @@ class StallIndex:
         included, or None when there is nothing to do."""
         resent = self._claim_unsent_chunk(
             keys=[chunk_key(job_id, index), PENDING_KEY, job_key(job_id)],
-            args=[running_member(job_id, index), cutoff, time.time() if now is None else now],
+            args=[running_member(job_id, index), cutoff, fleet_now(self.r) if now is None else now],
         )
         return None if not resent else int(resent)
 
@@ -95,7 +94,7 @@ class StallIndex:
         """Claim a job stuck in QUEUED, PLANNING, RUNNING (all chunks done, no stitch),
         STITCHING or COMMITTING since before `cutoff` (its clock restarts); (state, recoveries so far) or None when another sweeper got it first."""
         claimed = self._claim_stalled_job(
-            keys=[LIVE_KEY, job_key(job_id)], args=[job_id, cutoff, time.time()]
+            keys=[LIVE_KEY, job_key(job_id)], args=[job_id, cutoff, fleet_now(self.r)]
         )
         if not claimed:
             return None

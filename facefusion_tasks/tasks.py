@@ -26,6 +26,7 @@ from facefusion_tasks.app import (
     TASK_STITCH,
 )
 from facefusion_tasks.config import Settings
+from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import DONE, TERMINAL, Delivery, JobStore, connect
 
@@ -52,15 +53,16 @@ def kombu_priority(priority: int) -> int:
     return 9 - max(0, min(9, priority))
 
 
-def enqueue(app: Celery, name: str, args: list[Any], *, priority: int = 5) -> None:
-    """Send a task with the enqueue-time header every consumer and the exporter rely on."""
+def enqueue(app: Celery, name: str, args: list[Any], *, priority: int = 5, sent_at: float) -> None:
+    """Send a task with the enqueue-time header every consumer and the exporter rely on
+    (`sent_at`: the fleet's clock, fleet_now)."""
     queue = GPU_QUEUE if name == TASK_CHUNK else LIGHT_QUEUE
     app.send_task(
         name,
         args=args,
         queue=queue,
         priority=kombu_priority(priority),
-        headers={ENQUEUED_HEADER: time.time()},
+        headers={ENQUEUED_HEADER: sent_at},
     )
 
 
@@ -145,7 +147,7 @@ def _start_sweep() -> None:
         return
 
     def send(kind: str, args: list[Any], priority: int) -> None:
-        enqueue(app, _SWEEP_TASKS[kind], args, priority=priority)
+        enqueue(app, _SWEEP_TASKS[kind], args, priority=priority, sent_at=fleet_now(_store().r))
 
     def line(queue: str) -> Callable[[float], InLine]:
         return lambda held_since: messages_in_line(_store().r, queue, held_since=held_since)
@@ -193,7 +195,9 @@ def _count_delivery(task: Task, job_id: str, index: int) -> tuple[Delivery, dict
 @contextmanager
 def _instrumented(task: Task, queue: str) -> Iterator[None]:
     """Queue wait on start, busy while running, the job's outcome once it has one."""
-    observe.queue_wait(queue, getattr(task.request, ENQUEUED_HEADER, None))
+    observe.queue_wait(
+        queue, getattr(task.request, ENQUEUED_HEADER, None), now=fleet_now(_store().r)
+    )
     observe.busy(True, queue)
     try:
         yield
@@ -208,8 +212,9 @@ def _meter_job_end(job_id: str) -> None:
     state = job.get("state", "")
     if state in TERMINAL and store.claim_metering(job_id):
         observe.job(
-            state.lower(), job.get("reason", ""), created_at=float(job.get("created_at") or 0)
-        )
+            state.lower(), job.get("reason", ""), created_at=float(job.get("created_at") or 0),
+            now=fleet_now(store.r),
+        )  # fmt: skip
 
 
 def _timed_chunk(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -270,7 +275,10 @@ def register(app: Celery) -> None:
                 indexes = runner.plan_job(store, _settings(), job_id)
             priority = int(store.get(job_id).get("priority") or 5)
             for index in indexes:
-                enqueue(app, TASK_CHUNK, [job_id, index], priority=priority)
+                enqueue(
+                    app, TASK_CHUNK, [job_id, index], priority=priority,
+                    sent_at=fleet_now(store.r),
+                )  # fmt: skip
         except Exception as exc:
             _settle(self, job_id, None, exc)
             _meter_job_end(job_id)
@@ -309,7 +317,7 @@ def register(app: Celery) -> None:
         if result is None:
             return {"state": "SKIPPED"}
         if last:
-            enqueue(app, TASK_STITCH, [job_id], priority=9)
+            enqueue(app, TASK_STITCH, [job_id], priority=9, sent_at=fleet_now(_store().r))
         return {"state": "DONE", "frames": result.frames, "faces": result.faces_swapped}
 
     @app.task(name=TASK_STITCH, bind=True)

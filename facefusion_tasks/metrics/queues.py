@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import socket
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.metrics.definitions import EXPORTER_METRICS, QUEUES
 from facefusion_tasks.metrics.keys import (
     DEFAULT_PRIORITY_STEPS,
@@ -264,7 +264,7 @@ class QueueCollector:
         timeout: float = 1.0,
         steps: Sequence[int] = DEFAULT_PRIORITY_STEPS,
         key_prefix: str = "",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         stall_seconds: float = 300.0,
         host: str = "",
     ) -> None:
@@ -278,7 +278,8 @@ class QueueCollector:
         self.queues = tuple(queues)
         self.steps = tuple(steps)
         self.key_prefix = key_prefix
-        self.clock = clock
+        # Heartbeats and enqueue stamps are on the fleet's clock (Redis's); so is their age.
+        self.clock = clock or (lambda: fleet_now(self.client))
         self.stall_seconds = stall_seconds
         self.host = host or socket.gethostname()
         self._was_up: bool | None = None

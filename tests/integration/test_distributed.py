@@ -436,7 +436,7 @@ def test_a_message_lands_in_its_own_queue_only(root: Path, models_dir: Path) -> 
         assert (waiting(LIGHT_QUEUE), waiting(GPU_QUEUE)) == (1, 0)  # the plan task
         from facefusion_tasks.tasks import enqueue
 
-        enqueue(producer.app, TASK_CHUNK, [job_id, 0])
+        enqueue(producer.app, TASK_CHUNK, [job_id, 0], sent_at=time.time())
         assert (waiting(LIGHT_QUEUE), waiting(GPU_QUEUE)) == (1, 1)
 
 

@@ -162,7 +162,7 @@ def test_planning_failures_end_the_job_failed_never_stranded(fleet: Cluster, roo
         fields | {"chunk_seconds": "ten", "output": str(root / "out" / "plan-2.mp4")}
     )
     for job_id in (nan, garbage):
-        enqueue(producer.app, TASK_PLAN, [job_id])
+        enqueue(producer.app, TASK_PLAN, [job_id], sent_at=time.time())
     bad = producer.wait(nan, timeout=60)
     assert (bad.state, bad.reason) == (FAILED, Reason.BAD_INPUT.value), bad.error
     crashed = producer.wait(garbage, timeout=60)

@@ -21,7 +21,15 @@ from facefusion_tasks.metrics.keys import messages_in_line
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, priority_keys
 from facefusion_tasks.producer import Producer
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
-from tests.cluster import SHARED_REDIS, Launcher, children, free_port, launcher, wait_for
+from tests.cluster import (
+    SHARED_REDIS,
+    Launcher,
+    children,
+    cluster,
+    free_port,
+    launcher,
+    wait_for,
+)
 from tests.media import TINY, storage_root, video_times
 
 pytestmark = pytest.mark.timeout(240)
@@ -428,3 +436,35 @@ def test_a_full_metrics_filesystem_costs_metrics_not_jobs(
         assert sum(int(v) for v in client.hgetall(METRICS_DISABLED_KEY).values()) >= 2
         assert "metrics disabled" in fleet.log()
         assert _scrape(fleet.port) == 200
+
+
+#: libfaketime (Debian's `faketime` package): shifts a process's wall clock, nothing else.
+FAKETIME_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def test_a_gpu_host_whose_clock_runs_ten_minutes_behind_keeps_its_chunks(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    # Heartbeats are stamped and judged on one clock, Redis's: a host whose own clock ran 10
+    # minutes behind the sweeping host's had every heartbeat look 600 s old, so each of its
+    # running chunks was taken back as stalled at the next sweep, and again on every delivery.
+    assert FAKETIME_LIBRARY.exists(), "libfaketime is required (apt-get install faketime)"
+    # (Its monotonic clock moves with it: left alone, libfaketime turns Python's sleeps into
+    # EINVAL.)
+    behind = {"LD_PRELOAD": str(FAKETIME_LIBRARY), "FAKETIME": "-10m"}
+    with cluster(
+        root, models_dir, SHARED_REDIS, stall_seconds="4", sweep_seconds="1", heartbeat_seconds="0.5",
+        chunk_time_limit="60", visibility_timeout="1200",
+    ) as fleet:  # fmt: skip
+        fleet.start_worker("sweeper", queues="light")
+        fleet.start_worker("behind", queues="gpu", env=behind)
+        producer = fleet.producer()
+        output = root / "out" / "behind.mp4"
+        job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=8)
+        status = producer.wait(job_id, timeout=180)
+        log = fleet.log("sweeper")
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    (chunk,) = status.chunks
+    assert chunk["deliveries"] == 1 and not chunk["error"], chunk
+    assert "made no progress" not in log
+    assert video_times(output) == video_times(root / "long.mp4")

@@ -346,10 +346,10 @@ def test_the_line_holds_every_waiting_message_and_those_a_worker_took_and_holds(
 
     app = make_app(Settings.from_env({"FACEFUSION_BROKER_URL": SHARED_REDIS}))
     # Real messages, as the producer sends them: two priorities (two kombu lists) and a plan.
-    enqueue(app, TASK_CHUNK, ["job1", 0], priority=9)
-    enqueue(app, TASK_CHUNK, ["job1", 1], priority=1)
-    enqueue(app, TASK_CHUNK, ["job1", 2], priority=5)
-    enqueue(app, TASK_PLAN, ["job2"])
+    enqueue(app, TASK_CHUNK, ["job1", 0], priority=9, sent_at=time.time())
+    enqueue(app, TASK_CHUNK, ["job1", 1], priority=1, sent_at=time.time())
+    enqueue(app, TASK_CHUNK, ["job1", 2], priority=5, sent_at=time.time())
+    enqueue(app, TASK_PLAN, ["job2"], sent_at=time.time())
     with app.connection_for_write() as connection:
         # A worker takes one and holds it unacknowledged (prefetched, or counting down a retry):
         # kombu moves it from its list to the `unacked` hash.
@@ -379,9 +379,9 @@ def test_messages_held_for_ended_work_are_acknowledged_by_the_sweep(store: JobSt
     settings = _settings()
     job_id = _job(store, chunks=2)
     app = make_app(Settings.from_env({"FACEFUSION_BROKER_URL": SHARED_REDIS}))
-    enqueue(app, TASK_CHUNK, [job_id, 0])
-    enqueue(app, TASK_CHUNK, [job_id, 1])
-    enqueue(app, TASK_PLAN, [job_id])
+    enqueue(app, TASK_CHUNK, [job_id, 0], sent_at=time.time())
+    enqueue(app, TASK_CHUNK, [job_id, 1], sent_at=time.time())
+    enqueue(app, TASK_PLAN, [job_id], sent_at=time.time())
     with app.connection_for_write() as connection:
         # Workers took them, then were SIGKILLed (this connection stays open: a closing one
         # gives its messages back): kombu keeps them held until its visibility timeout (an

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def test_a_job_recorded_with_one_source_field_still_runs(fleet: Cluster, root: P
             "frames_total": 50,
         }
     )
-    enqueue(producer.app, TASK_PLAN, [job_id], priority=5)
+    enqueue(producer.app, TASK_PLAN, [job_id], priority=5, sent_at=time.time())
     status = producer.wait(job_id, timeout=120)
     assert status.state == SUCCEEDED, (status.reason, status.error)
     assert status.sources == [str(root / "a.png")]
