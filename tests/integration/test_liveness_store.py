@@ -485,3 +485,26 @@ def test_a_chunk_waiting_for_its_retry_is_sent_again_if_that_message_is_lost(
     # The retry's message never comes (lost, or its worker died holding it).
     _sweep(store, settings, sent, later + 11)
     assert sent.calls == [("chunk", [job_id, 0], 5)]
+
+
+def test_stamps_and_cutoffs_are_on_redis_clock_whatever_the_host_clock_says(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This process plays a host whose clock runs 10 minutes behind: what it stamps (deliveries,
+    # heartbeats) and what it judges (the sweep's cutoff) must both come from Redis.
+    redis_now = float(store.r.time()[0])
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 600)
+    settings = _settings()
+    job_id = _job(store)
+    store.chunk_delivered(job_id, 0, worker="w1@h", pid=11)
+    store.chunk_heartbeat(job_id, 0, 4)
+    beat = store.status(job_id).chunks[0]["heartbeat_at"]  # type: ignore[union-attr]
+    assert abs(float(beat) - redis_now) < 5
+    sent = _Sent()
+    report = sweep(
+        store, settings, enqueue=sent, light_line=lambda _: frozenset(),
+        gpu_line=lambda _: frozenset(),
+    )  # fmt: skip
+    assert report.requeued_chunks == [] and sent.calls == []
+    assert store.state(job_id) == RUNNING
