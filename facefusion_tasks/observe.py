@@ -259,18 +259,19 @@ def chunk(outcome: str, reason: str, *, seconds: float) -> None:
 
 
 @_safe
-def job(outcome: str, reason: str, *, created_at: float, now: float) -> None:
-    """A job reached its final state (`now` on the fleet's clock, as `created_at` is)."""
+def job(outcome: str, reason: str, *, created_at: float, finished_at: float) -> None:
+    """A job reached its final state (both times from its record, on the fleet's clock)."""
     m = metrics()
     m.jobs_total.labels(outcome=outcome, reason=m.bounded_reason(reason)).inc()
-    if created_at:
-        m.job_duration_seconds.observe(max(now - created_at, 0.0))
+    if created_at and finished_at:
+        m.job_duration_seconds.observe(max(finished_at - created_at, 0.0))
 
 
 @_safe
-def queue_wait(queue: str, enqueued_at: float | None, *, now: float) -> None:
-    """A task started; how long it waited since it was enqueued (both on the fleet's clock)."""
-    if enqueued_at:
+def queue_wait(queue: str, enqueued_at: float | None, *, now: float | None) -> None:
+    """A task started; how long it waited since it was enqueued (both on the fleet's clock;
+    `now` None: the clock could not be read, no sample)."""
+    if enqueued_at and now is not None:
         metrics().queue_wait_seconds.labels(queue=queue).observe(max(now - enqueued_at, 0.0))
 
 

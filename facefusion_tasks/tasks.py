@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
@@ -195,14 +196,21 @@ def _count_delivery(task: Task, job_id: str, index: int) -> tuple[Delivery, dict
 @contextmanager
 def _instrumented(task: Task, queue: str) -> Iterator[None]:
     """Queue wait on start, busy while running, the job's outcome once it has one."""
-    observe.queue_wait(
-        queue, getattr(task.request, ENQUEUED_HEADER, None), now=fleet_now(_store().r)
-    )
+    observe.queue_wait(queue, getattr(task.request, ENQUEUED_HEADER, None), now=_fleet_time())
     observe.busy(True, queue)
     try:
         yield
     finally:
         observe.busy(False, queue)
+
+
+def _fleet_time() -> float | None:
+    """The fleet's clock for a metric; None when Redis cannot tell (the sample is skipped, and
+    the task goes on: a metric never fails work)."""
+    try:
+        return fleet_now(_store().r)
+    except (redis.RedisError, OSError):
+        return None
 
 
 def _meter_job_end(job_id: str) -> None:
@@ -211,9 +219,10 @@ def _meter_job_end(job_id: str) -> None:
     job = store.get(job_id)
     state = job.get("state", "")
     if state in TERMINAL and store.claim_metering(job_id):
+        # Both ends as the records have them, on the fleet's clock: no round trip needed here.
         observe.job(
             state.lower(), job.get("reason", ""), created_at=float(job.get("created_at") or 0),
-            now=fleet_now(store.r),
+            finished_at=float(job.get("finished_at") or job.get("updated_at") or 0),
         )  # fmt: skip
 
 
@@ -274,11 +283,9 @@ def register(app: Celery) -> None:
             with _instrumented(self, LIGHT_QUEUE):
                 indexes = runner.plan_job(store, _settings(), job_id)
             priority = int(store.get(job_id).get("priority") or 5)
+            sent_at = fleet_now(store.r)
             for index in indexes:
-                enqueue(
-                    app, TASK_CHUNK, [job_id, index], priority=priority,
-                    sent_at=fleet_now(store.r),
-                )  # fmt: skip
+                enqueue(app, TASK_CHUNK, [job_id, index], priority=priority, sent_at=sent_at)
         except Exception as exc:
             _settle(self, job_id, None, exc)
             _meter_job_end(job_id)

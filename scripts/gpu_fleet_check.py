@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpu_check import RESULTS, run, section
+from gpu_check import ONLY, RESULTS, run, section
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
@@ -127,7 +127,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--only", default="", help="comma-separated sections (inputs always run)")
     args = parser.parse_args()
+    if args.only:
+        ONLY.update([*args.only.split(","), "fleet_inputs"])
     args.out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
 
@@ -205,6 +208,7 @@ def main() -> None:
             time.sleep(0.2)
         seconds = time.perf_counter() - started
         report: dict[str, Any] = {
+            "job_id": job,
             "state": status.state,
             "reason": status.reason,
             "error": status.error,
@@ -251,7 +255,7 @@ def main() -> None:
         save(args.out)
         # A fleet that never came up (its CUDA session refused, say) would only do so again:
         # the lease's minutes are better left than spent on two more waits.
-        if "error" not in RESULTS["fleet_one_process_per_gpu"]:
+        if "error" not in RESULTS.get("fleet_one_process_per_gpu", {}):
 
             @section("fleet_two_processes_per_gpu")
             def _two() -> Any:
@@ -263,6 +267,32 @@ def main() -> None:
             def _oom() -> Any:
                 return oom_pages(scratch, base_env, gpus, one_job)
 
+            save(args.out)
+
+            @section("fleet_kill_pool_process")
+            def _kill() -> Any:
+                return kill_pool_process(scratch, base_env, gpus, producer)
+
+            save(args.out)
+
+            @section("fleet_oom_at_batch_one")
+            def _oom_one() -> Any:
+                # An arena too small for one frame: the chunk's OOM is retried, then the job
+                # must end FAILED with its reason, not hang.
+                env = base_env | {"FACEFUSION_GPU_MEM_LIMIT": str(48 << 20)}
+                launcher = Launcher(env, scratch, "oom1", gpus)
+                report: dict[str, Any] = {}
+                try:
+                    report["worker_info"] = launcher.ready(READY_SECONDS)
+                    report["job"] = one_job(env, launcher, "oom1")
+                    status = producer(env).status(report["job"]["job_id"])
+                    report["chunk_errors"] = sorted({str(c["error"])[:300] for c in status.chunks})
+                except Exception as exc:  # noqa: BLE001 - kept beside the log that says why
+                    report["error"] = f"{type(exc).__name__}: {exc}"
+                finally:
+                    report["log_tail"] = launcher.stop()
+                return report
+
     finally:
         redis_server.terminate()
         redis_server.wait(10)
@@ -273,6 +303,49 @@ def main() -> None:
 def save(out: Path) -> None:
     """What was seen so far (a run cut short by its time limit still leaves its findings)."""
     (out / "gpu_fleet_check.json").write_text(json.dumps(RESULTS, indent=2, default=str))
+
+
+def kill_pool_process(scratch: Path, base_env: dict[str, str], gpus: str, producer: Any) -> Any:
+    """SIGKILL the pool process running a chunk on the GPU: Celery starts another, which must
+    come up on CUDA and redo the chunk; the dead process's GPU memory series must go."""
+    from facefusion_tasks.video.probe import probe
+
+    env = base_env | {"FACEFUSION_STALL_SECONDS": "20", "FACEFUSION_HEARTBEAT_SECONDS": "1"}
+    launcher = Launcher(env, scratch, "kill", gpus)
+    root = Path(env["FACEFUSION_STORAGE_ROOTS"])
+    report: dict[str, Any] = {}
+    try:
+        report["worker_info"] = launcher.ready(READY_SECONDS)
+        jobs = producer(env)
+        job = jobs.submit(root / "source.png", root / "clip.mp4", root / "kill.mp4",
+                          chunk_seconds=2)  # fmt: skip
+
+        def running() -> Any:
+            chunks = [c for c in jobs.status(job).chunks if c["state"] == "RUNNING" and c["pid"]]
+            return chunks[0] if chunks else None
+
+        victim = wait_until("a running chunk", running, 120, launcher.proc)
+        report["before_kill"] = {"gpu_apps": gpu_apps(), "victim": victim}
+        os.kill(int(victim["pid"]), signal.SIGKILL)
+        killed = time.monotonic()
+        status = jobs.wait(job, timeout=180)
+        report["seconds_kill_to_end"] = round(time.monotonic() - killed, 1)
+        report["job"] = {
+            "state": status.state, "reason": status.reason, "error": status.error,
+            "chunk": status.chunks[int(victim["index"])],
+        }  # fmt: skip
+        if status.state == "SUCCEEDED":
+            info = probe(root / "kill.mp4")
+            report["output"] = {"frames": info.frame_count, "duration": round(info.duration, 3)}
+        report["after"] = {"gpu_apps": gpu_apps(), "metrics": scrape(launcher.port)}
+        report["dead_pid_series_left"] = [
+            line for line in report["after"]["metrics"] if f'pid="{victim["pid"]}"' in line
+        ]
+    except Exception as exc:  # noqa: BLE001 - kept beside the log that says why
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        report["log_tail"] = launcher.stop()
+    return report
 
 
 def _ping(port: int) -> bool:

@@ -454,6 +454,8 @@ def test_a_gpu_host_whose_clock_runs_ten_minutes_behind_keeps_its_chunks(
     behind = {"LD_PRELOAD": str(FAKETIME_LIBRARY), "FAKETIME": "-10m"}
     with cluster(
         root, models_dir, SHARED_REDIS, stall_seconds="4", sweep_seconds="1", heartbeat_seconds="0.5",
+        # kombu's restore judges held messages on the restoring host's clock, so a host 600 s
+        # behind needs visibility_timeout > chunk_time_limit + 600 (the README says so).
         chunk_time_limit="60", visibility_timeout="1200",
     ) as fleet:  # fmt: skip
         fleet.start_worker("sweeper", queues="light")

@@ -113,7 +113,7 @@ def test_a_failing_metric_write_disables_metrics_instead_of_failing_the_caller()
                 raise OSError(28, "No space left on device")
         observe._definitions = Broken()
         observe.chunk("succeeded", "none", seconds=1.0)
-        observe.job("failed", "stalled", created_at=1.0, now=2.0)
+        observe.job("failed", "stalled", created_at=1.0, finished_at=2.0)
         assert "No space left" in observe.metrics_disabled()
         """
     )
