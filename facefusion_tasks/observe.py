@@ -259,6 +259,14 @@ def chunk(outcome: str, reason: str, *, seconds: float) -> None:
 
 
 @_safe
+def lost_attempts(reason: str, count: int) -> None:
+    """Chunk attempts that never ended (their process died, or the sweep gave them back), seen
+    by the delivery after them: each is an attempt that will be tried again."""
+    m = metrics()
+    m.chunks_total.labels(outcome="retried", reason=m.bounded_reason(reason)).inc(count)
+
+
+@_safe
 def job(outcome: str, reason: str, *, created_at: float, finished_at: float) -> None:
     """A job reached its final state (both times from its record, on the fleet's clock)."""
     m = metrics()

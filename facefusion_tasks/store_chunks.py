@@ -45,6 +45,11 @@ class Delivery:
     finished: int
     #: The chunk's state when this delivery started.
     state: str
+    #: Earlier deliveries that never ended and no delivery counted before this one.
+    newly_lost: int = 0
+    #: Why they never ended: worker_lost (the process died), or stalled (the sweep gave it
+    #: back); empty when none.
+    lost_cause: str = ""
 
     @property
     def lost(self) -> int:
@@ -140,11 +145,13 @@ class ChunkRecords:
         before anything can kill the process, and start its heartbeat clock."""
         token = new_token()
         now = fleet_now(self.r) if now is None else now
-        deliveries, finished, state = self._chunk_delivered(
+        deliveries, finished, state, newly_lost, cause = self._chunk_delivered(
             keys=[chunk_key(job_id, index), RUNNING_KEY, PENDING_KEY],
             args=[token, now, worker, pid, running_member(job_id, index)],
         )
-        return Delivery(token, int(deliveries), int(finished), str(state))
+        return Delivery(
+            token, int(deliveries), int(finished), str(state), int(newly_lost), str(cause)
+        )
 
     def chunk_attempt_ended(self, job_id: str, index: int, token: str) -> None:
         """The delivery with `token` ended in the task's own code (not a lost delivery)."""

@@ -87,15 +87,31 @@ return 1
 """
 
 #: KEYS: chunk, running set, pending set. ARGV: token, now, worker, pid, member. Returns
-#: {deliveries, finished, state}; a re-sent call with the same token counts once. A chunk with
-#: no record (its job is gone) is not created. Its message arrived: it waits no longer.
+#: {deliveries, finished, state, newly lost, cause}; a re-sent call with the same token counts
+#: once. A chunk with no record (its job is gone) is not created. Its message arrived: it waits
+#: no longer. Earlier deliveries that never ended (a SIGKILLed or OOM-killed pool process, or
+#: one the sweep gave back) are counted once each, by the first delivery that sees them:
+#: `lost_seen` remembers how many were; the cause is `stalled` when the sweep gave back the
+#: delivery just before, else `worker_lost`.
 CHUNK_DELIVERED = """
 redis.call('ZREM', KEYS[3], ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {1, 0, ''}
+  return {1, 0, '', 0, ''}
 end
+local newly, cause = 0, ''
 if redis.call('HGET', KEYS[1], 'delivery_token') ~= ARGV[1] then
-  redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+  local previous = redis.call('HGET', KEYS[1], 'delivery_token')
+  local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+  local finished = tonumber(redis.call('HGET', KEYS[1], 'finished') or '0')
+  local seen = tonumber(redis.call('HGET', KEYS[1], 'lost_seen') or '0')
+  if deliveries - finished - 1 > seen then
+    newly = deliveries - finished - 1 - seen
+    redis.call('HSET', KEYS[1], 'lost_seen', deliveries - finished - 1)
+    cause = 'worker_lost'
+    if previous and redis.call('HGET', KEYS[1], 'given_back') == previous then
+      cause = 'stalled'
+    end
+  end
   redis.call('HSET', KEYS[1], 'delivery_token', ARGV[1], 'started_at', ARGV[2],
              'heartbeat_at', ARGV[2], 'worker', ARGV[3], 'pid', ARGV[4])
   if redis.call('HGET', KEYS[1], 'state') ~= 'DONE' then
@@ -104,7 +120,7 @@ if redis.call('HGET', KEYS[1], 'delivery_token') ~= ARGV[1] then
 end
 return {tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'),
         tonumber(redis.call('HGET', KEYS[1], 'finished') or '0'),
-        redis.call('HGET', KEYS[1], 'state') or ''}
+        redis.call('HGET', KEYS[1], 'state') or '', newly, cause}
 """
 
 #: KEYS: chunk, running index. ARGV: running member, heartbeat time ('' for none), then field,

@@ -180,6 +180,10 @@ def _count_delivery(task: Task, job_id: str, index: int) -> tuple[Delivery, dict
     delivery = store.chunk_delivered(
         job_id, index, worker=task.request.hostname or "?", pid=os.getpid()
     )
+    if delivery.newly_lost:
+        # The attempts before this one that no code of theirs ended (a SIGKILL, the OOM
+        # killer, a process the sweep gave up on): counted here, or nowhere.
+        observe.lost_attempts(delivery.lost_cause, delivery.newly_lost)
     if delivery.state == DONE:  # a duplicate of a finished chunk (redelivered or re-sent)
         return delivery, {"state": "SKIPPED"}
     if delivery.lost >= settings.max_deliveries:

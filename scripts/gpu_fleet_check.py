@@ -9,6 +9,7 @@ Needs redis-server and prometheus on PATH. Like gpu_check.py, every section reco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,18 @@ class Launcher:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.log.read_text(errors="replace")[-4000:]
+
+
+@contextlib.contextmanager
+def recorded(launcher: Launcher, report: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A section's steps on `launcher`: an error is kept in `report` beside the launcher's log
+    tail (what says why), and the launcher is always stopped."""
+    try:
+        yield report
+    except Exception as exc:  # noqa: BLE001 - the finding, not a crash of the check
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        report["log_tail"] = launcher.stop()
 
 
 def gpu_apps() -> str:
@@ -229,18 +242,13 @@ def main() -> None:
         env = base_env | {f"FACEFUSION_{k.upper()}": v for k, v in settings.items()}
         env["FACEFUSION_GPU_PROCESSES"] = str(processes)
         launcher = Launcher(env, scratch, name, gpus)
-        report: dict[str, Any] = {"settings": settings, "gpu_processes": processes}
-        try:
+        with recorded(launcher, {"settings": settings, "gpu_processes": processes}) as report:
             started = time.perf_counter()
             report["worker_info"] = launcher.ready(READY_SECONDS)
             report["seconds_to_ready"] = round(time.perf_counter() - started, 1)
             report["warm"] = {k: v for k, v in one_job(env, launcher, f"{name}-warm").items()
                               if k != "metrics"}  # fmt: skip
             report["job"] = one_job(env, launcher, name)
-        except Exception as exc:  # noqa: BLE001 - kept beside the log that says why
-            report["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            report["log_tail"] = launcher.stop()
         return report
 
     try:
@@ -281,16 +289,11 @@ def main() -> None:
                 # must end FAILED with its reason, not hang.
                 env = base_env | {"FACEFUSION_GPU_MEM_LIMIT": str(48 << 20)}
                 launcher = Launcher(env, scratch, "oom1", gpus)
-                report: dict[str, Any] = {}
-                try:
+                with recorded(launcher, {}) as report:
                     report["worker_info"] = launcher.ready(READY_SECONDS)
                     report["job"] = one_job(env, launcher, "oom1")
                     status = producer(env).status(report["job"]["job_id"])
                     report["chunk_errors"] = sorted({str(c["error"])[:300] for c in status.chunks})
-                except Exception as exc:  # noqa: BLE001 - kept beside the log that says why
-                    report["error"] = f"{type(exc).__name__}: {exc}"
-                finally:
-                    report["log_tail"] = launcher.stop()
                 return report
 
     finally:
@@ -313,8 +316,7 @@ def kill_pool_process(scratch: Path, base_env: dict[str, str], gpus: str, produc
     env = base_env | {"FACEFUSION_STALL_SECONDS": "20", "FACEFUSION_HEARTBEAT_SECONDS": "1"}
     launcher = Launcher(env, scratch, "kill", gpus)
     root = Path(env["FACEFUSION_STORAGE_ROOTS"])
-    report: dict[str, Any] = {}
-    try:
+    with recorded(launcher, {}) as report:
         report["worker_info"] = launcher.ready(READY_SECONDS)
         jobs = producer(env)
         job = jobs.submit(root / "source.png", root / "clip.mp4", root / "kill.mp4",
@@ -341,10 +343,6 @@ def kill_pool_process(scratch: Path, base_env: dict[str, str], gpus: str, produc
         report["dead_pid_series_left"] = [
             line for line in report["after"]["metrics"] if f'pid="{victim["pid"]}"' in line
         ]
-    except Exception as exc:  # noqa: BLE001 - kept beside the log that says why
-        report["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        report["log_tail"] = launcher.stop()
     return report
 
 
@@ -387,34 +385,31 @@ def oom_pages(scratch: Path, base_env: dict[str, str], gpus: str, one_job: Any) 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    report: dict[str, Any] = {}
     try:
-        report["worker_info"] = launcher.ready(READY_SECONDS)
-        # The zero samples must be scraped before the first OOM, or increase() has no start.
-        wait_until("a scrape with the OOM series at 0", lambda: _scraped(url), 60, prometheus)
-        report["job"] = one_job(env, launcher, "oom")
+        with recorded(launcher, {}) as report:
+            report["worker_info"] = launcher.ready(READY_SECONDS)
+            # The zero samples must be scraped before the first OOM, or increase() has no start.
+            wait_until("a scrape with the OOM series at 0", lambda: _scraped(url), 60, prometheus)
+            report["job"] = one_job(env, launcher, "oom")
 
-        def firing() -> list[dict[str, Any]]:
-            alerts = get_json(url + "/api/v1/alerts")["data"]["alerts"]
-            return [
-                a for a in alerts
-                if a["labels"]["alertname"] == "FaceFusionGpuOutOfMemory" and a["state"] == "firing"
-            ]  # fmt: skip
+            def firing() -> list[dict[str, Any]]:
+                alerts = get_json(url + "/api/v1/alerts")["data"]["alerts"]
+                return [
+                    a for a in alerts
+                    if a["labels"]["alertname"] == "FaceFusionGpuOutOfMemory" and a["state"] == "firing"
+                ]  # fmt: skip
 
-        started = time.monotonic()
-        try:
-            report["firing"] = wait_until("the OOM alert", firing, 60, prometheus)
-            report["seconds_job_end_to_firing"] = round(time.monotonic() - started, 1)
-        except RuntimeError as exc:
-            report["firing_error"] = str(exc)
-        report["all_alerts"] = [
-            {"name": a["labels"]["alertname"], "state": a["state"]}
-            for a in get_json(url + "/api/v1/alerts")["data"]["alerts"]
-        ]
-    except Exception as exc:  # noqa: BLE001 - kept beside the log that says why
-        report["error"] = f"{type(exc).__name__}: {exc}"
+            started = time.monotonic()
+            try:
+                report["firing"] = wait_until("the OOM alert", firing, 60, prometheus)
+                report["seconds_job_end_to_firing"] = round(time.monotonic() - started, 1)
+            except RuntimeError as exc:
+                report["firing_error"] = str(exc)
+            report["all_alerts"] = [
+                {"name": a["labels"]["alertname"], "state": a["state"]}
+                for a in get_json(url + "/api/v1/alerts")["data"]["alerts"]
+            ]
     finally:
-        report["log_tail"] = launcher.stop()
         prometheus.terminate()
         prometheus.wait(20)
     return report

@@ -82,7 +82,9 @@ jobs_total = Counter(
 )
 chunks_total = Counter(
     "facefusion_chunks_total",
-    "Chunk attempts finished, by outcome (succeeded|retried|failed) and bounded reason.",
+    "Chunk attempts finished, by outcome (succeeded|retried|failed) and bounded reason; an "
+    "attempt whose process died (retried, worker_lost) or that the sweep gave back (retried, "
+    "stalled) counts when the chunk is next delivered.",
     ["outcome", "reason"],
 )
 face_swap_requests_total = Counter(

@@ -28,6 +28,7 @@ from tests.cluster import (
     cluster,
     free_port,
     launcher,
+    metric_samples,
     wait_for,
 )
 from tests.media import TINY, storage_root, video_times
@@ -269,6 +270,15 @@ def test_a_hard_time_limit_kill_or_a_dying_worker_fails_the_job_within_the_bound
             status.error,
         )
         assert status.chunks[victim["index"]]["deliveries"] == 2
+        # The killed attempt left no trace of its own; the delivery after it counted it. (The
+        # first job's attempt was given back, and its job failed: no delivery came after it.)
+        samples = metric_samples(tmp_path / "mp")
+        retried = {
+            labels[1][1]: value
+            for (name, labels), value in samples.items()
+            if name == "facefusion_chunks_total" and labels[0] == ("outcome", "retried") and value
+        }
+        assert retried == {"worker_lost": 1.0}, retried
 
 
 def _scrape(port: int) -> int:

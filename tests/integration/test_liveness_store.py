@@ -213,6 +213,29 @@ def test_deliveries_are_counted_at_start_and_lost_ones_are_those_that_never_ende
     assert store.r.zscore(RUNNING_KEY, f"{job_id}:0") is not None
 
 
+def test_each_attempt_that_never_ended_is_reported_once_with_its_cause(store: JobStore) -> None:
+    # What chunks_total counts for attempts no code of theirs ended (a SIGKILL leaves no other
+    # trace): the delivery after them says how many are new, and why.
+    job_id = _job(store)
+    first = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0)
+    assert (first.newly_lost, first.lost_cause) == (0, "")
+    store.chunk_attempt_ended(job_id, 0, first.token)  # a retry: ended in its own code
+    store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1001.0)  # then SIGKILLed
+    third = store.chunk_delivered(job_id, 0, worker="w2@h", pid=12, now=1002.0)
+    assert (third.newly_lost, third.lost_cause) == (1, "worker_lost")
+    # Stopped, then given back by the sweep: its successor reports it as stalled, once.
+    assert store.claim_stalled_chunk(job_id, 0, cutoff=1500.0, error="no progress", now=1500.0)
+    fourth = store.chunk_delivered(job_id, 0, worker="w3@h", pid=13, now=1501.0)
+    assert (fourth.newly_lost, fourth.lost_cause) == (1, "stalled")
+    # The stopped attempt wakes and ends in its own code: nothing is counted again, and an
+    # attempt that ended is never reported.
+    store.chunk_attempt_ended(job_id, 0, third.token)
+    store.chunk_attempt_ended(job_id, 0, fourth.token)
+    fifth = store.chunk_delivered(job_id, 0, worker="w4@h", pid=14, now=1502.0)
+    assert (fifth.newly_lost, fifth.lost_cause) == (0, "")
+    assert (fifth.deliveries, fifth.finished) == (5, 3)
+
+
 def test_a_chunk_with_no_progress_is_requeued_once_whoever_sweeps(store: JobStore) -> None:
     settings = _settings()
     job_id = _job(store)
