@@ -268,10 +268,12 @@ class JobStore(ChunkRecords, StallIndex):
 
     def reset_chunk(self, job_id: str, index: int) -> None:
         """A chunk about to be re-run by `retry` (one transaction: never half reset)."""
-        # Deliveries count anew: a retry after worker_lost must not fail on the old count.
+        # Deliveries count anew: a retry after worker_lost must not fail on the old count (nor
+        # leave the lost ones already reported hiding the next).
         fields: dict[Any, Any] = {"state": PENDING, "frames_done": 0, "error": "", "worker": ""}
+        counts = {"deliveries": 0, "finished": 0, "lost_seen": 0}
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(chunk_key(job_id, index), mapping=fields | {"deliveries": 0, "finished": 0})
+            pipe.hset(chunk_key(job_id, index), mapping=fields | counts)
             pipe.srem(f"{job_key(job_id)}:done", index)
             pipe.zrem(RUNNING_KEY, running_member(job_id, index))
             pipe.zadd(PENDING_KEY, {running_member(job_id, index): fleet_now(self.r)})

@@ -234,6 +234,11 @@ def test_each_attempt_that_never_ended_is_reported_once_with_its_cause(store: Jo
     fifth = store.chunk_delivered(job_id, 0, worker="w4@h", pid=14, now=1502.0)
     assert (fifth.newly_lost, fifth.lost_cause) == (0, "")
     assert (fifth.deliveries, fifth.finished) == (5, 3)
+    # `retry` counts deliveries anew, and what was reported before hides nothing after it.
+    store.reset_chunk(job_id, 0)
+    store.chunk_delivered(job_id, 0, worker="w5@h", pid=15, now=1600.0)  # then SIGKILLed
+    again = store.chunk_delivered(job_id, 0, worker="w6@h", pid=16, now=1601.0)
+    assert (again.deliveries, again.newly_lost, again.lost_cause) == (2, 1, "worker_lost")
 
 
 def test_a_chunk_with_no_progress_is_requeued_once_whoever_sweeps(store: JobStore) -> None:
