@@ -12,6 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from facefusion_tasks.reasons import Reason
+
 log = logging.getLogger(__name__)
 
 _definitions: ModuleType | None = None
@@ -259,11 +261,14 @@ def chunk(outcome: str, reason: str, *, seconds: float) -> None:
 
 
 @_safe
-def lost_attempts(reason: str, count: int) -> None:
-    """Chunk attempts that never ended (their process died, or the sweep gave them back), seen
-    by the delivery after them: each is an attempt that will be tried again."""
+def lost_attempts(outcome: str, *, lost: int, stalled: int) -> None:
+    """Chunk attempts that never ended, seen by the delivery after them: `lost` ones whose
+    process died (worker_lost), `stalled` ones the sweep gave back; `outcome` retried (the
+    chunk runs again) or failed (they used up its deliveries)."""
     m = metrics()
-    m.chunks_total.labels(outcome="retried", reason=m.bounded_reason(reason)).inc(count)
+    for reason, count in ((Reason.WORKER_LOST, lost), (Reason.STALLED, stalled)):
+        if count:
+            m.chunks_total.labels(outcome=outcome, reason=reason.value).inc(count)
 
 
 @_safe

@@ -14,7 +14,7 @@ from redis.retry import Retry
 from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.jobs import Chunk
-from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY
+from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY, as_text
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store_chunks import ChunkRecords, Delivery
 from facefusion_tasks.store_keys import (
@@ -271,9 +271,16 @@ class JobStore(ChunkRecords, StallIndex):
         # Deliveries count anew: a retry after worker_lost must not fail on the old count (nor
         # leave the lost ones already reported hiding the next).
         fields: dict[Any, Any] = {"state": PENDING, "frames_done": 0, "error": "", "worker": ""}
-        counts = {"deliveries": 0, "finished": 0, "lost_seen": 0}
+        counts = {"deliveries": 0, "finished": 0, "lost_report": "0 0"}
+        # Attempts of the failed run still stopping belong to it: ending late, or never, they
+        # must not count in the new one (as finished, or as lost).
+        earlier = [
+            f for f in map(as_text, self.r.hkeys(chunk_key(job_id, index))) if f.startswith("open:")
+        ]
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(chunk_key(job_id, index), mapping=fields | counts)
+            if earlier:
+                pipe.hdel(chunk_key(job_id, index), *earlier)
             pipe.srem(f"{job_key(job_id)}:done", index)
             pipe.zrem(RUNNING_KEY, running_member(job_id, index))
             pipe.zadd(PENDING_KEY, {running_member(job_id, index): fleet_now(self.r)})

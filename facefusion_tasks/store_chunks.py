@@ -45,11 +45,10 @@ class Delivery:
     finished: int
     #: The chunk's state when this delivery started.
     state: str
-    #: Earlier deliveries that never ended and no delivery counted before this one.
+    #: Earlier deliveries that never ended, first seen by this one: their process died...
     newly_lost: int = 0
-    #: Why they never ended: worker_lost (the process died), or stalled (the sweep gave it
-    #: back); empty when none.
-    lost_cause: str = ""
+    #: ...or the stall sweep gave them back.
+    newly_stalled: int = 0
 
     @property
     def lost(self) -> int:
@@ -145,13 +144,11 @@ class ChunkRecords:
         before anything can kill the process, and start its heartbeat clock."""
         token = new_token()
         now = fleet_now(self.r) if now is None else now
-        deliveries, finished, state, newly_lost, cause = self._chunk_delivered(
+        deliveries, finished, state, lost, stalled = self._chunk_delivered(
             keys=[chunk_key(job_id, index), RUNNING_KEY, PENDING_KEY],
             args=[token, now, worker, pid, running_member(job_id, index)],
         )
-        return Delivery(
-            token, int(deliveries), int(finished), str(state), int(newly_lost), str(cause)
-        )
+        return Delivery(token, int(deliveries), int(finished), str(state), int(lost), int(stalled))
 
     def chunk_attempt_ended(self, job_id: str, index: int, token: str) -> None:
         """The delivery with `token` ended in the task's own code (not a lost delivery)."""

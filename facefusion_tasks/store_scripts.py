@@ -87,40 +87,45 @@ return 1
 """
 
 #: KEYS: chunk, running set, pending set. ARGV: token, now, worker, pid, member. Returns
-#: {deliveries, finished, state, newly lost, cause}; a re-sent call with the same token counts
-#: once. A chunk with no record (its job is gone) is not created. Its message arrived: it waits
-#: no longer. Earlier deliveries that never ended (a SIGKILLed or OOM-killed pool process, or
-#: one the sweep gave back) are counted once each, by the first delivery that sees them:
-#: `lost_seen` remembers how many were; the cause is `stalled` when the sweep gave back the
-#: delivery just before, else `worker_lost`.
+#: {deliveries, finished, state, lost, stalled}; a re-sent call with the same token counts once
+#: and answers as the first did. A chunk with no record (its job is gone) is not created. Its
+#: message arrived: it waits no longer. Each delivery stays `open:<token>` until it ends in its
+#: own code (CHUNK_ATTEMPT_ENDED, or its retry); one still open when the next arrives never
+#: will (its process was SIGKILLed or OOM-killed, or the sweep gave it back): each is reported
+#: once, `stalled` if the sweep gave that one back, else `lost`, and marked so.
 CHUNK_DELIVERED = """
 redis.call('ZREM', KEYS[3], ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {1, 0, '', 0, ''}
+  return {1, 0, '', 0, 0}
 end
-local newly, cause = 0, ''
 if redis.call('HGET', KEYS[1], 'delivery_token') ~= ARGV[1] then
-  local previous = redis.call('HGET', KEYS[1], 'delivery_token')
-  local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-  local finished = tonumber(redis.call('HGET', KEYS[1], 'finished') or '0')
-  local seen = tonumber(redis.call('HGET', KEYS[1], 'lost_seen') or '0')
-  if deliveries - finished - 1 > seen then
-    newly = deliveries - finished - 1 - seen
-    redis.call('HSET', KEYS[1], 'lost_seen', deliveries - finished - 1)
-    cause = 'worker_lost'
-    if previous and redis.call('HGET', KEYS[1], 'given_back') == previous then
-      cause = 'stalled'
+  redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+  local given_back = redis.call('HGET', KEYS[1], 'given_back')
+  local lost, stalled = 0, 0
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    if fields[i + 1] == 'open' and string.sub(fields[i], 1, 5) == 'open:' then
+      redis.call('HSET', KEYS[1], fields[i], 'lost')
+      if given_back and string.sub(fields[i], 6) == given_back then
+        stalled = stalled + 1
+      else
+        lost = lost + 1
+      end
     end
   end
   redis.call('HSET', KEYS[1], 'delivery_token', ARGV[1], 'started_at', ARGV[2],
-             'heartbeat_at', ARGV[2], 'worker', ARGV[3], 'pid', ARGV[4])
+             'heartbeat_at', ARGV[2], 'worker', ARGV[3], 'pid', ARGV[4],
+             'open:' .. ARGV[1], 'open', 'lost_report', lost .. ' ' .. stalled)
   if redis.call('HGET', KEYS[1], 'state') ~= 'DONE' then
     redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
   end
 end
+local report = redis.call('HGET', KEYS[1], 'lost_report') or '0 0'
+local gap = string.find(report, ' ')
 return {tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'),
         tonumber(redis.call('HGET', KEYS[1], 'finished') or '0'),
-        redis.call('HGET', KEYS[1], 'state') or '', newly, cause}
+        redis.call('HGET', KEYS[1], 'state') or '',
+        tonumber(string.sub(report, 1, gap - 1)), tonumber(string.sub(report, gap + 1))}
 """
 
 #: KEYS: chunk, running index. ARGV: running member, heartbeat time ('' for none), then field,
@@ -141,14 +146,14 @@ return 1
 """
 
 #: KEYS: chunk. ARGV: token (the delivery's). An attempt that ended in the task's own code
-#: (success, failure, retry) is not a lost delivery.
+#: (success, failure, retry) is not a lost delivery; once per token, whatever the order of the
+#: calls (a retry ends its attempt before it is sent, and again in the task's `finally`).
 CHUNK_ATTEMPT_ENDED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-if redis.call('HGET', KEYS[1], 'ended_token') ~= ARGV[1] then
+if redis.call('HDEL', KEYS[1], 'open:' .. ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'finished', 1)
-  redis.call('HSET', KEYS[1], 'ended_token', ARGV[1])
 end
 return 1
 """

@@ -29,7 +29,7 @@ from facefusion_tasks.app import (
 from facefusion_tasks.config import Settings
 from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import DONE, TERMINAL, Delivery, JobStore, connect
+from facefusion_tasks.store import CANCELLED, DONE, TERMINAL, Delivery, JobStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +180,19 @@ def _count_delivery(task: Task, job_id: str, index: int) -> tuple[Delivery, dict
     delivery = store.chunk_delivered(
         job_id, index, worker=task.request.hostname or "?", pid=os.getpid()
     )
-    if delivery.newly_lost:
-        # The attempts before this one that no code of theirs ended (a SIGKILL, the OOM
-        # killer, a process the sweep gave up on): counted here, or nowhere.
-        observe.lost_attempts(delivery.lost_cause, delivery.newly_lost)
     if delivery.state == DONE:  # a duplicate of a finished chunk (redelivered or re-sent)
         return delivery, {"state": "SKIPPED"}
-    if delivery.lost >= settings.max_deliveries:
+    refused = delivery.lost >= settings.max_deliveries
+    if delivery.state != CANCELLED:
+        # Attempts before this one that no code of theirs ended (a SIGKILL, the OOM killer, a
+        # process the sweep gave back) are counted here or nowhere: retried when the chunk runs
+        # again, failed when they cost it its last delivery.
+        observe.lost_attempts(
+            "failed" if refused else "retried",
+            lost=delivery.newly_lost,
+            stalled=delivery.newly_stalled,
+        )
+    if refused:
         error = (
             f"chunk {index} was delivered {delivery.deliveries} times and {delivery.lost} "
             "deliveries never finished (worker killed or hung)"
@@ -250,7 +256,9 @@ def _timed_chunk(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             observe.chunk(outcome, reason, seconds=time.perf_counter() - started)
 
 
-def _settle(task: Task, job_id: str, index: int | None, error: Exception) -> Reason:
+def _settle(
+    task: Task, job_id: str, index: int | None, error: Exception, *, token: str = ""
+) -> Reason:
     """The one error-to-outcome policy for every task: retry what may pass on another attempt
     (celery's Retry is raised from here), else fail the job with the error's reason. Any
     exception ends here, so no job is left in a state that nothing will move."""
@@ -263,6 +271,10 @@ def _settle(task: Task, job_id: str, index: int | None, error: Exception) -> Rea
         where = job_id if index is None else f"{job_id}/{index}"
         log.warning("%s %s failed (%s); retrying", task.name, where, outcome.message)
         if index is not None:
+            # Ended before its retry is sent: the retry may start on another process before
+            # this one's `finally` runs, and must not take this attempt for a lost one.
+            if token:
+                _store().chunk_attempt_ended(job_id, index, token)
             _store().chunk_retrying(job_id, index)
         # No countdown: a message with an ETA is held by the worker that took it, not waiting
         # in line, and the sweep could not tell it from one whose holder died. Sent with none,
@@ -324,7 +336,10 @@ def register(app: Celery) -> None:
                 log.warning("chunk %s/%d: a stale attempt failed (%s); its successor decides",
                             job_id, index, exc)  # fmt: skip
                 return {"state": "SKIPPED"}
-            return {"state": "FAILED", "reason": _settle(self, job_id, index, exc).value}
+            return {
+                "state": "FAILED",
+                "reason": _settle(self, job_id, index, exc, token=token).value,
+            }
         if result is None:
             return {"state": "SKIPPED"}
         if last:

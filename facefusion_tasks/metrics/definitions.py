@@ -83,8 +83,8 @@ jobs_total = Counter(
 chunks_total = Counter(
     "facefusion_chunks_total",
     "Chunk attempts finished, by outcome (succeeded|retried|failed) and bounded reason; an "
-    "attempt whose process died (retried, worker_lost) or that the sweep gave back (retried, "
-    "stalled) counts when the chunk is next delivered.",
+    "attempt whose process died (worker_lost) or that the sweep gave back (stalled) counts "
+    "when the chunk is next delivered.",
     ["outcome", "reason"],
 )
 face_swap_requests_total = Counter(

@@ -99,6 +99,18 @@ def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound
     redone = status.chunks[victim["index"]]
     assert redone["deliveries"] >= 2 and redone["pid"] != victim["pid"]
     assert video_times(output) == video_times(root / "clip.mp4")  # nothing lost or doubled
+    # The stopped attempt never ended; the delivery after it counted it, as given back.
+    assert _lost_attempts(tmp_path / "mp") == {("retried", "stalled"): 1.0}
+
+
+def _lost_attempts(metrics_dir: Path) -> dict[tuple[str, str], float]:
+    """chunks_total's counts of attempts that never ended: (outcome, reason) -> count."""
+    return {
+        (labels[0][1], labels[1][1]): value
+        for (name, labels), value in metric_samples(metrics_dir).items()
+        if name == "facefusion_chunks_total" and labels[1][1] in ("worker_lost", "stalled")
+        and value
+    }  # fmt: skip
 
 
 def test_a_stalled_attempt_that_wakes_after_its_chunk_was_given_back_has_no_say(
@@ -270,15 +282,10 @@ def test_a_hard_time_limit_kill_or_a_dying_worker_fails_the_job_within_the_bound
             status.error,
         )
         assert status.chunks[victim["index"]]["deliveries"] == 2
-        # The killed attempt left no trace of its own; the delivery after it counted it. (The
-        # first job's attempt was given back, and its job failed: no delivery came after it.)
-        samples = metric_samples(tmp_path / "mp")
-        retried = {
-            labels[1][1]: value
-            for (name, labels), value in samples.items()
-            if name == "facefusion_chunks_total" and labels[0] == ("outcome", "retried") and value
-        }
-        assert retried == {"worker_lost": 1.0}, retried
+        # The killed attempt left no trace of its own: the delivery after it counted it, as
+        # failed (it used up the chunk's deliveries). The first job's attempt was given back
+        # and its job failed by the sweep: no delivery came after it to count it.
+        assert _lost_attempts(tmp_path / "mp") == {("failed", "worker_lost"): 1.0}
 
 
 def _scrape(port: int) -> int:

@@ -31,6 +31,7 @@ from facefusion_tasks.store import (
     JobStore,
     connect,
 )
+from facefusion_tasks.store_keys import chunk_key
 from tests.cluster import SHARED_REDIS, RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -215,30 +216,45 @@ def test_deliveries_are_counted_at_start_and_lost_ones_are_those_that_never_ende
 
 def test_each_attempt_that_never_ended_is_reported_once_with_its_cause(store: JobStore) -> None:
     # What chunks_total counts for attempts no code of theirs ended (a SIGKILL leaves no other
-    # trace): the delivery after them says how many are new, and why.
+    # trace): the delivery after them says how many are new, and why. Attempts are tracked by
+    # token, so an attempt that ends late neither counts nor hides a later one.
     job_id = _job(store)
-    first = store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1000.0)
-    assert (first.newly_lost, first.lost_cause) == (0, "")
-    store.chunk_attempt_ended(job_id, 0, first.token)  # a retry: ended in its own code
-    store.chunk_delivered(job_id, 0, worker="w1@h", pid=11, now=1001.0)  # then SIGKILLed
-    third = store.chunk_delivered(job_id, 0, worker="w2@h", pid=12, now=1002.0)
-    assert (third.newly_lost, third.lost_cause) == (1, "worker_lost")
-    # Stopped, then given back by the sweep: its successor reports it as stalled, once.
+
+    def deliver(pid: int, now: float) -> Any:
+        return store.chunk_delivered(job_id, 0, worker=f"w{pid}@h", pid=pid, now=now)
+
+    first = deliver(1, 1000.0)
+    assert (first.newly_lost, first.newly_stalled) == (0, 0)
+    store.chunk_attempt_ended(job_id, 0, first.token)  # a retry ends its attempt before...
+    second = deliver(2, 1001.0)  # ...it is sent: the retry finds nothing lost
+    assert (second.newly_lost, second.newly_stalled) == (0, 0)
+    store.chunk_attempt_ended(job_id, 0, first.token)  # its `finally`, again: counts once
+    third = deliver(3, 1002.0)  # the second was SIGKILLed
+    assert (third.newly_lost, third.newly_stalled) == (1, 0)
+    # A re-sent call (redis-py after a timeout) answers as the first did.
+    again = store._chunk_delivered(
+        keys=[chunk_key(job_id, 0), RUNNING_KEY, PENDING_KEY],
+        args=[third.token, 1002.0, "w3@h", 3, f"{job_id}:0"],
+    )
+    assert again[3:] == [1, 0]
+    # Stopped, then given back by the sweep: its successor reports it as stalled.
     assert store.claim_stalled_chunk(job_id, 0, cutoff=1500.0, error="no progress", now=1500.0)
-    fourth = store.chunk_delivered(job_id, 0, worker="w3@h", pid=13, now=1501.0)
-    assert (fourth.newly_lost, fourth.lost_cause) == (1, "stalled")
-    # The stopped attempt wakes and ends in its own code: nothing is counted again, and an
-    # attempt that ended is never reported.
+    fourth = deliver(4, 1501.0)
+    assert (fourth.newly_lost, fourth.newly_stalled) == (0, 1)
+    # The stopped one wakes and ends late; the fourth is SIGKILLed: the fifth reports the
+    # fourth, and nothing of the third again.
     store.chunk_attempt_ended(job_id, 0, third.token)
-    store.chunk_attempt_ended(job_id, 0, fourth.token)
-    fifth = store.chunk_delivered(job_id, 0, worker="w4@h", pid=14, now=1502.0)
-    assert (fifth.newly_lost, fifth.lost_cause) == (0, "")
-    assert (fifth.deliveries, fifth.finished) == (5, 3)
-    # `retry` counts deliveries anew, and what was reported before hides nothing after it.
+    fifth = deliver(5, 1502.0)
+    assert (fifth.newly_lost, fifth.newly_stalled) == (1, 0)
+    assert (fifth.deliveries, fifth.finished) == (5, 2)
+    # `retry` starts the count anew; the fifth, still stopping, belongs to the failed run.
     store.reset_chunk(job_id, 0)
-    store.chunk_delivered(job_id, 0, worker="w5@h", pid=15, now=1600.0)  # then SIGKILLed
-    again = store.chunk_delivered(job_id, 0, worker="w6@h", pid=16, now=1601.0)
-    assert (again.deliveries, again.newly_lost, again.lost_cause) == (2, 1, "worker_lost")
+    sixth = deliver(6, 1600.0)
+    assert (sixth.deliveries, sixth.newly_lost, sixth.newly_stalled) == (1, 0, 0)
+    store.chunk_attempt_ended(job_id, 0, fifth.token)  # ends late: not this run's
+    seventh = deliver(7, 1601.0)  # the sixth was SIGKILLed
+    assert (seventh.deliveries, seventh.finished) == (2, 0)
+    assert (seventh.newly_lost, seventh.newly_stalled) == (1, 0)
 
 
 def test_a_chunk_with_no_progress_is_requeued_once_whoever_sweeps(store: JobStore) -> None:
