@@ -272,19 +272,27 @@ class JobStore(ChunkRecords, StallIndex):
         # leave the lost ones already reported hiding the next).
         fields: dict[Any, Any] = {"state": PENDING, "frames_done": 0, "error": "", "worker": ""}
         counts = {"deliveries": 0, "finished": 0, "lost_report": "0 0"}
-        # Attempts of the failed run still stopping belong to it: ending late, or never, they
-        # must not count in the new one (as finished, or as lost).
-        earlier = [
-            f for f in map(as_text, self.r.hkeys(chunk_key(job_id, index))) if f.startswith("open:")
-        ]
+        key = chunk_key(job_id, index)
+        now = fleet_now(self.r)
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(chunk_key(job_id, index), mapping=fields | counts)
-            if earlier:
-                pipe.hdel(chunk_key(job_id, index), *earlier)
-            pipe.srem(f"{job_key(job_id)}:done", index)
-            pipe.zrem(RUNNING_KEY, running_member(job_id, index))
-            pipe.zadd(PENDING_KEY, {running_member(job_id, index): fleet_now(self.r)})
-            pipe.execute()
+            while True:
+                try:
+                    # Attempts of the failed run still stopping belong to it: ending late, or
+                    # never, they must not count in the new one (as finished, or as lost).
+                    # Watched: a delivery landing between the read and the reset restarts it.
+                    pipe.watch(key)
+                    earlier = [f for f in map(as_text, pipe.hkeys(key)) if f.startswith("open:")]
+                    pipe.multi()
+                    pipe.hset(key, mapping=fields | counts)
+                    if earlier:
+                        pipe.hdel(key, *earlier)
+                    pipe.srem(f"{job_key(job_id)}:done", index)
+                    pipe.zrem(RUNNING_KEY, running_member(job_id, index))
+                    pipe.zadd(PENDING_KEY, {running_member(job_id, index): now})
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def stalled(self, job_id: str, *, seconds: float, now: float | None = None) -> bool:
         """Whether the job sits in an active state with no change for over `seconds` (a plan or

@@ -183,10 +183,14 @@ def _count_delivery(task: Task, job_id: str, index: int) -> tuple[Delivery, dict
     if delivery.state == DONE:  # a duplicate of a finished chunk (redelivered or re-sent)
         return delivery, {"state": "SKIPPED"}
     refused = delivery.lost >= settings.max_deliveries
-    if delivery.state != CANCELLED:
+    if (
+        (delivery.newly_lost or delivery.newly_stalled)
+        and delivery.state != CANCELLED
+        and store.state(job_id) not in TERMINAL
+    ):
         # Attempts before this one that no code of theirs ended (a SIGKILL, the OOM killer, a
         # process the sweep gave back) are counted here or nowhere: retried when the chunk runs
-        # again, failed when they cost it its last delivery.
+        # again, failed when they cost it its last delivery; not when its job already ended.
         observe.lost_attempts(
             "failed" if refused else "retried",
             lost=delivery.newly_lost,
