@@ -59,6 +59,10 @@ class SwapJob:
     #: Frames the output must hold (a chunk's planned span; the probed count of a whole
     #: video): anything else fails before the file is committed. None = not known.
     frames: int | None = None
+    #: Give the last frame the source's own length (a GIF's long last delay) where the
+    #: output runs to the source's end. Off for chunk segments: the stitch's stream copy
+    #: gives an mp4 segment's last frame one step of its own, whatever the segment said.
+    own_last_frame: bool = True
 
 
 @dataclass
@@ -246,6 +250,7 @@ def run_swap(
             colour=written_colour(info.colour, info.pix_fmt),
             sample_aspect=info.sample_aspect,
             field_order=written_field_order(info),
+            last_frame=info.last_frame if job.own_last_frame and job.end_pts is None else None,
         )
     except BaseException:
         # The decoder is already running: a writer that cannot start (a full disk, a refused

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from facefusion_tasks.faces.synthetic import background, draw_face
-from facefusion_tasks.video.samples import make_sample_video
+from facefusion_tasks.video.samples import make_sample_video, synthetic_frame
 
 #: A tenth of a job: 10 frames, one small face, no audio.
 TINY: Mapping[str, Any] = {"seconds": 0.4, "width": 160, "height": 120, "faces": 1, "audio": False}
@@ -94,6 +95,26 @@ def video_times(path: Path) -> list[Fraction]:
     tb = Fraction(data["streams"][0]["time_base"])
     pts = sorted(int(p["pts"]) for p in data["packets"])
     return [(p - pts[0]) * tb for p in pts]
+
+
+def video_length(path: Path) -> Fraction:
+    """How long a file without audio plays: its first frame's start to its last frame's end,
+    as ffprobe tells the file's duration (microseconds). mp4's own stream duration leaves out
+    part of a B-frame edit list, and its packets' durations read N/A, so neither would do."""
+    assert not [s for s in streams(path) if s["codec_type"] != "video"], f"{path}: not video only"
+    return Fraction(ffprobe_json(path, "-show_entries", "format=duration")["format"]["duration"])
+
+
+def write_gif(path: Path, delays_ms: Sequence[int], *, width: int = 160, height: int = 120) -> Path:
+    """An animated GIF of one synthetic face, frame i shown for delays_ms[i] (10 ms steps: GIF
+    counts centiseconds), written by Pillow, which keeps every delay, the last included."""
+    frames = [
+        Image.fromarray(cv2.cvtColor(synthetic_frame(width, height, 1, i), cv2.COLOR_BGR2RGB))
+        for i in range(len(delays_ms))
+    ]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=list(delays_ms),
+                   loop=0, optimize=False)  # fmt: skip
+    return path
 
 
 def streams(path: Path) -> list[dict]:

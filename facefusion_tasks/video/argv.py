@@ -162,15 +162,17 @@ def plain_input_args(source: str | Path | None = None) -> list[str]:
 
 def rate_args(frame_rate: Fraction | None, version: tuple[int, int]) -> list[str]:
     """Where ffmpeg before 6.0 would misjudge the encoded frames' length, the output rate said
-    outright. Its Matroska demuxer takes a rate from DefaultDuration only between 5 and 1000
-    fps; past that ffmpeg 5.1 takes the pipe's 1 ns ticks for the rate, its encoder's packets
-    get no duration, and an mp4's last frame lasted nothing (at exactly 1000 fps, the edit list
-    dropped it). With passthrough every frame still keeps its own timestamp. Only from 5.1,
-    whose -fps_mode takes it (4.x says "-vsync 0 and -r can produce invalid output files", an
-    error line), to before 6.0, where frames began to carry their own duration: 9.0 keeps the
-    last frame without it, and 7.1 refuses -r beside passthrough. Rates of 5 fps and below,
-    outside the demuxer's window too, were measured exact without it."""
-    if frame_rate is None or not (5, 1) <= version < (6, 0) or frame_rate < 1000:
+    outright. `frame_rate` is one over the last frame's length, the raw track's default
+    duration. ffmpeg 5.1's Matroska demuxer takes a rate from that only strictly between 5 and 1000
+    fps, and the encoder's packets last at most one frame of the rate it has. Past 1000 fps it
+    takes the pipe's 1 ns ticks for the rate, the packets get no duration, and an mp4's last
+    frame lasted nothing (at exactly 1000 fps, the edit list dropped it). Below 5 fps it
+    guesses one from the timestamps, and a GIF's 0.48 s last frame lasted 0.04 s. With
+    passthrough every frame still keeps its own timestamp. Only from 5.1, whose -fps_mode
+    takes it (4.x says "-vsync 0 and -r can produce invalid output files", an error line), to
+    before 6.0, where frames began to carry their own duration: 9.0 keeps the last frame
+    without it, and 7.1 refuses -r beside passthrough."""
+    if frame_rate is None or not (5, 1) <= version < (6, 0) or 5 < frame_rate < 1000:
         return []
     return ["-r:v", ratio(frame_rate)]
 
@@ -345,8 +347,8 @@ def encode_argv(
     seconds into it (where the video's first frame is). BGR goes back to YUV with
     the source's `colour` matrix and range, and the output carries its colour tags, its
     pixels' shape (`sample_aspect`, "num:den"; "" = square) and its interlacing
-    (`field_order`, "" = progressive). `frame_rate` (the last frame's length is one frame of
-    it) is said outright only where an old ffmpeg would misjudge it (rate_args).
+    (`field_order`, "" = progressive). `frame_rate` (one over the last frame's length) is said
+    outright only where an old ffmpeg would misjudge it (rate_args).
 
     Each frame keeps its own timestamp: passthrough never drops or duplicates, the encoder
     ticks in the source time base, and mp4/mov tracks use its denominator as timescale.

@@ -50,6 +50,10 @@ class Packets:
         step = last if last > 0 else (1 / frame_rate if frame_rate else Fraction(0))
         return float((max(self.pts) - min(self.pts)) * self.time_base + step)
 
+    def last_frame(self) -> Fraction:
+        """Seconds the frame shown last lasts, by its own packet; 0 when the file gives none."""
+        return self.last_duration * self.time_base
+
     def variable(self) -> bool:
         ordered = sorted(self.pts)
         return len({b - a for a, b in zip(ordered, ordered[1:], strict=False)}) > 1
@@ -91,11 +95,27 @@ def demux_pass(source: Location, exe: str, stream: int = 0) -> Packets:
     damage = damage_line(done.stderr)
     if damage is not None:
         raise corrupt(source, damage)
+    packets = read_packets(done.stdout, done.stderr)
+    pts = packets.pts
+    repeated = len(pts) - len(set(pts))
+    if repeated:
+        # The pipeline keeps every frame's own time; made-up times would not be the file's.
+        raise InputError(
+            f"{source.name}: {repeated} of {len(pts)} frames repeat another's timestamp (a raw "
+            "stream without timestamps, or a frame rate finer than its container's clock); "
+            "remux it with a frame rate, e.g. ffmpeg -r 25 -i IN -c copy OUT.mkv",
+            reason=Reason.BAD_INPUT,
+        )
+    return packets
+
+
+def read_packets(framecrc: str, stderr: str = "") -> Packets:
+    """The packets of stream 0 in a framecrc listing, those the decoder drops left out."""
     time_base = Fraction(0)
     pts: list[int] = []
     span = 0
     max_pts, last_duration = _NOPTS, 0
-    for line in done.stdout.splitlines():
+    for line in framecrc.splitlines():
         if line.startswith("#"):
             match = _TB_LINE.match(line)
             if match:
@@ -115,15 +135,6 @@ def demux_pass(source: Location, exe: str, stream: int = 0) -> Packets:
         span += max(int(fields[3]), 0)
         if pts[-1] >= max_pts:
             max_pts, last_duration = pts[-1], max(int(fields[3]), 0)
-    repeated = len(pts) - len(set(pts))
-    if repeated:
-        # The pipeline keeps every frame's own time; made-up times would not be the file's.
-        raise InputError(
-            f"{source.name}: {repeated} of {len(pts)} frames repeat another's timestamp (a raw "
-            "stream without timestamps, or a frame rate finer than its container's clock); "
-            "remux it with a frame rate, e.g. ffmpeg -r 25 -i IN -c copy OUT.mkv",
-            reason=Reason.BAD_INPUT,
-        )
     return Packets(
-        pts=pts, time_base=time_base, span=span, stderr=done.stderr, last_duration=last_duration
+        pts=pts, time_base=time_base, span=span, stderr=stderr, last_duration=last_duration
     )

@@ -24,7 +24,7 @@ from facefusion_tasks.video.fields import (
     stream_line_interlaced,
     tagged_interlaced,
 )
-from facefusion_tasks.video.packets import demux_pass
+from facefusion_tasks.video.packets import Packets, demux_pass, read_packets
 from facefusion_tasks.video.plainfile import (
     check_file,
     check_plain,
@@ -81,6 +81,9 @@ class VideoInfo:
     video_stream: int = 0
     #: Interlaced video's field order (fields.FIELD_ORDERS); "" for progressive.
     field_order: str = ""
+    #: Seconds the last frame is shown, by its own packet (a GIF's last delay, a slideshow's
+    #: long last picture); 0 = unknown, and the output gives it one frame at frame_rate.
+    last_frame: Fraction = Fraction(0)
 
     @property
     def has_audio(self) -> bool:
@@ -99,7 +102,8 @@ class VideoInfo:
         data["path"] = str(self.path)
         data["frame_rate"] = str(self.frame_rate)
         data["time_base"] = str(self.time_base)
-        for late, unset in (("video_stream", 0), ("field_order", "")):
+        data["last_frame"] = str(self.last_frame)
+        for late, unset in (("video_stream", 0), ("field_order", ""), ("last_frame", "0")):
             if data[late] == unset:
                 # The common case stays readable by workers from before the field, during an
                 # upgrade: they would refuse a record with a key they do not know.
@@ -113,6 +117,7 @@ class VideoInfo:
         values["path"] = objects.location(values["path"])
         values["frame_rate"] = Fraction(values["frame_rate"])
         values["time_base"] = Fraction(values["time_base"])
+        values["last_frame"] = Fraction(values.get("last_frame") or 0)
         # A record from before audio_codecs existed knew only the first stream.
         first = values.pop("audio_codec", None)
         values.pop("has_audio", None)
@@ -150,7 +155,8 @@ def probe(
     if not counted:
         # The index may promise frames the file no longer holds (an mp4 with its moov first,
         # cut short): demux the last second, which reads through to the end of the data.
-        _check_tail(source, exe, info.duration, info.video_stream)
+        tail = _check_tail(source, exe, info.duration, info.video_stream)
+        info = dataclasses.replace(info, last_frame=tail.last_frame())
     log.debug("probed %s: %s", source, info)
     return info
 
@@ -179,15 +185,18 @@ def check_frame_size(info: VideoInfo, *, max_frame_pixels: int) -> None:
         )
 
 
-def _check_tail(source: Location, exe: str, duration: float, stream: int) -> None:
-    argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning"]
+def _check_tail(source: Location, exe: str, duration: float, stream: int) -> Packets:
+    """The packets from the keyframe before the last second on: damage there raises, and
+    the last of them says how long the last frame lasts."""
+    argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning", "-copyts"]
     *options, target = input_args(source)
     argv += [*options, "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", target]
-    argv += ["-map", f"0:v:{stream}", "-c", "copy", "-f", "null", "-"]
+    argv += ["-map", f"0:v:{stream}", "-c", "copy", "-f", "framecrc", "-"]
     done = run_probe(argv)
     damage = damage_line(done.stderr)
     if damage is not None:
         raise corrupt(source, damage)
+    return read_packets(done.stdout, done.stderr)
 
 
 def _parse_ratio(text: str | None) -> Fraction:
@@ -287,6 +296,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     frame_rate = avg or real
 
     counted = False
+    last_frame = Fraction(0)
     frame_count = nb_frames or 0
     # An edit list can hide frames the index still counts (mp4 cut by stream copy): the count
     # then disagrees with duration × average rate, and only a demux pass, which sees the
@@ -297,6 +307,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
     if not frame_count or edited or time_base == 0 or not indexed:
         packets = demux_pass(source, exe, chosen)
         frame_count, time_base, counted = len(packets.pts), packets.time_base, True
+        last_frame = packets.last_frame()
         if not frame_rate:
             frame_rate = packets.frame_rate()
         if not _float(video.get("duration")):
@@ -336,6 +347,7 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         field_order=frame_field_order(
             source, exe, chosen, interlaced=tagged_interlaced(video.get("field_order"))
         ),
+        last_frame=last_frame,
     ), counted
 
 
@@ -474,6 +486,7 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         field_order=frame_field_order(
             source, exe, chosen, interlaced=stream_line_interlaced(rest[pix.end() :] if pix else "")
         ),
+        last_frame=packets.last_frame(),
     ), True
 
 

@@ -109,6 +109,23 @@ def check_destination(destination: Path) -> None:
         raise OutputError(f"{destination}: {exc}") from None
 
 
+#: The shortest last frame given its own length when the source's rate is slower: ffmpeg
+#: takes the raw track's rate from that length, and encoders refuse fast ones (SVT-AV1 above
+#: 240 fps; ffmpeg 5.1 reads no rate at 1000 fps and up, and its packets lose their lengths).
+MIN_OWN_LAST_FRAME = Fraction(1, 240)
+
+
+def last_frame_length(own: Fraction | None, rate: Fraction | None) -> Fraction:
+    """Seconds the written last frame lasts (0 = unknown): the source's own last frame's
+    `own` length where it is known, so a GIF's or a slideshow's long last picture and a
+    variable-rate video's short one keep their time; else one frame at `rate`. Not where
+    that would declare a faster rate than both the source's own and 240 fps."""
+    step = 1 / rate if rate else Fraction(0)
+    if not own or own <= 0:
+        return step
+    return own if own >= min(step or MIN_OWN_LAST_FRAME, MIN_OWN_LAST_FRAME) else step
+
+
 class FrameWriter:
     """Encode BGR frames with their own pts into `destination`, atomically.
 
@@ -132,6 +149,7 @@ class FrameWriter:
         colour: Colour = UNTAGGED,
         sample_aspect: str = "",
         field_order: str = "",
+        last_frame: Fraction | None = None,
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValueError(f"bad frame size {width}x{height}")
@@ -158,6 +176,9 @@ class FrameWriter:
         )  # fmt: skip
         # The source's audio and subtitles are muxed in, if it has any.
         audio = audio_source if audio_source is not None and audio_source.carries_streams else None
+        version = ffbin.ffmpeg_version(exe)
+        #: How long the last frame lasts: nothing follows it to end it.
+        self._last_frame = last_frame_length(last_frame, self._rate)
         self.temp = staging.create_temp(self.destination)
         try:
             argv = encode_argv(
@@ -177,9 +198,9 @@ class FrameWriter:
                 colour=colour,
                 sample_aspect=sample_aspect,
                 field_order=field_order,
-                frame_rate=self._rate,
+                frame_rate=1 / self._last_frame if self._last_frame else None,
                 ffmpeg=exe,
-                version=ffbin.ffmpeg_version(exe),
+                version=version,
             )
             log.debug("encoding: %s", redact(" ".join(argv)))
             self._ffmpeg = process.Process(
@@ -194,8 +215,8 @@ class FrameWriter:
         self._proc = self._ffmpeg.proc
         assert self._proc.stdin is not None
         self._stdin: IO[bytes] = self._proc.stdin
-        # The last frame has no successor to end it: give it one frame's duration.
-        last_duration = round(10**9 / rate) if rate else None
+        # The raw track's default duration is what ffmpeg gives the last frame.
+        last_duration = round(self._last_frame * 10**9) or None
         try:
             self._mkv = MatroskaRawWriter(
                 self._stdin, width, height, default_duration_ns=last_duration
@@ -264,8 +285,11 @@ class FrameWriter:
         seconds long where the source's frames are seconds apart. The span is checked
         tightly apart from it (expected_span)."""
         span, tolerance = self.expected_span()
-        frame = self._frame()
-        return span + frame, max(tolerance, self._widest_gap * self.time_base + Fraction(1, 1000))
+        last = self._last_frame or self._frame()
+        # The file's packets show mp4's last frame as its decode-order gap (one tick in a
+        # coarse clock), its edit list the length it plays: only the span is exact there.
+        widest = max(self._widest_gap * self.time_base, last)
+        return span + last, max(tolerance, widest + Fraction(1, 1000))
 
     def _frame(self) -> Fraction:
         """One frame's length: at the given rate, else the last two frames' distance."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -30,7 +31,15 @@ from tests.cluster import (
     metric_samples,
     wait_for,
 )
-from tests.media import LONG, TINY, audio_duration, storage_root, video_times
+from tests.media import (
+    LONG,
+    TINY,
+    audio_duration,
+    storage_root,
+    video_length,
+    video_times,
+    write_gif,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -95,6 +104,26 @@ def test_two_workers_share_a_job_and_the_output_is_frame_exact(
     assert video_times(output) == video_times(local)
     assert audio_duration(output) == pytest.approx(audio_duration(root / "vfr.mov"), abs=0.05)
     wait_for(lambda: not (root / ".facefusion-work" / job_id).exists(), timeout=15)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_a_slideshow_with_a_long_last_frame_is_stitched_frame_exact(
+    fleet: Cluster, root: Path, suffix: str
+) -> None:
+    # Frames shown 40 ms to 0.9 s, the last the longest. The stitch's stream copy gives the
+    # last segment's last frame one step of its own (the README says so), so its writer keeps
+    # to that rather than the GIF's 0.9 s, which failed the stitch's check of its length.
+    delays = [70, 230, 50, 310, 120, 90, 40, 200, 60, 150, 80, 260, 300, 140, 900]
+    gif = write_gif(root / "slideshow.gif", delays)
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / f"slideshow{suffix}"
+    job_id = producer.submit(root / "source.png", gif, output, chunk_seconds=0.5)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.chunks_total >= 3
+    assert video_times(output) == video_times(gif)
+    assert video_length(output) > video_times(gif)[-1]  # the last frame is shown
 
 
 def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root: Path) -> None:
@@ -461,7 +490,6 @@ def test_sigterm_lets_the_running_chunk_finish(slow_fleet: Cluster, root: Path) 
 
 def test_a_reference_face_limits_the_swap_to_that_person(fleet: Cluster, root: Path) -> None:
     """The selector and reference travel with the job to the workers."""
-    from fractions import Fraction
 
     from facefusion_tasks.config import Settings
     from facefusion_tasks.video.writer import FrameWriter

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -17,7 +18,15 @@ import pytest
 
 from facefusion_tasks.faces.synthetic import background, bundled_photo
 from facefusion_tasks.video.samples import make_photo_video, make_sample_video
-from tests.media import audio_duration, decode_frames, streams, video_times, write_source_face
+from tests.media import (
+    audio_duration,
+    decode_frames,
+    streams,
+    video_length,
+    video_times,
+    write_gif,
+    write_source_face,
+)
 
 
 def run_cli(
@@ -132,6 +141,18 @@ def test_variable_rate_rotated_odd_sized_video_survives(
     assert before[0].shape == after[0].shape == (321, 241, 3)  # displayed upright, odd sizes kept
     assert json.loads(proc.stdout)["faces_swapped"] > 0
     assert audio_duration(out) == pytest.approx(audio_duration(media["vfr"]), abs=0.05)
+
+
+def test_a_gifs_long_last_frame_keeps_its_time(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # Its last picture stays 0.48 s; given one average step (0.21 s), the output ended early.
+    gif = write_gif(tmp_path / "in.gif", [70, 230, 50, 310, 120, 480])
+    out = tmp_path / "out.mp4"
+    proc = run_cli("swap", media["source"], gif, "-o", out, "--json", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert video_times(out) == video_times(gif)
+    assert video_length(out) == video_length(gif) == Fraction(126, 100)
 
 
 def test_real_photo_video_changes_where_faces_were_found(

@@ -31,7 +31,7 @@ from facefusion_tasks.video.samples import (
     synthetic_frame,
 )
 from facefusion_tasks.video.writer import FrameWriter, choose_encoder
-from tests.media import decoded_audio_seconds
+from tests.media import decoded_audio_seconds, video_length, write_gif
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +115,7 @@ def transcode(info: VideoInfo, destination: Path, *, settings: Settings = SETTIN
         FrameWriter(
             destination, width=info.width, height=info.height, time_base=info.time_base,
             audio_source=info, settings=settings, field_order=written_field_order(info),
+            last_frame=info.last_frame,
         ) as writer,
     ):  # fmt: skip
         for frame in reader:
@@ -220,6 +221,45 @@ def test_writer_to_matroska_with_audio(clips: dict[str, Path], tmp_path: Path) -
     # Matroska ticks in milliseconds: the VFR steps survive to the nearest one.
     for got, want in zip(packet_times(result.path), packet_times(info.path), strict=True):
         assert abs(got - want) <= Fraction(1, 1000)
+
+
+@pytest.fixture(scope="module")
+def last_frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Variable-rate videos whose last frame lasts other than their average step: a GIF whose
+    last picture stays 0.48 s, and the mp4 ffmpeg makes of it, whose last frame it cuts to
+    0.04 s against an average step of 0.12 s."""
+    d = tmp_path_factory.mktemp("last")
+    gif = write_gif(d / "long-last.gif", [70, 230, 50, 310, 120, 480])
+    short = d / "short-last.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(gif), "-c:v", "libx264", "-pix_fmt", "yuv420p",
+         "-fps_mode", "passthrough", str(short)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return {"gif": gif, "mp4": short}
+
+
+@pytest.mark.parametrize("ffmpeg", ["", BUNDLED_FFMPEG], ids=["system", "bundled"])
+@pytest.mark.parametrize(
+    ("name", "suffix"), [("gif", ".mp4"), ("gif", ".webm"), ("mp4", ".mkv"), ("mp4", ".mov")]
+)
+def test_the_output_lasts_as_long_as_the_source_its_last_frame_included(
+    last_frames: dict[str, Path], tmp_path: Path, ffmpeg: str, name: str, suffix: str
+) -> None:
+    source = last_frames[name]
+    info = probe(source, ffmpeg=ffmpeg)  # the bundled one has no ffprobe: the other probe
+    end = video_length(source)
+    # (an mp4's movie header keeps its length in milliseconds)
+    assert abs(info.last_frame - (end - packet_times(source)[-1])) <= Fraction(1, 1000)
+    # The last frame used to last one average step, and the output came out short or long.
+    assert abs(end - packet_times(source)[-1] - 1 / info.frame_rate) > Fraction(1, 20)
+    encoder = "" if suffix == ".webm" else SETTINGS.video_encoder  # WebM's own: VP9
+    settings = dataclasses.replace(SETTINGS, ffmpeg=ffmpeg, video_encoder=encoder)
+    out = transcode(info, tmp_path / f"out{suffix}", settings=settings)
+    # Matroska ticks in milliseconds, the source's clock in 1/19456 s.
+    pairs = zip(packet_times(out), packet_times(source), strict=True)
+    assert all(abs(got - want) <= Fraction(1, 1000) for got, want in pairs)
+    assert abs(video_length(out) - end) <= Fraction(1, 1000)
 
 
 # --- spans (chunks) ---------------------------------------------------------------------------

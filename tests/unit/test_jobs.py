@@ -82,7 +82,10 @@ def test_a_probe_survives_the_job_record() -> None:
     # The picture's stream is recorded only when it is not the first, its field order only
     # when it is interlaced, so workers from before those fields still read the common
     # record during an upgrade; fields a newer planner adds are ignored here likewise.
-    assert "video_stream" not in info.to_json() and "field_order" not in info.to_json()
-    second = dataclasses.replace(info, video_stream=1, field_order="tt")
+    assert not {"video_stream", "field_order", "last_frame"} & set(info.to_json())
+    second = dataclasses.replace(
+        info, video_stream=1, field_order="tt", last_frame=Fraction(12, 25)
+    )
+    assert second.to_json()["last_frame"] == "12/25"
     assert VideoInfo.from_json(json.loads(json.dumps(second.to_json()))) == second
     assert VideoInfo.from_json(info.to_json() | {"from_a_newer_planner": 1}) == info

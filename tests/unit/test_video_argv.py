@@ -17,7 +17,9 @@ from facefusion_tasks.video.argv import (
 )
 from facefusion_tasks.video.codecs import subtitle_plan
 from facefusion_tasks.video.ffbin import parse_encoders, parse_hwaccels, parse_version
+from facefusion_tasks.video.packets import read_packets
 from facefusion_tasks.video.stitch import stitch_argv
+from facefusion_tasks.video.writer import last_frame_length
 
 
 def option(argv: list[str], flag: str) -> str:
@@ -102,11 +104,15 @@ def test_the_rate_is_said_outright_only_where_an_old_ffmpeg_would_misjudge_it() 
         return encode_argv("o.mp4", width=64, height=48, time_base=Fraction(1, 16000),
                            frame_rate=rate, version=version)  # fmt: skip
 
-    # ffmpeg 5.1's Matroska demuxer takes a rate from the pipe only below 1000 fps (and above
-    # 5, but slow rates came out exact without it).
+    # ffmpeg 5.1's Matroska demuxer takes a rate from the pipe only strictly between 5 and 1000 fps;
+    # the rate is one over the last frame's length (a GIF's long last delay is a slow one).
     assert option(encoded(Fraction(1000), (5, 1)), "-r:v") == "1000/1"
     assert option(encoded(Fraction(2400), (5, 1)), "-r:v") == "2400/1"
-    assert "-r:v" not in encoded(Fraction(1, 10), (5, 1))
+    assert option(encoded(Fraction(1, 10), (5, 1)), "-r:v") == "1/10"
+    assert option(encoded(Fraction(25, 12), (5, 1)), "-r:v") == "25/12"
+    assert option(encoded(Fraction(5), (5, 1)), "-r:v") == "5/1"  # measured: 5 is outside
+    assert "-r:v" not in encoded(Fraction(6), (5, 1))
+    assert "-r:v" not in encoded(Fraction(25, 12), (6, 0))
     # 4.x says "-vsync 0 and -r can produce invalid output files" on its error level.
     assert "-r:v" not in encoded(Fraction(1000), (4, 4))
     assert "-r:v" not in encoded(Fraction(30000, 1001), (5, 1))
@@ -327,3 +333,37 @@ def test_subtitles_are_carried_where_the_container_can_hold_them() -> None:
     )  # fmt: skip
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-map"] == ["0:v:0", "1:a?", "1:s:0"]
     assert option(argv, "-c:s:0") == "webvtt" and "-c:a" not in argv  # no audio: no audio options
+
+
+def test_the_last_frame_keeps_its_own_length_unless_that_would_declare_a_fast_video() -> None:
+    # A GIF's long last delay, and a variable-rate video's last frame shorter than its
+    # average step: both kept.
+    assert last_frame_length(Fraction(12, 25), Fraction(49, 12)) == Fraction(12, 25)
+    assert last_frame_length(Fraction(1, 25), Fraction(20, 3)) == Fraction(1, 25)
+    # Unknown: one frame at the rate, as before.
+    assert last_frame_length(Fraction(0), Fraction(25)) == Fraction(1, 25)
+    assert last_frame_length(None, Fraction(25)) == Fraction(1, 25)
+    assert last_frame_length(None, None) == 0
+    # A 30 fps video whose last packet says one 90 kHz tick would tell the encoder 90000 fps.
+    assert last_frame_length(Fraction(1, 90000), Fraction(30)) == Fraction(1, 30)
+    # Faster than 240 fps only as fast as the source itself runs.
+    assert last_frame_length(Fraction(1, 1000), Fraction(1000)) == Fraction(1, 1000)
+    assert last_frame_length(Fraction(1, 2000), Fraction(1000)) == Fraction(1, 1000)
+    assert last_frame_length(Fraction(1, 240), Fraction(30)) == Fraction(1, 240)
+
+
+def test_packets_in_a_framecrc_listing() -> None:
+    listing = "\n".join([
+        "#tb 0: 1/100",
+        "#media_type 0: video",
+        "0,          0,          0,       12,    25883, 0xc183a0ec",
+        "0,        140,        140,       48,    30708, 0xfc8a53ce, F=0x0",
+        "0,         92,         92,       48,    31296, 0xac4c58e0, F=0x0",
+        "0,        150,        150,        5,    31296, 0xac4c58e0, F=0x4",  # dropped
+        "1,        200,        200,       99,      100, 0x00000000",  # another stream
+    ])  # fmt: skip
+    packets = read_packets(listing)
+    assert packets.pts == [0, 140, 92] and packets.time_base == Fraction(1, 100)
+    assert packets.last_frame() == Fraction(48, 100)
+    assert packets.length(Fraction(25)) == pytest.approx(1.88)
+    assert read_packets("#tb 0: 1/100\n").last_frame() == 0
