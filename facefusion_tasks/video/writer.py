@@ -113,17 +113,24 @@ def check_destination(destination: Path) -> None:
 #: takes the raw track's rate from that length, and encoders refuse fast ones (SVT-AV1 above
 #: 240 fps; ffmpeg 5.1 reads no rate at 1000 fps and up, and its packets lose their lengths).
 MIN_OWN_LAST_FRAME = Fraction(1, 240)
+#: The longest: ffmpeg 5.1 is told the rate outright below 5 fps (rate_args), and its
+#: SVT-AV1 (1.4) refuses one under 1/256 fps. A GIF held on its last frame for its longest
+#: delay (655.35 s) comes out with a 255 s last frame, not the 1/rate it had before.
+MAX_OWN_LAST_FRAME = Fraction(255)
 
 
 def last_frame_length(own: Fraction | None, rate: Fraction | None) -> Fraction:
     """Seconds the written last frame lasts (0 = unknown): the source's own last frame's
     `own` length where it is known, so a GIF's or a slideshow's long last picture and a
     variable-rate video's short one keep their time; else one frame at `rate`. Not where
-    that would declare a faster rate than both the source's own and 240 fps."""
+    that would declare a faster rate than both the source's own and 240 fps; at most
+    MAX_OWN_LAST_FRAME."""
     step = 1 / rate if rate else Fraction(0)
     if not own or own <= 0:
         return step
-    return own if own >= min(step or MIN_OWN_LAST_FRAME, MIN_OWN_LAST_FRAME) else step
+    if own < min(step or MIN_OWN_LAST_FRAME, MIN_OWN_LAST_FRAME):
+        return step
+    return min(own, MAX_OWN_LAST_FRAME)
 
 
 class FrameWriter:

@@ -350,6 +350,9 @@ def test_the_last_frame_keeps_its_own_length_unless_that_would_declare_a_fast_vi
     assert last_frame_length(Fraction(1, 1000), Fraction(1000)) == Fraction(1, 1000)
     assert last_frame_length(Fraction(1, 2000), Fraction(1000)) == Fraction(1, 1000)
     assert last_frame_length(Fraction(1, 240), Fraction(30)) == Fraction(1, 240)
+    # A GIF held on its last frame for GIF's longest delay: ffmpeg 5.1's SVT-AV1 refused the
+    # 1/655.35 fps that length would declare.
+    assert last_frame_length(Fraction(65535, 100), Fraction(10)) == 255
 
 
 def test_packets_in_a_framecrc_listing() -> None:
