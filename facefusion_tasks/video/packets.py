@@ -63,6 +63,12 @@ _TB_LINE = re.compile(r"^#tb 0:\s*(\d+)/(\d+)")
 _NOPTS = -(2**63)
 
 
+#: Input options for a pass that reads packets' times: MPEG program streams (.mpg, .vob)
+#: stamp only some packets, and genpts fills in the rest from their decode times, as the
+#: decoder does (a missing pts had been taken as the dts, which is another frame's pts).
+GENPTS = ("-fflags", "+genpts")
+
+
 def demux_pass(source: Location, exe: str, stream: int = 0) -> Packets:
     """Stream-copy video stream `stream` (ffmpeg's v:N) into framecrc: one line per packet
     with its pts, duration and flags. -copyts keeps the file's own timestamps."""
@@ -70,6 +76,7 @@ def demux_pass(source: Location, exe: str, stream: int = 0) -> Packets:
     *options, target = input_args(source)
     argv += [
         *options,
+        *GENPTS,
         "-i",
         target,
         "-map",

@@ -106,6 +106,28 @@ def test_two_workers_share_a_job_and_the_output_is_frame_exact(
     wait_for(lambda: not (root / ".facefusion-work" / job_id).exists(), timeout=15)
 
 
+def test_an_mpeg_program_stream_is_cut_into_chunks_and_stitched_frame_exact(
+    fleet: Cluster, root: Path
+) -> None:
+    # MPEG-2 with B-frames in a program stream (.mpg), a pts on only some packets: the plan
+    # cuts on the times the decoder gives, and each chunk seeks the file by them.
+    mpg = root / "dvd.mpg"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "long.mp4"), "-t", "3", "-c:v", "mpeg2video",
+         "-bf", "2", "-b:v", "2M", "-c:a", "mp2", "-f", "mpeg", str(mpg)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / "dvd.mp4"
+    job_id = producer.submit(root / "source.png", mpg, output, chunk_seconds=0.5)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.chunks_total >= 5 and status.frames_done == status.frames_total == 75
+    assert video_times(output) == [Fraction(i, 25) for i in range(75)]
+    assert audio_duration(output) == pytest.approx(3.0, abs=0.05)
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
 def test_a_slideshow_with_a_long_last_frame_is_stitched_frame_exact(
     fleet: Cluster, root: Path, suffix: str

@@ -143,6 +143,25 @@ def test_variable_rate_rotated_odd_sized_video_survives(
     assert audio_duration(out) == pytest.approx(audio_duration(media["vfr"]), abs=0.05)
 
 
+def test_an_mpeg_program_stream_is_swapped_with_every_frame_and_its_sound(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # DVD and camcorder .mpg: MPEG-2 with B-frames, MP2 audio, a pts on only some packets.
+    # It was refused as "frames repeat another's timestamp" (a missing pts read as the dts).
+    mpg = tmp_path / "dvd.mpg"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(media["faces"]), "-c:v", "mpeg2video", "-bf", "2",
+         "-b:v", "2M", "-c:a", "mp2", "-f", "mpeg", str(mpg)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    out = tmp_path / "out.mp4"
+    proc = run_cli("swap", media["source"], mpg, "-o", out, "--json", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["faces_swapped"] > 0
+    assert video_times(out) == video_times(media["faces"])  # 50 frames, 25 fps, as encoded
+    assert audio_duration(out) == pytest.approx(audio_duration(media["faces"]), abs=0.05)
+
+
 def test_a_gifs_long_last_frame_keeps_its_time(
     media: dict[str, Path], models_dir: Path, tmp_path: Path
 ) -> None:

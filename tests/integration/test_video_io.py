@@ -65,9 +65,17 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "-f", "mpegts", str(d / "hevc50.ts")],
         check=True, timeout=120,
     )  # fmt: skip
+    # An MPEG program stream as DVDs and camcorders write it (MPEG-2 with B-frames, MP2 audio):
+    # only some packets carry a pts.
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(long_gop), "-c:v", "mpeg2video", "-bf", "2",
+         "-b:v", "2M", "-c:a", "mp2", "-f", "mpeg", str(d / "dvd.mpg")],
+        check=True, timeout=60,
+    )  # fmt: skip
     return {
         "ts": d / "gop50.ts",
         "hevc_ts": d / "hevc50.ts",
+        "mpg": d / "dvd.mpg",
         "cfr25": make_sample_video(d / "cfr25.mp4", seconds=2),
         "ntsc": make_sample_video(d / "ntsc.mp4", seconds=2, fps="30000/1001", audio=False),
         "vfr": make_sample_video(d / "vfr.mp4", seconds=2, variable_frame_rate=True),
@@ -266,7 +274,7 @@ def test_the_output_lasts_as_long_as_the_source_its_last_frame_included(
 # --- spans (chunks) ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gop10", "vfr", "ts", "hevc_ts"])
+@pytest.mark.parametrize("name", ["gop10", "vfr", "ts", "hevc_ts", "mpg"])
 def test_spans_yield_exactly_their_frames(clips: dict[str, Path], name: str) -> None:
     info = probe(clips[name])
     pts, time_base = frame_timestamps(info.path)
@@ -667,7 +675,7 @@ def test_truncation_the_index_hides_is_caught_by_every_reader(bad_inputs: dict[s
 # --- without ffprobe --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["cfr25", "ntsc", "vfr", "rot90", "odd"])
+@pytest.mark.parametrize("name", ["cfr25", "ntsc", "vfr", "rot90", "odd", "mpg"])
 @pytest.mark.parametrize("ffmpeg", ["", BUNDLED_FFMPEG], ids=["system", "bundled"])
 def test_probe_without_ffprobe_matches_ffprobe(
     clips: dict[str, Path], name: str, ffmpeg: str, monkeypatch: pytest.MonkeyPatch
