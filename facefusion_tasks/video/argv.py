@@ -52,6 +52,8 @@ PLAIN_DEMUXERS = (
     "hevc",
     "m4v",
     "yuv4mpegpipe",
+    "dv",  # camcorders' raw DV
+    "mxf",  # broadcast and editing (Avid, XDCAM): ffmpeg reads only the essence inside the file
 )
 
 #: Socket receive buffer of a signed-URL input (the most a reader fetches past where it stops).

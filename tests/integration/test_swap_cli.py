@@ -162,6 +162,34 @@ def test_an_mpeg_program_stream_is_swapped_with_every_frame_and_its_sound(
     assert audio_duration(out) == pytest.approx(audio_duration(media["faces"]), abs=0.05)
 
 
+@pytest.mark.parametrize(
+    ("name", "encode"),
+    [
+        # A camcorder's raw DV (PAL: 720x576, interlaced, PCM sound).
+        ("tape.dv", ["-s", "720x576", "-c:v", "dvvideo", "-pix_fmt", "yuv420p", "-c:a",
+                     "pcm_s16le", "-ar", "48000", "-ac", "2", "-f", "dv"]),
+        # Broadcast and editing MXF (OP1a, MPEG-2 and PCM).
+        ("broadcast.mxf", ["-c:v", "mpeg2video", "-b:v", "2M", "-c:a", "pcm_s16le",
+                           "-ar", "48000"]),
+    ],
+)  # fmt: skip
+def test_dv_and_mxf_are_swapped_with_every_frame_and_their_sound(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path, name: str, encode: list[str]
+) -> None:
+    # Both were refused as "not a video file this accepts": their demuxers were not on the
+    # list of those that read one self-contained file.
+    target = tmp_path / name
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(media["faces"]), *encode, str(target)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    out = tmp_path / "out.mp4"
+    proc = run_cli("swap", media["source"], target, "-o", out, "--json", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert video_times(out) == video_times(target) and len(video_times(out)) == 50
+    assert audio_duration(out) == pytest.approx(2.0, abs=0.05)
+
+
 def test_a_gifs_long_last_frame_keeps_its_time(
     media: dict[str, Path], models_dir: Path, tmp_path: Path
 ) -> None:
