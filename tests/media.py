@@ -4,6 +4,7 @@ helpers that inspect real media files with plain ffprobe/ffmpeg (no project code
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
@@ -142,6 +143,30 @@ def decoded_audio_seconds(path: Path, stream: int = 0) -> float:
         check=True, capture_output=True, timeout=60,
     ).stdout  # fmt: skip
     return len(pcm) / 2 / 48000
+
+
+def beep_onsets(path: Path) -> list[float]:
+    """Where each sound after a silence starts in the first audio stream, in seconds after the
+    first video frame (ffmpeg's silencedetect over the file's own timestamps)."""
+    stderr = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostats", "-copyts", "-i", str(path), "-map", "0:a:0",
+         "-af", "silencedetect=n=-30dB:d=0.1", "-f", "null", "-"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stderr  # fmt: skip
+    data = ffprobe_json(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time")
+    first = min(float(p["pts_time"]) for p in data["packets"] if "pts_time" in p)
+    events = re.findall(r"silence_(start|end): (-?[0-9.]+)", stderr)
+    # A sound is a silence's end followed by the next silence's start (the stream's end also
+    # ends a silence).
+    return [
+        float(at) - first
+        for (kind, at), (after, _) in zip(events, events[1:], strict=False)
+        if kind == "end" and after == "start"
+    ]
+
+
+#: A lavfi audio source: a 1 kHz beep from 0.5 s to 0.6 s of every second (add :d=SECONDS).
+WITH_BEEPS = "aevalsrc=if(between(mod(t\\,1)\\,0.5\\,0.6)\\,sin(2*PI*1000*t)\\,0):s=48000"
 
 
 def audio_codec(path: Path) -> str | None:

@@ -276,10 +276,16 @@ def video_codec_args(encoder: str, *, preset: str, quality: int) -> list[str]:
     raise ValueError(f"unknown video encoder {encoder!r} (use one of {', '.join(ENCODERS)})")
 
 
-def audio_codec_args(muxer: str, source_codecs: Sequence[str | None]) -> list[str]:
+def audio_codec_args(
+    muxer: str, source_codecs: Sequence[str | None], *, trim: float = 0.0
+) -> list[str]:
     """For each audio stream of the source, in order: copied when the container takes its
     codec, else transcoded (Opus for WebM, AAC elsewhere). No stream is dropped for not
-    fitting. One set of options for all streams when they agree, else one per stream."""
+    fitting. One set of options for all streams when they agree, else one per stream.
+    `trim` seconds dropped at the start (extras_trim) take a filter: every stream is then
+    transcoded."""
+    if trim > 0:
+        return _audio_transcode_args(muxer, "", trim=trim)
     copied = [audio_is_copied(muxer, codec) for codec in source_codecs] or [False]
     if all(copied):
         return ["-c:a", "copy"]
@@ -291,13 +297,29 @@ def audio_codec_args(muxer: str, source_codecs: Sequence[str | None]) -> list[st
     return args
 
 
-def extras_window(skip: float, length: float | None) -> dict[str, str]:
+#: Containers (ffmpeg's names) whose seek cannot be trusted for the extras window: ffmpeg's
+#: FLV seek lands on the second keyframe for any time in the first GOP (h264 with B-frames:
+#: an -ss of 0.021 s dropped the first 1.5 s of sound). Read from the start instead, the
+#: audio's filters drop what comes before the picture (extras_trim).
+NO_SEEK_CONTAINERS = frozenset({"flv"})
+
+
+def extras_trim(skip: float, container: str = "") -> float:
+    """Seconds the audio filters drop at the start of the extras: `skip` where the container's
+    seek cannot be trusted (NO_SEEK_CONTAINERS), else 0 (the input seek drops them)."""
+    return skip if skip > 0 and container in NO_SEEK_CONTAINERS else 0.0
+
+
+def extras_window(skip: float, length: float | None, container: str = "") -> dict[str, str]:
     """Input options that read a source's audio and subtitles from `skip` seconds after its
     start (its first video frame, where the output starts: what comes before would play ahead
-    of the picture) for `length` seconds (the video's), so they stay in sync and end with it."""
-    window = {"ss": seconds(skip)} if skip > 0 else {}
+    of the picture) for `length` seconds (the video's), so they stay in sync and end with it.
+    In a `container` whose seek cannot be trusted, from its start for `skip` + `length`
+    seconds, and extras_trim() says what the filters drop."""
+    trim = extras_trim(skip, container)
+    window = {"ss": seconds(skip)} if skip > 0 and not trim else {}
     if length is not None:
-        window["t"] = seconds(length)
+        window["t"] = seconds(length + trim)
     return window
 
 
@@ -309,15 +331,21 @@ def subtitle_args(muxer: str, source_codecs: Sequence[str], *, source: int = 1) 
     return maps + [arg for k, (_, how) in enumerate(plan) for arg in (f"-c:s:{k}", how)]
 
 
-def _audio_transcode_args(muxer: str, stream: str) -> list[str]:
-    """Transcode options for the audio streams `stream` selects ("" = all, ":1" = the second)."""
+def _audio_transcode_args(muxer: str, stream: str, *, trim: float = 0.0) -> list[str]:
+    """Transcode options for the audio streams `stream` selects ("" = all, ":1" = the second),
+    `trim` seconds dropped at their start."""
     encoder = audio_encoder(muxer)
     args = [f"-c:a{stream}", encoder, f"-b:a{stream}", "192k"]
+    filters = []
+    if trim > 0:
+        filters.append(f"atrim=start={seconds(trim)},asetpts=PTS-STARTPTS")
     if encoder == "libopus":
         # libopus refuses layouts outside its Vorbis mapping (2.1, 4.0, 7.1(wide), …);
         # aformat lets ffmpeg remix those to the nearest one it takes.
-        layouts = f"aformat=channel_layouts={'|'.join(OPUS_LAYOUTS)}"
-        args += ["-af", layouts] if not stream else [f"-filter:a{stream}", layouts]
+        filters.append(f"aformat=channel_layouts={'|'.join(OPUS_LAYOUTS)}")
+    if filters:
+        chain = ",".join(filters)
+        args += ["-af", chain] if not stream else [f"-filter:a{stream}", chain]
     return args
 
 
@@ -335,6 +363,7 @@ def encode_argv(
     audio_codecs: Sequence[str | None] = (),
     audio_seconds: float | None = None,
     audio_skip: float = 0.0,
+    audio_container: str = "",
     subtitle_codecs: Sequence[str] = (),
     colour: Colour = UNTAGGED,
     sample_aspect: str = "",
@@ -346,7 +375,8 @@ def encode_argv(
     """Encode Matroska-wrapped bgr24 frames read from stdin (input 0), optionally muxing every
     audio stream of audio_source (input 1, cut to the video's length; `audio_codecs` are
     theirs, in order) and the subtitle streams the container can carry, from `audio_skip`
-    seconds into it (where the video's first frame is). BGR goes back to YUV with
+    seconds into it (where the video's first frame is; `audio_container` is its container, as
+    ffmpeg names it, for extras_window). BGR goes back to YUV with
     the source's `colour` matrix and range, and the output carries its colour tags, its
     pixels' shape (`sample_aspect`, "num:den"; "" = square) and its interlacing
     (`field_order`, "" = progressive). `frame_rate` (one over the last frame's length) is said
@@ -366,7 +396,7 @@ def encode_argv(
         # -shortest: that would cut *video* frames whenever the audio track is the shorter one.
         audio = ffmpeg_python.input(
             str(audio_source), **plain_input_options(audio_source),
-            **extras_window(audio_skip, audio_seconds),
+            **extras_window(audio_skip, audio_seconds, audio_container),
         )  # fmt: skip
         streams.append(audio["a?"])
     # ffmpeg-python gives inputs and maps; options are added by hand (it would sort them).
@@ -389,7 +419,9 @@ def encode_argv(
         options += ["-video_track_timescale", str(time_base.denominator)]
         options += ["-movflags", "+faststart"]
     if audio_source is not None and audio_codecs:
-        options += audio_codec_args(muxer, audio_codecs)
+        options += audio_codec_args(
+            muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container)
+        )
     if audio_source is not None:
         options += subtitle_args(muxer, subtitle_codecs)
     # -y: the writer's temp file already exists (created race-free before ffmpeg starts).

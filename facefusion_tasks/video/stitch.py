@@ -15,6 +15,7 @@ from facefusion_tasks.video.argv import (
     ENCODE_GLOBAL_ARGS,
     MOV_FAMILY,
     audio_codec_args,
+    extras_trim,
     extras_window,
     muxer_for,
     plain_input_args,
@@ -57,6 +58,7 @@ def stitch_argv(
     audio_codecs: Sequence[str | None] = (),
     audio_seconds: float | None = None,
     audio_skip: float = 0.0,
+    audio_container: str = "",
     subtitle_codecs: Sequence[str] = (),
     field_order: str = "",
     ffmpeg: str = "ffmpeg",
@@ -67,7 +69,7 @@ def stitch_argv(
     mp4 segments do not store it, and ffmpeg's parser guesses."""
     argv = [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", "-f", "concat", "-safe", "0", "-i", str(concat_file)]
     if audio_source is not None:
-        for option, value in extras_window(audio_skip, audio_seconds).items():
+        for option, value in extras_window(audio_skip, audio_seconds, audio_container).items():
             argv += [f"-{option}", value]
         # The user's file: confined like every other read of it (no playlists, file: only, or
         # the one URL a worker signed for its object).
@@ -78,7 +80,9 @@ def stitch_argv(
     if audio_source is not None:
         argv += ["-map", "1:a?"]
         if audio_codecs:
-            argv += audio_codec_args(muxer, audio_codecs)
+            argv += audio_codec_args(
+                muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container)
+            )
         argv += subtitle_args(muxer, subtitle_codecs)
     if muxer in MOV_FAMILY:
         argv += ["-video_track_timescale", str(time_base.denominator), "-movflags", "+faststart"]
@@ -122,6 +126,7 @@ def stitch_segments(
         audio_codecs=audio_source.audio_codecs,
         audio_seconds=float(duration) if extras else None,  # the stitched picture's length
         audio_skip=audio_source.video_delay,
+        audio_container=audio_source.container,
         subtitle_codecs=audio_source.subtitle_codecs,
         field_order=audio_source.field_order,
         ffmpeg=exe,

@@ -202,6 +202,7 @@ class FrameWriter:
                 subtitle_codecs=audio.subtitle_codecs if audio else (),
                 audio_seconds=audio.duration if audio and audio.duration > 0 else None,
                 audio_skip=audio.video_delay if audio else 0.0,
+                audio_container=audio.container if audio else "",
                 colour=colour,
                 sample_aspect=sample_aspect,
                 field_order=field_order,

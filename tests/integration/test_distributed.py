@@ -34,7 +34,10 @@ from tests.cluster import (
 from tests.media import (
     LONG,
     TINY,
+    WITH_BEEPS,
     audio_duration,
+    beep_onsets,
+    decoded_audio_seconds,
     storage_root,
     video_length,
     video_times,
@@ -126,6 +129,28 @@ def test_an_mpeg_program_stream_is_cut_into_chunks_and_stitched_frame_exact(
     assert status.chunks_total >= 5 and status.frames_done == status.frames_total == 75
     assert video_times(output) == [Fraction(i, 25) for i in range(75)]
     assert audio_duration(output) == pytest.approx(3.0, abs=0.05)
+
+
+def test_an_flv_whose_sound_starts_before_its_picture_is_stitched_with_all_of_it(
+    fleet: Cluster, root: Path
+) -> None:
+    # The stitch reads the sound as the local writer does: from the file's start, trimmed by
+    # a filter, since ffmpeg's FLV seek lands on the second keyframe.
+    flv = root / "stream.flv"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=3",
+         "-f", "lavfi", "-i", f"{WITH_BEEPS}:d=3", "-c:v", "libx264", "-c:a", "aac", str(flv)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / "stream.mp4"
+    job_id = producer.submit(root / "source.png", flv, output, chunk_seconds=0.5)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.chunks_total >= 5 and len(video_times(output)) == 75
+    assert decoded_audio_seconds(output) == pytest.approx(3.0, abs=0.03)
+    assert beep_onsets(output) == pytest.approx(beep_onsets(flv), abs=0.005)
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])

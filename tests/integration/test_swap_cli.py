@@ -19,8 +19,11 @@ import pytest
 from facefusion_tasks.faces.synthetic import background, bundled_photo
 from facefusion_tasks.video.samples import make_photo_video, make_sample_video
 from tests.media import (
+    WITH_BEEPS,
     audio_duration,
+    beep_onsets,
     decode_frames,
+    decoded_audio_seconds,
     streams,
     video_length,
     video_times,
@@ -188,6 +191,27 @@ def test_dv_and_mxf_are_swapped_with_every_frame_and_their_sound(
     assert proc.returncode == 0, proc.stderr
     assert video_times(out) == video_times(target) and len(video_times(out)) == 50
     assert audio_duration(out) == pytest.approx(2.0, abs=0.05)
+
+
+def test_an_flv_whose_sound_starts_before_its_picture_keeps_all_of_it_in_sync(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # H.264 with B-frames and AAC in FLV, as ffmpeg and OBS write it: the picture starts 21 ms
+    # after the sound, and ffmpeg's FLV seek to there landed 1.5 s later, on the second
+    # keyframe: the first beeps were gone.
+    flv = tmp_path / "stream.flv"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=3",
+         "-f", "lavfi", "-i", f"{WITH_BEEPS}:d=3", "-c:v", "libx264", "-c:a", "aac", str(flv)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    assert len(beep_onsets(flv)) == 3
+    out = tmp_path / "out.mp4"
+    proc = run_cli("swap", media["source"], flv, "-o", out, "--json", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert len(video_times(out)) == 75
+    assert decoded_audio_seconds(out) == pytest.approx(3.0, abs=0.03)
+    assert beep_onsets(out) == pytest.approx(beep_onsets(flv), abs=0.005)
 
 
 def test_a_gifs_long_last_frame_keeps_its_time(

@@ -11,6 +11,8 @@ from facefusion_tasks.video.argv import (
     audio_codec_args,
     decode_argv,
     encode_argv,
+    extras_trim,
+    extras_window,
     muxer_for,
     pix_fmt_for,
     subtitle_args,
@@ -164,6 +166,30 @@ def test_encode_adds_source_audio_copied_when_it_fits_and_cut_to_the_video() -> 
     assert "-shortest" not in argv
     audio_input = argv.index("/videos/in.mp4")
     assert argv[audio_input - 3 : audio_input] == ["-t", "4.500000", "-i"]
+
+
+def test_an_flv_source_is_read_from_its_start_and_its_sound_trimmed_by_a_filter() -> None:
+    # ffmpeg's FLV seek lands on the second keyframe for any time in the first GOP.
+    def encoded(container: str, muxer: str = "mp4") -> list[str]:
+        return encode_argv(f"o.{muxer}", width=64, height=64, time_base=Fraction(1, 25),
+                           audio_source="/v/in", audio_codecs=("aac", "mp3"), audio_seconds=4.5,
+                           audio_skip=0.021, audio_container=container, muxer=muxer)  # fmt: skip
+
+    audio_input = encoded("flv").index("/v/in")
+    assert encoded("flv")[audio_input - 3 : audio_input] == ["-t", "4.521000", "-i"]
+    assert "-ss" not in encoded("flv")
+    assert option(encoded("flv"), "-c:a") == "aac"  # every stream: a filter cannot copy
+    assert option(encoded("flv"), "-af") == "atrim=start=0.021000,asetpts=PTS-STARTPTS"
+    webm = option(encoded("flv", "webm"), "-af")
+    assert webm.startswith("atrim=start=0.021000,asetpts=PTS-STARTPTS,aformat=channel_layouts=")
+    # Elsewhere the input seek drops what comes before the picture, and AAC is copied.
+    audio_input = encoded("mov,mp4,m4a,3gp,3g2,mj2").index("/v/in")
+    window = encoded("mov,mp4,m4a,3gp,3g2,mj2")[audio_input - 5 : audio_input]
+    assert window == ["-ss", "0.021000", "-t", "4.500000", "-i"]
+    assert option(encoded("mov,mp4,m4a,3gp,3g2,mj2"), "-c:a") == "copy"
+    # With no delay there is nothing to trim, and FLV is read like any other.
+    assert extras_window(0.0, 2.0, "flv") == {"t": "2.000000"}
+    assert extras_trim(0.0, "flv") == 0.0
 
 
 @pytest.mark.parametrize(
