@@ -27,6 +27,8 @@ class Packets:
     stderr: str
     #: The duration (ticks) of the packet shown last; 0 when the file gives none.
     last_duration: int = 0
+    #: Packets without a pts of their own (their dts was taken).
+    guessed: int = 0
 
     def frame_rate(self) -> Fraction:
         """The rate for a regular step; else frames per second of duration, as ffprobe's
@@ -63,30 +65,37 @@ _TB_LINE = re.compile(r"^#tb 0:\s*(\d+)/(\d+)")
 _NOPTS = -(2**63)
 
 
-#: Input options for a pass that reads packets' times: MPEG program streams (.mpg, .vob)
-#: stamp only some packets, and genpts fills in the rest from their decode times, as the
-#: decoder does (a missing pts had been taken as the dts, which is another frame's pts).
-GENPTS = ("-fflags", "+genpts")
-
-
 def demux_pass(source: Location, exe: str, stream: int = 0) -> Packets:
     """Stream-copy video stream `stream` (ffmpeg's v:N) into framecrc: one line per packet
     with its pts, duration and flags. -copyts keeps the file's own timestamps."""
+    packets = _demux(source, exe, stream)
+    if packets.guessed and _repeated(packets.pts):
+        # MPEG program streams (.mpg, .vob) stamp only some packets, and a missing pts read
+        # as the dts is another frame's pts: genpts fills them in from their decode times, as
+        # the decoder does. Only then: for H.264 in AVI it gives each packet the next one's
+        # dts, one frame off the decoder's, and chunks lost their first frame.
+        packets = _demux(source, exe, stream, genpts=True)
+    repeated = _repeated(packets.pts)
+    if repeated:
+        # The pipeline keeps every frame's own time; made-up times would not be the file's.
+        raise InputError(
+            f"{source.name}: {repeated} of {len(packets.pts)} frames repeat another's timestamp "
+            "(a raw stream without timestamps, or a frame rate finer than its container's "
+            "clock); remux it with a frame rate, e.g. ffmpeg -r 25 -i IN -c copy OUT.mkv",
+            reason=Reason.BAD_INPUT,
+        )
+    return packets
+
+
+def _repeated(pts: list[int]) -> int:
+    return len(pts) - len(set(pts))
+
+
+def _demux(source: Location, exe: str, stream: int, *, genpts: bool = False) -> Packets:
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info", "-copyts"]
     *options, target = input_args(source)
-    argv += [
-        *options,
-        *GENPTS,
-        "-i",
-        target,
-        "-map",
-        f"0:v:{stream}",
-        "-c",
-        "copy",
-        "-f",
-        "framecrc",
-        "-",
-    ]
+    argv += [*options, *(["-fflags", "+genpts"] if genpts else []), "-i", target]
+    argv += ["-map", f"0:v:{stream}", "-c", "copy", "-f", "framecrc", "-"]
     done = run_probe(argv)
     if done.returncode != 0:
         if "Input #0" not in done.stderr:
@@ -102,18 +111,7 @@ def demux_pass(source: Location, exe: str, stream: int = 0) -> Packets:
     damage = damage_line(done.stderr)
     if damage is not None:
         raise corrupt(source, damage)
-    packets = read_packets(done.stdout, done.stderr)
-    pts = packets.pts
-    repeated = len(pts) - len(set(pts))
-    if repeated:
-        # The pipeline keeps every frame's own time; made-up times would not be the file's.
-        raise InputError(
-            f"{source.name}: {repeated} of {len(pts)} frames repeat another's timestamp (a raw "
-            "stream without timestamps, or a frame rate finer than its container's clock); "
-            "remux it with a frame rate, e.g. ffmpeg -r 25 -i IN -c copy OUT.mkv",
-            reason=Reason.BAD_INPUT,
-        )
-    return packets
+    return read_packets(done.stdout, done.stderr)
 
 
 def read_packets(framecrc: str, stderr: str = "") -> Packets:
@@ -121,7 +119,7 @@ def read_packets(framecrc: str, stderr: str = "") -> Packets:
     time_base = Fraction(0)
     pts: list[int] = []
     span = 0
-    max_pts, last_duration = _NOPTS, 0
+    max_pts, last_duration, guessed = _NOPTS, 0, 0
     for line in framecrc.splitlines():
         if line.startswith("#"):
             match = _TB_LINE.match(line)
@@ -138,10 +136,12 @@ def read_packets(framecrc: str, stderr: str = "") -> Packets:
         if flags & DISCARD_FLAG:
             continue
         stamp = int(fields[2])
+        guessed += stamp == _NOPTS
         pts.append(int(fields[1]) if stamp == _NOPTS else stamp)
         span += max(int(fields[3]), 0)
         if pts[-1] >= max_pts:
             max_pts, last_duration = pts[-1], max(int(fields[3]), 0)
     return Packets(
-        pts=pts, time_base=time_base, span=span, stderr=stderr, last_duration=last_duration
-    )
+        pts=pts, time_base=time_base, span=span, stderr=stderr, last_duration=last_duration,
+        guessed=guessed,
+    )  # fmt: skip

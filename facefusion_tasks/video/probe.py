@@ -24,7 +24,7 @@ from facefusion_tasks.video.fields import (
     stream_line_interlaced,
     tagged_interlaced,
 )
-from facefusion_tasks.video.packets import GENPTS, Packets, demux_pass, read_packets
+from facefusion_tasks.video.packets import Packets, demux_pass, read_packets
 from facefusion_tasks.video.plainfile import (
     check_file,
     check_plain,
@@ -190,7 +190,7 @@ def _check_tail(source: Location, exe: str, duration: float, stream: int) -> Pac
     the last of them says how long the last frame lasts."""
     argv = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+warning", "-copyts"]
     *options, target = input_args(source)
-    argv += [*options, *GENPTS, "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", target]
+    argv += [*options, "-ss", f"{max(duration - 1.0, 0.0):.6f}", "-i", target]
     argv += ["-map", f"0:v:{stream}", "-c", "copy", "-f", "framecrc", "-"]
     done = run_probe(argv)
     damage = damage_line(done.stderr)
