@@ -323,6 +323,15 @@ def extras_window(skip: float, length: float | None, container: str = "") -> dic
     return window
 
 
+def extras_subtitle_args(
+    muxer: str, source_codecs: Sequence[str], skip: float, container: str = ""
+) -> list[str]:
+    """subtitle_args() for the extras input, none where extras_trim() cuts the sound by a
+    filter: subtitles cannot be filtered, and read from the file's start they would show
+    `skip` late."""
+    return [] if extras_trim(skip, container) else subtitle_args(muxer, source_codecs)
+
+
 def subtitle_args(muxer: str, source_codecs: Sequence[str], *, source: int = 1) -> list[str]:
     """-map and codec options for the subtitle streams of input `source` that this container
     can carry (codecs.subtitle_plan), each copied or converted to the container's own."""
@@ -338,7 +347,9 @@ def _audio_transcode_args(muxer: str, stream: str, *, trim: float = 0.0) -> list
     args = [f"-c:a{stream}", encoder, f"-b:a{stream}", "192k"]
     filters = []
     if trim > 0:
-        filters.append(f"atrim=start={seconds(trim)},asetpts=PTS-STARTPTS")
+        # Shifted by the trim, not to the first sample kept: sound that starts after the
+        # picture keeps its offset.
+        filters.append(f"atrim=start={seconds(trim)},asetpts=PTS-{seconds(trim)}/TB")
     if encoder == "libopus":
         # libopus refuses layouts outside its Vorbis mapping (2.1, 4.0, 7.1(wide), …);
         # aformat lets ffmpeg remix those to the nearest one it takes.
@@ -423,7 +434,7 @@ def encode_argv(
             muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container)
         )
     if audio_source is not None:
-        options += subtitle_args(muxer, subtitle_codecs)
+        options += extras_subtitle_args(muxer, subtitle_codecs, audio_skip, audio_container)
     # -y: the writer's temp file already exists (created race-free before ffmpeg starts).
     return [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", *args[:-1], *options, "-f", muxer, args[-1]]
 

@@ -15,11 +15,11 @@ from facefusion_tasks.video.argv import (
     ENCODE_GLOBAL_ARGS,
     MOV_FAMILY,
     audio_codec_args,
+    extras_subtitle_args,
     extras_trim,
     extras_window,
     muxer_for,
     plain_input_args,
-    subtitle_args,
 )
 from facefusion_tasks.video.damage import extras_damage
 from facefusion_tasks.video.probe import VideoInfo
@@ -83,7 +83,7 @@ def stitch_argv(
             argv += audio_codec_args(
                 muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container)
             )
-        argv += subtitle_args(muxer, subtitle_codecs)
+        argv += extras_subtitle_args(muxer, subtitle_codecs, audio_skip, audio_container)
     if muxer in MOV_FAMILY:
         argv += ["-video_track_timescale", str(time_base.denominator), "-movflags", "+faststart"]
     return [*argv, "-f", muxer, str(destination)]

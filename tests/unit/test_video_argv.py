@@ -179,14 +179,23 @@ def test_an_flv_source_is_read_from_its_start_and_its_sound_trimmed_by_a_filter(
     assert encoded("flv")[audio_input - 3 : audio_input] == ["-t", "4.521000", "-i"]
     assert "-ss" not in encoded("flv")
     assert option(encoded("flv"), "-c:a") == "aac"  # every stream: a filter cannot copy
-    assert option(encoded("flv"), "-af") == "atrim=start=0.021000,asetpts=PTS-STARTPTS"
+    # Shifted by the trim: sound that starts after the picture keeps its offset.
+    assert option(encoded("flv"), "-af") == "atrim=start=0.021000,asetpts=PTS-0.021000/TB"
     webm = option(encoded("flv", "webm"), "-af")
-    assert webm.startswith("atrim=start=0.021000,asetpts=PTS-STARTPTS,aformat=channel_layouts=")
+    assert webm.startswith("atrim=start=0.021000,asetpts=PTS-0.021000/TB,aformat=channel_layouts=")
     # Elsewhere the input seek drops what comes before the picture, and AAC is copied.
     audio_input = encoded("mov,mp4,m4a,3gp,3g2,mj2").index("/v/in")
     window = encoded("mov,mp4,m4a,3gp,3g2,mj2")[audio_input - 5 : audio_input]
     assert window == ["-ss", "0.021000", "-t", "4.500000", "-i"]
     assert option(encoded("mov,mp4,m4a,3gp,3g2,mj2"), "-c:a") == "copy"
+
+    # Subtitles cannot be filtered: read from the start, they would show 21 ms late.
+    def subtitled(container: str) -> list[str]:
+        return encode_argv("o.mkv", width=64, height=64, time_base=Fraction(1, 25),
+                           audio_source="/v/in", audio_codecs=("aac",), audio_skip=0.021,
+                           audio_container=container, subtitle_codecs=("subrip",))  # fmt: skip
+
+    assert "1:s:0" not in subtitled("flv") and "1:s:0" in subtitled("matroska,webm")
     # With no delay there is nothing to trim, and FLV is read like any other.
     assert extras_window(0.0, 2.0, "flv") == {"t": "2.000000"}
     assert extras_trim(0.0, "flv") == 0.0
