@@ -22,17 +22,25 @@ _STREAM_LINE_WORDS = ("top first", "bottom first", "coded first (swapped)")
 _SHOWINFO_MODE = re.compile(r"\bi:([TBP])\b")
 
 
-def tagged_interlaced(value: object) -> bool:
-    """Whether ffprobe's stream field_order says interlaced. Only a hint: files are often
-    tagged wrong (ffmpeg's own Matroska says tb for top first; mp4 stores none and ffprobe's
-    parser guesses tt), so the first frame decides (frame_field_order)."""
-    return str(value) in _INTERLACED_TAGS
+#: Codecs whose video is interlaced though no container says so: standard-definition DV
+#: (raw .dv, DV in AVI) always is, bottom field first; DVCPRO HD's 720p is not, and its first
+#: frame says so.
+INTERLACED_CODECS = frozenset({"dvvideo"})
 
 
-def stream_line_interlaced(details: str) -> bool:
-    """Whether `ffmpeg -i`'s stream line, after the pixel format, says interlaced."""
+def tagged_interlaced(value: object, codec: str = "") -> bool:
+    """Whether ffprobe's stream field_order says interlaced, or the codec always may be. Only
+    a hint: files are often tagged wrong (ffmpeg's own Matroska says tb for top first; mp4
+    stores none and ffprobe's parser guesses tt), so the first frame decides
+    (frame_field_order)."""
+    return str(value) in _INTERLACED_TAGS or codec in INTERLACED_CODECS
+
+
+def stream_line_interlaced(details: str, codec: str = "") -> bool:
+    """Whether `ffmpeg -i`'s stream line, after the pixel format, says interlaced, or the
+    codec always may be (a hint, as tagged_interlaced)."""
     end = details.rfind(")")
-    return (
+    return codec in INTERLACED_CODECS or (
         details.startswith("(")
         and end > 0
         and any(words in details[1:end] for words in _STREAM_LINE_WORDS)

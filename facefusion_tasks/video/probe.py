@@ -349,7 +349,10 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
         container=container,
         video_stream=chosen,
         field_order=frame_field_order(
-            source, exe, chosen, interlaced=tagged_interlaced(video.get("field_order"))
+            source,
+            exe,
+            chosen,
+            interlaced=tagged_interlaced(video.get("field_order"), str(video.get("codec_name"))),
         ),
         last_frame=last_frame,
     ), counted
@@ -488,7 +491,10 @@ def _probe_with_ffmpeg(source: Location, exe: str) -> tuple[VideoInfo, bool]:
         container=container,
         video_stream=chosen,
         field_order=frame_field_order(
-            source, exe, chosen, interlaced=stream_line_interlaced(rest[pix.end() :] if pix else "")
+            source,
+            exe,
+            chosen,
+            interlaced=stream_line_interlaced(rest[pix.end() :] if pix else "", codec),
         ),
         last_frame=packets.last_frame(),
     ), True

@@ -595,6 +595,13 @@ def _field_flags(path: Path) -> set[tuple[str, str]]:
         # stores no order, and ffprobe's parser guesses tt. The frames decide.
         (["-c:v", "libx264", "-top", "1"], ".mkv", "tt", ("1", "1")),
         (["-c:v", "libx264", "-top", "0"], ".mp4", "bb", ("1", "0")),
+        # Raw DV says nothing of its fields, and is always bottom first: it came out progressive.
+        (
+            ["-c:v", "dvvideo", "-s", "720x576", "-pix_fmt", "yuv420p", "-f", "dv"],
+            ".dv",
+            "bb",
+            ("1", "0"),
+        ),
     ],
 )
 def test_interlaced_video_stays_interlaced_field_order_and_all(

@@ -35,6 +35,14 @@ def test_ffmpeg_stream_lines_that_say_interlaced(details: str, interlaced: bool)
     assert stream_line_interlaced(details) is interlaced
 
 
+def test_dv_is_a_hint_of_interlacing_whatever_its_container_says() -> None:
+    # Standard-definition DV is always interlaced and no container says so; the first frame
+    # decides (DVCPRO HD's 720p is progressive).
+    assert tagged_interlaced("", "dvvideo") and tagged_interlaced(None, "dvvideo")
+    assert stream_line_interlaced(", 720x576 [SAR 16:15 DAR 4:3]", "dvvideo")
+    assert not tagged_interlaced("", "h264") and not stream_line_interlaced(", 720x576", "h264")
+
+
 def test_libx264_codes_fields_apart_and_every_encoder_tags_the_order() -> None:
     assert interlace_args("libx264", "tt", height=240) == [
         "-flags", "+ildct+ilme", "-field_order", "tt",
