@@ -118,6 +118,18 @@ def write_gif(path: Path, delays_ms: Sequence[int], *, width: int = 160, height:
     return path
 
 
+def write_beeping_flv(path: Path, seconds: int = 3) -> Path:
+    """H.264 with B-frames and AAC in FLV, as ffmpeg and OBS write it (the picture starts 21 ms
+    after the sound), 320x240 at 25 fps, with WITH_BEEPS for its sound."""
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+         f"testsrc=size=320x240:rate=25:duration={seconds}", "-f", "lavfi", "-i",
+         f"{WITH_BEEPS}:d={seconds}", "-c:v", "libx264", "-c:a", "aac", str(path)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return path
+
+
 def streams(path: Path) -> list[dict]:
     return ffprobe_json(path, "-show_streams")["streams"]
 

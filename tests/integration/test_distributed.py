@@ -22,7 +22,7 @@ from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.metrics.queues import priority_keys
 from facefusion_tasks.producer import Retried, WaitTimeout
-from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED
+from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, JobStatus
 from tests.cluster import (
     SHARED_REDIS,
     Cluster,
@@ -34,13 +34,13 @@ from tests.cluster import (
 from tests.media import (
     LONG,
     TINY,
-    WITH_BEEPS,
     audio_duration,
     beep_onsets,
     decoded_audio_seconds,
     storage_root,
     video_length,
     video_times,
+    write_beeping_flv,
     write_gif,
 )
 
@@ -78,6 +78,19 @@ def _running_chunk(producer, job_id: str):  # type: ignore[no-untyped-def]
         if chunk["state"] == RUNNING and 0 < chunk["frames_done"] < chunk["frames"]:
             return chunk
     return None
+
+
+def _swap_in_half_second_chunks(
+    fleet: Cluster, root: Path, target: Path, output: Path
+) -> JobStatus:
+    """One worker swaps `target` into `output` in half-second chunks; the job's final status,
+    which must be SUCCEEDED."""
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=0.5)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    return status
 
 
 def test_two_workers_share_a_job_and_the_output_is_frame_exact(
@@ -120,12 +133,8 @@ def test_an_mpeg_program_stream_is_cut_into_chunks_and_stitched_frame_exact(
          "-bf", "2", "-b:v", "2M", "-c:a", "mp2", "-f", "mpeg", str(mpg)],
         check=True, timeout=60,
     )  # fmt: skip
-    fleet.start_worker("w1")
-    producer = fleet.producer()
     output = root / "out" / "dvd.mp4"
-    job_id = producer.submit(root / "source.png", mpg, output, chunk_seconds=0.5)
-    status = producer.wait(job_id, timeout=120)
-    assert status.state == SUCCEEDED, (status.reason, status.error)
+    status = _swap_in_half_second_chunks(fleet, root, mpg, output)
     assert status.chunks_total >= 5 and status.frames_done == status.frames_total == 75
     assert video_times(output) == [Fraction(i, 25) for i in range(75)]
     assert audio_duration(output) == pytest.approx(3.0, abs=0.05)
@@ -136,18 +145,9 @@ def test_an_flv_whose_sound_starts_before_its_picture_is_stitched_with_all_of_it
 ) -> None:
     # The stitch reads the sound as the local writer does: from the file's start, trimmed by
     # a filter, since ffmpeg's FLV seek lands on the second keyframe.
-    flv = root / "stream.flv"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=3",
-         "-f", "lavfi", "-i", f"{WITH_BEEPS}:d=3", "-c:v", "libx264", "-c:a", "aac", str(flv)],
-        check=True, timeout=60,
-    )  # fmt: skip
-    fleet.start_worker("w1")
-    producer = fleet.producer()
+    flv = write_beeping_flv(root / "stream.flv")
     output = root / "out" / "stream.mp4"
-    job_id = producer.submit(root / "source.png", flv, output, chunk_seconds=0.5)
-    status = producer.wait(job_id, timeout=120)
-    assert status.state == SUCCEEDED, (status.reason, status.error)
+    status = _swap_in_half_second_chunks(fleet, root, flv, output)
     assert status.chunks_total >= 5 and len(video_times(output)) == 75
     assert decoded_audio_seconds(output) == pytest.approx(3.0, abs=0.03)
     assert beep_onsets(output) == pytest.approx(beep_onsets(flv), abs=0.005)
@@ -162,12 +162,8 @@ def test_a_slideshow_with_a_long_last_frame_is_stitched_frame_exact(
     # to that rather than the GIF's 0.9 s, which failed the stitch's check of its length.
     delays = [70, 230, 50, 310, 120, 90, 40, 200, 60, 150, 80, 260, 300, 140, 900]
     gif = write_gif(root / "slideshow.gif", delays)
-    fleet.start_worker("w1")
-    producer = fleet.producer()
     output = root / "out" / f"slideshow{suffix}"
-    job_id = producer.submit(root / "source.png", gif, output, chunk_seconds=0.5)
-    status = producer.wait(job_id, timeout=120)
-    assert status.state == SUCCEEDED, (status.reason, status.error)
+    status = _swap_in_half_second_chunks(fleet, root, gif, output)
     assert status.chunks_total >= 3
     assert video_times(output) == video_times(gif)
     assert video_length(output) > video_times(gif)[-1]  # the last frame is shown

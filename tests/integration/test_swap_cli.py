@@ -19,7 +19,6 @@ import pytest
 from facefusion_tasks.faces.synthetic import background, bundled_photo
 from facefusion_tasks.video.samples import make_photo_video, make_sample_video
 from tests.media import (
-    WITH_BEEPS,
     audio_duration,
     beep_onsets,
     decode_frames,
@@ -27,6 +26,7 @@ from tests.media import (
     streams,
     video_length,
     video_times,
+    write_beeping_flv,
     write_gif,
     write_source_face,
 )
@@ -199,12 +199,7 @@ def test_an_flv_whose_sound_starts_before_its_picture_keeps_all_of_it_in_sync(
     # H.264 with B-frames and AAC in FLV, as ffmpeg and OBS write it: the picture starts 21 ms
     # after the sound, and ffmpeg's FLV seek to there landed 1.5 s later, on the second
     # keyframe: the first beeps were gone.
-    flv = tmp_path / "stream.flv"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=3",
-         "-f", "lavfi", "-i", f"{WITH_BEEPS}:d=3", "-c:v", "libx264", "-c:a", "aac", str(flv)],
-        check=True, timeout=60,
-    )  # fmt: skip
+    flv = write_beeping_flv(tmp_path / "stream.flv")
     assert len(beep_onsets(flv)) == 3
     out = tmp_path / "out.mp4"
     proc = run_cli("swap", media["source"], flv, "-o", out, "--json", models=models_dir)
