@@ -165,15 +165,15 @@ def plain_input_args(source: str | Path | None = None) -> list[str]:
 def rate_args(frame_rate: Fraction | None, version: tuple[int, int]) -> list[str]:
     """Where ffmpeg before 6.0 would misjudge the encoded frames' length, the output rate said
     outright. `frame_rate` is one over the last frame's length, the raw track's default
-    duration. ffmpeg 5.1's Matroska demuxer takes a rate from that only strictly between 5 and 1000
-    fps, and the encoder's packets last at most one frame of the rate it has. Past 1000 fps it
-    takes the pipe's 1 ns ticks for the rate, the packets get no duration, and an mp4's last
-    frame lasted nothing (at exactly 1000 fps, the edit list dropped it). Below 5 fps it
-    guesses one from the timestamps, and a GIF's 0.48 s last frame lasted 0.04 s. With
-    passthrough every frame still keeps its own timestamp. Only from 5.1, whose -fps_mode
-    takes it (4.x says "-vsync 0 and -r can produce invalid output files", an error line), to
-    before 6.0, where frames began to carry their own duration: 9.0 keeps the last frame
-    without it, and 7.1 refuses -r beside passthrough."""
+    duration. ffmpeg 5.1's Matroska demuxer takes a rate from that only strictly between 5
+    and 1000 fps, and the encoder's packets last at most one frame of the rate it has. From
+    1000 fps up it takes the pipe's 1 ns ticks for the rate, the packets get no duration, and
+    an mp4's last frame lasted nothing (at exactly 1000 fps, the edit list dropped it). From
+    5 fps down it guesses one from the timestamps, and a GIF's 0.48 s last frame lasted
+    0.04 s. With passthrough every frame still keeps its own timestamp. Only from 5.1, whose
+    -fps_mode takes it (4.x says "-vsync 0 and -r can produce invalid output files", an error
+    line), to before 6.0, where frames began to carry their own duration: 9.0 keeps the last
+    frame without it, and 7.1 refuses -r beside passthrough."""
     if frame_rate is None or not (5, 1) <= version < (6, 0) or 5 < frame_rate < 1000:
         return []
     return ["-r:v", ratio(frame_rate)]
