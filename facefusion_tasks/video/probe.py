@@ -315,8 +315,8 @@ def _probe_with_ffprobe(source: Location, ffprobe: str, exe: str) -> tuple[Video
             # and audio running on past the picture would be muxed in past its end.
             duration = packets.length(frame_rate) or duration
         else:
-            # An MPEG program stream's ends at its last frame's start: its audio was cut a
-            # frame short of the picture.
+            # An MPEG program stream's stated duration ends at its last frame's start: its
+            # audio was cut a frame short of the picture.
             duration = max(duration, packets.length(frame_rate))
     return VideoInfo(
         path=source,
