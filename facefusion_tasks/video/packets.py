@@ -48,7 +48,7 @@ class Packets:
         video the same one."""
         if not self.pts or not self.time_base:
             return 0.0
-        last = self.last_duration * self.time_base
+        last = self.last_frame()
         step = last if last > 0 else (1 / frame_rate if frame_rate else Fraction(0))
         return float((max(self.pts) - min(self.pts)) * self.time_base + step)
 

@@ -183,7 +183,6 @@ class FrameWriter:
         )  # fmt: skip
         # The source's audio and subtitles are muxed in, if it has any.
         audio = audio_source if audio_source is not None and audio_source.carries_streams else None
-        version = ffbin.ffmpeg_version(exe)
         #: How long the last frame lasts: nothing follows it to end it.
         self._last_frame = last_frame_length(last_frame, self._rate)
         self.temp = staging.create_temp(self.destination)
@@ -208,7 +207,7 @@ class FrameWriter:
                 field_order=field_order,
                 frame_rate=1 / self._last_frame if self._last_frame else None,
                 ffmpeg=exe,
-                version=version,
+                version=ffbin.ffmpeg_version(exe),
             )
             log.debug("encoding: %s", redact(" ".join(argv)))
             self._ffmpeg = process.Process(

@@ -80,6 +80,16 @@ def _running_chunk(producer, job_id: str):  # type: ignore[no-untyped-def]
     return None
 
 
+def _first_seconds_of_long(root: Path, name: str, *encode: str) -> Path:
+    """root/`name`: the first 3 s of long.mp4, encoded by ffmpeg with `encode`."""
+    target = root / name
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(root / "long.mp4"), "-t", "3", *encode, str(target)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return target
+
+
 def _swap_in_half_second_chunks(
     fleet: Cluster, root: Path, target: Path, output: Path
 ) -> JobStatus:
@@ -127,12 +137,9 @@ def test_an_mpeg_program_stream_is_cut_into_chunks_and_stitched_frame_exact(
 ) -> None:
     # MPEG-2 with B-frames in a program stream (.mpg), a pts on only some packets: the plan
     # cuts on the times the decoder gives, and each chunk seeks the file by them.
-    mpg = root / "dvd.mpg"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(root / "long.mp4"), "-t", "3", "-c:v", "mpeg2video",
-         "-bf", "2", "-b:v", "2M", "-c:a", "mp2", "-f", "mpeg", str(mpg)],
-        check=True, timeout=60,
-    )  # fmt: skip
+    mpg = _first_seconds_of_long(
+        root, "dvd.mpg", "-c:v", "mpeg2video", "-bf", "2", "-b:v", "2M", "-c:a", "mp2", "-f", "mpeg"
+    )
     output = root / "out" / "dvd.mp4"
     status = _swap_in_half_second_chunks(fleet, root, mpg, output)
     assert status.chunks_total >= 5 and status.frames_done == status.frames_total == 75
@@ -271,11 +278,9 @@ def test_an_interlaced_video_is_stitched_interlaced_with_its_field_order(
 ) -> None:
     # Bottom field first, in chunks: the mp4 segments store no field order, so the stitch,
     # a stream copy, must say it again (ffprobe's parser would guess top first).
-    target = root / "interlaced.mkv"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(root / "long.mp4"), "-t", "3", "-c:v", "libx264",
-         "-flags", "+ildct+ilme", "-top", "0", "-c:a", "copy", str(target)],
-        check=True,
+    target = _first_seconds_of_long(
+        root, "interlaced.mkv", "-c:v", "libx264", "-flags", "+ildct+ilme", "-top", "0",
+        "-c:a", "copy",
     )  # fmt: skip
     fleet.start_worker("w1")
     producer = fleet.producer()
