@@ -37,6 +37,11 @@ _PNG_IEND = b"IEND\xaeB`\x82"
 _PNG_MAX_CHUNKS = 10_000
 #: The VP8X flag of an animated WebP.
 _WEBP_ANIMATED = 0x02
+#: What a still image's file may hold beyond its pixels: 8 bytes a pixel (an uncompressed
+#: 16-bit RGBA PNG), and room for metadata (EXIF, ICC, XMP, a thumbnail, a motion photo's clip).
+_BYTES_PER_PIXEL, _METADATA_BYTES = 8, 64 << 20
+#: Bytes read at a time while skipping what lies between a JPEG's marker segments.
+_SKIP_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,12 @@ class ImageHeader:
         return FORMAT_NAMES[self.format]
 
 
+def file_limit(width: int, height: int) -> int:
+    """The most bytes a width×height image's file is let hold: a larger one is refused before
+    it is scanned or read (a few pixels' header in front of gigabytes)."""
+    return width * height * _BYTES_PER_PIXEL + _METADATA_BYTES
+
+
 def is_image_target(path: Path | ObjectRef) -> bool:
     """A target named .png, .jpg, .jpeg or .webp (a file or an object's key) is a still image,
     whatever else it holds (then it is refused as not an image: such a name never reaches the
@@ -79,6 +90,16 @@ def read_header(path: Path) -> ImageHeader:
             header = _jpeg(handle)
         elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
             header = _webp(handle, head)
+    if (
+        header is not None
+        and header.format == "jpeg"
+        and not header.complete
+        and not (header.width or header.height)
+    ):
+        raise InputError(
+            f"{path}: truncated JPEG image (the file ends before its frame header)",
+            reason=Reason.NOT_AN_IMAGE,
+        )
     if header is None or header.width <= 0 or header.height <= 0:
         raise InputError(f"{path}: not a {IMAGE_TYPES} image", reason=Reason.NOT_AN_IMAGE)
     return header
@@ -95,7 +116,8 @@ def check_image(path: Path, *, max_pixels: int) -> ImageHeader:
     anything decodes it (a 2.7 MB PNG of 30000² pixels would take gigabytes)."""
     require_file(path, shown=str(path), reason=Reason.NOT_AN_IMAGE)
     try:
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise InputError(f"{path}: empty file", reason=Reason.NOT_AN_IMAGE)
         header = read_header(path)
     except OSError as exc:
@@ -106,12 +128,25 @@ def check_image(path: Path, *, max_pixels: int) -> ImageHeader:
             f"{max_pixels} pixels (FACEFUSION_MAX_IMAGE_PIXELS)",
             reason=Reason.TOO_LARGE,
         )
+    refuse_oversized(path, header, size)
     if not header.complete:
         raise InputError(
             f"{path}: truncated {header.name} image (the file ends before the image does)",
             reason=Reason.NOT_AN_IMAGE,
         )
     return header
+
+
+def refuse_oversized(path: Path, header: ImageHeader, size: int) -> None:
+    """InputError (too_large) for a file of `size` bytes far larger than its header's picture
+    could need."""
+    limit = file_limit(header.width, header.height)
+    if size > limit:
+        raise InputError(
+            f"{path}: file is too large for a {header.width}x{header.height} image "
+            f"(over {limit} bytes)",
+            reason=Reason.TOO_LARGE,
+        )
 
 
 def check_image_target(path: Path, *, max_pixels: int) -> ImageHeader:
@@ -127,9 +162,13 @@ def check_image_target(path: Path, *, max_pixels: int) -> ImageHeader:
     return header
 
 
-def _ends_with(handle: BinaryIO, marker: bytes, *, after: int) -> bool:
+def _ends_with(handle: BinaryIO, marker: bytes, *, after: int, size: tuple[int, int]) -> bool:
     """Whether `marker` occurs past offset `after`: searched from the end through mmap, so only
-    the tail of a complete file is read however large it is."""
+    the tail of a complete file is read. A file larger than a `size` (width, height) picture
+    could need is not searched (check_image refuses it): in a hole of gigabytes after a real
+    header the search read, and held, every page (3.3 GB for a 320x240 PNG)."""
+    if os.fstat(handle.fileno()).st_size > file_limit(*size):
+        return False
     try:
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return data.rfind(marker, after) >= 0
@@ -153,7 +192,8 @@ def _png(handle: BinaryIO, head: bytes) -> ImageHeader:
         if kind in (b"IDAT", b"IEND", b"acTL"):
             break
         offset += 12 + length
-    return ImageHeader("png", width, height, animated, _ends_with(handle, _PNG_IEND, after=8))
+    complete = _ends_with(handle, _PNG_IEND, after=8, size=(width, height))
+    return ImageHeader("png", width, height, animated, complete)
 
 
 def _jpeg(handle: BinaryIO) -> ImageHeader | None:
@@ -162,12 +202,13 @@ def _jpeg(handle: BinaryIO) -> ImageHeader | None:
     # (inside it every 0xFF is stuffed, and an EXIF thumbnail's EOI lies before it).
     size: tuple[int, int] | None = None
 
-    def cut_short() -> ImageHeader | None:
-        # A file that ends mid-header is an incomplete JPEG once its size is known.
-        return None if size is None else ImageHeader("jpeg", *size, False, False)
+    def cut_short() -> ImageHeader:
+        # A file that ends mid-header is an incomplete JPEG; before its size is known, one of
+        # 0x0, which read_header reports as cut before its frame header.
+        return ImageHeader("jpeg", *(size or (0, 0)), False, False)
 
     handle.seek(2)
-    while handle.read(1) == b"\xff":
+    while _skip_to_marker(handle):
         marker = handle.read(1)
         while marker == b"\xff":  # fill bytes before a marker
             marker = handle.read(1)
@@ -183,19 +224,31 @@ def _jpeg(handle: BinaryIO) -> ImageHeader | None:
         if code in _JPEG_SOF and size is None:
             body = handle.read(5)
             if len(body) < 5:
-                return None
+                return cut_short()
             height, width = struct.unpack(">HH", body[1:5])
             size = width, height
             handle.seek(-5, os.SEEK_CUR)
         if code == _JPEG_SOS:
             if size is None:  # a scan before any frame header
                 return None
-            complete = _ends_with(handle, _JPEG_EOI, after=handle.tell())
+            complete = _ends_with(handle, _JPEG_EOI, after=handle.tell(), size=size)
             return ImageHeader("jpeg", *size, False, complete)
         if length < 2:
             return None
         handle.seek(length - 2, os.SEEK_CUR)
     return cut_short()
+
+
+def _skip_to_marker(handle: BinaryIO) -> bool:
+    """Move to the next 0xFF byte, past any others, as libjpeg does between segments (it warns
+    "extraneous bytes before marker" and decodes every pixel: a metadata segment whose stated
+    length is a few bytes short, which some cameras and editors write); False at the end."""
+    while chunk := handle.read(_SKIP_CHUNK):
+        found = chunk.find(b"\xff")
+        if found >= 0:
+            handle.seek(found + 1 - len(chunk), os.SEEK_CUR)
+            return True
+    return False
 
 
 def _webp(handle: BinaryIO, head: bytes) -> ImageHeader | None:

@@ -14,7 +14,14 @@ from facefusion_tasks import objects
 from facefusion_tasks.config import DEFAULT_MAX_IMAGE_PIXELS
 from facefusion_tasks.errors import InputError, OutputError
 from facefusion_tasks.filekind import existing_non_file, resolved
-from facefusion_tasks.images import FORMAT_NAMES, FORMAT_SUFFIXES, ImageHeader, check_image
+from facefusion_tasks.images import (
+    FORMAT_NAMES,
+    FORMAT_SUFFIXES,
+    ImageHeader,
+    check_image,
+    file_limit,
+    refuse_oversized,
+)
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.stderr_capture import captured_stderr, release
@@ -25,15 +32,13 @@ log = logging.getLogger(__name__)
 #: How libjpeg's, libpng's and OpenCV's own messages begin, as printed straight to stderr while
 #: an image decodes (kept out of the CLI's one line, logged instead).
 _DECODER_PREFIXES = ("Corrupt JPEG data", "Premature end of JPEG file", "libpng ", "Warning:",
-                     "Invalid SOS", "Unsupported marker", "Not a JPEG file", "[ WARN", "[ERROR")  # fmt: skip
+                     "Invalid SOS", "Unsupported marker", "Not a JPEG file",
+                     "Inconsistent progression sequence", "[ WARN", "[ERROR")  # fmt: skip
 #: What libjpeg says when it could not decode part of the picture and painted it grey (data
 #: that stops early, a restart interval lost, a bad Huffman or arithmetic code): every "Corrupt
 #: JPEG data" line but one. Stray bytes between markers, which many cameras write, cost no pixel.
 _DAMAGE = ("premature end", "corrupt jpeg data")
 _HARMLESS = "extraneous bytes"
-#: What a still image's file may hold beyond its pixels, as read to decode it: 8 bytes a pixel
-#: (an uncompressed 16-bit RGBA PNG), and room for metadata (EXIF, ICC, XMP, a thumbnail).
-_BYTES_PER_PIXEL, _METADATA_BYTES = 8, 64 << 20
 #: Output containers we can mux video (and the source audio, copied or transcoded) into.
 OUTPUT_SUFFIXES = frozenset(MUXERS)
 
@@ -105,7 +110,7 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
 def _image_bytes(path: Path, header: ImageHeader) -> np.ndarray:
     """The file's bytes, to decode; InputError (too_large) for a file far larger than its
     header's picture could need, which would be read whole for a few pixels."""
-    limit = header.width * header.height * _BYTES_PER_PIXEL + _METADATA_BYTES
+    limit = file_limit(header.width, header.height)
     try:
         with path.open("rb") as handle:
             # Sized by the file (a read asks for all it may return at once), one byte past
@@ -113,12 +118,7 @@ def _image_bytes(path: Path, header: ImageHeader) -> np.ndarray:
             data = handle.read(min(os.fstat(handle.fileno()).st_size, limit) + 1)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
-    if len(data) > limit:
-        raise InputError(
-            f"{path}: file is too large for a {header.width}x{header.height} image "
-            f"(over {limit} bytes)",
-            reason=Reason.TOO_LARGE,
-        )
+    refuse_oversized(path, header, len(data))
     return np.frombuffer(data, dtype=np.uint8)
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,14 @@ def create_temp(destination: Path) -> Path:
 
 
 def commit(temp: Path, destination: Path) -> Path:
-    """Move a verified temp into place (atomic); the temp is gone either way."""
+    """Move a verified temp into place (atomic); the temp is gone either way. A file it
+    replaces keeps its permission bits: the temp has the umask's (0644), and a 0600 photo
+    swapped in place would otherwise come out readable by every user."""
     try:
+        with contextlib.suppress(FileNotFoundError):
+            replaced = destination.lstat()
+            if stat.S_ISREG(replaced.st_mode):
+                os.chmod(temp, stat.S_IMODE(replaced.st_mode))
         os.replace(temp, destination)
     except OSError as exc:
         temp.unlink(missing_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -73,6 +75,73 @@ def test_stray_bytes_before_a_jpegs_end_marker_cost_no_pixel_and_are_no_damage(
     padded = tmp_path / "padded.jpg"
     padded.write_bytes(whole[:-2] + b"\x12\x34\x56" + whole[-2:])
     assert np.array_equal(read_image(padded), read_image(tmp_path / "a.jpg"))
+
+
+def _segments(jpeg: bytes) -> dict[int, int]:
+    """Each marker's offset in a JPEG's header, up to its first scan."""
+    offsets, at = {}, 2
+    while jpeg[at + 1] != 0xDA:
+        offsets.setdefault(jpeg[at + 1], at)
+        at += 2 + struct.unpack(">H", jpeg[at + 2 : at + 4])[0]
+    offsets[0xDA] = at
+    return offsets
+
+
+@pytest.mark.parametrize(("marker", "stray"), [(0xDA, b"\x00\x00\x00"), (0xC0, b"\x12\x34")])
+def test_stray_bytes_between_a_jpegs_header_segments_are_read_past_as_libjpeg_does(
+    tmp_path: Path, marker: int, stray: bytes
+) -> None:
+    # A metadata segment whose stated length is short leaves bytes before the next marker;
+    # libjpeg skips them ("extraneous bytes before marker 0xda") and decodes every pixel. The
+    # header walk stopped there: "truncated JPEG" before the scan, "not a JPEG" before the frame.
+    whole = _write(tmp_path / "a.jpg").read_bytes()
+    at = _segments(whole)[marker]
+    stray_file = tmp_path / "stray.jpg"
+    stray_file.write_bytes(whole[:at] + stray + whole[at:])
+    header = check_image(stray_file, max_pixels=LIMIT)
+    assert (header.width, header.height, header.complete) == (64, 48, True)
+    assert np.array_equal(read_image(stray_file), read_image(tmp_path / "a.jpg"))
+
+
+def test_a_jpeg_cut_before_its_frame_header_is_called_truncated(tmp_path: Path) -> None:
+    whole = _write(tmp_path / "a.jpg").read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: _segments(whole)[0xC0] + 3])
+    with pytest.raises(
+        InputError, match="truncated JPEG image .*before its frame header"
+    ) as caught:
+        check_image(cut, max_pixels=LIMIT)
+    assert caught.value.reason == Reason.NOT_AN_IMAGE
+
+
+@pytest.mark.parametrize("name", ["a.png", "a.jpg"])
+def test_a_file_far_larger_than_its_header_is_refused_without_reading_it(
+    tmp_path: Path, name: str
+) -> None:
+    # A real header in front of a 3 GB hole (sparse: no disk used). The completeness search
+    # read, and held, every page before the size limit applied: 3.3 GB resident, 11 s.
+    image = _write(tmp_path / name)
+    data = image.read_bytes()
+    if name.endswith(".jpg"):
+        data = data[:-2]  # no end marker: the search runs back over the whole hole
+    huge = tmp_path / f"huge-{name}"
+    huge.write_bytes(data)
+    os.truncate(huge, 3 << 30)
+    probe = (
+        "import resource, sys\n"
+        "from facefusion_tasks.errors import InputError\n"
+        "from facefusion_tasks.images import check_image\n"
+        "try:\n"
+        "    check_image(__import__('pathlib').Path(sys.argv[1]), max_pixels=50_000_000)\n"
+        "except InputError as exc:\n"
+        "    print(exc.reason.value, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(huge)], capture_output=True, text=True, check=True
+    )
+    reason, peak_kib = done.stdout.split()
+    assert reason == Reason.TOO_LARGE.value
+    assert int(peak_kib) < 200 << 10, done.stdout
 
 
 def test_an_exif_thumbnail_does_not_make_a_cut_jpeg_look_complete(tmp_path: Path) -> None:

@@ -112,6 +112,23 @@ def test_temps_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
     assert video.stat().st_mode & 0o777 == 0o666 & ~previous
 
 
+def test_a_replaced_file_keeps_its_permission_bits(tmp_path: Path) -> None:
+    # The temp has the umask's 0644: a private photo swapped in place came out world-readable.
+    private = tmp_path / "private.png"
+    private.write_bytes(b"the user's old file")
+    private.chmod(0o600)
+    staging.commit(staging.write_temp(private, b"its swapped copy"), private)
+    assert (private.read_bytes(), private.stat().st_mode & 0o777) == (b"its swapped copy", 0o600)
+    previous = os.umask(0o022)
+    try:
+        fresh = staging.commit(
+            staging.write_temp(tmp_path / "new.png", b"new"), tmp_path / "new.png"
+        )
+    finally:
+        os.umask(previous)
+    assert fresh.stat().st_mode & 0o777 == 0o644
+
+
 def test_abandoned_temps_are_swept_live_ones_kept(tmp_path: Path) -> None:
     destination = tmp_path / "out.mp4"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
