@@ -22,6 +22,9 @@ IMAGE_FORMATS = {"image2", "image2pipe"}
 #: Box types an ISO-BMFF (mp4/mov) file can begin with: such a file that no demuxer accepts
 #: is a damaged video, not some other kind of file.
 MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"}
+#: ftyp major brands of HEIF still pictures (an iPhone's .HEIC is "heic"): ISO-BMFF files that
+#: the mp4 demuxer cannot read ("moov atom not found"), yet are no damaged videos.
+HEIF_STILL_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"mif1", b"mif2"}
 #: Magic numbers of other video containers (Matroska/WebM EBML, RIFF/AVI, FLV).
 VIDEO_MAGIC = (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV")
 #: MPEG-TS: a 0x47 sync byte every 188 bytes (one alone could be the letter G).
@@ -61,13 +64,17 @@ def check_file(path: str | Path | ObjectRef) -> Location:
     return source
 
 
+def _head(source: Location) -> bytes:
+    """The first bytes of a file or object: enough to tell containers apart."""
+    if isinstance(source, ObjectRef):
+        return objects.read_range(source, 0, 2 * TS_PACKET + 1)
+    with source.open("rb") as handle:
+        return handle.read(2 * TS_PACKET + 1)
+
+
 def looks_like_video_container(source: Location) -> bool:
     """Whether the first bytes are an mp4/mov box, another container's magic, or MPEG-TS sync."""
-    if isinstance(source, ObjectRef):
-        head = objects.read_range(source, 0, 2 * TS_PACKET + 1)
-    else:
-        with source.open("rb") as handle:
-            head = handle.read(2 * TS_PACKET + 1)
+    head = _head(source)
     transport_stream = len(head) > 2 * TS_PACKET and head[::TS_PACKET] == b"GGG"
     return head[4:8] in MP4_BOXES or head.startswith(VIDEO_MAGIC) or transport_stream
 
@@ -108,6 +115,13 @@ def open_failure(source: Location, stderr: str) -> InputError:
         return not_plain(source, refused.group(1))
     if "moov atom not found" in stderr:
         # Text renamed .mp4 gets the same complaint from the mp4 demuxer: tell them apart.
+        # So does a phone's HEIF photo (ffmpeg 5.1 reads none of its items): not a damaged video.
+        head = _head(source)
+        if head[4:8] == b"ftyp" and head[8:12] in HEIF_STILL_BRANDS:
+            return InputError(
+                f"{source.name}: not a video file (a still image: HEIF/HEIC)",
+                reason=Reason.NOT_VIDEO,
+            )
         if looks_like_video_container(source):
             return InputError(
                 f"{source.name}: truncated or corrupt video (moov atom not found)",

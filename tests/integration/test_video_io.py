@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import struct
 import subprocess
 import threading
 import time
@@ -369,6 +370,13 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["png_as_mp4"].write_bytes(paths["png"].read_bytes())
     paths["jpeg"] = d / "photo.jpg"
     paths["jpeg"].write_bytes(cv2.imencode(".jpg", still)[1].tobytes())
+    # A phone's photo: an ISO-BMFF file of HEIF boxes (ftyp heic, meta, mdat) and no moov.
+    paths["heic"] = d / "IMG_0001.HEIC"
+    paths["heic"].write_bytes(
+        struct.pack(">I", 24) + b"ftypheic" + bytes(4) + b"mif1heic"
+        + struct.pack(">I", 12) + b"meta" + bytes(4)
+        + struct.pack(">I", 1008) + b"mdat" + bytes(1000)
+    )  # fmt: skip
     for faststart in (False, True):
         whole = make_sample_video(d / f"whole_{faststart}.mp4", seconds=2, faststart=faststart)
         cut = d / f"cut_{'faststart' if faststart else 'moov_last'}.mp4"
@@ -435,6 +443,7 @@ BAD_INPUTS = {
     "png_as_mp4": "not a video file",
     "jpeg": "not a video file",
     "cut_moov_last": "truncated or corrupt video (moov atom not found)",
+    "heic": "not a video file (a still image: HEIF/HEIC)",
     "cut_faststart": "truncated or corrupt video",
     "audio_only": "no video stream",
     "mp3": "no video stream (an audio file)",
