@@ -288,12 +288,32 @@ def audio_codec_args(
         return _audio_transcode_args(muxer, "", trim=trim)
     copied = [audio_is_copied(muxer, codec) for codec in source_codecs] or [False]
     if all(copied):
-        return ["-c:a", "copy"]
+        return _audio_copy_args(muxer, "")
     if not any(copied):
         return _audio_transcode_args(muxer, "")
     args: list[str] = []
     for index, copy in enumerate(copied):
-        args += [f"-c:a:{index}", "copy"] if copy else _audio_transcode_args(muxer, f":{index}")
+        stream = f":{index}"
+        args += _audio_copy_args(muxer, stream) if copy else _audio_transcode_args(muxer, stream)
+    return args
+
+
+#: Muxers that shift a whole file by its earliest timestamp (ffmpeg 5.1's Matroska; 9.0's keeps
+#: it negative), where a copied packet from before the picture lands in the output.
+_SHIFTING_MUXERS = frozenset({"matroska", "webm"})
+#: Drops the packets that end at or before the picture's start: those an mp4 edit list hides
+#: (AAC's priming frame, or a whole second a trimmed export keeps), which the mp4 demuxer still
+#: hands on flagged "discard" (pts without a value never compare, and are kept).
+_DROP_BEFORE_START = r"noise=drop=lt(pts\,0)*lte(pts+duration\,0)"
+
+
+def _audio_copy_args(muxer: str, stream: str) -> list[str]:
+    """Copy options for the audio streams `stream` selects ("" = all, ":1" = the second). Into
+    Matroska, hidden packets are dropped: ffmpeg 5.1 wrote a source's edit-listed second
+    of sound under no picture and started the video a second late (AAC's priming: 21 ms)."""
+    args = [f"-c:a{stream}", "copy"]
+    if muxer in _SHIFTING_MUXERS:
+        args += [f"-bsf:a{stream}", _DROP_BEFORE_START]
     return args
 
 

@@ -365,6 +365,42 @@ def test_sound_and_subtitles_stay_in_sync_when_the_picture_starts_late(
     assert cues(tmp_path / output) == [(0.3, "Now")]  # 0.8 s − 0.5 s
 
 
+def start_times(path: Path) -> tuple[float, float]:
+    """(video, audio) start times as players read them (mp4's edit lists applied)."""
+    found = ffprobe_json(path, "-show_entries", "stream=codec_type,start_time")["streams"]
+    start = {s["codec_type"]: float(s["start_time"]) for s in found}
+    return start["video"], start["audio"]
+
+
+@pytest.mark.parametrize("output", ["trimmed.mkv", "trimmed.mp4", "trimmed.webm"])
+def test_sound_an_edit_list_hides_stays_hidden(
+    root: Path, models_dir: Path, tmp_path: Path, output: str
+) -> None:
+    # A trimmed export (`-ss 0.5 -c copy`): the mp4 keeps the first half second of sound and
+    # picture and hides it with an edit list; its demuxer hands those packets on, flagged
+    # discard. Copied into Matroska they were kept, and ffmpeg 5.1 shifted the file to start
+    # at the first: half a second of sound under no picture, the video starting at 0.5 s.
+    trimmed = tmp_path / "trimmed-source.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-ss", "0.5", "-i", str(root / "aac.mp4"), "-c", "copy",
+         str(trimmed)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    shown = probe(trimmed).frame_count
+    assert shown < len(video_times(trimmed))  # the hidden frames are stored
+    swap(root, models_dir, str(trimmed), tmp_path / output)
+    out = tmp_path / output
+    picture, sound = start_times(out)
+    # At most the packet that straddles the cut starts before the picture (AAC: 21 ms), and
+    # Matroska shifts the file by what it does.
+    assert picture == pytest.approx(0.0, abs=0.025)
+    assert sound == pytest.approx(picture, abs=0.025)
+    # Matroska keeps whole packets where mp4's edit lists cut to the sample: up to three AAC
+    # packets (64 ms) more, against the half second the hidden packets added.
+    assert decoded_audio_seconds(out) == pytest.approx(shown / 25, abs=0.065)
+    assert len(video_times(out)) == shown
+
+
 def shape(path: Path) -> tuple[int, int, str, str]:
     """Stored size, pixel shape and display shape of the video stream."""
     video = next(s for s in streams(path) if s["codec_type"] == "video")
