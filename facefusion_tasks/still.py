@@ -72,7 +72,7 @@ def write_image(image: np.ndarray, destination: Path, *, image_format: str) -> S
             temp, image_format=image_format, width=width, height=height, what=destination.name
         )
     except BaseException:
-        temp.unlink(missing_ok=True)
+        staging.remove(temp)
         raise
     return StagedOutput(temp, destination)
 

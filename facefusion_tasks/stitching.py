@@ -99,9 +99,12 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         mark = commit_mark(staged, output)
         # With the sweep's count of recoveries so far: only a later claim may resume it.
         mark["recoveries"] = int(store.get(job_id).get("recoveries") or 0)
-        store.set_commit(job_id, json.dumps(mark))
-        if not store.set_state(job_id, COMMITTING, only_from=(STITCHING,)):
-            # Cancelled (or failed) while stitching: the user's file was never touched.
+        if not (
+            store.set_commit(job_id, json.dumps(mark))
+            and store.set_state(job_id, COMMITTING, only_from=(STITCHING,))
+        ):
+            # Cancelled (or failed, or lost with Redis's data) while stitching: the user's
+            # file was never touched.
             staged.discard()
             if store.state(job_id) == CANCELLED:
                 remove_segments(settings, job_id, output=job["output"])

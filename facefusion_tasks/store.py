@@ -42,7 +42,11 @@ from facefusion_tasks.store_keys import (
 )
 from facefusion_tasks.store_outputs import read, release, take, watch_crossings, watch_free
 from facefusion_tasks.store_records import JobStatus, job_inputs, job_sources
-from facefusion_tasks.store_scripts import CLAIM_METERING, WAITING_CHUNKS_ENDED
+from facefusion_tasks.store_scripts import (
+    CLAIM_METERING,
+    JOB_FIELD_IN_STATE,
+    WAITING_CHUNKS_ENDED,
+)
 from facefusion_tasks.store_sweep import StallIndex
 
 # The names callers take from here: states and keys live in store_keys, chunk writes in
@@ -84,6 +88,7 @@ class JobStore(ChunkRecords, StallIndex):
         self.record_ttl = record_ttl
         self._claim_metering = client.register_script(CLAIM_METERING)
         self._waiting_chunks_ended = client.register_script(WAITING_CHUNKS_ENDED)
+        self._job_field_in_state = client.register_script(JOB_FIELD_IN_STATE)
 
     def create(self, fields: dict[str, Any]) -> str:
         """Record a new job (state QUEUED); returns its id. The job claims its `output` and
@@ -143,10 +148,13 @@ class JobStore(ChunkRecords, StallIndex):
         if chunks_total:
             pipe.zrem(PENDING_KEY, *(running_member(job_id, i) for i in range(chunks_total)))
 
-    def set_commit(self, job_id: str, mark: str) -> None:
+    def set_commit(self, job_id: str, mark: str) -> bool:
         """Record what the stitch is about to put in place (runner's commit mark), so a stitch
-        that dies while committing can be told apart from one that finished. Idempotent."""
-        self.r.hset(job_key(job_id), "commit", mark)
+        that dies while committing can be told apart from one that finished; only while the
+        job is STITCHING. Idempotent. Returns whether it was recorded."""
+        return bool(
+            self._job_field_in_state(keys=[job_key(job_id)], args=[STITCHING, "commit", mark])
+        )
 
     def set_state(
         self,
@@ -431,7 +439,8 @@ class JobStore(ChunkRecords, StallIndex):
     def status(self, job_id: str) -> JobStatus | None:
         """A consistent-enough snapshot for humans and scripts."""
         job = self.get(job_id)
-        if not job:
+        if "state" not in job:
+            # None, or a fragment no job writes alone (a late write after Redis lost the job).
             return None
         return JobStatus.of(job_id, job, self.chunks(job_id))
 

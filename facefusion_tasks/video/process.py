@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import re
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
-from facefusion_tasks.errors import MediaError
+from facefusion_tasks.errors import FaceFusionError, MediaError, TransientError
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video.signed import redact
 
@@ -74,8 +75,11 @@ class StderrLog:
         """The kept lines, for MediaError.stderr."""
         return "\n".join(self.tail)
 
-    def failure(self, what: str, returncode: int | None) -> MediaError | None:
-        """A MediaError when ffmpeg failed (non-zero exit or any error line), else None."""
+    def failure(self, what: str, returncode: int | None) -> FaceFusionError | None:
+        """A MediaError when ffmpeg failed (non-zero exit or any error line), killed() when a
+        signal ended it, else None."""
+        if returncode is not None and returncode < 0:
+            return killed(what, returncode)
         if returncode == 0 and not self.errors:
             return None
         how = "" if returncode in (0, None) else f" (ffmpeg exit {returncode})"
@@ -84,6 +88,17 @@ class StderrLog:
                 f"{what}: no space left on device{how}", stderr=self.text(), reason=Reason.NO_SPACE
             )
         return MediaError(f"{what}: {self.last_error()}{how}", stderr=self.text())
+
+
+def killed(what: str, returncode: int) -> TransientError:
+    """ffmpeg ended by a signal (`returncode` < 0) that this process did not send: the kernel's
+    OOM killer, or someone on the host. The host's trouble, not the file's: another attempt,
+    maybe on another worker, may get through, so it is retried as the failure policy says."""
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return TransientError(f"{what}: ffmpeg was killed ({name}: out of memory, or from outside)")
 
 
 class Process:

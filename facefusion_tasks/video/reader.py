@@ -327,9 +327,7 @@ class FrameReader:
                     stderr=self.stderr_tail(),
                 )
             if code < 0:
-                raise MediaError(
-                    f"{name}: ffmpeg was killed (signal {-code})", stderr=self.stderr_tail()
-                )
+                raise process.killed(f"decoding {name}", code)
             raise InputError(
                 f"{name}: truncated or corrupt video (ffmpeg exit {code}: {_short(detail)})",
                 reason=Reason.CORRUPT_VIDEO,

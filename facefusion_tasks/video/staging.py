@@ -19,6 +19,7 @@ import re
 import secrets
 import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 STALE_SECONDS = 24 * 3600.0
 #: The marker in every temp's name ("." + stem + "." + host-pid-token + MARKER + suffix).
 MARKER = ".partial"
+#: The temps this process is writing: one of its own not among them was left by a cleanup that
+#: failed (a directory remounted read-only), and the pid rule would keep it while it lives.
+_LIVE: set[Path] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -103,7 +108,9 @@ def sweep(destination: Path, *, now: float | None = None) -> list[Path]:
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        dead = match.group("host") == host and not _pid_alive(int(match.group("pid")))
+        pid = int(match.group("pid"))
+        ours = pid == os.getpid() and Path(entry.path) not in _live()
+        dead = match.group("host") == host and (ours or not _pid_alive(pid))
         if dead or age > STALE_SECONDS:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
@@ -130,8 +137,27 @@ def create_temp(destination: Path) -> Path:
                 raise MediaError(f"{destination}: no space left", reason=Reason.NO_SPACE) from None
             raise OutputError(f"{destination}: cannot write there ({exc.strerror})") from None
         os.close(fd)
+        with _LIVE_LOCK:
+            _LIVE.add(temp)
         return temp
     raise OutputError(f"{destination}: cannot create a temporary file beside it")
+
+
+def _live() -> frozenset[Path]:
+    with _LIVE_LOCK:
+        return frozenset(_LIVE)
+
+
+def remove(temp: Path) -> None:
+    """Delete a temp that will not be committed, as well as can be: a failure here (the
+    directory went read-only) is logged, never raised over the error that made the caller
+    give up, and the next write to the same destination sweeps what is left."""
+    with _LIVE_LOCK:
+        _LIVE.discard(temp)
+    try:
+        temp.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("%s: cannot remove it (%s); the next write there will", temp, exc.strerror)
 
 
 def commit(temp: Path, destination: Path) -> Path:
@@ -145,8 +171,10 @@ def commit(temp: Path, destination: Path) -> Path:
                 os.chmod(temp, stat.S_IMODE(replaced.st_mode))
         os.replace(temp, destination)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
+        remove(temp)
         raise OutputError(f"{destination}: cannot move into place ({exc.strerror})") from None
+    with _LIVE_LOCK:
+        _LIVE.discard(temp)
     return destination
 
 
@@ -158,7 +186,7 @@ def write_temp(destination: Path, data: bytes) -> Path:
         with temp.open("wb") as handle:
             handle.write(data)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
+        remove(temp)
         if exc.errno == errno.ENOSPC:
             raise MediaError(f"{destination}: no space left", reason=Reason.NO_SPACE) from None
         raise OutputError(f"{destination}: cannot write there ({exc.strerror})") from None
@@ -180,4 +208,4 @@ class StagedOutput:
 
     def discard(self) -> None:
         """Remove it; the destination is untouched."""
-        self.temp.unlink(missing_ok=True)
+        remove(self.temp)

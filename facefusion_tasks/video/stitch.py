@@ -148,6 +148,6 @@ def stitch_segments(
             what=f"stitched {output.name}",
         )
     except BaseException:
-        temp.unlink(missing_ok=True)
+        staging.remove(temp)
         raise
     return StagedOutput(temp, output)

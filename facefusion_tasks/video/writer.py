@@ -214,7 +214,7 @@ class FrameWriter:
                 argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="ffmpeg-encode"
             )
         except BaseException:
-            self.temp.unlink(missing_ok=True)
+            staging.remove(self.temp)
             raise
         self._exe = exe
         #: The source whose audio and subtitles this encoder reads, for blaming its damage.
@@ -324,16 +324,17 @@ class FrameWriter:
         self._done = True
         self._ffmpeg.kill()
         self._ffmpeg.close_pipes()
-        self.temp.unlink(missing_ok=True)
+        staging.remove(self.temp)
 
     def _source_damage(self) -> InputError | None:
         """The source's audio or subtitles damaged, when that is what stopped the encoder."""
         return extras_damage(list(self._ffmpeg.log.errors), self._extras)
 
     def _fail(self, what: str) -> None:
+        code = self._proc.poll()  # before abort(): how the encoder ended on its own
         self.abort()
         failure = self._source_damage() or self._ffmpeg.log.failure(
-            f"{self.destination.name}: {what}", None
+            f"{self.destination.name}: {what}", code
         )
         raise failure or MediaError(
             f"{self.destination.name}: {what}: {self._ffmpeg.log.last_error()}",

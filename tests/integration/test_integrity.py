@@ -20,10 +20,12 @@ import cv2
 import pytest
 
 from facefusion_tasks.app import TASK_PLAN
+from facefusion_tasks.errors import OutputError
 from facefusion_tasks.faces.synthetic import background
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import CANCELLED, FAILED, SUCCEEDED
 from facefusion_tasks.tasks import enqueue
+from facefusion_tasks.video import staging
 from tests.cluster import Cluster, cluster
 from tests.media import LONG, TINY, storage_root, video_times
 
@@ -361,3 +363,22 @@ def test_a_killed_swaps_temp_is_removed_by_the_next_run(
                    "--no-progress", env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert temps(tmp_path) == []  # the writer's pid is gone: the next run swept its temp
+
+
+def test_a_directory_gone_read_only_at_the_commit_says_so_and_its_temp_goes_later(
+    tmp_path: Path,
+) -> None:
+    # The cleanup's own unlink failed too (EROFS) and raised over the commit's error: an
+    # "internal" OSError where the output was refused, and the temp of a live worker stayed
+    # beside the output for good (its pid is alive, so the sweep kept it).
+    with small_disk(tmp_path / "out", "1m") as out:
+        destination = out / "swapped.mp4"
+        temp = staging.write_temp(destination, b"a verified video")
+        subprocess.run(["mount", "-o", "remount,ro", str(out)], check=True)
+        with pytest.raises(OutputError, match="cannot move into place .Read-only file system"):
+            staging.commit(temp, destination)
+        assert temps(out) == [temp.name] and not destination.exists()
+        subprocess.run(["mount", "-o", "remount,rw", str(out)], check=True)
+        # This process is alive and wrote it, but no longer writes it: the next write sweeps.
+        staging.commit(staging.write_temp(destination, b"the retry's video"), destination)
+        assert temps(out) == [] and destination.read_bytes() == b"the retry's video"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import struct
 import subprocess
 import threading
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError, MediaError, OutputError
+from facefusion_tasks.errors import InputError, MediaError, OutputError, TransientError
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.fields import written_field_order
 from facefusion_tasks.video.mkv import MatroskaRawWriter
@@ -320,6 +321,35 @@ def test_reader_stops_early_and_closes_twice(clips: dict[str, Path]) -> None:
     reader.close()
     assert reader._proc.returncode is not None  # ffmpeg is gone, not left running
     assert list(reader) == []
+
+
+def test_an_ffmpeg_killed_from_outside_is_a_transient_failure(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    # The kernel's OOM killer, or someone on the host: the host's trouble, not the file's.
+    # It failed the job at once (media); another attempt, maybe on another worker, may pass.
+    info = probe(clips["cfr25"])
+    with (
+        pytest.raises(TransientError, match=r"decoding cfr25.mp4: ffmpeg was killed .SIGKILL"),
+        FrameReader(info) as reader,
+    ):
+        next(reader)
+        os.kill(reader._proc.pid, signal.SIGKILL)
+        list(reader)
+    with (
+        pytest.raises(TransientError, match=r"killed.mp4: ffmpeg stopped after .* was killed"),
+        FrameWriter(
+            tmp_path / "killed.mp4", width=info.width, height=info.height,
+            time_base=info.time_base, audio_source=None, settings=SETTINGS,
+        ) as writer,
+    ):  # fmt: skip
+        frame = np.zeros((info.height, info.width, 3), np.uint8)
+        writer.write(frame, 0)
+        os.kill(writer._proc.pid, signal.SIGKILL)
+        writer._proc.wait()
+        for index in range(1, 500):  # until the pipe breaks
+            writer.write(frame, index * 512)
+    assert leftovers(tmp_path) == []
 
 
 def test_close_from_another_thread_ends_iteration_quietly(clips: dict[str, Path]) -> None:

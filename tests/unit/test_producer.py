@@ -34,6 +34,7 @@ from facefusion_tasks.store import (
     RUNNING,
     STITCHING,
 )
+from facefusion_tasks.store_keys import job_key
 from facefusion_tasks.video.samples import make_sample_video
 from facefusion_tasks.workspace import segment, segment_dir
 
@@ -491,6 +492,22 @@ def test_a_job_whose_records_vanish_while_waited_on_is_the_systems_fault(
     # An id never seen stays the user's mistake.
     with pytest.raises(InputError, match="no such job"):
         producer.wait(job_id)
+
+
+def test_a_job_lost_with_a_late_writers_fragment_left_is_vanished_too(
+    producer: Producer, redis_url: str
+) -> None:
+    job_id = _job(producer, STITCHING, chunks=1)
+    client = redis.Redis.from_url(redis_url)
+
+    def lost_then_marked(_: object) -> None:
+        # Redis restarted empty during the stitch; the stitcher then records its commit mark.
+        client.flushdb()
+        producer.store.set_commit(job_id, "{}")
+        client.hset(job_key(job_id), "updated_at", "1")  # or any other late field
+
+    with pytest.raises(FaceFusionError, match="vanished from Redis while it ran"):
+        producer.wait(job_id, poll=0.01, timeout=5, on_progress=lost_then_marked)
 
 
 def test_retry_and_cancel_look_for_segments_where_the_plan_recorded_them(

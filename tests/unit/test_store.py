@@ -177,6 +177,26 @@ def test_a_committing_job_cannot_be_cancelled(store: JobStore) -> None:
     assert store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
 
 
+def test_a_commit_mark_is_recorded_only_on_a_stitching_job(store: JobStore) -> None:
+    job_id = _planned(store)
+    assert not store.set_commit(job_id, '{"temp": "t"}')  # RUNNING: no stitch began
+    assert store.set_state(job_id, STITCHING)
+    assert store.set_commit(job_id, '{"temp": "t"}')
+    assert store.get(job_id)["commit"] == '{"temp": "t"}'
+    # Redis lost the job (restarted without persistence) while its stitcher worked: the mark
+    # made a record of one field, no state and no TTL, which `wait` followed for ever.
+    store.r.delete(job_key(job_id))
+    assert not store.set_commit(job_id, '{"temp": "t"}')
+    assert not store.r.exists(job_key(job_id))
+
+
+def test_a_job_record_without_a_state_is_no_job(store: JobStore) -> None:
+    # A fragment a late writer left (any field but the state) reads as unknown: `wait` then
+    # says the job vanished, where it waited on a state of "" for ever.
+    store.r.hset(job_key("0123456789abcdef0123456789abcdef"), "commit", "{}")
+    assert store.status("0123456789abcdef0123456789abcdef") is None
+
+
 def test_cancel_and_commit_race_one_wins(store: JobStore) -> None:
     for _ in range(20):
         job_id = _planned(store, chunks=1)

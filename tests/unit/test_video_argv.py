@@ -227,8 +227,11 @@ def test_audio_codec_choice(muxer: str, codec: str | None, expected: str) -> Non
 
 
 def test_every_audio_stream_is_kept_each_copied_or_transcoded_as_it_fits() -> None:
-    # Two tracks the container takes: one copy for all.
-    assert audio_codec_args("matroska", ["aac", "opus"]) == ["-c:a", "copy"]
+    # Two tracks the container takes: one copy for all (into Matroska without the packets an
+    # mp4 edit list hides, which it would play ahead of the picture).
+    assert audio_codec_args("mp4", ["aac", "aac"]) == ["-c:a", "copy"]
+    copied = audio_codec_args("matroska", ["aac", "opus"])
+    assert option(copied, "-c:a") == "copy" and option(copied, "-bsf:a").startswith("noise=drop=")
     # None fits: one transcode for all.
     assert option(audio_codec_args("webm", ["aac", "pcm_s16le"]), "-c:a") == "libopus"
     # Some fit: per stream, so the one that fits is not re-encoded.
@@ -236,6 +239,7 @@ def test_every_audio_stream_is_kept_each_copied_or_transcoded_as_it_fits() -> No
     assert option(mixed, "-c:a:0") == "copy" and option(mixed, "-c:a:1") == "libopus"
     assert option(mixed, "-b:a:1") == "192k" and option(mixed, "-filter:a:1").startswith("aformat=")
     assert "-af" not in mixed and "-c:a" not in mixed  # nothing applies to the copied stream
+    assert option(mixed, "-bsf:a:0").startswith("noise=drop=") and "-bsf:a:1" not in mixed
     argv = encode_argv(
         "o.mkv", width=64, height=64, time_base=Fraction(1, 25), audio_source="/in/t.mkv",
         audio_codecs=("aac", "opus"), audio_seconds=2.0,
