@@ -347,6 +347,12 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+#: The signals this run's handlers took: raised inside a C extension's initialisation (numpy's,
+#: OpenCV's, imported on first use), Ctrl-C's exception comes back as an ImportError, which
+#: must still end the command as the signal does, not as an internal error.
+_RECEIVED: list[int] = []
+
+
 def _end_like_ctrl_c() -> None:
     """SIGTERM (a `timeout`, a service manager) and SIGHUP (a closed terminal) end a command as
     Ctrl-C does: through the same unwinding, which stops ffmpeg and removes the half-written
@@ -354,14 +360,44 @@ def _end_like_ctrl_c() -> None:
     beside the destination."""
 
     def raise_terminated(signum: int, _frame: object) -> None:
+        _RECEIVED.append(signum)
         raise Terminated(signum)
 
+    def raise_interrupt(signum: int, _frame: object) -> None:
+        _RECEIVED.append(signum)
+        raise KeyboardInterrupt
+
+    _RECEIVED.clear()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, raise_terminated)
+    signal.signal(signal.SIGINT, raise_interrupt)
+
+
+def _interrupted(signum: int) -> int:
+    """The one line and exit code (128 + its number) of a command a signal ended."""
+    print(f"facefusion-tasks: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
+
+
+def _open_closed_std_fds() -> None:
+    """Put /dev/null on standard descriptors the caller closed (`2>&-`): otherwise the next
+    file opened takes that number, and what C libraries print on "stderr" lands in it, and
+    Python, which set sys.stderr to None, failed the first capture of a decoder's warnings."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one clear line on stderr for bad input (exit 2), never a traceback."""
+    _open_closed_std_fds()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["metrics"]:
         # The exporter owns its flags (and its --help); hand them over untouched.
@@ -390,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except FaceFusionError as exc:
+        if _RECEIVED:  # a signal's exception, wrapped on its way out
+            return _interrupted(_RECEIVED[0])
         # The reason decides the exit code, as it does for a job's failure in `wait`; a wait
         # that ran out is no failure of the job's.
         code = (
@@ -400,9 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         return code
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        print(f"facefusion-tasks: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
-        return 128 + signum
+        return _interrupted(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
     except BrokenPipeError:
         # stdout's reader went away (`list | head -1`): end quietly, as a shell tool does
         # (ffmpeg's pipes never get here: the video code turns theirs into MediaError).
@@ -410,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except Exception as exc:  # an internal error: say so plainly, details on request
+        if _RECEIVED:  # a signal's exception, wrapped on its way out (an ImportError)
+            return _interrupted(_RECEIVED[0])
         unavailable = _broker_error(exc)
         if unavailable is not None:
             print(f"facefusion-tasks: error: {policy.one_line(str(unavailable))}", file=sys.stderr)

@@ -452,6 +452,24 @@ def test_threaded_stages_write_the_same_video_as_inline_ones(
         assert np.array_equal(inline, threaded)
 
 
+def test_a_swap_with_its_standard_descriptors_closed_still_swaps(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # `swap … 2>&-` failed every swap (exit 1): Python set sys.stderr to None, and the first
+    # capture of a decoder's warnings called its flush(). /dev/null now stands in for them.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+    environment |= {"FACEFUSION_MODELS_DIR": str(models_dir), "FACEFUSION_ALLOW_STANDIN_MODELS": "1",
+                    "FACEFUSION_EXECUTION_PROVIDER": "cpu"}  # fmt: skip
+    out = tmp_path / "closed.mp4"
+    done = subprocess.run(
+        ["bash", "-c", 'exec "$@" <&- >&- 2>&-', "swap", sys.executable, "-m", "facefusion_tasks",
+         "swap", "--no-progress", str(media["source"]), str(media["faces"]), "-o", str(out)],
+        env=environment, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert len(video_times(out)) == len(video_times(media["faces"]))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_terminated_swap_stops_ffmpeg_and_leaves_nothing(
     signum: int, media: dict[str, Path], models_dir: Path, tmp_path: Path

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -396,4 +398,30 @@ def test_a_local_swap_writes_nothing_into_the_fleets_work_directory(
     assert capsys.readouterr().err == (
         f"facefusion-tasks: error: {paths['output']}: output is inside the work directory "
         f"{tmp_path}/.facefusion-work, whose files go when jobs end\n"
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_a_c_extension_wraps_on_its_way_out_still_ends_as_that_signal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], signum: int
+) -> None:
+    # A signal landing while numpy's or OpenCV's C initialisation runs (the first swap
+    # imports them) comes back as an ImportError: the command ended "internal error", exit 1.
+    def importing(_args: object) -> int:
+        try:
+            os.kill(os.getpid(), signum)  # the handler raises here
+            time.sleep(5)
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc  # as numpy's _core does
+        return 0
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    monkeypatch.setitem(cli._COMMANDS, "doctor", importing)
+    try:
+        assert cli.main(["doctor"]) == 128 + signum
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    assert capsys.readouterr().err == (
+        f"facefusion-tasks: interrupted ({signal.Signals(signum).name})\n"
     )
