@@ -26,6 +26,7 @@ from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.stderr_capture import captured_stderr, release
 from facefusion_tasks.video.codecs import MUXERS
+from facefusion_tasks.video.staging import NAME_MAX
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,10 @@ def check_output(
         raise OutputError(f"{output}: {there}")
     parent = output.parent
     if not parent.is_dir():
-        raise OutputError(f"{output}: directory {parent} does not exist")
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise OutputError(f"{output}: {parent} {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{output}: directory {parent} is not writable")
+    if len(output.name.encode()) > NAME_MAX:
+        # The OS would refuse it only at the rename, after the whole swap.
+        raise OutputError(f"{output.name[:40]}…: file name longer than {NAME_MAX} bytes")

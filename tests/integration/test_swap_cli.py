@@ -243,7 +243,9 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("image", "not a video"),
         ("truncated", "truncated"),
         ("audio_cut", "truncated or corrupt audio or subtitles (stream 1, offset"),
-        ("long_name", "aaaa.mp4: File name too long"),
+        # Refused before the swap: the OS refused it only at the final rename.
+        ("long_name", "aaaa…: file name longer than 255 bytes"),
+        ("file_as_directory", "faces.mp4 is not a directory"),
         ("noface", "no face found in the source image"),
         ("unwritable", "does not exist"),
         ("bad_suffix", "unsupported output type"),
@@ -299,6 +301,8 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         source = media["noface_source"]
     elif case == "unwritable":
         out = out_arg = tmp_path / "no-such-dir" / "out.mp4"
+    elif case == "file_as_directory":
+        out = out_arg = media["faces"] / "out.mp4"
     elif case == "bad_suffix":
         out = out_arg = tmp_path / "out.txt"
     elif case == "not_utf8_source":
