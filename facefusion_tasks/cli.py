@@ -368,9 +368,13 @@ def _end_like_ctrl_c() -> None:
         raise KeyboardInterrupt
 
     _RECEIVED.clear()
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_terminated)
-    signal.signal(signal.SIGINT, raise_interrupt)
+    handlers = {signal.SIGTERM: raise_terminated, signal.SIGHUP: raise_terminated}
+    handlers[signal.SIGINT] = raise_interrupt
+    for signum, handler in handlers.items():
+        # One the caller ignores stays ignored: `nohup`, and a shell's background job, whose
+        # Ctrl-C is the foreground's.
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handler)
 
 
 def _interrupted(signum: int) -> int:
@@ -392,7 +396,9 @@ def _open_closed_std_fds() -> None:
                 os.dup2(null, fd)
                 os.close(null)
             if getattr(sys, name) is None:
-                setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+                mode = "r" if fd == 0 else "w"
+                stream = open(fd, mode, errors="backslashreplace", closefd=False)  # noqa: SIM115
+                setattr(sys, name, stream)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

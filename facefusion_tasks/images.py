@@ -208,14 +208,15 @@ def _jpeg(handle: BinaryIO) -> ImageHeader | None:
         return ImageHeader("jpeg", *(size or (0, 0)), False, False)
 
     handle.seek(2)
-    while _skip_to_marker(handle):
+    budget = [_METADATA_BYTES]  # stray bytes skipped in all, before the walk gives up
+    while _skip_to_marker(handle, budget):
         marker = handle.read(1)
         while marker == b"\xff":  # fill bytes before a marker
             marker = handle.read(1)
         if not marker:
             return cut_short()
         code = marker[0]
-        if code in _JPEG_STANDALONE:
+        if code == 0 or code in _JPEG_STANDALONE:  # 0: a stuffed 0xFF among stray bytes
             continue
         length_bytes = handle.read(2)
         if len(length_bytes) < 2:
@@ -239,15 +240,22 @@ def _jpeg(handle: BinaryIO) -> ImageHeader | None:
     return cut_short()
 
 
-def _skip_to_marker(handle: BinaryIO) -> bool:
-    """Move to the next 0xFF byte, past any others, as libjpeg does between segments (it warns
-    "extraneous bytes before marker" and decodes every pixel: a metadata segment whose stated
-    length is a few bytes short, which some cameras and editors write); False at the end."""
-    while chunk := handle.read(_SKIP_CHUNK):
+def _skip_to_marker(handle: BinaryIO, budget: list[int]) -> bool:
+    """Move past the next 0xFF byte, skipping any others, as libjpeg does between segments (it
+    warns "extraneous bytes before marker" and decodes every pixel: a metadata segment whose
+    stated length is a few bytes short, which some cameras and editors write); False at the
+    end, or once more than `budget[0]` bytes were skipped in all (a hole of gigabytes)."""
+    first = handle.read(1)
+    if first in (b"\xff", b""):  # the usual case, a marker right after its segment; the end
+        return bool(first)
+    handle.seek(-1, os.SEEK_CUR)
+    while budget[0] > 0 and (chunk := handle.read(min(_SKIP_CHUNK, budget[0]))):
         found = chunk.find(b"\xff")
         if found >= 0:
             handle.seek(found + 1 - len(chunk), os.SEEK_CUR)
+            budget[0] -= found
             return True
+        budget[0] -= len(chunk)
     return False
 
 

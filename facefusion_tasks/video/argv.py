@@ -277,43 +277,58 @@ def video_codec_args(encoder: str, *, preset: str, quality: int) -> list[str]:
 
 
 def audio_codec_args(
-    muxer: str, source_codecs: Sequence[str | None], *, trim: float = 0.0
+    muxer: str,
+    source_codecs: Sequence[str | None],
+    *,
+    trim: float = 0.0,
+    version: tuple[int, int] = (5, 1),
 ) -> list[str]:
     """For each audio stream of the source, in order: copied when the container takes its
     codec, else transcoded (Opus for WebM, AAC elsewhere). No stream is dropped for not
     fitting. One set of options for all streams when they agree, else one per stream.
     `trim` seconds dropped at the start (extras_trim) take a filter: every stream is then
-    transcoded."""
+    transcoded. `version` is ffmpeg's (what a copy into Matroska needs differs)."""
     if trim > 0:
         return _audio_transcode_args(muxer, "", trim=trim)
     copied = [audio_is_copied(muxer, codec) for codec in source_codecs] or [False]
     if all(copied):
-        return _audio_copy_args(muxer, "")
+        return _audio_copy_args(muxer, "", version)
     if not any(copied):
         return _audio_transcode_args(muxer, "")
     args: list[str] = []
     for index, copy in enumerate(copied):
         stream = f":{index}"
-        args += _audio_copy_args(muxer, stream) if copy else _audio_transcode_args(muxer, stream)
+        args += (
+            _audio_copy_args(muxer, stream, version)
+            if copy
+            else _audio_transcode_args(muxer, stream)
+        )
     return args
 
 
-#: Muxers that shift a whole file by its earliest timestamp (ffmpeg 5.1's Matroska; 9.0's keeps
-#: it negative), where a copied packet from before the picture lands in the output.
+#: Muxers where a copied packet from before the picture's start is played: Matroska and WebM
+#: (ffmpeg 5.1 shifts the whole file to start at it, later ones keep it negative).
 _SHIFTING_MUXERS = frozenset({"matroska", "webm"})
-#: Drops the packets that end at or before the picture's start: those an mp4 edit list hides
-#: (AAC's priming frame, or a whole second a trimmed export keeps), which the mp4 demuxer still
-#: hands on flagged "discard" (pts without a value never compare, and are kept).
-_DROP_BEFORE_START = r"noise=drop=lt(pts\,0)*lte(pts+duration\,0)"
 
 
-def _audio_copy_args(muxer: str, stream: str) -> list[str]:
+def _drop_before_start(version: tuple[int, int]) -> str:
+    """The bitstream filter that drops the audio packets an mp4 edit list hides (a trimmed
+    export's leading sound; AAC's priming frame), which the mp4 demuxer hands on flagged
+    "discard". Those ending before the picture's start go; ffmpeg 5.1 also drops one ending
+    exactly there (AAC's priming: it would shift the file 21 ms), while later versions keep it
+    and write Matroska's CodecDelay, so the decoder still primes. A packet without a pts never
+    compares, and stays."""
+    ends_by_start = "lte" if version < (6, 0) else "lt"
+    return rf"noise=drop=lt(pts\,0)*{ends_by_start}(pts+duration\,0)"
+
+
+def _audio_copy_args(muxer: str, stream: str, version: tuple[int, int]) -> list[str]:
     """Copy options for the audio streams `stream` selects ("" = all, ":1" = the second). Into
-    Matroska, hidden packets are dropped: ffmpeg 5.1 wrote a source's edit-listed second
-    of sound under no picture and started the video a second late (AAC's priming: 21 ms)."""
+    Matroska, without the hidden packets: ffmpeg 5.1 wrote a trimmed export's hidden half
+    second of sound under no picture and started the video that late."""
     args = [f"-c:a{stream}", "copy"]
     if muxer in _SHIFTING_MUXERS:
-        args += [f"-bsf:a{stream}", _DROP_BEFORE_START]
+        args += [f"-bsf:a{stream}", _drop_before_start(version)]
     return args
 
 
@@ -451,7 +466,7 @@ def encode_argv(
         options += ["-movflags", "+faststart"]
     if audio_source is not None and audio_codecs:
         options += audio_codec_args(
-            muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container)
+            muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container), version=version
         )
     if audio_source is not None:
         options += extras_subtitle_args(muxer, subtitle_codecs, audio_skip, audio_container)

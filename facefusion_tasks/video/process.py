@@ -90,15 +90,24 @@ class StderrLog:
         return MediaError(f"{what}: {self.last_error()}{how}", stderr=self.text())
 
 
-def killed(what: str, returncode: int) -> TransientError:
-    """ffmpeg ended by a signal (`returncode` < 0) that this process did not send: the kernel's
-    OOM killer, or someone on the host. The host's trouble, not the file's: another attempt,
-    maybe on another worker, may get through, so it is retried as the failure policy says."""
+#: Signals that end a process from outside (the kernel's OOM killer, someone on the host):
+#: the host's trouble, not the file's. Others (SIGSEGV, SIGABRT from an assertion, SIGBUS,
+#: SIGFPE) are ffmpeg crashing, which it would do again on the same input.
+_OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def killed(what: str, returncode: int) -> FaceFusionError:
+    """The error for an ffmpeg a signal ended (`returncode` < 0) that this process did not
+    send. From outside: TransientError, as another attempt, maybe on another worker, may get
+    through (the failure policy retries it). A crash: MediaError, the system's fault."""
     try:
-        name = signal.Signals(-returncode).name
+        number: signal.Signals | None = signal.Signals(-returncode)
     except ValueError:
-        name = f"signal {-returncode}"
-    return TransientError(f"{what}: ffmpeg was killed ({name}: out of memory, or from outside)")
+        number = None
+    name = number.name if number is not None else f"signal {-returncode}"
+    if number in _OUTSIDE_SIGNALS:
+        return TransientError(f"{what}: ffmpeg was killed ({name}: out of memory, or from outside)")
+    return MediaError(f"{what}: ffmpeg crashed ({name})")
 
 
 class Process:

@@ -33,10 +33,21 @@ log = logging.getLogger(__name__)
 STALE_SECONDS = 24 * 3600.0
 #: The marker in every temp's name ("." + stem + "." + host-pid-token + MARKER + suffix).
 MARKER = ".partial"
-#: The temps this process is writing: one of its own not among them was left by a cleanup that
-#: failed (a directory remounted read-only), and the pid rule would keep it while it lives.
-_LIVE: set[Path] = set()
+#: The names of the temps this process is writing: one of its own not among them was left by a
+#: cleanup that failed (a directory remounted read-only), which the pid rule would keep while
+#: the process lives. Named before the file exists, so no sweep in another thread finds it
+#: unnamed; a forked child (Celery's pool) starts with none of its parent's.
+_LIVE: set[str] = set()
 _LIVE_LOCK = threading.Lock()
+
+
+def _forget_parents() -> None:
+    global _LIVE_LOCK
+    _LIVE.clear()
+    _LIVE_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parents)
 
 
 @functools.cache
@@ -109,7 +120,7 @@ def sweep(destination: Path, *, now: float | None = None) -> list[Path]:
         except OSError:
             continue
         pid = int(match.group("pid"))
-        ours = pid == os.getpid() and Path(entry.path) not in _live()
+        ours = pid == os.getpid() and entry.name not in _live()
         dead = match.group("host") == host and (ours or not _pid_alive(pid))
         if dead or age > STALE_SECONDS:
             with contextlib.suppress(OSError):
@@ -128,32 +139,38 @@ def create_temp(destination: Path) -> Path:
     stem = f".{_temp_stem(destination)}.{_host()}-{os.getpid()}"
     for _ in range(100):
         temp = destination.with_name(f"{stem}-{secrets.token_hex(4)}{MARKER}{destination.suffix}")
+        with _LIVE_LOCK:
+            _LIVE.add(temp.name)
         try:
             fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            continue
         except OSError as exc:
+            _forget(temp)
+            if isinstance(exc, FileExistsError):
+                continue
             if exc.errno == errno.ENOSPC:
                 raise MediaError(f"{destination}: no space left", reason=Reason.NO_SPACE) from None
             raise OutputError(f"{destination}: cannot write there ({exc.strerror})") from None
         os.close(fd)
-        with _LIVE_LOCK:
-            _LIVE.add(temp)
         return temp
     raise OutputError(f"{destination}: cannot create a temporary file beside it")
 
 
-def _live() -> frozenset[Path]:
+def _live() -> frozenset[str]:
     with _LIVE_LOCK:
         return frozenset(_LIVE)
+
+
+def _forget(temp: Path) -> None:
+    """This process no longer writes `temp`."""
+    with _LIVE_LOCK:
+        _LIVE.discard(temp.name)
 
 
 def remove(temp: Path) -> None:
     """Delete a temp that will not be committed, as well as can be: a failure here (the
     directory went read-only) is logged, never raised over the error that made the caller
     give up, and the next write to the same destination sweeps what is left."""
-    with _LIVE_LOCK:
-        _LIVE.discard(temp)
+    _forget(temp)
     try:
         temp.unlink(missing_ok=True)
     except OSError as exc:
@@ -164,17 +181,18 @@ def commit(temp: Path, destination: Path) -> Path:
     """Move a verified temp into place (atomic); the temp is gone either way. A file it
     replaces keeps its permission bits: the temp has the umask's (0644), and a 0600 photo
     swapped in place would otherwise come out readable by every user."""
+    # Best effort: some mounts (vfat, CIFS, FUSE) refuse a chmod, which must not fail the
+    # commit; set-id and sticky bits are not carried.
+    with contextlib.suppress(OSError):
+        replaced = destination.lstat()
+        if stat.S_ISREG(replaced.st_mode):
+            os.chmod(temp, replaced.st_mode & 0o777)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            replaced = destination.lstat()
-            if stat.S_ISREG(replaced.st_mode):
-                os.chmod(temp, stat.S_IMODE(replaced.st_mode))
         os.replace(temp, destination)
     except OSError as exc:
         remove(temp)
         raise OutputError(f"{destination}: cannot move into place ({exc.strerror})") from None
-    with _LIVE_LOCK:
-        _LIVE.discard(temp)
+    _forget(temp)
     return destination
 
 

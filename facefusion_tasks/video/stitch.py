@@ -62,6 +62,7 @@ def stitch_argv(
     subtitle_codecs: Sequence[str] = (),
     field_order: str = "",
     ffmpeg: str = "ffmpeg",
+    version: tuple[int, int] = (5, 1),
 ) -> list[str]:
     """ffmpeg argv: concat demuxer → stream copy of the video, plus every audio stream of the
     source (each copied when the container takes it) and the subtitle streams the container can
@@ -81,7 +82,7 @@ def stitch_argv(
         argv += ["-map", "1:a?"]
         if audio_codecs:
             argv += audio_codec_args(
-                muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container)
+                muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container), version=version
             )
         argv += extras_subtitle_args(muxer, subtitle_codecs, audio_skip, audio_container)
     if muxer in MOV_FAMILY:
@@ -130,6 +131,7 @@ def stitch_segments(
         subtitle_codecs=audio_source.subtitle_codecs,
         field_order=audio_source.field_order,
         ffmpeg=exe,
+        version=ffbin.ffmpeg_version(exe),
     )
     try:
         done = process.run(argv, timeout=timeout, what=f"stitching {output.name}")

@@ -331,7 +331,12 @@ class FrameWriter:
         return extras_damage(list(self._ffmpeg.log.errors), self._extras)
 
     def _fail(self, what: str) -> None:
-        code = self._proc.poll()  # before abort(): how the encoder ended on its own
+        # How the encoder ended on its own, before abort() kills it: the broken pipe may come
+        # a moment before its exit can be collected.
+        try:
+            code: int | None = self._proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
         self.abort()
         failure = self._source_damage() or self._ffmpeg.log.failure(
             f"{self.destination.name}: {what}", code

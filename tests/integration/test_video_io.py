@@ -241,6 +241,45 @@ def test_writer_to_matroska_with_audio(clips: dict[str, Path], tmp_path: Path) -
         assert abs(got - want) <= Fraction(1, 1000)
 
 
+def _pcm(path: Path, ffmpeg: str) -> np.ndarray:
+    """The first audio stream decoded to mono 16-bit samples at its own rate."""
+    done = subprocess.run(
+        [ffmpeg, "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-f", "s16le", "-"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    return np.frombuffer(done.stdout, np.int16)
+
+
+@pytest.mark.parametrize("ffmpeg", ["", BUNDLED_FFMPEG], ids=["system", "bundled"])
+@pytest.mark.parametrize("trimmed", [False, True], ids=["whole", "trimmed"])
+def test_aac_copied_into_matroska_starts_with_the_picture(
+    tmp_path: Path, ffmpeg: str, trimmed: bool
+) -> None:
+    # An mp4's AAC starts with a priming packet its edit list hides, and a trimmed export
+    # (`-ss 0.5 -c copy`) hides half a second more: ffmpeg 5.1 shifted the Matroska file to
+    # start at them (the picture 21 ms, or 0.5 s, late), 9.0 kept them at negative times.
+    clip = make_sample_video(tmp_path / "aac.mp4", seconds=1.5, audio=True)
+    if trimmed:
+        whole, clip = clip, tmp_path / "trimmed.mp4"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-ss", "0.5", "-i", str(whole), "-c", "copy", str(clip)],
+            check=True, timeout=60,
+        )  # fmt: skip
+    info = probe(clip)
+    out = transcode(
+        info, tmp_path / "out.mkv", settings=dataclasses.replace(SETTINGS, ffmpeg=ffmpeg)
+    )
+    streams = ffprobe_json(out, "-show_entries", "stream=codec_type,start_time")["streams"]
+    assert isinstance(streams, list)
+    starts = {s["codec_type"]: float(s["start_time"]) for s in streams}
+    assert starts["video"] == pytest.approx(0.0, abs=0.025)
+    assert starts["audio"] == pytest.approx(starts["video"], abs=0.025)  # one packet at most
+    if ffmpeg and not trimmed:
+        # 9.0 keeps the priming packet and writes CodecDelay: the sound decodes as the source's.
+        got, want = _pcm(out, ffmpeg), _pcm(clip, ffmpeg)
+        assert np.array_equal(got[: len(got) // 2], want[: len(got) // 2])
+
+
 @pytest.fixture(scope="module")
 def last_frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Variable-rate videos whose last frame lasts other than their average step: a GIF whose
@@ -349,6 +388,15 @@ def test_an_ffmpeg_killed_from_outside_is_a_transient_failure(
         writer._proc.wait()
         for index in range(1, 500):  # until the pipe breaks
             writer.write(frame, index * 512)
+    # A crash (SIGSEGV, an assertion's SIGABRT) would come again on the same input: no retry.
+    with (
+        pytest.raises(MediaError, match=r"decoding cfr25.mp4: ffmpeg crashed .SIGSEGV") as crash,
+        FrameReader(info) as reader,
+    ):
+        next(reader)
+        os.kill(reader._proc.pid, signal.SIGSEGV)
+        list(reader)
+    assert not isinstance(crash.value, TransientError)
     assert leftovers(tmp_path) == []
 
 

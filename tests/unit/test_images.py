@@ -87,7 +87,10 @@ def _segments(jpeg: bytes) -> dict[int, int]:
     return offsets
 
 
-@pytest.mark.parametrize(("marker", "stray"), [(0xDA, b"\x00\x00\x00"), (0xC0, b"\x12\x34")])
+@pytest.mark.parametrize(
+    ("marker", "stray"),
+    [(0xDA, b"\x00\x00\x00"), (0xC0, b"\x12\x34"), (0xC0, b"\x01\xff\x00\x02")],
+)
 def test_stray_bytes_between_a_jpegs_header_segments_are_read_past_as_libjpeg_does(
     tmp_path: Path, marker: int, stray: bytes
 ) -> None:
