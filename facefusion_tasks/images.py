@@ -249,7 +249,7 @@ def _skip_to_marker(handle: BinaryIO, budget: list[int]) -> bool:
     if first in (b"\xff", b""):  # the usual case, a marker right after its segment; the end
         return bool(first)
     handle.seek(-1, os.SEEK_CUR)
-    while budget[0] > 0 and (chunk := handle.read(min(_SKIP_CHUNK, budget[0]))):
+    while budget[0] >= 0 and (chunk := handle.read(min(_SKIP_CHUNK, budget[0] + 1))):
         found = chunk.find(b"\xff")
         if found >= 0:
             handle.seek(found + 1 - len(chunk), os.SEEK_CUR)

@@ -90,10 +90,11 @@ class StderrLog:
         return MediaError(f"{what}: {self.last_error()}{how}", stderr=self.text())
 
 
-#: Signals that end a process from outside (the kernel's OOM killer, someone on the host):
-#: the host's trouble, not the file's. Others (SIGSEGV, SIGABRT from an assertion, SIGBUS,
-#: SIGFPE) are ffmpeg crashing, which it would do again on the same input.
-_OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+#: Signals that end ffmpeg from outside (the kernel's OOM killer, someone on the host): the
+#: host's trouble, not the file's. Others (SIGSEGV, SIGABRT from an assertion, SIGBUS, SIGFPE)
+#: are ffmpeg crashing, which it would do again on the same input. ffmpeg catches SIGTERM and
+#: SIGINT itself and exits 255 (5.1 and 9.0), which reads as its own failure: not retried.
+_OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGHUP, signal.SIGQUIT})
 
 
 def killed(what: str, returncode: int) -> FaceFusionError:

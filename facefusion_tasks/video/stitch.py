@@ -110,6 +110,7 @@ def stitch_segments(
     if extras:  # read again for them: still a plain file?
         require_file(audio_source.path)
     exe = ffbin.ffmpeg_exe(settings.ffmpeg)
+    version = ffbin.ffmpeg_version(exe)  # asked before the temp exists: nothing to leave
     muxer = muxer_for(output)
     # The last segment has no planned span (it runs to the end): its own length counts.
     last = process.count_video(segments[-1][0], ffmpeg=exe)
@@ -131,7 +132,7 @@ def stitch_segments(
         subtitle_codecs=audio_source.subtitle_codecs,
         field_order=audio_source.field_order,
         ffmpeg=exe,
-        version=ffbin.ffmpeg_version(exe),
+        version=version,
     )
     try:
         done = process.run(argv, timeout=timeout, what=f"stitching {output.name}")

@@ -490,6 +490,8 @@ def test_a_terminated_swap_stops_ffmpeg_and_leaves_nothing(
     proc = subprocess.Popen(
         [*argv, str(media["source"]), str(clip), "-o", str(out_dir / "x.mp4")],
         stderr=subprocess.PIPE, text=True, env=environment,
+        # Not ignored, as under `nohup` (the command leaves an ignored signal ignored).
+        preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not any(p.stat().st_size > 0 for p in out_dir.iterdir()):  # the encoder is writing
