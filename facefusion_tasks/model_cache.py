@@ -51,6 +51,8 @@ class _ModelCache:
         assert error is not None
         with self._lock:
             self._thread, self._error, self._ready = None, None, threading.Event()
+        if isinstance(error, TransientError):  # out of GPU memory while loading: counted
+            return error
         if isinstance(error, ModelError) and classify_oom(error) is None:
             return error
         return TransientError(f"the models could not be started on this worker: {error}")

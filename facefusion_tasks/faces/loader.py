@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import ModelError
+from facefusion_tasks.errors import GpuOutOfMemory, ModelError
 from facefusion_tasks.faces.detector import Detector
 from facefusion_tasks.faces.embedder import Embedder
 from facefusion_tasks.faces.engine import FaceEngine
@@ -24,6 +26,7 @@ from facefusion_tasks.faces.sessions import (
 )
 from facefusion_tasks.faces.swapper import Swapper, read_emap
 from facefusion_tasks.faces.tuning import detector_batch, tuned_model_path, tuned_session
+from facefusion_tasks.metrics.oom import classify_oom
 from facefusion_tasks.models.standin import DETECTOR_FILE, EMBEDDER_FILE, SWAPPER_FILE, is_standin
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,24 @@ def _dynamic_copy(path: Path, cache: Path, *, folded_ok: bool = False) -> Path:
     return converted
 
 
+@contextlib.contextmanager
+def _counted_oom(model: str, path: Path) -> Iterator[None]:
+    """A GPU out-of-memory while `model` loads (a GPU another tenant filled: cuDNN or cuBLAS
+    cannot create their handles) is counted as the OOMs of model calls are, so the OOM alert
+    pages for it, and raised as GpuOutOfMemory (reason gpu_oom, retried); it was a plain model
+    or provider error that no metric counted."""
+    try:
+        yield
+    except Exception as exc:
+        kind = classify_oom(exc)
+        if kind is None:
+            raise
+        from facefusion_tasks import observe
+
+        observe.gpu_oom(kind, model)
+        raise GpuOutOfMemory(f"{path.name}: out of GPU memory while loading ({kind})") from exc
+
+
 def load_models(settings: Settings) -> LoadedModels:
     """Open sessions for the detector, embedder and swapper as settings say."""
     paths = model_paths(settings.models_dir)
@@ -157,34 +178,35 @@ def load_models(settings: Settings) -> LoadedModels:
     cache = batch_cache(settings.models_dir)
     threads = settings.inference_threads
 
-    def session(path: Path) -> ModelSession:
-        path = tuned_model_path(path, cache, settings, choice)
-        try:
-            return tuned_session(
-                create_session(
-                    path,
-                    choice,
-                    threads=threads,
-                    gpu_mem_limit=settings.gpu_mem_limit,
-                    allow_cpu_fallback=settings.allow_cpu_fallback,
-                ),
-                settings,
-            )
-        except ProviderUnavailable:
-            raise  # already one line naming the provider and the reason
-        except Exception as exc:
-            raise ModelError(f"{path.name}: cannot be loaded ({exc})") from exc
+    def session(model: str, path: Path) -> ModelSession:
+        with _counted_oom(model, path):
+            path = tuned_model_path(path, cache, settings, choice)
+            try:
+                return tuned_session(
+                    create_session(
+                        path,
+                        choice,
+                        threads=threads,
+                        gpu_mem_limit=settings.gpu_mem_limit,
+                        allow_cpu_fallback=settings.allow_cpu_fallback,
+                    ),
+                    settings,
+                )
+            except ProviderUnavailable:
+                raise  # already one line naming the provider and the reason
+            except Exception as exc:
+                raise ModelError(f"{path.name}: cannot be loaded ({exc})") from exc
 
     # SCRFD exports flatten the batch into the anchor axis ("folded"); the detector splits it.
-    detector_session = session(_dynamic_copy(paths["detector"], cache, folded_ok=True))
+    detector_session = session("detector", _dynamic_copy(paths["detector"], cache, folded_ok=True))
     detector = Detector(
         detector_session,
         input_size=settings.detector_size,
         score_threshold=settings.detector_score,
         max_batch=detector_batch(settings, detector_session.get_providers()[0]),
     )
-    embedder = Embedder(session(_dynamic_copy(paths["embedder"], cache)))
-    swapper_session = session(_dynamic_copy(paths["swapper"], cache))
+    embedder = Embedder(session("embedder", _dynamic_copy(paths["embedder"], cache)))
+    swapper_session = session("swapper", _dynamic_copy(paths["swapper"], cache))
     swapper = Swapper(swapper_session, read_emap(str(paths["swapper"])))
     engine = FaceEngine(
         detector,

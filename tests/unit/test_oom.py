@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 from prometheus_client import REGISTRY
 
 from facefusion_tasks.config import Settings
@@ -61,6 +62,34 @@ def test_oom_at_batch_one_fails_the_chunk_for_a_retry_elsewhere(settings: Settin
     with pytest.raises(GpuOutOfMemory, match="even at batch 1") as caught:
         engine.process(_frames())
     assert isinstance(caught.value, TransientError) and caught.value.reason == "gpu_oom"
+
+
+def test_an_oom_while_the_models_load_is_counted_and_retried(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A GPU another tenant filled: cuDNN cannot create its handle as the session starts (the
+    # text recorded on an H100). It was a plain model error, which no OOM metric counted, so
+    # the OOM alert stayed silent while every chunk on that worker was retried elsewhere.
+    from facefusion_tasks.faces import sessions
+    from facefusion_tasks.model_cache import _ModelCache
+    from tests.unit.test_metrics_oom import CUDNN_H100
+
+    real = sessions.ort.InferenceSession
+
+    def full_gpu(path: object, *args: object, **kwargs: object) -> object:
+        if "inswapper" in str(path):
+            raise RuntimeException(CUDNN_H100)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sessions.ort, "InferenceSession", full_gpu)
+    labels = {"kind": "cudnn", "model": "swapper"}
+    before = REGISTRY.get_sample_value("facefusion_gpu_oom_total", labels) or 0.0
+    with pytest.raises(
+        GpuOutOfMemory, match=r"out of GPU memory while loading \(cudnn\)"
+    ) as caught:
+        _ModelCache().get(settings, [])
+    assert caught.value.reason == "gpu_oom"  # retried, as an OOM at batch 1 is
+    assert REGISTRY.get_sample_value("facefusion_gpu_oom_total", labels) == before + 1
 
 
 def test_the_cap_grows_back_after_a_quiet_period() -> None:

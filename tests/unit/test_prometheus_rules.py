@@ -27,6 +27,8 @@ REQUIRED_ALERTS = {
     "FaceFusionQueueUnserved",
     "FaceFusionExporterDown",
     "FaceFusionChunkProgressStopped",
+    "FaceFusionMetricsCollectorFailing",
+    "FaceFusionMetricsDisabled",
 }
 
 
