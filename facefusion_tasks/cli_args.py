@@ -49,6 +49,22 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An int flag from `low` to `high`: Celery and the exporter refused others only once the
+    launcher had started them, and it restarted them for ever."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}: {raw!r}")
+        return value
+
+    return parse
+
+
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     """Flags that override FACEFUSION_* settings (None = keep the environment's value)."""
     g = parser.add_argument_group("settings (override FACEFUSION_* variables)")
@@ -194,11 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--gpus", default="auto", help="auto | none | comma-separated indexes")
     worker.add_argument("--queues", default="gpu,light", help="which of gpu,light to serve")
-    worker.add_argument("--light-concurrency", type=int, default=2)
-    worker.add_argument("--max-tasks-per-child", type=int, default=0)
-    worker.add_argument("--loglevel", default="info")
+    worker.add_argument("--light-concurrency", type=_int_in(1, 64), default=2)
+    worker.add_argument("--max-tasks-per-child", type=_int_in(0, 1_000_000), default=0)
     worker.add_argument(
-        "--metrics-port", type=int, default=None,
+        "--loglevel", default="info", type=str.lower,
+        choices=["debug", "info", "warning", "error", "critical"],
+    )  # fmt: skip
+    worker.add_argument(
+        "--metrics-port", type=_int_in(0, 65535), default=None,
         help="0 = no exporter (default: FACEFUSION_METRICS_PORT, else 9808)",
     )  # fmt: skip
     worker.add_argument("--metrics-dir", type=Path, default=None)

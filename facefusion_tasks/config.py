@@ -256,6 +256,13 @@ class Settings:
             )
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://")):
             raise InputError("broker URL must be redis:// or rediss://")
+        _check_broker_url(self.broker_url)
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise InputError(
+                    f"{ENV_PREFIX}{name.upper()} must be {low:g} to {high:g}, not {value!r}"
+                )
 
     def roots(self) -> list[Path]:
         """The allowed storage roots, resolved."""
@@ -289,6 +296,49 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+_DAY = 24 * 3600
+#: The range each numeric setting must lie in, past the specific checks above: NaN and values
+#: that overflow what reads them (Redis's EXPIRE, threading's waits, the launcher's process
+#: list) passed before. A heartbeat of NaN never beat; a sweep period of 1e30 killed the sweep.
+_RANGES: dict[str, tuple[float, float]] = {
+    "record_ttl_seconds": (60, 10 * 365 * _DAY),
+    "stall_seconds": (1, 7 * _DAY),
+    "sweep_seconds": (1, _DAY),
+    "heartbeat_seconds": (0.01, 3600),
+    "visibility_timeout": (2, 30 * _DAY),
+    "chunk_time_limit": (1, 30 * _DAY),
+    "worker_wedged_seconds": (1, _DAY),
+    "chunk_retries": (0, 100),
+    "max_deliveries": (1, 100),
+    "gpu_processes": (1, 64),
+    "inference_threads": (0, 1024),
+    "min_chunk_seconds": (0.001, _DAY),
+    "detector_score": (0, 1),
+}
+
+
+def _check_broker_url(url: str) -> None:
+    """InputError for a broker URL redis-py would read wrongly or fail on later: a port that is
+    not one, a host it cannot parse, a database that is not a number (redis-py fell back to
+    database 0, someone else's). The URL itself is not shown: it may hold a password."""
+    from urllib.parse import urlsplit
+
+    from facefusion_tasks.errors import InputError
+
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for one out of range or not a number
+    except ValueError as exc:
+        raise InputError(f"broker URL is not valid: {exc}") from None
+    if not parts.hostname:
+        raise InputError("broker URL is not valid: no host")
+    database = parts.path.strip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise InputError(f"broker URL is not valid: database {database!r} is not a number")
+
+
 #: The exporter's port when neither --metrics-port nor FACEFUSION_METRICS_PORT says.
 DEFAULT_METRICS_PORT = 9808
 
@@ -301,7 +351,8 @@ def metrics_port_from_env(environ: Mapping[str, str] | None = None) -> int:
 
     env = os.environ if environ is None else environ
     raw = env.get(ENV_PREFIX + "METRICS_PORT", "").strip()
-    if raw and not raw.isdigit():
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    if raw and not (raw.isascii() and raw.isdigit() and int(raw) <= 65535):
         raise InputError(
             f"FACEFUSION_METRICS_PORT must be a port number, not {raw!r}", reason=Reason.CONFIG
         )
@@ -346,6 +397,10 @@ def with_password_file(url: str, password_file: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+#: How a boolean setting may be written ("" is unset: off).
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"", "0", "false", "no", "off"})
+
+
 def _coerce(annotation: Any, raw: str, name: str) -> Any:
     from facefusion_tasks.errors import InputError
 
@@ -358,7 +413,12 @@ def _coerce(annotation: Any, raw: str, name: str) -> Any:
         if kind == "float":
             return float(raw)
         if kind == "bool":
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
+            # Anything else was read as off: FACEFUSION_ALLOW_STANDIN_MODELS=2 then failed on
+            # a model digest, far from its cause.
+            word = raw.strip().lower()
+            if word not in _TRUE | _FALSE:
+                raise ValueError(word)
+            return word in _TRUE
         if kind == "Path":
             return Path(raw)
     except ValueError:

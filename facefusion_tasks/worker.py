@@ -72,6 +72,8 @@ def plan_workers(
     a Celery node name and `status` tells their processes apart; `name` prefixes them too
     ("NAME-cpu0-4711@host")."""
     prefix = f"{name}-" if name else ""
+    if not queues:
+        raise InputError(f"no queue to serve (--queues takes {GPU_QUEUE}, {LIGHT_QUEUE} or both)")
     unknown = set(queues) - {GPU_QUEUE, LIGHT_QUEUE}
     if unknown:
         raise InputError(f"unknown queues: {', '.join(sorted(unknown))}")
@@ -241,6 +243,8 @@ def run_workers(
     )
     require_usable_gpus(settings, pins)
     directory = metrics_dir or multiproc.default_dir()
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"metrics directory {directory} is not a directory", reason=Reason.CONFIG)
     try:
         owner = multiproc.claim_directory(directory)
     except multiproc.DirectoryInUse as exc:

@@ -199,3 +199,21 @@ def test_workers_never_import_the_metric_definitions_behind_observe() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_queue_and_a_file_for_the_metrics_directory_are_refused_before_any_start(
+    tmp_path: Path,
+) -> None:
+    from facefusion_tasks.worker import run_workers
+
+    options: dict[str, Any] = {"light_concurrency": 1, "max_tasks_per_child": 0, "loglevel": "info"}
+    settings = _settings()
+    # `--queues ""` started nothing and sat silent for ever.
+    with pytest.raises(InputError, match="no queue to serve"):
+        plan_workers(settings, gpus="none", queues=[], **options)
+    # A file there was an internal FileExistsError, exit 1.
+    afile = tmp_path / "metrics"
+    afile.write_text("not a directory")
+    with pytest.raises(InputError, match="is not a directory") as caught:
+        run_workers(settings, metrics_dir=afile, gpus="none", queues=["light"], **options)
+    assert caught.value.reason == Reason.CONFIG

@@ -176,6 +176,20 @@ def test_settings_precedence_flag_over_environment_over_default() -> None:
         {"FACEFUSION_VIDEO_QUALITY": "64"},
         {"FACEFUSION_REFERENCE_DISTANCE": "nan"},
         {"FACEFUSION_REFERENCE_DISTANCE": "0"},
+        # Accepted until a probe of every setting (each broke later, or silently):
+        {"FACEFUSION_RECORD_TTL_SECONDS": str(10**30)},  # EXPIRE failed mid-submit: half a job
+        {"FACEFUSION_HEARTBEAT_SECONDS": "nan"},  # never beat; its wait returned at once
+        {"FACEFUSION_SWEEP_SECONDS": str(10**30)},  # the sweep thread died of an OverflowError
+        {"FACEFUSION_GPU_PROCESSES": str(10**30)},  # the launcher's MemoryError
+        {"FACEFUSION_INFERENCE_THREADS": "-1"},
+        {"FACEFUSION_CHUNK_TIME_LIMIT": "0"},  # the stitch's ffmpeg timed out at once
+        {"FACEFUSION_MIN_CHUNK_SECONDS": "inf"},
+        {"FACEFUSION_DETECTOR_SCORE": "nan"},
+        {"FACEFUSION_ALLOW_STANDIN_MODELS": "2"},  # read as off: "sha256 mismatch", exit 1
+        {"FACEFUSION_IO_BINDING": "enabled"},
+        {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:99999/13"},  # an internal ValueError
+        {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:abc/13"},
+        {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/abc"},  # redis-py took database 0
     ],
 )
 def test_settings_refuse_nonsense_as_the_users_input(env: dict[str, str]) -> None:
@@ -183,6 +197,37 @@ def test_settings_refuse_nonsense_as_the_users_input(env: dict[str, str]) -> Non
         Settings.from_env(env)
     assert policy.exit_code(caught.value.reason) == 2
     assert not math.isnan(Settings.from_env({}).chunk_seconds)
+
+
+def test_booleans_read_as_written_and_a_password_never_shows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for word, value in (("Yes", True), ("on", True), ("0", False), ("OFF", False)):
+        assert Settings.from_env({"FACEFUSION_IO_BINDING": word}).io_binding is value
+    with pytest.raises(InputError) as caught:
+        Settings.from_env({"FACEFUSION_BROKER_URL": "redis://:s3cret@127.0.0.1:99999/0"})
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--light-concurrency", "-1"],
+        ["--max-tasks-per-child", "-1"],
+        ["--loglevel", "bogus"],
+        ["--metrics-port", "99999"],
+        ["--metrics-port", "-5"],
+    ],
+)
+def test_bad_worker_flags_are_a_usage_error_before_anything_starts(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each started a child that refused it, which the launcher restarted for ever.
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["worker", *flags])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--help" in err
 
 
 @pytest.mark.parametrize(
