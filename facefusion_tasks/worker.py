@@ -56,6 +56,18 @@ def worker_argv(
     return argv
 
 
+def _listed(gpus: str) -> list[str]:
+    """The GPUs `--gpus` names, each once: "0,0" started two workers with one Celery node
+    name, and ",," three CPU workers under one."""
+    devices = [d.strip() for d in gpus.split(",")]
+    if not all(devices) or len(set(devices)) != len(devices):
+        raise InputError(
+            f"--gpus {gpus!r}: name each GPU once, comma-separated (or auto, or none)",
+            reason=Reason.CONFIG,
+        )
+    return devices
+
+
 def plan_workers(
     settings: Settings,
     *,
@@ -85,7 +97,7 @@ def plan_workers(
     # The workers read their settings from the environment: the launcher's flags go with it.
     flags = settings.as_env(FLAG_SETTINGS)
     if GPU_QUEUE in queues:
-        devices = detect_gpus() if gpus == "auto" else [] if gpus == "none" else gpus.split(",")
+        devices = detect_gpus() if gpus == "auto" else [] if gpus == "none" else _listed(gpus)
         # No GPU: gpu_processes CPU workers serve the gpu queue (the CPU profile); with GPUs,
         # gpu_processes workers share each one.
         slots = [(d, k) for d in devices for k in range(settings.gpu_processes)] or [

@@ -217,3 +217,12 @@ def test_no_queue_and_a_file_for_the_metrics_directory_are_refused_before_any_st
     with pytest.raises(InputError, match="is not a directory") as caught:
         run_workers(settings, metrics_dir=afile, gpus="none", queues=["light"], **options)
     assert caught.value.reason == Reason.CONFIG
+
+
+@pytest.mark.parametrize("gpus", ["0,0", ",,", "0,,1"])
+def test_a_gpu_list_names_each_gpu_once(gpus: str) -> None:
+    # "0,0" started two workers under one Celery node name; ",," three CPU workers under one.
+    options: dict[str, Any] = {"light_concurrency": 1, "max_tasks_per_child": 0, "loglevel": "info"}
+    with pytest.raises(InputError, match="name each GPU once") as caught:
+        plan_workers(_settings(), gpus=gpus, queues=["gpu", "light"], **options)
+    assert caught.value.reason == Reason.CONFIG
