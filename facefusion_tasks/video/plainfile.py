@@ -74,7 +74,11 @@ def _head(source: Location) -> bytes:
 
 def looks_like_video_container(source: Location) -> bool:
     """Whether the first bytes are an mp4/mov box, another container's magic, or MPEG-TS sync."""
-    head = _head(source)
+    return _video_magic(_head(source))
+
+
+def _video_magic(head: bytes) -> bool:
+    """looks_like_video_container() on first bytes already read."""
     transport_stream = len(head) > 2 * TS_PACKET and head[::TS_PACKET] == b"GGG"
     return head[4:8] in MP4_BOXES or head.startswith(VIDEO_MAGIC) or transport_stream
 
@@ -122,7 +126,7 @@ def open_failure(source: Location, stderr: str) -> InputError:
                 f"{source.name}: not a video file (a still image: HEIF/HEIC)",
                 reason=Reason.NOT_VIDEO,
             )
-        if looks_like_video_container(source):
+        if _video_magic(head):
             return InputError(
                 f"{source.name}: truncated or corrupt video (moov atom not found)",
                 reason=Reason.CORRUPT_VIDEO,
