@@ -222,27 +222,28 @@ class Settings:
             raise InputError("queue size must be at least 1")
         if not self.min_chunk_seconds > 0:
             raise InputError(f"{ENV_PREFIX}MIN_CHUNK_SECONDS must be positive")
+        # Each number in its own range first, so the checks across settings below (and the
+        # chunk length against its floor) never blame one setting for another's value.
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                bound = (
+                    f"at least {low:g}" if value < low
+                    else f"at most {high:g}" if value > high
+                    else f"a number from {low:g} to {high:g}"
+                )  # fmt: skip
+                raise InputError(f"{ENV_PREFIX}{name.upper()} must be {bound}, not {value!r}")
         check_chunk_seconds(self.chunk_seconds, min_chunk_seconds=self.min_chunk_seconds)
         for name in ("max_frame_pixels", "max_image_pixels", "max_chunks"):
             if getattr(self, name) < 1:
                 raise InputError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
-        if self.record_ttl_seconds < 60:
-            raise InputError(f"{ENV_PREFIX}RECORD_TTL_SECONDS must be at least 60")
-        if not math.isfinite(self.stall_seconds) or self.stall_seconds <= 0:
-            raise InputError("stall seconds must be a positive number")
         if self.chunk_time_limit >= self.visibility_timeout:
             raise InputError(
                 "chunk time limit must be below the Redis visibility timeout, or Redis hands a "
                 "still-running chunk to a second worker"
             )
-        if self.stall_seconds < 1 or self.sweep_seconds < 1 or self.heartbeat_seconds <= 0:
-            raise InputError("stall, sweep and heartbeat periods must be positive")
         if self.heartbeat_seconds * 2 > self.stall_seconds:
             raise InputError("the stall time must be at least two heartbeat periods")
-        if self.worker_wedged_seconds < 1:
-            raise InputError(f"{ENV_PREFIX}WORKER_WEDGED_SECONDS must be at least 1")
-        if self.max_deliveries < 1 or self.gpu_processes < 1:
-            raise InputError("max deliveries and gpu processes must be at least 1")
         if self.cpu_threads < AUTO_CPU_THREADS:
             raise InputError("cpu threads must be auto, 0 or more")
         if not 0 <= self.detector_batch <= MAX_BATCH:
@@ -257,12 +258,6 @@ class Settings:
         if self.broker_url and not self.broker_url.startswith(("redis://", "rediss://")):
             raise InputError("broker URL must be redis:// or rediss://")
         _check_broker_url(self.broker_url)
-        for name, (low, high) in _RANGES.items():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and low <= value <= high):
-                raise InputError(
-                    f"{ENV_PREFIX}{name.upper()} must be {low:g} to {high:g}, not {value!r}"
-                )
 
     def roots(self) -> list[Path]:
         """The allowed storage roots, resolved."""
@@ -297,9 +292,9 @@ class Settings:
 
 
 _DAY = 24 * 3600
-#: The range each numeric setting must lie in, past the specific checks above: NaN and values
-#: that overflow what reads them (Redis's EXPIRE, threading's waits, the launcher's process
-#: list) passed before. A heartbeat of NaN never beat; a sweep period of 1e30 killed the sweep.
+#: The range each numeric setting must lie in (Settings.validate): NaN and values that overflow
+#: what reads them (Redis's EXPIRE, threading's waits, the launcher's process list) passed
+#: before. A heartbeat of NaN never beat; a sweep period of 1e30 killed the sweep.
 _RANGES: dict[str, tuple[float, float]] = {
     "record_ttl_seconds": (60, 10 * 365 * _DAY),
     "stall_seconds": (1, 7 * _DAY),
