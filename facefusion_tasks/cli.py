@@ -368,8 +368,11 @@ def _end_like_ctrl_c() -> None:
         raise KeyboardInterrupt
 
     _RECEIVED.clear()
-    handlers = {signal.SIGTERM: raise_terminated, signal.SIGHUP: raise_terminated}
-    handlers[signal.SIGINT] = raise_interrupt
+    handlers = {
+        signal.SIGTERM: raise_terminated,
+        signal.SIGHUP: raise_terminated,
+        signal.SIGINT: raise_interrupt,
+    }
     for signum, handler in handlers.items():
         # One the caller ignores stays ignored: `nohup`, and a shell's background job, whose
         # Ctrl-C is the foreground's.
