@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +19,8 @@ from facefusion_tasks.reasons import Reason
 log = logging.getLogger(__name__)
 
 _definitions: ModuleType | None = None
+#: The queue whose task this process runs now ("" when idle): its frame batches are progress.
+_busy_with = ""
 
 #: Default for Settings.metrics_min_free_bytes until a worker calls configure().
 DEFAULT_MIN_FREE_BYTES = 8 * 1024 * 1024
@@ -222,6 +226,8 @@ def batch(stage_seconds: Mapping[str, float], *, frames: int, faces: int, second
         for _ in range(frames):
             m.frame_duration_seconds.observe(per_frame)
         m.frames_processed_total.inc(frames)
+        if _busy_with:
+            m.worker_progress_monotonic.labels(queue=_busy_with).set(time.monotonic())
     if faces:
         m.faces_swapped_total.inc(faces)
 
@@ -291,7 +297,11 @@ def queue_wait(queue: str, enqueued_at: float | None, *, now: float | None) -> N
 @_safe
 def busy(flag: bool, queue: str) -> None:
     """This worker process started (True) or finished (False) a task from `queue`."""
-    metrics().worker_busy.labels(queue=queue).set(1 if flag else 0)
+    global _busy_with
+    m = metrics()
+    m.worker_busy.labels(queue=queue).set(1 if flag else 0)
+    m.worker_progress_monotonic.labels(queue=queue).set(time.monotonic() if flag else math.inf)
+    _busy_with = queue if flag else ""
 
 
 @_safe

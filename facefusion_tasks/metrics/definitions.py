@@ -147,6 +147,17 @@ worker_busy = Gauge(
     ["queue"],
     multiprocess_mode="livesum",
 )
+# livemin: a busy process stamps its task start and every frame batch with the host's monotonic
+# clock, and +Inf when it goes idle; the oldest stamp of the live processes is the one that
+# stopped. Only the exporter reads it (it serves facefusion_worker_progress_age_seconds on the
+# same clock): one process, not a host's sum, so a hung process beside working ones shows.
+worker_progress_monotonic = Gauge(
+    "facefusion_worker_progress_monotonic_seconds",
+    "Internal: the oldest last-progress time (the host's CLOCK_MONOTONIC) of the live processes "
+    "busy with this queue, +Inf when none is; served as facefusion_worker_progress_age_seconds.",
+    ["queue"],
+    multiprocess_mode="livemin",
+)
 worker_processes = Gauge(
     "facefusion_worker_processes",
     "Live worker processes (each sets 1 at start); busy / processes = utilisation.",
@@ -246,6 +257,12 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "message was lost (waiting that long with the gpu queue empty), or stuck queued, "
         "planning or stitching.",
         (),
+    ),
+    "facefusion_worker_progress_age_seconds": (
+        "gauge",
+        "Seconds since the busy process (on this host, consuming this queue) that progressed "
+        "least recently started its task or wrote a frame batch; 0 when none is busy.",
+        ("queue",),
     ),
     "facefusion_chunk_progress_oldest_age_seconds": (
         "gauge",

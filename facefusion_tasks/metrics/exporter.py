@@ -6,6 +6,7 @@ import argparse
 import errno
 import gzip
 import logging
+import math
 import os
 import threading
 import time
@@ -60,6 +61,42 @@ class _CompactionStats:
             value=self.compacting.last.seconds,
         )
         return [files, compacted, seconds]
+
+
+#: The workers' progress stamps (the host's monotonic clock) and the age the exporter serves.
+_PROGRESS_STAMP = "facefusion_worker_progress_monotonic_seconds"
+_PROGRESS_AGE = "facefusion_worker_progress_age_seconds"
+
+
+class _ProgressAges:
+    """The merged worker metrics, with each queue's oldest progress stamp served as its age.
+    The stamps and this clock are the same host's CLOCK_MONOTONIC, so the age needs no clock
+    agreement with Prometheus or other hosts, and a wall-clock step cannot fake one."""
+
+    def __init__(self, merged: Collector) -> None:
+        self.merged = merged
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        metrics = list(self.merged.collect())
+        now = time.monotonic()
+        ages = GaugeMetricFamily(
+            _PROGRESS_AGE, EXPORTER_METRICS[_PROGRESS_AGE][1], labels=["queue"]
+        )
+        kept = []
+        for metric in metrics:
+            if metric.name != _PROGRESS_STAMP:
+                kept.append(metric)
+                continue
+            for sample in metric.samples:
+                # +Inf: no live process is busy with the queue. A stamp ahead of now cannot be
+                # (one clock), but reads as 0 rather than a negative age.
+                stamp = sample.value
+                age = max(now - stamp, 0.0) if math.isfinite(stamp) else 0.0
+                ages.add_metric([sample.labels.get("queue", "")], age)
+        return [*kept, ages]
 
 
 class _Guarded:
@@ -138,7 +175,7 @@ def build_registry(
     compacting = CompactingCollector(multiproc_dir)
     collectors: list[tuple[str, Collector]] = [
         ("directory", _Directory(multiproc_dir)),
-        ("multiprocess", compacting),
+        ("multiprocess", _ProgressAges(compacting)),
         ("compaction_stats", _CompactionStats(compacting)),
     ]
     if redis_url:

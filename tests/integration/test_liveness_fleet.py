@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from facefusion_tasks.metrics.keys import messages_in_line
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, priority_keys
@@ -92,7 +93,12 @@ def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound
             # chunk is PENDING again (or already redone) while its old process stays stopped.
             wait_for(lambda: _given_back(producer, job_id, victim["index"]), timeout=60)
             detected = time.monotonic() - stopped_at
+            # On-call sees it too, though the host's other gpu process goes on writing frames:
+            # the exporter serves the stopped process's age since its last frame batch.
+            age, age_at = _progress_age(fleet.port), time.monotonic()
             status = producer.wait(job_id, timeout=120)
+        # Killed, it drops out: the age is 0 again (the other process is idle).
+        wait_for(lambda: _progress_age(fleet.port) == 0, timeout=30)
     print(f"stopped pool process: chunk given back {detected:.1f} s after SIGSTOP")
     assert status.state == SUCCEEDED, (status.reason, status.error)
     assert detected <= stall + sweep + beat + 3  # + scheduling slack on a loaded machine
@@ -101,6 +107,20 @@ def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound
     assert video_times(output) == video_times(root / "clip.mp4")  # nothing lost or doubled
     # The stopped attempt never ended; the delivery after it counted it, as given back.
     assert _lost_attempts(tmp_path / "mp") == {("retried", "stalled"): 1.0}
+    assert stall - 1 <= age <= age_at - stopped_at + 5, (age, age_at - stopped_at)
+
+
+def _progress_age(port: int) -> float:
+    """The exporter's facefusion_worker_progress_age_seconds{queue="gpu"} (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "facefusion_worker_progress_age_seconds" and sample.labels == {
+                "queue": "gpu"
+            }:
+                return float(sample.value)
+    return 0.0
 
 
 def _lost_attempts(metrics_dir: Path) -> dict[tuple[str, str], float]:

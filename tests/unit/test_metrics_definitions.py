@@ -185,6 +185,7 @@ def test_definitions_work_in_multiprocess_mode(tmp_path: Path) -> None:
         d.model_batch_size.labels(model="swapper").observe(8)
         d.queue_wait_seconds.labels(queue="gpu").observe(2.0)
         d.worker_busy.labels(queue="gpu").set(1)
+        d.worker_progress_monotonic.labels(queue="gpu").set(12.5)
         d.worker_processes.set(1)
         d.gpu_oom_total.labels(kind="arena", model="swapper").inc()
         d.model_batch_limit.labels(model="swapper").set(4)
@@ -208,6 +209,7 @@ def test_definitions_work_in_multiprocess_mode(tmp_path: Path) -> None:
     assert samples[("facefusion_frames_processed_total", ())] == 48
     assert samples[("facefusion_jobs_total", (("outcome", "failed"), ("reason", "other")))] == 1
     assert samples[("facefusion_build_info", (("version", "0.1.0"),))] == 1
+    assert samples[("facefusion_worker_progress_monotonic_seconds", (("queue", "gpu"),))] == 12.5
     # Pre-initialised at zero so that increase() sees the first OOM of every kind and model.
     assert samples[("facefusion_gpu_oom_total", (("kind", "cuda"), ("model", "detector")))] == 0
     assert samples[("facefusion_gpu_oom_total", (("kind", "arena"), ("model", "swapper")))] == 1
