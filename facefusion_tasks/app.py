@@ -13,6 +13,7 @@ from facefusion_tasks.queue_names import (
     GPU_QUEUE,
     LIGHT_QUEUE,
     TASK_CHUNK,
+    TASK_CLOSE,
     TASK_PLAN,
     TASK_STITCH,
 )
@@ -23,7 +24,9 @@ PRELOAD_ENV = "FACEFUSION_PRELOAD_MODELS"
 #: The exporter counts live workers per queue, and light-queue processes run the stall sweep.
 QUEUES_ENV = "FACEFUSION_WORKER_QUEUES"
 
-__all__ = ["GPU_QUEUE", "LIGHT_QUEUE", "TASK_CHUNK", "TASK_PLAN", "TASK_STITCH", "make_app"]
+__all__ = [
+    "GPU_QUEUE", "LIGHT_QUEUE", "TASK_CHUNK", "TASK_CLOSE", "TASK_PLAN", "TASK_STITCH", "make_app",
+]  # fmt: skip
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_CHUNK: {"queue": GPU_QUEUE},
             TASK_PLAN: {"queue": LIGHT_QUEUE},
             TASK_STITCH: {"queue": LIGHT_QUEUE},
+            TASK_CLOSE: {"queue": LIGHT_QUEUE},
         },
         # Redis hands an unacknowledged task to another worker after the visibility timeout,
         # even while it still runs (celery#5935): keep every time limit below it.

@@ -11,7 +11,14 @@ from typing import Any
 import redis
 
 from facefusion_tasks import broker
-from facefusion_tasks.app import GPU_QUEUE, TASK_CHUNK, TASK_PLAN, TASK_STITCH, make_app
+from facefusion_tasks.app import (
+    GPU_QUEUE,
+    TASK_CHUNK,
+    TASK_CLOSE,
+    TASK_PLAN,
+    TASK_STITCH,
+    make_app,
+)
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError, WaitTimeout
 from facefusion_tasks.fleet_clock import fleet_now
@@ -19,7 +26,7 @@ from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking, job_options
-from facefusion_tasks.metrics.keys import messages_in_line, waits_in
+from facefusion_tasks.metrics.keys import messages_in_line, waits_in, withdraw
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
@@ -247,7 +254,23 @@ class Producer:
         if cancelled and idle:
             job = self.store.get(job_id)
             remove_segments(for_job(self.settings, job), job_id, output=job.get("output", ""))
+        if cancelled and (not idle or self._close(job_id)):
+            # Its chunks still in line leave it now, not when a worker comes to skip each
+            # (they held the backlog up, and with it the autoscaler).
+            withdraw(self.store.r, GPU_QUEUE, TASK_CHUNK, job_id)
         return cancelled
+
+    def _close(self, job_id: str) -> bool:
+        """Ask a light worker to count the end of a cancelled job none of whose chunks runs
+        (a running chunk counts it as it stops; a withdrawn one never comes to). False when
+        that could not be sent: its chunks then stay in line, and the first skipped counts."""
+        try:
+            self._send(TASK_CLOSE, [job_id], priority=9)
+        except Exception as exc:  # the cancel itself is done; say it, do not fail it
+            log.warning("job %s: cancelled, but its end could not be sent for counting: %s",
+                        job_id, exc)  # fmt: skip
+            return False
+        return True
 
     def retry(self, job_id: str) -> Retried:
         """Re-run only the chunks that failed or never finished; says what it sent.

@@ -11,3 +11,5 @@ LIGHT_QUEUE = "light"
 TASK_PLAN = "facefusion.plan"
 TASK_CHUNK = "facefusion.chunk"
 TASK_STITCH = "facefusion.stitch"
+#: Count the end of a cancelled job whose waiting chunk messages its canceller withdrew.
+TASK_CLOSE = "facefusion.close"

@@ -23,13 +23,23 @@ from facefusion_tasks.app import (
     PRELOAD_ENV,
     QUEUES_ENV,
     TASK_CHUNK,
+    TASK_CLOSE,
     TASK_PLAN,
     TASK_STITCH,
 )
 from facefusion_tasks.config import Settings
 from facefusion_tasks.fleet_clock import fleet_now
+from facefusion_tasks.metrics.keys import withdraw
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import CANCELLED, DONE, TERMINAL, Delivery, JobStore, connect
+from facefusion_tasks.store import (
+    CANCELLED,
+    DONE,
+    SUCCEEDED,
+    TERMINAL,
+    Delivery,
+    JobStore,
+    connect,
+)
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +238,9 @@ def _fleet_time() -> float | None:
 
 
 def _meter_job_end(job_id: str) -> None:
-    """Count a finished job exactly once, whichever worker saw it finish."""
+    """Count a finished job exactly once, whichever worker saw it finish; a job that failed
+    or was cancelled has its chunk messages still in line withdrawn then (they would only be
+    skipped, after holding the backlog, and the autoscaler, up until a worker came to them)."""
     store = _store()
     job = store.get(job_id)
     state = job.get("state", "")
@@ -238,6 +250,8 @@ def _meter_job_end(job_id: str) -> None:
             state.lower(), job.get("reason", ""), created_at=float(job.get("created_at") or 0),
             finished_at=float(job.get("finished_at") or job.get("updated_at") or 0),
         )  # fmt: skip
+        if state != SUCCEEDED:
+            withdraw(store.r, GPU_QUEUE, TASK_CHUNK, job_id)
 
 
 def _timed_chunk(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -349,6 +363,12 @@ def register(app: Celery) -> None:
         if last:
             enqueue(app, TASK_STITCH, [job_id], priority=9, sent_at=fleet_now(_store().r))
         return {"state": "DONE", "frames": result.frames, "faces": result.faces_swapped}
+
+    @app.task(name=TASK_CLOSE)
+    def close(job_id: str) -> None:
+        # Sent by a cancel that withdrew the job's waiting chunks while none ran: no chunk
+        # will come to count its end, so this does.
+        _meter_job_end(job_id)
 
     @app.task(name=TASK_STITCH, bind=True)
     def stitch(self: Task, job_id: str) -> str | None:

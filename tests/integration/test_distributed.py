@@ -332,6 +332,41 @@ def test_a_job_cancelled_before_it_was_planned_is_counted_once(fleet: Cluster, r
     assert samples[("facefusion_jobs_total", cancelled)] == 1
 
 
+def _waiting_chunks(producer) -> list[str]:  # type: ignore[no-untyped-def]
+    """The job ids of the chunk messages waiting in the gpu queue's lines."""
+    lines = [producer.store.r.lrange(key, 0, -1) for key in priority_keys(GPU_QUEUE)]
+    return sorted(
+        json.loads(json.loads(raw)["headers"]["argsrepr"].replace("'", '"').replace("(", "[")
+                   .replace(")", "]"))[0]
+        for line in lines for raw in line
+    )  # fmt: skip
+
+
+def test_a_cancel_withdraws_the_jobs_waiting_chunks_and_still_counts_its_end(
+    fleet: Cluster, root: Path
+) -> None:
+    # They stayed in line until a gpu worker came to skip each: the backlog (and KEDA, which
+    # scales on it, from zero too) counted work that would never run.
+    fleet.start_worker("planner", queues=LIGHT_QUEUE)
+    producer = fleet.producer()
+    cancelled = producer.submit(
+        root / "source.png", root / "long.mp4", root / "out" / "withdrawn.mp4", chunk_seconds=2
+    )
+    kept = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "kept.mp4")
+    wait_for(lambda: len(_waiting_chunks(producer)) == 5, timeout=30)  # 4 + 1, nothing runs
+    assert producer.cancel(cancelled)
+    assert _waiting_chunks(producer) == [kept]  # at once, the other job's left alone
+    # No chunk of it will ever reach a worker to count its end: the light worker does, once.
+    wait_for(lambda: producer.store.get(cancelled).get("metered"), timeout=30)
+    samples = metric_samples(fleet.logs / "metrics-planner")
+    assert (
+        samples[("facefusion_jobs_total", (("outcome", "cancelled"), ("reason", "cancelled")))] == 1
+    )
+    fleet.start_worker("gpu", queues=GPU_QUEUE)
+    assert producer.wait(kept, timeout=60).state == SUCCEEDED
+    assert {c["deliveries"] for c in producer.status(cancelled).chunks} == {0}
+
+
 def test_a_target_replaced_after_planning_fails_the_job_instead_of_mixing_two_videos(
     fleet: Cluster, root: Path
 ) -> None:
