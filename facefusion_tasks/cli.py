@@ -228,6 +228,8 @@ def _follow(
     _print_status(status, as_json=as_json)
     if status.state == "FAILED" and not as_json:
         print(f"facefusion-tasks: error: {policy.one_line(status.error)}", file=sys.stderr)
+    elif status.state == "CANCELLED" and not as_json:  # exit 1: say why, as for a failure
+        print(f"facefusion-tasks: error: job {job_id} was cancelled", file=sys.stderr)
     return exit_for(status)
 
 
@@ -268,6 +270,7 @@ _RETRIED = {
     "plan": "planning again",
     "stitch": "every chunk is done, stitching again",
     "running": "every unfinished chunk is running, or waiting in line for a worker; nothing sent",
+    "waiting": "its plan is waiting in line for a light worker; nothing sent",
 }
 
 

@@ -316,7 +316,7 @@ def _check_broker_url(url: str) -> None:
     """InputError for a broker URL redis-py would read wrongly or fail on later: a port that is
     not one, a host it cannot parse, a database that is not a number (redis-py fell back to
     database 0, someone else's). The URL itself is not shown: it may hold a password."""
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qs, urlsplit
 
     from facefusion_tasks.errors import InputError
 
@@ -332,6 +332,13 @@ def _check_broker_url(url: str) -> None:
     database = parts.path.strip("/")
     if database and not (database.isascii() and database.isdigit()):
         raise InputError(f"broker URL is not valid: database {database!r} is not a number")
+    if "db" in parse_qs(parts.query):
+        # redis-py takes ?db= over the path, Celery's transport refuses it: the job store and
+        # the queues would be two databases (and every send an internal TypeError).
+        raise InputError(
+            "broker URL is not valid: give the database in its path (redis://host:6379/0), "
+            "not as ?db="
+        )
 
 
 #: The exporter's port when neither --metrics-port nor FACEFUSION_METRICS_PORT says.

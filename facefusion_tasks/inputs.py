@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -55,6 +55,8 @@ def source_paths(sources: Sources) -> tuple[Location, ...]:
     `//`): one, or a sequence of them; InputError when none."""
     if isinstance(sources, (str, bytes, PathLike, ObjectRef)):
         return (objects.location(sources),)
+    if not isinstance(sources, Iterable):
+        return (objects.location(sources),)  # refused there: not a file name
     paths = tuple(objects.location(s) for s in sources)
     if not paths:
         raise InputError("no source image given")

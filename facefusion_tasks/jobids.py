@@ -24,6 +24,8 @@ def new_job_id() -> str:
 def check_job_id(text: str) -> str:
     """`text` when it is a job id; else InputError "no such job" (exit 2) without touching
     Redis."""
+    if not isinstance(text, str):  # an API caller's int, bytes or None: TypeError in the regex
+        raise InputError(f"no such job: {text!r:.{_SHOWN}}", reason=Reason.UNKNOWN_JOB)
     if JOB_ID.fullmatch(text):
         return text
     shown = text[:_SHOWN] + ("…" if len(text) > _SHOWN else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -72,8 +73,10 @@ def job_options(priority: object, chunk_seconds: object) -> tuple[int, float | N
         )
     if chunk_seconds is None:
         return level, None
-    numeric = isinstance(chunk_seconds, (Real, Decimal))
-    seconds = float(chunk_seconds) if numeric else math.nan  # type: ignore[arg-type]
+    seconds = math.nan
+    if isinstance(chunk_seconds, (Real, Decimal)):
+        with contextlib.suppress(ValueError, OverflowError):  # Decimal("sNaN"), 10**400
+            seconds = float(chunk_seconds)
     if isinstance(chunk_seconds, bool) or not (math.isfinite(seconds) and seconds > 0):
         raise InputError(f"chunk seconds must be a positive number, not {chunk_seconds!r}")
     return level, seconds

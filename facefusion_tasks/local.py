@@ -41,6 +41,7 @@ def run_local(
     averaged. Any location may be an s3://bucket/key object in an allowed bucket: images (a
     still target too) are fetched, a video is read through a signed URL, and an object output
     is written and verified here, then uploaded whole."""
+    settings.validate()  # Settings built in code never passed from_env's checks
     sources_at = tuple(_locate(s, settings, what="source image") for s in source_paths(source))
     target_at = _locate(target, settings, what="target")
     output_at = _locate(output, settings, what="output", output=True)

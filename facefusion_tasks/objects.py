@@ -109,6 +109,8 @@ def location(value: str | bytes | PathLike[str] | ObjectRef) -> Location:
     # bytes as os.fsdecode reads them (a name that is not UTF-8 is refused just below).
     text = os.fsdecode(value)
     check_utf8(text)
+    if "\x00" in text:  # os calls raise a bare ValueError for it
+        raise InputError(f"{text!r}: a file name cannot hold a NUL byte", reason=Reason.PATH)
     if text.startswith(SCHEME):
         return parse(text)
     if os.path.basename(text) in ("", ".", ".."):

@@ -13,6 +13,7 @@ import redis
 from facefusion_tasks import broker
 from facefusion_tasks.app import (
     GPU_QUEUE,
+    LIGHT_QUEUE,
     TASK_CHUNK,
     TASK_CLOSE,
     TASK_PLAN,
@@ -56,7 +57,8 @@ class Retried:
 
     #: chunks: `chunks` sent again; plan: planning again; stitch: every chunk was done, the
     #: stitch sent again; running: every unfinished chunk is running or waiting in line,
-    #: nothing sent; none: the job had already succeeded.
+    #: nothing sent; waiting: its plan is still waiting in line, nothing sent; none: the job
+    #: had already succeeded.
     action: str
     chunks: list[int] = field(default_factory=list)
 
@@ -69,6 +71,7 @@ class Producer:
     """Talks to Redis (job records) and Celery (task messages); never loads a model."""
 
     def __init__(self, settings: Settings) -> None:
+        settings.validate()  # Settings built in code never passed from_env's checks
         if not settings.broker_url:
             raise InputError(
                 "no broker configured (set FACEFUSION_BROKER_URL)", reason=Reason.CONFIG
@@ -204,6 +207,10 @@ class Producer:
         goes away once the job was seen (a restart, a failover) is waited out for
         WAIT_RECONNECT_SECONDS: the job goes on meanwhile, and a script must not read a blip
         as its failure (exit 69)."""
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
+            raise InputError(f"wait: timeout must be a number of seconds ≥ 0, not {timeout!r}")
+        if not (isinstance(poll, int | float) and 0 < poll <= 3600):
+            raise InputError(f"wait: poll must be a number of seconds in (0, 3600], not {poll!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         lost_since: float | None = None
         seen = False
@@ -292,6 +299,10 @@ class Producer:
         job = self.store.get(job_id)
         priority = int(job.get("priority") or 5)
         if status.chunks_total == 0:
+            if status.state in (QUEUED, PLANNING) and self._plan_in_line(job_id):
+                # Stalled only behind a long light queue: sent again, it would be planned
+                # twice, and the second plan sends every chunk not yet taken once more.
+                return Retried("waiting")
             if not self.store.reopen(job_id, planned=False, from_states=(status.state,)):
                 raise InputError(f"job {job_id} changed state meanwhile; look again")
             self._send(TASK_PLAN, [job_id], priority=priority)
@@ -338,7 +349,16 @@ class Producer:
             return Retried("stitch")
         return Retried("chunks", rerun) if rerun else Retried("running")
 
+    def _plan_in_line(self, job_id: str) -> bool:
+        """Whether the job's plan message waits in the light queue, or a live worker took it
+        within stall_seconds (or may have: a line too long to read), as the sweep judges."""
+        cutoff = fleet_now(self.store.r) - self.settings.stall_seconds
+        return waits_in(messages_in_line(self.store.r, LIGHT_QUEUE, held_since=cutoff), job_id)
+
     def list(self, limit: int = 20) -> list[JobStatus]:
         """Most recent jobs first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            # 0 listed every job, and a negative limit all but the oldest.
+            raise InputError(f"list: limit must be a whole number from 1 to 100000, not {limit!r}")
         found = (self.store.status(job_id) for job_id in self.store.recent(limit))
         return [s for s in found if s is not None]

@@ -92,10 +92,19 @@ def beating(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
 def job_file(value: str, settings: Settings, *, what: str, output: bool = False) -> Location:
     """A job file, located as the producer located it when it accepted the job. Outside this
     worker's roots or buckets it is the worker's configuration that differs, not the user's
-    input: WorkerConfigError, retried so that a worker configured right may take it."""
+    input: WorkerConfigError, retried so that a worker configured right may take it. Unless
+    the path the producer recorded lies inside this worker's roots and only leads out of
+    them now: a symlink put on the way after the job was accepted, the user's doing."""
     try:
         return locate(value, settings, what=what, output=output)
     except Unconfined as exc:
+        recorded = Path(value) if not value.startswith(objects.SCHEME) else None
+        if recorded is not None and any(recorded.is_relative_to(r) for r in settings.roots()):
+            raise InputError(
+                f"{value}: the {what} now leads outside the storage roots (a symlink put on its "
+                "path after the job was accepted)",
+                reason=Reason.PATH,
+            ) from None
         raise WorkerConfigError(
             f"this worker cannot use the job's {what}: {exc}; every worker needs the "
             "producer's FACEFUSION_STORAGE_ROOTS (and FACEFUSION_S3_BUCKETS)"
@@ -130,18 +139,21 @@ def _plan_job(store: JobStore, settings: Settings, job_id: str) -> list[int]:
         chunks, frames = image_plan(), 1
     else:
         chunks, frames, info = _plan_video(job, target, settings)
-    if store.state(job_id) != PLANNING:
-        return []  # cancelled (or failed by the sweep) while reading the video
     # Where every chunk, the stitch, retry and cancel will find the segments.
     shared = not image and work_bucket(job["output"]) is None
-    store.set_plan(
+    if not store.set_plan(
         job_id, chunks, frames, info, fingerprints=prints,
         work_dir=str(fleet_work_dir(settings)) if shared else "",
-    )  # fmt: skip
+    ):  # fmt: skip
+        # Cancelled or failed by the sweep while the video was read, or planned by the
+        # planner the sweep sent after this one stalled: nothing of this plan is written.
+        return []
     if not store.set_state(job_id, RUNNING, only_from=(PLANNING,)):
-        # It ended meanwhile: the new chunk records say so, and expire with it.
-        store.end_waiting_chunks(job_id)
-        store.expire_job(job_id)
+        if store.state(job_id) in TERMINAL:
+            # It ended meanwhile: the new chunk records say so, and expire with it. (Not when
+            # another planner moved it on: its job runs, with these same records.)
+            store.end_waiting_chunks(job_id)
+            store.expire_job(job_id)
         return []
     if not image:
         prepare(settings, job_id, output=job["output"])
@@ -265,7 +277,7 @@ def run_chunk(
         engine.set_reference(reference)
     if not store.chunk_started(job_id, index, worker):
         return None, False  # the job ended meanwhile
-    output = job_file(job["output"], settings, what="output")
+    output = job_file(job["output"], settings, what="output", output=True)
     destination = output if image else segment(settings, job_id, index, output=job["output"])
     try:
         with scratch(settings, job_id) as local:

@@ -65,7 +65,7 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
     if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
         return None  # ended (cancelled, failed, succeeded) or not ready
     target = job_file(job["target"], settings, what="target")
-    output = job_file(job["output"], settings, what="output")
+    output = job_file(job["output"], settings, what="output", output=True)
     if is_image_target(target):
         return _finish_image_job(store, settings, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
@@ -127,7 +127,7 @@ def _resume_commit(
         # No sweep has found the stitcher silent since it began committing: a duplicate
         # message (a redelivery) while it may still be uploading. It finishes on its own.
         return None
-    output = job_file(job["output"], settings, what="output")
+    output = job_file(job["output"], settings, what="output", output=True)
     if is_image_target(job_file(job["target"], settings, what="target")):
         # An image chunk marks itself done only once its output is in place.
         if store.chunks(job_id)[0].get("state") == DONE:

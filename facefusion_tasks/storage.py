@@ -18,9 +18,10 @@ from facefusion_tasks.reasons import Reason
 WORK_NAME = objects.WORK_PREFIX.rstrip("/")
 
 
-def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
+def confine(path: Path | str, settings: Settings, *, what: str, output: bool = False) -> Path:
     """The resolved path, or InputError when it escapes every storage root (symlinks and
-    `..` resolved first, so neither can smuggle a path out)."""
+    `..` resolved first, so neither can smuggle a path out). An `output` keeps its own name:
+    see output_path."""
     roots = settings.roots()
     if not roots:
         raise Unconfined(
@@ -28,7 +29,7 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
             "every worker can see",
             reason=Reason.CONFIG,
         )
-    resolved = resolve_path(Path(path))
+    resolved = output_path(Path(path)) if output else resolve_path(Path(path))
     # A job records and hands on the resolved path: a symlink may lead to a name that is not
     # UTF-8 where the name given was.
     objects.check_utf8(str(resolved))
@@ -36,6 +37,16 @@ def confine(path: Path | str, settings: Settings, *, what: str) -> Path:
         shown = ":".join(str(r) for r in roots)
         raise Unconfined(f"{path}: {what} is outside the storage roots ({shown})")
     return resolved
+
+
+def output_path(path: Path) -> Path:
+    """Where an output goes: its directory resolved, its own name kept. The output replaces
+    whatever entry has that name (by rename: a symlink there is replaced, not followed), so
+    the name must not be resolved either: a link put there after the job was accepted led
+    the job to write through it, over its own target or another job's input."""
+    if path.name in ("", ".", ".."):
+        return resolve_path(path)  # a directory, refused as an output later
+    return resolve_path(path.parent) / path.name
 
 
 def locate(
@@ -47,7 +58,7 @@ def locate(
     if isinstance(where, ObjectRef):
         where = objects.confine(where, settings, what=what)
     else:
-        where = confine(where, settings, what=what)
+        where = confine(where, settings, what=what, output=output)
     check_outside_work(where, settings, what=what, output=output)
     return where
 
@@ -93,7 +104,7 @@ def check_outside_work(
         area = f"{objects.SCHEME}{where.bucket}/{objects.WORK_PREFIX}"
         inside = where.key.startswith(objects.WORK_PREFIX)
     else:
-        resolved = resolve_path(where)
+        resolved = output_path(where) if output else resolve_path(where)
         dirs = [root / WORK_NAME for root in settings.roots()]
         if settings.work_dir:
             dirs.append(resolve_path(Path(settings.work_dir).expanduser()))

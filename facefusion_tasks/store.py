@@ -373,41 +373,58 @@ class JobStore(ChunkRecords, StallIndex):
         *,
         fingerprints: str = "",
         work_dir: str = "",
-    ) -> None:
+    ) -> bool:
         """Store the chunk plan (idempotent: a re-run of planning writes the same plan), with
         the inputs' fingerprints the plan read and the work directory its segments go to.
         Each chunk waits in the pending index until a worker takes it, so the sweep can send
-        again one whose message never arrives."""
+        again one whose message never arrives. Only while the job is PLANNING (WATCHed), and
+        says whether it wrote: a planner that stalled past the sweep and woke after another
+        had planned the job reset chunks already done to PENDING, and nothing stitched it."""
+        key = job_key(job_id)
         now = fleet_now(self.r)
-        with self.r.pipeline() as pipe:
-            pipe.delete(f"{job_key(job_id)}:done")
-            if chunks:
-                pipe.zadd(PENDING_KEY, {running_member(job_id, c.index): now for c in chunks})
-            for chunk in chunks:
-                data = chunk.to_json()
-                pipe.hset(
-                    chunk_key(job_id, chunk.index),
-                    mapping={
-                        "state": PENDING,
-                        "frames": chunk.frames,
-                        "frames_done": 0,
-                        "attempts": 0,
-                        "plan": json.dumps(data),
-                        "worker": "",
-                        "error": "",
-                    },
-                )
+        while True:
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    if pipe.hget(key, "state") != PLANNING:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    self._write_plan(pipe, job_id, chunks, now)
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "chunks_total": len(chunks),
+                            "frames_total": frames_total,
+                            "video_info": json.dumps(video_info),
+                            "fingerprints": fingerprints,
+                            "work_dir": work_dir,
+                        },
+                    )
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    @staticmethod
+    def _write_plan(pipe: Any, job_id: str, chunks: Sequence[Chunk], now: float) -> None:
+        """Queue, on `pipe`, each chunk's fresh record and its place in the pending index."""
+        pipe.delete(f"{job_key(job_id)}:done")
+        if chunks:
+            pipe.zadd(PENDING_KEY, {running_member(job_id, c.index): now for c in chunks})
+        for chunk in chunks:
             pipe.hset(
-                job_key(job_id),
+                chunk_key(job_id, chunk.index),
                 mapping={
-                    "chunks_total": len(chunks),
-                    "frames_total": frames_total,
-                    "video_info": json.dumps(video_info),
-                    "fingerprints": fingerprints,
-                    "work_dir": work_dir,
+                    "state": PENDING,
+                    "frames": chunk.frames,
+                    "frames_done": 0,
+                    "attempts": 0,
+                    "plan": json.dumps(chunk.to_json()),
+                    "worker": "",
+                    "error": "",
                 },
             )
-            pipe.execute()
 
     def fail(self, job_id: str, reason: Reason, error: str, *, index: int | None = None) -> bool:
         """The job ends FAILED with its reason, and the chunk that gave up (if one did) with it;

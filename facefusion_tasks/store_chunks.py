@@ -26,6 +26,7 @@ from facefusion_tasks.store_keys import (
 )
 from facefusion_tasks.store_scripts import (
     CHUNK_ATTEMPT_ENDED,
+    CHUNK_CANCELLED,
     CHUNK_DELIVERED,
     CHUNK_DONE,
     CHUNK_RETRYING,
@@ -66,6 +67,7 @@ class ChunkRecords:
         self._chunk_delivered = client.register_script(CHUNK_DELIVERED)
         self._chunk_attempt_ended = client.register_script(CHUNK_ATTEMPT_ENDED)
         self._chunk_retrying = client.register_script(CHUNK_RETRYING)
+        self._chunk_cancelled = client.register_script(CHUNK_CANCELLED)
 
     def chunk_plan(self, job_id: str, index: int) -> Chunk:
         """The planned span of one chunk."""
@@ -151,9 +153,12 @@ class ChunkRecords:
         return Delivery(token, int(deliveries), int(finished), str(state), int(lost), int(stalled))
 
     def chunk_attempt_ended(self, job_id: str, index: int, token: str) -> None:
-        """The delivery with `token` ended in the task's own code (not a lost delivery)."""
-        self._chunk_attempt_ended(keys=[chunk_key(job_id, index)], args=[token])
-        self.r.zrem(RUNNING_KEY, running_member(job_id, index))
+        """The delivery with `token` ended in the task's own code (not a lost delivery); the
+        chunk leaves the running index unless a later delivery has it."""
+        self._chunk_attempt_ended(
+            keys=[chunk_key(job_id, index), RUNNING_KEY],
+            args=[token, running_member(job_id, index)],
+        )
 
     def chunk_failed(self, job_id: str, index: int, error: str) -> None:
         """The chunk gave up (after its retries, or on bad input); see fail()."""
@@ -184,8 +189,9 @@ class ChunkRecords:
         )
 
     def chunk_cancelled(self, job_id: str, index: int) -> None:
-        """The chunk stopped because its job ended (cancel, or another chunk failed it)."""
-        self._update_chunk(job_id, index, {"state": CANCELLED})
+        """The chunk stopped because its job ended (cancel, or another chunk failed it):
+        CANCELLED, unless the job has been reopened since (see CHUNK_CANCELLED)."""
+        self._chunk_cancelled(keys=[job_key(job_id), chunk_key(job_id, index)])
 
     def chunk_done(self, job_id: str, index: int, frames: int) -> bool:
         """Mark a chunk done; True for exactly one caller: the one that completed the set.

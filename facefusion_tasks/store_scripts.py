@@ -81,6 +81,10 @@ if not job_state or job_state == 'SUCCEEDED' or job_state == 'FAILED' or job_sta
   end
   return 0
 end
+if redis.call('HGET', KEYS[2], 'state') == 'DONE' then
+  -- Another delivery finished it meanwhile: the retry, when it comes, is skipped.
+  return 0
+end
 redis.call('HSET', KEYS[2], 'state', 'PENDING')
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return 1
@@ -157,16 +161,41 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """
 
-#: KEYS: chunk. ARGV: token (the delivery's). An attempt that ended in the task's own code
-#: (success, failure, retry) is not a lost delivery; once per token, whatever the order of the
-#: calls (a retry ends its attempt before it is sent, and again in the task's `finally`).
+#: KEYS: chunk, running set. ARGV: token (the delivery's), member. An attempt that ended in the
+#: task's own code (success, failure, retry) is not a lost delivery; once per token, whatever
+#: the order of the calls (a retry ends its attempt before it is sent, and again in the task's
+#: `finally`). The chunk leaves the running index only while this delivery is its latest: the
+#: entry is the chunk's, not the delivery's, and an older attempt ending after a newer one
+#: started (its retry taken at once, or given back by the sweep and woken) took the newer
+#: one's entry with it, hiding it from the sweep if it hung.
 CHUNK_ATTEMPT_ENDED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
   return 0
 end
 if redis.call('HDEL', KEYS[1], 'open:' .. ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'finished', 1)
 end
+if redis.call('HGET', KEYS[1], 'delivery_token') == ARGV[1] then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+#: KEYS: job, chunk. A chunk that stopped because its job ended ends CANCELLED, only while the
+#: job is FAILED or CANCELLED (and the chunk neither DONE nor FAILED): an attempt that stopped
+#: for a job `retry` has reopened since must not cancel the chunk its successor runs (the sweep
+#: passes over CANCELLED chunks, so a hang of that successor went unseen).
+CHUNK_CANCELLED = """
+local job_state = redis.call('HGET', KEYS[1], 'state')
+if job_state ~= 'FAILED' and job_state ~= 'CANCELLED' then
+  return 0
+end
+local state = redis.call('HGET', KEYS[2], 'state')
+if not state or state == 'DONE' or state == 'FAILED' then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'state', 'CANCELLED')
 return 1
 """
 

@@ -249,6 +249,45 @@ def test_frames_the_container_gives_no_times_are_the_users_file(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_symlink_put_at_the_output_after_submit_is_replaced_not_written_through(
+    fleet: Cluster, root: Path
+) -> None:
+    # The worker located the output again, following the link: the job wrote its result over
+    # its own target (or over another job's input), and said SUCCEEDED.
+    victim = root / "victim.mp4"
+    victim.write_bytes((root / "tiny.mp4").read_bytes())
+    before = victim.read_bytes()
+    output = root / "out" / "linked.mp4"
+    producer = fleet.producer()
+    job_id = producer.submit(root / "source.png", victim, output)
+    output.symlink_to(victim)
+    fleet.start_worker("w1")
+    status = producer.wait(job_id, timeout=90)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert victim.read_bytes() == before  # the target is as it was
+    assert not output.is_symlink() and video_times(output) == video_times(victim)
+
+
+def test_an_input_swapped_for_a_symlink_out_of_the_roots_is_the_users_path_not_the_fleets(
+    fleet: Cluster, root: Path, tmp_path: Path
+) -> None:
+    # Refused, rightly, but as reason worker_config ("every worker needs the producer's
+    # FACEFUSION_STORAGE_ROOTS"), exit 1, and retried first: the roots were the same.
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes((root / "tiny.mp4").read_bytes())
+    target = root / "swapped-later.mp4"
+    target.write_bytes(outside.read_bytes())
+    producer = fleet.producer()
+    output = root / "out" / "swapped-later.mp4"
+    job_id = producer.submit(root / "source.png", target, output)
+    target.unlink()
+    target.symlink_to(outside)
+    fleet.start_worker("w1")
+    status = producer.wait(job_id, timeout=90)
+    assert (status.state, status.reason) == (FAILED, Reason.PATH.value), status.error
+    assert "leads outside the storage roots" in status.error and not output.exists()
+
+
 def test_a_missing_model_fails_the_job_without_retries(root: Path, tmp_path: Path) -> None:
     with cluster(root, tmp_path / "no-models") as fleet:
         fleet.start_worker("w1")

@@ -20,11 +20,14 @@ from facefusion_tasks.metrics import keys
 from facefusion_tasks.metrics.keys import InLine, messages_in_line
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import (
+    CANCELLED,
+    DONE,
     FAILED,
     LIVE_KEY,
     PENDING,
     PENDING_KEY,
     PLANNING,
+    QUEUED,
     RUNNING,
     RUNNING_KEY,
     STITCHING,
@@ -59,6 +62,7 @@ def _job(store: JobStore, chunks: int = 2) -> str:
         Chunk(index=i, start_pts=i * 10, end_pts=(i + 1) * 10, frames=10, span=None)
         for i in range(chunks)
     ]
+    store.set_state(job_id, PLANNING)  # as the planner does
     store.set_plan(job_id, plan, 10 * chunks, {})
     store.set_state(job_id, RUNNING)
     return job_id
@@ -552,3 +556,94 @@ def test_stamps_and_cutoffs_are_on_redis_clock_whatever_the_host_clock_says(
     )  # fmt: skip
     assert report.requeued_chunks == [] and sent.calls == []
     assert store.state(job_id) == RUNNING
+
+
+def test_an_older_attempt_ending_after_a_newer_one_started_leaves_it_to_the_sweep(
+    store: JobStore,
+) -> None:
+    # Attempt A retries after a passing error; an idle process takes the retry at once (B),
+    # then A's task unwinds and ends its attempt again in its `finally`. Its removal from the
+    # running index took B's entry: B hanging before its first frame was never given back.
+    settings = _settings()
+    job_id = _job(store, chunks=1)
+    first = store.chunk_delivered(job_id, 0, worker="a@h", pid=11, now=1000.0)
+    store.chunk_started(job_id, 0, "a@h")
+    store.chunk_attempt_ended(job_id, 0, first.token)  # tasks._settle, before the retry
+    store.chunk_retrying(job_id, 0, now=1001.0)
+    second = store.chunk_delivered(job_id, 0, worker="b@h", pid=12, now=1001.0)
+    store.chunk_attempt_ended(job_id, 0, first.token)  # A's `finally`, after B began
+    store.chunk_started(job_id, 0, "b@h")
+    sent = _Sent()
+    assert _sweep(store, settings, sent, 1020.0).requeued_chunks == [(job_id, 0)]
+    assert sent.calls == [("chunk", [job_id, 0], 5)]
+    # The latest attempt's own end still takes the chunk out.
+    third = store.chunk_delivered(job_id, 0, worker="c@h", pid=13, now=1021.0)
+    store.chunk_attempt_ended(job_id, 0, second.token)
+    assert store.r.zscore(RUNNING_KEY, f"{job_id}:0") is not None
+    store.chunk_attempt_ended(job_id, 0, third.token)
+    assert store.r.zscore(RUNNING_KEY, f"{job_id}:0") is None
+
+
+def test_an_attempt_stopping_for_a_job_retry_reopened_does_not_cancel_its_successor(
+    store: JobStore,
+) -> None:
+    # A runs chunk 0 when chunk 1 fails the job; `retry` reopens it and B takes chunk 0
+    # before A has unwound. A's "cancelled" marked B's chunk CANCELLED under a RUNNING job,
+    # and the sweep passes CANCELLED chunks by: B hanging was never seen.
+    settings = _settings()
+    job_id = _job(store, chunks=2)
+    store.chunk_delivered(job_id, 0, worker="a@h", pid=11, now=1000.0)
+    store.chunk_started(job_id, 0, "a@h")
+    store.fail(job_id, Reason.INTERNAL, "boom", index=1)
+    assert store.reopen(job_id, planned=True, from_states=(FAILED,))
+    for index in store.undone_chunks(job_id):
+        store.reset_chunk(job_id, index)
+    store.chunk_delivered(job_id, 0, worker="b@h", pid=12, now=1005.0)
+    assert store.chunk_started(job_id, 0, "b@h")
+    store.chunk_cancelled(job_id, 0)  # A, stopping for the FAILED it saw
+    assert store.status(job_id).chunks[0]["state"] == RUNNING  # type: ignore[union-attr]
+    sent = _Sent()
+    assert _sweep(store, settings, sent, 1020.0).requeued_chunks == [(job_id, 0)]
+    # Under a job that did end, a stopping chunk still ends CANCELLED.
+    assert store.cancel(job_id)[0]
+    store.chunk_cancelled(job_id, 0)
+    assert store.status(job_id).chunks[0]["state"] == CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_planner_that_wakes_after_another_planned_the_job_writes_nothing(
+    store: JobStore,
+) -> None:
+    # The sweep sent the plan again while planner A was frozen past stall_seconds; B planned
+    # the job and chunk 0 finished. A woke: its plan reset chunk 0 to PENDING and emptied the
+    # done set, so no stitch was ever sent, and its "ended meanwhile" branch gave the RUNNING
+    # job's records and output claim their retention TTL.
+    job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    plan = [Chunk(i, i * 10, (i + 1) * 10, 10, None) for i in range(2)]
+    assert store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING))  # A, then frozen
+    assert store.set_state(job_id, PLANNING, only_from=(QUEUED, PLANNING))  # B
+    assert store.set_plan(job_id, plan, 20, {})
+    assert store.set_state(job_id, RUNNING, only_from=(PLANNING,))
+    delivery = store.chunk_delivered(job_id, 0, worker="w@h", pid=11)
+    store.chunk_started(job_id, 0, "w@h")
+    store.chunk_done(job_id, 0, 10)
+    store.chunk_attempt_ended(job_id, 0, delivery.token)
+    assert store.set_plan(job_id, plan, 20, {}) is False  # A
+    assert store.status(job_id).chunks[0]["state"] == DONE  # type: ignore[union-attr]
+    assert store.r.ttl(f"facefusion:job:{job_id}") == -1
+    store.chunk_delivered(job_id, 1, worker="w@h", pid=11)
+    store.chunk_started(job_id, 1, "w@h")
+    assert store.chunk_done(job_id, 1, 10)  # the last: its stitch is sent
+
+
+def test_a_retrying_attempt_leaves_a_chunk_another_delivery_finished_done(
+    store: JobStore,
+) -> None:
+    # A, given back by the sweep and woken, meets a passing error after B finished the chunk:
+    # its retry set the DONE chunk back to PENDING (status said undone, and it ran again).
+    job_id = _job(store, chunks=2)
+    store.chunk_delivered(job_id, 0, worker="a@h", pid=11, now=1000.0)
+    store.chunk_delivered(job_id, 0, worker="b@h", pid=12, now=1020.0)
+    store.chunk_done(job_id, 0, 10)
+    store.chunk_retrying(job_id, 0, now=1030.0)  # A
+    assert store.status(job_id).chunks[0]["state"] == DONE  # type: ignore[union-attr]
+    assert store.r.zscore(PENDING_KEY, f"{job_id}:0") is None

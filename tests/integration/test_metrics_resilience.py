@@ -26,7 +26,7 @@ from facefusion_tasks.metrics.queues import (
     heartbeat,
     read_liveness,
 )
-from facefusion_tasks.store import JobStore
+from facefusion_tasks.store import PLANNING, JobStore
 from tests.cluster import free_port
 from tests.integration.test_metrics_exporter import (
     fetch,
@@ -152,6 +152,7 @@ def test_stalled_work_and_workers_per_queue_are_gauged(broker: redis.Redis, redi
     store = JobStore(broker)
     job = store.create({})
     plan = [Chunk(index=i, start_pts=i, end_pts=i + 1, frames=1, span=None) for i in range(2)]
+    store.set_state(job, PLANNING)  # as the planner does
     store.set_plan(job, plan, 2, {})
     store.chunk_delivered(job, 0, worker="w@h", pid=1, now=1000.0)
     store.chunk_heartbeat(job, 1, 5, now=1095.0)
@@ -181,6 +182,7 @@ def test_a_chunk_whose_message_is_nowhere_in_the_gpu_queue_counts_its_job_stalle
 ) -> None:
     store = JobStore(broker)
     job = store.create({})
+    store.set_state(job, PLANNING)  # as the planner does
     store.set_plan(job, [Chunk(index=0, start_pts=0, end_pts=1, frames=1, span=None)], 1, {})
     store.set_state(job, "RUNNING")
     broker.zadd(PENDING_KEY, {f"{job}:0": 900.0})  # sent at 900, never taken

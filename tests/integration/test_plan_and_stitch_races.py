@@ -139,6 +139,7 @@ def test_a_chunk_that_finishes_after_a_cancel_stays_cancelled_and_expires(
     from facefusion_tasks.jobs import Chunk
 
     job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+    store.set_state(job_id, PLANNING)  # as the planner does
     store.set_plan(job_id, [Chunk(i, i, i + 1, 1, Fraction(1, 25)) for i in range(2)], 2, {})
     assert store.set_state(job_id, PLANNING) and store.set_state(job_id, RUNNING)
     assert store.cancel(job_id)[0]

@@ -15,7 +15,7 @@ from facefusion_tasks import cli, policy
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import CANCELLED, FAILED, SUCCEEDED, JobStore
+from facefusion_tasks.store import CANCELLED, FAILED, PLANNING, SUCCEEDED, JobStore
 
 
 @pytest.fixture()
@@ -42,9 +42,15 @@ def test_wait_exits_as_the_reason_says(
     assert "what went wrong" in capsys.readouterr().err
 
 
-def test_wait_exit_codes_for_success_and_cancel(broker: str, store: JobStore) -> None:
+def test_wait_exit_codes_for_success_and_cancel(
+    broker: str, store: JobStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["wait", _ended(store, SUCCEEDED, None), "--no-progress"]) == 0
-    assert cli.main(["wait", _ended(store, CANCELLED, Reason.CANCELLED), "--no-progress"]) == 1
+    assert capsys.readouterr().err == ""
+    cancelled = _ended(store, CANCELLED, Reason.CANCELLED)
+    assert cli.main(["wait", cancelled, "--no-progress"]) == 1
+    # Exit 1 with nothing on stderr left a script's log silent about why.
+    assert capsys.readouterr().err == f"facefusion-tasks: error: job {cancelled} was cancelled\n"
 
 
 def test_a_wait_that_runs_out_exits_124_and_takes_only_a_positive_timeout(
@@ -190,6 +196,8 @@ def test_settings_precedence_flag_over_environment_over_default() -> None:
         {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:99999/13"},  # an internal ValueError
         {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:abc/13"},
         {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/abc"},  # redis-py took database 0
+        # redis-py took database 3 for the job store, Celery's transport a TypeError (exit 1)
+        {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/14?db=3"},
     ],
 )
 def test_settings_refuse_nonsense_as_the_users_input(env: dict[str, str]) -> None:
@@ -348,6 +356,7 @@ def test_retry_says_what_it_did_when_no_chunk_runs_again(
     assert cli.main(["retry", unplanned]) == 0
     assert capsys.readouterr().out == f"{unplanned}: planning again\n"
     stitched = store.create({"output": "s.mp4"})
+    store.set_state(stitched, PLANNING)  # as the planner does
     store.set_plan(stitched, [Chunk(0, 0, 10, 10, Fraction(1, 2))], 10, {})
     where = segment(Settings.from_env(), stitched, 0, output="s.mp4")  # its segment is there
     assert isinstance(where, Path)

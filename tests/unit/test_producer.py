@@ -73,6 +73,7 @@ def _job(producer: Producer, state: str, *, chunks: int = 0) -> str:
     job_id = store.create({"source": "s.png", "target": "t.mp4", "output": _output()})
     if chunks:
         plan = [Chunk(i, i * 10, (i + 1) * 10, 10, Fraction(1, 2)) for i in range(chunks)]
+        store.set_state(job_id, PLANNING)  # as the planner does
         store.set_plan(job_id, plan, 10 * chunks, {})
     if state != QUEUED:
         store.set_state(job_id, state, reason=Reason.MEDIA if state == FAILED else None)
@@ -120,6 +121,26 @@ def test_retry_takes_back_a_job_stalled_in_planning(producer: Producer, redis_ur
     producer.store.r.zadd("facefusion:live", {job_id: time.time() - 61})
     assert producer.retry(job_id).action == "plan"
     assert producer.store.state(job_id) == QUEUED
+    assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [job_id])]
+
+
+def test_retry_of_a_job_stalled_queued_behind_a_long_light_queue_sends_no_second_plan(
+    producer: Producer, redis_url: str, tmp_path: Path
+) -> None:
+    # Its plan message still waits in line: a second one planned the job twice, and the
+    # second plan sent every chunk not yet taken again (each ran twice).
+    from tests.media import TINY, write_source_face
+
+    root = tmp_path  # the producer's storage root
+    source = write_source_face(root / "s.png")
+    job_id = producer.submit(source, make_sample_video(root / "t.mp4", **TINY), root / "o.mp4")
+    producer.store.r.hset(f"facefusion:job:{job_id}", "updated_at", time.time() - 61)
+    producer.store.r.zadd("facefusion:live", {job_id: time.time() - 61})
+    assert producer.retry(job_id).action == "waiting"
+    assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [job_id])]
+    # Lost from the line (a Redis restarted without its queue), it is sent again.
+    producer.store.r.delete(LIGHT_QUEUE, *[f"{LIGHT_QUEUE}\x06\x16{p}" for p in (3, 6, 9)])
+    assert producer.retry(job_id).action == "plan"
     assert _messages(redis_url, LIGHT_QUEUE) == [(TASK_PLAN, [job_id])]
 
 
@@ -544,3 +565,41 @@ def test_retry_and_cancel_look_for_segments_where_the_plan_recorded_them(
 
     with pytest.raises(WorkerConfigError, match="outside the storage roots"):
         for_job(producer.settings, {"work_dir": "/elsewhere/work"})
+
+
+def test_the_api_answers_misuse_with_one_clear_input_error(
+    producer: Producer, redis_url: str, tmp_path: Path
+) -> None:
+    # Each was a bare TypeError, ValueError or OverflowError (exit 1 on a CLI built on it), or
+    # worse: wait(timeout=nan) never returned, list(0) listed every job.
+    from decimal import Decimal
+
+    from tests.media import TINY, write_source_face
+
+    source = write_source_face(tmp_path / "s.png")
+    target = make_sample_video(tmp_path / "t.mp4", **TINY)
+    job_id = producer.submit(source, target, tmp_path / "o.mp4")
+    calls = [
+        lambda: producer.submit(5, target, tmp_path / "x.mp4"),  # type: ignore[arg-type]
+        lambda: producer.submit(str(source) + "\0", target, tmp_path / "x.mp4"),
+        lambda: producer.submit(source, target, tmp_path / "x.mp4", chunk_seconds=Decimal("sNaN")),
+        lambda: producer.submit(source, target, tmp_path / "x.mp4", chunk_seconds=10**400),
+        lambda: producer.status(123),  # type: ignore[arg-type]
+        lambda: producer.status(job_id.encode()),  # type: ignore[arg-type]
+        lambda: producer.cancel(None),  # type: ignore[arg-type]
+        lambda: producer.retry([job_id]),  # type: ignore[arg-type]
+        lambda: producer.wait(job_id, timeout=float("nan")),
+        lambda: producer.wait(job_id, timeout="3"),  # type: ignore[arg-type]
+        lambda: producer.wait(job_id, poll=-1),
+        lambda: producer.list(0),
+        lambda: producer.list(-3),
+        lambda: producer.list("5"),  # type: ignore[arg-type]
+        lambda: producer.list(2.5),  # type: ignore[arg-type]
+        lambda: Producer(Settings(broker_url=redis_url, reference_distance=float("nan"))),
+        lambda: Producer(Settings(broker_url=redis_url, face_selector="bogus")),
+    ]
+    for number, call in enumerate(calls):
+        with pytest.raises(InputError) as caught:
+            call()
+        assert "\n" not in str(caught.value), number
+    assert producer.status(job_id).state == QUEUED  # none of it touched the good job

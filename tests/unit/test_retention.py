@@ -12,7 +12,7 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.liveness import sweep_work_dirs
 from facefusion_tasks.reasons import Reason
-from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED, JobStore
+from facefusion_tasks.store import FAILED, PLANNING, RUNNING, SUCCEEDED, JobStore
 
 TTL = 3600
 
@@ -26,6 +26,7 @@ def _planned(store: JobStore, chunks: int = 2) -> tuple[JobStore, str]:
     store = JobStore(store.r, record_ttl=TTL)
     job_id = store.create({"source": "s.png", "target": "t.mp4", "output": _output()})
     plan = [Chunk(i, i * 10, (i + 1) * 10, 10, Fraction(1, 2)) for i in range(chunks)]
+    store.set_state(job_id, PLANNING)  # as the planner does
     store.set_plan(job_id, plan, 10 * chunks, {})
     assert store.set_state(job_id, RUNNING)
     store.chunk_done(job_id, 0, 10)

@@ -38,6 +38,7 @@ def _output() -> str:
 def _planned(store: JobStore, chunks: int = 3) -> str:
     job_id = store.create({"source": "s.png", "target": "t.mp4", "output": _output()})
     plan = [Chunk(i, i * 10, (i + 1) * 10, 10, Fraction(1, 2)) for i in range(chunks)]
+    store.set_state(job_id, PLANNING)  # as the planner does
     store.set_plan(job_id, plan, 10 * chunks, {})
     assert store.set_state(job_id, RUNNING)
     return job_id
