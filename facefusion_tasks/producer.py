@@ -27,7 +27,7 @@ from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.jobids import check_job_id
 from facefusion_tasks.jobs import check_chunking, job_options
-from facefusion_tasks.metrics.keys import messages_in_line, waits_in, withdraw
+from facefusion_tasks.metrics.keys import messages_in_line, waits_in
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import locate
 from facefusion_tasks.store import (
@@ -264,7 +264,7 @@ class Producer:
         if cancelled and (not idle or self._close(job_id)):
             # Its chunks still in line leave it now, not when a worker comes to skip each
             # (they held the backlog up, and with it the autoscaler).
-            withdraw(self.store.r, GPU_QUEUE, TASK_CHUNK, job_id)
+            self.store.withdraw_chunks(job_id)
         return cancelled
 
     def _close(self, job_id: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,14 @@ from redis.retry import Retry
 from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.jobids import new_job_id
 from facefusion_tasks.jobs import Chunk
-from facefusion_tasks.metrics.keys import LIVE_KEY, PENDING_KEY, RUNNING_KEY, as_text
+from facefusion_tasks.metrics.keys import (
+    LIVE_KEY,
+    PENDING_KEY,
+    RUNNING_KEY,
+    as_text,
+    waiting_messages,
+)
+from facefusion_tasks.queue_names import GPU_QUEUE, TASK_CHUNK
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store_chunks import ChunkRecords, Delivery
 from facefusion_tasks.store_keys import (
@@ -46,8 +54,11 @@ from facefusion_tasks.store_scripts import (
     CLAIM_METERING,
     JOB_FIELD_IN_STATE,
     WAITING_CHUNKS_ENDED,
+    WITHDRAW_MESSAGES,
 )
 from facefusion_tasks.store_sweep import StallIndex
+
+log = logging.getLogger(__name__)
 
 # The names callers take from here: states and keys live in store_keys, chunk writes in
 # store_chunks, the sweep's indexes in store_sweep, the status view in store_records.
@@ -89,6 +100,7 @@ class JobStore(ChunkRecords, StallIndex):
         self._claim_metering = client.register_script(CLAIM_METERING)
         self._waiting_chunks_ended = client.register_script(WAITING_CHUNKS_ENDED)
         self._job_field_in_state = client.register_script(JOB_FIELD_IN_STATE)
+        self._withdraw_messages = client.register_script(WITHDRAW_MESSAGES)
 
     def create(self, fields: dict[str, Any]) -> str:
         """Record a new job (state QUEUED); returns its id. The job claims its `output` and
@@ -220,6 +232,21 @@ class JobStore(ChunkRecords, StallIndex):
                     if broken > 3:
                         raise
                     time.sleep(0.5 * broken)
+
+    def withdraw_chunks(self, job_id: str) -> int:
+        """Take a FAILED or CANCELLED job's chunk messages still waiting out of the gpu queue
+        (they would only be skipped, after holding the backlog, and the autoscaler, up until a
+        worker came to them); how many went. Best effort: on a Redis error they stay, to be
+        skipped as before."""
+        try:
+            found = waiting_messages(self.r, GPU_QUEUE, TASK_CHUNK, job_id)
+            if not found:
+                return 0
+            lines, texts = zip(*found, strict=True)
+            return int(self._withdraw_messages(keys=[job_key(job_id), *lines], args=list(texts)))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("job %s: its waiting chunks could not be withdrawn: %s", job_id, exc)
+            return 0
 
     def claim_metering(self, job_id: str) -> bool:
         """True exactly once per job end: whoever sets the flag counts the outcome (also when

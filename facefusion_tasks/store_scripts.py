@@ -182,6 +182,23 @@ end
 return 1
 """
 
+#: KEYS: job, then each message's line. ARGV: the messages' exact texts, one per line key. A
+#: job's chunk messages still waiting leave their lines only while the job is FAILED or
+#: CANCELLED, checked in the same step: a `retry` reopens the job before it sends anything, so
+#: what it sends is never withdrawn. LREM of the exact text: one a worker popped meanwhile is
+#: not found (that worker skips it).
+WITHDRAW_MESSAGES = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'FAILED' and state ~= 'CANCELLED' then
+  return 0
+end
+local removed = 0
+for i = 2, #KEYS do
+  removed = removed + redis.call('LREM', KEYS[i], 1, ARGV[i - 1])
+end
+return removed
+"""
+
 #: KEYS: job, chunk. A chunk that stopped because its job ended ends CANCELLED, only while the
 #: job is FAILED or CANCELLED (and the chunk neither DONE nor FAILED): an attempt that stopped
 #: for a job `retry` has reopened since must not cancel the chunk its successor runs (the sweep

@@ -29,7 +29,6 @@ from facefusion_tasks.app import (
 )
 from facefusion_tasks.config import Settings
 from facefusion_tasks.fleet_clock import fleet_now
-from facefusion_tasks.metrics.keys import withdraw
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import (
     CANCELLED,
@@ -251,7 +250,7 @@ def _meter_job_end(job_id: str) -> None:
             finished_at=float(job.get("finished_at") or job.get("updated_at") or 0),
         )  # fmt: skip
         if state != SUCCEEDED:
-            withdraw(store.r, GPU_QUEUE, TASK_CHUNK, job_id)
+            store.withdraw_chunks(job_id)
 
 
 def _timed_chunk(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:

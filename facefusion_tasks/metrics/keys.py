@@ -9,14 +9,11 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
-
-log = logging.getLogger(__name__)
 
 # kombu's Redis transport (read in kombu/transport/redis.py): a queue is a LIST, LPUSH adds at
 # the head and consumers pop from the tail (so the tail is the next to run); a message with
@@ -115,37 +112,29 @@ def held_messages(
     return held
 
 
-def withdraw(client: redis.Redis, queue: str, task: str, job_id: str) -> int:
-    """Remove the `task` messages of job `job_id` (their first argument) still waiting in
-    `queue`, every priority line; returns how many went. Each goes by LREM of its exact text,
-    so one a worker pops meanwhile is simply not found (that worker skips it). Lines holding
-    more than LINE_LIMIT messages in all are left alone: reading them would cost more than
-    the skips it saves. Messages workers already hold are not touched. Best effort: on a Redis
-    error what was not withdrawn stays, to be skipped when a worker comes to it."""
-    try:
-        return _withdraw(client, priority_keys(queue), task, job_id)
-    except (redis.RedisError, OSError) as exc:
-        log.warning("job %s: its %s messages could not be withdrawn: %s", job_id, queue, exc)
-        return 0
-
-
-def _withdraw(client: redis.Redis, keys: list[str], task: str, job_id: str) -> int:
+def waiting_messages(
+    client: redis.Redis, queue: str, task: str, first_arg: str
+) -> list[tuple[str, str]]:
+    """(line, exact message text) of every `task` message whose first argument is
+    `first_arg` (a job's chunks) waiting in `queue`, every priority line; [] when the lines
+    hold more than LINE_LIMIT messages in all (reading them would cost more than the skips a
+    withdrawal saves). Messages workers already hold are not in any line."""
+    keys = priority_keys(queue)
     pipe = client.pipeline(transaction=True)
     for key in keys:
         pipe.llen(key)
     if sum(int(n or 0) for n in pipe.execute()) > LINE_LIMIT:
-        return 0
+        return []
     pipe = client.pipeline(transaction=True)
     for key in keys:
         pipe.lrange(key, 0, -1)
-    lines = pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    for key, line in zip(keys, lines, strict=True):
+    found = []
+    for key, line in zip(keys, pipe.execute(), strict=True):
         for raw in line:
             message = _json(raw)
-            if _task_name(message) == task and _task_args(message)[:1] == (job_id,):
-                pipe.lrem(key, 1, raw)
-    return sum(int(n) for n in pipe.execute())
+            if _task_name(message) == task and _task_args(message)[:1] == (first_arg,):
+                found.append((key, as_text(raw)))
+    return found
 
 
 def acknowledge(client: redis.Redis, tags: Sequence[str]) -> None:

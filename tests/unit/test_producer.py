@@ -603,3 +603,22 @@ def test_the_api_answers_misuse_with_one_clear_input_error(
             call()
         assert "\n" not in str(caught.value), number
     assert producer.status(job_id).state == QUEUED  # none of it touched the good job
+
+
+def test_only_an_ended_jobs_waiting_chunks_are_withdrawn_never_what_a_retry_sent(
+    producer: Producer, redis_url: str
+) -> None:
+    job_id = _job(producer, RUNNING, chunks=3)
+    other = _job(producer, RUNNING, chunks=1)
+    for index in range(3):
+        producer._send(TASK_CHUNK, [job_id, index], priority=index * 4)  # three priority lines
+    producer._send(TASK_CHUNK, [other, 0], priority=5)
+    assert producer.store.withdraw_chunks(job_id) == 0  # still running: nothing goes
+    assert producer.store.fail(job_id, Reason.MEDIA, "bad frame", index=0)
+    assert producer.store.withdraw_chunks(job_id) == 3
+    assert _messages(redis_url, GPU_QUEUE) == [(TASK_CHUNK, [other, 0])]
+    # A retry reopens the job before it sends: the withdrawal a worker counting the failed
+    # end makes at that moment takes none of what the retry sent.
+    assert producer.retry(job_id).chunks == [0, 1, 2]
+    assert producer.store.withdraw_chunks(job_id) == 0
+    assert len(_messages(redis_url, GPU_QUEUE)) == 4
