@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from facefusion_tasks import __version__
 from facefusion_tasks.config import AUTO_CPU_THREADS, FLAG_SETTINGS, Settings
+from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.policy import one_line
 
 #: What `--help` says the command is.
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=_int_in(0, 65535), default=None,
         help="0 = no exporter (default: FACEFUSION_METRICS_PORT, else 9808)",
     )  # fmt: skip
-    worker.add_argument("--metrics-dir", type=Path, default=None)
+    worker.add_argument("--metrics-dir", type=multiproc.directory_name, default=None)
     worker.add_argument("--name", default="", help="prefix for the Celery node names")
     _settings_flags(worker)
 

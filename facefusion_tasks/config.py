@@ -226,6 +226,9 @@ class Settings:
         # chunk length against its floor) never blame one setting for another's value.
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                # Settings built in code: a TypeError in the comparisons below.
+                raise InputError(f"{ENV_PREFIX}{name.upper()} must be a number, not {value!r}")
             if not (math.isfinite(value) and low <= value <= high):
                 bound = (
                     f"at least {low:g}" if value < low

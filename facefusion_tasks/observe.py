@@ -94,11 +94,26 @@ def _disable(problem: str) -> None:
         _health.disabled = problem
     # Loud and once: the process goes on working, only its metrics are gone.
     log.error("metrics disabled in process %d, work goes on: %s", os.getpid(), problem)
+    _unstamp()
     for hook in _health.on_disable:
         try:
             hook(problem)
         except Exception as exc:  # the hook reports; it must not fail the caller
             log.warning("could not report disabled metrics: %s", exc)
+
+
+def _unstamp() -> None:
+    """Best effort, as metrics go: this process's progress stamps to +Inf (idle). Frozen at
+    their last value, they made the exporter age them for the process's whole life, and the
+    ChunkProgressStopped alert page for a process that only stopped writing metrics. Its
+    values already have their place in the mapped files, so this writes no new page."""
+    if _definitions is None:
+        return
+    try:
+        for queue in _definitions.QUEUES:
+            _definitions.worker_progress_monotonic.labels(queue=queue).set(math.inf)
+    except Exception as exc:  # the storage that failed may fail this too
+        log.warning("could not clear this process's progress stamps: %s", exc)
 
 
 def _multiproc_dir() -> Path | None:

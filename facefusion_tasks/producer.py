@@ -67,6 +67,11 @@ class Retried:
 WAIT_RECONNECT_SECONDS = 60.0
 
 
+def _seconds(value: object) -> bool:
+    """Whether an API caller's value is a number of seconds (not a bool, not NaN)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
 class Producer:
     """Talks to Redis (job records) and Celery (task messages); never loads a model."""
 
@@ -207,9 +212,9 @@ class Producer:
         goes away once the job was seen (a restart, a failover) is waited out for
         WAIT_RECONNECT_SECONDS: the job goes on meanwhile, and a script must not read a blip
         as its failure (exit 69)."""
-        if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
+        if timeout is not None and not (_seconds(timeout) and timeout >= 0):
             raise InputError(f"wait: timeout must be a number of seconds ≥ 0, not {timeout!r}")
-        if not (isinstance(poll, int | float) and 0 < poll <= 3600):
+        if not (_seconds(poll) and 0 < poll <= 3600):
             raise InputError(f"wait: poll must be a number of seconds in (0, 3600], not {poll!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         lost_since: float | None = None

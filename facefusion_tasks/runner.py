@@ -93,16 +93,21 @@ def job_file(value: str, settings: Settings, *, what: str, output: bool = False)
     """A job file, located as the producer located it when it accepted the job. Outside this
     worker's roots or buckets it is the worker's configuration that differs, not the user's
     input: WorkerConfigError, retried so that a worker configured right may take it. Unless
-    the path the producer recorded lies inside this worker's roots and only leads out of
-    them now: a symlink put on the way after the job was accepted, the user's doing."""
+    the file the producer recorded, inside this worker's roots, is itself a symlink out of
+    them now: one put in its place after the job was accepted, the user's doing. (A directory
+    on its way that leads out is more likely this host's own layout, a mount elsewhere.)"""
     try:
         return locate(value, settings, what=what, output=output)
     except Unconfined as exc:
-        recorded = Path(value) if not value.startswith(objects.SCHEME) else None
-        if recorded is not None and any(recorded.is_relative_to(r) for r in settings.roots()):
+        recorded = None if value.startswith(objects.SCHEME) else Path(value)
+        if (
+            recorded is not None
+            and recorded.is_symlink()
+            and any(recorded.is_relative_to(root) for root in settings.roots())
+        ):
             raise InputError(
-                f"{value}: the {what} now leads outside the storage roots (a symlink put on its "
-                "path after the job was accepted)",
+                f"{value}: the {what} is now a symlink leading outside the storage roots (put "
+                "in its place after the job was accepted)",
                 reason=Reason.PATH,
             ) from None
         raise WorkerConfigError(

@@ -60,6 +60,9 @@ from facefusion_tasks.store_sweep import StallIndex
 
 log = logging.getLogger(__name__)
 
+#: Messages one withdrawal script takes out at most (each LREM scans its line from the tail).
+_WITHDRAW_BATCH = 200
+
 # The names callers take from here: states and keys live in store_keys, chunk writes in
 # store_chunks, the sweep's indexes in store_sweep, the status view in store_records.
 __all__ = [
@@ -238,12 +241,16 @@ class JobStore(ChunkRecords, StallIndex):
         (they would only be skipped, after holding the backlog, and the autoscaler, up until a
         worker came to them); how many went. Best effort: on a Redis error they stay, to be
         skipped as before."""
+        token, removed = new_token(), 0
         try:
             found = waiting_messages(self.r, GPU_QUEUE, TASK_CHUNK, job_id)
-            if not found:
-                return 0
-            lines, texts = zip(*found, strict=True)
-            return int(self._withdraw_messages(keys=[job_key(job_id), *lines], args=list(texts)))
+            # In batches, so no one script holds Redis long.
+            for start in range(0, len(found), _WITHDRAW_BATCH):
+                lines, texts = zip(*found[start : start + _WITHDRAW_BATCH], strict=True)
+                removed += int(
+                    self._withdraw_messages(keys=[job_key(job_id), *lines], args=[token, *texts])
+                )
+            return removed
         except (redis.RedisError, OSError) as exc:
             log.warning("job %s: its waiting chunks could not be withdrawn: %s", job_id, exc)
             return 0
@@ -291,7 +298,7 @@ class JobStore(ChunkRecords, StallIndex):
                         pipe.persist(record)  # running again: kept until it ends anew
                     now = fleet_now(self.r)
                     pipe.hset(key, mapping=fields | {"updated_at": now})
-                    pipe.hdel(key, "metered", "stitch_token", "recoveries")
+                    pipe.hdel(key, "metered", "withdrawn", "stitch_token", "recoveries")
                     if planned:
                         pipe.zrem(LIVE_KEY, job_id)
                     else:

@@ -182,19 +182,27 @@ end
 return 1
 """
 
-#: KEYS: job, then each message's line. ARGV: the messages' exact texts, one per line key. A
-#: job's chunk messages still waiting leave their lines only while the job is FAILED or
-#: CANCELLED, checked in the same step: a `retry` reopens the job before it sends anything, so
-#: what it sends is never withdrawn. LREM of the exact text: one a worker popped meanwhile is
-#: not found (that worker skips it).
+#: KEYS: job, then each message's line. ARGV: the caller's token, then the messages' exact
+#: texts, one per line key. A job's chunk messages still waiting leave their lines only while
+#: the job is FAILED or CANCELLED, checked in the same step: a `retry` reopens the job before
+#: it sends anything, so what it sends is never withdrawn. Once per job end: the first caller's
+#: token claims it (the canceller and the worker counting the end both try; `reopen` clears
+#: it), and its batches go on under that token. LREM from the tail, where a job's older
+#: messages sit (LPUSH adds at the head): from the head, a text another caller had already
+#: taken cost a scan of the whole line, Redis blocked meanwhile. One a worker popped is not
+#: found (that worker skips it).
 WITHDRAW_MESSAGES = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'FAILED' and state ~= 'CANCELLED' then
   return 0
 end
+redis.call('HSETNX', KEYS[1], 'withdrawn', ARGV[1])
+if redis.call('HGET', KEYS[1], 'withdrawn') ~= ARGV[1] then
+  return 0
+end
 local removed = 0
 for i = 2, #KEYS do
-  removed = removed + redis.call('LREM', KEYS[i], 1, ARGV[i - 1])
+  removed = removed + redis.call('LREM', KEYS[i], -1, ARGV[i])
 end
 return removed
 """

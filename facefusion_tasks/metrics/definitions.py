@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from facefusion_tasks import __version__
@@ -158,6 +160,10 @@ worker_progress_monotonic = Gauge(
     ["queue"],
     multiprocess_mode="livemin",
 )
+for _queue in QUEUES:
+    # +Inf from the start: a process that reused a dead one's pid (and so its files) would show
+    # that one's last stamp, an old one, as if it had hung.
+    worker_progress_monotonic.labels(queue=_queue).set(math.inf)
 worker_processes = Gauge(
     "facefusion_worker_processes",
     "Live worker processes (each sets 1 at start); busy / processes = utilisation.",

@@ -91,10 +91,11 @@ class _ProgressAges:
                 kept.append(metric)
                 continue
             for sample in metric.samples:
-                # +Inf: no live process is busy with the queue. A stamp ahead of now cannot be
-                # (one clock), but reads as 0 rather than a negative age.
+                # +Inf: no live process is busy with the queue. 0: a value prometheus_client
+                # created before its first write (no stamp; the clock is far past 0). A stamp
+                # ahead of now cannot be (one clock), but reads as 0 rather than negative.
                 stamp = sample.value
-                age = max(now - stamp, 0.0) if math.isfinite(stamp) else 0.0
+                age = max(now - stamp, 0.0) if math.isfinite(stamp) and stamp > 0 else 0.0
                 ages.add_metric([sample.labels.get("queue", "")], age)
         return [*kept, ages]
 
@@ -337,7 +338,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--multiproc-dir",
-        type=Path,
+        type=multiproc.directory_name,
         default=multiproc.default_dir(),
         help="the workers' multiprocess directory (default FACEFUSION_METRICS_DIR)",
     )

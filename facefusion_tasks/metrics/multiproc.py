@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -27,10 +28,6 @@ PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_PREFIX = "pid_"
 LOCK_SUFFIX = ".lock"
 
-#: Suffixes `prepare(wipe=True)` removes: prometheus_client's files, ours, and leftovers of an
-#: interrupted compaction. Anything else in the directory is left alone (it may be misconfigured
-#: to point at a shared folder).
-_WIPE_SUFFIXES = (".db", ".lock", ".stage", ".journal", ".new", ".tmp", ".corrupt")
 
 #: How long a starting process waits for its own pid lock (normally free at once).
 LOCK_WAIT_SECONDS = 1.0
@@ -49,6 +46,18 @@ class MetricsModeError(RuntimeError):
 
 class DirectoryInUse(RuntimeError):
     """Another live launcher owns the metrics directory; the message names its pid."""
+
+
+def directory_name(raw: str) -> Path:
+    """A metrics directory named on a command line (argparse type); an empty name (an unset
+    variable in a script) is refused: it read as the current directory, which was wiped."""
+    import argparse
+
+    if not raw.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty name is not a directory (it would be the current one)"
+        )
+    return Path(raw)
 
 
 def default_dir() -> Path:
@@ -153,10 +162,20 @@ def _check_not_imported_elsewhere(directory: Path, *, wipe: bool) -> None:
         raise MetricsModeError("wipe=True after prometheus_client was imported would lose data")
 
 
+#: What `prepare(wipe=True)` removes: the names prometheus_client, the compactor (leftovers of
+#: an interrupted compaction too) and the liveness locks give their files. Anything else is left
+#: alone: the directory may be misconfigured to point at a shared folder (any *.db went, so the
+#: current directory, named by mistake, lost its own databases).
+_OURS = re.compile(
+    r"(?:(?:counter|histogram|summary|gauge(?:_[a-z]+)?)_(?:\d+|archive)\.db"
+    r"(?:\.(?:stage|journal|new|tmp|corrupt))*|pid_\d+\.lock)"
+)
+
+
 def _wipe(directory: Path) -> None:
     removed = 0
     for entry in os.scandir(directory):
-        if entry.is_file(follow_symlinks=False) and entry.name.endswith(_WIPE_SUFFIXES):
+        if entry.is_file(follow_symlinks=False) and _OURS.fullmatch(entry.name):
             Path(entry.path).unlink(missing_ok=True)
             removed += 1
     log.info("metrics directory %s wiped (%d files)", directory, removed)

@@ -139,7 +139,7 @@ def _scale_from_zero_test(rules: list[dict[str, Any]]) -> dict[str, Any]:
             key: text.replace("{{ $labels.queue }}", queue)
             for key, text in rule["annotations"].items()
         }
-        labels = {"severity": "critical", "queue": queue}
+        labels = {"severity": "critical", "queue": queue} | rule.get("labels", {})
         return {"exp_labels": labels, "exp_annotations": annotations}
 
     series = {"backlog": "facefusion_queue_backlog", "workers": "facefusion_queue_workers"}

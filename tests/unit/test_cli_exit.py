@@ -225,6 +225,7 @@ def test_booleans_read_as_written_and_a_password_never_shows(
         ["--loglevel", "bogus"],
         ["--metrics-port", "99999"],
         ["--metrics-port", "-5"],
+        ["--metrics-dir", ""],  # the current directory, whose *.db files the launcher wiped
     ],
 )
 def test_bad_worker_flags_are_a_usage_error_before_anything_starts(

@@ -266,9 +266,18 @@ def test_prepare_refuses_a_second_directory_and_a_late_wipe(tmp_path: Path) -> N
 
 
 def test_wipe_removes_metric_files_and_nothing_else(tmp_path: Path) -> None:
-    for name in ("counter_1.db", "histogram_archive.db", "pid_1.lock", "counter_2.db.stage"):
+    ours = (
+        "counter_1.db", "histogram_archive.db", "pid_1.lock", "counter_2.db.stage",
+        "gauge_livemin_7.db", "gauge_all_archive.db.new", "counter_archive.db.journal.tmp",
+        "histogram_3.db.stage.corrupt",
+    )  # fmt: skip
+    for name in ours:
         (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "notes.txt").write_text("keep me")
+    # Anything else stays: any *.db, *.lock or *.tmp went (a directory named by mistake, the
+    # current one with `--metrics-dir ""`, lost its own databases).
+    theirs = ("notes.txt", "app.db", "cache.sqlite.db", "run.lock", "upload.tmp", "pid_x.lock")
+    for name in theirs:
+        (tmp_path / name).write_text("keep me")
     result = run_python(
         f"""
         from pathlib import Path
@@ -277,10 +286,11 @@ def test_wipe_removes_metric_files_and_nothing_else(tmp_path: Path) -> None:
         """
     )
     assert result.returncode == 0, result.stderr
-    remaining = sorted(p.name for p in tmp_path.iterdir())
+    remaining = {p.name for p in tmp_path.iterdir()} - set(theirs)
     # Only the new process's own lock comes back.
-    assert remaining[0] == "notes.txt" and len(remaining) == 2
-    assert remaining[1].startswith("pid_") and remaining[1].endswith(".lock")
+    assert all((tmp_path / name).read_text() == "keep me" for name in theirs)
+    (lock,) = remaining
+    assert lock.startswith("pid_") and lock.endswith(".lock")
 
 
 def test_default_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

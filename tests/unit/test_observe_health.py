@@ -119,3 +119,32 @@ def test_a_failing_metric_write_disables_metrics_instead_of_failing_the_caller()
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("metrics disabled") == 1
+
+
+def test_a_busy_process_whose_metrics_are_disabled_stops_showing_as_hung(tmp_path: Path) -> None:
+    # Its progress stamp froze at its last value, and the exporter aged it for the process's
+    # whole life: ChunkProgressStopped paged for a process that only stopped writing metrics.
+    result = run(
+        f"""
+        from pathlib import Path
+        from facefusion_tasks.metrics import multiproc
+        multiproc.prepare(Path({str(tmp_path)!r}), wipe=True)
+        from facefusion_tasks import observe
+        observe.configure(min_free_bytes=1)
+        observe.busy(True, "gpu")
+        observe.batch({{"detect": 0.1}}, frames=8, faces=2, seconds=0.4)
+        observe.configure(min_free_bytes=1 << 62)
+        observe.check_storage()
+        assert observe.metrics_disabled(), "not disabled"
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    stamps = {
+        s.labels["queue"]: s.value
+        for m in MultiProcessCollector.merge([str(p) for p in tmp_path.glob("*.db")])
+        for s in m.samples
+        if s.name == "facefusion_worker_progress_monotonic_seconds"
+    }
+    assert stamps == {"gpu": float("inf"), "light": float("inf")}
