@@ -281,27 +281,29 @@ def audio_codec_args(
     source_codecs: Sequence[str | None],
     *,
     trim: float = 0.0,
+    end: float | None = None,
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
     """For each audio stream of the source, in order: copied when the container takes its
     codec, else transcoded (Opus for WebM, AAC elsewhere). No stream is dropped for not
     fitting. One set of options for all streams when they agree, else one per stream.
     `trim` seconds dropped at the start (extras_trim) take a filter: every stream is then
-    transcoded. `version` is ffmpeg's (what a copy into Matroska needs differs)."""
+    transcoded. A transcoded stream ends at `end` seconds (the picture's end) by a filter too.
+    `version` is ffmpeg's (what a copy into Matroska needs differs)."""
     if trim > 0:
-        return _audio_transcode_args(muxer, "", trim=trim)
+        return _audio_transcode_args(muxer, "", trim=trim, end=end)
     copied = [audio_is_copied(muxer, codec) for codec in source_codecs] or [False]
     if all(copied):
         return _audio_copy_args(muxer, "", version)
     if not any(copied):
-        return _audio_transcode_args(muxer, "")
+        return _audio_transcode_args(muxer, "", end=end)
     args: list[str] = []
     for index, copy in enumerate(copied):
         stream = f":{index}"
         args += (
             _audio_copy_args(muxer, stream, version)
             if copy
-            else _audio_transcode_args(muxer, stream)
+            else _audio_transcode_args(muxer, stream, end=end)
         )
     return args
 
@@ -345,6 +347,19 @@ def extras_trim(skip: float, container: str = "") -> float:
     return skip if skip > 0 and container in NO_SEEK_CONTAINERS else 0.0
 
 
+#: Containers ffmpeg flags as having timestamp discontinuities (AVFMT_TS_DISCONT: MPEG-TS, and
+#: MPEG-PS/VOB as "mpeg"). For them the ffmpeg CLI moves an input's start to the earliest of
+#: the streams it *uses*: the extras input uses no video, so sound that starts after the
+#: picture was moved to 0, ahead of it (0.79 s early in the probe that found it).
+TS_DISCONT_CONTAINERS = frozenset({"mpegts", "mpeg"})
+
+#: What keeps that move off, on both of ffmpeg's versions of it: up to 5.x it happens only when
+#: the input's offset is exactly minus its start, which a 1 µs -itsoffset breaks (1 µs rounds
+#: away in any audio or 90 kHz tick); from 6.0 it takes the earliest stream not discarded, and
+#: the video, kept (demuxed, never decoded), is the earliest the output cares about.
+_KEEP_START = {"itsoffset": "0.000001", "discard:v": "none"}
+
+
 def extras_window(skip: float, length: float | None, container: str = "") -> dict[str, str]:
     """Input options that read a source's audio and subtitles from `skip` seconds after its
     start (its first video frame, where the output starts: what comes before would play ahead
@@ -352,7 +367,9 @@ def extras_window(skip: float, length: float | None, container: str = "") -> dic
     In a `container` whose seek cannot be trusted, from its start for `skip` + `length`
     seconds, and extras_trim() says what the filters drop."""
     trim = extras_trim(skip, container)
-    window = {"ss": seconds(skip)} if skip > 0 and not trim else {}
+    window = dict(_KEEP_START) if container in TS_DISCONT_CONTAINERS else {}
+    if skip > 0 and not trim:
+        window["ss"] = seconds(skip)
     if length is not None:
         window["t"] = seconds(length + trim)
     return window
@@ -375,9 +392,11 @@ def subtitle_args(muxer: str, source_codecs: Sequence[str], *, source: int = 1) 
     return maps + [arg for k, (_, how) in enumerate(plan) for arg in (f"-c:s:{k}", how)]
 
 
-def _audio_transcode_args(muxer: str, stream: str, *, trim: float = 0.0) -> list[str]:
+def _audio_transcode_args(
+    muxer: str, stream: str, *, trim: float = 0.0, end: float | None = None
+) -> list[str]:
     """Transcode options for the audio streams `stream` selects ("" = all, ":1" = the second),
-    `trim` seconds dropped at their start."""
+    `trim` seconds dropped at their start, cut at `end` seconds on the picture's clock."""
     encoder = audio_encoder(muxer)
     args = [f"-c:a{stream}", encoder, f"-b:a{stream}", "192k"]
     filters = []
@@ -385,6 +404,11 @@ def _audio_transcode_args(muxer: str, stream: str, *, trim: float = 0.0) -> list
         # Shifted by the trim, not to the first sample kept: sound that starts after the
         # picture keeps its offset.
         filters.append(f"atrim=start={seconds(trim)},asetpts=PTS-{seconds(trim)}/TB")
+    if end is not None:
+        # The input's -t, once decoded, is counted from the stream's own first sample: sound
+        # that starts 1.3 s after the picture ran 1.3 s past its last frame. (A copied stream
+        # is cut on the file's clock, at the picture's end.)
+        filters.append(f"atrim=end={seconds(end)}")
     if encoder == "libopus":
         # libopus refuses layouts outside its Vorbis mapping (2.1, 4.0, 7.1(wide), …);
         # aformat lets ffmpeg remix those to the nearest one it takes.
@@ -466,8 +490,9 @@ def encode_argv(
         options += ["-movflags", "+faststart"]
     if audio_source is not None and audio_codecs:
         options += audio_codec_args(
-            muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container), version=version
-        )
+            muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container),
+            end=audio_seconds, version=version,
+        )  # fmt: skip
     if audio_source is not None:
         options += extras_subtitle_args(muxer, subtitle_codecs, audio_skip, audio_container)
     # -y: the writer's temp file already exists (created race-free before ffmpeg starts).

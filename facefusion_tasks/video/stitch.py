@@ -82,7 +82,11 @@ def stitch_argv(
         argv += ["-map", "1:a?"]
         if audio_codecs:
             argv += audio_codec_args(
-                muxer, audio_codecs, trim=extras_trim(audio_skip, audio_container), version=version
+                muxer,
+                audio_codecs,
+                trim=extras_trim(audio_skip, audio_container),
+                end=audio_seconds,
+                version=version,
             )
         argv += extras_subtitle_args(muxer, subtitle_codecs, audio_skip, audio_container)
     if muxer in MOV_FAMILY:

@@ -13,16 +13,19 @@ from fractions import Fraction
 from pathlib import Path
 
 import cv2
+import imageio_ffmpeg
 import numpy as np
 import pytest
 
 from facefusion_tasks.faces.synthetic import background, bundled_photo
 from facefusion_tasks.video.samples import make_photo_video, make_sample_video
 from tests.media import (
+    WITH_BEEPS,
     audio_duration,
     beep_onsets,
     decode_frames,
     decoded_audio_seconds,
+    ffprobe_json,
     streams,
     video_length,
     video_times,
@@ -517,3 +520,46 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _late_sound(path: Path, offset: float, *args: str) -> Path:
+    """testsrc2 320x240, 25 fps, 4 s, with WITH_BEEPS starting `offset` s after the picture."""
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=4",
+         "-itsoffset", str(offset), "-f", "lavfi", "-i", f"{WITH_BEEPS}:d=6",
+         "-map", "0:v", "-map", "1:a", "-c:v", "libx264", *args, str(path)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("ffmpeg", ["ffmpeg", imageio_ffmpeg.get_ffmpeg_exe()])
+def test_sound_that_starts_after_the_picture_keeps_its_offset_and_ends_with_it(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path, ffmpeg: str
+) -> None:
+    # MPEG-TS and PS: the ffmpeg CLI moved an input's start to its earliest stream in use, and
+    # the sound input used no video: the sound came out 0.79 s early (Debian's 5.1, 9.0 too).
+    # Transcoded (PCM): the input's -t counted from the sound's first sample, and the file
+    # played 1.3 s of sound past its last frame.
+    env = {"FACEFUSION_FFMPEG": ffmpeg}
+    cases = [
+        (_late_sound(tmp_path / "late.ts", 0.8, "-c:a", "aac"), "out-ts.mkv"),
+        (
+            _late_sound(
+                tmp_path / "late.vob", 0.8, "-c:v", "mpeg2video", "-c:a", "mp2", "-f", "vob"
+            ),
+            "out-ps.mp4",
+        ),  # fmt: skip
+        (_late_sound(tmp_path / "late.mov", 1.3, "-c:a", "pcm_s16le"), "out-pcm.mp4"),
+    ]
+    for target, name in cases:
+        out = tmp_path / name
+        proc = run_cli("swap", media["source"], target, "-o", out, models=models_dir, env=env)
+        assert proc.returncode == 0, (target, proc.stderr)
+        assert len(video_times(out)) == 100
+        within = [t for t in beep_onsets(target) if t < 3.9]  # the picture's 4 s
+        assert beep_onsets(out) == pytest.approx(within, abs=0.03), target
+        duration = float(
+            ffprobe_json(out, "-show_entries", "format=duration")["format"]["duration"]
+        )
+        assert duration == pytest.approx(4.0, abs=0.05), (target, duration)

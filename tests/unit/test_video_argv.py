@@ -179,10 +179,12 @@ def test_an_flv_source_is_read_from_its_start_and_its_sound_trimmed_by_a_filter(
     assert encoded("flv")[audio_input - 3 : audio_input] == ["-t", "4.521000", "-i"]
     assert "-ss" not in encoded("flv")
     assert option(encoded("flv"), "-c:a") == "aac"  # every stream: a filter cannot copy
-    # Shifted by the trim: sound that starts after the picture keeps its offset.
-    assert option(encoded("flv"), "-af") == "atrim=start=0.021000,asetpts=PTS-0.021000/TB"
+    # Shifted by the trim: sound that starts after the picture keeps its offset; it ends with
+    # the picture.
+    shifted = "atrim=start=0.021000,asetpts=PTS-0.021000/TB,atrim=end=4.500000"
+    assert option(encoded("flv"), "-af") == shifted
     webm = option(encoded("flv", "webm"), "-af")
-    assert webm.startswith("atrim=start=0.021000,asetpts=PTS-0.021000/TB,aformat=channel_layouts=")
+    assert webm.startswith(shifted + ",aformat=channel_layouts=")
     # Elsewhere the input seek drops what comes before the picture, and AAC is copied.
     audio_input = encoded("mov,mp4,m4a,3gp,3g2,mj2").index("/v/in")
     window = encoded("mov,mp4,m4a,3gp,3g2,mj2")[audio_input - 5 : audio_input]
@@ -414,3 +416,22 @@ def test_packets_in_a_framecrc_listing() -> None:
     assert packets.last_frame() == Fraction(48, 100)
     assert packets.length(Fraction(25)) == pytest.approx(1.88)
     assert read_packets("#tb 0: 1/100\n").last_frame() == 0
+
+
+def test_transcoded_sound_ends_with_the_picture_and_ts_sound_keeps_its_start() -> None:
+    # The input's -t, once decoded, counts from the stream's own first sample: sound starting
+    # 1.3 s after the picture ran 1.3 s past its end. And the ffmpeg CLI moved an MPEG-TS/PS
+    # input's start to its earliest *used* stream: later sound came out 0.79 s early.
+    def encoded(container: str, codec: str = "pcm_s16le") -> list[str]:
+        return encode_argv("o.mp4", width=64, height=64, time_base=Fraction(1, 25),
+                           audio_source="/v/in", audio_codecs=(codec,), audio_seconds=4.0,
+                           audio_container=container)  # fmt: skip
+
+    assert option(encoded("mov,mp4,m4a,3gp,3g2,mj2"), "-af") == "atrim=end=4.000000"
+    assert "-af" not in encoded("mov,mp4,m4a,3gp,3g2,mj2", "aac")  # copied: cut on its clock
+    for container in ("mpegts", "mpeg"):
+        argv = encoded(container, "aac")
+        options = argv[argv.index("pipe:0") + 1 : argv.index("/v/in")]  # the audio input's
+        pairs = set(zip(options, options[1:], strict=False))
+        assert {("-itsoffset", "0.000001"), ("-discard:v", "none"), ("-t", "4.000000")} <= pairs
+    assert "-itsoffset" not in encoded("matroska,webm")
