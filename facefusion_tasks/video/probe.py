@@ -96,6 +96,12 @@ class VideoInfo:
         subtitles), so a writer or stitch reads it as a second input."""
         return bool(self.audio_codecs or self.subtitle_codecs)
 
+    @property
+    def picture_decoders(self) -> frozenset[str]:
+        """The names ffmpeg's messages give this file's video decoder: a writer or stitch
+        that reads only its other streams judges none of them (process.StderrLog)."""
+        return frozenset({self.video_codec} if self.video_codec else ())
+
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form, so a job probes its video once and every chunk reuses the result."""
         data = dataclasses.asdict(self)

@@ -42,12 +42,25 @@ def level_of(line: str) -> str | None:
     return match.group(2) if match else None
 
 
-class StderrLog:
-    """The last lines of one ffmpeg's stderr, and its error lines, both bounded."""
+def context_of(line: str) -> str:
+    """The name of the component a level-prefixed line comes from ("h264" for "[h264 @ 0x…]
+    [error] …"); "" for ffmpeg's own lines."""
+    match = LEVEL_PREFIX.match(line)
+    return match.group(1)[1:].split(" @ ", 1)[0] if match and match.group(1) else ""
 
-    def __init__(self, limit: int = TAIL_LINES) -> None:
+
+class StderrLog:
+    """The last lines of one ffmpeg's stderr, and its error lines, both bounded. Error lines
+    from the components named in `quiet` are kept in the tail but are no errors: a writer that
+    reads only a source's sound still has its video decoded while the input is probed, and a
+    damaged first frame there (a recording cut mid-GOP: "no frame!") failed the whole encode,
+    exit 1, where the same source without sound went through (its picture is read elsewhere,
+    and its damage judged there)."""
+
+    def __init__(self, limit: int = TAIL_LINES, *, quiet: frozenset[str] = frozenset()) -> None:
         self.tail: collections.deque[str] = collections.deque(maxlen=limit)
         self.errors: collections.deque[str] = collections.deque(maxlen=limit)
+        self.quiet = quiet
         #: Set once any line reported a full disk (kept even when the line scrolls away).
         self.no_space = False
 
@@ -55,7 +68,7 @@ class StderrLog:
         """Record one line (a URL's signature removed: ffmpeg names its input in errors)."""
         line = redact(line)
         self.tail.append(line)
-        if level_of(line) in ERROR_LEVELS:
+        if level_of(line) in ERROR_LEVELS and context_of(line) not in self.quiet:
             self.errors.append(strip_level(line))
         if NO_SPACE_TEXT in line.lower():
             self.no_space = True
@@ -125,9 +138,10 @@ class Process:
         name: str,
         on_line: Callable[[str], bool] | None = None,
         on_end: Callable[[], None] | None = None,
+        quiet: frozenset[str] = frozenset(),
     ) -> None:
         self.argv = argv
-        self.log = StderrLog()
+        self.log = StderrLog(quiet=quiet)
         self._on_line = on_line
         self._on_end = on_end
         try:
@@ -194,9 +208,9 @@ class Completed:
     stdout: str
     stderr: str
 
-    def log(self) -> StderrLog:
-        """Its stderr as a StderrLog (error lines picked out)."""
-        return StderrLog().feed(self.stderr)
+    def log(self, *, quiet: frozenset[str] = frozenset()) -> StderrLog:
+        """Its stderr as a StderrLog (error lines picked out, but those of `quiet`)."""
+        return StderrLog(quiet=quiet).feed(self.stderr)
 
 
 def run(argv: list[str], *, timeout: float, what: str) -> Completed:

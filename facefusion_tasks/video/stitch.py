@@ -140,7 +140,7 @@ def stitch_segments(
     )
     try:
         done = process.run(argv, timeout=timeout, what=f"stitching {output.name}")
-        log = done.log()
+        log = done.log(quiet=audio_source.picture_decoders if extras else frozenset())
         failure = log.failure(f"stitching {output.name}", done.returncode)
         if failure is not None:
             # Damage in the source's audio shows first here: chunks copy no audio.

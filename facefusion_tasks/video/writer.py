@@ -211,8 +211,9 @@ class FrameWriter:
             )
             log.debug("encoding: %s", redact(" ".join(argv)))
             self._ffmpeg = process.Process(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="ffmpeg-encode"
-            )
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, name="ffmpeg-encode",
+                quiet=audio.picture_decoders if audio else frozenset(),
+            )  # fmt: skip
         except BaseException:
             staging.remove(self.temp)
             raise

@@ -563,3 +563,25 @@ def test_sound_that_starts_after_the_picture_keeps_its_offset_and_ends_with_it(
             ffprobe_json(out, "-show_entries", "format=duration")["format"]["duration"]
         )
         assert duration == pytest.approx(4.0, abs=0.05), (target, duration)
+
+
+def test_damage_in_the_first_frames_is_judged_alike_with_sound_or_without(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # The writer reads a source's sound as a second input, whose video ffmpeg decodes while it
+    # probes it: a damaged first frame there ("no frame!" of a recording cut mid-GOP, "error
+    # while decoding MB") failed the encode, exit 1, where the same file without sound went
+    # through (its picture is read, and its damage judged, by the reader).
+    whole = tmp_path / "whole.ts"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=4", "-f",
+         "lavfi", "-i", "sine=d=4", "-c:v", "libx264", "-g", "50", "-c:a", "mp2", str(whole)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    cut = tmp_path / "cut-mid-gop.ts"  # as a DVB or IPTV recording starts
+    cut.write_bytes(whole.read_bytes()[188 * 300 :])
+    out = tmp_path / "out.mp4"
+    proc = run_cli("swap", media["source"], cut, "-o", out, models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    kinds = [s["codec_type"] for s in streams(out)]
+    assert kinds == ["video", "audio"] and len(video_times(out)) >= 40
