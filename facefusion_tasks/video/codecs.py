@@ -173,6 +173,15 @@ def check_quality(encoder: str, quality: int) -> None:
         )
 
 
+#: The widest or tallest frame the encoders take: x264 and libvpx refused 16400x16 once
+#: ffmpeg had started (exit 1, after the models loaded and a frame went through).
+MAX_ENCODED_SIDE = 16384
+#: Muxers that keep time in milliseconds (Matroska's default TimestampScale): frames closer
+#: than that share a timestamp (a 1200 fps clip came out with 20 of 120 repeated, which this
+#: tool's own reader then refuses).
+MILLISECOND_MUXERS = frozenset({"matroska", "webm"})
+
+
 def check_encoder(
     requested: str,
     muxer: str,
@@ -181,8 +190,22 @@ def check_encoder(
     height: int | None = None,
     frame_rate: Fraction | None = None,
 ) -> None:
-    """InputError (reason config, one line) for an encoder this container, frame size or rate
-    cannot take: checked before any model loads or anything is enqueued."""
+    """InputError (one line) for an encoder this container, frame size or rate cannot take:
+    checked before any model loads or anything is enqueued. Reason config for the encoder
+    chosen; too_large for a frame no encoder here takes; bad_output for a container whose
+    clock cannot tell this video's frames apart."""
+    if width and height and max(width, height) > MAX_ENCODED_SIDE:
+        raise InputError(
+            f"frames of {width}x{height} are too large to encode: the video encoders take at "
+            f"most {MAX_ENCODED_SIDE} pixels a side",
+            reason=Reason.TOO_LARGE,
+        )
+    if muxer in MILLISECOND_MUXERS and frame_rate and frame_rate > 1000:
+        raise InputError(
+            f"a {muxer} file keeps time in milliseconds, too coarse for this video's "
+            f"{float(frame_rate):g} fps (frames would share a timestamp); write .mp4 or .mov",
+            reason=Reason.BAD_OUTPUT,
+        )
     refusal = encoder_refusal(requested, muxer, width=width, height=height, frame_rate=frame_rate)
     if refusal is not None:
         raise InputError(refusal, reason=Reason.CONFIG)

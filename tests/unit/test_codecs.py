@@ -136,3 +136,19 @@ def test_webm_is_an_accepted_output_type(tmp_path: Path) -> None:
     check_output(tmp_path / "out.webm", target)
     with pytest.raises(InputError, match="unsupported output type"):
         check_output(tmp_path / "out.avi", target)
+
+
+def test_frames_no_encoder_takes_and_rates_a_container_cannot_time_are_refused_up_front() -> None:
+    # Each failed once ffmpeg had started (16400x16: exit 1 after the models loaded), or wrote
+    # a file this tool's own reader refuses (1200 fps in Matroska: 20 of 120 frames shared a
+    # millisecond timestamp).
+    with pytest.raises(InputError, match="at most 16384 pixels a side") as wide:
+        check_encoder("", "mp4", width=16400, height=16, frame_rate=Fraction(25))
+    assert wide.value.reason is Reason.TOO_LARGE
+    check_encoder("", "mp4", width=16384, height=16, frame_rate=Fraction(25))
+    for muxer in ("matroska", "webm"):
+        with pytest.raises(InputError, match="milliseconds") as fine:
+            check_encoder("", muxer, width=320, height=240, frame_rate=Fraction(1200))
+        assert fine.value.reason is Reason.BAD_OUTPUT
+        check_encoder("", muxer, width=320, height=240, frame_rate=Fraction(1000))
+    check_encoder("", "mp4", width=320, height=240, frame_rate=Fraction(1200))
