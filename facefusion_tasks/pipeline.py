@@ -60,8 +60,8 @@ class SwapJob:
     #: video): anything else fails before the file is committed. None = not known.
     frames: int | None = None
     #: Give the last frame the source's own length (a GIF's long last delay) where the
-    #: output runs to the source's end. Off for chunk segments: the stitch's stream copy
-    #: gives an mp4 segment's last frame one step of its own, whatever the segment said.
+    #: output runs to the source's end. Off for chunk segments: the stitch sets the joined
+    #: video's last frame itself (stitch._last_frame_args), whatever the segment said.
     own_last_frame: bool = True
 
 

@@ -21,9 +21,11 @@ from facefusion_tasks.video.argv import (
     muxer_for,
     plain_input_args,
 )
+from facefusion_tasks.video.codecs import MILLISECOND_MUXERS
 from facefusion_tasks.video.damage import extras_damage
 from facefusion_tasks.video.probe import VideoInfo
 from facefusion_tasks.video.staging import StagedOutput
+from facefusion_tasks.video.writer import last_frame_length
 
 _MICROS = 1_000_000
 
@@ -61,13 +63,15 @@ def stitch_argv(
     audio_container: str = "",
     subtitle_codecs: Sequence[str] = (),
     field_order: str = "",
+    last_frame: Fraction = Fraction(0),
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
 ) -> list[str]:
     """ffmpeg argv: concat demuxer → stream copy of the video, plus every audio stream of the
     source (each copied when the container takes it) and the subtitle streams the container can
     carry, limited to the video's length. An interlaced video's field order is restated: the
-    mp4 segments do not store it, and ffmpeg's parser guesses."""
+    mp4 segments do not store it, and ffmpeg's parser guesses. The last frame lasts
+    `last_frame` seconds (0: as the copy has it): see _last_frame_args."""
     argv = [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", "-f", "concat", "-safe", "0", "-i", str(concat_file)]
     if audio_source is not None:
         for option, value in extras_window(audio_skip, audio_seconds, audio_container).items():
@@ -76,6 +80,7 @@ def stitch_argv(
         # the one URL a worker signed for its object).
         argv += [*plain_input_args(audio_source), "-i", str(audio_source)]
     argv += ["-map", "0:v:0", "-c:v", "copy"]
+    argv += _last_frame_args(muxer, time_base, last_frame)
     if field_order:
         argv += ["-field_order", field_order]
     if audio_source is not None:
@@ -92,6 +97,24 @@ def stitch_argv(
     if muxer in MOV_FAMILY:
         argv += ["-video_track_timescale", str(time_base.denominator), "-movflags", "+faststart"]
     return [*argv, "-f", muxer, str(destination)]
+
+
+def _last_frame_args(muxer: str, time_base: Fraction, last_frame: Fraction) -> list[str]:
+    """Give every copied packet `last_frame` seconds, in ticks of the stream the muxer writes
+    (Matroska's 1 ms; an mp4/mov track's own timescale, the source's time base): only the last
+    frame keeps it (every other one lasts until the next one's timestamp). ffmpeg 5.1 reads no
+    packet durations from our mp4 segments and guessed one step of the first segment's rate:
+    a clip that opens at 10 fps and ends at 30 came out with a 0.1 s last frame (into .mkv, a
+    failed job). pts and dts are said outright: 5.1's setts left to its defaults broke them."""
+    ticks = (
+        1000 if muxer in MILLISECOND_MUXERS
+        else time_base.denominator if muxer in MOV_FAMILY
+        else 0
+    )  # fmt: skip
+    length = round(last_frame * ticks)
+    if length <= 0:
+        return []
+    return ["-bsf:v", f"setts=pts=PTS:dts=DTS:duration={length}"]
 
 
 def stitch_segments(
@@ -116,10 +139,12 @@ def stitch_segments(
     exe = ffbin.ffmpeg_exe(settings.ffmpeg)
     version = ffbin.ffmpeg_version(exe)  # asked before the temp exists: nothing to leave
     muxer = muxer_for(output)
-    # The last segment has no planned span (it runs to the end): its own length counts.
+    # The last segment has no planned span (it runs to the end): its frames count, and its
+    # last one lasts what a local swap gives it, the source's own (writer.last_frame_length).
     last = process.count_video(segments[-1][0], ffmpeg=exe)
-    duration = sum((span or Fraction(0) for _, span in segments[:-1]), Fraction(0))
-    duration += last.duration
+    final = last_frame_length(audio_source.last_frame, audio_source.frame_rate)
+    span = sum((gap or Fraction(0) for _, gap in segments[:-1]), Fraction(0)) + last.span
+    duration = span + final if final > 0 else span + last.duration - last.span
     list_file = segments[0][0].parent / "concat.ffconcat"
     list_file.write_text(concat_list(segments))
     temp = staging.create_temp(output)
@@ -135,6 +160,7 @@ def stitch_segments(
         audio_container=audio_source.container,
         subtitle_codecs=audio_source.subtitle_codecs,
         field_order=audio_source.field_order,
+        last_frame=final,
         ffmpeg=exe,
         version=version,
     )
@@ -146,13 +172,18 @@ def stitch_segments(
             # Damage in the source's audio shows first here: chunks copy no audio.
             raise extras_damage(list(log.errors), audio_source.path if extras else None) or failure
         frame = 1 / audio_source.frame_rate if audio_source.frame_rate else Fraction(1, 25)
+        # The span (first frame to last) is checked to a frame; the length only to the last
+        # frame's own: ffmpeg 5.1 reads no packet durations from an mp4 and shows the last
+        # one as a guess (one tick of a GIF's 1/100 s clock, where it plays 0.9 s).
+        tolerance = frame + Fraction(1, 1000)
         process.verify_video(
             temp,
             ffmpeg=exe,
             frames=frames,
             duration=duration,
-            tolerance=frame + Fraction(1, 1000),
+            tolerance=max(tolerance, final + Fraction(1, 1000)),
             what=f"stitched {output.name}",
+            span=(span, tolerance),
         )
     except BaseException:
         staging.remove(temp)

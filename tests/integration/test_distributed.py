@@ -164,16 +164,16 @@ def test_an_flv_whose_sound_starts_before_its_picture_is_stitched_with_all_of_it
 def test_a_slideshow_with_a_long_last_frame_is_stitched_frame_exact(
     fleet: Cluster, root: Path, suffix: str
 ) -> None:
-    # Frames shown 40 ms to 0.9 s, the last the longest. The stitch's stream copy gives the
-    # last segment's last frame one step of its own (the README says so), so its writer keeps
-    # to that rather than the GIF's 0.9 s, which failed the stitch's check of its length.
+    # Frames shown 40 ms to 0.9 s, the last the longest. The stitch's stream copy gave the
+    # last frame one step of a guessed rate (one tick of the GIF's clock with ffmpeg 5.1); it
+    # now keeps its own 0.9 s, as a local swap does.
     delays = [70, 230, 50, 310, 120, 90, 40, 200, 60, 150, 80, 260, 300, 140, 900]
     gif = write_gif(root / "slideshow.gif", delays)
     output = root / "out" / f"slideshow{suffix}"
     status = _swap_in_half_second_chunks(fleet, root, gif, output)
     assert status.chunks_total >= 3
     assert video_times(output) == video_times(gif)
-    assert video_length(output) > video_times(gif)[-1]  # the last frame is shown
+    assert video_length(output) == pytest.approx(sum(delays) / 1000, abs=0.002)
 
 
 def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root: Path) -> None:
@@ -606,3 +606,38 @@ def test_a_reference_face_limits_the_swap_to_that_person(fleet: Cluster, root: P
     ]
     assert max(left) < 4  # codec noise only: the other person was left alone
     assert min(right) > 8  # the reference person was swapped in every frame
+
+
+def _mixed_rate(root: Path, name: str) -> Path:
+    """2 s at 10 fps, then 30 fps to 5 s (110 frames), in a 1/90000 time base: a clip that
+    opens slower than it ends."""
+    target = root / name
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=5",
+         "-vf", "settb=1/90000,setpts='if(lt(N\\,20)\\,N*9000\\,180000+(N-20)*3000)'",
+         "-fps_mode", "passthrough", "-enc_time_base", "1/90000", "-video_track_timescale",
+         "90000", "-c:v", "libx264", "-frames:v", "110", str(target)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return target
+
+
+@pytest.mark.parametrize("suffix", ["mkv", "mp4"])
+def test_a_clip_that_opens_slower_than_it_ends_is_stitched_to_its_own_length(
+    fleet: Cluster, root: Path, suffix: str
+) -> None:
+    # The stitch's stream copy gave the last frame one step of the first segment's rate
+    # (0.1 s, not its own 1/30 s): into .mkv the job failed (reason media, exit 1), "lasts
+    # 5.061 s, expected 5.000 s"; into .mp4 it succeeded 0.067 s long.
+    target = _mixed_rate(root, f"mixed-{suffix}.mp4")
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / f"mixed.{suffix}"
+    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=1)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    times, source = video_times(output), video_times(target)
+    assert len(times) == len(source) == 110
+    assert all(abs(a - b) <= Fraction(1, 2000) for a, b in zip(times, source, strict=True))
+    # As a local swap has it: the source's own last frame (its packet's 0.047 s).
+    assert video_length(output) == pytest.approx(5.0134, abs=0.002)
