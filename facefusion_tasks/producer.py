@@ -258,9 +258,10 @@ class Producer:
     def cancel(self, job_id: str) -> bool:
         """Cancel; False when the job had already ended or is committing its output (a cancel
         never deletes a finished file). The job and its unfinished chunks become CANCELLED in
-        one transaction; pending chunks are skipped when they come up, running ones stop
-        within a watch interval, and the segments are removed by whoever sees the job idle and
-        cancelled: here when nothing is executing, else the last chunk to stop. No waiting."""
+        one transaction; chunk messages still in line are withdrawn (any a worker took is
+        skipped when it comes up), running ones stop within a watch interval, and the segments
+        are removed by whoever sees the job idle and cancelled: here when nothing is
+        executing, else the last chunk to stop. No waiting."""
         self.status(job_id)
         cancelled, idle = self.store.cancel(job_id)
         if cancelled and idle:

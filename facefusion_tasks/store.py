@@ -243,6 +243,8 @@ class JobStore(ChunkRecords, StallIndex):
         skipped as before."""
         token, removed = new_token(), 0
         try:
+            if self.r.hget(job_key(job_id), "withdrawn"):
+                return 0  # another caller withdrew them for this end: no need to read the lines
             found = waiting_messages(self.r, GPU_QUEUE, TASK_CHUNK, job_id)
             # In batches, so no one script holds Redis long.
             for start in range(0, len(found), _WITHDRAW_BATCH):
