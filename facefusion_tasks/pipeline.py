@@ -59,10 +59,6 @@ class SwapJob:
     #: Frames the output must hold (a chunk's planned span; the probed count of a whole
     #: video): anything else fails before the file is committed. None = not known.
     frames: int | None = None
-    #: Give the last frame the source's own length (a GIF's long last delay) where the
-    #: output runs to the source's end. Off for chunk segments: the stitch sets the joined
-    #: video's last frame itself (stitch._last_frame_args), whatever the segment said.
-    own_last_frame: bool = True
 
 
 @dataclass
@@ -250,7 +246,10 @@ def run_swap(
             colour=written_colour(info.colour, info.pix_fmt),
             sample_aspect=info.sample_aspect,
             field_order=written_field_order(info),
-            last_frame=info.last_frame if job.own_last_frame and job.end_pts is None else None,
+            # Where the output runs to the source's end (a local swap, a job's last chunk), its
+            # last frame keeps the source's own length (a GIF's long last delay); the stitch's
+            # copy keeps it from ffmpeg 6.0 on, and sets it again before (stitch.py).
+            last_frame=info.last_frame if job.end_pts is None else None,
         )
     except BaseException:
         # The decoder is already running: a writer that cannot start (a full disk, a refused

@@ -351,7 +351,6 @@ def _swap_chunk(
                 end_pts=chunk.end_pts,
                 audio=False,
                 frames=chunk.frames,
-                own_last_frame=False,
             ),
             loaded.engine,
             settings.replace(video_encoder=encoder),

@@ -80,7 +80,7 @@ def stitch_argv(
         # the one URL a worker signed for its object).
         argv += [*plain_input_args(audio_source), "-i", str(audio_source)]
     argv += ["-map", "0:v:0", "-c:v", "copy"]
-    argv += _last_frame_args(muxer, time_base, last_frame)
+    argv += _last_frame_args(muxer, time_base, last_frame, version)
     if field_order:
         argv += ["-field_order", field_order]
     if audio_source is not None:
@@ -99,13 +99,20 @@ def stitch_argv(
     return [*argv, "-f", muxer, str(destination)]
 
 
-def _last_frame_args(muxer: str, time_base: Fraction, last_frame: Fraction) -> list[str]:
-    """Give every copied packet `last_frame` seconds, in ticks of the stream the muxer writes
-    (Matroska's 1 ms; an mp4/mov track's own timescale, the source's time base): only the last
-    frame keeps it (every other one lasts until the next one's timestamp). ffmpeg 5.1 reads no
-    packet durations from our mp4 segments and guessed one step of the first segment's rate:
-    a clip that opens at 10 fps and ends at 30 came out with a 0.1 s last frame (into .mkv, a
-    failed job). pts and dts are said outright: 5.1's setts left to its defaults broke them."""
+def _last_frame_args(
+    muxer: str, time_base: Fraction, last_frame: Fraction, version: tuple[int, int]
+) -> list[str]:
+    """Before ffmpeg 6.0: give every copied packet `last_frame` seconds, in the ticks 5.1's
+    bitstream filter sees for this muxer (Matroska's 1 ms; an mp4/mov track's own timescale,
+    the source's time base, measured): the last frame keeps it (every other one lasts until
+    the next one's timestamp). 5.1 reads no packet durations from our mp4 segments and
+    guessed one step of the first segment's rate: a clip that opens at 10 fps and ends at 30
+    came out with a 0.1 s last frame (into .mkv, a failed job). pts and dts are said
+    outright: 5.1's setts left to its defaults broke them. From 6.0 nothing: it reads the last
+    segment's own durations (its writer gave its last frame the source's length), and its
+    filter ticks in the segments' time base, not the muxer's."""
+    if version >= (6, 0):
+        return []
     ticks = (
         1000 if muxer in MILLISECOND_MUXERS
         else time_base.denominator if muxer in MOV_FAMILY
