@@ -47,16 +47,23 @@ end
 return 0
 """
 
+#: The opening of a script that acts only on a job that ended FAILED or CANCELLED (KEYS[1]),
+#: checked in the same step as its writes: a `retry` may have reopened it since.
+_ONLY_ENDED = """
+local job_state = redis.call('HGET', KEYS[1], 'state')
+if job_state ~= 'FAILED' and job_state ~= 'CANCELLED' then
+  return 0
+end
+"""
+
 #: KEYS: job, then its chunks. The chunks of a job that ended FAILED (or CANCELLED while it
 #: was being planned) that no worker had started end CANCELLED, as a cancel leaves them:
 #: PENDING would say that something is still to come. Started ones stop by themselves (their
 #: watch sees the job end), or the sweep finds them silent. Nothing changes when a `retry` has
 #: reopened the job since.
-WAITING_CHUNKS_ENDED = """
-local job_state = redis.call('HGET', KEYS[1], 'state')
-if job_state ~= 'FAILED' and job_state ~= 'CANCELLED' then
-  return 0
-end
+WAITING_CHUNKS_ENDED = (
+    _ONLY_ENDED
+    + """
 local ended = 0
 for i = 2, #KEYS do
   if redis.call('HGET', KEYS[i], 'state') == 'PENDING' then
@@ -66,6 +73,7 @@ for i = 2, #KEYS do
 end
 return ended
 """
+)
 
 #: KEYS: job, chunk, pending set. ARGV: member, now. A chunk about to be sent again after a
 #: passing error waits PENDING for that message, unless its job ended meanwhile (checked in the
@@ -191,11 +199,9 @@ return 1
 #: messages sit (LPUSH adds at the head): from the head, a text another caller had already
 #: taken cost a scan of the whole line, Redis blocked meanwhile. One a worker popped is not
 #: found (that worker skips it).
-WITHDRAW_MESSAGES = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'FAILED' and state ~= 'CANCELLED' then
-  return 0
-end
+WITHDRAW_MESSAGES = (
+    _ONLY_ENDED
+    + """
 redis.call('HSETNX', KEYS[1], 'withdrawn', ARGV[1])
 if redis.call('HGET', KEYS[1], 'withdrawn') ~= ARGV[1] then
   return 0
@@ -206,16 +212,15 @@ for i = 2, #KEYS do
 end
 return removed
 """
+)
 
 #: KEYS: job, chunk. A chunk that stopped because its job ended ends CANCELLED, only while the
 #: job is FAILED or CANCELLED (and the chunk neither DONE nor FAILED): an attempt that stopped
 #: for a job `retry` has reopened since must not cancel the chunk its successor runs (the sweep
 #: passes over CANCELLED chunks, so a hang of that successor went unseen).
-CHUNK_CANCELLED = """
-local job_state = redis.call('HGET', KEYS[1], 'state')
-if job_state ~= 'FAILED' and job_state ~= 'CANCELLED' then
-  return 0
-end
+CHUNK_CANCELLED = (
+    _ONLY_ENDED
+    + """
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state or state == 'DONE' or state == 'FAILED' then
   return 0
@@ -223,6 +228,7 @@ end
 redis.call('HSET', KEYS[2], 'state', 'CANCELLED')
 return 1
 """
+)
 
 #: KEYS: chunk, running set, job, pending set. ARGV: member, cutoff, error, now. Takes a stale
 #: chunk (RUNNING, or still PENDING when it hung before its first frame, e.g. loading models)
