@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import multiprocessing as mp
 import platform
@@ -188,6 +189,7 @@ def _settings_facts(settings: Settings, loaded: LoadedModels) -> dict[str, Any]:
         "io_binding": settings.io_binding,
         "cpu_threads": pool_threads(settings.cpu_threads),
         "inference_threads": settings.inference_threads,
+        "paste": loaded.paste,
     }
 
 
@@ -274,6 +276,11 @@ def run_ceiling(
         source = _source_image(scratch)
         loaded = load_models(settings)
         loaded.engine.set_source(source)
+        # With the paste graph, the same engine pasting with OpenCV runs in the same rounds,
+        # so the graph's gain is a same-round ratio too.
+        cpu_paste = copy.copy(loaded.engine) if loaded.engine.paster is not None else None
+        if cpu_paste is not None:
+            cpu_paste.paster = None
         measures: dict[str, Callable[[], Run]] = {}
         for width, height, faces in cases:
             name = f"{height}p {faces} faces"
@@ -285,6 +292,8 @@ def run_ceiling(
             job = SwapJob((source,), clip, scratch / f"out-{height}p-{faces}.mp4")
             measures[f"{name}|transcode"] = _pipeline_run(job, PassthroughEngine(), settings, info)
             measures[f"{name}|ceiling"] = _pipeline_run(job, loaded.engine, settings, info)
+            if cpu_paste is not None:
+                measures[f"{name}|cpu_paste"] = _pipeline_run(job, cpu_paste, settings, info)
         rounds = interleave(measures, repeats=repeats)
         table: dict[str, Any] = {}
         for width, height, faces in cases:
@@ -302,6 +311,15 @@ def run_ceiling(
                 "cpu_per_frame": median_cpu([r[c] for r in rounds]),
                 "transcode_cpu_per_frame": median_cpu([r[t] for r in rounds]),
             }
+            if cpu_paste is not None:
+                p = f"{name}|cpu_paste"
+                table[name] |= {
+                    "cpu_paste_fps": spread([r[p].fps for r in rounds]),
+                    "cpu_paste_ratio": per_round(rounds, _ratio_of(t, p)),
+                    "cpu_paste_cpu_per_frame": median_cpu([r[p] for r in rounds]),
+                    # The graph's gain: ceiling fps ÷ the same pipeline's with OpenCV's paste.
+                    "paste_gain": per_round(rounds, _ratio_of(p, c)),
+                }
         return {
             "mode": "ceiling",
             "machine": _machine(),

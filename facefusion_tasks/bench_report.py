@@ -23,8 +23,9 @@ def render(report: dict[str, Any]) -> str:
     head = [
         ("machine", report["machine"]),
         ("models", report["models"]),
-        ("provider / precision / IO binding",
-         f"{report['provider']} / {report['precision']} / {report['io_binding']}"),
+        ("provider / precision / IO binding / paste",
+         f"{report['provider']} / {report['precision']} / {report['io_binding']} / "
+         f"{report.get('paste', 'cpu')}"),
         ("CPU pool threads / inference threads (0 = onnxruntime's default)",
          f"{report['cpu_threads']} / {report['inference_threads']}"),
         ("batch size / detector batched / swapper batched",
@@ -45,6 +46,18 @@ def render(report: dict[str, Any]) -> str:
                 f"{_fps(case['ceiling_fps'])} | {_ratio(case['ratio'])} | "
                 f"{_ratio(case['cpu_ratio'])} |"
             )
+        if any("paste_gain" in case for case in report["cases"].values()):
+            lines += [
+                "",
+                "| case | ceiling fps, OpenCV paste | its ÷ transcode fps | paste graph's gain, "
+                "ceiling fps ÷ OpenCV paste's (same round) |",
+                "|---|---:|---|---|",
+            ]
+            for name, case in report["cases"].items():
+                lines.append(
+                    f"| {name} | {_fps(case['cpu_paste_fps'])} | "
+                    f"{_ratio(case['cpu_paste_ratio'])} | {_ratio(case['paste_gain'])} |"
+                )
         lines += ["", "CPU ms per frame (median over rounds), ceiling runs:", ""]
         stages = sorted({k for c in report["cases"].values() for k in c["cpu_per_frame"]})
         lines.append("| stage | " + " | ".join(report["cases"]) + " |")

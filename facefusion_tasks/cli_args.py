@@ -95,6 +95,11 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--io-binding", action="store_const", const=True, default=None, help="bind model outputs"
     )
+    g.add_argument(
+        "--paste", choices=["auto", "cpu", "onnx"],
+        help="paste-back in OpenCV (cpu) or as a graph on the models' provider (onnx; auto: "
+        "onnx on CUDA)",
+    )  # fmt: skip
 
 
 def _job_flags(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,7 @@ SIGNED_URL_SECONDS = 6 * 3600
 FLAG_SETTINGS = (
     "models_dir", "execution_provider", "inference_threads", "batch_size", "face_selector",
     "reference_distance", "video_encoder", "video_quality", "hwaccel", "ffmpeg",
-    "cpu_threads", "detector_batch", "precision", "io_binding",
+    "cpu_threads", "detector_batch", "precision", "io_binding", "paste",
 )  # fmt: skip
 #: cpu_threads' "auto".
 AUTO_CPU_THREADS = -1
@@ -160,6 +160,11 @@ class Settings:
     #: Bind model outputs to buffers allocated once per shape (onnxruntime IO binding), so a
     #: call allocates no new output memory.
     io_binding: bool = False
+    #: auto | cpu | onnx: where paste-back runs. cpu = OpenCV in the per-frame pool; onnx = a
+    #: graph on the models' provider (the GPU of a CUDA worker: one trip of the frame to the
+    #: device and back instead of CPU work that grows with each face's area); auto = onnx
+    #: where the models run on CUDA, else cpu.
+    paste: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -253,6 +258,8 @@ class Settings:
             raise InputError(f"detector batch must be auto (0) or 1 to {MAX_BATCH}")
         if self.precision not in {"fp32", "fp16"}:
             raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
+        if self.paste not in {"auto", "cpu", "onnx"}:
+            raise InputError(f"unknown paste {self.paste!r} (auto, cpu or onnx)")
         if self.s3_buckets and self.chunk_time_limit >= SIGNED_URL_SECONDS:
             raise InputError(
                 f"chunk time limit must be below {SIGNED_URL_SECONDS} s with object storage: "

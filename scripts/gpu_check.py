@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 RESULTS: dict[str, Any] = {}
 #: Sections to run (`--only a,b`); empty = all.
 ONLY: set[str] = set()
+#: Timed repetitions per paste case, and frames through the 6-thread pool (a dry run on a
+#: machine without a GPU lowers them).
+PASTE_REPS, PASTE_POOL_FRAMES = 30, 240
 
 
 def section(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
@@ -189,6 +192,17 @@ def main(out: Path) -> None:
         argv = [sys.executable, "-m", "facefusion_tasks", "bench", "--ceiling", "--json",
                 "--execution-provider", "cuda", "--repeats", "3"]  # fmt: skip
         return run(argv, env=env, timeout=240)
+
+    @section("paste_graph_cuda")
+    def _paste_graph() -> Any:
+        return _paste_graph_facts(scratch)
+
+    @section("bench_ceiling_paste")
+    def _ceiling_paste() -> Any:
+        # paste auto = the graph on CUDA, with OpenCV's paste in the same rounds for the gain.
+        argv = [sys.executable, "-m", "facefusion_tasks", "bench", "--ceiling", "--json",
+                "--execution-provider", "cuda", "--repeats", "3"]  # fmt: skip
+        return bench_json(argv, timeout=300)
 
     # The CPU side of a GPU host, which sets the pace once the models run on the GPU: the
     # ceiling (negligible-compute models, so the provider does not matter) with more per-frame
@@ -379,6 +393,110 @@ def main(out: Path) -> None:
 
     (out / "gpu_check.json").write_text(json.dumps(RESULTS, indent=2, default=str))
     print(f"wrote {out / 'gpu_check.json'}")
+
+
+def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
+    """The paste graph on CUDA: where each node ran (onnxruntime's profile), how far its frames
+    are from paste_back's, and the CPU and wall time a frame costs either way, one thread and
+    six (the per-frame pool's size on such a host)."""
+    import concurrent.futures
+
+    import onnxruntime as ort
+
+    from facefusion_tasks.faces import align
+    from facefusion_tasks.faces.gpupaste import GpuPaster, framed_source, paste_model, source_map
+    from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
+    from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
+
+    feather = Feather.of(feather_mask(128))
+    paster = GpuPaster(ProviderChoice("cuda", (CUDA, CPU)), side=130)
+    report: dict[str, Any] = {"provider": paster.provider}
+    rng = np.random.default_rng(0)
+
+    def face(width: int, height: int, radius: float, cx: float, cy: float) -> Any:
+        turn = rng.uniform(-0.4, 0.4)
+        rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+        # The template spans about half the crop: a face of `radius` px is 2*radius/64 crops.
+        kps = (align.ARCFACE_TEMPLATE - 64) @ rotation.T * (radius / 32) + (cx, cy)
+        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        return crop, align.estimate_norm(kps.astype(np.float32), 128)
+
+    def case(width: int, height: int, count: int) -> tuple[Any, list[Any]]:
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        radius = min(height / 4, width / (2 * count + 2)) * 1.3
+        faces = [face(width, height, radius, width * (i + 1) / (count + 1), height / 2)
+                 for i in range(count)]  # fmt: skip
+        return frame, faces
+
+    # Placement: a profiled session of the same graph, one run.
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(scratch / "paste_profile")
+    profiled = ort.InferenceSession(
+        paste_model(130).SerializeToString(), sess_options=options, providers=[CUDA, CPU]
+    )
+    frame, faces = case(1920, 1080, 8)
+    profiled.run(["pasted"], {
+        "frame": frame,
+        "sources": np.stack([framed_source(c, feather) for c, _ in faces]),
+        "maps": np.stack([source_map(m) for _, m in faces]),
+    })  # fmt: skip
+    events = json.loads(Path(profiled.end_profiling()).read_text())
+    placed: dict[str, set[str]] = {}
+    for event in events:
+        provider = event.get("args", {}).get("provider")
+        if event.get("cat") == "Node" and provider:
+            placed.setdefault(provider, set()).add(event["args"].get("op_name", event["name"]))
+    report["node_ops_by_provider"] = {k: sorted(v) for k, v in placed.items()}
+
+    # Agreement with paste_back, frame by frame.
+    counts = np.zeros(256, np.int64)
+    for trial in range(12):
+        frame, faces = case(1280, 720, 1 + trial % 8)
+        expected, got = frame.copy(), frame.copy()
+        for crop, matrix in faces:
+            paste_back(expected, crop, matrix, feather)
+        paster.paste(got, faces, feather)
+        counts += np.bincount(np.abs(got.astype(int) - expected).ravel(), minlength=256)
+    report["difference_histogram"] = {str(i): int(c) for i, c in enumerate(counts) if c}
+
+    def timed(fn: Callable[[], None], reps: int) -> dict[str, float]:
+        fn()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for _ in range(reps):
+            fn()
+        return {
+            "wall_ms": round((time.perf_counter() - wall) / reps * 1000, 3),
+            "cpu_ms": round((time.thread_time() - cpu) / reps * 1000, 3),
+        }
+
+    def pooled(fn: Callable[[], None], frames: int) -> float:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda _: fn(), range(6)))
+            started = time.perf_counter()
+            list(pool.map(lambda _: fn(), range(frames)))
+            return round(frames / (time.perf_counter() - started), 1)
+
+    timings: dict[str, Any] = {}
+    for width, height, count in ((1280, 720, 2), (1280, 720, 8), (1920, 1080, 2), (1920, 1080, 8)):
+        frame, faces = case(width, height, count)
+        work = frame.copy()
+
+        def on_cpu(work: Any = work, faces: Any = faces) -> None:
+            for crop, matrix in faces:
+                paste_back(work, crop, matrix, feather)
+
+        def on_graph(work: Any = work, faces: Any = faces) -> None:
+            paster.paste(work, faces, feather)
+
+        timings[f"{height}p {count} faces"] = {
+            "opencv": timed(on_cpu, PASTE_REPS)
+            | {"fps_6_threads": pooled(on_cpu, PASTE_POOL_FRAMES)},
+            "graph": timed(on_graph, PASTE_REPS)
+            | {"fps_6_threads": pooled(on_graph, PASTE_POOL_FRAMES)},
+        }
+    report["per_frame"] = timings
+    return report
 
 
 def _facts(loaded: Any) -> Any:

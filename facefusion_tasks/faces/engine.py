@@ -16,6 +16,7 @@ from facefusion_tasks.errors import InputError
 from facefusion_tasks.faces import align
 from facefusion_tasks.faces.detector import BlobRing, Detector, Letterboxed, Slot
 from facefusion_tasks.faces.embedder import Embedder
+from facefusion_tasks.faces.gpupaste import GpuPaster
 from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.faces.swapper import SWAP_SIZE, Swapper
@@ -86,6 +87,7 @@ class FaceEngine:
         *,
         selector: str = "many",
         reference_distance: float = 0.6,
+        paster: GpuPaster | None = None,
     ) -> None:
         self.detector = detector
         self.embedder = embedder
@@ -95,6 +97,8 @@ class FaceEngine:
         self.latent: np.ndarray | None = None
         self.reference: np.ndarray | None = None
         self.feather = Feather.of(feather_mask(SWAP_SIZE))
+        #: Pastes on the models' provider when set (settings.paste); paste_back otherwise.
+        self.paster = paster
         self.clock = StageClock()
 
     def _largest_face(self, image: np.ndarray, what: str, path: Path) -> Face:
@@ -200,8 +204,11 @@ class FaceEngine:
         """Blend one frame's swapped faces back in place, in detection order (faces may overlap,
         so one frame's faces are never split across threads); returns how many."""
         with self.clock.stage("paste"):
-            for face_crop, matrix in work.faces:
-                paste_back(work.frame, face_crop, matrix, self.feather)
+            if self.paster is not None:
+                self.paster.paste(work.frame, work.faces, self.feather)
+            else:
+                for face_crop, matrix in work.faces:
+                    paste_back(work.frame, face_crop, matrix, self.feather)
         return len(work.faces)
 
     def process(self, frames: Sequence[np.ndarray], pool: CpuPool = SERIAL) -> list[int]:

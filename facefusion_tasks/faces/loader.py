@@ -17,6 +17,7 @@ from facefusion_tasks.errors import GpuOutOfMemory, ModelError
 from facefusion_tasks.faces.detector import Detector
 from facefusion_tasks.faces.embedder import Embedder
 from facefusion_tasks.faces.engine import FaceEngine
+from facefusion_tasks.faces.gpupaste import GpuPaster
 from facefusion_tasks.faces.iobinding import ModelSession
 from facefusion_tasks.faces.sessions import (
     ProviderChoice,
@@ -42,6 +43,8 @@ class LoadedModels:
     swapper_batched: bool
     detector_batched: bool
     standin: bool
+    #: Where paste-back runs: "cpu", or "onnx on <provider>".
+    paste: str = "cpu"
 
     def facts(self) -> dict[str, Any]:
         """What a run summary reports about the models."""
@@ -49,6 +52,7 @@ class LoadedModels:
             "provider": self.active_provider,
             "swapper_batched": self.swapper_batched,
             "standin_models": self.standin,
+            "paste": self.paste,
         }
 
 
@@ -208,15 +212,17 @@ def load_models(settings: Settings) -> LoadedModels:
     embedder = Embedder(session("embedder", _dynamic_copy(paths["embedder"], cache)))
     swapper_session = session("swapper", _dynamic_copy(paths["swapper"], cache))
     swapper = Swapper(swapper_session, read_emap(str(paths["swapper"])))
+    active = swapper_session.get_providers()[0]
+    paster = _paster(settings, active)
     engine = FaceEngine(
         detector,
         embedder,
         swapper,
         selector=settings.face_selector,
         reference_distance=settings.reference_distance,
+        paster=paster,
     )
     standin = any(is_standin(p) for p in paths.values())
-    active = swapper_session.get_providers()[0]
     observe_worker_provider(requested=settings.execution_provider, provider=active)
     return LoadedModels(
         engine=engine,
@@ -225,4 +231,26 @@ def load_models(settings: Settings) -> LoadedModels:
         swapper_batched=swapper.batched,
         detector_batched=detector.batched,
         standin=standin,
+        paste=f"onnx on {paster.provider}" if paster is not None else "cpu",
     )
+
+
+def _paster(settings: Settings, active: str) -> GpuPaster | None:
+    """The paste graph on the provider the swapper really runs on, when settings.paste asks
+    for it (auto: only on CUDA, where it takes the CPU's largest per-frame cost off it)."""
+    from facefusion_tasks.faces.sessions import CPU, CUDA
+    from facefusion_tasks.faces.swapper import SWAP_SIZE
+
+    if settings.paste == "cpu" or (settings.paste == "auto" and active != CUDA):
+        return None
+    # The CPU stays in the chain for the graph's shape arithmetic, as for the models.
+    choice = (
+        ProviderChoice("cuda", (CUDA, CPU)) if active == CUDA else ProviderChoice("cpu", (CPU,))
+    )
+    with _counted_oom("paste", Path("paste")):
+        try:
+            return GpuPaster(choice, gpu_mem_limit=settings.gpu_mem_limit, side=SWAP_SIZE + 2)
+        except Exception as exc:
+            if classify_oom(exc) is not None:
+                raise
+            raise ModelError(f"paste graph: cannot be loaded ({exc})") from exc

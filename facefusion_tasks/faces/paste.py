@@ -39,11 +39,17 @@ def face_box(
     matrix: np.ndarray, size: int, height: int, width: int
 ) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1): the frame pixels a size×size crop aligned by frame->crop `matrix`
-    covers, clipped to the frame; None when it lies outside."""
+    covers, with the one-pixel frame paste_back gives it, clipped to the frame; None when it
+    lies outside."""
     # Plain floats: numpy on a 4×3 array cost ~45 µs a face, a tenth of a face's whole paste.
     (a, b, c), (d, e, f) = cv2.invertAffineTransform(matrix).tolist()
-    xs = [c, a * size + c, b * size + c, a * size + b * size + c]
-    ys = [f, d * size + f, e * size + f, d * size + e * size + f]
+    # Crop coordinates -1 and size: the frame's pixel centres, where alpha reaches 0. From 0,
+    # a magnified face lost the sliver between its first row's centre and the frame, where
+    # alpha is a fraction of the feather's edge (up to 5 grey levels, found against the paste
+    # graph, which samples everywhere).
+    lo, hi = -1.0, float(size)
+    xs = [a * u + b * v + c for u in (lo, hi) for v in (lo, hi)]
+    ys = [d * u + e * v + f for u in (lo, hi) for v in (lo, hi)]
     x0 = max(math.floor(min(xs)), 0)
     y0 = max(math.floor(min(ys)), 0)
     x1 = min(math.ceil(max(xs)) + 1, width)

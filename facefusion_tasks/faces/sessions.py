@@ -123,7 +123,7 @@ def provider_options(name: str, *, gpu_mem_limit: int = 0) -> dict[str, Any]:
 
 
 def create_session(
-    path: Path,
+    path: Path | bytes,
     choice: ProviderChoice,
     *,
     threads: int = 0,
@@ -132,8 +132,11 @@ def create_session(
 ) -> ort.InferenceSession:
     """Open a model on the chosen providers. When the first choice is a GPU provider and
     onnxruntime drops it (it does so silently, with a log line), raise ProviderUnavailable with
-    the reason, unless running on the CPU was explicitly allowed; then say so in the log."""
+    the reason, unless running on the CPU was explicitly allowed; then say so in the log.
+    `path` may be a serialized model instead (a graph built here, such as the paste's)."""
     wanted = choice.providers[0]
+    source = str(path) if isinstance(path, Path) else path
+    name = path.name if isinstance(path, Path) else "built-in graph"
     if choice.requested != "cpu" and not allow_cpu_fallback and wanted == CPU:
         raise ProviderUnavailable(_refusal(choice.requested, choice.reason))
     if wanted == CUDA:
@@ -145,21 +148,19 @@ def create_session(
         options.inter_op_num_threads = 1
     providers = [(p, provider_options(p, gpu_mem_limit=gpu_mem_limit)) for p in choice.providers]
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises plain Exception subclasses
         if wanted == CPU:
             raise
         if not allow_cpu_fallback:
             raise ProviderUnavailable(_refusal(choice.requested, str(exc))) from exc
-        log.warning(
-            "%s: %s failed to start (%s); running on CPU as allowed", path.name, wanted, exc
-        )
-        session = ort.InferenceSession(str(path), sess_options=options, providers=[CPU])
+        log.warning("%s: %s failed to start (%s); running on CPU as allowed", name, wanted, exc)
+        session = ort.InferenceSession(source, sess_options=options, providers=[CPU])
     active = session.get_providers()
     if active and active[0] != wanted:
         if not allow_cpu_fallback:
             raise ProviderUnavailable(_refusal(choice.requested, _why_cuda_failed()))
-        log.warning("%s: asked for %s, runs on %s (CPU allowed)", path.name, wanted, active[0])
+        log.warning("%s: asked for %s, runs on %s (CPU allowed)", name, wanted, active[0])
     return session
 
 

@@ -40,7 +40,8 @@ def _paste_as_it_was(
     """The float formula: the float mask warped apart, region + alpha·(face − region), + 0.5."""
     size = crop.shape[0]
     inverse = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+    # The float mask, warped with a zero border, is non-zero out to crop coordinate -1 and size.
+    corners = np.array([[-1, -1, 1], [size, -1, 1], [-1, size, 1], [size, size, 1]], np.float64)
     mapped = corners @ inverse.T
     height, width = frame.shape[:2]
     x0 = max(int(np.floor(mapped[:, 0].min())), 0)
