@@ -97,8 +97,8 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--paste", choices=["auto", "cpu", "onnx"],
-        help="paste-back in OpenCV (cpu) or as a graph on the models' provider (onnx; auto: "
-        "onnx on CUDA)",
+        help="paste-back in OpenCV (cpu, the default) or as a graph on the models' provider "
+        "(onnx; auto: onnx on CUDA)",
     )  # fmt: skip
 
 

@@ -160,11 +160,12 @@ class Settings:
     #: Bind model outputs to buffers allocated once per shape (onnxruntime IO binding), so a
     #: call allocates no new output memory.
     io_binding: bool = False
-    #: auto | cpu | onnx: where paste-back runs. cpu = OpenCV in the per-frame pool; onnx = a
+    #: cpu | onnx | auto: where paste-back runs. cpu = OpenCV in the per-frame pool; onnx = a
     #: graph on the models' provider (the GPU of a CUDA worker: one trip of the frame to the
     #: device and back instead of CPU work that grows with each face's area); auto = onnx
-    #: where the models run on CUDA, else cpu.
-    paste: str = "auto"
+    #: where the models run on CUDA, else cpu. cpu by default until the graph has been
+    #: measured on a GPU (scripts/gpu_check.py's paste sections): it has run on the CPU only.
+    paste: str = "cpu"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

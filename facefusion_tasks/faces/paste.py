@@ -10,14 +10,17 @@ import cv2
 import numpy as np
 
 
-def feather_mask(size: int, *, border: float = 0.1, blur: float = 0.08) -> np.ndarray:
-    """A size×size float32 mask: 1 inside, fading to 0 over the outer `border` of the crop,
-    so the pasted face blends without a visible square edge."""
-    mask = np.zeros((size, size), np.float32)
-    edge = max(int(size * border), 1)
-    mask[edge:-edge, edge:-edge] = 1.0
-    sigma = max(size * blur, 1.0)
-    return cv2.GaussianBlur(mask, (0, 0), sigma)
+def feather_mask(size: int, *, border: float = 0.1) -> np.ndarray:
+    """A size×size float32 mask: 1 inside, fading smoothly (a smoothstep across each side)
+    to 0 at the crop's edge over twice the `border`, half-way at `border`, so the pasted
+    face blends without a visible square edge. (A Gaussian blur of a framed box, as before,
+    reflected the inside back across the edge: alpha 67/255 on the crop's last pixels, then 0
+    one pixel out, a faint square wherever the swapped crop's background differs.)"""
+    width = max(2.0 * border * size, 1.0)
+    ramp = np.clip((np.arange(size, dtype=np.float64) + 0.5) / width, 0.0, 1.0)
+    ramp = ramp * ramp * (3.0 - 2.0 * ramp)
+    side = np.minimum(ramp, ramp[::-1])
+    return np.outer(side, side).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,24 @@ def test_paste_back_changes_only_the_face_box() -> None:
     assert frame[cy, cx].tolist() == [250, 250, 250]
 
 
+def test_the_feather_fades_to_nothing_at_the_crop_edge_without_a_step() -> None:
+    mask = feather_mask(128)
+    alpha = Feather.of(mask).alpha[1:-1, 1:-1]  # the crop's own pixels, without the frame
+    edges = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
+    assert edges.max() == 0  # nothing pasted at the crop's edge (the old blur left 67/255)
+    assert mask[26:102, 26:102].min() == 1.0  # the face itself is pasted whole
+    assert np.allclose(mask, mask.T) and np.allclose(mask, mask[::-1])
+    assert (np.diff(mask[64, :64]) >= 0).all()
+    assert np.abs(np.diff(alpha.astype(int), axis=1)).max() <= 16
+    # Pasted: white onto black, magnified 3x, no seam where the crop ends.
+    frame = np.zeros((480, 480, 3), np.uint8)
+    matrix = align.estimate_norm(align.template(128) * 3.0 + 40, 128)
+    paste_back(frame, np.full((128, 128, 3), 255, np.uint8), matrix, Feather.of(mask))
+    row = frame[frame.shape[0] // 2, :, 0].astype(int)
+    assert row.max() == 255 and row[0] == 0
+    assert np.abs(np.diff(row)).max() <= 8
+
+
 def test_selectors_one_and_reference(settings: Settings, tmp_path: Path) -> None:
     frame = _frame((80, 120, 30), (230, 120, 55))
     one = load_models(settings.replace(face_selector="one")).engine

@@ -103,9 +103,10 @@ def _source(tmp_path: Path) -> Path:
 
 
 def test_settings_choose_where_paste_runs(settings: Settings, tmp_path: Path) -> None:
-    # On the CPU provider auto keeps OpenCV's paste; onnx runs the graph there (as it would
-    # on the GPU), and the summary says which.
-    auto = load_models(settings.replace(execution_provider="cpu"))
+    # cpu is the default; on the CPU provider auto keeps OpenCV's paste too; onnx runs the
+    # graph there (as it would on the GPU), and the summary says which.
+    assert Settings().paste == "cpu"
+    auto = load_models(settings.replace(execution_provider="cpu", paste="auto"))
     assert auto.engine.paster is None and auto.facts()["paste"] == "cpu"
     graph = load_models(settings.replace(execution_provider="cpu", paste="onnx", batch_size=3))
     assert graph.facts()["paste"] == "onnx on CPUExecutionProvider"
