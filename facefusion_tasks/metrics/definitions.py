@@ -23,6 +23,8 @@ multiproc.register_process()
 STAGES = ("decode", "detect", "embed", "swap", "paste", "encode")
 #: Models (the `model` label): the registry's keys.
 MODELS = ("detector", "embedder", "swapper")
+#: What a GPU out-of-memory is counted against: the models, and the paste graph.
+OOM_MODELS = (*MODELS, "paste")
 #: Celery queues (the `queue` label).
 QUEUES = (GPU_QUEUE, LIGHT_QUEUE)
 #: How a job ends.
@@ -192,7 +194,7 @@ model_batch_limit = Gauge(
 # OOM would go unseen and the first finished chunk would not count as progress (the OOM alert
 # also catches series born non-zero, for labels outside these lists).
 for _kind in OOM_KINDS:
-    for _model in MODELS:
+    for _model in OOM_MODELS:
         gpu_oom_total.labels(kind=_kind, model=_model)
 for _status in SWAP_STATUSES:
     face_swap_requests_total.labels(status=_status)
