@@ -30,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS: dict[str, Any] = {}
 #: Sections to run (`--only a,b`); empty = all.
 ONLY: set[str] = set()
-#: Timed repetitions per paste case, and frames through the 6-thread pool (a dry run on a
-#: machine without a GPU lowers them).
+#: Timed repetitions per paste case, and frames through the 6-thread pool.
 PASTE_REPS, PASTE_POOL_FRAMES = 30, 240
 
 
@@ -405,6 +404,7 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
     are from paste_back's, and the CPU and wall time a frame costs either way, one thread and
     six (the per-frame pool's size on such a host)."""
     import concurrent.futures
+    import functools
 
     import onnxruntime as ort
 
@@ -475,11 +475,13 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
             "cpu_ms": round((time.thread_time() - cpu) / reps * 1000, 3),
         }
 
-    def pooled(fn: Callable[[], None], frames: int) -> float:
+    def pooled(fn: Callable[[Any], None], frame: Any, frames: int) -> float:
+        # A frame of its own for each of the 6 threads, as the pipeline's pool has.
+        own = [frame.copy() for _ in range(6)]
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            list(pool.map(lambda _: fn(), range(6)))
+            list(pool.map(lambda i: fn(own[i % 6]), range(6)))
             started = time.perf_counter()
-            list(pool.map(lambda _: fn(), range(frames)))
+            list(pool.map(lambda i: fn(own[i % 6]), range(frames)))
             return round(frames / (time.perf_counter() - started), 1)
 
     timings: dict[str, Any] = {}
@@ -487,18 +489,18 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
         frame, faces = case(width, height, count)
         work = frame.copy()
 
-        def on_cpu(work: Any = work, faces: Any = faces) -> None:
+        def on_cpu(work: Any, faces: Any = faces) -> None:
             for crop, matrix in faces:
                 paste_back(work, crop, matrix, feather)
 
-        def on_graph(work: Any = work, faces: Any = faces) -> None:
+        def on_graph(work: Any, faces: Any = faces) -> None:
             paster.paste(work, faces, feather)
 
         timings[f"{height}p {count} faces"] = {
-            "opencv": timed(on_cpu, PASTE_REPS)
-            | {"fps_6_threads": pooled(on_cpu, PASTE_POOL_FRAMES)},
-            "graph": timed(on_graph, PASTE_REPS)
-            | {"fps_6_threads": pooled(on_graph, PASTE_POOL_FRAMES)},
+            "opencv": timed(functools.partial(on_cpu, work), PASTE_REPS)
+            | {"fps_6_threads": pooled(on_cpu, frame, PASTE_POOL_FRAMES)},
+            "graph": timed(functools.partial(on_graph, work), PASTE_REPS)
+            | {"fps_6_threads": pooled(on_graph, frame, PASTE_POOL_FRAMES)},
         }
     report["per_frame"] = timings
     return report

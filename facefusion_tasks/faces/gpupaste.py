@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from facefusion_tasks import observe
-from facefusion_tasks.faces.paste import Feather, paste_back
+from facefusion_tasks.faces.paste import Feather, face_box, paste_back
 from facefusion_tasks.faces.sessions import CPU, ProviderChoice, create_session
 from facefusion_tasks.metrics.oom import classify_oom
 
@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 _OPSET = 17
 #: The model label the paste's out-of-memory errors are counted under.
 MODEL = "paste"
+#: Pastes of one process on the device at once. Each holds a few hundred bytes of device memory
+#: per pixel of its faces' region (measured on the CPU provider: 171 B/px at 1080p, 144 at
+#: 4000x3000), in an arena that does not shrink; the device runs them one after another
+#: anyway, and two let one frame's copies overlap another's compute.
+CONCURRENT_RUNS = 2
 
 
 def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
@@ -152,20 +157,39 @@ def framed_source(crop: np.ndarray, feather: Feather) -> np.ndarray:
     return cv2.merge((*cv2.split(padded), feather.alpha))
 
 
-def source_map(matrix: np.ndarray) -> np.ndarray:
-    """Frame pixel -> framed-source pixel: the frame->crop affine, shifted by the one-pixel
-    frame of padding."""
+def source_map(matrix: np.ndarray, x0: int = 0, y0: int = 0) -> np.ndarray:
+    """Region pixel -> framed-source pixel, for a region whose corner is frame pixel (x0, y0):
+    the frame->crop affine, moved to that corner and shifted by the one-pixel frame of padding
+    (paste_back's own local map)."""
     local = np.asarray(matrix, np.float64).copy()
-    local[:, 2] += 1.0
+    local[:, 2] += local[:, 0] * x0 + local[:, 1] * y0 + 1.0
     return local.astype(np.float32)
 
 
+def faces_region(
+    faces: Sequence[tuple[np.ndarray, np.ndarray]], side: int, height: int, width: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[int, int, int, int] | None]:
+    """The faces that touch the frame, and the smallest box holding all their paste boxes
+    (face_box, as paste_back warps); None when none does. A matrix paste_back cannot take (not
+    finite) fails here as it does there."""
+    kept, boxes = [], []
+    for crop, matrix in faces:
+        box = face_box(matrix, side, height, width)
+        if box is not None:
+            kept.append((crop, matrix))
+            boxes.append(box)
+    if not boxes:
+        return kept, None
+    x0, y0, x1, y1 = zip(*boxes, strict=True)
+    return kept, (min(x0), min(y0), max(x1), max(y1))
+
+
 class GpuPaster:
-    """paste_back for a whole frame in one graph run on the models' provider. The frame goes
-    to the device and back once however many faces it has (paste_back's CPU cost grows with
-    each face's area: 27.5 ms a 1080p frame with 8 faces on an H100 host's cores). An
-    out-of-memory on the device is counted like a model's and that frame is pasted on the CPU,
-    which gives the same picture within a grey level."""
+    """paste_back for a whole frame in one graph run on the models' provider. The region its
+    faces cover goes to the device and back once however many faces it has (paste_back's CPU
+    cost grows with each face's area: 27.5 ms a 1080p frame with 8 faces on an H100 host's
+    cores). An out-of-memory on the device is counted like a model's and that frame is pasted
+    on the CPU, which gives the same picture within a grey level."""
 
     def __init__(self, choice: ProviderChoice, *, gpu_mem_limit: int = 0, side: int) -> None:
         model = paste_model(side).SerializeToString()
@@ -175,19 +199,25 @@ class GpuPaster:
         self.provider = self.session.get_providers()[0]
         self.side = side
         self._warned = threading.Event()
+        self._runs = threading.BoundedSemaphore(CONCURRENT_RUNS)
 
     def paste(
         self, frame: np.ndarray, faces: Sequence[tuple[np.ndarray, np.ndarray]], feather: Feather
     ) -> None:
         """Blend every (swapped crop, frame->crop affine) of one frame into it, in place."""
-        if not faces:
+        height, width = frame.shape[:2]
+        faces, box = faces_region(faces, feather.alpha.shape[0] - 2, height, width)
+        if box is None:
             return
+        x0, y0, x1, y1 = box
+        region = frame[y0:y1, x0:x1]
         sources = np.stack([framed_source(crop, feather) for crop, _ in faces])
-        maps = np.stack([source_map(matrix) for _, matrix in faces])
+        maps = np.stack([source_map(matrix, x0, y0) for _, matrix in faces])
         try:
-            pasted = self.session.run(
-                ["pasted"], {"frame": frame, "sources": sources, "maps": maps}
-            )[0]
+            with self._runs:
+                pasted = self.session.run(
+                    ["pasted"], {"frame": region, "sources": sources, "maps": maps}
+                )[0]
         except Exception as exc:  # onnxruntime raises plain Exception subclasses
             kind = classify_oom(exc)
             if kind is None:
@@ -199,7 +229,7 @@ class GpuPaster:
             for crop, matrix in faces:
                 paste_back(frame, crop, matrix, feather)
             return
-        np.copyto(frame, pasted)
+        np.copyto(region, pasted)
 
 
 def cpu_choice() -> ProviderChoice:

@@ -243,6 +243,13 @@ def _paster(settings: Settings, active: str) -> GpuPaster | None:
 
     if settings.paste == "cpu" or (settings.paste == "auto" and active != CUDA):
         return None
+    if active != CUDA:
+        # Asked for by name (or a CUDA worker that fell back to the CPU, as allowed): it runs,
+        # but say what it costs, since only the summary's "paste" field would show it.
+        log.warning(
+            "paste=onnx runs the paste graph on %s, where it is far slower than OpenCV's paste "
+            "(paste=cpu or auto avoids it)", active,
+        )  # fmt: skip
     # The CPU stays in the chain for the graph's shape arithmetic, as for the models.
     choice = (
         ProviderChoice("cuda", (CUDA, CPU)) if active == CUDA else ProviderChoice("cpu", (CPU,))

@@ -3,6 +3,7 @@ order; settings.paste picks it (auto: on CUDA); a GPU out-of-memory pastes on th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -47,6 +48,7 @@ def _face(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray
 def test_the_graph_is_within_a_grey_level_of_paste_back(paster: GpuPaster) -> None:
     rng = np.random.default_rng(7)
     counts = np.zeros(256, np.int64)
+    changed = 0
     for trial in range(60):
         width, height = (int(v) for v in rng.integers(40, 420, 2))
         frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -58,6 +60,7 @@ def test_the_graph_is_within_a_grey_level_of_paste_back(paster: GpuPaster) -> No
         for crop, matrix in faces:
             paste_back(expected, crop, matrix, FEATHER)
         paster.paste(got, faces, FEATHER)
+        changed += int((got != frame).sum())
         counts += np.bincount(np.abs(got.astype(int) - expected).ravel(), minlength=256)
     total = counts.sum()
     # Off by one only where a float sample sits on a rounding edge (measured: 5e-5 of the
@@ -65,7 +68,7 @@ def test_the_graph_is_within_a_grey_level_of_paste_back(paster: GpuPaster) -> No
     assert counts[3:].sum() == 0
     assert counts[2] <= total * 1e-6
     assert counts[1] <= total * 1e-3
-    assert counts[0] < total and (counts[0] > 0)  # both: pixels changed, and most agree
+    assert changed > 0  # not vacuous: the pastes did change the frames
 
 
 def test_overlapping_faces_blend_in_order(paster: GpuPaster) -> None:
@@ -102,14 +105,18 @@ def _source(tmp_path: Path) -> Path:
     return path
 
 
-def test_settings_choose_where_paste_runs(settings: Settings, tmp_path: Path) -> None:
+def test_settings_choose_where_paste_runs(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # cpu is the default; on the CPU provider auto keeps OpenCV's paste too; onnx runs the
     # graph there (as it would on the GPU), and the summary says which.
     assert Settings().paste == "cpu"
     auto = load_models(settings.replace(execution_provider="cpu", paste="auto"))
     assert auto.engine.paster is None and auto.facts()["paste"] == "cpu"
-    graph = load_models(settings.replace(execution_provider="cpu", paste="onnx", batch_size=3))
+    with caplog.at_level(logging.WARNING, logger="facefusion_tasks.faces.loader"):
+        graph = load_models(settings.replace(execution_provider="cpu", paste="onnx"))
     assert graph.facts()["paste"] == "onnx on CPUExecutionProvider"
+    assert "far slower than OpenCV's paste" in caplog.text
     with pytest.raises(InputError, match="unknown paste"):
         settings.replace(paste="gpu").validate()
     assert Settings.from_env({"FACEFUSION_PASTE": "onnx"}).paste == "onnx"
