@@ -46,10 +46,10 @@ def face_box(
     lies outside."""
     # Plain floats: numpy on a 4×3 array cost ~45 µs a face, a tenth of a face's whole paste.
     (a, b, c), (d, e, f) = cv2.invertAffineTransform(matrix).tolist()
-    # Crop coordinates -1 and size: the frame's pixel centres, where alpha reaches 0. From 0,
-    # a magnified face lost the sliver between its first row's centre and the frame, where
-    # alpha is a fraction of the feather's edge (up to 5 grey levels, found against the paste
-    # graph, which samples everywhere).
+    # Crop coordinates -1 and size: the frame's pixel centres, where alpha reaches 0 whatever
+    # the mask. From 0, a magnified face lost the sliver between its first row's centre and
+    # the frame wherever the mask is not 0 at the crop's edge (the old blurred one: up to 5
+    # grey levels, found against the paste graph, which samples everywhere).
     lo, hi = -1.0, float(size)
     xs = [a * u + b * v + c for u in (lo, hi) for v in (lo, hi)]
     ys = [d * u + e * v + f for u in (lo, hi) for v in (lo, hi)]
