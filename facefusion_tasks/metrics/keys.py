@@ -39,6 +39,9 @@ PENDING_KEY = "facefusion:pending"
 #: [message, exchange, routing key]), and its sorted set of delivery tag -> when taken.
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
+#: When each message in `unacked` was first seen held, on Redis's clock (delivery tag ->
+#: seconds): kombu's own index stamps it with the holding worker's clock.
+HELD_SEEN_KEY = "facefusion:held_seen"
 #: The most messages messages_in_line reads; a longer line is left unread.
 LINE_LIMIT = 10_000
 
@@ -58,15 +61,48 @@ def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int 
     client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))
 
 
+#: The held messages first seen since ARGV[1] (Redis time), as their `unacked` entries; records
+#: the first sighting of every held message on Redis's clock and forgets acknowledged ones.
+#: KEYS: unacked, held_seen.
+HELD_SINCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local held = redis.call('HGETALL', KEYS[1])
+local present, recent = {}, {}
+for i = 1, #held, 2 do
+  local tag = held[i]
+  present[tag] = true
+  local seen = tonumber(redis.call('HGET', KEYS[2], tag))
+  if not seen then
+    seen = now
+    redis.call('HSET', KEYS[2], tag, string.format('%.6f', now))
+  end
+  if seen >= tonumber(ARGV[1]) then
+    table.insert(recent, held[i + 1])
+  end
+end
+local seen_tags = redis.call('HKEYS', KEYS[2])
+for _, tag in ipairs(seen_tags) do
+  if not present[tag] then
+    redis.call('HDEL', KEYS[2], tag)
+  end
+end
+return recent
+"""
+
+
 def messages_in_line(
     client: redis.Redis, queue: str, *, held_since: float, key_prefix: str = ""
 ) -> InLine:
-    """The arguments of every task message waiting in `queue`, or taken by a worker since
-    `held_since` and not acknowledged (prefetched for a free pool process): work
-    whose message is not among them has none that will ever start it. A message held longer is
-    left out: a live worker starts what it takes at once, so its holder is dead or stuck, and
-    kombu would give it back only after its visibility timeout (an hour). Read in one
-    MULTI/EXEC; None when more than LINE_LIMIT messages would have to be read."""
+    """The arguments of every task message waiting in `queue`, or held by a worker (taken and
+    not acknowledged: prefetched for a free pool process) and first seen so since `held_since`:
+    work whose message is not among them has none that will ever start it. A message held
+    longer is left out: a live worker starts what it takes at once, so its holder is dead or
+    stuck, and kombu would give it back only after its visibility timeout (an hour). How long
+    is judged on Redis's clock, from the first read that saw it held (HELD_SEEN_KEY): kombu's
+    own stamp is the holder's clock, and a worker 10 minutes behind had every chunk it took
+    but had not yet started sent once more. Read in one MULTI/EXEC; None when more than
+    LINE_LIMIT messages would have to be read."""
     keys = [key_prefix + key for key in priority_keys(queue)]
     pipe = client.pipeline(transaction=True)
     for key in keys:
@@ -74,17 +110,19 @@ def messages_in_line(
     pipe.hlen(key_prefix + UNACKED_KEY)
     if sum(int(n or 0) for n in pipe.execute()) > LINE_LIMIT:
         return None
+    held_recently = client.register_script(HELD_SINCE)
     pipe = client.pipeline(transaction=True)
     for key in keys:
         pipe.lrange(key, 0, -1)
-    pipe.zrangebyscore(key_prefix + UNACKED_INDEX_KEY, held_since, "+inf")
-    pipe.hgetall(key_prefix + UNACKED_KEY)
-    *waiting, recent, held = pipe.execute()
+    held_recently(
+        keys=[key_prefix + UNACKED_KEY, key_prefix + HELD_SEEN_KEY], args=[held_since], client=pipe
+    )
+    *waiting, recent = pipe.execute()
     found: set[tuple[str, ...]] = set()
     for raw in itertools.chain(*waiting):
         found.add(_task_args(_json(raw)))
-    for tag in recent:
-        found.add(_task_args(_held(held.get(tag))))
+    for entry in recent:
+        found.add(_task_args(_held(entry)))
     found.discard(())
     return frozenset(found)
 

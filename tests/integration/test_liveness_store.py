@@ -410,13 +410,22 @@ def test_the_line_holds_every_waiting_message_and_those_a_worker_took_and_holds(
         assert gpu is not None and light is not None
         assert {("job1", "0"), ("job1", "1"), ("job1", "2")} <= gpu and ("job2",) not in gpu
         assert ("job2",) in light
-        # Held since long before: a live worker starts what it takes at once, so its holder is
-        # dead or stuck and kombu would give it back only after an hour. Not in line.
+        # kombu stamped it with the holder's clock; a holder 10 minutes behind stamps it 600 s
+        # ago. Its age counts from the first read that saw it held, on Redis's clock: in line.
         [tag] = store.r.zrange(keys.UNACKED_INDEX_KEY, 0, -1)
-        store.r.zadd(keys.UNACKED_INDEX_KEY, {tag: since - 1})
+        store.r.zadd(keys.UNACKED_INDEX_KEY, {tag: time.time() - 600})
+        assert messages_in_line(store.r, "gpu", held_since=since) == gpu
+        assert float(store.r.hget(keys.HELD_SEEN_KEY, tag)) > since  # type: ignore[arg-type]
+        # Seen held since long before: a live worker starts what it takes at once, so its
+        # holder is dead or stuck and kombu would give it back only after an hour. Not in line.
+        store.r.hset(keys.HELD_SEEN_KEY, tag, since - 1)
         stale = messages_in_line(store.r, "gpu", held_since=since)
         assert stale is not None and len(gpu - stale) == 1 and len(stale) == 2
-        monkeypatch.setattr(keys, "LINE_LIMIT", 2)  # three in the gpu line: too many to read
+        # Acknowledged: the next read forgets when it was seen.
+        keys.acknowledge(store.r, [tag])
+        messages_in_line(store.r, "gpu", held_since=since)
+        assert not store.r.hexists(keys.HELD_SEEN_KEY, tag)
+        monkeypatch.setattr(keys, "LINE_LIMIT", 1)  # two in the gpu line: too many to read
         assert messages_in_line(store.r, "gpu", held_since=since) is None
 
 
