@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from facefusion_tasks.errors import FaceFusionError
+from facefusion_tasks.policy import broker_refused
 from facefusion_tasks.reasons import Reason
 
 #: Seconds to connect, and to wait for any one reply, in CLI and producer paths.
@@ -65,11 +66,11 @@ def where(url: str) -> str:
 
 
 def lost(error: BaseException) -> bool:
-    """Whether `error` means the broker went away mid-command, or is full and refuses writes
-    (maxmemory): redis-py's connection and out-of-memory errors, kombu's, or the bare
-    RuntimeError Celery's Redis result backend gives up with ("Retry limit exceeded while
-    trying to reconnect to the Celery result store backend")."""
-    if isinstance(error, (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError)):
+    """Whether `error` means the broker went away mid-command or refuses for now (full under
+    maxmemory, unable to persist, a read-only replica: policy.broker_refused), kombu's
+    connection errors, or the bare RuntimeError Celery's Redis result backend gives up with
+    ("Retry limit exceeded while trying to reconnect to the Celery result store backend")."""
+    if broker_refused(error):
         return True
     kombu = sys.modules.get("kombu.exceptions")  # loaded by whoever sent through Celery
     if kombu is not None and isinstance(error, kombu.OperationalError):
@@ -92,6 +93,15 @@ def explain(error: BaseException, url: str) -> BrokerUnavailable:
     if isinstance(error, redis.OutOfMemoryError):
         # Its maxmemory is reached and it evicts nothing: every write is refused.
         return BrokerUnavailable(f"Redis at {at} is full (maxmemory reached) and refuses writes")
+    if "MISCONF" in str(error):
+        # Its last snapshot failed and stop-writes-on-bgsave-error is on: PING is refused too.
+        return BrokerUnavailable(
+            f"Redis at {at} cannot save to its disk (MISCONF) and refuses writes; see its log"
+        )
+    if isinstance(error, redis.ReadOnlyError):
+        return BrokerUnavailable(f"Redis at {at} is a read-only replica; point at the primary")
+    if isinstance(error, redis.ResponseError):
+        return BrokerUnavailable(f"Redis at {at} refused: {' '.join(str(error).split())}")
     return BrokerUnavailable(f"cannot connect to Redis at {at}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -74,13 +75,28 @@ class Outcome:
     message: str
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    """redis-py's connection-lost errors, when redis-py is loaded: a local `swap` or `doctor`
-    on a box without it must not need it, and no Redis error can exist where it is not."""
+#: Redis's replies for "not now": it cannot persist and refuses writes (MISCONF), a replica
+#: has no master (MASTERDOWN), a cluster slot is moving (TRYAGAIN). redis-py raises them as
+#: plain ResponseErrors, prefixed with the command's place when they came from a pipeline.
+_REFUSING = re.compile(r"\b(MISCONF|MASTERDOWN|TRYAGAIN)\b")
+
+
+def broker_refused(error: BaseException) -> bool:
+    """Whether `error` is Redis gone or refusing for now, not a mistake in the command: its
+    connection lost or timed out, or a reply that says try later (full under maxmemory, unable
+    to persist, a read-only replica after a failover, no master). The job goes on once Redis
+    is back, so the work is retried and a waiting client waits. Checked only when redis-py is
+    loaded: a local `swap` or `doctor` must not need it, and no Redis error exists without it."""
     exceptions = sys.modules.get("redis.exceptions")
     if exceptions is None:
-        return ()
-    return (exceptions.ConnectionError, exceptions.TimeoutError)
+        return False
+    if isinstance(error, exceptions.AuthenticationError):
+        return False  # a refused password is no blip (a ConnectionError in redis-py)
+    gone = (exceptions.ConnectionError, exceptions.TimeoutError)
+    full = (exceptions.OutOfMemoryError, exceptions.ReadOnlyError)
+    if isinstance(error, (*gone, *full)):
+        return True
+    return isinstance(error, exceptions.ResponseError) and bool(_REFUSING.search(str(error)))
 
 
 def reason_of(error: BaseException) -> Reason:
@@ -95,16 +111,16 @@ def reason_of(error: BaseException) -> Reason:
         return Reason.NO_SPACE
     if isinstance(error, OSError) and error.errno in _PATH_ERRNOS:
         return Reason.PATH
-    if isinstance(error, _redis_errors()):
+    if broker_refused(error):
         return Reason.TRANSIENT
     return Reason.INTERNAL
 
 
 def retryable(error: BaseException) -> bool:
     """Only errors that say another attempt may not hit them: TransientError (a GPU OOM at
-    batch 1 included) and a lost Redis connection. A missing model, bad input, a full disk or
-    a time limit would fail the same way again."""
-    return isinstance(error, (TransientError, *_redis_errors()))
+    batch 1 included) and Redis gone or refusing for now (broker_refused). A missing model,
+    bad input, a full disk or a time limit would fail the same way again."""
+    return isinstance(error, TransientError) or broker_refused(error)
 
 
 def decide(error: BaseException, *, attempt: int, max_retries: int) -> Outcome:

@@ -230,9 +230,11 @@ class Producer:
                         "without persistence, or was flushed); submit it again"
                     ) from None
                 raise
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if isinstance(exc, redis.AuthenticationError):
-                    raise  # a refused password is no blip: broker.py never retries one
+            except redis.RedisError as exc:
+                # Gone, or refusing for now (full, unable to persist, a failover): the job goes
+                # on meanwhile. A refused password or a bad command is no blip.
+                if not broker.lost(exc):
+                    raise
                 now = time.monotonic()
                 if deadline is not None and now > deadline:
                     raise WaitTimeout(

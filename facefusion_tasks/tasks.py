@@ -264,8 +264,11 @@ def _timed_chunk(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     except Exception as exc:  # a retry (celery.exceptions.Retry) or a crash
         from celery.exceptions import Retry
 
-        outcome = "retried" if isinstance(exc, Retry) else "failed"
         cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
+        # Redis refusing even the failure's record (full, unable to persist): nothing ended
+        # the chunk, and the sweep or a redelivery runs it again once Redis is back.
+        retried = isinstance(exc, Retry) or policy.broker_refused(cause)
+        outcome = "retried" if retried else "failed"
         reason = policy.reason_of(cause).value
         raise
     finally:

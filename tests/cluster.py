@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,9 +48,12 @@ class RedisServer:
     """A private redis-server with AOF on, for tests that stop and restart Redis; with a
     `password`, it asks for it (set in a config file, as deployed)."""
 
-    def __init__(self, directory: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, password: str | None = None, extra: Sequence[str] = ()
+    ) -> None:
         self.directory = directory
         self.password = password
+        self.extra = tuple(extra)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -66,7 +69,8 @@ class RedisServer:
             argv.append(str(config))
         self.proc = subprocess.Popen(
             [*argv, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory),
+             *self.extra],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis(port=self.port, password=self.password)
@@ -88,9 +92,11 @@ class RedisServer:
 
 
 @contextmanager
-def private_redis(directory: Path, *, password: str | None = None) -> Iterator[RedisServer]:
-    """A started RedisServer, always stopped afterwards."""
-    server = RedisServer(directory, password=password)
+def private_redis(
+    directory: Path, *, password: str | None = None, extra: Sequence[str] = ()
+) -> Iterator[RedisServer]:
+    """A started RedisServer (`extra`: more redis-server flags), always stopped afterwards."""
+    server = RedisServer(directory, password=password, extra=extra)
     try:
         server.start()
         yield server

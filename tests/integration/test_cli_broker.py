@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.policy import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from facefusion_tasks.store import JobStore, connect
 from tests.cluster import private_redis
@@ -196,6 +197,58 @@ def test_a_full_broker_is_one_line_and_exit_69(tmp_path: Path) -> None:
             "reached) and refuses writes"
         )
         assert store.state(job_id) == "QUEUED"
+
+
+def test_wait_rides_out_a_broker_that_refuses_for_a_while(tmp_path: Path) -> None:
+    # Full (maxmemory, nothing to evict): Redis 7 refuses even the reads in a MULTI, so `wait`
+    # saw an error on its first poll and exited 69 while the job went on and succeeded.
+    with private_redis(tmp_path) as server:
+        store = JobStore(connect(server.url))
+        job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+        assert store.set_state(job_id, "PLANNING")  # planned, as the planner does
+        store.set_plan(job_id, [Chunk(0, 0, 10, 10, None), Chunk(1, 10, 20, 10, None)], 20, {})
+        waiting = _waiting(server.url, job_id)
+        try:
+            time.sleep(2)  # it has seen the job
+            store.r.config_set("maxmemory-policy", "noeviction")
+            store.r.config_set("maxmemory", "1")
+            time.sleep(3)
+            assert waiting.poll() is None, waiting.communicate()
+            store.r.config_set("maxmemory", "0")
+            for state in ("STITCHING", "COMMITTING", "SUCCEEDED"):
+                assert store.set_state(job_id, state)
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            waiting.kill()
+        assert waiting.returncode == 0, err
+        assert f"{job_id}: SUCCEEDED" in out
+
+
+def test_a_broker_that_cannot_save_says_so(tmp_path: Path) -> None:
+    # Its snapshot fails (here: into /proc) with stop-writes-on-bgsave-error on: Redis refuses
+    # writes and PING with MISCONF, which read as "cannot connect".
+    flags = ("--enable-protected-configs", "yes")
+    with private_redis(tmp_path, extra=flags) as server:
+        store = JobStore(connect(server.url))
+        job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+        store.r.config_set("save", "3600 1")
+        store.r.config_set("stop-writes-on-bgsave-error", "yes")
+        store.r.config_set("dir", "/proc")
+        store.r.bgsave()
+        for _ in range(100):
+            if store.r.info("persistence")["rdb_last_bgsave_status"] == "err":
+                break
+            time.sleep(0.1)
+        try:
+            code, err, _ = _cli(server.url, "status", job_id)
+        finally:
+            store.r.config_set("dir", str(tmp_path))
+            store.r.config_set("save", "")
+    assert code == EXIT_UNAVAILABLE
+    assert err == (
+        f"facefusion-tasks: error: Redis at 127.0.0.1:{server.port} cannot save to its disk "
+        "(MISCONF) and refuses writes; see its log"
+    )
 
 
 def test_wait_keeps_its_timeout_while_the_broker_is_away(tmp_path: Path) -> None:

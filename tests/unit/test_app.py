@@ -226,3 +226,31 @@ def test_a_gpu_list_names_each_gpu_once(gpus: str) -> None:
     with pytest.raises(InputError, match="name each GPU once") as caught:
         plan_workers(_settings(), gpus=gpus, queues=["gpu", "light"], **options)
     assert caught.value.reason == Reason.CONFIG
+
+
+def test_a_chunk_attempt_redis_refused_to_record_counts_as_retried() -> None:
+    # Redis full while an attempt ended: nothing could record it, the sweep runs the chunk
+    # again, and counting it `failed/internal` tipped the failure-ratio alert (a probe saw 14
+    # such "failures" beside 105 successes, with one job failed).
+    import redis
+    from prometheus_client import REGISTRY
+
+    from facefusion_tasks import tasks
+
+    def counted(outcome: str, reason: str) -> float:
+        labels = {"outcome": outcome, "reason": reason}
+        return REGISTRY.get_sample_value("facefusion_chunks_total", labels) or 0.0
+
+    def refused() -> dict[str, Any]:
+        raise redis.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+
+    def broken() -> dict[str, Any]:
+        raise ValueError("a bug")
+
+    before = counted("retried", "transient"), counted("failed", "internal")
+    with pytest.raises(redis.OutOfMemoryError):
+        tasks._timed_chunk(refused)
+    with pytest.raises(ValueError):
+        tasks._timed_chunk(broken)
+    assert counted("retried", "transient") == before[0] + 1
+    assert counted("failed", "internal") == before[1] + 1

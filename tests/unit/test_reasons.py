@@ -98,6 +98,31 @@ def test_the_users_input_reasons_are_the_ones_a_user_can_fix() -> None:
         (errors.TransientError("flaky"), Reason.TRANSIENT, True),
         (errors.GpuOutOfMemory("oom at batch 1"), Reason.GPU_OOM, True),
         (redis.ConnectionError("gone"), Reason.TRANSIENT, True),
+        # Refusing for now: full, unable to persist, a replica after a failover. A chunk whose
+        # report met one failed its job as `internal`, with no retry.
+        (
+            redis.OutOfMemoryError(
+                "Command # 1 (SREM facefusion:job:x:running 1) of pipeline caused error: "
+                "command not allowed when used memory > 'maxmemory'."
+            ),
+            Reason.TRANSIENT,
+            True,
+        ),
+        (
+            redis.ResponseError(
+                "MISCONF Redis is configured to save RDB snapshots, but it's currently unable "
+                "to persist to disk."
+            ),
+            Reason.TRANSIENT,
+            True,
+        ),
+        (
+            redis.ReadOnlyError("You can't write against a read only replica."),
+            Reason.TRANSIENT,
+            True,
+        ),
+        (redis.AuthenticationError("invalid password"), Reason.INTERNAL, False),
+        (redis.ResponseError("WRONGTYPE Operation against a key"), Reason.INTERNAL, False),
         (errors.ModelError("det_10g.onnx missing"), Reason.MODEL, False),
         (errors.InputError("bad", reason=Reason.CORRUPT_VIDEO), Reason.CORRUPT_VIDEO, False),
         (errors.MediaError("full", reason=Reason.NO_SPACE), Reason.NO_SPACE, False),
