@@ -11,7 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from facefusion_tasks.errors import FaceFusionError
-from facefusion_tasks.policy import broker_refused
+from facefusion_tasks.policy import broker_refused, refusal_code
 from facefusion_tasks.reasons import Reason
 
 #: Seconds to connect, and to wait for any one reply, in CLI and producer paths.
@@ -93,7 +93,7 @@ def explain(error: BaseException, url: str) -> BrokerUnavailable:
     if isinstance(error, redis.OutOfMemoryError):
         # Its maxmemory is reached and it evicts nothing: every write is refused.
         return BrokerUnavailable(f"Redis at {at} is full (maxmemory reached) and refuses writes")
-    if "MISCONF" in str(error):
+    if refusal_code(error) == "MISCONF":
         # Its last snapshot failed and stop-writes-on-bgsave-error is on: PING is refused too.
         return BrokerUnavailable(
             f"Redis at {at} cannot save to its disk (MISCONF) and refuses writes; see its log"

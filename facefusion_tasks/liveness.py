@@ -18,7 +18,7 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError
 from facefusion_tasks.fleet_clock import fleet_now
 from facefusion_tasks.jobids import JOB_ID
-from facefusion_tasks.metrics.keys import InLine, acknowledge, held_messages, waits_in
+from facefusion_tasks.metrics.keys import InLine, acknowledge, held_messages, note_held, waits_in
 from facefusion_tasks.queue_names import TASK_CHUNK, TASK_PLAN, TASK_STITCH
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.storage import work_dir
@@ -84,6 +84,8 @@ def sweep(
     local = time.time() if now is None else now
     now = fleet_now(store.r) if now is None else now
     one = _Sweep(store, settings, enqueue, now, now - settings.stall_seconds)
+    # When each held message was first seen held, on Redis's clock, from this period on.
+    note_held(store.r)
     for job_id, index, _beat in store.stale_chunks(one.cutoff):
         one.recover_chunk(job_id, index)
     # A chunk's message may simply be waiting behind others, however long the line: only a

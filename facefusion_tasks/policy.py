@@ -75,28 +75,60 @@ class Outcome:
     message: str
 
 
-#: Redis's replies for "not now": it cannot persist and refuses writes (MISCONF), a replica
-#: has no master (MASTERDOWN), a cluster slot is moving (TRYAGAIN). redis-py raises them as
-#: plain ResponseErrors, prefixed with the command's place when they came from a pipeline.
-_REFUSING = re.compile(r"\b(MISCONF|MASTERDOWN|TRYAGAIN)\b")
+#: Redis's replies for "not now" that redis-py may raise as plain ResponseErrors, its code
+#: first: it cannot persist and refuses writes (MISCONF), a replica has no master
+#: (MASTERDOWN), a slot is moving (TRYAGAIN). From a pipeline, redis-py puts the command (and
+#: its arguments: a path may hold these words) first, then "of pipeline caused error: ".
+_REFUSING = re.compile(r"(?:^|of pipeline caused error: )(MISCONF|MASTERDOWN|TRYAGAIN)\b")
+#: redis-py's classes for the same refusals (some only in recent versions, hence by name).
+_REFUSING_CLASSES = ("OutOfMemoryError", "ReadOnlyError", "MasterDownError", "TryAgainError")
+
+
+def refusal_code(error: BaseException) -> str | None:
+    """MISCONF, MASTERDOWN or TRYAGAIN when Redis answered `error` with that code."""
+    found = _REFUSING.search(str(error))
+    return found.group(1) if found else None
 
 
 def broker_refused(error: BaseException) -> bool:
     """Whether `error` is Redis gone or refusing for now, not a mistake in the command: its
     connection lost or timed out, or a reply that says try later (full under maxmemory, unable
-    to persist, a read-only replica after a failover, no master). The job goes on once Redis
-    is back, so the work is retried and a waiting client waits. Checked only when redis-py is
-    loaded: a local `swap` or `doctor` must not need it, and no Redis error exists without it."""
+    to persist, a read-only replica after a failover, no master), also as the cause kombu's
+    OperationalError carries or the reason of Celery's Reject (a retry whose send was
+    refused). The job goes on once Redis is back, so the work is retried and a waiting client
+    waits. Checked only when redis-py is loaded: a local `swap` or `doctor` must not need it,
+    and no Redis error exists without it."""
     exceptions = sys.modules.get("redis.exceptions")
     if exceptions is None:
         return False
-    if isinstance(error, exceptions.AuthenticationError):
-        return False  # a refused password is no blip (a ConnectionError in redis-py)
-    gone = (exceptions.ConnectionError, exceptions.TimeoutError)
-    full = (exceptions.OutOfMemoryError, exceptions.ReadOnlyError)
-    if isinstance(error, (*gone, *full)):
-        return True
-    return isinstance(error, exceptions.ResponseError) and bool(_REFUSING.search(str(error)))
+    for _ in range(4):  # a wrapper of a wrapper at most
+        if isinstance(error, exceptions.AuthenticationError):
+            return False  # a refused password is no blip (a ConnectionError in redis-py)
+        refusing = tuple(getattr(exceptions, name) for name in _REFUSING_CLASSES
+                         if hasattr(exceptions, name))  # fmt: skip
+        if isinstance(error, (exceptions.ConnectionError, exceptions.TimeoutError, *refusing)):
+            return True
+        if isinstance(error, exceptions.ResponseError) and refusal_code(error):
+            return True
+        inner = _wrapped(error)
+        if inner is None:
+            return False
+        error = inner
+    return False
+
+
+def _wrapped(error: BaseException) -> BaseException | None:
+    """The error a broker wrapper carries: kombu's OperationalError (raised from redis-py's
+    own), or Celery's Reject(reason). Only these: an error merely raised while handling a
+    Redis error is not one."""
+    kombu = sys.modules.get("kombu.exceptions")
+    if kombu is not None and isinstance(error, kombu.OperationalError):
+        return error.__cause__ or error.__context__
+    celery = sys.modules.get("celery.exceptions")
+    if celery is not None and isinstance(error, celery.Reject):
+        reason = getattr(error, "reason", None)
+        return reason if isinstance(reason, BaseException) else None
+    return None
 
 
 def reason_of(error: BaseException) -> Reason:

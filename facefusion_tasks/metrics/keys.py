@@ -61,9 +61,13 @@ def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int 
     client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))
 
 
-#: The held messages first seen since ARGV[1] (Redis time), as their `unacked` entries; records
-#: the first sighting of every held message on Redis's clock and forgets acknowledged ones.
-#: KEYS: unacked, held_seen.
+#: The held messages first seen since ARGV[1] (Redis time), as their `unacked` entries.
+#: Records when each held message was first seen held, on Redis's clock, as "seen|stamp" with
+#: kombu's stamp of that take: a message given back and taken again keeps its delivery tag but
+#: gets a new stamp, and so a new first sighting (the stamp is compared for equality only,
+#: never as a time). Forgets acknowledged ones. Its writes are pcalls: on a read-only replica,
+#: or a Redis refusing writes, the line is still read (sightings then wait for a writable one).
+#: KEYS: unacked, unacked_index, held_seen.
 HELD_SINCE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -72,23 +76,48 @@ local present, recent = {}, {}
 for i = 1, #held, 2 do
   local tag = held[i]
   present[tag] = true
-  local seen = tonumber(redis.call('HGET', KEYS[2], tag))
+  local stamp = tostring(redis.call('ZSCORE', KEYS[2], tag))
+  local record = redis.call('HGET', KEYS[3], tag)
+  local seen
+  if record then
+    local bar = string.find(record, '|', 1, true)
+    if bar and string.sub(record, bar + 1) == stamp then
+      seen = tonumber(string.sub(record, 1, bar - 1))
+    end
+  end
   if not seen then
     seen = now
-    redis.call('HSET', KEYS[2], tag, string.format('%.6f', now))
+    redis.pcall('HSET', KEYS[3], tag, string.format('%.6f', now) .. '|' .. stamp)
   end
   if seen >= tonumber(ARGV[1]) then
     table.insert(recent, held[i + 1])
   end
 end
-local seen_tags = redis.call('HKEYS', KEYS[2])
-for _, tag in ipairs(seen_tags) do
+for _, tag in ipairs(redis.call('HKEYS', KEYS[3])) do
   if not present[tag] then
-    redis.call('HDEL', KEYS[2], tag)
+    redis.pcall('HDEL', KEYS[3], tag)
   end
 end
 return recent
 """
+
+
+#: A held_since no sighting reaches (Lua's tonumber may not read "inf").
+_NEVER = 1e18
+
+
+def note_held(client: redis.Redis, *, key_prefix: str = "") -> None:
+    """Record the first sighting of every message held now (the sweep does, every period):
+    the line readers only look when something has waited `stall_seconds`, and a first
+    sighting that late would leave a dead holder's message counted as held for twice that."""
+    _held_since(client, client, _NEVER, key_prefix)
+
+
+def _held_since(client: redis.Redis, runner: Any, held_since: float, key_prefix: str) -> Any:
+    """HELD_SINCE, run on `runner` (the client, or a transaction pipeline of it)."""
+    script = client.register_script(HELD_SINCE)
+    keys = [key_prefix + UNACKED_KEY, key_prefix + UNACKED_INDEX_KEY, key_prefix + HELD_SEEN_KEY]
+    return script(keys=keys, args=[held_since], client=runner)
 
 
 def messages_in_line(
@@ -110,13 +139,10 @@ def messages_in_line(
     pipe.hlen(key_prefix + UNACKED_KEY)
     if sum(int(n or 0) for n in pipe.execute()) > LINE_LIMIT:
         return None
-    held_recently = client.register_script(HELD_SINCE)
     pipe = client.pipeline(transaction=True)
     for key in keys:
         pipe.lrange(key, 0, -1)
-    held_recently(
-        keys=[key_prefix + UNACKED_KEY, key_prefix + HELD_SEEN_KEY], args=[held_since], client=pipe
-    )
+    _held_since(client, pipe, held_since, key_prefix)
     *waiting, recent = pipe.execute()
     found: set[tuple[str, ...]] = set()
     for raw in itertools.chain(*waiting):

@@ -415,18 +415,59 @@ def test_the_line_holds_every_waiting_message_and_those_a_worker_took_and_holds(
         [tag] = store.r.zrange(keys.UNACKED_INDEX_KEY, 0, -1)
         store.r.zadd(keys.UNACKED_INDEX_KEY, {tag: time.time() - 600})
         assert messages_in_line(store.r, "gpu", held_since=since) == gpu
-        assert float(store.r.hget(keys.HELD_SEEN_KEY, tag)) > since  # type: ignore[arg-type]
+        seen, stamp = str(store.r.hget(keys.HELD_SEEN_KEY, tag)).split("|")
+        assert float(seen) > since
         # Seen held since long before: a live worker starts what it takes at once, so its
         # holder is dead or stuck and kombu would give it back only after an hour. Not in line.
-        store.r.hset(keys.HELD_SEEN_KEY, tag, since - 1)
+        store.r.hset(keys.HELD_SEEN_KEY, tag, f"{since - 1}|{stamp}")
         stale = messages_in_line(store.r, "gpu", held_since=since)
         assert stale is not None and len(gpu - stale) == 1 and len(stale) == 2
+        # Given back and taken again (a worker's warm shutdown): kombu keeps the delivery tag
+        # and stamps the new take. A new sighting: in line again, and its holder is alive.
+        channel = connection.default_channel
+        channel.basic_recover(requeue=True)
+        assert channel.basic_get("gpu", no_ack=False) is not None
+        assert store.r.zrange(keys.UNACKED_INDEX_KEY, 0, -1) == [tag]
+        assert messages_in_line(store.r, "gpu", held_since=since) == gpu
         # Acknowledged: the next read forgets when it was seen.
         keys.acknowledge(store.r, [tag])
         messages_in_line(store.r, "gpu", held_since=since)
         assert not store.r.hexists(keys.HELD_SEEN_KEY, tag)
         monkeypatch.setattr(keys, "LINE_LIMIT", 1)  # two in the gpu line: too many to read
         assert messages_in_line(store.r, "gpu", held_since=since) is None
+
+
+def test_the_line_is_read_on_a_redis_that_refuses_writes(tmp_path: Path) -> None:
+    # Recording a first sighting is the line reader's only write: on a Redis that cannot save
+    # (MISCONF; a read-only replica answers alike) the exporter's and the sweep's reads failed.
+    from facefusion_tasks.app import TASK_CHUNK, make_app
+    from facefusion_tasks.tasks import enqueue
+    from tests.cluster import private_redis
+
+    flags = ("--enable-protected-configs", "yes")
+    with private_redis(tmp_path, extra=flags) as server:
+        client = connect(server.url)
+        app = make_app(Settings.from_env({"FACEFUSION_BROKER_URL": server.url}))
+        enqueue(app, TASK_CHUNK, ["job1", 0], sent_at=time.time())
+        enqueue(app, TASK_CHUNK, ["job1", 1], sent_at=time.time())
+        with app.connection_for_write() as connection:
+            assert connection.default_channel.basic_get("gpu", no_ack=False) is not None
+            client.config_set("save", "3600 1")
+            client.config_set("stop-writes-on-bgsave-error", "yes")
+            client.config_set("dir", "/proc")
+            client.bgsave()
+            for _ in range(100):
+                if client.info("persistence")["rdb_last_bgsave_status"] == "err":
+                    break
+                time.sleep(0.1)
+            with pytest.raises(redis.ResponseError, match="MISCONF"):
+                client.set("probe", "1")
+            try:
+                line = messages_in_line(client, "gpu", held_since=time.time() - 60)
+            finally:
+                client.config_set("dir", str(tmp_path))
+                client.config_set("save", "")
+        assert line == {("job1", "0"), ("job1", "1")}
 
 
 def test_messages_held_for_ended_work_are_acknowledged_by_the_sweep(store: JobStore) -> None:

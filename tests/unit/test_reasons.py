@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from kombu.exceptions import OperationalError
+from redis.exceptions import MasterDownError, TryAgainError
 
 from facefusion_tasks import errors, policy
 from facefusion_tasks.metrics.definitions import REASONS, bounded_reason
@@ -92,6 +94,14 @@ def test_the_users_input_reasons_are_the_ones_a_user_can_fix() -> None:
     assert not ({Reason.NO_SPACE, Reason.MODEL, Reason.TIMEOUT, Reason.INTERNAL} & user)
 
 
+def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
+    """`error`, raised from `cause` (as kombu re-raises redis-py's errors)."""
+    try:
+        raise error from cause
+    except BaseException as raised:  # noqa: BLE001 - handed back
+        return raised
+
+
 @pytest.mark.parametrize(
     ("error", "reason", "retried"),
     [
@@ -121,8 +131,30 @@ def test_the_users_input_reasons_are_the_ones_a_user_can_fix() -> None:
             Reason.TRANSIENT,
             True,
         ),
+        # redis-py 8 has classes of their own for these, with the code taken off the text.
+        (MasterDownError("Link with MASTER is down"), Reason.TRANSIENT, True),
+        (TryAgainError("Multiple keys request during rehashing of slot"), Reason.TRANSIENT, True),
+        # As kombu wraps them on a send, and as Celery's Reject carries a refused retry's.
+        (
+            _raised_from(OperationalError("maxmemory"), redis.OutOfMemoryError("oom")),
+            Reason.TRANSIENT,
+            True,
+        ),  # fmt: skip
+        (Reject(redis.OutOfMemoryError("oom")), Reason.TRANSIENT, True),
         (redis.AuthenticationError("invalid password"), Reason.INTERNAL, False),
         (redis.ResponseError("WRONGTYPE Operation against a key"), Reason.INTERNAL, False),
+        # The words in a command's arguments, echoed by redis-py, or in a script's own error,
+        # are not Redis's answer.
+        (
+            redis.ResponseError(
+                "Command # 1 (HSET facefusion:job:x output /out/TRYAGAIN-MISCONF.mp4) of "
+                "pipeline caused error: WRONGTYPE Operation against a key"
+            ),
+            Reason.INTERNAL,
+            False,
+        ),
+        (redis.ResponseError("Error running script: job MISCONF failed"), Reason.INTERNAL, False),
+        (_raised_from(OperationalError("bad"), ValueError("not redis")), Reason.INTERNAL, False),
         (errors.ModelError("det_10g.onnx missing"), Reason.MODEL, False),
         (errors.InputError("bad", reason=Reason.CORRUPT_VIDEO), Reason.CORRUPT_VIDEO, False),
         (errors.MediaError("full", reason=Reason.NO_SPACE), Reason.NO_SPACE, False),
