@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 _OPSET = 17
 #: The model label the paste's out-of-memory errors are counted under.
 MODEL = "paste"
-#: Pastes of one process on the device at once. Each holds a few hundred bytes of device memory
-#: per pixel of its faces' region (measured on the CPU provider: 171 B/px at 1080p, 144 at
-#: 4000x3000), in an arena that does not shrink; the device runs them one after another
+#: Pastes of one process on the device at once. Each holds about 150-170 bytes of memory per
+#: pixel of its faces' box (measured on the CPU provider: 171 B/px at 1080p, 144 at 4000x3000),
+#: on a GPU in an arena that does not shrink; the device runs them one after another
 #: anyway, and two let one frame's copies overlap another's compute.
 CONCURRENT_RUNS = 2
 
@@ -34,9 +34,10 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
 
 
 def _body(side: int) -> onnx.GraphProto:
-    """One face over the whole frame: warp its BGRA source back (bilinear, zeros outside), round
-    colour and alpha to 8 bits as cv2's warp of a uint8 image does, then blend the frame towards
-    the colour by alpha/255, rounded: paste_back's arithmetic, step for step."""
+    """One face over the whole image given (the box of a frame its faces cover): warp its BGRA
+    source back (bilinear, zeros outside), round colour and alpha to 8 bits as cv2's warp of a
+    uint8 image does, then blend the image towards the colour by alpha/255, rounded:
+    paste_back's arithmetic, step for step."""
     f32 = TensorProto.FLOAT
     scale = np.float32(2.0 / (side - 1))
     nodes = [
