@@ -115,15 +115,9 @@ def _made_here(settings: Settings, models_dir: Path) -> Settings:
 
 
 def _source_image(scratch: Path) -> Path:
-    import cv2
+    from facefusion_tasks.faces.synthetic import write_source
 
-    from facefusion_tasks.faces.synthetic import background, draw_face
-
-    path = scratch / "source.png"
-    image = background(256, 256, 0)
-    draw_face(image, 128, 128, 90)
-    cv2.imwrite(str(path), image)
-    return path
+    return write_source(scratch)
 
 
 def _decoded_frames(clip: Path, settings: Settings) -> list[np.ndarray]:

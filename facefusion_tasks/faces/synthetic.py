@@ -62,6 +62,17 @@ _PHOTO_URL = (
 )
 
 
+def write_source(folder: Path) -> Path:
+    """A source photo with one synthetic face, written as `folder`/source.png."""
+    import cv2
+
+    path = folder / "source.png"
+    image = background(256, 256, 0)
+    draw_face(image, 128, 128, 90)
+    cv2.imwrite(str(path), image)
+    return path
+
+
 def bundled_photo(name: str, *, cache_dir: Path | None = None) -> Path:
     """A face photo insightface ships (t1.jpg, Tom_Hanks_54745.png): from an installed insightface
     when there is one, else fetched once from its repository and checked against the digest.

@@ -20,7 +20,7 @@ from facefusion_tasks.faces.loader import load_models
 from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
 from facefusion_tasks.faces.pool import CpuPool
 from facefusion_tasks.faces.swapper import SWAP_SIZE
-from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.faces.synthetic import write_source
 from facefusion_tasks.video.samples import synthetic_frame
 from tests.faults.oom import ARENA_OOM
 
@@ -97,14 +97,6 @@ def test_a_frame_without_faces_is_left_alone_and_off_frame_faces_change_nothing(
     assert np.array_equal(frame, kept)
 
 
-def _source(tmp_path: Path) -> Path:
-    path = tmp_path / "source.png"
-    image = background(256, 256, 0)
-    draw_face(image, 128, 128, 90)
-    cv2.imwrite(str(path), image)
-    return path
-
-
 def test_settings_choose_where_paste_runs(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -121,7 +113,7 @@ def test_settings_choose_where_paste_runs(
         settings.replace(paste="gpu").validate()
     assert Settings.from_env({"FACEFUSION_PASTE": "onnx"}).paste == "onnx"
     # The whole engine, in a pool: the same faces swapped, frames within a grey level.
-    source = _source(tmp_path)
+    source = write_source(tmp_path)
     outputs, counts = {}, {}
     for loaded in (auto, graph):
         loaded.engine.set_source(source)

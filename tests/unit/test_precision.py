@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,18 +14,10 @@ from facefusion_tasks.config import Settings
 from facefusion_tasks.faces import precision
 from facefusion_tasks.faces.iobinding import BoundSession
 from facefusion_tasks.faces.loader import load_models
-from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.faces.synthetic import write_source
 from facefusion_tasks.video.samples import synthetic_frame
 
 CPU = ["CPUExecutionProvider"]
-
-
-def _source(tmp_path: Path) -> Path:
-    path = tmp_path / "source.png"
-    image = background(256, 256, 0)
-    draw_face(image, 128, 128, 90)
-    cv2.imwrite(str(path), image)
-    return path
 
 
 @pytest.mark.parametrize("name", ["det_10g.onnx", "w600k_r50.onnx", "inswapper_128.onnx"])
@@ -74,7 +65,7 @@ def test_fp16_engine_finds_the_same_faces_and_swaps_them_nearly_alike(
 ) -> None:
     """Landmarks move by hundredths of a pixel and a pixel here and there by a few grey levels
     (models' outputs are checked to FP16_TOLERANCE when converted); nothing more."""
-    source = _source(tmp_path)
+    source = write_source(tmp_path)
     frames = {p: [synthetic_frame(640, 360, 3, i) for i in range(4)] for p in ("fp32", "fp16")}
     found, counts = {}, {}
     for name in ("fp32", "fp16"):
@@ -106,7 +97,7 @@ def test_io_binding_reuses_its_buffers_and_matches_a_plain_run(models_dir: Path)
 
 
 def test_io_binding_engine_gives_identical_frames(settings: Settings, tmp_path: Path) -> None:
-    source = _source(tmp_path)
+    source = write_source(tmp_path)
     outputs = {}
     for bound in (False, True):
         engine = load_models(settings.replace(io_binding=bound, batch_size=3)).engine

@@ -17,7 +17,7 @@ from facefusion_tasks.faces.loader import load_models
 from facefusion_tasks.faces.paste import Feather, face_box, feather_mask, paste_back
 from facefusion_tasks.faces.pool import SERIAL, CpuPool
 from facefusion_tasks.faces.swapper import to_bgr_crops
-from facefusion_tasks.faces.synthetic import background, draw_face
+from facefusion_tasks.faces.synthetic import background, draw_face, write_source
 from facefusion_tasks.video.samples import face_positions, synthetic_frame
 
 
@@ -222,17 +222,9 @@ def _frames(count: int, faces: int) -> list[np.ndarray]:
     return frames
 
 
-def _source_image(folder: Path) -> Path:
-    source = folder / "source.png"
-    image = background(256, 256, 0)
-    draw_face(image, 128, 128, 90)
-    cv2.imwrite(str(source), image)
-    return source
-
-
 def test_engine_in_a_pool_equals_the_engine_inline(settings: Settings, tmp_path: Path) -> None:
     engine = load_models(settings).engine
-    engine.set_source(_source_image(tmp_path))
+    engine.set_source(write_source(tmp_path))
     serial, threaded = _frames(6, 4), _frames(6, 4)
     counts_serial = engine.process(serial, SERIAL)
     with CpuPool(3) as pool:
@@ -253,7 +245,7 @@ def test_every_batch_the_pipeline_infers_holds_exactly_its_frames_letterboxes(
     from facefusion_tasks.video.samples import make_sample_video
 
     clip = make_sample_video(tmp_path / "clip.mp4", seconds=1.2, width=320, height=240, faces=2)
-    source = _source_image(tmp_path)
+    source = write_source(tmp_path)
     engine = load_models(settings).engine
     engine.set_source(source)
     real_infer = engine.infer
