@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from facefusion_tasks import __version__
-from facefusion_tasks.config import AUTO_CPU_THREADS, FLAG_SETTINGS, Settings
+from facefusion_tasks.config import AUTO_CPU_THREADS, FLAG_SETTINGS, PASTES, Settings
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.policy import one_line
 
@@ -96,7 +96,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
         "--io-binding", action="store_const", const=True, default=None, help="bind model outputs"
     )
     g.add_argument(
-        "--paste", choices=["auto", "cpu", "onnx"],
+        "--paste", choices=PASTES,
         help="paste-back in OpenCV (cpu, the default) or as a graph on the models' provider "
         "(onnx; auto: onnx on CUDA)",
     )  # fmt: skip

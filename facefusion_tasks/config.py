@@ -31,6 +31,8 @@ FLAG_SETTINGS = (
 )  # fmt: skip
 #: cpu_threads' "auto".
 AUTO_CPU_THREADS = -1
+#: Where paste-back may run (Settings.paste).
+PASTES = ("cpu", "onnx", "auto")
 #: Most frames one model call may take: far past any batch measured to pay here, and a bound
 #: on what is allocated before the first frame (a batch of 99999999999 was a MemoryError, exit
 #: 1 and a temp file left, where a usage error says exit 2).
@@ -259,7 +261,7 @@ class Settings:
             raise InputError(f"detector batch must be auto (0) or 1 to {MAX_BATCH}")
         if self.precision not in {"fp32", "fp16"}:
             raise InputError(f"unknown precision {self.precision!r} (fp32 or fp16)")
-        if self.paste not in {"auto", "cpu", "onnx"}:
+        if self.paste not in PASTES:
             raise InputError(f"unknown paste {self.paste!r} (auto, cpu or onnx)")
         if self.s3_buckets and self.chunk_time_limit >= SIGNED_URL_SECONDS:
             raise InputError(

@@ -101,11 +101,11 @@ def broker_refused(error: BaseException) -> bool:
     exceptions = sys.modules.get("redis.exceptions")
     if exceptions is None:
         return False
+    refusing = tuple(getattr(exceptions, name) for name in _REFUSING_CLASSES
+                     if hasattr(exceptions, name))  # fmt: skip
     for _ in range(4):  # a wrapper of a wrapper at most
         if isinstance(error, exceptions.AuthenticationError):
             return False  # a refused password is no blip (a ConnectionError in redis-py)
-        refusing = tuple(getattr(exceptions, name) for name in _REFUSING_CLASSES
-                         if hasattr(exceptions, name))  # fmt: skip
         if isinstance(error, (exceptions.ConnectionError, exceptions.TimeoutError, *refusing)):
             return True
         if isinstance(error, exceptions.ResponseError) and refusal_code(error):

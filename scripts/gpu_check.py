@@ -409,8 +409,14 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
     import onnxruntime as ort
 
     from facefusion_tasks.faces import align
-    from facefusion_tasks.faces.gpupaste import GpuPaster, framed_source, paste_model, source_map
-    from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
+    from facefusion_tasks.faces.gpupaste import GpuPaster, paste_model
+    from facefusion_tasks.faces.paste import (
+        Feather,
+        feather_mask,
+        framed_source,
+        paste_back,
+        source_map,
+    )
     from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
 
     feather = Feather.of(feather_mask(128))
@@ -444,7 +450,7 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
     profiled.run(["pasted"], {
         "frame": frame,
         "sources": np.stack([framed_source(c, feather) for c, _ in faces]),
-        "maps": np.stack([source_map(m) for _, m in faces]),
+        "maps": np.stack([source_map(m) for _, m in faces]).astype(np.float32),
     })  # fmt: skip
     events = json.loads(Path(profiled.end_profiling()).read_text())
     placed: dict[str, set[str]] = {}

@@ -104,6 +104,30 @@ def private_redis(
         server.stop()
 
 
+#: redis-server flags that let a test change `dir` (unable_to_save needs them).
+PROTECTED_CONFIGS = ("--enable-protected-configs", "yes")
+
+
+@contextmanager
+def unable_to_save(client: redis.Redis, directory: Path) -> Iterator[None]:
+    """Redis refusing writes and PING with MISCONF while the body runs, as when its disk fails:
+    its snapshot into /proc fails with stop-writes-on-bgsave-error on. The server must have
+    been started with PROTECTED_CONFIGS; `directory` is its own dir, set back afterwards."""
+    client.config_set("save", "3600 1")
+    client.config_set("stop-writes-on-bgsave-error", "yes")
+    client.config_set("dir", "/proc")
+    client.bgsave()
+    for _ in range(100):
+        if client.info("persistence")["rdb_last_bgsave_status"] == "err":
+            break
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        client.config_set("dir", str(directory))
+        client.config_set("save", "")
+
+
 def metric_samples(metrics_dir: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample in a launcher's metrics directory, merged as its exporter merges them:
     (name, sorted labels) -> value."""

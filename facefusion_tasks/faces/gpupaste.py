@@ -6,13 +6,12 @@ import logging
 import threading
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from facefusion_tasks import observe
-from facefusion_tasks.faces.paste import Feather, face_box, paste_back
+from facefusion_tasks.faces.paste import Feather, face_box, framed_source, paste_back, source_map
 from facefusion_tasks.faces.sessions import CPU, ProviderChoice, create_session
 from facefusion_tasks.metrics.oom import classify_oom
 
@@ -151,22 +150,6 @@ def paste_model(side: int) -> onnx.ModelProto:
     return model
 
 
-def framed_source(crop: np.ndarray, feather: Feather) -> np.ndarray:
-    """The BGRA image paste_back warps: the crop with its edge replicated one pixel, the
-    framed feather as alpha."""
-    padded = cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
-    return cv2.merge((*cv2.split(padded), feather.alpha))
-
-
-def source_map(matrix: np.ndarray, x0: int = 0, y0: int = 0) -> np.ndarray:
-    """Region pixel -> framed-source pixel, for a region whose corner is frame pixel (x0, y0):
-    the frame->crop affine, moved to that corner and shifted by the one-pixel frame of padding
-    (paste_back's own local map)."""
-    local = np.asarray(matrix, np.float64).copy()
-    local[:, 2] += local[:, 0] * x0 + local[:, 1] * y0 + 1.0
-    return local.astype(np.float32)
-
-
 def faces_region(
     faces: Sequence[tuple[np.ndarray, np.ndarray]], side: int, height: int, width: int
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[int, int, int, int] | None]:
@@ -213,7 +196,7 @@ class GpuPaster:
         x0, y0, x1, y1 = box
         region = frame[y0:y1, x0:x1]
         sources = np.stack([framed_source(crop, feather) for crop, _ in faces])
-        maps = np.stack([source_map(matrix, x0, y0) for _, matrix in faces])
+        maps = np.stack([source_map(matrix, x0, y0) for _, matrix in faces]).astype(np.float32)
         try:
             with self._runs:
                 pasted = self.session.run(

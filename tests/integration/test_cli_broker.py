@@ -15,7 +15,7 @@ import pytest
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.policy import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from facefusion_tasks.store import JobStore, connect
-from tests.cluster import private_redis
+from tests.cluster import PROTECTED_CONFIGS, private_redis, unable_to_save
 
 PASSWORD = "s3cret pass"
 
@@ -227,23 +227,11 @@ def test_wait_rides_out_a_broker_that_refuses_for_a_while(tmp_path: Path) -> Non
 def test_a_broker_that_cannot_save_says_so(tmp_path: Path) -> None:
     # Its snapshot fails (here: into /proc) with stop-writes-on-bgsave-error on: Redis refuses
     # writes and PING with MISCONF, which read as "cannot connect".
-    flags = ("--enable-protected-configs", "yes")
-    with private_redis(tmp_path, extra=flags) as server:
+    with private_redis(tmp_path, extra=PROTECTED_CONFIGS) as server:
         store = JobStore(connect(server.url))
         job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
-        store.r.config_set("save", "3600 1")
-        store.r.config_set("stop-writes-on-bgsave-error", "yes")
-        store.r.config_set("dir", "/proc")
-        store.r.bgsave()
-        for _ in range(100):
-            if store.r.info("persistence")["rdb_last_bgsave_status"] == "err":
-                break
-            time.sleep(0.1)
-        try:
+        with unable_to_save(store.r, tmp_path):
             code, err, _ = _cli(server.url, "status", job_id)
-        finally:
-            store.r.config_set("dir", str(tmp_path))
-            store.r.config_set("save", "")
     assert code == EXIT_UNAVAILABLE
     assert err == (
         f"facefusion-tasks: error: Redis at 127.0.0.1:{server.port} cannot save to its disk "

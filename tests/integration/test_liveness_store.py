@@ -442,31 +442,19 @@ def test_the_line_is_read_on_a_redis_that_refuses_writes(tmp_path: Path) -> None
     # (MISCONF; a read-only replica answers alike) the exporter's and the sweep's reads failed.
     from facefusion_tasks.app import TASK_CHUNK, make_app
     from facefusion_tasks.tasks import enqueue
-    from tests.cluster import private_redis
+    from tests.cluster import PROTECTED_CONFIGS, private_redis, unable_to_save
 
-    flags = ("--enable-protected-configs", "yes")
-    with private_redis(tmp_path, extra=flags) as server:
+    with private_redis(tmp_path, extra=PROTECTED_CONFIGS) as server:
         client = connect(server.url)
         app = make_app(Settings.from_env({"FACEFUSION_BROKER_URL": server.url}))
         enqueue(app, TASK_CHUNK, ["job1", 0], sent_at=time.time())
         enqueue(app, TASK_CHUNK, ["job1", 1], sent_at=time.time())
         with app.connection_for_write() as connection:
             assert connection.default_channel.basic_get("gpu", no_ack=False) is not None
-            client.config_set("save", "3600 1")
-            client.config_set("stop-writes-on-bgsave-error", "yes")
-            client.config_set("dir", "/proc")
-            client.bgsave()
-            for _ in range(100):
-                if client.info("persistence")["rdb_last_bgsave_status"] == "err":
-                    break
-                time.sleep(0.1)
-            with pytest.raises(redis.ResponseError, match="MISCONF"):
-                client.set("probe", "1")
-            try:
+            with unable_to_save(client, tmp_path):
+                with pytest.raises(redis.ResponseError, match="MISCONF"):
+                    client.set("probe", "1")
                 line = messages_in_line(client, "gpu", held_since=time.time() - 60)
-            finally:
-                client.config_set("dir", str(tmp_path))
-                client.config_set("save", "")
         assert line == {("job1", "0"), ("job1", "1")}
 
 
