@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 
+from facefusion_tasks.metrics.snapshot import read_together
+
 # kombu's Redis transport (read in kombu/transport/redis.py): a queue is a LIST, LPUSH adds at
 # the head and consumers pop from the tail (so the tail is the next to run); a message with
 # priority p goes to the list named by the priority step at or below p, where step 0 is the
@@ -67,7 +69,9 @@ def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int 
 #: gets a new stamp, and so a new first sighting (the stamp is compared for equality only,
 #: never as a time). Forgets acknowledged ones. Its writes are pcalls: on a read-only replica,
 #: or a Redis refusing writes, the line is still read (sightings then wait for a writable one).
-#: KEYS: unacked, unacked_index, held_seen.
+#: Returns {held entries, then each waiting line's messages}: one script, not a MULTI, since
+#: Redis 7 refuses every command queued in a MULTI once it is past maxmemory.
+#: KEYS: unacked, unacked_index, held_seen, then the lines to read (queue lists).
 HELD_SINCE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -98,7 +102,11 @@ for _, tag in ipairs(redis.call('HKEYS', KEYS[3])) do
     redis.pcall('HDEL', KEYS[3], tag)
   end
 end
-return recent
+local replies = {recent}
+for i = 4, #KEYS do
+  table.insert(replies, redis.call('LRANGE', KEYS[i], 0, -1))
+end
+return replies
 """
 
 
@@ -110,14 +118,17 @@ def note_held(client: redis.Redis, *, key_prefix: str = "") -> None:
     """Record the first sighting of every message held now (the sweep does, every period):
     the line readers only look when something has waited `stall_seconds`, and a first
     sighting that late would leave a dead holder's message counted as held for twice that."""
-    _held_since(client, client, _NEVER, key_prefix)
+    _held_since(client, _NEVER, key_prefix, lines=[])
 
 
-def _held_since(client: redis.Redis, runner: Any, held_since: float, key_prefix: str) -> Any:
-    """HELD_SINCE, run on `runner` (the client, or a transaction pipeline of it)."""
+def _held_since(
+    client: redis.Redis, held_since: float, key_prefix: str, *, lines: Sequence[str]
+) -> list[Any]:
+    """HELD_SINCE: [held entries first seen since `held_since`, then each line's messages]."""
     script = client.register_script(HELD_SINCE)
     keys = [key_prefix + UNACKED_KEY, key_prefix + UNACKED_INDEX_KEY, key_prefix + HELD_SEEN_KEY]
-    return script(keys=keys, args=[held_since], client=runner)
+    replies: list[Any] = script(keys=[*keys, *lines], args=[held_since])
+    return replies
 
 
 def messages_in_line(
@@ -130,20 +141,15 @@ def messages_in_line(
     stuck, and kombu would give it back only after its visibility timeout (an hour). How long
     is judged on Redis's clock, from the first read that saw it held (HELD_SEEN_KEY): kombu's
     own stamp is the holder's clock, and a worker 10 minutes behind had every chunk it took
-    but had not yet started sent once more. Read in one MULTI/EXEC; None when more than
+    but had not yet started sent once more. Read in one atomic step; None when more than
     LINE_LIMIT messages would have to be read."""
     keys = [key_prefix + key for key in priority_keys(queue)]
-    pipe = client.pipeline(transaction=True)
-    for key in keys:
-        pipe.llen(key)
-    pipe.hlen(key_prefix + UNACKED_KEY)
-    if sum(int(n or 0) for n in pipe.execute()) > LINE_LIMIT:
+    sizes = read_together(
+        client, [*(("LLEN", k) for k in keys), ("HLEN", key_prefix + UNACKED_KEY)]
+    )
+    if sum(int(n or 0) for n in sizes) > LINE_LIMIT:
         return None
-    pipe = client.pipeline(transaction=True)
-    for key in keys:
-        pipe.lrange(key, 0, -1)
-    _held_since(client, pipe, held_since, key_prefix)
-    *waiting, recent = pipe.execute()
+    recent, *waiting = _held_since(client, held_since, key_prefix, lines=keys)
     found: set[tuple[str, ...]] = set()
     for raw in itertools.chain(*waiting):
         found.add(_task_args(_json(raw)))

@@ -32,6 +32,7 @@ from facefusion_tasks.metrics.keys import (
     priority_keys,
     waits_in,
 )
+from facefusion_tasks.metrics.snapshot import Read, read_together
 from facefusion_tasks.queue_names import GPU_QUEUE, LIGHT_QUEUE
 from facefusion_tasks.store_keys import QUEUED, RUNNING, job_key
 
@@ -83,22 +84,21 @@ def read_queues(
 ) -> dict[str, QueueDepth]:
     """Waiting and unacked counts and the oldest waiting enqueue time, per queue.
 
-    One MULTI/EXEC, so lists and the unacked hash are one consistent snapshot. (A message a
+    One atomic read, so lists and the unacked hash are one consistent snapshot. (A message a
     worker has just popped and not yet recorded in `unacked` is in neither: kombu moves it in two
     steps, so a backlog can read one low for that instant; nothing can make it read high.)
     """
-    pipe = client.pipeline(transaction=True)
+    reads: list[Read] = []
     layout: list[tuple[str, str]] = []
     for queue in queues:
         for key in priority_keys(queue, steps):
-            pipe.llen(key_prefix + key)
             # Both ends: the tail is the next to run, but a message rejected with requeue goes
             # back to the head with its old enqueue time.
-            pipe.lindex(key_prefix + key, -1)
-            pipe.lindex(key_prefix + key, 0)
+            name = key_prefix + key
+            reads += [("LLEN", name), ("LINDEX", name, -1), ("LINDEX", name, 0)]
             layout.append((queue, key))
-    pipe.hvals(key_prefix + UNACKED_KEY)
-    replies = pipe.execute()
+    reads.append(("HVALS", key_prefix + UNACKED_KEY))
+    replies = read_together(client, reads)
     waiting = dict.fromkeys(queues, 0)
     oldest: dict[str, float | None] = dict.fromkeys(queues, None)
     for index, (queue, _key) in enumerate(layout):
@@ -214,13 +214,17 @@ def read_liveness(
     and is not in `gpu_line` either (lost: the sweep sends it again, as it does for the rest).
     Each line is read only when something has waited long enough to be looked for there."""
     cutoff = now - stall_seconds
-    pipe = client.pipeline(transaction=True)
-    pipe.zcard(key_prefix + RUNNING_KEY)
-    pipe.zrangebyscore(key_prefix + RUNNING_KEY, "-inf", cutoff, start=0, num=10000)
-    pipe.zrange(key_prefix + RUNNING_KEY, 0, 0, withscores=True)
-    pipe.zrangebyscore(key_prefix + LIVE_KEY, "-inf", cutoff, start=0, num=10000)
-    pipe.zrangebyscore(key_prefix + PENDING_KEY, "-inf", cutoff, start=0, num=10000)
-    running, stale_chunks, oldest, stale_jobs, unsent = pipe.execute()
+    stale = ("-inf", cutoff, "LIMIT", 0, 10000)
+    running, stale_chunks, oldest, stale_jobs, unsent = read_together(
+        client,
+        [
+            ("ZCARD", key_prefix + RUNNING_KEY),
+            ("ZRANGEBYSCORE", key_prefix + RUNNING_KEY, *stale),
+            ("ZRANGE", key_prefix + RUNNING_KEY, 0, 0, "WITHSCORES"),  # flat: member, score
+            ("ZRANGEBYSCORE", key_prefix + LIVE_KEY, *stale),
+            ("ZRANGEBYSCORE", key_prefix + PENDING_KEY, *stale),
+        ],
+    )
     jobs = {as_text(member).rpartition(":")[0] for member in stale_chunks}
     jobs |= _stuck_jobs(client, [as_text(m) for m in stale_jobs], light_line, key_prefix)
     line = gpu_line() if unsent else frozenset()
@@ -228,7 +232,7 @@ def read_liveness(
         job_id, _, index = as_text(member).rpartition(":")
         if not waits_in(line, job_id, index):
             jobs.add(job_id)
-    age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
+    age = max(0.0, now - float(oldest[1])) if oldest else 0.0
     return Liveness(int(running), len(stale_chunks), len(jobs), age)
 
 

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.exporter import make_server, start_in_thread
 from facefusion_tasks.metrics.gpu import GpuCollector
+from facefusion_tasks.metrics.keys import PENDING_KEY, messages_in_line
 from facefusion_tasks.metrics.queues import (
     QueueCollector,
     alive_workers,
@@ -135,6 +136,38 @@ def test_collector_families(enqueued: tuple[Celery, float], redis_url: str) -> N
     assert values[("facefusion_queue_backlog", "light")] == 2
     assert values[("facefusion_queue_oldest_age_seconds", "gpu")] == pytest.approx(997)
     assert values[("facefusion_workers_alive", None)] == 0
+
+
+def test_a_redis_past_maxmemory_is_read_not_reported_down(
+    enqueued: tuple[Celery, float], broker: redis.Redis, redis_url: str
+) -> None:
+    # Redis 7 refuses every command queued in a MULTI once it is past maxmemory, reads
+    # included: the exporter read nothing, and on-call saw redis_up 0 and an empty backlog for
+    # a Redis that was up and full.
+    _, base = enqueued
+    # Two chunks planned long ago and never seen running: one's message waits in line, the
+    # other's is nowhere (its job counts as stalled).
+    broker.zadd(PENDING_KEY, {"job:4": base, "lost:0": base})
+    broker.config_set("maxmemory-policy", "noeviction")
+    broker.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            broker.set("probe", "1")
+        collector = QueueCollector(
+            redis_url, ["gpu", "light"], clock=lambda: base + 1000, stall_seconds=300
+        )
+        values = {
+            (s.name, s.labels.get("queue")): s.value for m in collector.collect() for s in m.samples
+        }
+        line = messages_in_line(broker, "gpu", held_since=base)
+    finally:
+        broker.config_set("maxmemory", "0")
+    assert values[("facefusion_exporter_redis_up", None)] == 1 and not collector.degraded
+    assert values[("facefusion_queue_backlog", "gpu")] == len(PRIORITIES)
+    assert values[("facefusion_queue_unacked", "gpu")] == RESERVED
+    assert values[("facefusion_queue_backlog", "light")] == 2
+    assert values[("facefusion_jobs_stalled", None)] == 1
+    assert line == {("job", str(index)) for index in range(len(PRIORITIES))}
 
 
 def test_heartbeats_expire(broker: redis.Redis) -> None:
