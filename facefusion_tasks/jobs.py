@@ -118,10 +118,13 @@ def plan_chunks(
     """Cut on the video's own presentation timestamps (not on frame rate × seconds), so
     variable-frame-rate and odd-timed inputs split exactly; every frame lands in one chunk.
 
-    A chunk ends at the first frame at or past `chunk_seconds` from its start; a tail shorter
-    than `min_frames` joins the previous chunk (a chunk has fixed costs: model warm-up,
-    encoder start, a keyframe). InputError for a chunk length under the floor, or a plan of
-    more than max_chunks chunks."""
+    A chunk ends at the first frame at or past `chunk_seconds` from its start that leaves it
+    at least `min_frames` frames; a tail shorter than that joins the previous chunk. A chunk
+    has fixed costs (model warm-up, encoder start, a keyframe), and fewer frames than the
+    encoder's reordering delay change how segments join: x264 and x265 give a segment of 1
+    or 2 frames no B-frame delay and a longer one 2 frames', so at 1 fps a 2-frame chunk
+    before a 4-frame one stitched into an mp4 whose video track said 4 s for 6 s of frames.
+    InputError for a chunk length under the floor, or a plan of more than max_chunks chunks."""
     check_chunk_seconds(chunk_seconds, min_chunk_seconds=min_chunk_seconds)
     if not timestamps:
         return []
@@ -129,7 +132,7 @@ def plan_chunks(
     limit = Fraction(chunk_seconds) / time_base  # in pts ticks
     starts = [0]
     for i in range(1, len(pts)):
-        if pts[i] - pts[starts[-1]] >= limit:
+        if pts[i] - pts[starts[-1]] >= limit and i - starts[-1] >= min_frames:
             starts.append(i)
     if len(starts) > 1 and len(pts) - starts[-1] < min_frames:
         starts.pop()

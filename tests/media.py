@@ -98,6 +98,13 @@ def video_times(path: Path) -> list[Fraction]:
     return [(p - pts[0]) * tb for p in pts]
 
 
+def video_track_seconds(path: Path) -> float:
+    """The video stream's length as its container's header declares it (an mp4's stts), which
+    players show and which nothing in the packets has to agree with."""
+    data = ffprobe_json(path, "-select_streams", "v:0", "-show_entries", "stream=duration")
+    return float(data["streams"][0]["duration"])
+
+
 def video_length(path: Path) -> Fraction:
     """How long a file without audio plays: its first frame's start to its last frame's end,
     as ffprobe tells the file's duration (microseconds). mp4's own stream duration leaves out

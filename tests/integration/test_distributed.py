@@ -41,6 +41,7 @@ from tests.media import (
     storage_root,
     video_length,
     video_times,
+    video_track_seconds,
     write_beeping_flv,
     write_gif,
 )
@@ -167,14 +168,37 @@ def test_a_slideshow_with_a_long_last_frame_is_stitched_frame_exact(
 ) -> None:
     # Frames shown 40 ms to 0.9 s, the last the longest. The stitch's stream copy gave the
     # last frame one step of a guessed rate (one tick of the GIF's clock with ffmpeg 5.1); it
-    # now keeps its own 0.9 s, as a local swap does.
-    delays = [70, 230, 50, 310, 120, 90, 40, 200, 60, 150, 80, 260, 300, 140, 900]
+    # now keeps its own 0.9 s, as a local swap does. 30 frames: a chunk holds 8 at least.
+    delays = [70, 230, 50, 310, 120, 90, 40, 200, 60, 150, 80, 260, 300, 140] * 2 + [110, 900]
     gif = write_gif(root / "slideshow.gif", delays)
     output = root / "out" / f"slideshow{suffix}"
     status = _swap_in_half_second_chunks(fleet, root, gif, output)
     assert status.chunks_total >= 3
     assert video_times(output) == video_times(gif)
     assert video_length(output) == pytest.approx(sum(delays) / 1000, abs=0.002)
+
+
+def test_a_one_fps_clip_in_short_chunks_keeps_its_video_tracks_length(
+    fleet: Cluster, root: Path
+) -> None:
+    # x264 gives a segment of 1 or 2 frames no B-frame delay and a longer one 2 frames': the
+    # plan cut this clip into 2-frame chunks and a 4-frame tail, and the stitched mp4's video
+    # track said 18 s for 20 s of frames. Every chunk now holds at least 8 frames.
+    target = root / "one-fps.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=1:duration=20",
+         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(target)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / "one-fps.mp4"
+    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=2)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.chunks_total >= 2
+    assert video_times(output) == video_times(target)
+    assert video_track_seconds(output) == video_track_seconds(target) == 20
 
 
 def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root: Path) -> None:

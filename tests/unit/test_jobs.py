@@ -34,6 +34,16 @@ def test_constant_rate_splits_on_seconds() -> None:
     assert chunks[-1].end_pts is None and chunks[-1].span is None
 
 
+def test_no_chunk_holds_fewer_than_min_frames_at_a_low_rate() -> None:
+    # 1 fps in 2 s chunks: 2-frame segments get no B-frame delay from x264 while longer ones
+    # get 2 frames', and such a mix stitched into an mp4 whose video track was 2 s short.
+    pts = list(range(20))
+    chunks = plan_chunks(pts, Fraction(1), chunk_seconds=2)
+    assert [c.frames for c in chunks] == [8, 12]
+    _covers(chunks, pts)
+    assert chunks[0].span == Fraction(8)
+
+
 def test_variable_rate_uses_real_timestamps() -> None:
     pts, t = [], 0
     for i in range(200):
