@@ -146,9 +146,14 @@ def open_failure(source: Location, stderr: str) -> InputError:
 
 
 def run_probe(argv: list[str]) -> process.Completed:
-    """Run a probe or demux pass under PROBE_TIMEOUT, named for the file it reads."""
+    """Run a probe or demux pass under PROBE_TIMEOUT, named for the file it reads. One a
+    signal ended raises process.killed: read as the file's failure, the OOM killer's SIGKILL
+    or a service manager's SIGTERM failed the job as "not a video file"."""
     what = f"{Path(argv[0]).name} on {redact(argv[-1])}"
-    return process.run(argv, timeout=PROBE_TIMEOUT, what=what)
+    done = process.run(argv, timeout=PROBE_TIMEOUT, what=what)
+    if process.signalled(done.returncode):
+        raise process.killed(what, done.returncode)
+    return done
 
 
 def still_image(container: str) -> bool:

@@ -91,7 +91,7 @@ class StderrLog:
     def failure(self, what: str, returncode: int | None) -> FaceFusionError | None:
         """A MediaError when ffmpeg failed (non-zero exit or any error line), killed() when a
         signal ended it, else None."""
-        if returncode is not None and returncode < 0:
+        if returncode is not None and signalled(returncode):
             return killed(what, returncode)
         if returncode == 0 and not self.errors:
             return None
@@ -103,17 +103,35 @@ class StderrLog:
         return MediaError(f"{what}: {self.last_error()}{how}", stderr=self.text())
 
 
-#: Signals that end ffmpeg from outside (the kernel's OOM killer, someone on the host): the
-#: host's trouble, not the file's. Others (SIGSEGV, SIGABRT from an assertion, SIGBUS, SIGFPE)
-#: are ffmpeg crashing, which it would do again on the same input. ffmpeg catches SIGTERM and
-#: SIGINT itself and exits 255 (5.1 and 9.0), which reads as its own failure: not retried.
-_OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGHUP, signal.SIGQUIT})
+#: Signals that end ffmpeg or ffprobe from outside (the kernel's OOM killer, someone on the
+#: host, a service manager; ffprobe does not catch SIGTERM or SIGINT): the host's trouble, not
+#: the file's. Others (SIGSEGV, SIGABRT from an assertion, SIGBUS, SIGFPE) are a crash, which
+#: would come again on the same input.
+_OUTSIDE_SIGNALS = frozenset(
+    {signal.SIGKILL, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT}
+)
+#: ffmpeg's exit code after it caught SIGTERM or SIGINT and stopped (5.1 and 9.0). This
+#: process never sends either (it stops ffmpeg with SIGKILL), so they came from outside: a
+#: service manager stopping the worker's whole process group (systemd's default KillMode, a
+#: supervisor's stopasgroup), a terminal's Ctrl-C. The decoder's read as a corrupt video (the
+#: user's file blamed, the job failed for good), the encoder's as a media failure.
+STOPPED_EXIT = 255
+
+
+def signalled(returncode: int) -> bool:
+    """Whether a signal ended ffmpeg: killed by it, or caught it and stopped."""
+    return returncode < 0 or returncode == STOPPED_EXIT
 
 
 def killed(what: str, returncode: int) -> FaceFusionError:
-    """The error for an ffmpeg a signal ended (`returncode` < 0) that this process did not
-    send. From outside: TransientError, as another attempt, maybe on another worker, may get
-    through (the failure policy retries it). A crash: MediaError, the system's fault."""
+    """The error for an ffmpeg a signal ended (signalled(`returncode`)) that this process did
+    not send. From outside: TransientError, as another attempt, maybe on another worker, may
+    get through (the failure policy retries it). A crash: MediaError, the system's fault."""
+    if returncode == STOPPED_EXIT:
+        return TransientError(
+            f"{what}: ffmpeg was stopped (SIGTERM or SIGINT from outside: a service manager "
+            "or a terminal stopping this worker)"
+        )
     try:
         number: signal.Signals | None = signal.Signals(-returncode)
     except ValueError:

@@ -24,6 +24,7 @@ from facefusion_tasks.errors import InputError, MediaError, OutputError, Transie
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.fields import written_field_order
 from facefusion_tasks.video.mkv import MatroskaRawWriter
+from facefusion_tasks.video.plainfile import run_probe
 from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.reader import FrameReader
 from facefusion_tasks.video.samples import (
@@ -398,6 +399,48 @@ def test_an_ffmpeg_killed_from_outside_is_a_transient_failure(
         list(reader)
     assert not isinstance(crash.value, TransientError)
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("ffmpeg", ["", BUNDLED_FFMPEG], ids=["system", "bundled"])
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_ffmpeg_stopped_from_outside_is_a_transient_failure(
+    clips: dict[str, Path], tmp_path: Path, sent: signal.Signals, ffmpeg: str
+) -> None:
+    # A service manager stopping the worker's whole process group (systemd's default
+    # KillMode), a terminal's Ctrl-C: ffmpeg catches the signal, stops and exits 255. The
+    # decoder's read as the user's corrupt video, the encoder's as a media failure, and each
+    # failed the job for good.
+    settings = dataclasses.replace(SETTINGS, ffmpeg=ffmpeg)
+    info = probe(clips["cfr25"], ffmpeg=ffmpeg)
+    with (
+        pytest.raises(TransientError, match=r"decoding cfr25.mp4: ffmpeg was stopped .SIGTERM"),
+        FrameReader(info, ffmpeg=ffmpeg) as reader,
+    ):
+        next(reader)
+        os.kill(reader._proc.pid, sent)
+        list(reader)
+    with (
+        pytest.raises(TransientError, match=r"stopped.mp4: .*ffmpeg was stopped .SIGTERM"),
+        FrameWriter(
+            tmp_path / "stopped.mp4", width=info.width, height=info.height,
+            time_base=info.time_base, audio_source=None, settings=settings,
+        ) as writer,
+    ):  # fmt: skip
+        frame = np.zeros((info.height, info.width, 3), np.uint8)
+        writer.write(frame, 0)
+        os.kill(writer._proc.pid, sent)
+        # Not waited for: ffmpeg may be blocked reading its stdin, and stops at its next frame.
+        for index in range(1, 500):  # until the pipe breaks
+            writer.write(frame, index * 512)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_probe_a_signal_ended_is_a_transient_failure_not_a_bad_file() -> None:
+    # ffprobe catches no signal: the OOM killer's SIGKILL or a service manager's SIGTERM
+    # during a plan's probe read as "not a video file", the user's fault.
+    for sent in ("KILL", "TERM"):
+        with pytest.raises(TransientError, match=rf"clip.mp4: ffmpeg was killed .SIG{sent}"):
+            run_probe(["sh", "-c", f"kill -{sent} $$", "clip.mp4"])
 
 
 def test_close_from_another_thread_ends_iteration_quietly(clips: dict[str, Path]) -> None:
