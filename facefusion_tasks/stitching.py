@@ -9,7 +9,7 @@ from pathlib import Path
 from facefusion_tasks import objects
 from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, marked
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.errors import InputError, MediaError, OutputError
 from facefusion_tasks.fingerprints import check_unchanged
 from facefusion_tasks.images import is_image_target, read_header
 from facefusion_tasks.objects import Location, ObjectRef
@@ -66,6 +66,8 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         return None  # ended (cancelled, failed, succeeded) or not ready
     target = job_file(job["target"], settings, what="target")
     output = job_file(job["output"], settings, what="output", output=True)
+    if job.get("state") == RUNNING and job.get("commit"):
+        _fence_stale_commit(output, json.loads(job["commit"]))
     if is_image_target(target):
         return _finish_image_job(store, settings, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
@@ -109,10 +111,38 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
             if store.state(job_id) == CANCELLED:
                 remove_segments(settings, job_id, output=job["output"])
             return None
-        commit(staged, output, token=mark.get("token"))
+        if not _still_ours(store, job_id, mark):  # stopped, then superseded by a retry
+            staged.discard()
+            return None
+        try:
+            commit(staged, output, token=mark.get("token"))
+        except OutputError:
+            if _still_ours(store, job_id, mark):
+                raise
+            return None  # a retry's stitch fenced this one off (_fence_stale_commit)
     store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
     remove_segments(settings, job_id, output=job["output"])
     return output
+
+
+def _still_ours(store: JobStore, job_id: str, mark: dict[str, object]) -> bool:
+    """Whether the job is still COMMITTING this stitch's output (its mark): a stitcher stopped
+    in COMMITTING (a frozen process, a suspended host) whose job `retry` stitched again may
+    wake after that job succeeded, and another job wrote the same output since."""
+    job = store.get(job_id)
+    return job.get("state") == COMMITTING and job.get("commit") == json.dumps(mark)
+
+
+def _fence_stale_commit(output: Location, mark: dict[str, object]) -> None:
+    """Remove the verified temp an earlier stitcher left in COMMITTING, before `retry` sent
+    this stitch: were it to wake between its last look at the job and its rename, the rename
+    now finds nothing, and cannot put an older stitch over this job's new output or a later
+    job's. (An object's upload has no such fence: see the README.)"""
+    if isinstance(output, Path) and mark.get("temp"):
+        temp = output.with_name(str(mark["temp"]))
+        if marked(temp, mark):
+            log.warning("%s: removing the verified file a stopped stitch left", temp)
+            StagedOutput(temp, output).discard()
 
 
 def _resume_commit(

@@ -534,7 +534,7 @@ def test_distributed_webm_jobs_stitch_vp9_segments_frame_exactly(
     for job_id in jobs.values():
         status = producer.wait(job_id, timeout=150)
         assert status.state == SUCCEEDED, (status.reason, status.error)
-        assert status.chunks_total >= 3 and status.frames_done == status.frames_total
+        assert status.chunks_total >= 2 and status.frames_done == status.frames_total
         work = root / ".facefusion-work" / job_id
         wait_for(lambda work=work: not work.exists(), timeout=15)
     vfr = outputs["vfr.webm"]

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import pytest
@@ -261,3 +262,59 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
         stitching.stitch_job(store, settings, gone)
     assert failed.value.reason == Reason.STALLED
     assert (media / "after.mp4").stat().st_ino == committed.st_ino
+
+
+@pytest.mark.parametrize("wakes", ["at_the_rename", "before_the_rename"])
+def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_output(
+    store: JobStore, media: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, wakes: str
+) -> None:
+    """A stitcher stopped in COMMITTING (a frozen process, a suspended host), its verified
+    temp beside the output; `retry` stitches the job again, it succeeds, and a later job
+    writes the same output. The stopped one wakes: its rename put the old stitch over the
+    later job's output, both jobs SUCCEEDED (found by a fault probe with SIGSTOP). Now the
+    retry's stitch removes the stopped one's temp (its rename finds nothing), and a stitcher
+    that wakes before its rename first looks whether the commit is still its own."""
+    settings = _settings(media, models_dir)
+    job_id = _stitchable(store, settings, media, "fenced.mp4")
+    output = media / "fenced.mp4"
+    stopped, thaw = threading.Event(), threading.Event()
+    real_commit, real_still_ours = stitching.commit, stitching._still_ours
+    first = threading.current_thread()
+
+    def stop_here() -> None:
+        if threading.current_thread() is not first:  # the stopped stitcher, not the retry's
+            stopped.set()
+            assert thaw.wait(60)
+
+    def commit(*args: Any, **kwargs: Any) -> None:
+        if wakes == "at_the_rename":  # after its last look at the job
+            stop_here()
+        real_commit(*args, **kwargs)
+
+    def still_ours(*args: Any) -> bool:
+        if wakes == "before_the_rename":
+            stop_here()
+        return real_still_ours(*args)
+
+    monkeypatch.setattr(stitching, "commit", commit)
+    monkeypatch.setattr(stitching, "_still_ours", still_ours)
+    results: list[object] = []
+    stale = threading.Thread(
+        target=lambda: results.append(stitching.stitch_job(store, settings, job_id))
+    )
+    stale.start()
+    assert stopped.wait(60) and store.state(job_id) == COMMITTING
+    temp = media / json.loads(store.get(job_id)["commit"])["temp"]
+    assert temp.exists()
+    # `retry` on the stalled job: back to RUNNING, and a stitch that succeeds.
+    assert store.reopen(job_id, planned=True, from_states=(COMMITTING,))
+    assert stitching.stitch_job(store, settings, job_id) == output
+    assert store.state(job_id) == SUCCEEDED and not temp.exists()
+    # A later job writes the same output.
+    output.write_bytes(b"a later job's output")
+    thaw.set()
+    stale.join(60)
+    assert results == [None]  # it stood down, nothing raised or recorded
+    assert output.read_bytes() == b"a later job's output"
+    assert store.state(job_id) == SUCCEEDED
+    assert not [p.name for p in media.iterdir() if p.name.startswith(".") and "fenced" in p.name]
