@@ -264,6 +264,8 @@ class Counted:
     #: First frame's start to the last frame's start: the muxer's guess at the last frame's
     #: length left out.
     span: Fraction = Fraction(0)
+    #: The widest gap between two frames next to each other in time.
+    widest: Fraction = Fraction(0)
 
 
 def count_argv(path: Path, *, ffmpeg: str) -> list[str]:
@@ -285,6 +287,7 @@ def parse_framecrc(text: str) -> Counted:
     end: int | None = None
     last: int | None = None
     frames = 0
+    times: list[int] = []
     for line in text.splitlines():
         if line.startswith("#"):
             match = _TB_LINE.match(line)
@@ -295,13 +298,18 @@ def parse_framecrc(text: str) -> Counted:
         if len(fields) < 6 or fields[0] != "0":
             continue
         pts, length = int(fields[2]), max(int(fields[3]), 0)
+        times.append(pts)
         frames += 1
         first = pts if first is None else min(first, pts)
         end = pts + length if end is None else max(end, pts + length)
         last = pts if last is None else max(last, pts)
     if first is None or end is None or last is None:
         return Counted(0, Fraction(0))
-    return Counted(frames, (end - first) * time_base, (last - first) * time_base)
+    times.sort()
+    widest = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
+    return Counted(
+        frames, (end - first) * time_base, (last - first) * time_base, widest * time_base
+    )
 
 
 def count_video(path: Path, *, ffmpeg: str, timeout: float = VERIFY_TIMEOUT) -> Counted:

@@ -201,6 +201,32 @@ def test_a_one_fps_clip_in_short_chunks_keeps_its_video_tracks_length(
     assert video_track_seconds(output) == video_track_seconds(target) == 20
 
 
+def test_a_phone_clip_whose_stream_claims_600_fps_is_stitched(fleet: Cluster, root: Path) -> None:
+    # VFR H.264 (30, 15, then 24 fps, with jitter) on a 1/600 s clock, so its stream claims
+    # 600 fps, in MPEG-TS (no packet durations): the stitch expected a last frame of 1/600 s,
+    # ffmpeg 5.1 reads the stitched mp4's back as its decode-order gap (43 ms), and every such
+    # job failed ("lasts 3.543 s, expected 3.502 s") where a local swap succeeded.
+    steps = "if(lt(N,40),N*20+mod(N,2),if(lt(N,60),800+(N-40)*40+mod(N,2),1600+(N-60)*25+mod(N,2)))"
+    target = root / "phone.ts"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:d=2.6667",
+         "-f", "lavfi", "-i", "sine=d=3.5", "-vf", f"settb=1/600,setpts='{steps}'",
+         "-fps_mode", "passthrough", "-enc_time_base", "1/600", "-pix_fmt", "yuv420p",
+         "-c:v", "libx264", "-c:a", "aac", str(target)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    output = root / "out" / "phone.mp4"
+    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=1)
+    status = producer.wait(job_id, timeout=120)
+    assert status.state == SUCCEEDED, (status.reason, status.error)
+    assert status.chunks_total >= 3
+    times, source = video_times(output), video_times(target)
+    assert len(times) == len(source) == 81
+    assert all(abs(a - b) <= Fraction(1, 2000) for a, b in zip(times, source, strict=True))
+
+
 def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root: Path) -> None:
     fleet = slow_fleet
     fleet.start_worker("w1")

@@ -64,6 +64,7 @@ def test_parse_framecrc_counts_frames_and_their_span() -> None:
     counted = process.parse_framecrc(text)
     assert counted.frames == 3 and counted.duration == Fraction(1536, 12800)
     assert counted.span == Fraction(1024, 12800)  # first frame's start to the last one's
+    assert counted.widest == Fraction(512, 12800)  # in time order, not decode order
     assert process.parse_framecrc("#tb 0: 1/25\n") == process.Counted(0, Fraction(0))
 
 
