@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from facefusion_tasks.still import swap_image
 from facefusion_tasks.storage import check_outside_work
 from facefusion_tasks.video.argv import muxer_for
 from facefusion_tasks.video.ffbin import ffmpeg_exe
-from facefusion_tasks.video.probe import VideoInfo, probe
+from facefusion_tasks.video.probe import VideoInfo, frame_timestamps, probe
 from facefusion_tasks.video.writer import resolve_encoder
 from facefusion_tasks.workspace import local_copy, scratch
 
@@ -57,6 +58,13 @@ def run_local(
     else:
         info = probe(target_at, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
         check_output(output_at, target_at, inputs=(*sources_at, reference_at))
+        # The frames a submitted job's plan counts, read the same way (a demux pass): a file
+        # whose frames repeat timestamps is refused here as there, not swapped with times
+        # the muxer made up (23 of 90 frames moved a tick, with no word).
+        timestamps, _ = frame_timestamps(
+            target_at, ffmpeg=settings.ffmpeg, stream=info.video_stream
+        )
+        info = dataclasses.replace(info, frame_count=len(timestamps))
         # The encoder this ffmpeg will really use, before any model loads.
         resolve_encoder(
             settings.video_encoder, ffmpeg_exe(settings.ffmpeg), muxer_for(str(output_at)),

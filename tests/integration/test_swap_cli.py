@@ -267,6 +267,9 @@ def test_real_photo_video_changes_where_faces_were_found(
         ("loop_output", "loop.mp4: is a symlink loop"),
         # SVT-AV1 refuses over 240 fps once ffmpeg runs: it was exit 1, ffmpeg's generic line.
         ("svtav1_fast", "video encoder libsvtav1 takes at most 240 fps, this video is 300 fps"),
+        # As a submitted job's plan refuses it: a local swap let the muxer move 23 of them a
+        # tick each, with no word.
+        ("repeated_times", "jumpy.mp4: 23 of 90 frames repeat another's timestamp"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_output(
@@ -342,6 +345,15 @@ def test_bad_input_exits_2_with_one_line_and_no_output(
         subprocess.run(
             ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=300:d=0.2",
              "-c:v", "libx264", "-preset", "ultrafast", str(target)],
+            check=True,
+        )  # fmt: skip
+    elif case == "repeated_times":
+        target = tmp_path / "jumpy.mp4"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=30:d=3", "-vf",
+             "setpts='trunc(N*20+10*mod(N*7,3))/600/TB'", "-fps_mode", "passthrough",
+             "-video_track_timescale", "600", "-pix_fmt", "yuv420p", "-c:v", "libx264",
+             str(target)],
             check=True,
         )  # fmt: skip
     # The audio case fails mid-video, after the progress bar began: without --no-progress, a
