@@ -221,6 +221,7 @@ def test_a_real_job_on_two_workers_counts_every_frame_and_its_oom_pages(
         )
         assert firing[0]["labels"] == {
             "alertname": "FaceFusionGpuOutOfMemory",
+            "instance": target,  # which host's GPU ran out
             "kind": "arena",
             "model": "swapper",
             "severity": "warning",
