@@ -22,6 +22,7 @@ from facefusion_tasks.video.argv import (
     plain_input_args,
 )
 from facefusion_tasks.video.codecs import MILLISECOND_MUXERS
+from facefusion_tasks.video.colour import written_colour
 from facefusion_tasks.video.damage import extras_damage
 from facefusion_tasks.video.probe import VideoInfo
 from facefusion_tasks.video.staging import StagedOutput
@@ -63,6 +64,7 @@ def stitch_argv(
     audio_container: str = "",
     subtitle_codecs: Sequence[str] = (),
     field_order: str = "",
+    colour_range: str = "",
     last_frame: Fraction = Fraction(0),
     ffmpeg: str = "ffmpeg",
     version: tuple[int, int] = (5, 1),
@@ -70,7 +72,9 @@ def stitch_argv(
     """ffmpeg argv: concat demuxer → stream copy of the video, plus every audio stream of the
     source (each copied when the container takes it) and the subtitle streams the container can
     carry, limited to the video's length. An interlaced video's field order is restated: the
-    mp4 segments do not store it, and ffmpeg's parser guesses. The last frame lasts
+    mp4 segments do not store it, and ffmpeg's parser guesses. So is `colour_range`: an mp4
+    keeps the range only beside a matrix or primaries, and a Matroska output of a source
+    that named neither came out untagged, where a local swap's says "tv". The last frame lasts
     `last_frame` seconds (0: as the copy has it): see _last_frame_args."""
     argv = [ffmpeg, *ENCODE_GLOBAL_ARGS, "-y", "-f", "concat", "-safe", "0", "-i", str(concat_file)]
     if audio_source is not None:
@@ -83,6 +87,8 @@ def stitch_argv(
     argv += _last_frame_args(muxer, time_base, last_frame, version)
     if field_order:
         argv += ["-field_order", field_order]
+    if colour_range:
+        argv += ["-color_range", colour_range]
     if audio_source is not None:
         argv += ["-map", "1:a?"]
         if audio_codecs:
@@ -167,6 +173,8 @@ def stitch_segments(
         audio_container=audio_source.container,
         subtitle_codecs=audio_source.subtitle_codecs,
         field_order=audio_source.field_order,
+        # The range the segments were encoded in: the source's, else swscale's for YUV.
+        colour_range=written_colour(audio_source.colour, audio_source.pix_fmt).range or "tv",
         last_frame=final,
         ffmpeg=exe,
         version=version,

@@ -39,6 +39,7 @@ from tests.media import (
     beep_onsets,
     decoded_audio_seconds,
     storage_root,
+    streams,
     video_length,
     video_times,
     video_track_seconds,
@@ -225,6 +226,38 @@ def test_a_phone_clip_whose_stream_claims_600_fps_is_stitched(fleet: Cluster, ro
     times, source = video_times(output), video_times(target)
     assert len(times) == len(source) == 81
     assert all(abs(a - b) <= Fraction(1, 2000) for a, b in zip(times, source, strict=True))
+
+
+def test_a_stitched_matroska_carries_the_colour_range_a_local_swap_writes(
+    fleet: Cluster, root: Path, tmp_path: Path
+) -> None:
+    # The mp4 segments keep a range only beside a matrix or primaries: from a source that
+    # named neither, the stitched .mkv came out untagged where a local swap's says "tv", and a
+    # full-range one lost "pc".
+    fleet.start_worker("w1")
+    producer = fleet.producer()
+    ranges = {}
+    for name, tags in {"untagged": [], "full": ["-color_range", "pc"]}.items():
+        target = root / f"range-{name}.mp4"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:d=2",
+             "-pix_fmt", "yuv420p", *tags, "-c:v", "libx264", str(target)],
+            check=True, timeout=60,
+        )  # fmt: skip
+        output = root / "out" / f"range-{name}.mkv"
+        job_id = producer.submit(root / "source.png", target, output, chunk_seconds=0.5)
+        status = producer.wait(job_id, timeout=120)
+        assert status.state == SUCCEEDED and status.chunks_total >= 3, (status.reason, status.error)
+        ranges[name] = streams(output)[0].get("color_range")
+    local = tmp_path / "local.mkv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "facefusion_tasks", "swap", str(root / "source.png"),
+         str(root / "range-untagged.mp4"), "-o", str(local), "--no-progress"],
+        env=fleet.env | {"FACEFUSION_BROKER_URL": ""}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert ranges == {"untagged": streams(local)[0].get("color_range"), "full": "pc"}
+    assert ranges["untagged"] == "tv"
 
 
 def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root: Path) -> None:
