@@ -149,10 +149,11 @@ def run_probe(argv: list[str]) -> process.Completed:
     """Run a probe or demux pass under PROBE_TIMEOUT, named for the file it reads. One a
     signal ended raises process.killed: read as the file's failure, the OOM killer's SIGKILL
     or a service manager's SIGTERM failed the job as "not a video file"."""
-    what = f"{Path(argv[0]).name} on {redact(argv[-1])}"
+    program = Path(argv[0]).name
+    what = f"{program} on {redact(argv[-1])}"
     done = process.run(argv, timeout=PROBE_TIMEOUT, what=what)
-    if process.signalled(done.returncode):
-        raise process.killed(what, done.returncode)
+    if process.signalled(done.returncode, done.log().errors):
+        raise process.killed(what, done.returncode, program=program)
     return done
 
 

@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -91,7 +91,7 @@ class StderrLog:
     def failure(self, what: str, returncode: int | None) -> FaceFusionError | None:
         """A MediaError when ffmpeg failed (non-zero exit or any error line), killed() when a
         signal ended it, else None."""
-        if returncode is not None and signalled(returncode):
+        if returncode is not None and signalled(returncode, self.errors):
             return killed(what, returncode)
         if returncode == 0 and not self.errors:
             return None
@@ -110,27 +110,30 @@ class StderrLog:
 _OUTSIDE_SIGNALS = frozenset(
     {signal.SIGKILL, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT}
 )
-#: ffmpeg's exit code after it caught SIGTERM or SIGINT and stopped (5.1 and 9.0). This
-#: process never sends either (it stops ffmpeg with SIGKILL), so they came from outside: a
-#: service manager stopping the worker's whole process group (systemd's default KillMode, a
-#: supervisor's stopasgroup), a terminal's Ctrl-C. The decoder's read as a corrupt video (the
-#: user's file blamed, the job failed for good), the encoder's as a media failure.
+#: ffmpeg's exit code after it caught SIGTERM or SIGINT and stopped, saying nothing at error
+#: level (5.1 and 9.0). This process never sends either (it stops ffmpeg with SIGKILL), so
+#: they came from outside: a service manager stopping the worker's whole process group
+#: (systemd's default KillMode, a supervisor's stopasgroup), a terminal's Ctrl-C. The
+#: decoder's read as a corrupt video (the user's file blamed, the job failed for good), the
+#: encoder's as a media failure. ffmpeg 7 and later also exit 255 for their own EPERM (an
+#: immutable output, some demuxers' damage), after an error line: that is not a stop.
 STOPPED_EXIT = 255
 
 
-def signalled(returncode: int) -> bool:
-    """Whether a signal ended ffmpeg: killed by it, or caught it and stopped."""
-    return returncode < 0 or returncode == STOPPED_EXIT
+def signalled(returncode: int, errors: Collection[str] = ()) -> bool:
+    """Whether a signal ended ffmpeg (or ffprobe, which catches none): killed by it, or
+    caught it and stopped (STOPPED_EXIT, with no error line in `errors`)."""
+    return returncode < 0 or (returncode == STOPPED_EXIT and not errors)
 
 
-def killed(what: str, returncode: int) -> FaceFusionError:
-    """The error for an ffmpeg a signal ended (signalled(`returncode`)) that this process did
-    not send. From outside: TransientError, as another attempt, maybe on another worker, may
-    get through (the failure policy retries it). A crash: MediaError, the system's fault."""
+def killed(what: str, returncode: int, *, program: str = "ffmpeg") -> FaceFusionError:
+    """The error for a `program` a signal ended (signalled(`returncode`)) that this process
+    did not send. From outside: TransientError, as another attempt, maybe on another worker,
+    may get through (the failure policy retries it). A crash: MediaError, the system's fault."""
     if returncode == STOPPED_EXIT:
         return TransientError(
-            f"{what}: ffmpeg was stopped (SIGTERM or SIGINT from outside: a service manager "
-            "or a terminal stopping this worker)"
+            f"{what}: {program} was stopped (SIGTERM or SIGINT from outside: a service "
+            "manager or a terminal stopping this worker)"
         )
     try:
         number: signal.Signals | None = signal.Signals(-returncode)
@@ -138,8 +141,10 @@ def killed(what: str, returncode: int) -> FaceFusionError:
         number = None
     name = number.name if number is not None else f"signal {-returncode}"
     if number in _OUTSIDE_SIGNALS:
-        return TransientError(f"{what}: ffmpeg was killed ({name}: out of memory, or from outside)")
-    return MediaError(f"{what}: ffmpeg crashed ({name})")
+        return TransientError(
+            f"{what}: {program} was killed ({name}: out of memory, or from outside)"
+        )
+    return MediaError(f"{what}: {program} crashed ({name})")
 
 
 class Process:

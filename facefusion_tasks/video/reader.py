@@ -326,7 +326,7 @@ class FrameReader:
                     f"{name}: hardware decoding ({self.hwaccel}) failed: {detail}",
                     stderr=self.stderr_tail(),
                 )
-            if process.signalled(code):
+            if process.signalled(code, errors):
                 raise process.killed(f"decoding {name}", code)
             raise InputError(
                 f"{name}: truncated or corrupt video (ffmpeg exit {code}: {_short(detail)})",

@@ -439,7 +439,7 @@ def test_a_probe_a_signal_ended_is_a_transient_failure_not_a_bad_file() -> None:
     # ffprobe catches no signal: the OOM killer's SIGKILL or a service manager's SIGTERM
     # during a plan's probe read as "not a video file", the user's fault.
     for sent in ("KILL", "TERM"):
-        with pytest.raises(TransientError, match=rf"clip.mp4: ffmpeg was killed .SIG{sent}"):
+        with pytest.raises(TransientError, match=rf"sh on clip.mp4: sh was killed .SIG{sent}"):
             run_probe(["sh", "-c", f"kill -{sent} $$", "clip.mp4"])
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import MediaError
+from facefusion_tasks.errors import MediaError, TransientError
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process, staging
 from facefusion_tasks.video.writer import FrameWriter
@@ -35,6 +35,22 @@ def test_error_lines_fail_a_run_even_with_exit_code_zero() -> None:
     other = process.StderrLog().feed("[fatal] Invalid argument").failure("x", 0)
     assert other is not None and other.reason is Reason.MEDIA
     assert process.StderrLog().failure("x", 1) is not None  # a bare exit code fails too
+
+
+def test_exit_255_is_a_stop_from_outside_only_when_ffmpeg_said_nothing_wrong() -> None:
+    # ffmpeg catches SIGTERM and SIGINT, stops and exits 255 quietly; from 7.0 its own EPERM
+    # exits 255 too, after an error line (an immutable output, some demuxers' damage).
+    stopped = process.StderrLog().feed("[info] Exiting normally, received signal 15.")
+    failure = stopped.failure("encoding out.mp4", 255)
+    assert isinstance(failure, TransientError) and "ffmpeg was stopped (SIGTERM" in str(failure)
+    refused = process.StderrLog().feed(
+        "[error] Error opening output out.mp4: Operation not permitted"
+    )
+    failure = refused.failure("encoding out.mp4", 255)
+    assert failure is not None and not isinstance(failure, TransientError)
+    assert "Operation not permitted (ffmpeg exit 255)" in str(failure)
+    assert process.signalled(-9) and not process.signalled(1)
+    assert not process.signalled(255, ["Operation not permitted"])
 
 
 def test_the_tail_is_bounded() -> None:
