@@ -18,6 +18,7 @@ from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.still import swap_image
 from facefusion_tasks.storage import check_outside_work
 from facefusion_tasks.video.argv import muxer_for
@@ -64,6 +65,8 @@ def run_local(
         timestamps, _ = frame_timestamps(
             target_at, ffmpeg=settings.ffmpeg, stream=info.video_stream
         )
+        if not timestamps:  # every packet hidden (an edit list of nothing)
+            raise InputError(f"{target_at.name}: no video frames", reason=Reason.NO_FRAMES)
         info = dataclasses.replace(info, frame_count=len(timestamps))
         # The encoder this ffmpeg will really use, before any model loads.
         resolve_encoder(

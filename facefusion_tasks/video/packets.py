@@ -29,8 +29,6 @@ class Packets:
     last_duration: int = 0
     #: Packets without a pts of their own (their dts was taken).
     guessed: int = 0
-    #: Packets the decoder drops (an edit list hides them), left out of `pts`.
-    hidden: int = 0
 
     def frame_rate(self) -> Fraction:
         """The rate for a regular step; else frames per second of duration, as ffprobe's
@@ -121,7 +119,7 @@ def read_packets(framecrc: str, stderr: str = "") -> Packets:
     time_base = Fraction(0)
     pts: list[int] = []
     span = 0
-    max_pts, last_duration, guessed, hidden = _NOPTS, 0, 0, 0
+    max_pts, last_duration, guessed = _NOPTS, 0, 0
     for line in framecrc.splitlines():
         if line.startswith("#"):
             match = _TB_LINE.match(line)
@@ -136,7 +134,6 @@ def read_packets(framecrc: str, stderr: str = "") -> Packets:
             if extra.startswith("F=0x"):
                 flags = int(extra[4:], 16)
         if flags & DISCARD_FLAG:
-            hidden += 1
             continue
         stamp = int(fields[2])
         guessed += stamp == _NOPTS
@@ -146,5 +143,5 @@ def read_packets(framecrc: str, stderr: str = "") -> Packets:
             max_pts, last_duration = pts[-1], max(int(fields[3]), 0)
     return Packets(
         pts=pts, time_base=time_base, span=span, stderr=stderr, last_duration=last_duration,
-        guessed=guessed, hidden=hidden,
+        guessed=guessed,
     )  # fmt: skip

@@ -162,16 +162,7 @@ def probe(
         # The index may promise frames the file no longer holds (an mp4 with its moov first,
         # cut short): demux the last second, which reads through to the end of the data.
         tail = _check_tail(source, exe, info.duration, info.video_stream)
-        if tail.hidden:
-            # An edit list ends before the last packets, which the index still counts (a
-            # VFR mp4 from the concat filter: 76 in the index, 75 decoded, and a local swap
-            # refused a file that plays): only a whole demux pass counts what decodes.
-            packets = demux_pass(source, exe, info.video_stream)
-            info = dataclasses.replace(
-                info, frame_count=len(packets.pts), last_frame=packets.last_frame()
-            )
-        else:
-            info = dataclasses.replace(info, last_frame=tail.last_frame())
+        info = dataclasses.replace(info, last_frame=tail.last_frame())
     log.debug("probed %s: %s", source, info)
     return info
 

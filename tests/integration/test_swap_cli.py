@@ -423,6 +423,35 @@ def test_missing_models_is_a_clear_internal_error(media: dict[str, Path], tmp_pa
     assert "models missing" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_an_mp4_whose_edit_list_ends_before_its_last_packet_is_swapped(
+    media: dict[str, Path], models_dir: Path, tmp_path: Path
+) -> None:
+    # The concat filter's VFR into mp4 (B-frames): the edit list ends before the last packet,
+    # which the index still counts. A local swap refused the file ("decoded 75 frames,
+    # expected 76") that a submitted job, whose plan demuxes every packet, swapped; both now
+    # count with that demux pass.
+    clip = tmp_path / "joined.mp4"
+    parts = [("30", "1.3"), ("10", "1.2"), ("25", "1.0")]
+    inputs = [
+        a
+        for rate, d in parts
+        for a in ("-f", "lavfi", "-i", f"testsrc2=size=160x120:rate={rate}:d={d}")
+    ]
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", *inputs, "-filter_complex",
+         "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]", "-map", "[v]", "-fps_mode", "vfr",
+         "-video_track_timescale", "90000", "-pix_fmt", "yuv420p", "-c:v", "libx264", str(clip)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    indexed = int(streams(clip)[0]["nb_frames"])
+    decoded = len(decode_frames(clip))
+    assert indexed == decoded + 1  # what the index promises
+    out = tmp_path / "out.mp4"
+    proc = run_cli("swap", media["source"], clip, "-o", out, "--no-progress", models=models_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert len(video_times(out)) == decoded
+
+
 def test_audio_shorter_than_the_video_never_costs_frames(
     media: dict[str, Path], models_dir: Path, tmp_path: Path
 ) -> None:
