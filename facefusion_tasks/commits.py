@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from facefusion_tasks import objects
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.video.staging import StagedOutput
+
+log = logging.getLogger(__name__)
 
 #: The object metadata key carrying a stitch's commit token (S3 lower-cases it).
 COMMIT_METADATA = "facefusion-commit"
@@ -51,3 +54,19 @@ def marked(path: Path, mark: dict[str, Any]) -> bool:
         mark.get("size"),
         mark.get("mtime"),
     )
+
+
+def fence_stale(output: Location, mark: dict[str, Any]) -> bool:
+    """Remove the verified temp a stitcher stopped in COMMITTING left beside `output` (its
+    commit `mark`), for `retry`, which reopens such a job: were that stitcher to wake between
+    its last look at the job and its rename, the rename now finds nothing, and cannot put an
+    older stitch over this job's next output or a later job's. An object's upload has no such
+    fence (see the README). Returns whether a temp was removed."""
+    if not isinstance(output, Path) or not mark.get("temp"):
+        return False
+    temp = output.with_name(str(mark["temp"]))
+    if not marked(temp, mark):
+        return False
+    log.warning("%s: removing the verified file a stopped stitch left", temp)
+    StagedOutput(temp, output).discard()
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Any
 
 import redis
 
-from facefusion_tasks import broker
+from facefusion_tasks import broker, objects
 from facefusion_tasks.app import (
     GPU_QUEUE,
     LIGHT_QUEUE,
@@ -20,6 +21,7 @@ from facefusion_tasks.app import (
     TASK_STITCH,
     make_app,
 )
+from facefusion_tasks.commits import fence_stale
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import FaceFusionError, InputError, WaitTimeout
 from facefusion_tasks.fleet_clock import fleet_now
@@ -317,6 +319,10 @@ class Producer:
             return Retried("plan")
         if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
+        if status.state == COMMITTING:
+            # Its stitcher stopped with a verified file beside the output: woken, it would
+            # rename it over whatever is there by then (this job's next output, a later job's).
+            fence_stale(objects.location(status.output), json.loads(job.get("commit") or "{}"))
         undone = self.store.undone_chunks(job_id)
         # A done chunk whose segment is gone (deleted, a wiped disk) runs again: the stitch
         # would only fail on it once more.

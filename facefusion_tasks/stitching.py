@@ -24,6 +24,7 @@ from facefusion_tasks.store import (
     SUCCEEDED,
     JobStore,
 )
+from facefusion_tasks.store_keys import new_token
 from facefusion_tasks.video.staging import StagedOutput
 from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import for_job, remove_segments, scratch, segment
@@ -62,12 +63,16 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
     settings = for_job(settings, job)
     if job.get("state") == COMMITTING:
         return _resume_commit(store, settings, job_id, job)
-    if not store.set_state(job_id, STITCHING, only_from=(RUNNING, STITCHING)):
+    # This attempt's token: only the latest stitch to begin may commit. Another that began
+    # before it (a redelivered duplicate, one stopped and then superseded by a retry or the
+    # sweep's new stitch) finds the job no longer its own and stands down.
+    attempt = new_token()
+    if not store.set_state(
+        job_id, STITCHING, only_from=(RUNNING, STITCHING), also={"stitch": attempt}
+    ):
         return None  # ended (cancelled, failed, succeeded) or not ready
     target = job_file(job["target"], settings, what="target")
     output = job_file(job["output"], settings, what="output", output=True)
-    if job.get("state") == RUNNING and job.get("commit"):
-        _fence_stale_commit(output, json.loads(job["commit"]))
     if is_image_target(target):
         return _finish_image_job(store, settings, job_id, output)
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
@@ -96,17 +101,19 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         except InputError:
             staged.discard()
             raise
-        # What is about to be put in place, recorded before COMMITTING: a stitcher that dies
-        # after this point leaves a job whose output a later stitch can recognise or finish.
+        # What is about to be put in place, recorded with the move to COMMITTING (one step,
+        # this attempt's only): a stitcher that dies after it leaves a job whose output a
+        # later stitch can recognise or finish. Two steps let a duplicate's mark replace this
+        # one's between them, and each stood down for the other: stuck, then failed.
         mark = commit_mark(staged, output)
         # With the sweep's count of recoveries so far: only a later claim may resume it.
         mark["recoveries"] = int(store.get(job_id).get("recoveries") or 0)
-        if not (
-            store.set_commit(job_id, json.dumps(mark))
-            and store.set_state(job_id, COMMITTING, only_from=(STITCHING,))
-        ):
-            # Cancelled (or failed, or lost with Redis's data) while stitching: the user's
-            # file was never touched.
+        if not store.set_state(
+            job_id, COMMITTING, only_from=(STITCHING,), expect={"stitch": attempt},
+            also={"commit": json.dumps(mark)},
+        ):  # fmt: skip
+            # Cancelled (or failed, or lost with Redis's data) while stitching, or a later
+            # stitch began: the user's file was never touched.
             staged.discard()
             if store.state(job_id) == CANCELLED:
                 remove_segments(settings, job_id, output=job["output"])
@@ -119,8 +126,9 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         except OutputError:
             if _still_ours(store, job_id, mark):
                 raise
-            return None  # a retry's stitch fenced this one off (_fence_stale_commit)
-    store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
+            return None  # `retry` removed its temp (commits.fence_stale)
+    if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
+        return None  # reopened meanwhile: its segments are the next stitch's
     remove_segments(settings, job_id, output=job["output"])
     return output
 
@@ -131,18 +139,6 @@ def _still_ours(store: JobStore, job_id: str, mark: dict[str, object]) -> bool:
     wake after that job succeeded, and another job wrote the same output since."""
     job = store.get(job_id)
     return job.get("state") == COMMITTING and job.get("commit") == json.dumps(mark)
-
-
-def _fence_stale_commit(output: Location, mark: dict[str, object]) -> None:
-    """Remove the verified temp an earlier stitcher left in COMMITTING, before `retry` sent
-    this stitch: were it to wake between its last look at the job and its rename, the rename
-    now finds nothing, and cannot put an older stitch over this job's new output or a later
-    job's. (An object's upload has no such fence: see the README.)"""
-    if isinstance(output, Path) and mark.get("temp"):
-        temp = output.with_name(str(mark["temp"]))
-        if marked(temp, mark):
-            log.warning("%s: removing the verified file a stopped stitch left", temp)
-            StagedOutput(temp, output).discard()
 
 
 def _resume_commit(
@@ -177,7 +173,12 @@ def _resume_commit(
                 "the stitch stopped while committing its output, and its verified file is gone",
                 reason=Reason.STALLED,
             )
-        StagedOutput(temp, output).commit()
+        try:
+            StagedOutput(temp, output).commit()
+        except OutputError:
+            if store.state(job_id) != COMMITTING:
+                return None  # `retry` reopened the job and removed the temp first
+            raise
     log.warning("job %s: the commit its stitcher began is finished", job_id)
     if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -52,7 +52,6 @@ from facefusion_tasks.store_outputs import read, release, take, watch_crossings,
 from facefusion_tasks.store_records import JobStatus, job_inputs, job_sources
 from facefusion_tasks.store_scripts import (
     CLAIM_METERING,
-    JOB_FIELD_IN_STATE,
     WAITING_CHUNKS_ENDED,
     WITHDRAW_MESSAGES,
 )
@@ -102,7 +101,6 @@ class JobStore(ChunkRecords, StallIndex):
         self.record_ttl = record_ttl
         self._claim_metering = client.register_script(CLAIM_METERING)
         self._waiting_chunks_ended = client.register_script(WAITING_CHUNKS_ENDED)
-        self._job_field_in_state = client.register_script(JOB_FIELD_IN_STATE)
         self._withdraw_messages = client.register_script(WITHDRAW_MESSAGES)
 
     def create(self, fields: dict[str, Any]) -> str:
@@ -163,14 +161,6 @@ class JobStore(ChunkRecords, StallIndex):
         if chunks_total:
             pipe.zrem(PENDING_KEY, *(running_member(job_id, i) for i in range(chunks_total)))
 
-    def set_commit(self, job_id: str, mark: str) -> bool:
-        """Record what the stitch is about to put in place (runner's commit mark), so a stitch
-        that dies while committing can be told apart from one that finished; only while the
-        job is STITCHING. Idempotent. Returns whether it was recorded."""
-        return bool(
-            self._job_field_in_state(keys=[job_key(job_id)], args=[STITCHING, "commit", mark])
-        )
-
     def set_state(
         self,
         job_id: str,
@@ -179,10 +169,15 @@ class JobStore(ChunkRecords, StallIndex):
         reason: Reason | None = None,
         error: str = "",
         only_from: Sequence[str] = (),
+        expect: Mapping[str, str] | None = None,
+        also: Mapping[str, str] | None = None,
     ) -> bool:
         """Move a job to `state`; a terminal state is never left (a late chunk cannot undo a
-        cancel). With `only_from`, change only from those states. Returns whether it changed."""
+        cancel). With `only_from`, change only from those states; with `expect`, only while
+        those fields hold those values. `also` sets more fields in the same step (a lost job
+        is never recreated by them). Returns whether it changed."""
         key = job_key(job_id)
+        expected = dict(expect or {})
         # Recorded with the change: when a Redis stall makes redis-py give up on the EXEC (a
         # WatchError here) after Redis did run it, the next round sees its own token and answers
         # True, not "someone else moved it" (stitch would take that for a cancel).
@@ -191,8 +186,8 @@ class JobStore(ChunkRecords, StallIndex):
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current, applied, total, output = pipe.hmget(
-                        key, ["state", "state_token", "chunks_total", "output"]
+                    current, applied, total, output, *found = pipe.hmget(
+                        key, ["state", "state_token", "chunks_total", "output", *expected]
                     )
                     if current == state and applied == token:
                         pipe.unwatch()
@@ -201,11 +196,13 @@ class JobStore(ChunkRecords, StallIndex):
                         current is None
                         or current in TERMINAL
                         or (only_from and current not in only_from)
+                        or found != list(expected.values())
                     ):
                         pipe.unwatch()
                         return False
                     now = fleet_now(self.r)
                     fields: dict[Any, Any] = {
+                        **(also or {}),
                         "state": state,
                         "updated_at": now,
                         "state_token": token,

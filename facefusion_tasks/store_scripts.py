@@ -157,17 +157,6 @@ end
 return 1
 """
 
-#: KEYS: job. ARGV: state, field, value. A job field written only while the job is in that
-#: state: a stitcher still working after Redis lost the job (restarted without persistence,
-#: or flushed) made a record holding nothing but its commit mark, with no TTL and no state,
-#: which `wait` followed for ever.
-JOB_FIELD_IN_STATE = """
-if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-return 1
-"""
 
 #: KEYS: chunk, running set. ARGV: token (the delivery's), member. An attempt that ended in the
 #: task's own code (success, failure, retry) is not a lost delivery; once per token, whatever

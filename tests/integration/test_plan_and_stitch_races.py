@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -19,6 +20,7 @@ from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.liveness import sweep
 from facefusion_tasks.metrics.keys import LIVE_KEY
 from facefusion_tasks.pipeline import SwapJob, run_swap
+from facefusion_tasks.producer import Producer
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import (
     CANCELLED,
@@ -266,15 +268,22 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
 
 @pytest.mark.parametrize("wakes", ["at_the_rename", "before_the_rename"])
 def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_output(
-    store: JobStore, media: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, wakes: str
+    store: JobStore,
+    media: Path,
+    models_dir: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    wakes: str,
 ) -> None:
     """A stitcher stopped in COMMITTING (a frozen process, a suspended host), its verified
-    temp beside the output; `retry` stitches the job again, it succeeds, and a later job
-    writes the same output. The stopped one wakes: its rename put the old stitch over the
-    later job's output, both jobs SUCCEEDED (found by a fault probe with SIGSTOP). Now the
-    retry's stitch removes the stopped one's temp (its rename finds nothing), and a stitcher
-    that wakes before its rename first looks whether the commit is still its own."""
-    settings = _settings(media, models_dir)
+    temp beside the output; `retry` reopens the stalled job, a new stitch succeeds, and a
+    later job writes the same output. The stopped one wakes: its rename put the old stitch
+    over the later job's output, both jobs SUCCEEDED (found by a fault probe with SIGSTOP).
+    Now `retry` removes the stopped one's temp (its rename finds nothing), and a stitcher that
+    wakes before its rename first looks whether the commit is still its own."""
+    settings = _settings(
+        media, models_dir, broker_url=redis_url, stall_seconds=1, heartbeat_seconds=0.5
+    )
     job_id = _stitchable(store, settings, media, "fenced.mp4")
     output = media / "fenced.mp4"
     stopped, thaw = threading.Event(), threading.Event()
@@ -298,6 +307,8 @@ def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_out
 
     monkeypatch.setattr(stitching, "commit", commit)
     monkeypatch.setattr(stitching, "_still_ours", still_ours)
+    # A stopped process beats no clock: the job stalls.
+    monkeypatch.setattr(stitching, "beating", lambda *_: contextlib.nullcontext())
     results: list[object] = []
     stale = threading.Thread(
         target=lambda: results.append(stitching.stitch_job(store, settings, job_id))
@@ -306,10 +317,11 @@ def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_out
     assert stopped.wait(60) and store.state(job_id) == COMMITTING
     temp = media / json.loads(store.get(job_id)["commit"])["temp"]
     assert temp.exists()
-    # `retry` on the stalled job: back to RUNNING, and a stitch that succeeds.
-    assert store.reopen(job_id, planned=True, from_states=(COMMITTING,))
+    time.sleep(1.5)  # past stall_seconds
+    assert Producer(settings).retry(job_id).action == "stitch"
+    assert not temp.exists()  # fenced: the stopped stitcher's rename finds nothing
     assert stitching.stitch_job(store, settings, job_id) == output
-    assert store.state(job_id) == SUCCEEDED and not temp.exists()
+    assert store.state(job_id) == SUCCEEDED
     # A later job writes the same output.
     output.write_bytes(b"a later job's output")
     thaw.set()
@@ -318,3 +330,48 @@ def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_out
     assert output.read_bytes() == b"a later job's output"
     assert store.state(job_id) == SUCCEEDED
     assert not [p.name for p in media.iterdir() if p.name.startswith(".") and "fenced" in p.name]
+
+
+def test_a_stitch_that_began_before_another_stands_down_when_it_wakes(
+    store: JobStore, media: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stitches of one job (a redelivered duplicate; one stopped, then superseded by a
+    retry's): only the one that began last may commit. The earlier one, woken while the later
+    one stitches, moved the job to COMMITTING under it; and their two steps (record the mark,
+    then move) once interleaved so that each stood down for the other, and the job sat in
+    COMMITTING until the sweep failed it as stalled (review)."""
+    settings = _settings(media, models_dir)
+    job_id = _stitchable(store, settings, media, "twice.mp4")
+    paused = {name: threading.Event() for name in ("earlier", "later")}
+    resume = {name: threading.Event() for name in ("earlier", "later")}
+    real_mark = stitching.commit_mark
+
+    def commit_mark(*args: Any) -> dict[str, Any]:
+        name = threading.current_thread().name
+        paused[name].set()  # verified, about to commit
+        assert resume[name].wait(60)
+        return real_mark(*args)
+
+    monkeypatch.setattr(stitching, "commit_mark", commit_mark)
+    results: dict[str, object] = {}
+
+    def stitch(name: str) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: results.update({name: stitching.stitch_job(store, settings, job_id)}),
+            name=name,
+        )
+        thread.start()
+        assert paused[name].wait(60)
+        return thread
+
+    earlier = stitch("earlier")
+    later = stitch("later")
+    resume["earlier"].set()
+    earlier.join(60)
+    assert results == {"earlier": None} and store.state(job_id) == STITCHING
+    resume["later"].set()
+    later.join(60)
+    assert results == {"earlier": None, "later": media / "twice.mp4"}
+    assert store.state(job_id) == SUCCEEDED
+    assert probe(media / "twice.mp4").frame_count == probe(media / "clip.mp4").frame_count
+    assert not [p.name for p in media.iterdir() if p.name.startswith(".") and "twice" in p.name]

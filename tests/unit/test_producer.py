@@ -525,7 +525,7 @@ def test_a_job_lost_with_a_late_writers_fragment_left_is_vanished_too(
     def lost_then_marked(_: object) -> None:
         # Redis restarted empty during the stitch; the stitcher then records its commit mark.
         client.flushdb()
-        producer.store.set_commit(job_id, "{}")
+        producer.store.set_state(job_id, COMMITTING, also={"commit": "{}"})
         client.hset(job_key(job_id), "updated_at", "1")  # or any other late field
 
     with pytest.raises(FaceFusionError, match="vanished from Redis while it ran"):

@@ -178,16 +178,27 @@ def test_a_committing_job_cannot_be_cancelled(store: JobStore) -> None:
     assert store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,))
 
 
-def test_a_commit_mark_is_recorded_only_on_a_stitching_job(store: JobStore) -> None:
+def test_a_commit_mark_is_recorded_with_the_move_to_committing_by_the_latest_stitch(
+    store: JobStore,
+) -> None:
     job_id = _planned(store)
-    assert not store.set_commit(job_id, '{"temp": "t"}')  # RUNNING: no stitch began
-    assert store.set_state(job_id, STITCHING)
-    assert store.set_commit(job_id, '{"temp": "t"}')
+    commit = {"commit": '{"temp": "t"}'}
+    # RUNNING: no stitch began.
+    assert not store.set_state(job_id, COMMITTING, only_from=(STITCHING,), also=commit)
+    assert store.set_state(job_id, STITCHING, also={"stitch": "first"})
+    assert store.set_state(job_id, STITCHING, also={"stitch": "second"})  # a duplicate began
+    assert not store.set_state(
+        job_id, COMMITTING, only_from=(STITCHING,), expect={"stitch": "first"}, also=commit
+    )
+    assert "commit" not in store.get(job_id) and store.state(job_id) == STITCHING
+    assert store.set_state(
+        job_id, COMMITTING, only_from=(STITCHING,), expect={"stitch": "second"}, also=commit
+    )
     assert store.get(job_id)["commit"] == '{"temp": "t"}'
     # Redis lost the job (restarted without persistence) while its stitcher worked: the mark
     # made a record of one field, no state and no TTL, which `wait` followed for ever.
     store.r.delete(job_key(job_id))
-    assert not store.set_commit(job_id, '{"temp": "t"}')
+    assert not store.set_state(job_id, COMMITTING, also=commit)
     assert not store.r.exists(job_key(job_id))
 
 
