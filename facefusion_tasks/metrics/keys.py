@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from facefusion_tasks.metrics.snapshot import read_together
+from facefusion_tasks.metrics.snapshot import read_together, unless_full
 
 # kombu's Redis transport (read in kombu/transport/redis.py): a queue is a LIST, LPUSH adds at
 # the head and consumers pop from the tail (so the tail is the next to run); a message with
@@ -69,8 +69,8 @@ def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int 
 #: gets a new stamp, and so a new first sighting (the stamp is compared for equality only,
 #: never as a time). Forgets acknowledged ones. Its writes are pcalls: on a read-only replica,
 #: or a Redis refusing writes, the line is still read (sightings then wait for a writable one).
-#: Returns {held entries, then each waiting line's messages}: one script, not a MULTI, since
-#: Redis 7 refuses every command queued in a MULTI once it is past maxmemory.
+#: Returns {held entries, then each of the lines' messages}: the lines are read here only
+#: while Redis is past maxmemory (snapshot.unless_full); else beside it, in a MULTI.
 #: KEYS: unacked, unacked_index, held_seen, then the lines to read (queue lists).
 HELD_SINCE = """
 local t = redis.call('TIME')
@@ -122,12 +122,18 @@ def note_held(client: redis.Redis, *, key_prefix: str = "") -> None:
 
 
 def _held_since(
-    client: redis.Redis, held_since: float, key_prefix: str, *, lines: Sequence[str]
+    client: redis.Redis,
+    held_since: float,
+    key_prefix: str,
+    *,
+    lines: Sequence[str],
+    runner: Any = None,
 ) -> list[Any]:
-    """HELD_SINCE: [held entries first seen since `held_since`, then each line's messages]."""
+    """HELD_SINCE, run on `runner` (the client, or a transaction pipeline of it): [held
+    entries first seen since `held_since`, then each of `lines`' messages]."""
     script = client.register_script(HELD_SINCE)
     keys = [key_prefix + UNACKED_KEY, key_prefix + UNACKED_INDEX_KEY, key_prefix + HELD_SEEN_KEY]
-    replies: list[Any] = script(keys=[*keys, *lines], args=[held_since])
+    replies: list[Any] = script(keys=[*keys, *lines], args=[held_since], client=runner or client)
     return replies
 
 
@@ -149,7 +155,18 @@ def messages_in_line(
     )
     if sum(int(n or 0) for n in sizes) > LINE_LIMIT:
         return None
-    recent, *waiting = _held_since(client, held_since, key_prefix, lines=keys)
+
+    def in_transaction() -> list[Any]:
+        pipe = client.pipeline(transaction=True)
+        _held_since(client, held_since, key_prefix, lines=[], runner=pipe)
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        [recent], *waiting = pipe.execute()
+        return [recent, *waiting]
+
+    recent, *waiting = unless_full(
+        in_transaction, lambda: _held_since(client, held_since, key_prefix, lines=keys)
+    )
     found: set[tuple[str, ...]] = set()
     for raw in itertools.chain(*waiting):
         found.add(_task_args(_json(raw)))
