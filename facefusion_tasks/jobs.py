@@ -122,8 +122,8 @@ def plan_chunks(
     at least `min_frames` frames; a tail shorter than that joins the previous chunk. A chunk
     has fixed costs (model warm-up, encoder start, a keyframe), and fewer frames than the
     encoder's reordering delay change how segments join: x264 and x265 give a segment of 1
-    or 2 frames no B-frame delay and a longer one 2 frames', so at 1 fps a 2-frame chunk
-    before a 4-frame one stitched into an mp4 whose video track said 4 s for 6 s of frames.
+    or 2 frames no B-frame delay and a longer one 2 frames', so at 1 fps 2-frame chunks
+    before a 4-frame tail stitched into an mp4 whose video track said 18 s for 20 s of frames.
     InputError for a chunk length under the floor, or a plan of more than max_chunks chunks."""
     check_chunk_seconds(chunk_seconds, min_chunk_seconds=min_chunk_seconds)
     if not timestamps:

@@ -327,6 +327,16 @@ def count_video(path: Path, *, ffmpeg: str, timeout: float = VERIFY_TIMEOUT) -> 
     return parse_framecrc(done.stdout)
 
 
+def length_tolerance(frame: Fraction, last: Fraction, widest: Fraction) -> Fraction:
+    """How far a written video's length may be from its span plus its `last` frame's: a frame,
+    or that last frame, or the widest gap between two frames, and a millisecond of rounding.
+    The muxer decides the last frame's length: ffmpeg 5.1 reads no packet durations back from
+    an mp4 and shows the last one as a decode-order gap, seconds long where the source's
+    frames are seconds apart (the span and the frame count are checked exactly apart from
+    it). One rule for the local writer and the stitch."""
+    return max(frame, last, widest) + Fraction(1, 1000)
+
+
 def verify_video(
     path: Path,
     *,

@@ -187,19 +187,18 @@ def stitch_segments(
             # Damage in the source's audio shows first here: chunks copy no audio.
             raise extras_damage(list(log.errors), audio_source.path if extras else None) or failure
         frame = 1 / audio_source.frame_rate if audio_source.frame_rate else Fraction(1, 25)
-        # The span (first frame to last) is checked to a frame; the length only to the last
-        # frame's own, or to a gap between frames, as the local writer does: ffmpeg 5.1 reads
-        # no packet durations from an mp4 and shows the last one as a guess (one tick of a
-        # GIF's 1/100 s clock, where it plays 0.9 s; a decode-order gap, 43 ms at the end of
-        # a phone's VFR clip whose stream claims 600 fps, where 1/600 s was expected, and
-        # every such job failed).
+        # The span (first frame to last) is checked to a frame; the length as the local
+        # writer's is (process.length_tolerance): ffmpeg 5.1 shows an mp4's last frame as a
+        # guess (one tick of a GIF's 1/100 s clock, where it plays 0.9 s; a decode-order
+        # gap, 43 ms at the end of a phone's VFR clip whose stream claims 600 fps, where
+        # 1/600 s was expected, and every such job failed while a local swap succeeded).
         tolerance = frame + Fraction(1, 1000)
         process.verify_video(
             temp,
             ffmpeg=exe,
             frames=frames,
             duration=duration,
-            tolerance=max(tolerance, max(final, last.widest) + Fraction(1, 1000)),
+            tolerance=process.length_tolerance(frame, final, last.widest),
             what=f"stitched {output.name}",
             span=(span, tolerance),
         )

@@ -292,12 +292,12 @@ class FrameWriter:
         last frame's length: with B-frames and a variable rate, mp4's is a decode-order gap,
         seconds long where the source's frames are seconds apart. The span is checked
         tightly apart from it (expected_span)."""
-        span, tolerance = self.expected_span()
+        span, _ = self.expected_span()
         last = self._last_frame or self._frame()
         # The file's packets show mp4's last frame as its decode-order gap (one tick in a
         # coarse clock), its edit list the length it plays: only the span is exact there.
-        widest = max(self._widest_gap * self.time_base, last)
-        return span + last, max(tolerance, widest + Fraction(1, 1000))
+        frame = self._frame() or Fraction(1, 25)
+        return span + last, process.length_tolerance(frame, last, self._widest_gap * self.time_base)
 
     def _frame(self) -> Fraction:
         """One frame's length: at the given rate, else the last two frames' distance."""
