@@ -220,7 +220,7 @@ def read_liveness(
         [
             ("ZCARD", key_prefix + RUNNING_KEY),
             ("ZRANGEBYSCORE", key_prefix + RUNNING_KEY, *stale),
-            ("ZRANGE", key_prefix + RUNNING_KEY, 0, 0, "WITHSCORES"),  # flat: member, score
+            ("ZRANGE", key_prefix + RUNNING_KEY, 0, 0, "WITHSCORES"),  # [[member, score]]
             ("ZRANGEBYSCORE", key_prefix + LIVE_KEY, *stale),
             ("ZRANGEBYSCORE", key_prefix + PENDING_KEY, *stale),
         ],
@@ -232,7 +232,7 @@ def read_liveness(
         job_id, _, index = as_text(member).rpartition(":")
         if not waits_in(line, job_id, index):
             jobs.add(job_id)
-    age = max(0.0, now - float(oldest[1])) if oldest else 0.0
+    age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
     return Liveness(int(running), len(stale_chunks), len(jobs), age)
 
 

@@ -38,8 +38,9 @@ def unless_full(in_transaction: Callable[[], T], in_script: Callable[[], T]) -> 
 
 
 def read_together(client: redis.Redis, reads: Sequence[Read]) -> list[Any]:
-    """Each read's raw reply, all from one instant (see unless_full). Raw: ZRANGE's
-    WITHSCORES gives a flat [member, score, ...] list, and a nil inside a list reads None."""
+    """Each read's reply, all from one instant (see unless_full), as redis-py gives it: a
+    read WITHSCORES gives [member, score] pairs with float scores (Lua hands back a flat
+    list, paired here, so both ways read alike), and a nil inside a list reads None."""
     if not reads:
         return []
 
@@ -54,6 +55,19 @@ def read_together(client: redis.Redis, reads: Sequence[Read]) -> list[Any]:
         for command, _key, *rest in reads:
             arguments += [command, len(rest), *rest]
         script = client.register_script(_READS)
-        return list(script(keys=[read[1] for read in reads], args=arguments))
+        replies = list(script(keys=[read[1] for read in reads], args=arguments))
+        return [
+            _paired(reply) if _with_scores(read) else reply
+            for read, reply in zip(reads, replies, strict=True)
+        ]
 
     return unless_full(in_transaction, in_script)
+
+
+def _with_scores(read: Read) -> bool:
+    return any(str(argument).upper() == "WITHSCORES" for argument in read[2:])
+
+
+def _paired(flat: list[Any]) -> list[list[Any]]:
+    """A flat [member, score, ...] reply as redis-py's [member, float score] pairs."""
+    return [[member, float(score)] for member, score in zip(flat[::2], flat[1::2], strict=True)]

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.exporter import make_server, start_in_thread
 from facefusion_tasks.metrics.gpu import GpuCollector
-from facefusion_tasks.metrics.keys import PENDING_KEY, messages_in_line
+from facefusion_tasks.metrics.keys import PENDING_KEY, RUNNING_KEY, messages_in_line
 from facefusion_tasks.metrics.queues import (
     QueueCollector,
     alive_workers,
@@ -123,12 +123,23 @@ def test_an_empty_queue_reads_zero(broker: redis.Redis) -> None:
     assert depths["gpu"].oldest_age(time.time()) == 0.0
 
 
-def test_collector_families(enqueued: tuple[Celery, float], redis_url: str) -> None:
+def test_collector_families(
+    enqueued: tuple[Celery, float], broker: redis.Redis, redis_url: str
+) -> None:
     _, base = enqueued
-    collector = QueueCollector(redis_url, ["gpu", "light"], clock=lambda: base + 1000)
+    # Two chunks running, one with no progress for 700 s: the collector failed whenever any
+    # chunk ran, and every series it serves was gone (redis-py pairs a WITHSCORES reply).
+    broker.zadd(RUNNING_KEY, {"job:0": base + 300, "job:1": base + 990})
+    collector = QueueCollector(
+        redis_url, ["gpu", "light"], clock=lambda: base + 1000, stall_seconds=300
+    )
     values = {
         (s.name, s.labels.get("queue")): s.value for m in collector.collect() for s in m.samples
     }
+    assert not collector.degraded
+    assert values[("facefusion_chunks_running", None)] == 2
+    assert values[("facefusion_chunks_stalled", None)] == 1
+    assert values[("facefusion_chunk_progress_oldest_age_seconds", None)] == pytest.approx(700)
     assert values[("facefusion_exporter_redis_up", None)] == 1
     assert values[("facefusion_queue_length", "gpu")] == 7
     assert values[("facefusion_queue_unacked", "gpu")] == 3
@@ -148,6 +159,7 @@ def test_a_redis_past_maxmemory_is_read_not_reported_down(
     # Two chunks planned long ago and never seen running: one's message waits in line, the
     # other's is nowhere (its job counts as stalled).
     broker.zadd(PENDING_KEY, {"job:4": base, "lost:0": base})
+    broker.zadd(RUNNING_KEY, {"job:0": base + 300})  # one chunk running, silent for 700 s
     broker.config_set("maxmemory-policy", "noeviction")
     broker.config_set("maxmemory", "1")
     try:
@@ -166,7 +178,9 @@ def test_a_redis_past_maxmemory_is_read_not_reported_down(
     assert values[("facefusion_queue_backlog", "gpu")] == len(PRIORITIES)
     assert values[("facefusion_queue_unacked", "gpu")] == RESERVED
     assert values[("facefusion_queue_backlog", "light")] == 2
-    assert values[("facefusion_jobs_stalled", None)] == 1
+    assert values[("facefusion_chunks_running", None)] == 1
+    assert values[("facefusion_chunk_progress_oldest_age_seconds", None)] == pytest.approx(700)
+    assert values[("facefusion_jobs_stalled", None)] == 2  # "job" (its silent chunk), "lost"
     assert line == {("job", str(index)) for index in range(len(PRIORITIES))}
 
 
