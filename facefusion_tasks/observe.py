@@ -103,15 +103,17 @@ def _disable(problem: str) -> None:
 
 
 def _unstamp() -> None:
-    """Best effort, as metrics go: this process's progress stamps to +Inf (idle). Frozen at
-    their last value, they made the exporter age them for the process's whole life, and the
-    ChunkProgressStopped alert page for a process that only stopped writing metrics. Its
-    values already have their place in the mapped files, so this writes no new page."""
+    """Best effort, as metrics go: this process's progress stamps to +Inf (idle), and its
+    busy gauges to 0. Frozen at their last value, the stamps made the exporter age them for
+    the process's whole life, and the ChunkProgressStopped alert page for a process that only
+    stopped writing metrics; a busy gauge left at 1 showed the host saturated. Their values
+    already have their place in the mapped files, so this writes no new page."""
     if _definitions is None:
         return
     try:
         for queue in _definitions.QUEUES:
             _definitions.worker_progress_monotonic.labels(queue=queue).set(math.inf)
+            _definitions.worker_busy.labels(queue=queue).set(0)
     except Exception as exc:  # the storage that failed may fail this too
         log.warning("could not clear this process's progress stamps: %s", exc)
 

@@ -141,10 +141,19 @@ def test_a_busy_process_whose_metrics_are_disabled_stops_showing_as_hung(tmp_pat
     assert result.returncode == 0, result.stderr
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    merged = MultiProcessCollector.merge([str(p) for p in tmp_path.glob("*.db")])
     stamps = {
         s.labels["queue"]: s.value
-        for m in MultiProcessCollector.merge([str(p) for p in tmp_path.glob("*.db")])
+        for m in merged
         for s in m.samples
         if s.name == "facefusion_worker_progress_monotonic_seconds"
     }
     assert stamps == {"gpu": float("inf"), "light": float("inf")}
+    # Nor busy for ever: utilisation read 100 % for the process's life (a metrics probe).
+    busy = {
+        s.labels["queue"]: s.value
+        for m in merged
+        for s in m.samples
+        if s.name == "facefusion_worker_busy"
+    }
+    assert busy == {"gpu": 0, "light": 0}
