@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from facefusion_tasks import observe, policy
 from facefusion_tasks.app import (
@@ -90,6 +90,14 @@ def _worker_queues() -> list[str]:
     return [q.strip() for q in raw.split(",") if q.strip()] or [GPU_QUEUE, LIGHT_QUEUE]
 
 
+#: Set when this pool process exits cleanly: its heartbeat stops and its key goes.
+_EXITING = threading.Event()
+
+
+def _heartbeat_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _heartbeat_loop(name: str) -> None:
     from facefusion_tasks.metrics.keys import heartbeat
 
@@ -99,13 +107,33 @@ def _heartbeat_loop(name: str) -> None:
         "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "queues": _worker_queues(),
     }
-    while True:
+    while not _EXITING.is_set():
         observe.check_storage()  # before the metrics storage can kill this process
         try:
             heartbeat(_store().r, name, info, ttl=3 * HEARTBEAT_SECONDS)
         except Exception as exc:  # Redis away: the key expires and the exporter says so
             log.debug("heartbeat failed: %s", exc)
-        time.sleep(HEARTBEAT_SECONDS)
+        _EXITING.wait(HEARTBEAT_SECONDS)
+
+
+@worker_process_shutdown.connect
+def _on_child_exit(**_: Any) -> None:
+    # A clean exit (a warm shutdown, recycling after max tasks per child) says so at once; a
+    # killed process's key still expires on its own. Bounded: a Redis that does not answer
+    # must not hold the exit up.
+    from facefusion_tasks.metrics.keys import forget_heartbeat
+
+    _EXITING.set()
+
+    def forget() -> None:
+        try:
+            forget_heartbeat(_store().r, _heartbeat_name())
+        except Exception as exc:  # best effort: the key expires anyway
+            log.debug("could not remove the heartbeat: %s", exc)
+
+    thread = threading.Thread(target=forget, name="ff-heartbeat-exit", daemon=True)
+    thread.start()
+    thread.join(2)
 
 
 @worker_process_init.connect
@@ -125,8 +153,9 @@ def _on_child_start(**_: Any) -> None:
         from facefusion_tasks.model_cache import MODELS
 
         MODELS.start(_settings())
-    name = f"{socket.gethostname()}:{os.getpid()}"
-    threading.Thread(target=_heartbeat_loop, args=(name,), name="ff-heartbeat", daemon=True).start()
+    threading.Thread(
+        target=_heartbeat_loop, args=(_heartbeat_name(),), name="ff-heartbeat", daemon=True
+    ).start()
     if LIGHT_QUEUE in _worker_queues():
         _start_sweep()
 

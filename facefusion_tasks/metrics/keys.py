@@ -63,6 +63,12 @@ def heartbeat(client: redis.Redis, name: str, info: Mapping[str, Any], ttl: int 
     client.set(f"{HEARTBEAT_PREFIX}{name}", json.dumps(payload, default=str), ex=max(1, ttl))
 
 
+def forget_heartbeat(client: redis.Redis, name: str) -> None:
+    """Say `name` is gone now (a process that exits cleanly), not when its heartbeat expires:
+    under recycling (max tasks per child) the live-worker count read 15 for 2 processes."""
+    client.delete(f"{HEARTBEAT_PREFIX}{name}")
+
+
 #: The held messages first seen since ARGV[1] (Redis time), as their `unacked` entries.
 #: Records when each held message was first seen held, on Redis's clock, as "seen|stamp" with
 #: kombu's stamp of that take: a message given back and taken again keeps its delivery tag but

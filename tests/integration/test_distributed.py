@@ -21,7 +21,7 @@ import redis
 
 from facefusion_tasks.app import GPU_QUEUE, LIGHT_QUEUE, TASK_CHUNK
 from facefusion_tasks.faces.synthetic import background, draw_face
-from facefusion_tasks.metrics.queues import priority_keys
+from facefusion_tasks.metrics.queues import alive_workers, priority_keys
 from facefusion_tasks.producer import Retried, WaitTimeout
 from facefusion_tasks.store import CANCELLED, FAILED, RUNNING, SUCCEEDED, JobStatus
 from tests.cluster import (
@@ -258,6 +258,18 @@ def test_a_stitched_matroska_carries_the_colour_range_a_local_swap_writes(
     assert proc.returncode == 0, proc.stderr
     assert ranges == {"untagged": streams(local)[0].get("color_range"), "full": "pc"}
     assert ranges["untagged"] == "tv"
+
+
+def test_worker_processes_that_stop_cleanly_leave_the_live_count_at_once(
+    fleet: Cluster, root: Path
+) -> None:
+    # Their heartbeat keys lived out their 30 s: under recycling (max tasks per child) the
+    # live-worker count read 15 for 2 processes, and the unserved-queue alerts came late.
+    client = redis.Redis.from_url(SHARED_REDIS)
+    fleet.start_worker("w1")
+    wait_for(lambda: len(alive_workers(client)) == 2, timeout=30)
+    fleet.stop_all()  # SIGTERM: a warm shutdown
+    assert alive_workers(client) == {}
 
 
 def test_a_sigkilled_worker_chunk_is_redone_elsewhere(slow_fleet: Cluster, root: Path) -> None:
