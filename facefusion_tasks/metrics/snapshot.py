@@ -38,9 +38,11 @@ def unless_full(in_transaction: Callable[[], T], in_script: Callable[[], T]) -> 
 
 
 def read_together(client: redis.Redis, reads: Sequence[Read]) -> list[Any]:
-    """Each read's reply, all from one instant (see unless_full), as redis-py gives it: a
-    read WITHSCORES gives [member, score] pairs with float scores (Lua hands back a flat
-    list, paired here, so both ways read alike), and a nil inside a list reads None."""
+    """Each read's reply, all from one instant (see unless_full). For the reads this project
+    makes (lengths, list items and ranges, hash values, sorted-set ranges) both ways give the
+    same shapes; a read WITHSCORES gives [member, float score] pairs whatever the protocol
+    (RESP3 pairs them, RESP2 and Lua give a flat list: redis-py 8 speaks RESP3, 5 to 7 and a
+    `?protocol=2` URL RESP2), and a nil inside a list reads None."""
     if not reads:
         return []
 
@@ -48,26 +50,32 @@ def read_together(client: redis.Redis, reads: Sequence[Read]) -> list[Any]:
         pipe = client.pipeline(transaction=True)
         for read in reads:
             pipe.execute_command(*read)
-        return list(pipe.execute())
+        return _scored(reads, list(pipe.execute()))
 
     def in_script() -> list[Any]:
         arguments: list[Any] = []
         for command, _key, *rest in reads:
             arguments += [command, len(rest), *rest]
         script = client.register_script(_READS)
-        replies = list(script(keys=[read[1] for read in reads], args=arguments))
-        return [
-            _paired(reply) if _with_scores(read) else reply
-            for read, reply in zip(reads, replies, strict=True)
-        ]
+        return _scored(reads, list(script(keys=[read[1] for read in reads], args=arguments)))
 
     return unless_full(in_transaction, in_script)
+
+
+def _scored(reads: Sequence[Read], replies: list[Any]) -> list[Any]:
+    """`replies` with each WITHSCORES one as [member, float score] pairs."""
+    return [
+        _paired(reply) if _with_scores(read) else reply
+        for read, reply in zip(reads, replies, strict=True)
+    ]
 
 
 def _with_scores(read: Read) -> bool:
     return any(str(argument).upper() == "WITHSCORES" for argument in read[2:])
 
 
-def _paired(flat: list[Any]) -> list[list[Any]]:
-    """A flat [member, score, ...] reply as redis-py's [member, float score] pairs."""
-    return [[member, float(score)] for member, score in zip(flat[::2], flat[1::2], strict=True)]
+def _paired(reply: list[Any]) -> list[list[Any]]:
+    """A WITHSCORES reply, flat [member, score, ...] or already pairs, as pairs."""
+    if reply and isinstance(reply[0], (list, tuple)):
+        return [[member, float(score)] for member, score in reply]
+    return [[member, float(score)] for member, score in zip(reply[::2], reply[1::2], strict=True)]

@@ -130,16 +130,19 @@ def test_collector_families(
     # Two chunks running, one with no progress for 700 s: the collector failed whenever any
     # chunk ran, and every series it serves was gone (redis-py pairs a WITHSCORES reply).
     broker.zadd(RUNNING_KEY, {"job:0": base + 300, "job:1": base + 990})
-    collector = QueueCollector(
-        redis_url, ["gpu", "light"], clock=lambda: base + 1000, stall_seconds=300
-    )
+    for protocol in (2, 3):  # redis-py 5 to 7 speak RESP2, 8 RESP3: WITHSCORES differs
+        collector = QueueCollector(
+            f"{redis_url}?protocol={protocol}", ["gpu", "light"], clock=lambda: base + 1000,
+            stall_seconds=300,
+        )  # fmt: skip
+        liveness = {s.name: s.value for m in collector.collect() for s in m.samples}
+        assert not collector.degraded
+        assert liveness["facefusion_chunks_running"] == 2
+        assert liveness["facefusion_chunks_stalled"] == 1
+        assert liveness["facefusion_chunk_progress_oldest_age_seconds"] == pytest.approx(700)
     values = {
         (s.name, s.labels.get("queue")): s.value for m in collector.collect() for s in m.samples
     }
-    assert not collector.degraded
-    assert values[("facefusion_chunks_running", None)] == 2
-    assert values[("facefusion_chunks_stalled", None)] == 1
-    assert values[("facefusion_chunk_progress_oldest_age_seconds", None)] == pytest.approx(700)
     assert values[("facefusion_exporter_redis_up", None)] == 1
     assert values[("facefusion_queue_length", "gpu")] == 7
     assert values[("facefusion_queue_unacked", "gpu")] == 3
