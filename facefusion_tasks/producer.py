@@ -319,10 +319,12 @@ class Producer:
             return Retried("plan")
         if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
-        if status.state == COMMITTING:
-            # Its stitcher stopped with a verified file beside the output: woken, it would
-            # rename it over whatever is there by then (this job's next output, a later job's).
-            fence_stale(objects.location(status.output), json.loads(job.get("commit") or "{}"))
+        if job.get("commit"):
+            # A stitcher reached COMMITTING (the job is stuck there, or the sweep failed it
+            # there) and may have stopped with a verified file beside the output: woken, it
+            # would rename it over whatever is there by then (this job's next output, a later
+            # job's).
+            fence_stale(objects.location(status.output), json.loads(job["commit"]))
         undone = self.store.undone_chunks(job_id)
         # A done chunk whose segment is gone (deleted, a wiped disk) runs again: the stitch
         # would only fail on it once more.

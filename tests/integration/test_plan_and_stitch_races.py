@@ -25,6 +25,7 @@ from facefusion_tasks.reasons import Reason
 from facefusion_tasks.store import (
     CANCELLED,
     COMMITTING,
+    FAILED,
     PLANNING,
     RUNNING,
     STITCHING,
@@ -266,7 +267,10 @@ def test_a_stitcher_lost_while_committing_is_finished_by_the_next_stitch(
     assert (media / "after.mp4").stat().st_ino == committed.st_ino
 
 
-@pytest.mark.parametrize("wakes", ["at_the_rename", "before_the_rename"])
+@pytest.mark.parametrize(
+    ("wakes", "retried"),
+    [("at_the_rename", "stalled"), ("before_the_rename", "stalled"), ("at_the_rename", "failed")],
+)
 def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_output(
     store: JobStore,
     media: Path,
@@ -274,6 +278,7 @@ def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_out
     redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
     wakes: str,
+    retried: str,
 ) -> None:
     """A stitcher stopped in COMMITTING (a frozen process, a suspended host), its verified
     temp beside the output; `retry` reopens the stalled job, a new stitch succeeds, and a
@@ -318,6 +323,8 @@ def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_out
     temp = media / json.loads(store.get(job_id)["commit"])["temp"]
     assert temp.exists()
     time.sleep(1.5)  # past stall_seconds
+    if retried == "failed":  # as the sweep fails a job stuck in COMMITTING too long
+        assert store.set_state(job_id, FAILED, reason=Reason.STALLED, only_from=(COMMITTING,))
     assert Producer(settings).retry(job_id).action == "stitch"
     assert not temp.exists()  # fenced: the stopped stitcher's rename finds nothing
     assert stitching.stitch_job(store, settings, job_id) == output
