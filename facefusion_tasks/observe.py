@@ -103,19 +103,29 @@ def _disable(problem: str) -> None:
 
 
 def _unstamp() -> None:
-    """Best effort, as metrics go: this process's progress stamps to +Inf (idle), and its
-    busy gauges to 0. Frozen at their last value, the stamps made the exporter age them for
-    the process's whole life, and the ChunkProgressStopped alert page for a process that only
-    stopped writing metrics; a busy gauge left at 1 showed the host saturated. Their values
-    already have their place in the mapped files, so this writes no new page."""
+    """Best effort, as metrics go: this process leaves the live gauges. Its progress stamps
+    go to +Inf (idle), its busy gauges and its process count to 0. Frozen at their last
+    value, the stamps made the exporter age them for the process's whole life, and the
+    ChunkProgressStopped alert page for a process that only stopped writing metrics; a busy
+    gauge left at 1 showed the host saturated; counted as a process but never busy, it would
+    show spare capacity (it is counted in facefusion_metrics_disabled_processes_total). Their
+    values already have their place in the mapped files, so this writes no new page."""
     if _definitions is None:
         return
     try:
+        _definitions.worker_processes.set(0)
         for queue in _definitions.QUEUES:
             _definitions.worker_progress_monotonic.labels(queue=queue).set(math.inf)
             _definitions.worker_busy.labels(queue=queue).set(0)
     except Exception as exc:  # the storage that failed may fail this too
         log.warning("could not clear this process's progress stamps: %s", exc)
+
+
+def _unstamp_if_disabled() -> None:
+    """After a live-gauge write: metrics disabled by another thread (the heartbeat's storage
+    check) between this write's metrics() and the write itself would leave it standing."""
+    if _health.disabled:
+        _unstamp()
 
 
 def _multiproc_dir() -> Path | None:
@@ -245,6 +255,7 @@ def batch(stage_seconds: Mapping[str, float], *, frames: int, faces: int, second
         m.frames_processed_total.inc(frames)
         if _busy_with:
             m.worker_progress_monotonic.labels(queue=_busy_with).set(time.monotonic())
+            _unstamp_if_disabled()
     if faces:
         m.faces_swapped_total.inc(faces)
 
@@ -319,6 +330,7 @@ def busy(flag: bool, queue: str) -> None:
     m.worker_busy.labels(queue=queue).set(1 if flag else 0)
     m.worker_progress_monotonic.labels(queue=queue).set(time.monotonic() if flag else math.inf)
     _busy_with = queue if flag else ""
+    _unstamp_if_disabled()
 
 
 @_safe

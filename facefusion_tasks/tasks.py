@@ -92,6 +92,7 @@ def _worker_queues() -> list[str]:
 
 #: Set when this pool process exits cleanly: its heartbeat stops and its key goes.
 _EXITING = threading.Event()
+_HEARTBEAT: threading.Thread | None = None
 
 
 def _heartbeat_name() -> str:
@@ -126,6 +127,10 @@ def _on_child_exit(**_: Any) -> None:
     _EXITING.set()
 
     def forget() -> None:
+        # After the heartbeat's last write: one already on its way would bring the key back
+        # for another 30 s.
+        if _HEARTBEAT is not None:
+            _HEARTBEAT.join(1)
         try:
             forget_heartbeat(_store().r, _heartbeat_name())
         except Exception as exc:  # best effort: the key expires anyway
@@ -153,9 +158,11 @@ def _on_child_start(**_: Any) -> None:
         from facefusion_tasks.model_cache import MODELS
 
         MODELS.start(_settings())
-    threading.Thread(
+    global _HEARTBEAT
+    _HEARTBEAT = threading.Thread(
         target=_heartbeat_loop, args=(_heartbeat_name(),), name="ff-heartbeat", daemon=True
-    ).start()
+    )
+    _HEARTBEAT.start()
     if LIGHT_QUEUE in _worker_queues():
         _start_sweep()
 

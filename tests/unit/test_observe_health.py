@@ -131,6 +131,7 @@ def test_a_busy_process_whose_metrics_are_disabled_stops_showing_as_hung(tmp_pat
         multiproc.prepare(Path({str(tmp_path)!r}), wipe=True)
         from facefusion_tasks import observe
         observe.configure(min_free_bytes=1)
+        observe.metrics().worker_processes.set(1)
         observe.busy(True, "gpu")
         observe.batch({{"detect": 0.1}}, frames=8, faces=2, seconds=0.4)
         observe.configure(min_free_bytes=1 << 62)
@@ -157,3 +158,7 @@ def test_a_busy_process_whose_metrics_are_disabled_stops_showing_as_hung(tmp_pat
         if s.name == "facefusion_worker_busy"
     }
     assert busy == {"gpu": 0, "light": 0}
+    processes = [
+        s.value for m in merged for s in m.samples if s.name == "facefusion_worker_processes"
+    ]
+    assert processes == [0]  # nor counted as a process with spare capacity
