@@ -9,7 +9,7 @@ from pathlib import Path
 from facefusion_tasks import objects
 from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, marked
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError, MediaError, OutputError
+from facefusion_tasks.errors import InputError, MediaError, OutputError, TransientError
 from facefusion_tasks.fingerprints import check_unchanged
 from facefusion_tasks.images import is_image_target, read_header
 from facefusion_tasks.objects import Location, ObjectRef
@@ -123,6 +123,14 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
             return None
         try:
             commit(staged, output, token=mark.get("token"))
+        except TransientError:
+            # The upload failed for now, and was aborted (the key holds what it held). Back
+            # to STITCHING, so the retry stitches again: left in COMMITTING, the retry took it
+            # for a commit in progress, and the sweep, finding no upload, failed the job.
+            store.set_state(
+                job_id, STITCHING, only_from=(COMMITTING,), expect={"commit": json.dumps(mark)}
+            )
+            raise
         except OutputError:
             if _still_ours(store, job_id, mark):
                 raise

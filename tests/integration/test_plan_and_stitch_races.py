@@ -15,7 +15,7 @@ import pytest
 
 from facefusion_tasks import runner, stitching
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import MediaError
+from facefusion_tasks.errors import MediaError, TransientError
 from facefusion_tasks.faces.synthetic import background, draw_face
 from facefusion_tasks.liveness import sweep
 from facefusion_tasks.metrics.keys import LIVE_KEY
@@ -382,3 +382,28 @@ def test_a_stitch_that_began_before_another_stands_down_when_it_wakes(
     assert store.state(job_id) == SUCCEEDED
     assert probe(media / "twice.mp4").frame_count == probe(media / "clip.mp4").frame_count
     assert not [p.name for p in media.iterdir() if p.name.startswith(".") and "twice" in p.name]
+
+
+def test_a_commit_that_fails_for_now_is_stitched_again_by_its_retry(
+    store: JobStore, media: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload to object storage failing for now (a 503, a lost connection) is aborted and
+    retried. Left in COMMITTING, the retry took the job for a commit in progress and stood
+    aside, and the sweep, finding no upload, failed the job as stalled (review). Injected at
+    the commit: the storage's own failure is the object tests' to make."""
+    settings = _settings(media, models_dir)
+    job_id = _stitchable(store, settings, media, "again.mp4")
+    real_commit = stitching.commit
+
+    def unavailable(staged: Any, *_args: Any, **_kwargs: Any) -> None:
+        staged.discard()  # as commit() leaves it: the temp gone, the key untouched
+        raise TransientError("again.mp4: object storage failed (SlowDown)")
+
+    monkeypatch.setattr(stitching, "commit", unavailable)
+    with pytest.raises(TransientError):
+        stitching.stitch_job(store, settings, job_id)
+    assert store.state(job_id) == STITCHING
+    monkeypatch.setattr(stitching, "commit", real_commit)
+    assert stitching.stitch_job(store, settings, job_id) == media / "again.mp4"  # the retry
+    assert store.state(job_id) == SUCCEEDED
+    assert probe(media / "again.mp4").frame_count == probe(media / "clip.mp4").frame_count
