@@ -121,10 +121,11 @@ def _unstamp() -> None:
         log.warning("could not clear this process's progress stamps: %s", exc)
 
 
-def _unstamp_if_disabled() -> None:
-    """After a live-gauge write: metrics disabled by another thread (the heartbeat's storage
-    check) between this write's metrics() and the write itself would leave it standing."""
-    if _health.disabled:
+def _unstamp_if_disabled(written: object) -> None:
+    """After a live-gauge write through `written` (what metrics() gave): metrics disabled by
+    another thread (the heartbeat's storage check) between that call and the write would
+    leave it standing. Once disabled, metrics() gives the null object and nothing is undone."""
+    if written is not _NULL and _health.disabled:
         _unstamp()
 
 
@@ -255,7 +256,7 @@ def batch(stage_seconds: Mapping[str, float], *, frames: int, faces: int, second
         m.frames_processed_total.inc(frames)
         if _busy_with:
             m.worker_progress_monotonic.labels(queue=_busy_with).set(time.monotonic())
-            _unstamp_if_disabled()
+            _unstamp_if_disabled(m)
     if faces:
         m.faces_swapped_total.inc(faces)
 
@@ -330,7 +331,7 @@ def busy(flag: bool, queue: str) -> None:
     m.worker_busy.labels(queue=queue).set(1 if flag else 0)
     m.worker_progress_monotonic.labels(queue=queue).set(time.monotonic() if flag else math.inf)
     _busy_with = queue if flag else ""
-    _unstamp_if_disabled()
+    _unstamp_if_disabled(m)
 
 
 @_safe
