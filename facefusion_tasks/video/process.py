@@ -118,12 +118,17 @@ _OUTSIDE_SIGNALS = frozenset(
 #: encoder's as a media failure. ffmpeg 7 and later also exit 255 for their own EPERM (an
 #: immutable output, some demuxers' damage), after an error line: that is not a stop.
 STOPPED_EXIT = 255
+#: AVERROR_EXIT's text: ffmpeg 9, stopped while reading its input, says so at error level
+#: ("Error during demuxing: Immediate exit requested").
+_STOPPED_TEXT = "Immediate exit requested"
 
 
 def signalled(returncode: int, errors: Collection[str] = ()) -> bool:
     """Whether a signal ended ffmpeg (or ffprobe, which catches none): killed by it, or
-    caught it and stopped (STOPPED_EXIT, with no error line in `errors`)."""
-    return returncode < 0 or (returncode == STOPPED_EXIT and not errors)
+    caught it and stopped (STOPPED_EXIT, with no error line in `errors` but the stop's own)."""
+    if returncode < 0:
+        return True
+    return returncode == STOPPED_EXIT and all(_STOPPED_TEXT in line for line in errors)
 
 
 def killed(what: str, returncode: int, *, program: str = "ffmpeg") -> FaceFusionError:

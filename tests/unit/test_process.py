@@ -51,6 +51,8 @@ def test_exit_255_is_a_stop_from_outside_only_when_ffmpeg_said_nothing_wrong() -
     assert "Operation not permitted (ffmpeg exit 255)" in str(failure)
     assert process.signalled(-9) and not process.signalled(1)
     assert not process.signalled(255, ["Operation not permitted"])
+    # ffmpeg 9 stopped while reading its input says so, at error level.
+    assert process.signalled(255, ["Error during demuxing: Immediate exit requested"])
 
 
 def test_the_tail_is_bounded() -> None:
