@@ -94,13 +94,13 @@ def _first_seconds_of_long(root: Path, name: str, *encode: str) -> Path:
 
 
 def _swap_in_half_second_chunks(
-    fleet: Cluster, root: Path, target: Path, output: Path
+    fleet: Cluster, root: Path, target: Path, output: Path, *, chunk_seconds: float = 0.5
 ) -> JobStatus:
-    """One worker swaps `target` into `output` in half-second chunks; the job's final status,
-    which must be SUCCEEDED."""
+    """One worker swaps `target` into `output` in half-second chunks (or `chunk_seconds`);
+    the job's final status, which must be SUCCEEDED."""
     fleet.start_worker("w1")
     producer = fleet.producer()
-    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=0.5)
+    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=chunk_seconds)
     status = producer.wait(job_id, timeout=120)
     assert status.state == SUCCEEDED, (status.reason, status.error)
     return status
@@ -191,12 +191,8 @@ def test_a_one_fps_clip_in_short_chunks_keeps_its_video_tracks_length(
          "-c:v", "libx264", "-pix_fmt", "yuv420p", str(target)],
         check=True, timeout=60,
     )  # fmt: skip
-    fleet.start_worker("w1")
-    producer = fleet.producer()
     output = root / "out" / "one-fps.mp4"
-    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=2)
-    status = producer.wait(job_id, timeout=120)
-    assert status.state == SUCCEEDED, (status.reason, status.error)
+    status = _swap_in_half_second_chunks(fleet, root, target, output, chunk_seconds=2)
     assert status.chunks_total >= 2
     assert video_times(output) == video_times(target)
     assert video_track_seconds(output) == video_track_seconds(target) == 20
@@ -216,12 +212,8 @@ def test_a_phone_clip_whose_stream_claims_600_fps_is_stitched(fleet: Cluster, ro
          "-c:v", "libx264", "-c:a", "aac", str(target)],
         check=True, timeout=60,
     )  # fmt: skip
-    fleet.start_worker("w1")
-    producer = fleet.producer()
     output = root / "out" / "phone.mp4"
-    job_id = producer.submit(root / "source.png", target, output, chunk_seconds=1)
-    status = producer.wait(job_id, timeout=120)
-    assert status.state == SUCCEEDED, (status.reason, status.error)
+    status = _swap_in_half_second_chunks(fleet, root, target, output, chunk_seconds=1)
     assert status.chunks_total >= 3
     times, source = video_times(output), video_times(target)
     assert len(times) == len(source) == 81

@@ -363,40 +363,46 @@ def test_reader_stops_early_and_closes_twice(clips: dict[str, Path]) -> None:
     assert list(reader) == []
 
 
+def _signal_decoder(info: VideoInfo, sent: signal.Signals, *, ffmpeg: str = "") -> None:
+    """Decode `info`'s video, sending its ffmpeg `sent` after the first frame."""
+    with FrameReader(info, ffmpeg=ffmpeg) as reader:
+        next(reader)
+        os.kill(reader._proc.pid, sent)
+        list(reader)
+
+
+def _signal_encoder(
+    path: Path, info: VideoInfo, sent: signal.Signals, *, settings: Settings = SETTINGS
+) -> None:
+    """Encode black frames into `path`, sending its ffmpeg `sent` after the first, until the
+    pipe breaks. Not waited for: a stopped ffmpeg may be blocked reading its stdin, and stops
+    at its next frame."""
+    with FrameWriter(
+        path, width=info.width, height=info.height, time_base=info.time_base,
+        audio_source=None, settings=settings,
+    ) as writer:  # fmt: skip
+        frame = np.zeros((info.height, info.width, 3), np.uint8)
+        writer.write(frame, 0)
+        os.kill(writer._proc.pid, sent)
+        for index in range(1, 500):
+            writer.write(frame, index * 512)
+
+
 def test_an_ffmpeg_killed_from_outside_is_a_transient_failure(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
     # The kernel's OOM killer, or someone on the host: the host's trouble, not the file's.
     # It failed the job at once (media); another attempt, maybe on another worker, may pass.
     info = probe(clips["cfr25"])
-    with (
-        pytest.raises(TransientError, match=r"decoding cfr25.mp4: ffmpeg was killed .SIGKILL"),
-        FrameReader(info) as reader,
-    ):
-        next(reader)
-        os.kill(reader._proc.pid, signal.SIGKILL)
-        list(reader)
-    with (
-        pytest.raises(TransientError, match=r"killed.mp4: ffmpeg stopped after .* was killed"),
-        FrameWriter(
-            tmp_path / "killed.mp4", width=info.width, height=info.height,
-            time_base=info.time_base, audio_source=None, settings=SETTINGS,
-        ) as writer,
-    ):  # fmt: skip
-        frame = np.zeros((info.height, info.width, 3), np.uint8)
-        writer.write(frame, 0)
-        os.kill(writer._proc.pid, signal.SIGKILL)
-        writer._proc.wait()
-        for index in range(1, 500):  # until the pipe breaks
-            writer.write(frame, index * 512)
+    with pytest.raises(TransientError, match=r"decoding cfr25.mp4: ffmpeg was killed .SIGKILL"):
+        _signal_decoder(info, signal.SIGKILL)
+    with pytest.raises(TransientError, match=r"killed.mp4: ffmpeg stopped after .* was killed"):
+        _signal_encoder(tmp_path / "killed.mp4", info, signal.SIGKILL)
     # A crash (SIGSEGV, an assertion's SIGABRT) would come again on the same input: no retry.
-    with (
-        pytest.raises(MediaError, match=r"decoding cfr25.mp4: ffmpeg crashed .SIGSEGV") as crash,
-        FrameReader(info) as reader,
-    ):
-        next(reader)
-        os.kill(reader._proc.pid, signal.SIGSEGV)
-        list(reader)
+    with pytest.raises(
+        MediaError, match=r"decoding cfr25.mp4: ffmpeg crashed .SIGSEGV"
+    ) as crash:  # fmt: skip
+        _signal_decoder(info, signal.SIGSEGV)
     assert not isinstance(crash.value, TransientError)
     assert leftovers(tmp_path) == []
 
@@ -410,28 +416,12 @@ def test_an_ffmpeg_stopped_from_outside_is_a_transient_failure(
     # KillMode), a terminal's Ctrl-C: ffmpeg catches the signal, stops and exits 255. The
     # decoder's read as the user's corrupt video, the encoder's as a media failure, and each
     # failed the job for good.
-    settings = dataclasses.replace(SETTINGS, ffmpeg=ffmpeg)
     info = probe(clips["cfr25"], ffmpeg=ffmpeg)
-    with (
-        pytest.raises(TransientError, match=r"decoding cfr25.mp4: ffmpeg was stopped .SIGTERM"),
-        FrameReader(info, ffmpeg=ffmpeg) as reader,
-    ):
-        next(reader)
-        os.kill(reader._proc.pid, sent)
-        list(reader)
-    with (
-        pytest.raises(TransientError, match=r"stopped.mp4: .*ffmpeg was stopped .SIGTERM"),
-        FrameWriter(
-            tmp_path / "stopped.mp4", width=info.width, height=info.height,
-            time_base=info.time_base, audio_source=None, settings=settings,
-        ) as writer,
-    ):  # fmt: skip
-        frame = np.zeros((info.height, info.width, 3), np.uint8)
-        writer.write(frame, 0)
-        os.kill(writer._proc.pid, sent)
-        # Not waited for: ffmpeg may be blocked reading its stdin, and stops at its next frame.
-        for index in range(1, 500):  # until the pipe breaks
-            writer.write(frame, index * 512)
+    with pytest.raises(TransientError, match=r"decoding cfr25.mp4: ffmpeg was stopped .SIGTERM"):
+        _signal_decoder(info, sent, ffmpeg=ffmpeg)
+    with pytest.raises(TransientError, match=r"stopped.mp4: .*ffmpeg was stopped .SIGTERM"):
+        settings = dataclasses.replace(SETTINGS, ffmpeg=ffmpeg)
+        _signal_encoder(tmp_path / "stopped.mp4", info, sent, settings=settings)
     assert leftovers(tmp_path) == []
 
 
