@@ -108,9 +108,10 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         mark = commit_mark(staged, output)
         # With the sweep's count of recoveries so far: only a later claim may resume it.
         mark["recoveries"] = int(store.get(job_id).get("recoveries") or 0)
+        recorded = json.dumps(mark)  # as the job's record holds it, compared as text after
         if not store.set_state(
             job_id, COMMITTING, only_from=(STITCHING,), expect={"stitch": attempt},
-            also={"commit": json.dumps(mark)},
+            also={"commit": recorded},
         ):  # fmt: skip
             # Cancelled (or failed, or lost with Redis's data) while stitching, or a later
             # stitch began: the user's file was never touched.
@@ -118,7 +119,7 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
             if store.state(job_id) == CANCELLED:
                 remove_segments(settings, job_id, output=job["output"])
             return None
-        if not _still_ours(store, job_id, mark):  # stopped, then superseded by a retry
+        if not _still_ours(store, job_id, recorded):  # stopped, then superseded by a retry
             staged.discard()
             return None
         try:
@@ -127,12 +128,10 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
             # The upload failed for now, and was aborted (the key holds what it held). Back
             # to STITCHING, so the retry stitches again: left in COMMITTING, the retry took it
             # for a commit in progress, and the sweep, finding no upload, failed the job.
-            store.set_state(
-                job_id, STITCHING, only_from=(COMMITTING,), expect={"commit": json.dumps(mark)}
-            )
+            store.set_state(job_id, STITCHING, only_from=(COMMITTING,), expect={"commit": recorded})
             raise
         except OutputError:
-            if _still_ours(store, job_id, mark):
+            if _still_ours(store, job_id, recorded):
                 raise
             return None  # `retry` removed its temp (commits.fence_stale)
     if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
@@ -141,12 +140,13 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
     return output
 
 
-def _still_ours(store: JobStore, job_id: str, mark: dict[str, object]) -> bool:
-    """Whether the job is still COMMITTING this stitch's output (its mark): a stitcher stopped
-    in COMMITTING (a frozen process, a suspended host) whose job `retry` stitched again may
-    wake after that job succeeded, and another job wrote the same output since."""
+def _still_ours(store: JobStore, job_id: str, recorded: str) -> bool:
+    """Whether the job is still COMMITTING this stitch's output (its `recorded` mark): a
+    stitcher stopped in COMMITTING (a frozen process, a suspended host) whose job `retry`
+    stitched again may wake after that job succeeded, and another job wrote the same output
+    since."""
     job = store.get(job_id)
-    return job.get("state") == COMMITTING and job.get("commit") == json.dumps(mark)
+    return job.get("state") == COMMITTING and job.get("commit") == recorded
 
 
 def _resume_commit(

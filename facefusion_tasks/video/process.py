@@ -293,10 +293,7 @@ _TB_LINE = re.compile(r"^#tb 0:\s*(\d+)/(\d+)")
 def parse_framecrc(text: str) -> Counted:
     """Frames and duration from framecrc output (pure, for tests)."""
     time_base = Fraction(0)
-    first: int | None = None
-    end: int | None = None
-    last: int | None = None
-    frames = 0
+    end = 0
     times: list[int] = []
     for line in text.splitlines():
         if line.startswith("#"):
@@ -308,17 +305,17 @@ def parse_framecrc(text: str) -> Counted:
         if len(fields) < 6 or fields[0] != "0":
             continue
         pts, length = int(fields[2]), max(int(fields[3]), 0)
+        end = pts + length if not times else max(end, pts + length)
         times.append(pts)
-        frames += 1
-        first = pts if first is None else min(first, pts)
-        end = pts + length if end is None else max(end, pts + length)
-        last = pts if last is None else max(last, pts)
-    if first is None or end is None or last is None:
+    if not times:
         return Counted(0, Fraction(0))
-    times.sort()
+    times.sort()  # first, last and the gaps between neighbours, in time order
     widest = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
     return Counted(
-        frames, (end - first) * time_base, (last - first) * time_base, widest * time_base
+        len(times),
+        (end - times[0]) * time_base,
+        (times[-1] - times[0]) * time_base,
+        widest * time_base,
     )
 
 
