@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,21 @@ log = logging.getLogger(__name__)
 COMMIT_METADATA = "facefusion-commit"
 
 
-def commit(staged: StagedOutput, output: Location, *, token: str | None = None) -> None:
+def commit(
+    staged: StagedOutput,
+    output: Location,
+    *,
+    token: str | None = None,
+    started: Callable[[str], None] | None = None,
+) -> None:
     """Put a verified output in place: renamed onto a file, or uploaded to an object (completed
     at the key only now, aborted on failure, so the key holds what it held before), carrying
-    the commit's `token` in its metadata."""
+    the commit's `token` in its metadata; `started` is told the upload's id first (see
+    objects.upload)."""
     try:
         if isinstance(output, ObjectRef):
             metadata = {COMMIT_METADATA: token} if token else None
-            objects.upload(staged.temp, output, metadata=metadata)
+            objects.upload(staged.temp, output, metadata=metadata, started=started)
             staged.discard()
         else:
             staged.commit()
@@ -56,13 +64,21 @@ def marked(path: Path, mark: dict[str, Any]) -> bool:
     )
 
 
-def fence_stale(output: Location, mark: dict[str, Any]) -> bool:
-    """Remove the verified temp a stitcher stopped in COMMITTING left beside `output` (its
-    commit `mark`), for `retry`, which reopens such a job: were that stitcher to wake between
-    its last look at the job and its rename, the rename now finds nothing, and cannot put an
-    older stitch over this job's next output or a later job's. An object's upload has no such
-    fence (see the README). Returns whether a temp was removed."""
-    if not isinstance(output, Path) or not mark.get("temp"):
+def fence_stale(output: Location, mark: dict[str, Any], *, upload: str = "") -> bool:
+    """Take away what a stitcher stopped in COMMITTING (its commit `mark`) would put in place
+    on waking, for `retry`, which reopens such a job, and for the stitch that fails it as
+    stalled: the verified temp it left beside a file `output`, or its multipart `upload` of an
+    object (aborted). Woken between its last look at the job and its rename (or the upload's
+    complete), the stitcher then finds nothing, and cannot put an older stitch over this job's
+    next output or a later job's. Returns whether there was something to take away."""
+    if isinstance(output, ObjectRef):
+        if not upload:
+            return False
+        aborted = objects.abort_upload(output, upload)
+        if aborted:
+            log.warning("%s: aborted the upload a stopped stitch left", output)
+        return aborted
+    if not mark.get("temp"):
         return False
     temp = output.with_name(str(mark["temp"]))
     if not marked(temp, mark):

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timezone
@@ -187,7 +187,7 @@ def _failure(exc: Exception, ref: ObjectRef | str, *, writing: bool = False) -> 
             reason=Reason.CONFIG,
         )
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", "")) or "?"
+        code = _code(exc)
         kind = OutputError if writing else InputError
         if code in _MISSING:
             what = "no such bucket" if code == "NoSuchBucket" else "no such object"
@@ -196,6 +196,11 @@ def _failure(exc: Exception, ref: ObjectRef | str, *, writing: bool = False) -> 
             return kind(f"{ref}: the storage refused this request ({code})", reason=Reason.CONFIG)
         return TransientError(f"{ref}: object storage failed ({code})")
     return TransientError(f"{ref}: object storage unreachable ({type(exc).__name__})")
+
+
+def _code(exc: Any) -> str:
+    """A botocore ClientError's error code ("?" when it has none)."""
+    return str(exc.response.get("Error", {}).get("Code", "")) or "?"
 
 
 @contextlib.contextmanager
@@ -265,11 +270,19 @@ def check_bucket(ref: ObjectRef) -> None:
         client().head_bucket(Bucket=ref.bucket)
 
 
-def upload(path: Path, ref: ObjectRef, *, metadata: dict[str, str] | None = None) -> None:
+def upload(
+    path: Path,
+    ref: ObjectRef,
+    *,
+    metadata: dict[str, str] | None = None,
+    started: Callable[[str], None] | None = None,
+) -> None:
     """Put a complete, verified local file at `ref` with a multipart upload. Nothing appears at
     the key until the upload completes (S3's complete is atomic, and an object already there
     stays whole until then); on any failure the upload is aborted, so a failure leaves the key
-    as it was and no parts behind. Uploads of the same key abandoned for a day go first."""
+    as it was and no parts behind. Uploads of the same key abandoned for a day go first.
+    `started` is told the upload's id before any part goes up (whoever knows it can abort it,
+    see abort_upload); whatever it raises aborts the upload."""
     size = path.stat().st_size
     part = max(PART_BYTES, -(-size // MAX_PARTS))
     spans = [(offset, min(part, size - offset)) for offset in range(0, size, part)] or [(0, 0)]
@@ -280,6 +293,8 @@ def upload(path: Path, ref: ObjectRef, *, metadata: dict[str, str] | None = None
             Bucket=ref.bucket, Key=ref.key, Metadata=metadata or {}
         )["UploadId"]
     try:
+        if started is not None:
+            started(upload_id)
         with _calls(ref, writing=True), ThreadPoolExecutor(UPLOAD_THREADS) as pool:
             futures = [
                 pool.submit(_put_part, s3, ref, upload_id, number, path, offset, length)
@@ -297,6 +312,22 @@ def upload(path: Path, ref: ObjectRef, *, metadata: dict[str, str] | None = None
             s3.abort_multipart_upload(Bucket=ref.bucket, Key=ref.key, UploadId=upload_id)
         raise
     log.info("uploaded %s (%d bytes, %d parts)", ref, size, len(spans))
+
+
+def abort_upload(ref: ObjectRef, upload_id: str) -> bool:
+    """Abort the multipart upload `upload_id` of `ref`, so that its writer, should it wake,
+    cannot complete it (its complete fails with NoSuchUpload). False when there was none to
+    abort (completed, aborted or expired already); TransientError when the storage failed."""
+    from botocore.exceptions import ClientError
+
+    with _calls(ref, writing=True):
+        try:
+            client().abort_multipart_upload(Bucket=ref.bucket, Key=ref.key, UploadId=upload_id)
+        except ClientError as exc:
+            if _code(exc) not in {"NoSuchUpload", "404"}:
+                raise
+            return False
+    return True
 
 
 def _put_part(

@@ -317,14 +317,19 @@ class Producer:
                 raise InputError(f"job {job_id} changed state meanwhile; look again")
             self._send(TASK_PLAN, [job_id], priority=priority)
             return Retried("plan")
-        if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
-            raise InputError(f"job {job_id} changed state meanwhile; look again")
+        # Everything that may fail (object storage, a lost connection) comes before the
+        # reopen: after it, a job whose retry stopped half way sat RUNNING out of the sweep's
+        # sight with nothing sent, and `wait` followed it for ever.
         if job.get("commit"):
             # A stitcher reached COMMITTING (the job is stuck there, or the sweep failed it
-            # there) and may have stopped with a verified file beside the output: woken, it
-            # would rename it over whatever is there by then (this job's next output, a later
-            # job's).
-            fence_stale(objects.location(status.output), json.loads(job["commit"]))
+            # there) and may have stopped with a verified file beside the output, or its upload
+            # open: woken, it would put it over whatever is there by then (this job's next
+            # output, a later job's).
+            fence_stale(
+                objects.location(status.output),
+                json.loads(job["commit"]),
+                upload=job.get("upload", ""),
+            )
         undone = self.store.undone_chunks(job_id)
         # A done chunk whose segment is gone (deleted, a wiped disk) runs again: the stitch
         # would only fail on it once more.
@@ -355,6 +360,8 @@ class Producer:
                 else frozenset()
             )
             busy |= {i for i in stale if waits_in(line, job_id, i)}
+        if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
+            raise InputError(f"job {job_id} changed state meanwhile; look again")
         rerun = [index for index in undone if index not in busy]
         for index in rerun:
             self.store.reset_chunk(job_id, index)

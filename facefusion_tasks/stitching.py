@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from facefusion_tasks import objects
-from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, marked
+from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, fence_stale, marked
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError, TransientError
 from facefusion_tasks.fingerprints import check_unchanged
@@ -63,6 +63,14 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
     settings = for_job(settings, job)
     if job.get("state") == COMMITTING:
         return _resume_commit(store, settings, job_id, job)
+    if job.get("state") not in (RUNNING, STITCHING):
+        return None  # ended (cancelled, failed, succeeded) or lost with Redis's data
+    if not store.all_chunks_done(job_id):
+        # Sent before `retry` reopened the job to run a chunk again (a recovery's stitch still
+        # in line, a stitch's own retry): it stitched a lost or stale segment, or failed the
+        # job on it. The chunk that completes the set sends the stitch again.
+        log.warning("job %s: a stitch came while chunks were still to run; ignored", job_id)
+        return None
     # This attempt's token: only the latest stitch to begin may commit. Another that began
     # before it (a redelivered duplicate, one stopped and then superseded by a retry or the
     # sweep's new stitch) finds the job no longer its own and stands down.
@@ -70,7 +78,22 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
     if not store.set_state(
         job_id, STITCHING, only_from=(RUNNING, STITCHING), also={"stitch": attempt}
     ):
-        return None  # ended (cancelled, failed, succeeded) or not ready
+        return None  # ended (cancelled, failed, succeeded)
+    try:
+        return _stitch(store, settings, job_id, job, attempt)
+    except Exception as exc:
+        if store.get(job_id).get("stitch") == attempt:
+            raise
+        # Stopped, then superseded by a later stitch (the sweep's, a retry's): its failure
+        # (a timeout run out while it was stopped, say) is not the job's. The later one decides.
+        log.warning("job %s: a superseded stitch failed (%s); the later one decides", job_id, exc)
+        return None
+
+
+def _stitch(
+    store: JobStore, settings: Settings, job_id: str, job: dict[str, str], attempt: str
+) -> Location | None:
+    """stitch_job's work once this `attempt` holds the job in STITCHING."""
     target = job_file(job["target"], settings, what="target")
     output = job_file(job["output"], settings, what="output", output=True)
     if is_image_target(target):
@@ -122,14 +145,28 @@ def stitch_job(store: JobStore, settings: Settings, job_id: str) -> Location | N
         if not _still_ours(store, job_id, recorded):  # stopped, then superseded by a retry
             staged.discard()
             return None
+
+        def own_upload(upload_id: str) -> None:
+            # Recorded before any part goes up: `retry`, or the stitch that fails the job as
+            # stalled, aborts it (commits.fence_stale), so that this stitcher, stopped now and
+            # woken later, cannot complete it over the job's next output or a later job's.
+            if not store.set_state(
+                job_id, COMMITTING, only_from=(COMMITTING,), expect={"commit": recorded},
+                also={"upload": upload_id},
+            ):  # fmt: skip
+                raise OutputError(f"{output}: this stitch is no longer the job's")
+
         try:
-            commit(staged, output, token=mark.get("token"))
+            commit(staged, output, token=mark.get("token"), started=own_upload)
         except TransientError:
             # The upload failed for now, and was aborted (the key holds what it held). Back
             # to STITCHING, so the retry stitches again: left in COMMITTING, the retry took it
             # for a commit in progress, and the sweep, finding no upload, failed the job.
-            store.set_state(job_id, STITCHING, only_from=(COMMITTING,), expect={"commit": recorded})
-            raise
+            if store.set_state(
+                job_id, STITCHING, only_from=(COMMITTING,), expect={"commit": recorded}
+            ):
+                raise
+            return None  # no longer this stitch's (`retry` reopened it, aborting its upload)
         except OutputError:
             if _still_ours(store, job_id, recorded):
                 raise
@@ -173,6 +210,8 @@ def _resume_commit(
         except InputError:  # no object there
             committed = None
         if not mark.get("token") or committed != mark["token"]:
+            # Its stitcher, stopped mid-upload, must not complete it on waking.
+            fence_stale(output, mark, upload=job.get("upload", ""))
             raise MediaError("the stitch stopped while uploading its output", reason=Reason.STALLED)
     elif not marked(output, mark):
         temp = output.with_name(str(mark.get("temp") or ".missing"))

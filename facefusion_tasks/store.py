@@ -297,7 +297,8 @@ class JobStore(ChunkRecords, StallIndex):
                         pipe.persist(record)  # running again: kept until it ends anew
                     now = fleet_now(self.r)
                     pipe.hset(key, mapping=fields | {"updated_at": now})
-                    pipe.hdel(key, "metered", "withdrawn", "stitch_token", "recoveries")
+                    # The last stitch's token too: one of the old run, stopped, stands down.
+                    pipe.hdel(key, "metered", "withdrawn", "stitch_token", "stitch", "recoveries")
                     if planned:
                         pipe.zrem(LIVE_KEY, job_id)
                     else:
@@ -545,6 +546,14 @@ class JobStore(ChunkRecords, StallIndex):
             return {}
         scores = self.r.zmscore(PENDING_KEY, members)
         return {i: float(score) for i, score in enumerate(scores) if score is not None}
+
+    def all_chunks_done(self, job_id: str) -> bool:
+        """Whether the job has a plan and every chunk of it is DONE (ready to stitch)."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hget(job_key(job_id), "chunks_total")
+            pipe.scard(done_key(job_id))
+            total, done = pipe.execute()
+        return int(total or 0) > 0 and int(done) == int(total)
 
     def undone_chunks(self, job_id: str) -> list[int]:
         """Chunks that failed or never finished (what `retry` re-runs)."""

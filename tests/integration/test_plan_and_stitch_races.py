@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import pytest
 
-from facefusion_tasks import runner, stitching
+from facefusion_tasks import objects, runner, stitching
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import MediaError, TransientError
 from facefusion_tasks.faces.synthetic import background, draw_face
@@ -34,6 +34,7 @@ from facefusion_tasks.store import (
 )
 from facefusion_tasks.video.probe import probe
 from facefusion_tasks.video.samples import make_sample_video
+from facefusion_tasks.workspace import segment_path
 
 
 @pytest.fixture(scope="module")
@@ -407,3 +408,142 @@ def test_a_commit_that_fails_for_now_is_stitched_again_by_its_retry(
     assert stitching.stitch_job(store, settings, job_id) == media / "again.mp4"  # the retry
     assert store.state(job_id) == SUCCEEDED
     assert probe(media / "again.mp4").frame_count == probe(media / "clip.mp4").frame_count
+
+
+def test_a_stitch_that_fails_after_a_later_one_began_leaves_the_job_to_it(
+    store: JobStore, media: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped stitcher, superseded by the sweep's new stitch, wakes and fails (its ffmpeg
+    timed out while it was stopped, its scratch was swept): that failure failed the job the
+    later stitch was finishing. Now only the latest stitch's failure counts."""
+    settings = _settings(media, models_dir)
+    job_id = _stitchable(store, settings, media, "superseded.mp4")
+    paused, resume = threading.Event(), threading.Event()
+    real_stitch = stitching.stitch_segments
+
+    def stopped_then_broken(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "earlier":
+            paused.set()
+            assert resume.wait(60)
+            raise MediaError("ffmpeg timed out", reason=Reason.TIMEOUT)
+        return real_stitch(*args, **kwargs)
+
+    monkeypatch.setattr(stitching, "stitch_segments", stopped_then_broken)
+    results: dict[str, object] = {}
+
+    def stitch() -> None:
+        name = threading.current_thread().name
+        try:
+            results[name] = stitching.stitch_job(store, settings, job_id)
+        except Exception as exc:  # the task would fail the job with it
+            results[name] = exc
+
+    earlier = threading.Thread(target=stitch, name="earlier")
+    earlier.start()
+    assert paused.wait(60)
+    real_commit = stitching.commit
+
+    def commit(*args: Any, **kwargs: Any) -> None:
+        resume.set()  # the earlier one wakes and fails before the later one commits
+        earlier.join(60)
+        real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(stitching, "commit", commit)
+    later = threading.Thread(target=stitch, name="later")
+    later.start()
+    later.join(60)
+    assert results == {"earlier": None, "later": media / "superseded.mp4"}
+    assert store.state(job_id) == SUCCEEDED
+    assert probe(media / "superseded.mp4").frame_count == probe(media / "clip.mp4").frame_count
+
+
+def test_a_stitch_message_for_a_job_with_chunks_to_run_does_nothing(
+    store: JobStore, media: Path, models_dir: Path
+) -> None:
+    """A stitch message that arrives when the job has chunks left to run: one sent before
+    `retry` reopened the job to redo a chunk whose segment was lost (a recovery's stitch still
+    in line, a stitch's own retry). It moved the job to STITCHING and failed it on the missing
+    segment, under the chunk `retry` had just sent."""
+    settings = _settings(media, models_dir)
+    job_id = _stitchable(store, settings, media, "early.mp4")
+    store.reset_chunk(job_id, 1)  # as `retry` does for a chunk whose segment was lost
+    segment_path(settings, job_id, 1).unlink()
+    assert store.undone_chunks(job_id) == [1]
+    assert stitching.stitch_job(store, settings, job_id) is None
+    assert store.state(job_id) == RUNNING
+    assert store.undone_chunks(job_id) == [1]
+    runner.run_chunk(store, settings, job_id, 1, worker="w")
+    assert stitching.stitch_job(store, settings, job_id) == media / "early.mp4"
+    assert store.state(job_id) == SUCCEEDED
+
+
+@pytest.mark.parametrize("taken_back_by", ["retry", "sweep"])
+def test_a_stitcher_stopped_mid_upload_cannot_complete_it_once_taken_back(
+    store: JobStore,
+    media: Path,
+    models_dir: Path,
+    redis_url: str,
+    s3_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    taken_back_by: str,
+) -> None:
+    """An object output's stitcher stopped in the middle of its upload (a frozen process); the
+    job is taken back, by `retry` (then stitched again) or by the sweep's stitch (which fails
+    it as stalled), and a later job writes the same key. Woken, the stopped one completed its
+    multipart upload over the later output. Now its upload's id is recorded before any part
+    goes up, and whoever takes the job back aborts it: the woken stitcher's upload fails."""
+    from facefusion_tasks.objects import ObjectRef
+    from tests.s3server import client, uploads
+
+    s3, bucket = client(s3_env), f"fence-{taken_back_by}"
+    s3.create_bucket(Bucket=bucket)
+    settings = _settings(
+        media, models_dir, broker_url=redis_url, stall_seconds=1, heartbeat_seconds=0.5,
+        s3_buckets=bucket,
+    )  # fmt: skip
+    job_id = store.create(
+        {
+            "source": str(media / "source.png"),
+            "target": str(media / "clip.mp4"),
+            "output": f"s3://{bucket}/out.mp4",
+        }
+    )
+    for index in runner.plan_job(store, settings, job_id):
+        runner.run_chunk(store, settings, job_id, index, worker="w")
+    stopped, thaw = threading.Event(), threading.Event()
+    real_put = objects._put_part
+
+    def put_part(*args: Any) -> Any:
+        if not stopped.is_set():  # the first upload's part: the stitcher stops here
+            stopped.set()
+            assert thaw.wait(60)
+        return real_put(*args)
+
+    monkeypatch.setattr(objects, "_put_part", put_part)
+    monkeypatch.setattr(stitching, "beating", lambda *_: contextlib.nullcontext())
+    results: list[object] = []
+    stale = threading.Thread(
+        target=lambda: results.append(stitching.stitch_job(store, settings, job_id)), name="stale"
+    )
+    stale.start()
+    assert stopped.wait(60) and store.state(job_id) == COMMITTING
+    assert store.get(job_id)["upload"] and len(uploads(s3, bucket)) == 1
+    time.sleep(1.5)  # past stall_seconds
+    if taken_back_by == "retry":
+        assert Producer(settings).retry(job_id).action == "stitch"
+        assert uploads(s3, bucket) == []  # aborted
+        assert stitching.stitch_job(store, settings, job_id) == ObjectRef(bucket, "out.mp4")
+        assert store.state(job_id) == SUCCEEDED
+    else:
+        _swept(store, settings, job_id)
+        with pytest.raises(MediaError) as failed:
+            stitching.stitch_job(store, settings, job_id)
+        assert failed.value.reason == Reason.STALLED
+        runner.fail_job(store, job_id, failed.value, index=None)  # as the stitch task does
+        assert uploads(s3, bucket) == []  # aborted
+    s3.put_object(Bucket=bucket, Key="out.mp4", Body=b"a later job's output")
+    thaw.set()
+    stale.join(60)
+    assert results == [None]  # it stood down, nothing raised
+    assert s3.get_object(Bucket=bucket, Key="out.mp4")["Body"].read() == b"a later job's output"
+    assert uploads(s3, bucket) == []

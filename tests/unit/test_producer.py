@@ -421,6 +421,30 @@ def test_retry_runs_a_done_chunk_again_when_its_segment_is_gone(
     assert [c["state"] for c in producer.store.chunks(job_id)] == [DONE, PENDING, DONE]
 
 
+def test_a_retry_that_fails_before_it_sends_anything_leaves_the_job_as_it_was(
+    producer: Producer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looking for the segments of an object output may fail for now (a 503): that came after
+    the reopen, so the job sat RUNNING with nothing sent, out of the sweep's sight, and `wait`
+    followed it for ever. Everything that may fail now comes first."""
+    from facefusion_tasks import producer as module
+    from facefusion_tasks.errors import TransientError
+
+    job_id = _finished(producer, 2)
+    producer.store.set_state(job_id, FAILED, reason=Reason.MEDIA, error="segments missing")
+
+    def unavailable(*_args: object, **_kwargs: object) -> bool:
+        raise TransientError("s3://media/out.mp4: object storage failed (SlowDown)")
+
+    monkeypatch.setattr(module, "segment_present", unavailable)
+    with pytest.raises(TransientError):
+        producer.retry(job_id)
+    assert producer.store.state(job_id) == FAILED  # as it was: the next retry may succeed
+    assert _messages(redis_url, GPU_QUEUE) == [] and _messages(redis_url, LIGHT_QUEUE) == []
+    monkeypatch.undo()
+    assert producer.retry(job_id) == Retried("stitch")
+
+
 def test_no_job_file_may_lie_in_the_work_directory_whose_files_go_when_jobs_end(
     producer: Producer, redis_url: str, tmp_path: Path
 ) -> None:

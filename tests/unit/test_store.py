@@ -250,6 +250,28 @@ def test_reopen_only_from_the_states_given(store: JobStore) -> None:
     assert store.state(fresh) == QUEUED
 
 
+def test_reopen_drops_the_last_stitch_token(store: JobStore) -> None:
+    """A stitch of the run `retry` ended, stopped and then woken, must not find the job still
+    its own: its failure would fail the new run, its COMMITTING step could win the race."""
+    job_id = _planned(store)
+    assert store.set_state(job_id, STITCHING, also={"stitch": "earlier"})
+    store.set_state(job_id, FAILED, reason=Reason.STALLED)
+    assert store.reopen(job_id, planned=True, from_states=(FAILED,))
+    assert "stitch" not in store.get(job_id)
+    assert not store.set_state(job_id, STITCHING, expect={"stitch": "earlier"})
+
+
+def test_all_chunks_done_only_once_every_chunk_is(store: JobStore) -> None:
+    assert not store.all_chunks_done(store.create({"output": _output()}))  # no plan yet
+    job_id = _planned(store, chunks=2)
+    store.chunk_done(job_id, 0, 10)
+    assert not store.all_chunks_done(job_id)
+    store.chunk_done(job_id, 1, 10)
+    assert store.all_chunks_done(job_id)
+    store.reset_chunk(job_id, 1)  # `retry` runs it again
+    assert not store.all_chunks_done(job_id)
+
+
 def test_reset_chunk_returns_it_to_pending(store: JobStore) -> None:
     job_id = _planned(store, chunks=2)
     store.chunk_done(job_id, 0, 10)
