@@ -85,8 +85,11 @@ SUBTITLE_COPY_CODECS: dict[str, frozenset[str]] = {
             "dvb_subtitle",
         }
     ),  # fmt: skip
-    "mp4": frozenset({"mov_text"}),
-    "mov": frozenset({"mov_text"}),
+    # Not mov_text into mp4 or mov: an mp4 stores the gap before each cue as an empty sample,
+    # and copied from a file whose picture starts after its sound, the sample that spans the
+    # output's start got an edit list that ffmpeg (and the players built on it) reads from
+    # the next sample on: every cue showed early by that gap (6 s in the probe's file).
+    # Re-encoded, the empty samples are dropped and the muxer writes its own.
     "webm": frozenset({"webvtt"}),
 }
 #: The encoder other text subtitles go through, by muxer.
