@@ -233,7 +233,7 @@ class FrameReader:
         if shown is None or self._size_error is not None:
             self.close()
             problem = self._size_error or "ffmpeg sent a frame without its timestamp"
-            if self._size_error and self._sized:
+            if self._size_error and self._mid_file():
                 raise InputError(f"{self.info.path.name}: {problem}", reason=Reason.BAD_INPUT)
             raise MediaError(f"{self.info.path.name}: {problem}", stderr=self.stderr_tail())
         pts, key = shown
@@ -276,9 +276,12 @@ class FrameReader:
         probed = f"{self.info.width}x{self.info.height}"
         if (width, height) == (self.info.width, self.info.height):
             self._sized = True
-        elif self._sized:
+        elif self._mid_file():
             # Reading on would slice the byte stream at the wrong places: stop at the first.
-            # Frames of the probed size came first, so the file itself changes size.
+            # Frames of the probed size came first, or this read began past the frames the
+            # probe measured (a chunk's seek landed after a change of size: an MPEG-TS joined
+            # from two sizes failed its job as the system's fault, exit 1, where a local swap
+            # refused the file): the file itself changes size.
             self._size_error = (
                 f"the picture changes size mid-stream ({probed} to {width}x{height}); "
                 f"re-encode it at one size, e.g. ffmpeg -i IN -vf scale={self.info.width}:"
@@ -286,6 +289,11 @@ class FrameReader:
             )
         else:
             self._size_error = f"ffmpeg decodes {width}x{height} frames, the probe said {probed}"
+
+    def _mid_file(self) -> bool:
+        """Whether this read has passed frames the probe measured: one came at the probed
+        size, or the read began after the file's start."""
+        return self._sized or bool(self._seek)
 
     def _parse_pts(self, text: str, previous: int) -> int:
         if text == "NOPTS":

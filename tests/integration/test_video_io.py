@@ -21,6 +21,7 @@ import pytest
 
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, MediaError, OutputError, TransientError
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.fields import written_field_order
 from facefusion_tasks.video.mkv import MatroskaRawWriter
@@ -966,3 +967,37 @@ def test_sample_faces_stay_inside_the_frame_and_apart(width: int, height: int, f
         for i, (x1, y1, r1) in enumerate(placed):
             for x2, y2, r2 in placed[i + 1 :]:
                 assert np.hypot(x1 - x2, y1 - y2) > r1 + r2
+
+
+def test_a_chunk_that_starts_after_a_change_of_size_refuses_the_file_as_a_local_swap_does(
+    tmp_path: Path,
+) -> None:
+    """An MPEG-TS joined from 320x240 and 480x360 parts (no index: the chunk's seek lands on
+    the second part's first keyframe). Its chunk read 480x360 before any frame of the probed
+    size and failed the job as the system's fault (`media`, exit 1), where a local swap of
+    the same file refuses it as the user's (a media probe's finding)."""
+    parts = []
+    for k, size in enumerate(("320x240", "480x360")):
+        part = tmp_path / f"part{k}.mp4"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=25:d=2",
+             "-c:v", "libx264", "-g", "50", "-preset", "ultrafast", str(part)],
+            check=True, timeout=60,
+        )  # fmt: skip
+        parts.append(part)
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"file '{p}'\n" for p in parts))
+    joined = tmp_path / "switch.ts"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
+         "-c", "copy", str(joined)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    info = probe(joined)
+    assert (info.width, info.height) == (320, 240)
+    second = info.start_pts + round(Fraction(2) / info.time_base)  # the second part's start
+    with pytest.raises(InputError) as refused, FrameReader(info, start_pts=second) as reader:
+        for _ in reader:
+            pass
+    assert refused.value.reason == Reason.BAD_INPUT
+    assert "changes size mid-stream (320x240 to 480x360)" in str(refused.value)
