@@ -6,10 +6,10 @@ import json
 import logging
 from pathlib import Path
 
-from facefusion_tasks import objects
+from facefusion_tasks import objects, policy
 from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, fence_stale, marked
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError, MediaError, OutputError, TransientError
+from facefusion_tasks.errors import InputError, MediaError, OutputError
 from facefusion_tasks.fingerprints import check_unchanged
 from facefusion_tasks.images import is_image_target, read_header
 from facefusion_tasks.objects import Location, ObjectRef
@@ -158,19 +158,22 @@ def _stitch(
 
         try:
             commit(staged, output, token=mark.get("token"), started=own_upload)
-        except TransientError:
-            # The upload failed for now, and was aborted (the key holds what it held). Back
-            # to STITCHING, so the retry stitches again: left in COMMITTING, the retry took it
-            # for a commit in progress, and the sweep, finding no upload, failed the job.
+        except OutputError:
+            if _still_ours(store, job_id, recorded):
+                raise
+            return None  # `retry` removed its temp, or aborted its upload (commits.fence_stale)
+        except Exception as exc:
+            if not policy.retryable(exc):
+                raise
+            # The upload failed for now (a 503; Redis lost while recording its id), and was
+            # aborted (the key holds what it held). Back to STITCHING, so the retry stitches
+            # again: left in COMMITTING, the retry took it for a commit in progress, and the
+            # sweep, finding no upload, failed the job.
             if store.set_state(
                 job_id, STITCHING, only_from=(COMMITTING,), expect={"commit": recorded}
             ):
                 raise
             return None  # no longer this stitch's (`retry` reopened it, aborting its upload)
-        except OutputError:
-            if _still_ours(store, job_id, recorded):
-                raise
-            return None  # `retry` removed its temp (commits.fence_stale)
     if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
         return None  # reopened meanwhile: its segments are the next stitch's
     remove_segments(settings, job_id, output=job["output"])

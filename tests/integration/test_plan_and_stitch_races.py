@@ -547,3 +547,47 @@ def test_a_stitcher_stopped_mid_upload_cannot_complete_it_once_taken_back(
     assert results == [None]  # it stood down, nothing raised
     assert s3.get_object(Bucket=bucket, Key="out.mp4")["Body"].read() == b"a later job's output"
     assert uploads(s3, bucket) == []
+
+
+def test_an_upload_whose_id_could_not_be_recorded_is_stitched_again_by_its_retry(
+    store: JobStore,
+    media: Path,
+    models_dir: Path,
+    s3_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis lost just as the stitcher records its upload's id: the upload is aborted, and the
+    job goes back to STITCHING for the retry (left in COMMITTING, the retry took it for a
+    commit in progress, and the sweep failed it as stalled)."""
+    import redis
+
+    from facefusion_tasks.objects import ObjectRef
+    from tests.s3server import client, keys, uploads
+
+    s3, bucket = client(s3_env), "fence-lost"
+    s3.create_bucket(Bucket=bucket)
+    settings = _settings(media, models_dir, s3_buckets=bucket)
+    job_id = store.create(
+        {
+            "source": str(media / "source.png"),
+            "target": str(media / "clip.mp4"),
+            "output": f"s3://{bucket}/out.mp4",
+        }
+    )
+    for index in runner.plan_job(store, settings, job_id):
+        runner.run_chunk(store, settings, job_id, index, worker="w")
+    real_set_state = store.set_state
+
+    def lost(job: str, state: str, **kwargs: Any) -> bool:
+        if "upload" in (kwargs.get("also") or {}):
+            raise redis.ConnectionError("Connection reset by peer")
+        return real_set_state(job, state, **kwargs)
+
+    monkeypatch.setattr(store, "set_state", lost)
+    with pytest.raises(redis.ConnectionError):
+        stitching.stitch_job(store, settings, job_id)
+    assert store.state(job_id) == STITCHING
+    assert uploads(s3, bucket) == [] and "out.mp4" not in keys(s3, bucket)
+    monkeypatch.undo()
+    assert stitching.stitch_job(store, settings, job_id) == ObjectRef(bucket, "out.mp4")
+    assert store.state(job_id) == SUCCEEDED
