@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from facefusion_tasks import objects
+from facefusion_tasks.errors import OutputError
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.video.staging import StagedOutput
 
@@ -74,9 +75,16 @@ def fence_stale(output: Location, mark: dict[str, Any], *, upload: str = "") -> 
     if isinstance(output, ObjectRef):
         if not upload:
             return False
-        aborted = objects.abort_upload(output, upload)
+        try:
+            aborted = objects.abort_upload(output, upload)
+        except OutputError as exc:
+            # Refused (credentials without s3:AbortMultipartUpload) or the bucket is gone: a
+            # fence this fleet cannot put up must not make the job unretryable.
+            log.warning("%s: the upload a stopped stitch left could not be aborted: %s",
+                        output, exc)  # fmt: skip
+            return False
         if aborted:
-            log.warning("%s: aborted the upload a stopped stitch left", output)
+            log.warning("%s: aborted the upload a stopped stitch may have left open", output)
         return aborted
     if not mark.get("temp"):
         return False

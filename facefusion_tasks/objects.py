@@ -316,8 +316,9 @@ def upload(
 
 def abort_upload(ref: ObjectRef, upload_id: str) -> bool:
     """Abort the multipart upload `upload_id` of `ref`, so that its writer, should it wake,
-    cannot complete it (its complete fails with NoSuchUpload). False when there was none to
-    abort (completed, aborted or expired already); TransientError when the storage failed."""
+    cannot complete it (its complete fails with NoSuchUpload). False when the storage says
+    there was none (completed, aborted or expired already; some answer success for those
+    too); TransientError when the storage failed, OutputError when it refused."""
     from botocore.exceptions import ClientError
 
     with _calls(ref, writing=True):

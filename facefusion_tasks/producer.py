@@ -360,13 +360,18 @@ class Producer:
                 else frozenset()
             )
             busy |= {i for i in stale if waits_in(line, job_id, i)}
-        if not self.store.reopen(job_id, planned=True, from_states=(status.state,)):
+        # Only if no stitcher recorded another upload (or mark) since it was fenced: one that
+        # woke in between would complete that one unfenced.
+        fenced = {"commit": job.get("commit"), "upload": job.get("upload")}
+        if not self.store.reopen(job_id, planned=True, from_states=(status.state,), expect=fenced):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
         rerun = [index for index in undone if index not in busy]
         for index in rerun:
             self.store.reset_chunk(job_id, index)
             self._send(TASK_CHUNK, [job_id, index], priority=priority)
-        if not undone:
+        # A busy chunk that finished between the reads and the reopen completed the set, and
+        # the reopen took its stitch's watch away: stitched from here, as for none undone.
+        if not undone or (not rerun and self.store.all_chunks_done(job_id)):
             self.store.stitch_sent(job_id)
             self._send(TASK_STITCH, [job_id], priority=9)
             return Retried("stitch")

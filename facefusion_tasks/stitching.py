@@ -174,8 +174,8 @@ def _stitch(
             ):
                 raise
             return None  # no longer this stitch's (`retry` reopened it, aborting its upload)
-    if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
-        return None  # reopened meanwhile: its segments are the next stitch's
+    if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,), expect={"commit": recorded}):
+        return None  # reopened (and maybe committing again) meanwhile: the next stitch's
     remove_segments(settings, job_id, output=job["output"])
     return output
 
@@ -214,7 +214,10 @@ def _resume_commit(
             committed = None
         if not mark.get("token") or committed != mark["token"]:
             # Its stitcher, stopped mid-upload, must not complete it on waking.
-            fence_stale(output, mark, upload=job.get("upload", ""))
+            upload = job.get("upload", "")
+            fence_stale(output, mark, upload=upload)
+            if store.get(job_id).get("upload", "") != upload:
+                return None  # it woke before its upload began, and uploads: it finishes
             raise MediaError("the stitch stopped while uploading its output", reason=Reason.STALLED)
     elif not marked(output, mark):
         temp = output.with_name(str(mark.get("temp") or ".missing"))
@@ -230,7 +233,9 @@ def _resume_commit(
                 return None  # `retry` reopened the job and removed the temp first
             raise
     log.warning("job %s: the commit its stitcher began is finished", job_id)
-    if not store.set_state(job_id, SUCCEEDED, only_from=(COMMITTING,)):
+    if not store.set_state(
+        job_id, SUCCEEDED, only_from=(COMMITTING,), expect={"commit": job.get("commit", "")}
+    ):
         return None
     remove_segments(settings, job_id, output=job["output"])
     return output

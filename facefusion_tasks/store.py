@@ -259,11 +259,20 @@ class JobStore(ChunkRecords, StallIndex):
         redis-py re-sends the call after a timeout: the flag holds the caller's token)."""
         return bool(self._claim_metering(keys=[job_key(job_id)], args=[new_token()]))
 
-    def reopen(self, job_id: str, *, planned: bool, from_states: Sequence[str]) -> bool:
+    def reopen(
+        self,
+        job_id: str,
+        *,
+        planned: bool,
+        from_states: Sequence[str],
+        expect: Mapping[str, str | None] | None = None,
+    ) -> bool:
         """For `retry`: from one of `from_states` back to RUNNING, or to QUEUED when the job
         has no plan yet. Its end is counted anew. WATCHed, so a job that moved meanwhile (a
-        late stitch succeeded, a cancel landed) is left alone: returns whether it reopened.
+        late stitch succeeded, a cancel landed), or whose `expect` fields no longer hold
+        those values (None: absent), is left alone: returns whether it reopened.
         The job takes its output back: OutputBusy while another job has since claimed it."""
+        expected = dict(expect or {})
         key = job_key(job_id)
         # As in set_state: when a lost EXEC reply (a WatchError from redis-py) hides that Redis
         # ran the reopen, the next round finds its own token and answers True.
@@ -279,13 +288,13 @@ class JobStore(ChunkRecords, StallIndex):
             with self.r.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    current, total, output, applied = pipe.hmget(
-                        key, ["state", "chunks_total", "output", "state_token"]
+                    current, total, output, applied, *found = pipe.hmget(
+                        key, ["state", "chunks_total", "output", "state_token", *expected]
                     )
                     if current == fields["state"] and applied == token:
                         pipe.unwatch()
                         return True
-                    if current not in from_states:
+                    if current not in from_states or found != list(expected.values()):
                         pipe.unwatch()
                         return False
                     if output:
@@ -297,8 +306,12 @@ class JobStore(ChunkRecords, StallIndex):
                         pipe.persist(record)  # running again: kept until it ends anew
                     now = fleet_now(self.r)
                     pipe.hset(key, mapping=fields | {"updated_at": now})
-                    # The last stitch's token too: one of the old run, stopped, stands down.
-                    pipe.hdel(key, "metered", "withdrawn", "stitch_token", "stitch", "recoveries")
+                    # The last stitch's token too: one of the old run, stopped, stands down;
+                    # and its upload's id, fenced by `retry` already (commits.fence_stale).
+                    pipe.hdel(
+                        key, "metered", "withdrawn", "stitch_token", "stitch", "upload",
+                        "recoveries",
+                    )  # fmt: skip
                     if planned:
                         pipe.zrem(LIVE_KEY, job_id)
                     else:
@@ -548,12 +561,11 @@ class JobStore(ChunkRecords, StallIndex):
         return {i: float(score) for i, score in enumerate(scores) if score is not None}
 
     def all_chunks_done(self, job_id: str) -> bool:
-        """Whether the job has a plan and every chunk of it is DONE (ready to stitch)."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hget(job_key(job_id), "chunks_total")
-            pipe.scard(done_key(job_id))
-            total, done = pipe.execute()
-        return int(total or 0) > 0 and int(done) == int(total)
+        """Whether the job has a plan and every chunk of it is DONE (ready to stitch), by the
+        chunks' own records, as `retry` judges (undone_chunks): a done set lost on its own (a
+        volatile-* eviction) must not make every stitch of a retried job stand aside."""
+        chunks = self.chunks(job_id)
+        return bool(chunks) and all(c.get("state") == DONE for c in chunks)
 
     def undone_chunks(self, job_id: str) -> list[int]:
         """Chunks that failed or never finished (what `retry` re-runs)."""

@@ -108,6 +108,8 @@ class FrameReader:
         self._size_error: str | None = None
         #: Whether a frame came at the probed size: a change after one is the file's doing.
         self._sized = False
+        #: The first frame's pts (where the seek landed), None before it.
+        self._first_pts: int | None = None
         argv = decode_argv(
             # An object is read through a URL signed here: ffmpeg seeks with ranged reads, so
             # a chunk fetches about its own span, never the whole file.
@@ -257,9 +259,12 @@ class FrameReader:
         rest go to the process's log (tail and error lines)."""
         match = _SHOWINFO.search(line)
         if match:
+            pts = self._parse_pts(match.group(2), self._previous_pts)
+            if self._first_pts is None:
+                self._first_pts = pts
             self._check_size(line)
-            self._previous_pts = self._parse_pts(match.group(2), self._previous_pts)
-            self._pts.put((self._previous_pts, _KEY.search(line) is not None))
+            self._previous_pts = pts
+            self._pts.put((pts, _KEY.search(line) is not None))
             return True
         match = _CONFIG_TB.search(line)
         if match and self._filter_tb is None and int(match.group(2)):
@@ -292,8 +297,10 @@ class FrameReader:
 
     def _mid_file(self) -> bool:
         """Whether this read has passed frames the probe measured: one came at the probed
-        size, or the read began after the file's start."""
-        return self._sized or bool(self._seek)
+        size, or its first frame (where a seek landed) comes after the file's first."""
+        return self._sized or (
+            self._first_pts is not None and self._first_pts > self.info.start_pts
+        )
 
     def _parse_pts(self, text: str, previous: int) -> int:
         if text == "NOPTS":

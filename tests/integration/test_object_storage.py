@@ -159,3 +159,33 @@ def test_the_retention_sweep_removes_segments_of_jobs_over_or_gone(
     assert sorted(removed) == sorted([jobs["gone"], jobs[SUCCEEDED]])
     left = {key.split("/")[1] for key in keys(s3, bucket, ".facefusion-work/")}
     assert left == {jobs[RUNNING], jobs[FAILED]}
+
+
+def test_an_abort_says_whether_there_was_an_upload_to_abort(bucket: str, tmp_path: Path) -> None:
+    """The fence `retry` puts up against a stopped stitcher (objects.abort_upload): an open
+    upload is aborted, and its parts can no longer complete it; one completed or aborted
+    already is no error (whether the storage says there was none differs: SeaweedFS, like AWS
+    for a while after, answers success) and leaves a completed object as it is."""
+    s3 = client(objects_env())
+    ref = objects.ObjectRef(bucket, "fenced.mp4")
+    opened = s3.create_multipart_upload(Bucket=bucket, Key="fenced.mp4")["UploadId"]
+    part = s3.upload_part(
+        Bucket=bucket, Key="fenced.mp4", UploadId=opened, PartNumber=1, Body=b"x" * 1024
+    )
+    assert objects.abort_upload(ref, opened) is True
+    assert uploads(s3, bucket) == []
+    with pytest.raises(Exception) as completing:  # the woken stitcher's complete
+        s3.complete_multipart_upload(
+            Bucket=bucket, Key="fenced.mp4", UploadId=opened,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+        )  # fmt: skip
+    assert "NoSuchUpload" in str(completing.value)
+    assert "fenced.mp4" not in keys(s3, bucket)
+    objects.abort_upload(ref, opened)  # aborted already: no error
+    done = tmp_path / "done.bin"
+    done.write_bytes(b"y" * 2048)
+    ids: list[str] = []
+    objects.upload(done, ref, started=ids.append)
+    assert len(ids) == 1
+    objects.abort_upload(ref, ids[0])  # completed: no error, the object stays
+    assert s3.get_object(Bucket=bucket, Key="fenced.mp4")["Body"].read() == done.read_bytes()

@@ -1001,3 +1001,24 @@ def test_a_chunk_that_starts_after_a_change_of_size_refuses_the_file_as_a_local_
             pass
     assert refused.value.reason == Reason.BAD_INPUT
     assert "changes size mid-stream (320x240 to 480x360)" in str(refused.value)
+
+
+def test_a_seek_that_lands_on_the_first_frame_keeps_a_size_mismatch_the_systems_fault(
+    tmp_path: Path,
+) -> None:
+    """A chunk whose seek lands on the file's first frame (one keyframe for the whole clip)
+    reads the very frames the probe measured: a size other than the probe's there is the
+    probe's and the decoder's disagreement (media, exit 1), not the file changing size (review).
+    The disagreement is made by telling the reader another size than the probe's."""
+    clip = tmp_path / "one-key.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:d=2",
+         "-c:v", "libx264", "-g", "1000", "-preset", "ultrafast", str(clip)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    info = dataclasses.replace(probe(clip), width=352, height=288)
+    later = info.start_pts + round(Fraction(1) / info.time_base)  # 1 s in: lands on frame 0
+    with pytest.raises(MediaError) as failed, FrameReader(info, start_pts=later) as reader:
+        for _ in reader:
+            pass
+    assert "ffmpeg decodes 320x240 frames, the probe said 352x288" in str(failed.value)

@@ -101,3 +101,20 @@ def test_a_path_ending_in_a_slash_names_a_directory() -> None:
             objects.location(text)
         assert refused.value.reason is Reason.PATH
     assert objects.location("out/new.mp4") == Path("out/new.mp4")
+
+
+def test_a_fence_the_storage_refuses_leaves_the_job_retryable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Credentials without s3:AbortMultipartUpload: `retry` fences a stopped stitcher's upload
+    first, and a refusal there made every retry of the job fail for good (review)."""
+    from facefusion_tasks.commits import fence_stale
+    from facefusion_tasks.errors import OutputError
+
+    def refused(ref: objects.ObjectRef, _upload: str) -> bool:
+        raise OutputError(f"{ref}: the storage refused this request (AccessDenied)")
+
+    monkeypatch.setattr(objects, "abort_upload", refused)
+    out = objects.ObjectRef("media", "out.mp4")
+    assert fence_stale(out, {"token": "t"}, upload="u1") is False
+    assert fence_stale(out, {"token": "t"}) is False  # nothing recorded: nothing to abort

@@ -445,6 +445,54 @@ def test_a_retry_that_fails_before_it_sends_anything_leaves_the_job_as_it_was(
     assert producer.retry(job_id) == Retried("stitch")
 
 
+def test_a_retry_whose_busy_chunk_finishes_before_the_reopen_sends_the_stitch(
+    producer: Producer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk `retry` found running finishes between its reads and the reopen: it completed
+    the set (and sent a stitch), and the reopen took the job out of the sweep's watch. The
+    stitch is sent from here too, so a lost one cannot leave the job RUNNING for ever (review)."""
+    job_id = _job(producer, RUNNING, chunks=2)
+    _done(producer, job_id, 0)
+    assert producer.store.chunk_started(job_id, 1, "w1")
+    producer.store.chunk_heartbeat(job_id, 1, 5)  # a fresh heartbeat: busy
+    real_reopen = producer.store.reopen
+
+    def finishes_first(*args: object, **kwargs: object) -> bool:
+        _done(producer, job_id, 1)
+        return real_reopen(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(producer.store, "reopen", finishes_first)
+    assert producer.retry(job_id) == Retried("stitch")
+    assert _messages(redis_url, LIGHT_QUEUE) == [("facefusion.stitch", [job_id])]
+
+
+def test_a_stitcher_that_records_an_upload_while_retry_fences_makes_retry_look_again(
+    producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped stitcher wakes between `retry`'s fence and its reopen and records the upload
+    it is about to complete: reopened, the job's fence would have missed it (review). The
+    retry refuses instead; the next one fences that upload."""
+    from facefusion_tasks import producer as module
+
+    job_id = _finished(producer, 1)
+    producer.store.set_state(job_id, COMMITTING, also={"commit": '{"token": "t"}'})
+    producer.store.set_state(job_id, FAILED, reason=Reason.STALLED)
+    fenced: list[str] = []
+
+    def fence(_output: object, _mark: object, *, upload: str = "") -> bool:
+        fenced.append(upload)
+        if len(fenced) == 1:  # the stitcher wakes now
+            producer.store.r.hset(job_key(job_id), "upload", "u1")
+        return bool(upload)
+
+    monkeypatch.setattr(module, "fence_stale", fence)
+    with pytest.raises(InputError, match="changed state meanwhile"):
+        producer.retry(job_id)
+    assert producer.store.state(job_id) == FAILED
+    assert producer.retry(job_id) == Retried("stitch")
+    assert fenced == ["", "u1"]
+
+
 def test_no_job_file_may_lie_in_the_work_directory_whose_files_go_when_jobs_end(
     producer: Producer, redis_url: str, tmp_path: Path
 ) -> None:

@@ -268,8 +268,28 @@ def test_all_chunks_done_only_once_every_chunk_is(store: JobStore) -> None:
     assert not store.all_chunks_done(job_id)
     store.chunk_done(job_id, 1, 10)
     assert store.all_chunks_done(job_id)
+    # By the chunks' records, as `retry` judges: a done set evicted on its own must not make
+    # every stitch of the retried job stand aside (review).
+    store.r.delete(f"{job_key(job_id)}:done")
+    assert store.all_chunks_done(job_id)
     store.reset_chunk(job_id, 1)  # `retry` runs it again
     assert not store.all_chunks_done(job_id)
+
+
+def test_reopen_only_while_the_expected_fields_hold(store: JobStore) -> None:
+    """`retry` fences a stopped stitcher's upload, then reopens: only if no stitcher recorded
+    another upload in between (it would complete that one unfenced)."""
+    job_id = _planned(store)
+    assert store.set_state(job_id, COMMITTING, also={"commit": "{}", "upload": "u1"})
+    store.set_state(job_id, FAILED, reason=Reason.STALLED)
+    assert not store.reopen(
+        job_id, planned=True, from_states=(FAILED,), expect={"commit": "{}", "upload": None}
+    )
+    assert store.state(job_id) == FAILED
+    assert store.reopen(
+        job_id, planned=True, from_states=(FAILED,), expect={"commit": "{}", "upload": "u1"}
+    )
+    assert "upload" not in store.get(job_id)  # fenced already: no later retry aborts it again
 
 
 def test_reset_chunk_returns_it_to_pending(store: JobStore) -> None:
