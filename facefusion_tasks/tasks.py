@@ -168,14 +168,17 @@ def _on_child_start(**_: Any) -> None:
 
 
 def _report_metrics_disabled(_problem: str) -> None:
-    """Count, per host, the worker processes that stopped writing metrics (the exporter shows
-    it: their own counters can no longer say so). In a thread: this can run inside
+    """Count, per launcher, the worker processes that stopped writing metrics (its exporter
+    shows it: their own counters can no longer say so). In a thread: this can run inside
     worker_process_init, which must not wait on a slow Redis."""
-    from facefusion_tasks.metrics.keys import METRICS_DISABLED_KEY
+    from facefusion_tasks.metrics.keys import METRICS_DISABLED_KEY, metrics_disabled_field
+    from facefusion_tasks.metrics.multiproc import PROMETHEUS_ENV
+
+    field = metrics_disabled_field(os.environ.get(PROMETHEUS_ENV, ""))
 
     def count() -> None:
         try:
-            _store().r.hincrby(METRICS_DISABLED_KEY, socket.gethostname(), 1)
+            _store().r.hincrby(METRICS_DISABLED_KEY, field, 1)
         except Exception as exc:  # best effort: the log line already said it
             log.warning("could not count disabled metrics in Redis: %s", exc)
 

@@ -262,6 +262,7 @@ def run_workers(
     except multiproc.DirectoryInUse as exc:
         raise InputError(str(exc), reason=Reason.CONFIG) from None
     multiproc.prepare(directory, wipe=True)
+    _forget_disabled_metrics(settings.broker_url, directory)
     children: list[_Child] = []
     if metrics_port:
         argv = exporter_argv(port=metrics_port, metrics_dir=directory)
@@ -312,3 +313,19 @@ def run_workers(
     if owner >= 0:
         os.close(owner)  # the directory is free once every child is gone
     return 0
+
+
+def _forget_disabled_metrics(broker_url: str, directory: Path) -> None:
+    """A launcher starts with its metrics directory wiped, and with no worker process of its
+    own counted as having disabled its metrics (the count of a launcher that ran here before
+    on this directory would read as new). Best effort: Redis may not be up yet."""
+    import redis
+
+    from facefusion_tasks.broker import client_kwargs
+    from facefusion_tasks.metrics.keys import METRICS_DISABLED_KEY, metrics_disabled_field
+
+    try:
+        client = redis.Redis.from_url(broker_url, **client_kwargs(timeout=2.0, retries=1))
+        client.hdel(METRICS_DISABLED_KEY, metrics_disabled_field(directory))
+    except (redis.RedisError, OSError) as exc:
+        log.warning("could not reset this launcher's count of disabled metrics: %s", exc)

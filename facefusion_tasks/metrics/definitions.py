@@ -279,7 +279,7 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "facefusion_metrics_disabled_processes_total": (
         "counter",
-        "Worker processes on this host that stopped writing metrics (storage full or gone); "
+        "Worker processes of this launcher that stopped writing metrics (storage full or gone); "
         "they keep working.",
         (),
     ),

@@ -26,6 +26,7 @@ from facefusion_tasks.metrics import multiproc
 from facefusion_tasks.metrics.compaction import CompactingCollector
 from facefusion_tasks.metrics.definitions import EXPORTER_METRICS, QUEUES
 from facefusion_tasks.metrics.gpu import GpuCollector
+from facefusion_tasks.metrics.keys import metrics_disabled_field
 from facefusion_tasks.metrics.queues import QueueCollector
 
 log = logging.getLogger(__name__)
@@ -181,8 +182,9 @@ def build_registry(
     ]
     if redis_url:
         queue_collector = QueueCollector(
-            redis_url, queues, timeout=redis_timeout, stall_seconds=stall_seconds
-        )
+            redis_url, queues, timeout=redis_timeout, stall_seconds=stall_seconds,
+            disabled_field=metrics_disabled_field(multiproc_dir),
+        )  # fmt: skip
         collectors.append(("queues", queue_collector))
     if gpu:
         collectors.append(("gpu", GpuCollector()))

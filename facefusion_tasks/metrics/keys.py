@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +30,8 @@ KOMBU_SEP = "\x06\x16"
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 #: Worker heartbeat keys: one per worker, expiring unless refreshed.
 HEARTBEAT_PREFIX = "facefusion:worker:"
-#: Hash host -> worker processes there that disabled their metrics (storage full or gone).
+#: Hash launcher (metrics_disabled_field) -> its worker processes that disabled their metrics
+#: (storage full or gone).
 METRICS_DISABLED_KEY = "facefusion:metrics:disabled"
 #: The job store's running chunks: sorted set "job_id:index" -> time of its last frame progress.
 RUNNING_KEY = "facefusion:running"
@@ -50,6 +53,14 @@ LINE_LIMIT = 10_000
 #: The arguments of every task message in a line, as strings (("job", "3") for a chunk, ("job",)
 #: for a plan or stitch); None when the line was too long to read.
 InLine = frozenset[tuple[str, ...]] | None
+
+
+def metrics_disabled_field(directory: str | os.PathLike[str], host: str = "") -> str:
+    """One launcher's field of METRICS_DISABLED_KEY: its host and the metrics directory it
+    claims (no two live launchers share one), as its worker processes and its exporter both
+    know them. Per host, every launcher's exporter served the whole host's count, and the
+    alert named a launcher whose processes all wrote their metrics."""
+    return f"{host or socket.gethostname()}:{os.path.abspath(directory)}"
 
 
 def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -270,7 +269,7 @@ class QueueCollector:
         key_prefix: str = "",
         clock: Callable[[], float] | None = None,
         stall_seconds: float = 300.0,
-        host: str = "",
+        disabled_field: str = "",
     ) -> None:
         # Short timeouts: a hung broker must cost one scrape a second, not the scrape timeout.
         self.client = redis.Redis.from_url(
@@ -285,7 +284,8 @@ class QueueCollector:
         # Heartbeats and enqueue stamps are on the fleet's clock (Redis's); so is their age.
         self.clock = clock or (lambda: fleet_now(self.client))
         self.stall_seconds = stall_seconds
-        self.host = host or socket.gethostname()
+        #: This launcher's field of METRICS_DISABLED_KEY (metrics_disabled_field); "": none.
+        self.disabled_field = disabled_field
         self._was_up: bool | None = None
         #: Whether the last scrape served redis_up=0 alone (read by the exporter's health).
         self.degraded = False
@@ -313,7 +313,11 @@ class QueueCollector:
                 ),  # fmt: skip
                 key_prefix=self.key_prefix,
             )  # fmt: skip
-            disabled = self.client.hget(self.key_prefix + METRICS_DISABLED_KEY, self.host)
+            disabled = (
+                self.client.hget(self.key_prefix + METRICS_DISABLED_KEY, self.disabled_field)
+                if self.disabled_field
+                else 0
+            )
         except (redis.RedisError, OSError) as exc:
             if self._was_up is not False:  # log transitions, not every scrape
                 log.warning("broker unreachable from the metrics exporter: %s", exc)

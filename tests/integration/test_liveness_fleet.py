@@ -453,9 +453,24 @@ def _full_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def _disabled(port: int) -> float | None:
+    """The exporter's facefusion_metrics_disabled_processes_total (None when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "facefusion_metrics_disabled_processes_total":
+                return float(sample.value)
+    return None
+
+
 def test_a_full_metrics_filesystem_costs_metrics_not_jobs(
     root: Path, models_dir: Path, tmp_path: Path
 ) -> None:
+    """Its worker processes stop writing metrics, the jobs go on, and its own exporter says
+    how many stopped; another launcher on the same host, whose processes all write theirs,
+    says none (every exporter of a host served the host's count, and the alert named a
+    launcher that had nothing wrong: a metrics probe's finding)."""
     with (
         _full_tmpfs(tmp_path / "mp") as metrics_dir,
         launcher(
@@ -463,14 +478,27 @@ def test_a_full_metrics_filesystem_costs_metrics_not_jobs(
             stall_seconds="30",
         ) as fleet,
     ):  # fmt: skip
-        fleet.start(gpu_processes=1)
-        producer = fleet.producer()
-        job_id = producer.submit(root / "source.png", root / "tiny.mp4", root / "out" / "full.mp4")
-        status = producer.wait(job_id, timeout=120)
-        assert status.state == SUCCEEDED, (status.reason, status.error)
-        assert "SIGBUS" not in fleet.log() and "Signal 7" not in fleet.log()
-        client = redis.Redis.from_url(SHARED_REDIS, decode_responses=True)
-        assert sum(int(v) for v in client.hgetall(METRICS_DISABLED_KEY).values()) >= 2
+        healthy = Launcher(
+            root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "healthy", port=free_port()
+        )
+        try:
+            fleet.start(gpu_processes=1)
+            healthy.start(gpu_processes=1, wait=False)
+            producer = fleet.producer()
+            job_id = producer.submit(
+                root / "source.png", root / "tiny.mp4", root / "out" / "full.mp4"
+            )
+            status = producer.wait(job_id, timeout=120)
+            assert status.state == SUCCEEDED, (status.reason, status.error)
+            assert "SIGBUS" not in fleet.log() and "Signal 7" not in fleet.log()
+            client = redis.Redis.from_url(SHARED_REDIS, decode_responses=True)
+            assert sum(int(v) for v in client.hgetall(METRICS_DISABLED_KEY).values()) >= 2
+            assert (wait_for(lambda: _disabled(fleet.port), timeout=30) or 0) >= 2
+            healthy.wait_ready(gpu=2)  # both launchers' gpu processes
+            assert wait_for(lambda: _disabled(healthy.port) is not None, timeout=30)
+            assert _disabled(healthy.port) == 0
+        finally:
+            healthy.stop()
         assert "metrics disabled" in fleet.log()
         assert _scrape(fleet.port) == 200
 

@@ -161,8 +161,11 @@ def test_stalled_work_and_workers_per_queue_are_gauged(broker: redis.Redis, redi
     heartbeat(broker, "h:1", {"queues": ["gpu"]})
     heartbeat(broker, "h:2", {"queues": ["light"]})
     heartbeat(broker, "h:3", {})  # from an older worker: it served both
-    broker.hset(METRICS_DISABLED_KEY, "here", 2)
-    collector = QueueCollector(redis_url, stall_seconds=60, clock=lambda: 1100.0, host="here")
+    broker.hset(METRICS_DISABLED_KEY, "here:/run/a", 2)
+    broker.hset(METRICS_DISABLED_KEY, "here:/run/b", 5)  # another launcher's, on this host
+    collector = QueueCollector(
+        redis_url, stall_seconds=60, clock=lambda: 1100.0, disabled_field="here:/run/a"
+    )
     values = {
         (s.name, s.labels.get("queue")): s.value for m in collector.collect() for s in m.samples
     }
