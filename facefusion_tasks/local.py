@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import cv2
 
-from facefusion_tasks import objects
+from facefusion_tasks import objects, observe
 from facefusion_tasks.config import Settings
 from facefusion_tasks.errors import InputError, ModelError
 from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
@@ -43,6 +44,25 @@ def run_local(
     averaged. Any location may be an s3://bucket/key object in an allowed bucket: images (a
     still target too) are fetched, a video is read through a signed URL, and an object output
     is written and verified here, then uploaded whole."""
+    started = time.perf_counter()
+    try:
+        done = _run_local(source, target, output, settings, reference, show_progress)
+    except Exception:  # not an interrupt: that request did not fail
+        observe.swap_run(ok=False, seconds=time.perf_counter() - started)
+        raise
+    observe.swap_run(ok=True, seconds=time.perf_counter() - started)
+    return done
+
+
+def _run_local(
+    source: Sources,
+    target: Source,
+    output: Source,
+    settings: Settings,
+    reference: Source | None,
+    show_progress: bool,
+) -> tuple[SwapResult, LoadedModels]:
+    """run_local's work."""
     settings.validate()  # Settings built in code never passed from_env's checks
     sources_at = tuple(_locate(s, settings, what="source image") for s in source_paths(source))
     target_at = _locate(target, settings, what="target")

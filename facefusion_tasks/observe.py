@@ -281,7 +281,9 @@ def batch_limit(model: str, limit: int) -> None:
 
 @_safe
 def swap_run(*, ok: bool, seconds: float) -> None:
-    """The seed's request counter and duration: one per local run or chunk attempt."""
+    """The seed's request counter and duration: one per local run or chunk attempt, by how it
+    ended (a chunk attempt's outcome, not its swap's: the swap of an attempt that then failed
+    on its input changing counted as a success)."""
     m = metrics()
     m.face_swap_requests_total.labels(status="success" if ok else "error").inc()
     m.face_swap_duration_seconds.observe(seconds)
@@ -289,10 +291,11 @@ def swap_run(*, ok: bool, seconds: float) -> None:
 
 @_safe
 def chunk(outcome: str, reason: str, *, seconds: float) -> None:
-    """A chunk attempt ended (succeeded | retried | failed)."""
+    """A chunk attempt ended (succeeded | retried | failed); the seed's counter with it."""
     m = metrics()
     m.chunks_total.labels(outcome=outcome, reason=m.bounded_reason(reason)).inc()
     m.chunk_duration_seconds.observe(seconds)
+    swap_run(ok=outcome == "succeeded", seconds=seconds)
 
 
 @_safe

@@ -348,27 +348,20 @@ def run_swap(
                 thread.join(5)
         pool.close(cancel=stages.error is not None)
     if stages.error is not None:
-        if not isinstance(stages.error, Cancelled):
-            observe.swap_run(ok=False, seconds=time.perf_counter() - started)
         raise stages.error
     reader.close()
     committing = mark()
-    try:
-        if job.frames is not None and result.frames != job.frames:
-            writer.abort()
-            # The count came from demuxed packets, the frames from decoding: a file that
-            # decodes differently than it demuxes is damaged in the middle.
-            raise InputError(
-                f"{job.target.name}: decoded {result.frames} frames, expected {job.frames}",
-                reason=Reason.CORRUPT_VIDEO,
-            )
-        writer.commit()
-    except BaseException:
-        observe.swap_run(ok=False, seconds=time.perf_counter() - started)
-        raise
+    if job.frames is not None and result.frames != job.frames:
+        writer.abort()
+        # The count came from demuxed packets, the frames from decoding: a file that
+        # decodes differently than it demuxes is damaged in the middle.
+        raise InputError(
+            f"{job.target.name}: decoded {result.frames} frames, expected {job.frames}",
+            reason=Reason.CORRUPT_VIDEO,
+        )
+    writer.commit()
     clock.add("encode", committing)
     result.seconds = time.perf_counter() - started
-    observe.swap_run(ok=True, seconds=result.seconds)
     result.stage_seconds = dict(clock.seconds)
     result.stage_cpu_seconds = dict(clock.cpu_seconds)
     return result

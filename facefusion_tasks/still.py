@@ -95,24 +95,17 @@ def swap_image(
     started = time.perf_counter()
     clock = engine.clock
     clock.clear()
-    try:
-        header = check_image_target(target, max_pixels=settings.max_image_pixels)
-        check_output(job.output, target, image_format=header.format)
-        with clock.stage("decode"):
-            frame = read_image(target, max_pixels=settings.max_image_pixels)
-        faces = engine.process([frame])[0]
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled")
-        with clock.stage("encode"):
-            staged = write_image(frame, job.output, image_format=header.format)
-    except Cancelled:
-        raise
-    except BaseException:
-        observe.swap_run(ok=False, seconds=time.perf_counter() - started)
-        raise
+    header = check_image_target(target, max_pixels=settings.max_image_pixels)
+    check_output(job.output, target, image_format=header.format)
+    with clock.stage("decode"):
+        frame = read_image(target, max_pixels=settings.max_image_pixels)
+    faces = engine.process([frame])[0]
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+    with clock.stage("encode"):
+        staged = write_image(frame, job.output, image_format=header.format)
     seconds = time.perf_counter() - started
     observe.batch(metric_stages(dict(clock.seconds)), frames=1, faces=faces, seconds=seconds)
-    observe.swap_run(ok=True, seconds=seconds)
     if progress is not None:
         progress(1)
     result = SwapResult(

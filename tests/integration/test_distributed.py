@@ -479,6 +479,16 @@ def test_a_target_replaced_after_planning_fails_the_job_instead_of_mixing_two_vi
     assert not output.exists()
     assert producer.retry(job_id).action == "chunks"  # a retry meets the same change
     assert producer.wait(job_id, timeout=120).reason == "input_changed"
+    # The seed's request counter says how each chunk attempt ended: it counted only the ones
+    # whose swap ran, by the swap's end (a metrics probe's attempt, failed on the change after
+    # its swap, counted a success).
+    samples = metric_samples(fleet.logs / "metrics-gpu")
+    requests = {
+        dict(labels)["status"]: value
+        for (name, labels), value in samples.items()
+        if name == "facefusion_face_swap_requests_total"
+    }
+    assert requests.get("success", 0) == 0 and requests.get("error", 0) >= 2, requests
 
 
 def test_a_target_cut_short_while_a_chunk_reads_it_is_reported_changed_not_corrupt(
