@@ -337,8 +337,14 @@ def _settle(
             _store().chunk_retrying(job_id, index)
         # No countdown: a message with an ETA is held by the worker that took it, not waiting
         # in line, and the sweep could not tell it from one whose holder died. Sent with none,
-        # it joins the back of the line, which is delay enough.
-        raise task.retry(exc=error, countdown=0) from error
+        # it joins the back of the line, which is delay enough. Stamped anew: Celery copies
+        # the first send's headers, and the queue's oldest age and the wait histogram took
+        # the failed attempt's run (up to chunk_time_limit) for time spent waiting.
+        resent_at = _fleet_time()
+        headers = dict(task.request.headers or {})
+        if resent_at is not None:
+            headers[ENQUEUED_HEADER] = resent_at
+        raise task.retry(exc=error, countdown=0, headers=headers) from error
     if outcome.reason is Reason.INTERNAL:
         log.error("%s %s: unexpected error", task.name, job_id, exc_info=error)
     return runner.fail_job(_store(), job_id, error, index=index)

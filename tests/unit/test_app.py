@@ -254,3 +254,43 @@ def test_a_chunk_attempt_redis_refused_to_record_counts_as_retried() -> None:
         tasks._timed_chunk(broken)
     assert counted("retried", "transient") == before[0] + 1
     assert counted("failed", "internal") == before[1] + 1
+
+
+def test_a_retried_chunk_is_stamped_when_it_goes_back_in_line(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's retry copies the first send's headers: the queue's oldest age and the wait
+    histogram took the failed attempt's run (up to chunk_time_limit) for time spent waiting
+    (a metrics probe's finding). The retry carries the time it was sent."""
+    import json
+    import time
+
+    import redis
+    from celery.exceptions import Retry
+
+    from facefusion_tasks import tasks
+    from facefusion_tasks.app import make_app
+    from facefusion_tasks.errors import TransientError
+    from facefusion_tasks.metrics.queues import priority_keys
+
+    monkeypatch.setenv("FACEFUSION_BROKER_URL", redis_url)
+    tasks._store.cache_clear()
+    try:
+        chunk = make_app(Settings.from_env({}, broker_url=redis_url)).tasks[TASK_CHUNK]
+        chunk.push_request(
+            id="attempt-1", args=["job", 0], kwargs={}, retries=0, called_directly=False,
+            headers={tasks.ENQUEUED_HEADER: 1000.0},
+            delivery_info={"routing_key": GPU_QUEUE, "exchange": "", "priority": 4},
+        )  # fmt: skip
+        before = time.time()
+        with pytest.raises(Retry):
+            tasks._settle(chunk, "job", 0, TransientError("a GPU out of memory at batch 1"))
+        chunk.pop_request()
+    finally:
+        tasks._store.cache_clear()
+    client = redis.Redis.from_url(redis_url)
+    sent = [
+        json.loads(raw) for key in priority_keys(GPU_QUEUE) for raw in client.lrange(key, 0, -1)
+    ]
+    assert [m["headers"]["retries"] for m in sent] == [1]
+    assert sent[0]["headers"][tasks.ENQUEUED_HEADER] >= before - 5  # the fleet's clock
