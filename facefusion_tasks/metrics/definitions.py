@@ -239,6 +239,17 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Age of the oldest waiting message (from its ff_enqueued_at header); 0 when empty.",
         ("queue",),
     ),
+    "facefusion_redis_used_memory_bytes": (
+        "gauge",
+        "Memory the broker's Redis uses (INFO memory); absent where INFO is not allowed.",
+        (),
+    ),
+    "facefusion_redis_maxmemory_bytes": (
+        "gauge",
+        "The broker's Redis maxmemory (0: no limit); past it, with noeviction, Redis refuses "
+        "writes: heartbeats expire (workers read as gone) and jobs stop moving.",
+        (),
+    ),
     "facefusion_workers_alive": (
         "gauge",
         "Workers whose heartbeat key (facefusion:worker:*) has not expired.",

@@ -318,6 +318,7 @@ class QueueCollector:
                 if self.disabled_field
                 else 0
             )
+            memory = redis_memory(self.client)
         except (redis.RedisError, OSError) as exc:
             if self._was_up is not False:  # log transitions, not every scrape
                 log.warning("broker unreachable from the metrics exporter: %s", exc)
@@ -346,6 +347,17 @@ class QueueCollector:
         for queue in self.queues:
             per_queue.add_metric([queue], sum(_serves(info, queue) for info in workers.values()))
         families: list[Metric] = [up, length, unacked, backlog, oldest, alive, per_queue]
+        if memory is not None:
+            # A Redis past maxmemory refuses heartbeats: every worker reads as gone, and
+            # nothing else says why (a metrics probe's finding).
+            for name, size in zip(
+                ("facefusion_redis_used_memory_bytes", "facefusion_redis_maxmemory_bytes"),
+                memory,
+                strict=True,
+            ):
+                family = _family(name)
+                family.add_metric([], size)
+                families.append(family)
         for name, value in (
             ("facefusion_chunks_running", liveness.running),
             ("facefusion_chunks_stalled", liveness.stalled_chunks),
@@ -362,6 +374,19 @@ class QueueCollector:
             )
         )
         return families
+
+
+def redis_memory(client: redis.Redis) -> tuple[int, int] | None:
+    """(used_memory, maxmemory) from INFO memory; None where INFO is refused (managed Redis
+    services may rename or forbid it): the other series do not depend on it."""
+    try:
+        info = client.info("memory")
+    except redis.ResponseError:
+        return None
+    try:
+        return int(info["used_memory"]), int(info.get("maxmemory") or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _serves(info: Mapping[str, Any], queue: str) -> bool:

@@ -185,6 +185,10 @@ def test_a_redis_past_maxmemory_is_read_not_reported_down(
     assert values[("facefusion_chunk_progress_oldest_age_seconds", None)] == pytest.approx(700)
     assert values[("facefusion_jobs_stalled", None)] == 2  # "job" (its silent chunk), "lost"
     assert line == {("job", str(index)) for index in range(len(PRIORITIES))}
+    # And it says why the workers' heartbeats go unwritten: full (a metrics probe saw every
+    # worker read as gone, and nothing name the cause).
+    assert values[("facefusion_redis_maxmemory_bytes", None)] == 1
+    assert values[("facefusion_redis_used_memory_bytes", None)] > 1
 
 
 def test_heartbeats_expire(broker: redis.Redis) -> None:
