@@ -105,6 +105,8 @@ def test_it_scales_to_zero_and_wakes_on_one_waiting_chunk(rendered: list[Manifes
     assert float(metadata["activationThreshold"]) == 0  # any backlog > 0 activates
     assert float(metadata["threshold"]) > 0
     assert metadata["serverAddress"].startswith("http")
+    # No answer is an error, never a backlog of 0 (KEDA's default): scaled to zero in an outage.
+    assert metadata["ignoreNullValues"] == "false"
 
 
 def test_the_query_is_the_recorded_gpu_backlog_checked_by_promtool() -> None:
