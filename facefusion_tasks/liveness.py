@@ -235,7 +235,24 @@ class _Sweep:
         log.warning(
             "chunk %s/%s made no progress since %.0f s; requeued", job_id, index, self.now - beat
         )
+        self._let_go(job_id, index)
         self._send_chunk(job_id, index)
+
+    def _let_go(self, job_id: str, index: int) -> None:
+        """Acknowledge the message the stopped attempt holds, as kombu's own ack would: beside
+        the one sent now it stayed in kombu's `unacked` hash until its process ended or the
+        visibility timeout ran out, and the backlog (and autoscaling) counted the chunk twice
+        for as long as the holder hung (a metrics probe's finding). Woken, the holder's ack is
+        a no-op; killed, the requeue kombu does for a lost worker finds nothing to send twice."""
+        held = held_messages(self.store.r, self.cutoff)
+        acknowledge(
+            self.store.r,
+            [
+                tag
+                for tag, task, args in held
+                if task == TASK_CHUNK and args == (job_id, str(index))
+            ],
+        )
 
     def resend_chunk(self, job_id: str, index: int) -> None:
         """A chunk whose message never reached a worker: sent again, or its job fails."""

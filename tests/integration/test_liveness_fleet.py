@@ -18,7 +18,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from facefusion_tasks.metrics.keys import messages_in_line
+from facefusion_tasks.metrics.keys import held_messages, messages_in_line
 from facefusion_tasks.metrics.queues import METRICS_DISABLED_KEY, priority_keys
 from facefusion_tasks.producer import Producer
 from facefusion_tasks.store import FAILED, RUNNING, SUCCEEDED
@@ -53,6 +53,11 @@ def _running_chunk(fleet: Launcher, job_id: str) -> dict | None:  # type: ignore
         if chunk["state"] == RUNNING and chunk["pid"]:
             return chunk
     return None
+
+
+def _held_since(client: redis.Redis, before: float, job_id: str, index: int) -> bool:
+    """Whether a worker holds a message of the chunk it took before `before`."""
+    return (job_id, str(index)) in [args for _, _, args in held_messages(client, before)]
 
 
 def _given_back(producer: Producer, job_id: str, index: int) -> bool:
@@ -108,6 +113,46 @@ def test_a_stopped_pool_process_chunk_is_redone_elsewhere_within_the_stall_bound
     # The stopped attempt never ended; the delivery after it counted it, as given back.
     assert _lost_attempts(tmp_path / "mp") == {("retried", "stalled"): 1.0}
     assert stall - 1 <= age <= age_at - stopped_at + 5, (age, age_at - stopped_at)
+
+
+def test_a_stopped_holders_message_is_let_go_as_its_chunk_is_sent_again(
+    root: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """The only gpu process stops mid-chunk: the sweep sends the chunk again, and the stopped
+    process's message, which it holds in kombu's unacked hash, is acknowledged then. It stayed
+    beside the new one for as long as the process hung, and the backlog (and autoscaling)
+    counted one unfinished chunk as two (a metrics probe's finding)."""
+    with launcher(
+        root, models_dir, SHARED_REDIS, metrics_dir=tmp_path / "mp", port=free_port(),
+        stall_seconds="4", sweep_seconds="1", heartbeat_seconds="0.5",
+        chunk_time_limit="60", visibility_timeout="120",
+    ) as fleet:  # fmt: skip
+        fleet.start(gpu_processes=1)
+        producer = fleet.producer()
+        job_id = producer.submit(
+            root / "source.png", root / "tiny.mp4", root / "out" / "let-go.mp4"
+        )
+        victim = wait_for(lambda: _running_chunk(fleet, job_id), timeout=90, interval=0.01)
+        taken_by = time.time()  # its message was taken before now (kombu's stamp, this host)
+        client = redis.Redis.from_url(SHARED_REDIS)
+        assert _held_since(client, taken_by, job_id, victim["index"])
+        with _stopped(victim["pid"]):
+            wait_for(lambda: _given_back(producer, job_id, victim["index"]), timeout=60)
+            # At once, not when the hard time limit (60 s) ends the stopped process.
+            wait_for(lambda: not _held_since(client, taken_by, job_id, victim["index"]), 10)
+            backlog = _exported(fleet.port, "facefusion_queue_backlog", {"queue": "gpu"})
+            assert backlog == 1.0  # the one message sent again, nothing the stopped one held
+
+
+def _exported(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of the exporter's /metrics (None when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
 
 
 def _progress_age(port: int) -> float:
