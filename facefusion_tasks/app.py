@@ -96,9 +96,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def make_app(settings: Settings) -> Celery:
     """A Celery app for these settings, with the tasks registered."""
+    from facefusion_tasks import kombu_acks, tasks
+
+    kombu_acks.install()  # before any worker consumes: a refused ack must not wedge it
     app = Celery("facefusion_tasks", set_as_current=False)
     app.conf.update(celery_config(settings))
-    from facefusion_tasks import tasks
 
     tasks.register(app)
     return app
