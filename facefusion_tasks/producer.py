@@ -366,8 +366,12 @@ class Producer:
         if not self.store.reopen(job_id, planned=True, from_states=(status.state,), expect=fenced):
             raise InputError(f"job {job_id} changed state meanwhile; look again")
         rerun = [index for index in undone if index not in busy]
+        # Every chunk reset before any is sent: the first sent may fail the job at once (its
+        # input changed again), and the chunks reset after that stayed PENDING under the
+        # FAILED job for good (a fault probe's finding; a failure ends only waiting chunks).
         for index in rerun:
             self.store.reset_chunk(job_id, index)
+        for index in rerun:
             self._send(TASK_CHUNK, [job_id, index], priority=priority)
         # A busy chunk that finished between the reads and the reopen completed the set, and
         # the reopen took its stitch's watch away: stitched from here, as for none undone.

@@ -235,7 +235,7 @@ def run_workers(
     """Start the planned worker processes and the exporter, and supervise them.
 
     A child that exits (crash, OOM kill, a dead exporter) is started again in place, with
-    backoff; the others keep running. Only SIGTERM/SIGINT stop the launcher: they are passed
+    backoff; the others keep running. Only SIGTERM/SIGINT/SIGHUP stop the launcher: they are passed
     on (Celery's warm shutdown lets a running chunk finish), and it returns once every child
     has exited.
 
@@ -288,6 +288,9 @@ def run_workers(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # A terminal's hang-up (an ssh session dropped): stopped the same way. Its default action
+    # ended the launcher at once, exit 129, which a service manager reads as a failure.
+    signal.signal(signal.SIGHUP, on_signal)
     for child in children:
         if not stop:
             child.start()

@@ -652,15 +652,20 @@ def test_a_message_lands_in_its_own_queue_only(root: Path, models_dir: Path) -> 
         assert (waiting(LIGHT_QUEUE), waiting(GPU_QUEUE)) == (1, 1)
 
 
-def test_sigterm_lets_the_running_chunk_finish(slow_fleet: Cluster, root: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_lets_the_running_chunk_finish(
+    slow_fleet: Cluster, root: Path, stop: signal.Signals
+) -> None:
+    """As an orchestrator stops a pod (SIGTERM), or a terminal hangs up (SIGHUP: its default
+    action ended the launcher at once, exit 129, a fault probe's finding)."""
     fleet = slow_fleet
     fleet.start_worker("w1")
     producer = fleet.producer()
-    output = root / "out" / "graceful.mp4"
+    output = root / "out" / f"graceful-{stop.name}.mp4"
     job_id = producer.submit(root / "source.png", root / "long.mp4", output, chunk_seconds=4)
     running = wait_for(lambda: _running_chunk(producer, job_id), timeout=60, interval=0.02)
     worker = fleet.workers.pop("w1")
-    worker.send_signal(signal.SIGTERM)  # to the main process, as an orchestrator stops a pod
+    worker.send_signal(stop)  # to the launcher alone
     assert worker.wait(60) == 0
     finished = producer.status(job_id).chunks[running["index"]]
     assert finished["state"] == "DONE" and finished["attempts"] == 1  # finished, not abandoned

@@ -112,6 +112,30 @@ def test_retry_of_a_failed_job_reruns_only_unfinished_chunks(
     ]
 
 
+def test_a_retry_whose_first_chunk_fails_the_job_at_once_leaves_no_chunk_pending(
+    producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first chunk `retry` sends fails the job straight away (its input changed again):
+    a failure ends only the chunks waiting by then, and those `retry` reset after it stayed
+    PENDING under the FAILED job for good (a fault probe's finding)."""
+    job_id = _job(producer, RUNNING, chunks=4)
+    _done(producer, job_id, 0)
+    producer.store.set_state(job_id, FAILED, reason=Reason.INPUT_CHANGED)
+    real_send = producer._send
+
+    def send(task: str, args: list, **kwargs: object) -> None:  # type: ignore[type-arg]
+        real_send(task, args, **kwargs)  # type: ignore[arg-type]
+        if task == TASK_CHUNK and producer.store.state(job_id) != FAILED:
+            producer.store.fail(job_id, Reason.INPUT_CHANGED, "t.mp4 changed", index=args[1])
+
+    monkeypatch.setattr(producer, "_send", send)
+    assert producer.retry(job_id).chunks == [1, 2, 3]
+    assert producer.store.state(job_id) == FAILED
+    assert [c["state"] for c in producer.store.chunks(job_id)] == [
+        DONE, FAILED, CANCELLED, CANCELLED,
+    ]  # fmt: skip
+
+
 def test_retry_takes_back_a_job_stalled_in_planning(producer: Producer, redis_url: str) -> None:
     job_id = _job(producer, PLANNING)
     with pytest.raises(InputError, match="only failed, stuck or stalled"):
