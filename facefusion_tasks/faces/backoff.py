@@ -42,6 +42,8 @@ class BatchBackoff:
         self.clock = clock
         self._lowered_at: float | None = None
         self.calls = 0
+        # Served from the start: the dashboard's cap panel was empty until the first OOM.
+        observe.batch_limit(model, self.limit)
 
     def _maybe_recover(self) -> None:
         if self._lowered_at is None or self.clock() - self._lowered_at < self.recover_seconds:

@@ -112,6 +112,12 @@ def test_the_cap_grows_back_after_a_quiet_period() -> None:
     assert backoff.run(8, call) == [8] and backoff.limit == 8
 
 
+def test_the_cap_is_served_before_any_oom() -> None:
+    """The dashboard's cap panel was empty until a model's first OOM (a metrics probe)."""
+    BatchBackoff("embedder", 6)
+    assert REGISTRY.get_sample_value("facefusion_model_batch_limit", {"model": "embedder"}) == 6
+
+
 def test_other_errors_are_not_mistaken_for_oom() -> None:
     backoff = BatchBackoff("embedder", 4)
 
