@@ -493,9 +493,11 @@ class JobStore(ChunkRecords, StallIndex):
         self._waiting_chunks_ended(keys=[job_key(job_id), *chunks])
 
     def chunks(self, job_id: str) -> list[dict[str, str]]:
-        """Every chunk's record, in order."""
+        """Every chunk's record, in order (each whole; no MULTI around them: Redis 7 past
+        maxmemory refuses a MULTI even of reads, and `status` of a job failed on a full
+        Redis while every read it makes still works)."""
         total = int(self.r.hget(job_key(job_id), "chunks_total") or 0)
-        with self.r.pipeline() as pipe:
+        with self.r.pipeline(transaction=False) as pipe:
             for index in range(total):
                 pipe.hgetall(chunk_key(job_id, index))
             return list(pipe.execute())

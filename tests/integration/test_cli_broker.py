@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -197,6 +198,30 @@ def test_a_full_broker_is_one_line_and_exit_69(tmp_path: Path) -> None:
             "reached) and refuses writes"
         )
         assert store.state(job_id) == "QUEUED"
+
+
+def test_status_reads_a_full_broker(tmp_path: Path) -> None:
+    """Only reads: a Redis past maxmemory refuses a MULTI even of reads, and `status` exited
+    69 "refuses writes" (a fault probe's finding)."""
+    with private_redis(tmp_path) as server:
+        store = JobStore(connect(server.url))
+        job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
+        assert store.set_state(job_id, "PLANNING")  # planned, as the planner does
+        store.set_plan(job_id, [Chunk(0, 0, 10, 10, None), Chunk(1, 10, 20, 10, None)], 20, {})
+        store.r.config_set("maxmemory-policy", "noeviction")
+        store.r.config_set("maxmemory", "1")
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "facefusion_tasks", "status", job_id, "--json"],
+                capture_output=True, text=True, timeout=60, check=False,
+                env=environ | {"FACEFUSION_BROKER_URL": server.url},
+            )  # fmt: skip
+        finally:
+            store.r.config_set("maxmemory", "0")
+        assert done.returncode == 0, done.stderr
+        shown = json.loads(done.stdout)
+        assert shown["state"] == "PLANNING" and len(shown["chunks"]) == 2
 
 
 def test_wait_rides_out_a_broker_that_refuses_for_a_while(tmp_path: Path) -> None:
