@@ -7,7 +7,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,24 +235,21 @@ class _Sweep:
         log.warning(
             "chunk %s/%s made no progress since %.0f s; requeued", job_id, index, self.now - beat
         )
-        self._let_go(job_id, index)
-        self._send_chunk(job_id, index)
+        self._send_chunk(job_id, index, letting_go=self._held_tags(job_id, index))
 
-    def _let_go(self, job_id: str, index: int) -> None:
-        """Acknowledge the message the stopped attempt holds, as kombu's own ack would: beside
-        the one sent now it stayed in kombu's `unacked` hash until its process ended or the
-        visibility timeout ran out, and the backlog (and autoscaling) counted the chunk twice
-        for as long as the holder hung (a metrics probe's finding). Woken, the holder's ack is
-        a no-op; killed, the requeue kombu does for a lost worker finds nothing to send twice."""
-        held = held_messages(self.store.r, self.cutoff)
-        acknowledge(
-            self.store.r,
-            [
-                tag
-                for tag, task, args in held
-                if task == TASK_CHUNK and args == (job_id, str(index))
-            ],
-        )
+    def _held_tags(self, job_id: str, index: int) -> list[str]:
+        """The delivery tags of the chunk's messages workers hold now: a stalled attempt's
+        (its process stopped), or one taken and never started (a wedged consumer). Read before
+        the chunk is sent again, so its new message is not among them; by tag, not by kombu's
+        stamp, which is the holder's clock. [] when Redis cannot say (nothing is let go)."""
+        try:
+            held = held_messages(self.store.r, float("inf"))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("chunk %s/%s: the messages held for it could not be read: %s",
+                        job_id, index, exc)  # fmt: skip
+            return []
+        chunk = (job_id, str(index))
+        return [tag for tag, task, args in held if task == TASK_CHUNK and args == chunk]
 
     def resend_chunk(self, job_id: str, index: int) -> None:
         """A chunk whose message never reached a worker: sent again, or its job fails."""
@@ -264,7 +261,7 @@ class _Sweep:
             self._fail(job_id, index, Reason.STALLED, message)
             return
         log.warning("chunk %s/%s never reached a worker; sent again", job_id, index)
-        self._send_chunk(job_id, index)
+        self._send_chunk(job_id, index, letting_go=self._held_tags(job_id, index))
 
     def recover_job(self, job_id: str) -> None:
         """A job stuck in a state only a plan or stitch moves: that task sent again, or fail."""
@@ -287,9 +284,20 @@ class _Sweep:
         self.enqueue(task, [job_id], 9 if task == "stitch" else self._priority(job_id))
         self.report.requeued_jobs.append((job_id, task))
 
-    def _send_chunk(self, job_id: str, index: int) -> None:
+    def _send_chunk(self, job_id: str, index: int, *, letting_go: Sequence[str] = ()) -> None:
+        """Send the chunk again, then acknowledge the messages `letting_go` (their holders'),
+        as kombu's own ack would: beside the new one they stayed in kombu's `unacked` hash
+        until their process ended or the visibility timeout ran out, and the backlog (and
+        autoscaling) counted the chunk twice for as long as the holder hung (a metrics
+        probe's finding). Woken, a holder's ack is a no-op; killed, the requeue kombu does for
+        a lost worker finds nothing to send twice. After the send: the chunk is never left
+        with no message."""
         self.enqueue("chunk", [job_id, index], self._priority(job_id))
         self.report.requeued_chunks.append((job_id, index))
+        try:
+            acknowledge(self.store.r, letting_go)
+        except (redis.RedisError, OSError) as exc:  # the ended work's ack (sweep) catches up
+            log.warning("chunk %s/%s: its old message could not be let go: %s", job_id, index, exc)
 
     def _fail(self, job_id: str, index: int | None, reason: Reason, message: str) -> None:
         if self.store.fail(job_id, reason, message, index=index):

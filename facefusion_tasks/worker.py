@@ -254,7 +254,9 @@ def run_workers(
         dict.fromkeys(e["CUDA_VISIBLE_DEVICES"] for _, e in plans if e.get(PRELOAD_ENV) == "1")
     )
     require_usable_gpus(settings, pins)
-    directory = metrics_dir or multiproc.default_dir()
+    # As prepare() puts it in the workers' environment: the exporter and the launcher's own
+    # Redis field must name the same directory ("~/m" named another, and served 0).
+    directory = (metrics_dir or multiproc.default_dir()).expanduser().absolute()
     if directory.exists() and not directory.is_dir():
         raise InputError(f"metrics directory {directory} is not a directory", reason=Reason.CONFIG)
     try:
@@ -288,9 +290,11 @@ def run_workers(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # A terminal's hang-up (an ssh session dropped): stopped the same way. Its default action
-    # ended the launcher at once, exit 129, which a service manager reads as a failure.
-    signal.signal(signal.SIGHUP, on_signal)
+    # A hang-up sent to the launcher: stopped the same way (its default action ended the
+    # launcher at once, exit 129, which a service manager reads as a failure). Not where it
+    # was started ignoring hang-ups (nohup): it must outlive the terminal, as it used to.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, on_signal)
     for child in children:
         if not stop:
             child.start()

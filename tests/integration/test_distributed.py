@@ -676,6 +676,31 @@ def test_sigterm_lets_the_running_chunk_finish(
     assert video_times(output) == video_times(root / "long.mp4")
 
 
+def test_a_launcher_started_under_nohup_outlives_a_hang_up(
+    fleet: Cluster, root: Path, tmp_path: Path
+) -> None:
+    """Started ignoring SIGHUP (nohup), the launcher must outlive the terminal: handling
+    SIGHUP as a stop must not override that (a review's finding)."""
+    argv = [sys.executable, "-m", "facefusion_tasks", "worker", "--queues", "light",
+            "--gpus", "none", "--metrics-port", "0", "--metrics-dir", str(tmp_path / "mp")]  # fmt: skip
+    with open(tmp_path / "nohup.log", "wb") as log:
+        launcher = subprocess.Popen(
+            argv, env=fleet.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "light" in (tmp_path / "nohup.log").read_text(errors="replace"), 60)
+        launcher.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert launcher.poll() is None, (tmp_path / "nohup.log").read_text(errors="replace")
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(60) == 0
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(10)
+
+
 def test_a_reference_face_limits_the_swap_to_that_person(fleet: Cluster, root: Path) -> None:
     """The selector and reference travel with the job to the workers."""
 
