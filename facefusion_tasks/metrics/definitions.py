@@ -246,9 +246,10 @@ EXPORTER_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "facefusion_redis_maxmemory_bytes": (
         "gauge",
-        "The broker's Redis maxmemory (0: no limit); past it, with noeviction, Redis refuses "
-        "writes: heartbeats expire (workers read as gone) and jobs stop moving.",
-        (),
+        "The broker's Redis maxmemory (0: no limit), by its maxmemory-policy; past it, with "
+        "noeviction (or a volatile-* policy with nothing to evict), Redis refuses writes: "
+        "heartbeats expire (workers read as gone) and jobs stop moving.",
+        ("policy",),
     ),
     "facefusion_workers_alive": (
         "gauge",

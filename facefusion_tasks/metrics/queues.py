@@ -350,14 +350,13 @@ class QueueCollector:
         if memory is not None:
             # A Redis past maxmemory refuses heartbeats: every worker reads as gone, and
             # nothing else says why (a metrics probe's finding).
-            for name, size in zip(
-                ("facefusion_redis_used_memory_bytes", "facefusion_redis_maxmemory_bytes"),
-                memory,
-                strict=True,
-            ):
-                family = _family(name)
-                family.add_metric([], size)
-                families.append(family)
+            used, limit, policy = memory
+            family = _family("facefusion_redis_used_memory_bytes")
+            family.add_metric([], used)
+            families.append(family)
+            family = _family("facefusion_redis_maxmemory_bytes")
+            family.add_metric([policy], limit)
+            families.append(family)
         for name, value in (
             ("facefusion_chunks_running", liveness.running),
             ("facefusion_chunks_stalled", liveness.stalled_chunks),
@@ -376,15 +375,19 @@ class QueueCollector:
         return families
 
 
-def redis_memory(client: redis.Redis) -> tuple[int, int] | None:
-    """(used_memory, maxmemory) from INFO memory; None where INFO is refused (managed Redis
-    services may rename or forbid it): the other series do not depend on it."""
+def redis_memory(client: redis.Redis) -> tuple[int, int, str] | None:
+    """(used_memory, maxmemory, maxmemory_policy) from INFO memory; None where INFO is refused
+    (managed Redis services may rename or forbid it): the other series do not depend on it."""
     try:
         info = client.info("memory")
     except redis.ResponseError:
         return None
     try:
-        return int(info["used_memory"]), int(info.get("maxmemory") or 0)
+        return (
+            int(info["used_memory"]),
+            int(info.get("maxmemory") or 0),
+            str(info.get("maxmemory_policy") or "unknown"),
+        )
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -171,12 +171,11 @@ def test_a_redis_past_maxmemory_is_read_not_reported_down(
         collector = QueueCollector(
             redis_url, ["gpu", "light"], clock=lambda: base + 1000, stall_seconds=300
         )
-        values = {
-            (s.name, s.labels.get("queue")): s.value for m in collector.collect() for s in m.samples
-        }
+        samples = [s for m in collector.collect() for s in m.samples]
         line = messages_in_line(broker, "gpu", held_since=base)
     finally:
         broker.config_set("maxmemory", "0")
+    values = {(s.name, s.labels.get("queue")): s.value for s in samples}
     assert values[("facefusion_exporter_redis_up", None)] == 1 and not collector.degraded
     assert values[("facefusion_queue_backlog", "gpu")] == len(PRIORITIES)
     assert values[("facefusion_queue_unacked", "gpu")] == RESERVED
@@ -186,8 +185,9 @@ def test_a_redis_past_maxmemory_is_read_not_reported_down(
     assert values[("facefusion_jobs_stalled", None)] == 2  # "job" (its silent chunk), "lost"
     assert line == {("job", str(index)) for index in range(len(PRIORITIES))}
     # And it says why the workers' heartbeats go unwritten: full (a metrics probe saw every
-    # worker read as gone, and nothing name the cause).
-    assert values[("facefusion_redis_maxmemory_bytes", None)] == 1
+    # worker read as gone, and nothing named the cause).
+    memory = {(s.name, s.labels.get("policy")): s.value for s in samples}
+    assert memory[("facefusion_redis_maxmemory_bytes", "noeviction")] == 1
     assert values[("facefusion_redis_used_memory_bytes", None)] > 1
 
 

@@ -33,6 +33,7 @@ LOW_CARDINALITY_LABELS = {
     "encoder",
     "action",
     "collector",
+    "policy",  # Redis's maxmemory-policy: one of eight names
 }
 #: Labels with one value per GPU (or per GPU process) of the host: bounded by the hardware.
 PER_GPU_LABELS = {"gpu", "gpu_uuid", "cuda_index", "pid"}
