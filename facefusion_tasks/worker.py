@@ -325,14 +325,23 @@ def run_workers(
 def _forget_disabled_metrics(broker_url: str, directory: Path) -> None:
     """A launcher starts with its metrics directory wiped, and with no worker process of its
     own counted as having disabled its metrics (the count of a launcher that ran here before
-    on this directory would read as new). Best effort: Redis may not be up yet."""
+    on this directory would read as new), from now: the count's start, which its exporter
+    serves as the counter's `_created`. Best effort: Redis may not be up yet."""
     import redis
 
     from facefusion_tasks.broker import client_kwargs
-    from facefusion_tasks.metrics.keys import METRICS_DISABLED_KEY, metrics_disabled_field
+    from facefusion_tasks.metrics.keys import (
+        METRICS_DISABLED_KEY,
+        METRICS_LAUNCHED_KEY,
+        metrics_disabled_field,
+    )
 
+    field = metrics_disabled_field(directory)
     try:
         client = redis.Redis.from_url(broker_url, **client_kwargs(timeout=2.0, retries=1))
-        client.hdel(METRICS_DISABLED_KEY, metrics_disabled_field(directory))
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hdel(METRICS_DISABLED_KEY, field)
+            pipe.hset(METRICS_LAUNCHED_KEY, field, time.time())
+            pipe.execute()
     except (redis.RedisError, OSError) as exc:
         log.warning("could not reset this launcher's count of disabled metrics: %s", exc)

@@ -33,6 +33,9 @@ HEARTBEAT_PREFIX = "facefusion:worker:"
 #: Hash launcher (metrics_disabled_field) -> its worker processes that disabled their metrics
 #: (storage full or gone).
 METRICS_DISABLED_KEY = "facefusion:metrics:disabled"
+#: Hash launcher (metrics_disabled_field) -> when it started (epoch seconds): that count's
+#: `_created`, so an alert can tell a launcher born with processes disabled from a gap.
+METRICS_LAUNCHED_KEY = "facefusion:metrics:launched"
 #: The job store's running chunks: sorted set "job_id:index" -> time of its last frame progress.
 RUNNING_KEY = "facefusion:running"
 #: The job store's jobs in QUEUED, PLANNING or STITCHING: sorted set job_id -> since when.

@@ -21,6 +21,7 @@ from facefusion_tasks.metrics.keys import (
     KOMBU_SEP,
     LIVE_KEY,
     METRICS_DISABLED_KEY,
+    METRICS_LAUNCHED_KEY,
     PENDING_KEY,
     RUNNING_KEY,
     UNACKED_KEY,
@@ -313,11 +314,7 @@ class QueueCollector:
                 ),  # fmt: skip
                 key_prefix=self.key_prefix,
             )  # fmt: skip
-            disabled = (
-                self.client.hget(self.key_prefix + METRICS_DISABLED_KEY, self.disabled_field)
-                if self.disabled_field
-                else 0
-            )
+            disabled, launched = self._disabled()
             memory = redis_memory(self.client)
         except (redis.RedisError, OSError) as exc:
             if self._was_up is not False:  # log transitions, not every scrape
@@ -369,10 +366,28 @@ class QueueCollector:
         name = "facefusion_metrics_disabled_processes_total"
         families.append(
             CounterMetricFamily(
-                name.removesuffix("_total"), EXPORTER_METRICS[name][1], value=int(disabled or 0)
-            )
+                name.removesuffix("_total"),
+                EXPORTER_METRICS[name][1],
+                value=disabled,
+                created=launched,
+            )  # fmt: skip
         )
         return families
+
+    def _disabled(self) -> tuple[int, float | None]:
+        """This launcher's count of worker processes that disabled their metrics, and when the
+        count began (its start; None when not recorded)."""
+        if not self.disabled_field:
+            return 0, None
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(self.key_prefix + METRICS_DISABLED_KEY, self.disabled_field)
+            pipe.hget(self.key_prefix + METRICS_LAUNCHED_KEY, self.disabled_field)
+            count, launched = pipe.execute()
+        try:
+            started = float(launched) if launched is not None else None
+        except ValueError:
+            started = None
+        return int(count or 0), started
 
 
 def redis_memory(client: redis.Redis) -> tuple[int, int, str] | None:

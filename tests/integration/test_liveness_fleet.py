@@ -539,6 +539,10 @@ def test_a_full_metrics_filesystem_costs_metrics_not_jobs(
             client = redis.Redis.from_url(SHARED_REDIS, decode_responses=True)
             assert sum(int(v) for v in client.hgetall(METRICS_DISABLED_KEY).values()) >= 2
             assert (wait_for(lambda: _disabled(fleet.port), timeout=30) or 0) >= 2
+            # Counted from the launcher's start, which the counter's `_created` says: the
+            # alert's branch for a launcher born with its processes disabled reads it.
+            created = _exported(fleet.port, "facefusion_metrics_disabled_processes_created", {})
+            assert created is not None and time.time() - 300 < created <= time.time()
             healthy.wait_ready(gpu=2)  # both launchers' gpu processes
             assert wait_for(lambda: _disabled(healthy.port) is not None, timeout=30)
             assert _disabled(healthy.port) == 0
