@@ -34,6 +34,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.broker_url,
+        # No task results are kept: the job store is the record, and nothing reads them. A
+        # result written is a Redis write per task that can be refused (and memory for a day):
+        # a task whose retry could not be sent (Redis full) is rejected, and Celery stores its
+        # FAILURE result before the reject; refused, the reject never ran, and the worker kept
+        # its one prefetch slot for ever, taking no more work (a fault probe's finding).
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
         # Pickle on a shared broker is remote code execution: JSON only, in and out.
         "task_serializer": "json",
         "result_serializer": "json",

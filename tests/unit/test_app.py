@@ -30,6 +30,8 @@ def test_celery_is_json_only_late_ack_and_one_prefetch() -> None:
     assert config["task_time_limit"] < config["broker_transport_options"]["visibility_timeout"]
     assert config["task_soft_time_limit"] < config["task_time_limit"]
     assert config["worker_send_task_events"] and config["task_send_sent_event"]
+    # No results stored: a refused result write before a reject wedged a worker's prefetch.
+    assert config["task_ignore_result"] and not config["task_store_errors_even_if_ignored"]
 
 
 def test_a_worker_killed_while_restoring_does_not_stop_restores_for_long() -> None:
