@@ -33,7 +33,13 @@ def known_series() -> set[str]:
             names |= {value._name + suffix for suffix in ("_bucket", "_sum", "_count")}
         else:
             names.add(value._name)
-    return names | set(definitions.EXPORTER_METRICS)
+    # The exporter's own counters may carry their start (`_created`: the disabled count's).
+    created = {
+        name.removesuffix("_total") + "_created"
+        for name, (kind, _, _) in definitions.EXPORTER_METRICS.items()
+        if kind == "counter"
+    }
+    return names | set(definitions.EXPORTER_METRICS) | created
 
 
 def referenced(expr: str) -> set[str]:
