@@ -188,12 +188,13 @@ def test_a_writer_that_cannot_start_leaves_no_decoder_behind(media: Path, models
 
 
 def _stitchable(store: JobStore, settings: Settings, media: Path, name: str) -> str:
-    """A job whose every chunk is swapped into its segment, waiting for its stitch."""
+    """A job whose every chunk is swapped into its segment, waiting for its stitch; `name`
+    is a file in `media` or an s3:// object."""
     job_id = store.create(
         {
             "source": str(media / "source.png"),
             "target": str(media / "clip.mp4"),
-            "output": str(media / name),
+            "output": name if name.startswith("s3://") else str(media / name),
         }
     )
     for index in runner.plan_job(store, settings, job_id):
@@ -501,15 +502,7 @@ def test_a_stitcher_stopped_mid_upload_cannot_complete_it_once_taken_back(
         media, models_dir, broker_url=redis_url, stall_seconds=1, heartbeat_seconds=0.5,
         s3_buckets=bucket,
     )  # fmt: skip
-    job_id = store.create(
-        {
-            "source": str(media / "source.png"),
-            "target": str(media / "clip.mp4"),
-            "output": f"s3://{bucket}/out.mp4",
-        }
-    )
-    for index in runner.plan_job(store, settings, job_id):
-        runner.run_chunk(store, settings, job_id, index, worker="w")
+    job_id = _stitchable(store, settings, media, f"s3://{bucket}/out.mp4")
     stopped, thaw = threading.Event(), threading.Event()
     real_put = objects._put_part
 
@@ -567,15 +560,7 @@ def test_an_upload_whose_id_could_not_be_recorded_is_stitched_again_by_its_retry
     s3, bucket = client(s3_env), "fence-lost"
     s3.create_bucket(Bucket=bucket)
     settings = _settings(media, models_dir, s3_buckets=bucket)
-    job_id = store.create(
-        {
-            "source": str(media / "source.png"),
-            "target": str(media / "clip.mp4"),
-            "output": f"s3://{bucket}/out.mp4",
-        }
-    )
-    for index in runner.plan_job(store, settings, job_id):
-        runner.run_chunk(store, settings, job_id, index, worker="w")
+    job_id = _stitchable(store, settings, media, f"s3://{bucket}/out.mp4")
     real_set_state = store.set_state
 
     def lost(job: str, state: str, **kwargs: Any) -> bool:
