@@ -185,8 +185,15 @@ def start_launcher(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_hang_up_as_from_a_terminal,
+        )  # fmt: skip
+
+
+def _hang_up_as_from_a_terminal() -> None:
+    """SIGHUP at its default, as a launcher started from a shell has it: a test run under
+    nohup (a CI runner's) would hand every launcher an ignored SIGHUP, which it keeps."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def children(pid: int) -> dict[int, str]:
