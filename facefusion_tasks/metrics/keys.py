@@ -58,12 +58,12 @@ LINE_LIMIT = 10_000
 InLine = frozenset[tuple[str, ...]] | None
 
 
-def metrics_disabled_field(directory: str | os.PathLike[str], host: str = "") -> str:
+def metrics_disabled_field(directory: str | os.PathLike[str]) -> str:
     """One launcher's field of METRICS_DISABLED_KEY: its host and the metrics directory it
     claims (no two live launchers share one), as its worker processes and its exporter both
     know them. Per host, every launcher's exporter served the whole host's count, and the
     alert named a launcher whose processes all wrote their metrics."""
-    return f"{host or socket.gethostname()}:{os.path.abspath(directory)}"
+    return f"{socket.gethostname()}:{os.path.abspath(directory)}"
 
 
 def priority_keys(queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS) -> list[str]:
