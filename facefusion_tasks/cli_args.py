@@ -97,8 +97,8 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--paste", choices=PASTES,
-        help="paste-back in OpenCV (cpu, the default) or as a graph on the models' provider "
-        "(onnx; auto: onnx on CUDA)",
+        help="paste-back in OpenCV (cpu) or as a graph on the models' provider (onnx); auto, "
+        "the default: onnx where the models run on CUDA, else cpu",
     )  # fmt: skip
 
 

@@ -28,10 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS: dict[str, Any] = {}
+#: Where the results go; rewritten after every section, so a check cut short keeps what it saw.
+REPORT: list[Path] = []
 #: Sections to run (`--only a,b`); empty = all.
 ONLY: set[str] = set()
 #: Timed repetitions per paste case, and frames through the 6-thread pool.
-PASTE_REPS, PASTE_POOL_FRAMES = 30, 240
+PASTE_REPS = int(os.environ.get("GPU_CHECK_PASTE_REPS", "30"))
+PASTE_POOL_FRAMES = int(os.environ.get("GPU_CHECK_PASTE_POOL_FRAMES", "240"))
 
 
 def section(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
@@ -49,6 +52,8 @@ def section(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
             traceback.print_exc()
         RESULTS[name + "_seconds"] = round(time.perf_counter() - started, 2)
         print(json.dumps(RESULTS[name], default=str)[:3000], flush=True)
+        for path in REPORT:
+            path.write_text(json.dumps(RESULTS, indent=2, default=str))
         return fn
 
     return wrap
@@ -78,6 +83,7 @@ def bench_json(argv: list[str], timeout: float = 240) -> dict[str, Any]:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    REPORT.append(out / "gpu_check.json")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
 
@@ -196,6 +202,29 @@ def main(out: Path) -> None:
     def _paste_graph() -> Any:
         return _paste_graph_facts(scratch)
 
+    @section("swap_cli_cuda_hwaccel")
+    def _swap() -> Any:
+        from facefusion_tasks.video.samples import make_sample_video
+
+        clip = scratch / "clip.mp4"
+        make_sample_video(clip, seconds=10, width=1920, height=1080, faces=2, audio=True)
+        source = source_image()
+        argv = [sys.executable, "-m", "facefusion_tasks", "swap", str(source), str(clip), "-o",
+                str(scratch / "out.mp4"), "--execution-provider", "cuda", "--hwaccel", "cuda",
+                "--models-dir", str(models), "--json", "--no-progress"]  # fmt: skip
+        started = time.perf_counter()
+        done = run(argv, env=env)
+        result = done | {"seconds": round(time.perf_counter() - started, 2)}
+        # The same swap with the paste graph on the GPU (its summary names where it ran).
+        started = time.perf_counter()
+        graph = run([*argv[:7], str(scratch / "out-graph.mp4"), *argv[8:], "--paste", "onnx"],
+                    env=env)  # fmt: skip
+        return result | {"paste_onnx": graph | {"seconds": round(time.perf_counter() - started, 2)}}
+
+    @section("paste_gpu_memory_oom")
+    def _paste_memory() -> Any:
+        return _paste_memory_and_oom()
+
     @section("bench_ceiling_paste")
     def _ceiling_paste() -> Any:
         # The graph on CUDA, with OpenCV's paste in the same rounds for the gain.
@@ -218,25 +247,6 @@ def main(out: Path) -> None:
                 "--execution-provider", "cpu", "--inference-threads", "1", "--width", "1280",
                 "--height", "720", "--seconds", "6", "--processes", "2"]  # fmt: skip
         return run(argv, env=env, timeout=240)
-
-    @section("swap_cli_cuda_hwaccel")
-    def _swap() -> Any:
-        from facefusion_tasks.video.samples import make_sample_video
-
-        clip = scratch / "clip.mp4"
-        make_sample_video(clip, seconds=10, width=1920, height=1080, faces=2, audio=True)
-        source = source_image()
-        argv = [sys.executable, "-m", "facefusion_tasks", "swap", str(source), str(clip), "-o",
-                str(scratch / "out.mp4"), "--execution-provider", "cuda", "--hwaccel", "cuda",
-                "--models-dir", str(models), "--json", "--no-progress"]  # fmt: skip
-        started = time.perf_counter()
-        done = run(argv, env=env)
-        result = done | {"seconds": round(time.perf_counter() - started, 2)}
-        # The same swap with the paste graph on the GPU (its summary names where it ran).
-        started = time.perf_counter()
-        graph = run([*argv[:7], str(scratch / "out-graph.mp4"), *argv[8:], "--paste", "onnx"],
-                    env=env)  # fmt: skip
-        return result | {"paste_onnx": graph | {"seconds": round(time.perf_counter() - started, 2)}}
 
     @section("oom_engine_gpu_mem_limit")
     def _oom_engine() -> Any:
@@ -420,7 +430,10 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
     from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
 
     feather = Feather.of(feather_mask(128))
-    paster = GpuPaster(ProviderChoice("cuda", (CUDA, CPU)), side=130)
+    # GPU_CHECK_PASTE_PROVIDER=cpu: a smoke run of this section on a machine without a GPU.
+    on_cpu_only = os.environ.get("GPU_CHECK_PASTE_PROVIDER") == "cpu"
+    providers = [CPU] if on_cpu_only else [CUDA, CPU]
+    paster = GpuPaster(ProviderChoice("cpu" if on_cpu_only else "cuda", tuple(providers)), side=130)
     report: dict[str, Any] = {"provider": paster.provider}
     rng = np.random.default_rng(0)
 
@@ -444,7 +457,7 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
     options.enable_profiling = True
     options.profile_file_prefix = str(scratch / "paste_profile")
     profiled = ort.InferenceSession(
-        paste_model(130).SerializeToString(), sess_options=options, providers=[CUDA, CPU]
+        paste_model(130).SerializeToString(), sess_options=options, providers=providers
     )
     frame, faces = case(1920, 1080, 8)
     profiled.run(["pasted"], {
@@ -509,7 +522,107 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
             | {"fps_6_threads": pooled(on_graph, frame, PASTE_POOL_FRAMES)},
         }
     report["per_frame"] = timings
+    report["process_gpu_mib"] = _own_gpu_mib()
     return report
+
+
+def _paste_memory_and_oom() -> dict[str, Any]:
+    """The paste graph's GPU memory as frames grow (NVML, this process), then a real CUDA
+    out-of-memory in it: another allocation takes the device's free memory and a frame bigger
+    than any before must grow the arena. The frame should come out as OpenCV's paste, counted
+    under facefusion_gpu_oom_total{model="paste"}; the session should run again once memory is
+    back."""
+    import torch
+    from prometheus_client import REGISTRY
+
+    from facefusion_tasks.faces import align
+    from facefusion_tasks.faces.gpupaste import GpuPaster
+    from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
+    from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
+
+    rng = np.random.default_rng(1)
+    feather = Feather.of(feather_mask(128))
+
+    def case(width: int, height: int, count: int) -> tuple[Any, list[Any]]:
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        radius = min(height / 4, width / (2 * count + 2)) * 1.3
+        faces = []
+        for i in range(count):
+            kps = (align.ARCFACE_TEMPLATE - 64) * (radius / 32) + (
+                width * (i + 1) / (count + 1), height / 2)  # fmt: skip
+            crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+            faces.append((crop, align.estimate_norm(kps.astype(np.float32), 128)))
+        return frame, faces
+
+    def oom_count() -> float:
+        total = 0.0
+        for family in REGISTRY.collect():
+            for sample in family.samples:
+                if (
+                    sample.name == "facefusion_gpu_oom_total"
+                    and sample.labels.get("model") == "paste"
+                ):
+                    total += sample.value
+        return total
+
+    report: dict[str, Any] = {"before_session_mib": _own_gpu_mib()}
+    on_cpu_only = os.environ.get("GPU_CHECK_PASTE_PROVIDER") == "cpu"  # a smoke run
+    choice = ProviderChoice("cpu", (CPU,)) if on_cpu_only else ProviderChoice("cuda", (CUDA, CPU))
+    paster = GpuPaster(choice, side=130)
+    report["provider"] = paster.provider
+    report["after_session_mib"] = _own_gpu_mib()
+    grown: dict[str, Any] = {}
+    for width, height, count in ((1280, 720, 2), (1920, 1080, 8), (3840, 2160, 8), (4000, 3000, 8)):
+        frame, faces = case(width, height, count)
+        paster.paste(frame, faces, feather)
+        grown[f"{width}x{height} {count} faces"] = _own_gpu_mib()
+    report["process_mib_after_frame"] = grown
+
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    logging.getLogger("facefusion_tasks").addHandler(handler)
+    free, total = torch.cuda.mem_get_info()
+    hog = torch.empty(int(free - (96 << 20)), dtype=torch.uint8, device="cuda")
+    try:
+        before = oom_count()
+        frame, faces = case(7680, 4320, 8)
+        expected, got = frame.copy(), frame.copy()
+        for crop, matrix in faces:
+            paste_back(expected, crop, matrix, feather)
+        started = time.perf_counter()
+        paster.paste(got, faces, feather)
+        report["oom_frame_seconds"] = round(time.perf_counter() - started, 3)
+        report["oom_counted"] = oom_count() - before
+        report["oom_frame_max_difference"] = int(np.abs(got.astype(int) - expected).max())
+    except Exception as exc:  # noqa: BLE001 - an OOM that escaped is the finding
+        report["oom_escaped"] = f"{type(exc).__name__}: {exc}"[:2000]
+    finally:
+        logging.getLogger("facefusion_tasks").removeHandler(handler)
+        report["log"] = buffer.getvalue()[-2000:]
+        del hog
+        torch.cuda.empty_cache()
+    try:
+        frame, faces = case(7680, 4320, 8)
+        before = oom_count()
+        paster.paste(frame, faces, feather)
+        report["after_oom_8k_on_gpu"] = {"oom_counted": oom_count() - before,
+                                         "process_mib": _own_gpu_mib()}  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the session did not recover
+        report["after_oom_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    return report
+
+
+def _own_gpu_mib() -> Any:
+    """GPU memory NVML charges to this process (the paste sessions' arenas), or why unknown."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        return sum((p.usedGpuMemory or 0) >> 20 for p in procs if p.pid == os.getpid())
+    except Exception as exc:  # noqa: BLE001 - a fact we may not get in a container
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _facts(loaded: Any) -> Any:

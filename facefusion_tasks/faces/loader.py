@@ -260,4 +260,9 @@ def _paster(settings: Settings, active: str) -> GpuPaster | None:
         except Exception as exc:
             if classify_oom(exc) is not None:
                 raise
+            if settings.paste == "auto":
+                # OpenCV's paste gives the same frames: auto never fails a worker over the
+                # graph, but says so (the summary's "paste" field then reads cpu).
+                log.warning("paste graph: cannot be loaded (%s); pasting on the CPU", exc)
+                return None
             raise ModelError(f"paste graph: cannot be loaded ({exc})") from exc

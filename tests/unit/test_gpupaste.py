@@ -13,12 +13,13 @@ from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 from prometheus_client import REGISTRY
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError
-from facefusion_tasks.faces import align
+from facefusion_tasks.errors import GpuOutOfMemory, InputError, ModelError
+from facefusion_tasks.faces import align, gpupaste
 from facefusion_tasks.faces.gpupaste import MODEL, GpuPaster, cpu_choice
-from facefusion_tasks.faces.loader import load_models
+from facefusion_tasks.faces.loader import _paster, load_models
 from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
 from facefusion_tasks.faces.pool import CpuPool
+from facefusion_tasks.faces.sessions import CUDA, ProviderUnavailable
 from facefusion_tasks.faces.swapper import SWAP_SIZE
 from facefusion_tasks.faces.synthetic import write_source
 from facefusion_tasks.video.samples import synthetic_frame
@@ -100,9 +101,9 @@ def test_a_frame_without_faces_is_left_alone_and_off_frame_faces_change_nothing(
 def test_settings_choose_where_paste_runs(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # cpu is the default; on the CPU provider auto keeps OpenCV's paste too; onnx runs the
+    # auto is the default, and on the CPU provider it keeps OpenCV's paste; onnx runs the
     # graph there (as it would on the GPU), and the summary says which.
-    assert Settings().paste == "cpu"
+    assert Settings().paste == "auto"
     auto = load_models(settings.replace(execution_provider="cpu", paste="auto"))
     assert auto.engine.paster is None and auto.facts()["paste"] == "cpu"
     with caplog.at_level(logging.WARNING, logger="facefusion_tasks.faces.loader"):
@@ -165,3 +166,28 @@ def test_other_errors_of_the_graph_are_raised(
     frame = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(RuntimeException, match="something else"):
         paster.paste(frame, [_face(np.random.default_rng(0), 64, 64)], FEATHER)
+
+
+def test_auto_pastes_on_the_cpu_when_the_graph_cannot_load(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A CUDA worker whose paste session will not start: auto (the default) keeps OpenCV's
+    # paste and says so; onnx, asked for by name, fails as a model would; an out-of-memory
+    # is the device's and is raised as such in both cases (counted, retried).
+    def refused(*args: object, **kwargs: object) -> object:
+        raise ProviderUnavailable("execution provider cuda cannot run here: test")
+
+    monkeypatch.setattr(gpupaste, "create_session", refused)
+    with caplog.at_level(logging.WARNING, logger="facefusion_tasks.faces.loader"):
+        assert _paster(settings.replace(paste="auto"), CUDA) is None
+    assert "paste graph: cannot be loaded (execution provider cuda cannot run here" in caplog.text
+    with pytest.raises(ModelError, match="paste graph: cannot be loaded"):
+        _paster(settings.replace(paste="onnx"), CUDA)
+
+    def full(*args: object, **kwargs: object) -> object:
+        raise RuntimeException(ARENA_OOM.format(size=1 << 24))
+
+    monkeypatch.setattr(gpupaste, "create_session", full)
+    for paste in ("auto", "onnx"):
+        with pytest.raises(GpuOutOfMemory):
+            _paster(settings.replace(paste=paste), CUDA)
