@@ -225,6 +225,21 @@ def main(out: Path) -> None:
     def _paste_memory() -> Any:
         return _paste_memory_and_oom()
 
+    @section("cuda_sync")
+    def _cuda_sync() -> Any:
+        # Does the calling thread spin while the GPU works (CUDA's default when a process has
+        # fewer contexts than cores)? Each mode in fresh processes, alternated, twice.
+        probes: dict[str, Any] = {}
+        for round_ in range(2):
+            for mode in ("spin", "blocking"):
+                argv = [sys.executable, __file__, "--sync-probe", mode, str(models)]
+                done = run(argv, timeout=120, env=env)
+                try:
+                    probes[f"{mode} {round_}"] = json.loads(done["out"].strip().splitlines()[-1])
+                except (KeyError, IndexError, json.JSONDecodeError):
+                    probes[f"{mode} {round_}"] = done
+        return probes
+
     @section("bench_ceiling_paste")
     def _ceiling_paste() -> Any:
         # The graph on CUDA, with OpenCV's paste in the same rounds for the gain.
@@ -612,6 +627,64 @@ def _paste_memory_and_oom() -> dict[str, Any]:
     return report
 
 
+def _sync_probe(mode: str, models: Path) -> dict[str, Any]:
+    """Wall and calling-thread CPU per call of the paste graph (1080p, 8 faces) and of the
+    heavy stand-in detector (batch 8), with the device's primary context set to block on
+    synchronisation (`blocking`, CU_CTX_SCHED_BLOCKING_SYNC through the driver API, before
+    any context exists) or left at CUDA's default (`spin`)."""
+    import ctypes
+
+    report: dict[str, Any] = {"mode": mode}
+    if mode == "blocking":
+        cuda = ctypes.CDLL("libcuda.so.1")
+        device = ctypes.c_int()
+        report["cuInit"] = cuda.cuInit(0)
+        report["cuDeviceGet"] = cuda.cuDeviceGet(ctypes.byref(device), 0)
+        report["cuDevicePrimaryCtxSetFlags"] = cuda.cuDevicePrimaryCtxSetFlags(device, 4)
+    import onnxruntime as ort
+
+    from facefusion_tasks.faces import align
+    from facefusion_tasks.faces.gpupaste import GpuPaster
+    from facefusion_tasks.faces.loader import _dynamic_copy, batch_cache, model_paths
+    from facefusion_tasks.faces.paste import Feather, feather_mask
+    from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
+
+    rng = np.random.default_rng(0)
+    feather = Feather.of(feather_mask(128))
+    on_cpu_only = os.environ.get("GPU_CHECK_PASTE_PROVIDER") == "cpu"  # a smoke run
+    choice = ProviderChoice("cpu", (CPU,)) if on_cpu_only else ProviderChoice("cuda", (CUDA, CPU))
+    paster = GpuPaster(choice, side=130)
+    frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    faces = []
+    for i in range(8):
+        kps = (align.ARCFACE_TEMPLATE - 64) * (1080 / 4 / 32 * 0.8) + (1920 * (i + 1) / 9, 540)
+        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        faces.append((crop, align.estimate_norm(kps.astype(np.float32), 128)))
+    detector = _session(ort, _dynamic_copy(model_paths(models)["detector"], batch_cache(models),
+                                           folded_ok=True), {})  # fmt: skip
+
+    def timed(fn: Callable[[], Any], reps: int = PASTE_REPS) -> dict[str, float]:
+        fn()
+        fn()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for _ in range(reps):
+            fn()
+        return {
+            "wall_ms": round((time.perf_counter() - wall) / reps * 1000, 3),
+            "cpu_ms": round((time.thread_time() - cpu) / reps * 1000, 3),
+        }
+
+    report["paste_1080p_8_faces"] = timed(lambda: paster.paste(frame.copy(), faces, feather))
+    report["detector_batch_8"] = timed(lambda: _run_swapper(detector, 8))
+    if mode == "blocking":
+        flags, active = ctypes.c_uint(), ctypes.c_int()
+        device = ctypes.c_int()
+        cuda.cuDeviceGet(ctypes.byref(device), 0)
+        cuda.cuDevicePrimaryCtxGetState(device, ctypes.byref(flags), ctypes.byref(active))
+        report["primary_ctx_flags"], report["primary_ctx_active"] = flags.value, active.value
+    return report
+
+
 def _own_gpu_mib() -> Any:
     """GPU memory NVML charges to this process (the paste sessions' arenas), or why unknown."""
     try:
@@ -657,6 +730,9 @@ def _run_swapper(session: Any, batch: int) -> Any:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--sync-probe":
+        print(json.dumps(_sync_probe(sys.argv[2], Path(sys.argv[3]))))
+        sys.exit(0)
     if len(sys.argv) > 3 and sys.argv[2] == "--only":
         ONLY.update(sys.argv[3].split(","))
     main(Path(sys.argv[1] if len(sys.argv) > 1 else "gpu-check-out"))
