@@ -237,6 +237,7 @@ def _engine(settings: Settings) -> dict[str, Any]:
         return {
             "ok": True,
             "provider": loaded.active_provider,
+            "paste": loaded.paste,
             "standin_models": standin,
             "batch": _ENGINE_FRAMES,
             "frames_per_second": _ENGINE_ROUNDS * _ENGINE_FRAMES / seconds,
@@ -331,8 +332,9 @@ def render(report: dict[str, Any]) -> str:
         if engine["ok"]:
             what = "stand-in models" if engine["standin_models"] else "the real models"
             lines.append(
-                f"[ok ] face engine ({what}) ran on {engine['provider']}: "
-                f"{engine['frames_per_second']:.1f} frames/s at batch {engine['batch']}"
+                f"[ok ] face engine ({what}) ran on {engine['provider']}, paste-back "
+                f"{engine['paste']}: {engine['frames_per_second']:.1f} frames/s at batch "
+                f"{engine['batch']}"
             )
         else:
             lines.append(f"[BAD] face engine: {engine['error']}")

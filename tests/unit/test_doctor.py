@@ -33,6 +33,9 @@ def test_doctor_on_this_host(settings: Settings) -> None:
         assert report["gpu"]["gpu_usable"] is False
         assert report["gpu"]["line"].startswith("no usable GPU: ")
         assert report["engine"]["provider"] == "CPUExecutionProvider"
+        # auto, the default, keeps OpenCV's paste off CUDA, and the text says where it ran.
+        assert report["engine"]["paste"] == "cpu"
+        assert "CPUExecutionProvider, paste-back cpu:" in doctor.render(report)
     else:
         # A GPU host: every device is named, with its memory.
         assert len(gpus["devices"]) == gpus["count"]
