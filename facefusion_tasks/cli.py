@@ -37,11 +37,21 @@ def _cmd_swap(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     # Checked in local mode too, where they mean nothing: the same command line must not exit
     # 0 here and 2 once a broker is set.
-    job_options(args.priority, args.chunk_seconds)
+    _, chunk_seconds = job_options(args.priority, args.chunk_seconds)
     if settings.broker_url and not args.local:
         job_id = _submit(args, settings)
         print(f"submitted {job_id}", file=sys.stderr)
-        return _follow(settings, job_id, as_json=args.json, progress=_progress(args))
+        try:
+            return _follow(settings, job_id, as_json=args.json, progress=_progress(args))
+        except KeyboardInterrupt:
+            # Only the waiting stops: the job is the fleet's now. A closed terminal must not
+            # cancel hours of work, and a person who wants it stopped is told how.
+            print(
+                f"facefusion-tasks: job {job_id} goes on (`facefusion-tasks cancel {job_id}` "
+                "stops it)",
+                file=sys.stderr,
+            )
+            raise
     result, loaded = run_local(
         args.sources,
         args.target,
@@ -49,6 +59,7 @@ def _cmd_swap(args: argparse.Namespace) -> int:
         settings=settings,
         reference=args.reference_face,
         show_progress=_progress(args) and not args.json,
+        chunk_seconds=chunk_seconds,
     )
     _report(result.as_dict() | loaded.facts(), as_json=args.json)
     return EXIT_OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,6 +353,40 @@ def _check_broker_url(url: str) -> None:
             "broker URL is not valid: give the database in its path (redis://host:6379/0), "
             "not as ?db="
         )
+    _check_connection_options(url)
+
+
+def _check_connection_options(url: str) -> None:
+    """InputError for query options the two readers of this URL would not both take: the job
+    store (redis-py) and the queues (kombu) each refused different ones, only when they first
+    connected, as an internal error (?socket_timeout=5 passed redis-py and failed kombu; a job
+    was recorded and then failed as broker_unavailable). Only ssl_* options, on rediss://, mean
+    the same to both; their values are read by redis-py here, without connecting."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from facefusion_tasks.errors import InputError
+
+    parts = urlsplit(url)
+    options = parse_qs(parts.query, keep_blank_values=True)
+    other = sorted(name for name in options if not name.startswith("ssl_"))
+    if other:
+        raise InputError(
+            f"broker URL is not valid: option {other[0]!r}: only ssl_* options are read "
+            "(on rediss://)"
+        )
+    if not options:
+        return
+    if parts.scheme != "rediss":
+        raise InputError("broker URL is not valid: ssl_* options need a rediss:// URL")
+    try:
+        from redis.connection import ConnectionPool
+    except ImportError:  # doctor and the face engine run without redis
+        return
+    try:
+        pool = ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)  # builds, does not connect
+    except Exception as exc:  # noqa: BLE001 - ValueError, TypeError, RedisError alike
+        raise InputError(f"broker URL is not valid: {exc}") from None
 
 
 #: The exporter's port when neither --metrics-port nor FACEFUSION_METRICS_PORT says.
@@ -400,16 +435,44 @@ def with_password_file(url: str, password_file: str) -> str:
             "keep the password in the file only",
             reason=Reason.CONFIG,
         )
-    try:
-        password = Path(password_file).read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise InputError(
-            f"cannot read the broker password file {password_file}: {exc.strerror}",
-            reason=Reason.CONFIG,
-        ) from None
+    password = _read_secret(password_file, "the broker password file")
     user = quote(parts.username or "", safe="")
     netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+#: The most bytes a secret file may hold: a password, not whatever the path names.
+MAX_SECRET_BYTES = 64 * 1024
+
+
+def _read_secret(path: str, what: str) -> str:
+    """The one line a secret file holds (a trailing newline dropped). Only a regular file of at
+    most MAX_SECRET_BYTES: /dev/zero took 22 GB before the kernel killed the process, and a
+    FIFO blocked it for good. Opened without blocking, so a FIFO is refused, not waited on."""
+    from facefusion_tasks.errors import InputError
+    from facefusion_tasks.reasons import Reason
+
+    def refused(why: str) -> InputError:
+        return InputError(f"cannot read {what} {path}: {why}", reason=Reason.CONFIG)
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise refused(exc.strerror or str(exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refused("not a regular file")
+        data = os.read(fd, MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise refused(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_BYTES:
+        raise refused(f"over {MAX_SECRET_BYTES // 1024} KiB, not a password")
+    try:
+        return data.decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise refused("not UTF-8 text") from None
 
 
 #: How a boolean setting may be written ("" is unset: off).

@@ -17,6 +17,7 @@ from facefusion_tasks.faces.loader import LoadedModels, load_models, model_paths
 from facefusion_tasks.faces.synthetic import background, bundled_photo, draw_face
 from facefusion_tasks.images import check_image_target, is_image_target
 from facefusion_tasks.inputs import Source, Sources, check_output, read_image, source_paths
+from facefusion_tasks.jobs import check_chunking
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
 from facefusion_tasks.reasons import Reason
@@ -37,6 +38,7 @@ def run_local(
     settings: Settings,
     reference: Source | None = None,
     show_progress: bool = False,
+    chunk_seconds: float | None = None,
 ) -> tuple[SwapResult, LoadedModels]:
     """Validate cheap things first (so bad input fails in milliseconds), then load models once
     and stream the video through them; a still-image target is one frame, written in its own
@@ -46,7 +48,7 @@ def run_local(
     is written and verified here, then uploaded whole."""
     started = time.perf_counter()
     try:
-        done = _run_local(source, target, output, settings, reference, show_progress)
+        done = _run_local(source, target, output, settings, reference, show_progress, chunk_seconds)
     except Exception:  # not an interrupt: that request did not fail
         observe.swap_run(ok=False, seconds=time.perf_counter() - started)
         raise
@@ -61,6 +63,7 @@ def _run_local(
     settings: Settings,
     reference: Source | None,
     show_progress: bool,
+    chunk_seconds: float | None,
 ) -> tuple[SwapResult, LoadedModels]:
     """run_local's work."""
     settings.validate()  # Settings built in code never passed from_env's checks
@@ -78,6 +81,14 @@ def _run_local(
         )
     else:
         info = probe(target_at, ffmpeg=settings.ffmpeg, max_frame_pixels=settings.max_frame_pixels)
+        # Nothing is cut into chunks here, but the same job must not run here and be refused
+        # once a broker is set (--chunk-seconds 0.1, FACEFUSION_MAX_CHUNKS): the submit checks.
+        check_chunking(
+            info.duration,
+            chunk_seconds or settings.chunk_seconds,
+            min_chunk_seconds=settings.min_chunk_seconds,
+            max_chunks=settings.max_chunks,
+        )
         check_output(output_at, target_at, inputs=(*sources_at, reference_at))
         # The frames a submitted job's plan counts, read the same way (a demux pass): a file
         # whose frames repeat timestamps is refused here as there, not swapped with times

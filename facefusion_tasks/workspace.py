@@ -4,6 +4,7 @@ bucket), and the host-local scratch a task uses for what it reads whole or write
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -155,7 +156,16 @@ def scratch(settings: Settings, job_id: str) -> Iterator[Path]:
     outright leaves one: the next task on this host removes it after a day."""
     base = scratch_base(settings)
     _sweep(base)
-    path = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=base))
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=base))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # full: the host's state, which passes (retried), not its setting
+        # /proc, a read-only mount, no write permission: the setting, one line, exit 2.
+        raise InputError(
+            f"scratch directory {base}: cannot make a directory in it ({exc.strerror or exc})",
+            reason=Reason.CONFIG,
+        ) from None
     try:
         yield path
     finally:

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from facefusion_tasks.errors import InputError, MediaError
+from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import process
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,19 @@ QUERY_TIMEOUT = 30.0
 
 @functools.lru_cache(maxsize=8)
 def ffmpeg_exe(configured: str = "") -> str:
-    """The ffmpeg to run: the configured path, else `ffmpeg` on PATH, else imageio-ffmpeg's."""
+    """The ffmpeg to run: the configured path, else `ffmpeg` on PATH, else imageio-ffmpeg's.
+    A configured one must answer `-version` as ffmpeg does: any other program (ffprobe,
+    /bin/false) failed every probe, and the user's valid video was called "not a video"."""
     if configured:
         found = shutil.which(configured)
         if found is None:
-            raise InputError(f"{configured}: ffmpeg executable not found")
+            raise InputError(f"{configured}: ffmpeg executable not found", reason=Reason.CONFIG)
+        try:
+            ffmpeg_version(found)
+        except MediaError as exc:
+            raise InputError(
+                f"{configured}: not a working ffmpeg ({exc})", reason=Reason.CONFIG
+            ) from None
         return found
     on_path = shutil.which("ffmpeg")
     if on_path is not None:
@@ -75,7 +84,8 @@ def ffmpeg_version(exe: str) -> tuple[int, int]:
     """(major, minor) of this ffmpeg; decides between option spellings (-fps_mode/-vsync)."""
     text = _query(exe, "-version")
     version = parse_version(text)
-    if version is None:
+    if version is None or "ffmpeg version" not in text:
+        # ffprobe answers "ffprobe version": it runs, but takes none of ffmpeg's arguments.
         raise MediaError(f"{exe}: cannot read the ffmpeg version", stderr=text[-2000:])
     return version
 

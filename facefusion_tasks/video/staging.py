@@ -39,11 +39,16 @@ MARKER = ".partial"
 #: unnamed; a forked child (Celery's pool) starts with none of its parent's.
 _LIVE: set[str] = set()
 _LIVE_LOCK = threading.Lock()
+#: Each live temp's directory, held open: a directory moved (or removed) while its temp is
+#: written is still reached through it, so the temp is deleted wherever it went, and the
+#: writer can tell the user's output folder went away from a failed encode.
+_DIRS: dict[str, int] = {}
 
 
 def _forget_parents() -> None:
     global _LIVE_LOCK
     _LIVE.clear()
+    _DIRS.clear()  # the parent's descriptors: closing them is the parent's business
     _LIVE_LOCK = threading.Lock()
 
 
@@ -151,8 +156,24 @@ def create_temp(destination: Path) -> Path:
                 raise MediaError(f"{destination}: no space left", reason=Reason.NO_SPACE) from None
             raise OutputError(f"{destination}: cannot write there ({exc.strerror})") from None
         os.close(fd)
+        with contextlib.suppress(OSError), _LIVE_LOCK:
+            _DIRS[str(temp)] = os.open(temp.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         return temp
     raise OutputError(f"{destination}: cannot create a temporary file beside it")
+
+
+def moved(temp: Path) -> bool:
+    """Whether the directory `temp` was made in is no longer at its path (moved, removed, or
+    replaced by another): the user's doing, not the encoder's."""
+    with _LIVE_LOCK:
+        fd = _DIRS.get(str(temp))
+    if fd is None:
+        return False
+    try:
+        held, there = os.fstat(fd), os.stat(temp.parent)
+    except OSError:
+        return True
+    return (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino)
 
 
 def _live() -> frozenset[str]:
@@ -160,21 +181,31 @@ def _live() -> frozenset[str]:
         return frozenset(_LIVE)
 
 
-def _forget(temp: Path) -> None:
-    """This process no longer writes `temp`."""
+def _forget(temp: Path) -> int | None:
+    """This process no longer writes `temp`; returns its directory's descriptor, if held (the
+    caller closes it)."""
     with _LIVE_LOCK:
         _LIVE.discard(temp.name)
+        return _DIRS.pop(str(temp), None)
 
 
 def remove(temp: Path) -> None:
     """Delete a temp that will not be committed, as well as can be: a failure here (the
     directory went read-only) is logged, never raised over the error that made the caller
-    give up, and the next write to the same destination sweeps what is left."""
-    _forget(temp)
+    give up, and the next write to the same destination sweeps what is left. Through its
+    directory's descriptor: found even where the directory was moved meanwhile."""
+    fd = _forget(temp)
     try:
-        temp.unlink(missing_ok=True)
+        if fd is None:
+            temp.unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp.name, dir_fd=fd)
     except OSError as exc:
         log.warning("%s: cannot remove it (%s); the next write there will", temp, exc.strerror)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def commit(temp: Path, destination: Path) -> Path:
@@ -192,7 +223,9 @@ def commit(temp: Path, destination: Path) -> Path:
     except OSError as exc:
         remove(temp)
         raise OutputError(f"{destination}: cannot move into place ({exc.strerror})") from None
-    _forget(temp)
+    fd = _forget(temp)
+    if fd is not None:
+        os.close(fd)
     return destination
 
 

@@ -270,8 +270,11 @@ class FrameWriter:
             if failure is not None:
                 raise self._source_damage() or failure
             self._verify()
-        except BaseException:
+        except BaseException as exc:
+            gone = isinstance(exc, MediaError) and staging.moved(self.temp)
             self.abort()
+            if gone:
+                raise self._folder_gone() from exc
             raise
         self._ffmpeg.close_pipes()
         self._done = True
@@ -338,13 +341,24 @@ class FrameWriter:
             code: int | None = self._proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
             code = None
+        gone = staging.moved(self.temp)
         self.abort()
+        if gone:
+            raise self._folder_gone()
         failure = self._source_damage() or self._ffmpeg.log.failure(
             f"{self.destination.name}: {what}", code
         )
         raise failure or MediaError(
             f"{self.destination.name}: {what}: {self._ffmpeg.log.last_error()}",
             stderr=self.stderr_tail(),
+        )
+
+    def _folder_gone(self) -> OutputError:
+        """The encode failed because the output's folder was moved or removed meanwhile: the
+        user's doing (exit 2, bad_output), not a media failure (the temp went with it, and
+        abort() removed it there)."""
+        return OutputError(
+            f"{self.destination}: its folder was moved or removed while the output was written"
         )
 
     def stderr_tail(self) -> str:

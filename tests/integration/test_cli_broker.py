@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from facefusion_tasks.faces.synthetic import write_source
 from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.policy import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from facefusion_tasks.store import JobStore, connect
+from facefusion_tasks.video.samples import make_sample_video
 from tests.cluster import PROTECTED_CONFIGS, private_redis, unable_to_save
 
 PASSWORD = "s3cret pass"
@@ -280,3 +283,33 @@ def test_wait_keeps_its_timeout_while_the_broker_is_away(tmp_path: Path) -> None
         f"facefusion-tasks: error: timed out waiting for job {job_id} after 4 s (the broker is "
         "unreachable)"
     )
+
+
+def test_an_interrupted_swap_says_its_job_goes_on_and_how_to_stop_it(tmp_path: Path) -> None:
+    # `swap` with a broker submits, then waits: a SIGTERM ended the waiting with
+    # "interrupted", and the job, untouched, later wrote its output with no word of it.
+    source = write_source(tmp_path)
+    target = make_sample_video(tmp_path / "in.mp4", seconds=1, width=160, height=120, faces=1)
+    with private_redis(tmp_path) as server:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEFUSION_")}
+        environ |= {"FACEFUSION_BROKER_URL": server.url, "FACEFUSION_STORAGE_ROOTS": str(tmp_path)}
+        swap = subprocess.Popen(
+            [sys.executable, "-m", "facefusion_tasks", "swap", str(source), str(target),
+             "-o", str(tmp_path / "out.mp4"), "--no-progress"],
+            env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert swap.stderr is not None
+            submitted = swap.stderr.readline()  # no worker runs: it waits from here on
+            assert submitted.startswith("submitted ")
+            job_id = submitted.split()[1]
+            swap.send_signal(signal.SIGTERM)
+            _, err = swap.communicate(timeout=30)
+        finally:
+            swap.kill()
+        assert swap.returncode == 128 + signal.SIGTERM
+        assert err.splitlines() == [
+            f"facefusion-tasks: job {job_id} goes on (`facefusion-tasks cancel {job_id}` stops it)",
+            "facefusion-tasks: interrupted (SIGTERM)",
+        ]
+        assert JobStore(connect(server.url)).get(job_id)["state"] == "QUEUED"

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from facefusion_tasks.config import Settings, broker_url_from_env, with_password_file
+from facefusion_tasks.config import (
+    MAX_SECRET_BYTES,
+    Settings,
+    broker_url_from_env,
+    with_password_file,
+)
 from facefusion_tasks.errors import InputError
 from facefusion_tasks.metrics.exporter import parse_args
+from facefusion_tasks.reasons import Reason
 from tests.cluster import private_redis
 
 PASSWORD = "s3cret/with:odd@chars"
@@ -60,3 +67,30 @@ def test_one_source_per_secret(password_file: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read the broker password file"):
         with_password_file("redis://redis:6379/0", str(tmp_path / "missing"))
     assert with_password_file("", str(password_file)) == ""
+
+
+def test_a_password_file_that_is_not_a_small_regular_file_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    # /dev/zero grew the process to 22 GB until the kernel killed it, and a FIFO with no
+    # writer blocked it for good: each is one config error now, read without blocking.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * (MAX_SECRET_BYTES + 1))
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\n")
+    cases = {
+        "/dev/zero": "not a regular file",
+        str(fifo): "not a regular file",
+        str(tmp_path): "not a regular file",
+        str(huge): "not a password",
+        str(binary): "not UTF-8 text",
+    }
+    for path, why in cases.items():
+        with pytest.raises(InputError, match=why) as caught:
+            with_password_file("redis://redis:6379/0", path)
+        assert caught.value.reason == Reason.CONFIG
+    limit = tmp_path / "limit"
+    limit.write_text("p" * MAX_SECRET_BYTES)
+    assert with_password_file("redis://redis:6379/0", str(limit)).count("p") == MAX_SECRET_BYTES

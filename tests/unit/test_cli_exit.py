@@ -198,6 +198,13 @@ def test_settings_precedence_flag_over_environment_over_default() -> None:
         {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/abc"},  # redis-py took database 0
         # redis-py took database 3 for the job store, Celery's transport a TypeError (exit 1)
         {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/14?db=3"},
+        # Options redis-py or kombu refused only on connecting (an internal error, exit 1):
+        # the first passed the job store, failed the queues, and left a FAILED job behind.
+        {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/14?socket_timeout=5"},
+        {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/14?socket_timeout=abc"},
+        {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/14?foo=bar"},
+        {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/14?ssl_cert_reqs=required"},
+        {"FACEFUSION_BROKER_URL": "rediss://127.0.0.1:6379/14?ssl_cert_reqs=bogus"},
     ],
 )
 def test_settings_refuse_nonsense_as_the_users_input(env: dict[str, str]) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import MediaError, TransientError
+from facefusion_tasks.errors import MediaError, OutputError, TransientError
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.video import ffbin, process, staging
 from facefusion_tasks.video.writer import FrameWriter
@@ -182,3 +182,32 @@ def test_a_name_near_the_limit_gets_temps_within_it_that_the_sweep_still_finds(
     abandoned = temp.with_name(temp.name.replace(f"{host}-{os.getpid()}-", f"{host}-{dead.pid}-"))
     temp.rename(abandoned)
     assert staging.sweep(destination) == [abandoned]
+
+
+def test_an_output_folder_moved_mid_encode_is_the_users_doing_and_its_temp_goes(
+    tmp_path: Path,
+) -> None:
+    # A local swap whose output folder was moved during the encode failed as media (exit 1)
+    # and left the half-written temp in the moved folder; removed, "ffmpeg stopped".
+    for how in ("moved", "removed"):
+        folder = tmp_path / how
+        folder.mkdir()
+        writer = FrameWriter(
+            folder / "out.mp4", width=64, height=48, time_base=Fraction(1, 25),
+            audio_source=None, settings=Settings.from_env({}), frame_rate=Fraction(25),
+        )  # fmt: skip
+        for i in range(5):
+            writer.write(np.full((48, 64, 3), i * 9, np.uint8), i)
+        assert not staging.moved(writer.temp)
+        elsewhere = tmp_path / f"{how}-elsewhere"
+        folder.rename(elsewhere)
+        if how == "removed":
+            for entry in elsewhere.iterdir():
+                entry.unlink()
+            elsewhere.rmdir()
+        assert staging.moved(writer.temp)
+        with pytest.raises(OutputError, match="folder was moved or removed") as caught:
+            writer.commit()
+        assert caught.value.reason == Reason.BAD_OUTPUT
+        if how == "moved":
+            assert list(elsewhere.iterdir()) == []  # the temp went with it, and was removed
