@@ -32,6 +32,7 @@ from facefusion_tasks.jobs import Chunk, image_plan, plan_chunks
 from facefusion_tasks.model_cache import MODELS
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
+from facefusion_tasks.progress import cpu_ticks
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.still import swap_image
 from facefusion_tasks.storage import locate
@@ -69,12 +70,21 @@ WATCH_SECONDS = 0.5
 @contextmanager
 def beating(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
     """While a plan or stitch works (reading every timestamp of a long video, or stitching it
-    can take longer than stall_seconds): beat the job's clock in the stall index every
-    heartbeat period, as running chunks do, so only work that really stopped is sent again."""
+    can take longer than stall_seconds): beat the job's clock in the stall index each
+    heartbeat period in which it got somewhere, as running chunks beat on frames. Progress is
+    the CPU this process's working threads and its ffmpeg use: a beat on a clock alone kept a
+    stopped ffprobe's plan PLANNING for 600 s and a stopped stitch STITCHING for 1800 s, with
+    `retry` refused, where the sweep now sends it again after stall_seconds."""
     stop = threading.Event()
 
     def beat() -> None:
+        own = {threading.get_native_id()}
+        last: int | None = None
         while not stop.wait(settings.heartbeat_seconds):
+            now = cpu_ticks(excluding=own)
+            if now is not None and now == last:
+                continue  # nothing moved: no beat (None: /proc cannot tell, so beat)
+            last = now
             try:
                 store.job_alive(job_id)
             except Exception as exc:  # a Redis blip: the next beat, or the sweep, will tell

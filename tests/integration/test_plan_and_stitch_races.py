@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from facefusion_tasks.store import (
     SUCCEEDED,
     JobStore,
 )
+from facefusion_tasks.video import ffbin
 from facefusion_tasks.video.probe import probe
 from facefusion_tasks.video.samples import make_sample_video
 from facefusion_tasks.workspace import segment_path
@@ -121,8 +124,8 @@ def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobSt
     assert store.set_state(job_id, RUNNING) and store.set_state(job_id, STITCHING)
     store.r.zadd(LIVE_KEY, {job_id: time.time() - 60})  # entered STITCHING long ago
     sent: list[object] = []
-    with runner.beating(store, settings, job_id):
-        time.sleep(0.6)  # the stitch's ffmpeg is working
+
+    def swept() -> list[object]:
         report = sweep(
             store,
             settings,
@@ -130,10 +133,28 @@ def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobSt
             light_line=lambda _: frozenset(),
             gpu_line=lambda _: frozenset(),
         )
-    assert (sent, report.failed_jobs) == ([], [])
-    assert store.state(job_id) == STITCHING
-    # Once the stitch really stops, its clock runs out and the sweep steps in.
-    _swept(store, settings, job_id, later=5)
+        return [*sent, *report.failed_jobs]
+
+    # The stitch's ffmpeg, working (its CPU is the progress the clock beats on).
+    ffmpeg = subprocess.Popen(
+        [ffbin.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+         "-i", "testsrc2=s=640x360", "-t", "60", "-f", "null", "-"],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with runner.beating(store, settings, job_id):
+            time.sleep(0.6)
+            assert swept() == []
+            # Stopped (SIGSTOP; a hung mount alike), it makes no progress while this process
+            # waits on it: no beats, so the sweep sends the stitch again after stall_seconds.
+            # A clock beaten regardless kept such a job STITCHING for the stitch's whole
+            # time limit (1800 s), with `retry` refused.
+            ffmpeg.send_signal(signal.SIGSTOP)
+            time.sleep(settings.stall_seconds + 3 * settings.heartbeat_seconds)
+            assert swept() == [("stitch", [job_id], 9)]
+    finally:
+        ffmpeg.kill()
+        ffmpeg.wait()
 
 
 def test_a_chunk_that_finishes_after_a_cancel_stays_cancelled_and_expires(
