@@ -357,6 +357,12 @@ def _abort_stale(ref: ObjectRef, *, now: float | None = None) -> None:
             log.info("aborted an upload of %s abandoned since %s", ref, upload["Initiated"])
 
 
+def delete(ref: ObjectRef) -> None:
+    """Remove one object (nothing there is no error, as S3 has it)."""
+    with _calls(ref, writing=True):
+        client().delete_object(Bucket=ref.bucket, Key=ref.key)
+
+
 def delete_prefix(bucket: str, prefix: str) -> int:
     """Remove every object under `prefix` and abort uploads under it; returns objects removed."""
     s3 = client()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 from facefusion_tasks import objects, policy
 from facefusion_tasks.commits import COMMIT_METADATA, commit, commit_mark, fence_stale, marked
 from facefusion_tasks.config import Settings
-from facefusion_tasks.errors import InputError, MediaError, OutputError
+from facefusion_tasks.errors import FaceFusionError, InputError, MediaError, OutputError
 from facefusion_tasks.fingerprints import check_unchanged
 from facefusion_tasks.images import is_image_target, read_header
+from facefusion_tasks.jobs import Chunk
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.runner import beating, job_file, job_video_info
@@ -25,6 +28,7 @@ from facefusion_tasks.store import (
     JobStore,
 )
 from facefusion_tasks.store_keys import new_token
+from facefusion_tasks.video import ffbin, process
 from facefusion_tasks.video.staging import StagedOutput
 from facefusion_tasks.video.stitch import stitch_segments
 from facefusion_tasks.workspace import for_job, remove_segments, scratch, segment
@@ -116,8 +120,10 @@ def _stitch(
                 frames=sum(c.frames for c in chunks),
                 timeout=float(settings.chunk_time_limit),
             )
-        except (InputError, MediaError):
+        except (InputError, MediaError) as exc:
             check_unchanged(job.get("fingerprints", ""), [target])  # its audio rewritten?
+            if isinstance(exc, MediaError):
+                _drop_damaged(settings, job_id, job["output"], chunks, segments, exc)
             raise
         try:
             check_unchanged(job.get("fingerprints", ""), [target])
@@ -239,6 +245,47 @@ def _resume_commit(
         return None
     remove_segments(settings, job_id, output=job["output"])
     return output
+
+
+def _drop_damaged(
+    settings: Settings,
+    job_id: str,
+    output: str,
+    chunks: Sequence[Chunk],
+    segments: Sequence[tuple[Path, Fraction | None]],
+    failure: MediaError,
+) -> None:
+    """After a failed stitch: re-count each segment (demux only, on failure alone, so a
+    good stitch pays nothing), and remove those that do not read back with their chunk's
+    frames, then raise naming them. `retry` runs a chunk whose segment is gone again; a
+    truncated one stayed, and every retry stitched it and failed the same way, blaming the
+    concat list."""
+    exe = ffbin.ffmpeg_exe(settings.ffmpeg)
+    damaged: list[tuple[int, str]] = []
+    for chunk, (path, _) in zip(chunks, segments, strict=True):
+        try:
+            found = process.count_video(path, ffmpeg=exe).frames
+        except MediaError as exc:
+            damaged.append((chunk.index, policy.one_line(str(exc))))
+            continue
+        if found != chunk.frames:
+            damaged.append((chunk.index, f"{found} frames, {chunk.frames} planned"))
+    if not damaged:
+        return
+    for index, _ in damaged:
+        where = segment(settings, job_id, index, output=output)
+        try:
+            if isinstance(where, Path):
+                where.unlink(missing_ok=True)
+            else:
+                objects.delete(where)
+        except (OSError, FaceFusionError) as exc:
+            log.warning("job %s: damaged segment %s stays: %s", job_id, where, exc)
+    indexes = ", ".join(str(i) for i, _ in damaged)
+    raise MediaError(
+        f"segments damaged (chunk {indexes}: {damaged[0][1]}); removed, so `retry` runs "
+        "those chunks again"
+    ) from failure
 
 
 def _segment_file(settings: Settings, job_id: str, index: int, output: str, local: Path) -> Path:

@@ -133,6 +133,10 @@ def test_delete_prefix_and_work_folders(bucket: str) -> None:
     assert set(objects.work_folders(bucket)) == {"job-a", "job-b"}
     assert objects.delete_prefix(bucket, ".facefusion-work/job-a/") == 2
     assert sorted(keys(s3, bucket)) == [".facefusion-work/job-b/seg-00000.mp4", "keep.mp4"]
+    # One object (a damaged segment the stitch removes), and one already gone: no error.
+    objects.delete(objects.ObjectRef(bucket, ".facefusion-work/job-b/seg-00000.mp4"))
+    objects.delete(objects.ObjectRef(bucket, ".facefusion-work/job-b/seg-00000.mp4"))
+    assert keys(s3, bucket) == ["keep.mp4"]
 
 
 def test_the_retention_sweep_removes_segments_of_jobs_over_or_gone(

@@ -499,6 +499,33 @@ def test_a_stitch_message_for_a_job_with_chunks_to_run_does_nothing(
     assert store.state(job_id) == SUCCEEDED
 
 
+def test_a_damaged_segment_is_named_and_removed_so_retry_runs_its_chunk_again(
+    store: JobStore, media: Path, models_dir: Path
+) -> None:
+    """A segment cut short after its chunk was done (a disk's fault, a stray write). The
+    stitch failed on the concat list, and `retry`, which runs again only chunks whose segment
+    is gone, stitched the same segment and failed the same way, for ever (a fault probe's
+    finding)."""
+    settings = _settings(media, models_dir)
+    job_id = _stitchable(store, settings, media, "damaged.mp4")
+    damaged = segment_path(settings, job_id, 1)
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
+    kept = segment_path(settings, job_id, 0).read_bytes()
+    with pytest.raises(MediaError, match=r"segments damaged \(chunk 1: ") as caught:
+        stitching.stitch_job(store, settings, job_id)
+    assert "`retry` runs those chunks again" in str(caught.value)
+    assert not damaged.exists()  # so `retry` sees it gone, and runs chunk 1 again
+    assert segment_path(settings, job_id, 0).read_bytes() == kept
+    assert not (media / "damaged.mp4").exists()
+    # What `retry` then does: chunk 1 again, and the stitch succeeds.
+    store.fail(job_id, Reason.MEDIA, str(caught.value))
+    assert store.reopen(job_id, planned=True, from_states=(FAILED,))
+    store.reset_chunk(job_id, 1)
+    runner.run_chunk(store, settings, job_id, 1, worker="w")
+    assert stitching.stitch_job(store, settings, job_id) == media / "damaged.mp4"
+    assert probe(media / "damaged.mp4").frame_count == probe(media / "clip.mp4").frame_count
+
+
 @pytest.mark.parametrize("taken_back_by", ["retry", "sweep"])
 def test_a_stitcher_stopped_mid_upload_cannot_complete_it_once_taken_back(
     store: JobStore,
