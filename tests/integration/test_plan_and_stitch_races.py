@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,7 +34,6 @@ from facefusion_tasks.store import (
     SUCCEEDED,
     JobStore,
 )
-from facefusion_tasks.video import ffbin
 from facefusion_tasks.video.probe import probe
 from facefusion_tasks.video.samples import make_sample_video
 from facefusion_tasks.workspace import segment_path
@@ -118,7 +117,35 @@ def _swept(store: JobStore, settings: Settings, job_id: str, *, later: float = 6
     assert sent == [("stitch", [job_id], 9)]
 
 
-def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobStore) -> None:
+#: A stitch's process on its own, as a light worker's pool process is: this test process has
+#: children of its own (a session's S3 server) whose CPU would pass for the stitch's progress.
+_STITCHER = """
+import signal, subprocess, sys
+from facefusion_tasks import runner
+from facefusion_tasks.config import Settings
+from facefusion_tasks.store import JobStore, connect
+from facefusion_tasks.video import ffbin
+
+url, job_id = sys.argv[1:3]
+settings = Settings.from_env({}, stall_seconds=2, heartbeat_seconds=0.2, sweep_seconds=1)
+ffmpeg = subprocess.Popen(
+    [ffbin.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
+     "-i", "testsrc2=s=640x360", "-t", "60", "-f", "null", "-"],
+    stdin=subprocess.DEVNULL,
+)
+with runner.beating(JobStore(connect(url)), settings, job_id):
+    print("working", flush=True)
+    sys.stdin.readline()
+    ffmpeg.send_signal(signal.SIGSTOP)
+    print("stopped", flush=True)
+    sys.stdin.readline()
+ffmpeg.kill()
+"""
+
+
+def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(
+    store: JobStore, redis_url: str
+) -> None:
     settings = Settings.from_env({}, stall_seconds=2, heartbeat_seconds=0.2, sweep_seconds=1)
     job_id = store.create({"source": "s.png", "target": "t.mp4", "output": "o.mp4"})
     assert store.set_state(job_id, RUNNING) and store.set_state(job_id, STITCHING)
@@ -135,26 +162,30 @@ def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(store: JobSt
         )
         return [*sent, *report.failed_jobs]
 
-    # The stitch's ffmpeg, working (its CPU is the progress the clock beats on).
-    ffmpeg = subprocess.Popen(
-        [ffbin.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-         "-i", "testsrc2=s=640x360", "-t", "60", "-f", "null", "-"],
-        stdin=subprocess.DEVNULL,
+    stitcher = subprocess.Popen(
+        [sys.executable, "-c", _STITCHER, redis_url, job_id],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        with runner.beating(store, settings, job_id):
-            time.sleep(0.6)
-            assert swept() == []
-            # Stopped (SIGSTOP; a hung mount alike), it makes no progress while this process
-            # waits on it: no beats, so the sweep sends the stitch again after stall_seconds.
-            # A clock beaten regardless kept such a job STITCHING for the stitch's whole
-            # time limit (1800 s), with `retry` refused.
-            ffmpeg.send_signal(signal.SIGSTOP)
-            time.sleep(settings.stall_seconds + 3 * settings.heartbeat_seconds)
-            assert swept() == [("stitch", [job_id], 9)]
+        assert stitcher.stdin is not None and stitcher.stdout is not None
+        # Its ffmpeg working: the CPU it uses is the progress the clock beats on.
+        assert stitcher.stdout.readline() == "working\n"
+        time.sleep(0.6)
+        assert swept() == []
+        # Stopped (SIGSTOP; a hung mount alike), it makes no progress while the stitch waits
+        # on it: no beats, so the sweep sends the stitch again after stall_seconds. A clock
+        # beaten regardless kept such a job STITCHING for the stitch's whole time limit
+        # (1800 s), with `retry` refused.
+        stitcher.stdin.write("\n")
+        stitcher.stdin.flush()
+        assert stitcher.stdout.readline() == "stopped\n"
+        time.sleep(settings.stall_seconds + 3 * settings.heartbeat_seconds)
+        assert swept() == [("stitch", [job_id], 9)]
+        stitcher.stdin.write("\n")
+        stitcher.stdin.flush()
+        assert stitcher.wait(timeout=30) == 0
     finally:
-        ffmpeg.kill()
-        ffmpeg.wait()
+        stitcher.kill()
 
 
 def test_a_chunk_that_finishes_after_a_cancel_stays_cancelled_and_expires(
