@@ -376,6 +376,11 @@ def _check_connection_options(url: str) -> None:
         )
     if not options:
         return
+    twice = sorted(name for name, values in options.items() if len(values) > 1)
+    if twice:
+        # redis-py takes the first, kombu the last: the store and the queues would verify
+        # certificates differently.
+        raise InputError(f"broker URL is not valid: option {twice[0]!r} is given twice")
     if parts.scheme != "rediss":
         raise InputError("broker URL is not valid: ssl_* options need a rediss:// URL")
     try:
@@ -462,7 +467,12 @@ def _read_secret(path: str, what: str) -> str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise refused("not a regular file")
-        data = os.read(fd, MAX_SECRET_BYTES + 1)
+        data = b""
+        while len(data) <= MAX_SECRET_BYTES:  # a short read (FUSE, NFS) is not the end
+            more = os.read(fd, MAX_SECRET_BYTES + 1 - len(data))
+            if not more:
+                break
+            data += more
     except OSError as exc:
         raise refused(exc.strerror or str(exc)) from None
     finally:

@@ -12,23 +12,47 @@ from facefusion_tasks.pools import PROC, live_children
 _DEPTH = 3
 
 
-def cpu_ticks(*, excluding: Collection[int] = (), proc: Path = PROC) -> int | None:
-    """Clock ticks of CPU used so far by this process's threads (but `excluding`, native thread
-    ids: a heartbeat's own, whose Redis calls would pass for work), by the children it has
-    reaped, and by its live descendants. It changes while any of them computes, reads or
-    writes; it stands still while all of them wait on something that never answers (a
-    stopped ffmpeg, a hung mount). None when /proc cannot tell."""
-    pid = os.getpid()
+def thread_ids(*, proc: Path = PROC) -> set[int]:
+    """The native ids of this process's threads now; empty when /proc cannot tell."""
     try:
-        total = sum(
-            _ticks(proc / str(pid) / "task" / tid / "stat", children=False)
-            for tid in os.listdir(proc / str(pid) / "task")
-            if int(tid) not in excluding
-        )
-        total += _reaped(proc / str(pid) / "stat")
-    except (OSError, ValueError, IndexError):
-        return None
-    return total + _descendants(pid, proc, _DEPTH)
+        return {int(tid) for tid in os.listdir(proc / str(os.getpid()) / "task")}
+    except (OSError, ValueError):
+        return set()
+
+
+class WorkMeter:
+    """Clock ticks of CPU used by the work of this process: its threads but those `excluding`
+    (native ids: a heartbeat's own, whose Redis calls would pass for work, and threads that
+    run beside the work whatever it does), the children it has reaped, and its live
+    descendants. It moves while the work computes, reads or writes, in its own thread, in
+    threads it starts (an upload's) or in its ffmpeg; it stands still while all of them wait
+    on something that never answers (a stopped ffmpeg, a hung mount).
+
+    Each counted thread is read on its own and remembered, so one that ends keeps what it
+    used (the kernel drops a thread's own count when it ends), and the threads left out are
+    never read: subtracting them from the process's total raced with their running."""
+
+    def __init__(self, *, excluding: Collection[int] = (), proc: Path = PROC) -> None:
+        self._excluding = frozenset(excluding)
+        self._proc = proc
+        self._threads: dict[int, int] = {}
+
+    def read(self) -> int | None:
+        """The ticks so far; None when /proc cannot tell."""
+        folder = self._proc / str(os.getpid())
+        try:
+            tids = [int(tid) for tid in os.listdir(folder / "task")]
+            reaped = _ticks(folder / "stat", own=False, children=True)
+        except (OSError, ValueError, IndexError):
+            return None
+        for tid in tids:
+            if tid in self._excluding:
+                continue
+            try:
+                self._threads[tid] = _ticks(folder / "task" / str(tid) / "stat")
+            except (OSError, ValueError, IndexError):
+                continue  # ended while it was read: what it was last seen using stays
+        return sum(self._threads.values()) + reaped + _descendants(os.getpid(), self._proc, _DEPTH)
 
 
 def _descendants(pid: int, proc: Path, depth: int) -> int:
@@ -44,19 +68,10 @@ def _descendants(pid: int, proc: Path, depth: int) -> int:
     return total
 
 
-def _fields(stat: Path) -> list[str]:
+def _ticks(stat: Path, *, own: bool = True, children: bool = False) -> int:
+    """utime + stime (fields 14 and 15 of proc(5)) with `own`, cutime + cstime (16 and 17:
+    children waited for) with `children`."""
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ")" ends it.
-    return stat.read_text(errors="replace").rpartition(")")[2].split()
-
-
-def _ticks(stat: Path, *, children: bool) -> int:
-    """utime + stime (fields 14 and 15 of proc(5)), plus cutime + cstime with `children`."""
-    fields = _fields(stat)
-    used = int(fields[11]) + int(fields[12])
+    fields = stat.read_text(errors="replace").rpartition(")")[2].split()
+    used = int(fields[11]) + int(fields[12]) if own else 0
     return used + (int(fields[13]) + int(fields[14]) if children else 0)
-
-
-def _reaped(stat: Path) -> int:
-    """cutime + cstime: what the children this process waited for used."""
-    fields = _fields(stat)
-    return int(fields[13]) + int(fields[14])

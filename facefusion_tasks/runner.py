@@ -32,7 +32,7 @@ from facefusion_tasks.jobs import Chunk, image_plan, plan_chunks
 from facefusion_tasks.model_cache import MODELS
 from facefusion_tasks.objects import Location, ObjectRef
 from facefusion_tasks.pipeline import SwapJob, SwapResult, run_swap
-from facefusion_tasks.progress import cpu_ticks
+from facefusion_tasks.progress import WorkMeter, thread_ids
 from facefusion_tasks.reasons import Reason
 from facefusion_tasks.still import swap_image
 from facefusion_tasks.storage import locate
@@ -76,12 +76,16 @@ def beating(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
     stopped ffprobe's plan PLANNING for 600 s and a stopped stitch STITCHING for 1800 s, with
     `retry` refused, where the sweep now sends it again after stall_seconds."""
     stop = threading.Event()
+    # Threads already running beside the task (a worker's own heartbeat, its stall sweep) do
+    # their work whatever the task does: left out, or their ticks would beat for a hung one.
+    # Threads the work starts (an upload's) count.
+    beside = thread_ids() - {threading.get_native_id()}
 
     def beat() -> None:
-        own = {threading.get_native_id()}
+        meter = WorkMeter(excluding=beside | {threading.get_native_id()})
         last: int | None = None
         while not stop.wait(settings.heartbeat_seconds):
-            now = cpu_ticks(excluding=own)
+            now = meter.read()
             if now is not None and now == last:
                 continue  # nothing moved: no beat (None: /proc cannot tell, so beat)
             last = now

@@ -122,7 +122,15 @@ def _stitch(
             )
         except (InputError, MediaError) as exc:
             check_unchanged(job.get("fingerprints", ""), [target])  # its audio rewritten?
-            if isinstance(exc, MediaError):
+            # Only the stitch that holds the job (a superseded one's segments may be a rerun
+            # chunk's, written since), and only when every segment is there (a missing one
+            # is already named, and `retry` runs its chunk again).
+            if (
+                isinstance(exc, MediaError)
+                and all(path.is_file() for path, _ in segments)
+                and store.get(job_id).get("stitch") == attempt
+                and store.state(job_id) == STITCHING
+            ):
                 _drop_damaged(settings, job_id, job["output"], chunks, segments, exc)
             raise
         try:
@@ -256,22 +264,26 @@ def _drop_damaged(
     failure: MediaError,
 ) -> None:
     """After a failed stitch: re-count each segment (demux only, on failure alone, so a
-    good stitch pays nothing), and remove those that do not read back with their chunk's
-    frames, then raise naming them. `retry` runs a chunk whose segment is gone again; a
-    truncated one stayed, and every retry stitched it and failed the same way, blaming the
-    concat list."""
+    good stitch pays nothing), and remove those that ffmpeg read and found wrong (an error
+    reading it back, or not its chunk's frames), then raise naming them. `retry` runs a chunk
+    whose segment is gone again; a truncated one stayed, and every retry stitched it and
+    failed the same way, blaming the concat list. A count that could not run or ran out of
+    time proves nothing about the segment: nothing is removed then."""
     exe = ffbin.ffmpeg_exe(settings.ffmpeg)
     damaged: list[tuple[int, str]] = []
     for chunk, (path, _) in zip(chunks, segments, strict=True):
         try:
             found = process.count_video(path, ffmpeg=exe).frames
         except MediaError as exc:
+            if not str(exc).startswith(f"{path.name} does not read back"):
+                return  # ffmpeg did not run, or timed out: the host's state, not the file's
             damaged.append((chunk.index, policy.one_line(str(exc))))
             continue
         if found != chunk.frames:
             damaged.append((chunk.index, f"{found} frames, {chunk.frames} planned"))
     if not damaged:
         return
+    kept: list[int] = []
     for index, _ in damaged:
         where = segment(settings, job_id, index, output=output)
         try:
@@ -281,11 +293,14 @@ def _drop_damaged(
                 objects.delete(where)
         except (OSError, FaceFusionError) as exc:
             log.warning("job %s: damaged segment %s stays: %s", job_id, where, exc)
+            kept.append(index)
     indexes = ", ".join(str(i) for i, _ in damaged)
-    raise MediaError(
-        f"segments damaged (chunk {indexes}: {damaged[0][1]}); removed, so `retry` runs "
-        "those chunks again"
-    ) from failure
+    then = (
+        "removed, so `retry` runs those chunks again"
+        if not kept
+        else f"chunk {', '.join(map(str, kept))}'s could not be removed: remove it for `retry`"
+    )
+    raise MediaError(f"segments damaged (chunk {indexes}: {damaged[0][1]}); {then}") from failure
 
 
 def _segment_file(settings: Settings, job_id: str, index: int, output: str, local: Path) -> Path:

@@ -150,6 +150,10 @@ def scratch_base(settings: Settings) -> Path:
     return base
 
 
+#: Why no directory can be made in a scratch directory that is the setting's fault.
+_UNUSABLE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
 @contextlib.contextmanager
 def scratch(settings: Settings, job_id: str) -> Iterator[Path]:
     """A fresh directory of this host's own for one task, removed when it ends. A task killed
@@ -159,8 +163,8 @@ def scratch(settings: Settings, job_id: str) -> Iterator[Path]:
     try:
         path = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=base))
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise  # full: the host's state, which passes (retried), not its setting
+        if exc.errno not in _UNUSABLE:
+            raise  # full, an I/O error, a stale handle: the host's state, not its setting
         # /proc, a read-only mount, no write permission: the setting, one line, exit 2.
         raise InputError(
             f"scratch directory {base}: cannot make a directory in it ({exc.strerror or exc})",

@@ -29,12 +29,15 @@ def ffmpeg_exe(configured: str = "") -> str:
         found = shutil.which(configured)
         if found is None:
             raise InputError(f"{configured}: ffmpeg executable not found", reason=Reason.CONFIG)
-        try:
-            ffmpeg_version(found)
-        except MediaError as exc:
+        # One that cannot be run now, or does not answer in time, is the host's state (a
+        # MediaError, retried); one that runs and is not ffmpeg is the setting.
+        text = _query(found, "-version")
+        if parse_version(text) is None or "ffmpeg version" not in text:
+            said = text.strip().splitlines()[:1] or ["nothing"]
             raise InputError(
-                f"{configured}: not a working ffmpeg ({exc})", reason=Reason.CONFIG
-            ) from None
+                f"{configured}: not a working ffmpeg (`-version` said {said[0][:80]!r})",
+                reason=Reason.CONFIG,
+            )
         return found
     on_path = shutil.which("ffmpeg")
     if on_path is not None:

@@ -39,16 +39,20 @@ MARKER = ".partial"
 #: unnamed; a forked child (Celery's pool) starts with none of its parent's.
 _LIVE: set[str] = set()
 _LIVE_LOCK = threading.Lock()
-#: Each live temp's directory, held open: a directory moved (or removed) while its temp is
-#: written is still reached through it, so the temp is deleted wherever it went, and the
-#: writer can tell the user's output folder went away from a failed encode.
+#: The directory of each temp an encoder is writing, held open (create_temp's hold_dir): a
+#: directory moved (or removed) while its temp is written is still reached through it, so
+#: the temp is deleted wherever it went, and the writer can tell the user's output folder
+#: went away from a failed encode. Only the writer's: it always ends in commit or remove.
 _DIRS: dict[str, int] = {}
 
 
 def _forget_parents() -> None:
     global _LIVE_LOCK
     _LIVE.clear()
-    _DIRS.clear()  # the parent's descriptors: closing them is the parent's business
+    for fd in _DIRS.values():  # copies of the parent's: they would pin its directories here
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _DIRS.clear()
     _LIVE_LOCK = threading.Lock()
 
 
@@ -136,10 +140,11 @@ def sweep(destination: Path, *, now: float | None = None) -> list[Path]:
     return removed
 
 
-def create_temp(destination: Path) -> Path:
+def create_temp(destination: Path, *, hold_dir: bool = False) -> Path:
     """A new hidden, empty file beside `destination`, keeping its extension, with the mode
     the umask gives (0644 typically; mkstemp would give 0600). Abandoned temps of the same
-    destination are swept first."""
+    destination are swept first. `hold_dir`: keep its directory open until commit or remove
+    (see _DIRS), for a caller that always ends in one of them."""
     sweep(destination)
     stem = f".{_temp_stem(destination)}.{_host()}-{os.getpid()}"
     for _ in range(100):
@@ -156,8 +161,10 @@ def create_temp(destination: Path) -> Path:
                 raise MediaError(f"{destination}: no space left", reason=Reason.NO_SPACE) from None
             raise OutputError(f"{destination}: cannot write there ({exc.strerror})") from None
         os.close(fd)
-        with contextlib.suppress(OSError), _LIVE_LOCK:
-            _DIRS[str(temp)] = os.open(temp.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if hold_dir:
+            with contextlib.suppress(OSError), _LIVE_LOCK:
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                _DIRS[str(temp)] = os.open(temp.parent, flags)
         return temp
     raise OutputError(f"{destination}: cannot create a temporary file beside it")
 
@@ -165,14 +172,14 @@ def create_temp(destination: Path) -> Path:
 def moved(temp: Path) -> bool:
     """Whether the directory `temp` was made in is no longer at its path (moved, removed, or
     replaced by another): the user's doing, not the encoder's."""
-    with _LIVE_LOCK:
+    with _LIVE_LOCK:  # held while the descriptor is used: a remove cannot close it meanwhile
         fd = _DIRS.get(str(temp))
-    if fd is None:
-        return False
-    try:
-        held, there = os.fstat(fd), os.stat(temp.parent)
-    except OSError:
-        return True
+        if fd is None:
+            return False
+        try:
+            held, there = os.fstat(fd), os.stat(temp.parent)
+        except OSError:
+            return True
     return (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino)
 
 

@@ -185,7 +185,7 @@ class FrameWriter:
         audio = audio_source if audio_source is not None and audio_source.carries_streams else None
         #: How long the last frame lasts: nothing follows it to end it.
         self._last_frame = last_frame_length(last_frame, self._rate)
-        self.temp = staging.create_temp(self.destination)
+        self.temp = staging.create_temp(self.destination, hold_dir=True)
         try:
             argv = encode_argv(
                 self.temp,

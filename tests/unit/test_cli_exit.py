@@ -205,6 +205,8 @@ def test_settings_precedence_flag_over_environment_over_default() -> None:
         {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/14?foo=bar"},
         {"FACEFUSION_BROKER_URL": "redis://127.0.0.1:6379/14?ssl_cert_reqs=required"},
         {"FACEFUSION_BROKER_URL": "rediss://127.0.0.1:6379/14?ssl_cert_reqs=bogus"},
+        # redis-py took the first, kombu the last: certificates checked by one reader only.
+        {"FACEFUSION_BROKER_URL": "rediss://h:6379/14?ssl_cert_reqs=none&ssl_cert_reqs=required"},
     ],
 )
 def test_settings_refuse_nonsense_as_the_users_input(env: dict[str, str]) -> None:
