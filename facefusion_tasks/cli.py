@@ -40,8 +40,8 @@ def _cmd_swap(args: argparse.Namespace) -> int:
     _, chunk_seconds = job_options(args.priority, args.chunk_seconds)
     if settings.broker_url and not args.local:
         job_id = _submit(args, settings)
-        print(f"submitted {job_id}", file=sys.stderr)
-        try:
+        try:  # from the moment the id is known: a signal may land right after it is shown
+            print(f"submitted {job_id}", file=sys.stderr)
             return _follow(settings, job_id, as_json=args.json, progress=_progress(args))
         except KeyboardInterrupt:
             # Only the waiting stops: the job is the fleet's now. A closed terminal must not
