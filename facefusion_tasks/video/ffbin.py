@@ -30,7 +30,7 @@ def ffmpeg_exe(configured: str = "") -> str:
         if found is None:
             raise InputError(f"{configured}: ffmpeg executable not found", reason=Reason.CONFIG)
         # One that cannot be run now, or does not answer in time, is the host's state (a
-        # MediaError, retried); one that runs and is not ffmpeg is the setting.
+        # MediaError, exit 1); one that runs and is not ffmpeg is the setting (exit 2).
         text = _query(found, "-version")
         if parse_version(text) is None or "ffmpeg version" not in text:
             said = text.strip().splitlines()[:1] or ["nothing"]
