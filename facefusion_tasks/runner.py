@@ -68,14 +68,17 @@ WATCH_SECONDS = 0.5
 
 
 @contextmanager
-def beating(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
+def beating(store: JobStore, settings: Settings, job_id: str) -> Iterator[threading.Event]:
     """While a plan or stitch works (reading every timestamp of a long video, or stitching it
     can take longer than stall_seconds): beat the job's clock in the stall index each
     heartbeat period in which it got somewhere, as running chunks beat on frames. Progress is
     the CPU this process's working threads and its ffmpeg use: a beat on a clock alone kept a
     stopped ffprobe's plan PLANNING for 600 s and a stopped stitch STITCHING for 1800 s, with
-    `retry` refused, where the sweep now sends it again after stall_seconds."""
-    stop = threading.Event()
+    `retry` refused, where the sweep now sends it again after stall_seconds. Yields an event
+    to set where a wait with no CPU anywhere is normal (an object's upload being completed by
+    the server, which can take minutes): from then on it beats every period, as a process
+    that stopped altogether still does not."""
+    stop, steady = threading.Event(), threading.Event()
     # Threads already running beside the task (a worker's own heartbeat, its stall sweep) do
     # their work whatever the task does: left out, or their ticks would beat for a hung one.
     # Threads the work starts (an upload's) count.
@@ -86,7 +89,7 @@ def beating(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
         last: int | None = None
         while not stop.wait(settings.heartbeat_seconds):
             now = meter.read()
-            if now is not None and now == last:
+            if now is not None and now == last and not steady.is_set():
                 continue  # nothing moved: no beat (None: /proc cannot tell, so beat)
             last = now
             try:
@@ -97,7 +100,7 @@ def beating(store: JobStore, settings: Settings, job_id: str) -> Iterator[None]:
     thread = threading.Thread(target=beat, name="ff-job-alive", daemon=True)
     thread.start()
     try:
-        yield
+        yield steady
     finally:
         stop.set()
         thread.join(2)

@@ -105,7 +105,7 @@ def _stitch(
     chunks = [store.chunk_plan(job_id, i) for i in range(int(job.get("chunks_total") or 0))]
     # The stitch reads the target's audio and subtitles: they must be the planned file's.
     check_unchanged(job.get("fingerprints", ""), [target])
-    with scratch(settings, job_id) as local, beating(store, settings, job_id):
+    with scratch(settings, job_id) as local, beating(store, settings, job_id) as steady:
         segments = [
             (_segment_file(settings, job_id, c.index, job["output"], local), c.span) for c in chunks
         ]
@@ -170,6 +170,9 @@ def _stitch(
             ):  # fmt: skip
                 raise OutputError(f"{output}: this stitch is no longer the job's")
 
+        # An upload's completion waits on the server with no CPU here (minutes, for a big
+        # object): beat on. A stitcher stopped meanwhile stops beating all the same.
+        steady.set()
         try:
             commit(staged, output, token=mark.get("token"), started=own_upload)
         except OutputError:

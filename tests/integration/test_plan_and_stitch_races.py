@@ -144,11 +144,14 @@ ffmpeg = subprocess.Popen(
      "-i", "testsrc2=s=640x360", "-t", "60", "-f", "null", "-"],
     stdin=subprocess.DEVNULL,
 )
-with runner.beating(JobStore(connect(url)), settings, job_id):
+with runner.beating(JobStore(connect(url)), settings, job_id) as steady:
     print("working", flush=True)
     sys.stdin.readline()
     ffmpeg.send_signal(signal.SIGSTOP)
     print("stopped", flush=True)
+    sys.stdin.readline()
+    steady.set()  # committing: an upload's completion waits on the server
+    print("steady", flush=True)
     sys.stdin.readline()
 ffmpeg.kill()
 """
@@ -193,6 +196,12 @@ def test_a_long_stitch_beats_its_clock_so_the_sweep_leaves_it_alone(
         assert stitcher.stdout.readline() == "stopped\n"
         time.sleep(settings.stall_seconds + 3 * settings.heartbeat_seconds)
         assert swept() == [("stitch", [job_id], 9)]
+        # Committing, where a wait with no CPU anywhere is normal: it beats on regardless.
+        stitcher.stdin.write("\n")
+        stitcher.stdin.flush()
+        assert stitcher.stdout.readline() == "steady\n"
+        time.sleep(settings.stall_seconds + 3 * settings.heartbeat_seconds)
+        assert swept() == [("stitch", [job_id], 9)]  # nothing more
         stitcher.stdin.write("\n")
         stitcher.stdin.flush()
         assert stitcher.wait(timeout=30) == 0
@@ -379,7 +388,7 @@ def test_a_stitcher_stopped_in_committing_and_retried_never_replaces_a_later_out
     monkeypatch.setattr(stitching, "commit", commit)
     monkeypatch.setattr(stitching, "_still_ours", still_ours)
     # A stopped process beats no clock: the job stalls.
-    monkeypatch.setattr(stitching, "beating", lambda *_: contextlib.nullcontext())
+    monkeypatch.setattr(stitching, "beating", lambda *_: contextlib.nullcontext(threading.Event()))
     results: list[object] = []
     stale = threading.Thread(
         target=lambda: results.append(stitching.stitch_job(store, settings, job_id))
@@ -604,7 +613,7 @@ def test_a_stitcher_stopped_mid_upload_cannot_complete_it_once_taken_back(
         return real_put(*args)
 
     monkeypatch.setattr(objects, "_put_part", put_part)
-    monkeypatch.setattr(stitching, "beating", lambda *_: contextlib.nullcontext())
+    monkeypatch.setattr(stitching, "beating", lambda *_: contextlib.nullcontext(threading.Event()))
     results: list[object] = []
     stale = threading.Thread(
         target=lambda: results.append(stitching.stitch_job(store, settings, job_id)), name="stale"
