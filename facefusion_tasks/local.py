@@ -45,7 +45,8 @@ def run_local(
     format. `source`: one image, or several photos of the same person, whose identities are
     averaged. Any location may be an s3://bucket/key object in an allowed bucket: images (a
     still target too) are fetched, a video is read through a signed URL, and an object output
-    is written and verified here, then uploaded whole."""
+    is written and verified here, then uploaded whole. `chunk_seconds` (None: the setting's)
+    is checked against the video as `submit` checks it, though nothing is cut here."""
     started = time.perf_counter()
     try:
         done = _run_local(source, target, output, settings, reference, show_progress, chunk_seconds)

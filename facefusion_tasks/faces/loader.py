@@ -261,8 +261,8 @@ def _paster(settings: Settings, active: str) -> GpuPaster | None:
             if classify_oom(exc) is not None:
                 raise
             if settings.paste == "auto":
-                # OpenCV's paste gives the same frames: auto never fails a worker over the
-                # graph, but says so (the summary's "paste" field then reads cpu).
+                # OpenCV's paste gives the same frames: auto never fails a worker over a
+                # graph that cannot load, but says so (the summary's "paste" then reads cpu).
                 log.warning("paste graph: cannot be loaded (%s); pasting on the CPU", exc)
                 return None
             raise ModelError(f"paste graph: cannot be loaded ({exc})") from exc
