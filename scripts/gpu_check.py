@@ -433,7 +433,6 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
 
     import onnxruntime as ort
 
-    from facefusion_tasks.faces import align
     from facefusion_tasks.faces.gpupaste import GpuPaster, paste_model
     from facefusion_tasks.faces.paste import (
         Feather,
@@ -442,30 +441,16 @@ def _paste_graph_facts(scratch: Path) -> dict[str, Any]:
         paste_back,
         source_map,
     )
-    from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
 
     feather = Feather.of(feather_mask(128))
-    # GPU_CHECK_PASTE_PROVIDER=cpu: a smoke run of this section on a machine without a GPU.
-    on_cpu_only = os.environ.get("GPU_CHECK_PASTE_PROVIDER") == "cpu"
-    providers = [CPU] if on_cpu_only else [CUDA, CPU]
-    paster = GpuPaster(ProviderChoice("cpu" if on_cpu_only else "cuda", tuple(providers)), side=130)
+    choice = _paste_choice()
+    providers = list(choice.providers)
+    paster = GpuPaster(choice, side=130)
     report: dict[str, Any] = {"provider": paster.provider}
     rng = np.random.default_rng(0)
 
-    def face(width: int, height: int, radius: float, cx: float, cy: float) -> Any:
-        turn = rng.uniform(-0.4, 0.4)
-        rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
-        # The template spans about half the crop: a face of `radius` px is 2*radius/64 crops.
-        kps = (align.ARCFACE_TEMPLATE - 64) @ rotation.T * (radius / 32) + (cx, cy)
-        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        return crop, align.estimate_norm(kps.astype(np.float32), 128)
-
     def case(width: int, height: int, count: int) -> tuple[Any, list[Any]]:
-        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        radius = min(height / 4, width / (2 * count + 2)) * 1.3
-        faces = [face(width, height, radius, width * (i + 1) / (count + 1), height / 2)
-                 for i in range(count)]  # fmt: skip
-        return frame, faces
+        return _paste_case(rng, width, height, count, turn=0.4)
 
     # Placement: a profiled session of the same graph, one run.
     options = ort.SessionOptions()
@@ -540,24 +525,14 @@ def _paste_memory_and_oom() -> dict[str, Any]:
     import torch
     from prometheus_client import REGISTRY
 
-    from facefusion_tasks.faces import align
     from facefusion_tasks.faces.gpupaste import GpuPaster
     from facefusion_tasks.faces.paste import Feather, feather_mask, paste_back
-    from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
 
     rng = np.random.default_rng(1)
     feather = Feather.of(feather_mask(128))
 
     def case(width: int, height: int, count: int) -> tuple[Any, list[Any]]:
-        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        radius = min(height / 4, width / (2 * count + 2)) * 1.3
-        faces = []
-        for i in range(count):
-            kps = (align.ARCFACE_TEMPLATE - 64) * (radius / 32) + (
-                width * (i + 1) / (count + 1), height / 2)  # fmt: skip
-            crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-            faces.append((crop, align.estimate_norm(kps.astype(np.float32), 128)))
-        return frame, faces
+        return _paste_case(rng, width, height, count)
 
     def oom_count() -> float:
         total = 0.0
@@ -571,9 +546,7 @@ def _paste_memory_and_oom() -> dict[str, Any]:
         return total
 
     report: dict[str, Any] = {"before_session_mib": _own_gpu_mib()}
-    on_cpu_only = os.environ.get("GPU_CHECK_PASTE_PROVIDER") == "cpu"  # a smoke run
-    choice = ProviderChoice("cpu", (CPU,)) if on_cpu_only else ProviderChoice("cuda", (CUDA, CPU))
-    paster = GpuPaster(choice, side=130)
+    paster = GpuPaster(_paste_choice(), side=130)
     report["provider"] = paster.provider
     report["after_session_mib"] = _own_gpu_mib()
     grown: dict[str, Any] = {}
@@ -633,23 +606,14 @@ def _sync_probe(mode: str, models: Path) -> dict[str, Any]:
         report["cuDevicePrimaryCtxSetFlags"] = cuda.cuDevicePrimaryCtxSetFlags(device, 4)
     import onnxruntime as ort
 
-    from facefusion_tasks.faces import align
     from facefusion_tasks.faces.gpupaste import GpuPaster
     from facefusion_tasks.faces.loader import _dynamic_copy, batch_cache, model_paths
     from facefusion_tasks.faces.paste import Feather, feather_mask
-    from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
 
     rng = np.random.default_rng(0)
     feather = Feather.of(feather_mask(128))
-    on_cpu_only = os.environ.get("GPU_CHECK_PASTE_PROVIDER") == "cpu"  # a smoke run
-    choice = ProviderChoice("cpu", (CPU,)) if on_cpu_only else ProviderChoice("cuda", (CUDA, CPU))
-    paster = GpuPaster(choice, side=130)
-    frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-    faces = []
-    for i in range(8):
-        kps = (align.ARCFACE_TEMPLATE - 64) * (1080 / 4 / 32 * 0.8) + (1920 * (i + 1) / 9, 540)
-        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-        faces.append((crop, align.estimate_norm(kps.astype(np.float32), 128)))
+    paster = GpuPaster(_paste_choice(), side=130)
+    frame, faces = _paste_case(rng, 1920, 1080, 8, radius=1080 / 4 * 0.8)
     detector = _session(ort, _dynamic_copy(model_paths(models)["detector"], batch_cache(models),
                                            folded_ok=True), {})  # fmt: skip
 
@@ -663,6 +627,39 @@ def _sync_probe(mode: str, models: Path) -> dict[str, Any]:
         cuda.cuDevicePrimaryCtxGetState(device, ctypes.byref(flags), ctypes.byref(active))
         report["primary_ctx_flags"], report["primary_ctx_active"] = flags.value, active.value
     return report
+
+
+def _paste_choice() -> Any:
+    """The paste sections' provider: CUDA (the CPU kept for the graph's shape arithmetic), or
+    the CPU alone for a smoke run on a machine without a GPU (GPU_CHECK_PASTE_PROVIDER=cpu)."""
+    from facefusion_tasks.faces.sessions import CPU, CUDA, ProviderChoice
+
+    if os.environ.get("GPU_CHECK_PASTE_PROVIDER") == "cpu":
+        return ProviderChoice("cpu", (CPU,))
+    return ProviderChoice("cuda", (CUDA, CPU))
+
+
+def _paste_case(
+    rng: Any, width: int, height: int, count: int, *, turn: float = 0.0,
+    radius: float | None = None,
+) -> tuple[Any, list[Any]]:  # fmt: skip
+    """A frame of noise and `count` faces of noise across its middle, as (crop, frame->crop
+    affine) pairs; each tilted by up to `turn` radians either way."""
+    from facefusion_tasks.faces import align
+
+    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if radius is None:
+        radius = min(height / 4, width / (2 * count + 2)) * 1.3
+    faces = []
+    for i in range(count):
+        angle = rng.uniform(-turn, turn) if turn else 0.0
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        # The template spans about half the crop: a face of `radius` px is 2*radius/64 crops.
+        centre = (width * (i + 1) / (count + 1), height / 2)
+        kps = (align.ARCFACE_TEMPLATE - 64) @ rotation.T * (radius / 32) + centre
+        crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        faces.append((crop, align.estimate_norm(kps.astype(np.float32), 128)))
+    return frame, faces
 
 
 def _timed(fn: Callable[[], Any], reps: int, *, warm: int = 1) -> dict[str, float]:
