@@ -204,6 +204,9 @@ class _Sweep:
     #: Work with no progress since before this is stale.
     cutoff: float
     report: SweepReport = field(default_factory=SweepReport)
+    #: The messages workers held when this sweep first looked (None: not yet): read once,
+    #: not once per chunk it sends again.
+    _held: list[tuple[str, str, tuple[str, ...]]] | None = field(default=None, init=False)
 
     def recover_chunk(self, job_id: str, index: int) -> None:
         """A running chunk with no progress: sent again, or its job fails."""
@@ -238,18 +241,20 @@ class _Sweep:
         self._send_chunk(job_id, index, letting_go=self._held_tags(job_id, index))
 
     def _held_tags(self, job_id: str, index: int) -> list[str]:
-        """The delivery tags of the chunk's messages workers hold now: a stalled attempt's
-        (its process stopped), or one taken and never started (a wedged consumer). Read before
-        the chunk is sent again, so its new message is not among them; by tag, not by kombu's
-        stamp, which is the holder's clock. [] when Redis cannot say (nothing is let go)."""
-        try:
-            held = held_messages(self.store.r, float("inf"))
-        except (redis.RedisError, OSError) as exc:
-            log.warning("chunk %s/%s: the messages held for it could not be read: %s",
-                        job_id, index, exc)  # fmt: skip
-            return []
+        """The delivery tags of the chunk's messages workers hold: a stalled attempt's (its
+        process stopped), or one taken and never started (a wedged consumer). Read before
+        this sweep sends any chunk again, so no new message is among them; by tag, not by
+        kombu's stamp, which is the holder's clock. [] when Redis cannot say (nothing is let
+        go; asked again for the next chunk)."""
+        if self._held is None:
+            try:
+                self._held = held_messages(self.store.r, float("inf"))
+            except (redis.RedisError, OSError) as exc:
+                log.warning("chunk %s/%s: the messages held for it could not be read: %s",
+                            job_id, index, exc)  # fmt: skip
+                return []
         chunk = (job_id, str(index))
-        return [tag for tag, task, args in held if task == TASK_CHUNK and args == chunk]
+        return [tag for tag, task, args in self._held if task == TASK_CHUNK and args == chunk]
 
     def resend_chunk(self, job_id: str, index: int) -> None:
         """A chunk whose message never reached a worker: sent again, or its job fails."""
