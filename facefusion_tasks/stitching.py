@@ -125,13 +125,10 @@ def _stitch(
             # Only the stitch that holds the job (a superseded one's segments may be a rerun
             # chunk's, written since), and only when every segment is there (a missing one
             # is already named, and `retry` runs its chunk again).
-            if (
-                isinstance(exc, MediaError)
-                and all(path.is_file() for path, _ in segments)
-                and store.get(job_id).get("stitch") == attempt
-                and store.state(job_id) == STITCHING
-            ):
-                _drop_damaged(settings, job_id, job["output"], chunks, segments, exc)
+            if isinstance(exc, MediaError) and all(path.is_file() for path, _ in segments):
+                now = store.get(job_id)
+                if now.get("stitch") == attempt and now.get("state") == STITCHING:
+                    _drop_damaged(settings, job_id, job["output"], chunks, segments, exc)
             raise
         try:
             check_unchanged(job.get("fingerprints", ""), [target])
